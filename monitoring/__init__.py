@@ -1,0 +1,1 @@
+"""Heartbeats, alerts and the Telegram relay, the dashboard and metrics."""

@@ -1,0 +1,1 @@
+"""The hedge cycle: planning, the Celery canvas, cycle state, monitor, emergency exit, recovery."""

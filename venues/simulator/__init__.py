@@ -1,0 +1,1 @@
+"""Local Backpack, Lighter and Telegram servers that speak the real wire protocols."""

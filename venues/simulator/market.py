@@ -1,0 +1,309 @@
+"""Shared market model behind the Backpack and Lighter simulators.
+
+One seeded price process per base asset drives both venues (Lighter quotes a configurable
+spread away from Backpack). Accounts hold collateral and signed positions per base asset;
+fills move them and realise PnL. Every accepted order goes to an audit log so tests can prove
+that no client id produced two orders. Faults are armed for the next N matching requests.
+
+The model is venue-neutral and synchronous; the servers call it under one lock.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from decimal import ROUND_DOWN, Decimal
+from enum import Enum
+from typing import Any
+
+
+class FaultKind(str, Enum):
+    """Faults the admin API can arm for the next N matching requests."""
+
+    #: Answer HTTP 429 in the venue's error shape.
+    HTTP_429 = "http_429"
+    #: Answer HTTP 500 in the venue's error shape.
+    HTTP_500 = "http_500"
+    #: Hold the request for ``seconds`` (default 30) before answering normally.
+    HANG = "hang"
+    #: Accept and execute the order, then hold the response for ``seconds`` (client times out).
+    TIMEOUT_AFTER_ACCEPT = "timeout_after_accept"
+    #: Close the account's WebSocket connections.
+    DROP_WS = "drop_ws"
+    #: Lighter: answer ``{"code":21104,"message":"invalid nonce"}`` with HTTP 400.
+    INVALID_NONCE = "invalid_nonce"
+    #: Fill only ``fraction`` (default 0.5) of the next market order.
+    PARTIAL_FILL = "partial_fill"
+    #: Position reads return the position as it was when the fault was armed.
+    STALE_POSITION = "stale_position"
+
+
+@dataclass
+class Fault:
+    kind: FaultKind
+    venue: str
+    remaining: int
+    #: Which operations it matches ("order", "position", "any", ...); see each simulator.
+    op: str = "any"
+    account: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Position:
+    quantity: Decimal = Decimal(0)
+    entry_price: Decimal = Decimal(0)
+    realized_pnl: Decimal = Decimal(0)
+
+
+@dataclass
+class SimAccount:
+    venue: str
+    key: str
+    collateral: Decimal
+    positions: dict[str, Position] = field(default_factory=dict)
+
+    def position(self, base: str) -> Position:
+        return self.positions.setdefault(base, Position())
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    ts: float
+    venue: str
+    account: str
+    client_id: int | None
+    order_id: str
+    base: str
+    side: str
+    quantity: str
+    filled: str
+    avg_price: str | None
+    reduce_only: bool
+    status: str
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+@dataclass
+class PriceModel:
+    base: str
+    mid: Decimal
+    #: Half-spread as a fraction of mid.
+    half_spread: Decimal = Decimal("0.0002")
+    #: Lighter quotes at ``mid × (1 + lighter_offset)``: a spread between the venues.
+    lighter_offset: Decimal = Decimal("0.0003")
+    levels: int = 20
+    level_size: Decimal = Decimal("5")
+    level_step: Decimal = Decimal("0.0001")
+
+    def venue_mid(self, venue: str) -> Decimal:
+        return self.mid * (1 + self.lighter_offset) if venue == "lighter" else self.mid
+
+    def book(self, venue: str) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        """(bids best-first, asks best-first) as (price, size)."""
+        mid = self.venue_mid(venue)
+        bids, asks = [], []
+        for i in range(self.levels):
+            off = self.half_spread + self.level_step * i
+            bids.append((mid * (1 - off), self.level_size))
+            asks.append((mid * (1 + off), self.level_size))
+        return bids, asks
+
+
+class Exchange:
+    """The shared state of both simulated venues."""
+
+    def __init__(self, *, seed: int = 7, starting_collateral: Decimal = Decimal(10000),
+                 prices: dict[str, Decimal] | None = None, audit_limit: int = 100_000) -> None:
+        self.lock = threading.RLock()
+        self.rng = random.Random(seed)
+        self.starting_collateral = starting_collateral
+        self.prices = {b: PriceModel(b, p) for b, p in (prices or {"ETH": Decimal(3000), "BTC": Decimal(60000)}).items()}
+        self.accounts: dict[tuple[str, str], SimAccount] = {}
+        self.audit: deque[AuditEntry] = deque(maxlen=audit_limit)
+        self.faults: list[Fault] = []
+        self.latency_ms: float = 0.0
+        self._order_seq = 4_227_700_000
+        self._stale: dict[tuple[str, str, str], Decimal] = {}
+
+    # ---- accounts ---------------------------------------------------------------------------
+    def account(self, venue: str, key: str, collateral: Decimal | None = None) -> SimAccount:
+        with self.lock:
+            acct = self.accounts.get((venue, key))
+            if acct is None:
+                acct = SimAccount(venue, key, self.starting_collateral if collateral is None else collateral)
+                self.accounts[(venue, key)] = acct
+            return acct
+
+    def next_order_id(self) -> str:
+        with self.lock:
+            self._order_seq += 1
+            return str(self._order_seq)
+
+    def equity(self, acct: SimAccount) -> Decimal:
+        with self.lock:
+            total = acct.collateral
+            for base, pos in acct.positions.items():
+                if pos.quantity:
+                    total += (self.mark(acct.venue, base) - pos.entry_price) * pos.quantity
+            return total
+
+    def mark(self, venue: str, base: str) -> Decimal:
+        return self.prices[base].venue_mid(venue)
+
+    def position_quantity(self, venue: str, key: str, base: str) -> Decimal:
+        """The position as reads see it (a STALE_POSITION fault freezes it)."""
+        with self.lock:
+            frozen = self._stale.get((venue, key, base))
+            if frozen is not None:
+                return frozen
+            return self.account(venue, key).position(base).quantity
+
+    # ---- prices -----------------------------------------------------------------------------
+    def set_price(self, base: str, price: Decimal) -> None:
+        with self.lock:
+            self.prices[base].mid = price
+
+    def step_prices(self, volatility: Decimal = Decimal("0.0005")) -> None:
+        """One seeded random-walk step (called by the servers' ticker)."""
+        with self.lock:
+            for model in self.prices.values():
+                shock = Decimal(str(self.rng.gauss(0, 1))) * volatility
+                model.mid = model.mid * (1 + shock)
+
+    def book(self, venue: str, base: str) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+        with self.lock:
+            return self.prices[base].book(venue)
+
+    # ---- execution --------------------------------------------------------------------------
+    def execute_market(self, venue: str, key: str, base: str, side: str, quantity: Decimal, *,
+                       step: Decimal, worst_price: Decimal | None = None, reduce_only: bool = False,
+                       fill_fraction: Decimal | None = None) -> tuple[Decimal, Decimal | None, str | None]:
+        """Fill a market order against the book: (filled, avg_price, reject_reason).
+
+        ``reject_reason`` is ``"reduce_only"`` when a reduce-only order would increase or flip the
+        position (nothing filled) and ``"margin"`` when collateral cannot carry it.
+        """
+        with self.lock:
+            acct = self.account(venue, key)
+            pos = acct.position(base)
+            sign = 1 if side == "buy" else -1
+            if reduce_only:
+                if pos.quantity == 0 or (pos.quantity > 0) == (sign > 0):
+                    return Decimal(0), None, "reduce_only"
+                quantity = min(quantity, abs(pos.quantity))
+            if fill_fraction is not None:
+                quantity = (quantity * fill_fraction / step).to_integral_value(rounding=ROUND_DOWN) * step
+            bids, asks = self.book(venue, base)
+            levels = asks if sign > 0 else bids
+            left, notional = quantity, Decimal(0)
+            for price, size in levels:
+                if left <= 0:
+                    break
+                if worst_price is not None and ((sign > 0 and price > worst_price) or (sign < 0 and price < worst_price)):
+                    break
+                take = min(left, size)
+                left -= take
+                notional += take * price
+            filled = quantity - left
+            if filled <= 0:
+                return Decimal(0), None, None
+            avg = notional / filled
+            if not reduce_only:
+                new_qty = abs(pos.quantity + sign * filled)
+                # 50x maximum leverage on the mark: a cheap margin rule that still rejects absurd sizes.
+                if new_qty * self.mark(venue, base) > self.equity(acct) * 50:
+                    return Decimal(0), None, "margin"
+            self._apply_fill(acct, pos, sign * filled, avg)
+            return filled, avg, None
+
+    @staticmethod
+    def _apply_fill(acct: SimAccount, pos: Position, signed: Decimal, price: Decimal) -> None:
+        old = pos.quantity
+        new = old + signed
+        if old == 0 or (old > 0) == (signed > 0):
+            pos.entry_price = ((pos.entry_price * abs(old)) + price * abs(signed)) / abs(new) if new else Decimal(0)
+        else:
+            closed = min(abs(signed), abs(old))
+            pnl = (price - pos.entry_price) * closed * (1 if old > 0 else -1)
+            pos.realized_pnl += pnl
+            acct.collateral += pnl
+            if (old > 0) != (new > 0) and new != 0:
+                pos.entry_price = price
+            elif new == 0:
+                pos.entry_price = Decimal(0)
+        pos.quantity = new
+
+    def liquidate(self, venue: str, key: str, base: str) -> Decimal:
+        """Force the position to zero at the mark (what the hedge's monitor watches for)."""
+        with self.lock:
+            acct = self.account(venue, key)
+            pos = acct.position(base)
+            before = pos.quantity
+            if before:
+                self._apply_fill(acct, pos, -before, self.mark(venue, base))
+            self._stale.pop((venue, key, base), None)
+            return before
+
+    def record(self, entry: AuditEntry) -> None:
+        with self.lock:
+            self.audit.append(entry)
+
+    # ---- faults -----------------------------------------------------------------------------
+    def arm_fault(self, fault: Fault) -> None:
+        with self.lock:
+            self.faults.append(fault)
+            if fault.kind is FaultKind.STALE_POSITION:
+                for (venue, key), acct in self.accounts.items():
+                    if venue == fault.venue and (fault.account is None or fault.account == key):
+                        for base, pos in acct.positions.items():
+                            self._stale[(venue, key, base)] = pos.quantity
+
+    def take_fault(self, venue: str, op: str, account: str | None = None,
+                   kinds: tuple[FaultKind, ...] | None = None) -> Fault | None:
+        """Consume one matching armed fault, if any."""
+        with self.lock:
+            for fault in self.faults:
+                if fault.venue != venue or fault.remaining <= 0:
+                    continue
+                if fault.op not in ("any", op):
+                    continue
+                if fault.account is not None and account is not None and fault.account != account:
+                    continue
+                if kinds is not None and fault.kind not in kinds:
+                    continue
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self.faults.remove(fault)
+                    if fault.kind is FaultKind.STALE_POSITION:
+                        self._stale = {k: v for k, v in self._stale.items() if k[0] != venue}
+                return fault
+            return None
+
+    def clear_faults(self) -> None:
+        with self.lock:
+            self.faults.clear()
+            self._stale.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "now": time.time(),
+                "latency_ms": self.latency_ms,
+                "prices": {b: str(m.mid) for b, m in self.prices.items()},
+                "accounts": [
+                    {"venue": a.venue, "account": a.key, "collateral": str(a.collateral),
+                     "equity": str(self.equity(a)),
+                     "positions": {b: {"quantity": str(p.quantity), "entry_price": str(p.entry_price),
+                                       "realized_pnl": str(p.realized_pnl)} for b, p in a.positions.items()}}
+                    for a in self.accounts.values()
+                ],
+                "faults": [{"kind": f.kind.value, "venue": f.venue, "op": f.op, "remaining": f.remaining,
+                            "account": f.account, "params": f.params} for f in self.faults],
+                "audit_size": len(self.audit),
+            }

@@ -1,0 +1,51 @@
+"""Every Redis key and channel the system uses (namespaced ``xtb:``), in one place."""
+
+from __future__ import annotations
+
+PREFIX = "xtb"
+
+#: Pub/sub channel of heartbeats and the hash of the latest heartbeat per bot.
+HEARTBEAT_CHANNEL = f"{PREFIX}:hb"
+HEARTBEAT_LAST = f"{PREFIX}:hb:last"
+#: Pub/sub channel (live view) and durable stream (Telegram relay) of alerts.
+ALERTS_CHANNEL = f"{PREFIX}:alerts"
+ALERTS_OUTBOX = f"{PREFIX}:alerts:outbox"
+ALERTS_GROUP = "telegram-relay"
+#: Set of alert ids already delivered to Telegram (never send twice).
+ALERTS_DELIVERED = f"{PREFIX}:alerts:delivered"
+#: Set of active cycle ids.
+CYCLES_ACTIVE = f"{PREFIX}:cycles:active"
+
+
+def account_lock(account: str) -> str:
+    return f"{PREFIX}:lock:account:{account}"
+
+
+def group_lock(group: str) -> str:
+    return f"{PREFIX}:lock:group:{group}"
+
+
+def client_order_counter(account: str) -> str:
+    return f"{PREFIX}:coi:{account}"
+
+
+def account_state(account: str) -> str:
+    """Hash of the latest venue facts a worker saw (position, balance, latency) for heartbeats."""
+    return f"{PREFIX}:acct:{account}"
+
+
+def cycle(cycle_id: str) -> str:
+    return f"{PREFIX}:cycle:{cycle_id}"
+
+
+def cycle_history(group: str) -> str:
+    return f"{PREFIX}:cycles:{group}"
+
+
+def cycle_cancel(cycle_id: str) -> str:
+    return f"{PREFIX}:cycle:{cycle_id}:cancel"
+
+
+def intent(account: str, client_id: int) -> str:
+    """The recorded intent behind a client order id (written before the submit is published)."""
+    return f"{PREFIX}:intent:{account}:{client_id}"
