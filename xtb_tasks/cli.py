@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
 
-from xtb_tasks.config import ConfigError
+from xtb_tasks.config import CONFIG_ENV, ConfigError
 
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
@@ -77,6 +79,9 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ctx.ensure_object(dict)
     ctx.obj["config_file"] = config_file
+    if config_file:
+        # The Celery app is built lazily from $XTB_CONFIG, here and in every process we start.
+        os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
 
 
 class UserError(click.ClickException):

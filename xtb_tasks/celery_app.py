@@ -1,0 +1,115 @@
+"""The Celery app: queues and routes from the account config, settings from celery-redis.md §7.
+
+``celery -A xtb_tasks worker -Q lighter1`` runs one account's worker; ``-Q orchestrator`` runs
+the control steps. Venue tasks are routed to the queue named by their ``account`` argument.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from xtb_tasks.config import ConfigError, Settings, config_path, load_settings
+from xtb_tasks.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
+from xtb_tasks.redis_conn import configured_url, embedded_url, ensure_embedded_redis
+
+log = logging.getLogger(__name__)
+
+ORCHESTRATOR_QUEUE = "orchestrator"
+VISIBILITY_TIMEOUT = 3600
+TASK_MODULES = ["xtb_tasks.venue_tasks", "xtb_tasks.hedge_tasks"]
+
+
+def load_app_settings() -> Settings | None:
+    """The config for the app; None when no config file exists (only the orchestrator queue)."""
+    path = config_path()
+    if not path.exists():
+        log.warning("no config file at %s: only the orchestrator queue is known", path)
+        return None
+    return load_settings(path)
+
+
+def route_task(name: str, args: Any, kwargs: dict[str, Any], options: Any, task: Any = None, **kw: Any) -> Any:
+    if name.startswith("xtb.venue.") and kwargs and "account" in kwargs:
+        return {"queue": kwargs["account"]}
+    if name.startswith("xtb.hedge."):
+        return {"queue": ORCHESTRATOR_QUEUE}
+    return None
+
+
+def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]:
+    accounts = list(settings.accounts) if settings else []
+    return {
+        "broker_url": redis_url,
+        "result_backend": redis_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "result_extended": True,
+        "result_expires": 7 * 86400,
+        "task_queues": [Queue(name, routing_key=name) for name in [*accounts, ORCHESTRATOR_QUEUE]],
+        "task_default_queue": ORCHESTRATOR_QUEUE,
+        "task_routes": (route_task,),
+        "task_create_missing_queues": True,
+        # Late ack only on tasks that declare themselves idempotent (venue tasks, hedge steps).
+        "task_acks_late": False,
+        "worker_prefetch_multiplier": 1,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        "task_time_limit": TASK_TIME_LIMIT,
+        "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
+        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT, "socket_timeout": 10,
+                                     "health_check_interval": 25},
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
+        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "redis_socket_timeout": 10,
+        "redis_retry_on_timeout": True,
+        "broker_connection_retry_on_startup": True,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_soft_shutdown_timeout": 5.0,
+        "worker_hijack_root_logger": False,
+        "timezone": "UTC",
+        "redbeat_redis_url": redis_url,
+        "redbeat_key_prefix": "xtb:redbeat",
+        "redbeat_lock_timeout": 30,
+        "beat_max_loop_interval": 5,
+    }
+
+
+def create_app() -> Celery:
+    settings = load_app_settings()
+    celery_app = Celery("xtb_tasks")
+    url = configured_url(settings)
+    celery_app.conf.update(celery_settings(settings, url or embedded_url()))
+    if url is None:
+        # Importing the app must not start servers; a worker with nothing configured starts the
+        # embedded Redis before it connects.
+        from celery.signals import worker_init
+
+        worker_init.connect(lambda **_: ensure_embedded_redis(), weak=False)
+    extra = [m for m in os.environ.get("XTB_TASK_MODULES", "").split(",") if m]
+    celery_app.conf.include = [*TASK_MODULES, *extra]
+    celery_app.xtb_settings = settings  # type: ignore[attr-defined]
+    _install_hooks(celery_app)
+    return celery_app
+
+
+def _install_hooks(celery_app: Celery) -> None:
+    try:
+        from monitoring.worker_hooks import install_heartbeat_hooks
+    except ImportError:
+        return
+    install_heartbeat_hooks(celery_app)
+
+
+try:
+    app = create_app()
+except ConfigError as exc:
+    # Celery prints a traceback for import errors; make the first line say what to fix.
+    raise SystemExit(f"error: {exc.render()}") from None

