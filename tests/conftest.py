@@ -6,6 +6,7 @@ Nothing here is a stand-in: no eager tasks, no fakeredis, no mocks of our own co
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -126,10 +127,8 @@ def _reap_children(pid: int) -> None:
     except psutil.NoSuchProcess:
         return
     for child in children:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 def worker_env(config_path: Path | None, redis_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:

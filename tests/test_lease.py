@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import redis
@@ -29,7 +30,7 @@ def test_two_workers_on_one_account_queue_never_overlap(tmp_path: Path, redis_ur
 
     runs = sorted((float(s), float(e), int(pid)) for _, s, e, pid in
                   (entry.split(":") for entry in client.lrange("test:lease:lighter1", 0, -1)))
-    for (_, end, _), (start, _, _) in zip(runs, runs[1:], strict=False):
+    for (_, end, _), (start, _, _) in itertools.pairwise(runs):
         assert start >= end, f"two tasks held lighter1 at once: {runs}"
     # Both processes did work, so the lease (not a single consumer) is what serialised them.
     assert len({pid for *_, pid in runs}) == 2, f"only one worker process ran tasks: {runs}"

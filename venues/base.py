@@ -370,5 +370,5 @@ class VenueConnector(abc.ABC):
         flat = reading.quantity is not None and rules.quantize_size(abs(reading.quantity)) < rules.step_size
         return FlattenReport(self.account, symbol, flat, tuple(orders), reading)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; connectors without resources keep it
         """Release sessions, sockets and event loops."""

@@ -26,8 +26,9 @@ class ConfigError(Exception):
     """A configuration problem: ``<file>: <key>: <what is expected>``."""
 
     def __init__(self, key: str, message: str, path: str | None = None) -> None:
-        self.key = key
-        self.message = message
+        # Keys and values come from the user's file; escape them so the error stays one line.
+        self.key = _one_line(key)
+        self.message = _one_line(message)
         self.path = path
         super().__init__(self.render())
 
@@ -38,6 +39,10 @@ class ConfigError(Exception):
 
     def with_path(self, path: str) -> ConfigError:
         return ConfigError(self.key, self.message, path)
+
+
+def _one_line(text: str) -> str:
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 class Venue(str, Enum):
@@ -585,7 +590,8 @@ def _parse_group(name: str, table: Mapping[str, Any], accounts: dict[str, Accoun
         if account not in accounts:
             raise ConfigError(key, f"unknown account {account!r}; configured: {', '.join(accounts) or 'none'}")
         if accounts[account].venue is not role.venue:
-            raise ConfigError(key, f"account {account!r} is on {accounts[account].venue.value}; expected a {role.venue.value} account")
+            actual = accounts[account].venue.value
+            raise ConfigError(key, f"account {account!r} is on {actual}; expected a {role.venue.value} account")
         roles[role.value] = account
     if roles["lighter1"] == roles["lighter2"]:
         raise ConfigError(f"{prefix}.lighter2", "must be a different account from lighter1")
@@ -633,7 +639,8 @@ def _parse_services(doc: Mapping[str, Any], base_dir: Path) -> dict[str, Any]:
         out["telegram"] = TelegramConfig(
             enabled=_check_bool("telegram.enabled", t.get("enabled", True)),
             api_url=_check_url("telegram.api_url", t.get("api_url", TelegramConfig.api_url), ("http", "https")),
-            keys_file=_resolve_file("telegram.keys_file", t["keys_file"], base_dir, must_exist=False) if "keys_file" in t else None,
+            keys_file=(_resolve_file("telegram.keys_file", t["keys_file"], base_dir, must_exist=False)
+                       if "keys_file" in t else None),
             bot_token_env=_check_str("telegram.bot_token_env", t.get("bot_token_env", TelegramConfig.bot_token_env)),
             chat_id_env=_check_str("telegram.chat_id_env", t.get("chat_id_env", TelegramConfig.chat_id_env)),
         )
