@@ -89,14 +89,33 @@ def test_hang_makes_the_client_time_out(tg: TelegramServer) -> None:
     with pytest.raises(requests.Timeout):
         _send(tg, timeout=0.3, chat_id=1, text="late")
     assert time.monotonic() - started < 1.4
-    # The hung request still completes server-side afterwards; the next one is served at once.
+    # The next request is served at once; the abandoned one is dropped once its hang ends
+    # (lost in transit), so it is never delivered.
     assert _send(tg, chat_id=1, text="next").json()["ok"] is True
+    time.sleep(1.6)
+    assert tg.state.texts() == ["next"]
+
+
+def test_hang_shorter_than_client_timeout_delivers(tg: TelegramServer) -> None:
+    tg.state.arm("hang", 1, seconds=0.3)
+    started = time.monotonic()
+    assert _send(tg, timeout=5, chat_id=1, text="slow").json()["ok"] is True
+    assert time.monotonic() - started >= 0.3
+    assert tg.state.texts() == ["slow"]
 
 
 def test_unknown_fault_kind_is_rejected(tg: TelegramServer) -> None:
     reply = requests.post(f"{tg.url}/_sim/fail", json={"kind": "explode"}, timeout=5)
     assert reply.status_code == 400
     assert "http_429" in reply.json()["error"]
+
+
+def test_reset_faults_only_keeps_messages(tg: TelegramServer) -> None:
+    _send(tg, chat_id=1, text="kept")
+    tg.state.arm("http_500", 5)
+    requests.post(f"{tg.url}/_sim/reset", json={"faults_only": True}, timeout=5)
+    assert _send(tg, chat_id=1, text="after").json()["ok"] is True
+    assert tg.state.texts() == ["kept", "after"]
 
 
 def test_reset_forgets_messages_and_faults(tg: TelegramServer) -> None:

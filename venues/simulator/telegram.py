@@ -5,7 +5,7 @@ Every delivered message is recorded so tests can prove exactly-once, in-order de
 admin API under ``/_sim/``:
 
 * ``GET /_sim/messages`` → ``{"messages": [{chat_id, text, message_id, date, token_hash}, ...]}``
-* ``POST /_sim/reset`` → forget messages and faults
+* ``POST /_sim/reset`` → forget messages and faults (``{"faults_only": true}``: only the faults)
 * ``POST /_sim/fail`` ``{"kind": "http_429"|"http_500"|"hang", "count": N, "retry_after": S,
   "seconds": S}`` → arm a fault for the next N ``sendMessage`` requests
 
@@ -72,6 +72,10 @@ class TelegramState:
         fault = ArmedFault(TelegramFault(kind), retry_after=int(retry_after), seconds=float(seconds))
         with self._lock:
             self._faults.extend([fault] * int(count))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
 
     def take_fault(self) -> ArmedFault | None:
         with self._lock:
@@ -173,6 +177,10 @@ def create_telegram_app(state: TelegramState) -> web.Application:
         failed = await _apply_fault(state.take_fault())
         if failed is not None:
             return failed
+        if request.transport is None or request.transport.is_closing():
+            # The client gave up during a hang: model a request lost in transit (never delivered),
+            # so "killed mid-delivery" tests are deterministic.
+            raise ConnectionResetError("client went away")
         try:
             params = await _read_params(request)
             if "chat_id" not in params:
@@ -198,7 +206,11 @@ def create_telegram_app(state: TelegramState) -> web.Application:
         return web.json_response({"messages": state.messages, "requests": state.requests})
 
     async def reset(request: web.Request) -> web.Response:
-        state.reset()
+        body = await request.json() if request.can_read_body else {}
+        if isinstance(body, dict) and body.get("faults_only"):
+            state.clear_faults()
+        else:
+            state.reset()
         return web.json_response({"status": "ok"})
 
     async def fail(request: web.Request) -> web.Response:
@@ -246,7 +258,8 @@ class TelegramServer:
         return self
 
     async def _start(self) -> None:
-        self._runner = web.AppRunner(create_telegram_app(self.state), access_log=None)
+        # A short shutdown timeout: a request held by a "hang" fault must not delay stop().
+        self._runner = web.AppRunner(create_telegram_app(self.state), access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
