@@ -82,11 +82,29 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
     }
 
 
+WATCHDOG_EVERY_SECS = 5.0
+
+
+def beat_schedule(settings: Settings | None) -> dict[str, Any]:
+    """The watchdog sweep plus one entry per ``[schedules.<name>]``; stale triggers expire."""
+    schedule: dict[str, Any] = {
+        "xtb-watchdog": {"task": "xtb.hedge.watchdog", "schedule": WATCHDOG_EVERY_SECS,
+                         "options": {"queue": ORCHESTRATOR_QUEUE, "expires": WATCHDOG_EVERY_SECS}},
+    }
+    for entry in (settings.schedules.values() if settings else []):
+        schedule[f"xtb-cycle-{entry.name}"] = {
+            "task": "xtb.hedge.start_cycle", "schedule": entry.every_secs, "kwargs": {"group": entry.group},
+            "options": {"queue": ORCHESTRATOR_QUEUE, "expires": entry.expires_secs or min(entry.every_secs, 300.0)},
+        }
+    return schedule
+
+
 def create_app() -> Celery:
     settings = load_app_settings()
     celery_app = Celery("xtb_tasks")
     url = configured_url(settings)
     celery_app.conf.update(celery_settings(settings, url or embedded_url()))
+    celery_app.conf.beat_schedule = beat_schedule(settings)
     if url is None:
         # Importing the app must not start servers; a worker with nothing configured starts the
         # embedded Redis before it connects.

@@ -1,1 +1,331 @@
-"""Hedge-cycle tasks on the orchestrator queue (filled in by the orchestrator work)."""
+"""Hedge-cycle tasks on the ``orchestrator`` queue: start, plan, rebalance, monitor, exit, watchdog.
+
+Each task reads the cycle record, decides (``orchestrator.flow``), records the decision, then
+publishes the next canvas (``orchestrator.canvas``). None of them calls a venue or waits on a
+result; none holds venue keys.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from decimal import Decimal
+from typing import Any
+
+from celery import Task
+from celery.signals import worker_ready
+
+from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, raise_alert
+from orchestrator import canvas
+from orchestrator.exits import finish_exit
+from orchestrator.flow import (
+    Positions,
+    bp_rules_from_record,
+    group_and_params,
+    rebalance_step,
+    take_group_lock,
+    zero_streaks,
+)
+from orchestrator.planning import AccountSnapshot, PlanRefused, plan_cycle
+from orchestrator.recovery import sweep
+from orchestrator.state import (
+    FINAL_REASON_BY_STAGE,
+    STEP_GRACE_SECS,
+    CycleRecord,
+    ExitReason,
+    Outcome,
+    Stage,
+    create_cycle,
+)
+from xtb_tasks.celery_app import ORCHESTRATOR_QUEUE, app
+from xtb_tasks.client_ids import allocate_client_ids, record_intent
+from xtb_tasks.config import ConfigError, HedgeParams, Settings, load_settings
+from xtb_tasks.redis_conn import redis_client
+
+log = logging.getLogger(__name__)
+
+
+class InvalidCycleRequest(ValueError):
+    """Bad arguments to ``start_cycle``; rejected before any venue call."""
+
+
+class CycleAlreadyActive(RuntimeError):
+    """The group already has an active cycle (one active cycle per group)."""
+
+
+def settings() -> Settings:
+    return getattr(app, "xtb_settings", None) or load_settings()
+
+
+def _record(cycle_id: str) -> CycleRecord:
+    return CycleRecord(redis_client(), cycle_id)
+
+
+def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, HedgeParams]:
+    if not isinstance(group, str) or not group:
+        raise InvalidCycleRequest("start_cycle needs 'group': the name of a configured hedge group")
+    cfg = settings()
+    try:
+        grp = cfg.group(group)
+        params = HedgeParams.from_mapping(overrides, base=grp.params)
+    except ConfigError as exc:
+        raise InvalidCycleRequest(exc.render()) from None
+    return cfg, params
+
+
+@app.task(name="xtb.hedge.start_cycle", bind=True)
+def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **overrides: Any) -> dict[str, Any]:
+    """Validate, take the group lease, write the cycle record and launch planning."""
+    cfg, params = validate_request(group, overrides)
+    assert group is not None
+    cycle_id = f"{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+    client = redis_client()
+    holder = take_group_lock(client, group, cycle_id)
+    if holder is not None:
+        text = f"Cycle start refused for group {group}: cycle {holder} is still active."
+        raise_alert(client, AlertKind.CYCLE_FINISHED, text, group=group, refused=True, active_cycle=holder)
+        raise CycleAlreadyActive(text)
+    create_cycle(client, cycle_id, group, overrides=overrides, cycle_index=cycle_index,
+                 direction=params.direction.value, params=params.to_json(),
+                 next_deadline=time.time() + STEP_GRACE_SECS, trigger_task=self.request.id or "")
+    log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
+    canvas.snapshots(cfg.group(group), cycle_id).apply_async()
+    return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
+
+
+def _allocate(grp: Any, params: HedgeParams, cycle_id: str) -> dict[str, list[int]]:
+    client = redis_client()
+    plan = {"bp_entry": (grp.backpack, "backpack", params.backpack_entry_max_attempts),
+            "l1_hedge": (grp.lighter1, "lighter", params.lighter_hedge_max_attempts),
+            "l2_entry": (grp.lighter2, "lighter", params.lighter_hedge_max_attempts)}
+    ids = {leg: allocate_client_ids(client, account, venue, n) for leg, (account, venue, n) in plan.items()}
+    pipe = client.pipeline(transaction=False)
+    for leg, (account, _, _) in plan.items():
+        for client_id in ids[leg]:
+            record_intent(pipe, account, client_id, cycle_id=cycle_id, leg=leg)
+    pipe.execute()
+    return ids
+
+
+@app.task(name="xtb.hedge.plan")
+def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
+    """Size the cycle from fresh snapshots, allocate every client id, launch the entry chain."""
+    record = _record(cycle_id)
+    grp, params = group_and_params(settings(), record)
+    if record.cancel_requested():
+        return finish_not_started(record, grp.name, "cancelled before any order")
+    snaps = {role: AccountSnapshot.from_json(s) for role, s in zip(canvas.ROLES, snapshots, strict=True)}
+    try:
+        cycle_plan = plan_cycle(grp, params, snaps)
+    except PlanRefused as exc:
+        return finish_not_started(record, grp.name, str(exc))
+    ids = _allocate(grp, params, cycle_id)
+    bp_rules = snaps[canvas.Role.BP].rules
+    record.update(plan=cycle_plan.to_json(), client_ids=ids,
+                  bp_rules={"symbol": bp_rules.symbol, "tick_size": str(bp_rules.tick_size),
+                            "step_size": str(bp_rules.step_size), "min_quantity": str(bp_rules.min_quantity)},
+                  l_step=str(snaps[canvas.Role.L1].rules.step_size))
+    record.record_positions("start", {k: str(v) for k, v in cycle_plan.baselines.items()})
+    raise_alert(redis_client(), AlertKind.CYCLE_STARTED,
+                format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),
+                cycle_id=cycle_id, group=grp.name)
+    log.info("cycle=%s plan bp=%s %s wait=%.2fs price=%s", cycle_id, cycle_plan.bp_side.value,
+             cycle_plan.bp_size, cycle_plan.wait_secs, cycle_plan.reference_price)
+    canvas.entry_chain(grp, params, cycle_plan, cycle_id, ids).apply_async()
+    return {"cycle_id": cycle_id, "plan": cycle_plan.to_json()}
+
+
+def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, Any]:
+    from orchestrator.flow import release_group_lock
+
+    log.warning("cycle=%s group=%s not started: %s", record.cycle_id, group, why)
+    record.update(error=why)
+    record.finish(Outcome.FLAT, "not_started")
+    release_group_lock(redis_client(), group, record.cycle_id)
+    raise_alert(redis_client(), AlertKind.CYCLE_FINISHED,
+                f"Cycle {record.cycle_id} ({group}) not started: {why}.", cycle_id=record.cycle_id, group=group)
+    return {"cycle_id": record.cycle_id, "stage": Stage.DONE.value, "error": why}
+
+
+@app.task(name="xtb.hedge.rebalance")
+def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
+    """Read all three positions in parallel, then drive Backpack to -(l1 + l2)."""
+    record = _record(cycle_id)
+    if record.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
+        return
+    if record.cancel_requested():
+        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.CANCELLED.value)
+        return
+    if then == "hedge":
+        record.set_stage(Stage.REBALANCE, deadline=time.time() + STEP_GRACE_SECS)
+    grp, _ = group_and_params(settings(), record)
+    decide = canvas.hedge("rebalance_decide", immutable=False, cycle_id=cycle_id, attempt=attempt, then=then)
+    canvas.read_positions(grp, cycle_id, decide).apply_async()
+
+
+@app.task(name="xtb.hedge.rebalance_decide")
+def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str) -> dict[str, Any]:
+    record = _record(cycle_id)
+    if record.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
+        return {"skipped": True}
+    grp, params = group_and_params(settings(), record)
+    positions = Positions.from_readings(readings)
+    record.record_positions(f"rebalance_{attempt}", positions.to_json())
+    step = rebalance_step(positions, bp_rules_from_record(record)) if positions.known else None
+    if positions.known and step is None:
+        _hedged(record, grp.name, params, positions, then)
+        return {"hedged": True, "positions": positions.to_json()}
+    if attempt >= params.rebalance_max_attempts:
+        why = "positions unknown" if not positions.known else f"Backpack still {positions.bp} vs target {step.target}"
+        record.add_event(f"rebalance gave up after {attempt} attempts: {why}")
+        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.REBALANCE_FAILED.value)
+        return {"hedged": False}
+    if step is None:  # unknown positions: read again shortly
+        rebalance.apply_async(kwargs={"cycle_id": cycle_id, "attempt": attempt + 1, "then": then},
+                              countdown=params.rebalance_retry_delay_secs)
+        return {"hedged": False, "unknown": True}
+    client_id = allocate_client_ids(redis_client(), grp.backpack, "backpack", 1)[0]
+    count = redis_client().hincrby(record.key, "rebalances", 1)
+    leg = f"bp_rebalance_{count}"
+    record_intent(redis_client(), grp.backpack, client_id, cycle_id=cycle_id, leg=leg)
+    record.add_event(f"rebalance {step.side.value} {step.quantity} toward Backpack target {step.target}")
+    nxt = canvas.hedge("rebalance", cycle_id=cycle_id, attempt=attempt + 1, then=then)
+    canvas.rebalance_order(grp, cycle_id, step.side.value, step.quantity, client_id, leg, nxt).apply_async()
+    return {"hedged": False, "order": {"side": step.side.value, "quantity": str(step.quantity)}}
+
+
+def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, then: str) -> None:
+    if then == "hedge":
+        now = time.time()
+        record.set_stage(Stage.MONITORING, deadline=now + params.poll_interval_secs + STEP_GRACE_SECS,
+                         monitoring_started_at=now, net_delta=str(positions.net))
+        raise_alert(redis_client(), AlertKind.CYCLE_HEDGED,
+                    format_cycle_hedged(group, record.cycle_id, {"BP": positions.bp, "L1": positions.l1,
+                                                                 "L2": positions.l2}),
+                    cycle_id=record.cycle_id, group=group)
+    monitor_tick.apply_async(kwargs={"cycle_id": record.cycle_id}, countdown=params.poll_interval_secs)
+
+
+@app.task(name="xtb.hedge.monitor_tick")
+def monitor_tick(*, cycle_id: str) -> None:
+    """One short check; the next one is scheduled by :func:`monitor_decide` (never a long countdown)."""
+    record = _record(cycle_id)
+    if record.stage is not Stage.MONITORING:
+        return
+    grp, params = group_and_params(settings(), record)
+    if record.cancel_requested():
+        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.CANCELLED.value)
+        return
+    started = float(record.get("monitoring_started_at") or time.time())
+    if time.time() - started >= params.timeout_secs:
+        log.warning("cycle=%s timeout reached after %.0fs; unwinding", cycle_id, time.time() - started)
+        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.TIMEOUT.value)
+        return
+    record.touch_deadline(time.time() + params.poll_interval_secs + STEP_GRACE_SECS)
+    canvas.read_positions(grp, cycle_id, canvas.hedge("monitor_decide", immutable=False,
+                                                      cycle_id=cycle_id)).apply_async()
+
+
+@app.task(name="xtb.hedge.monitor_decide")
+def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
+    record = _record(cycle_id)
+    if record.stage is not Stage.MONITORING:
+        return {"skipped": True}
+    _, params = group_and_params(settings(), record)
+    positions = Positions.from_readings(readings)
+    record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "")
+    streaks = zero_streaks(record, positions, Decimal(record.get("l_step") or "0.0001"))
+    for role, reason in (("L1", ExitReason.LIGHTER1_ZERO), ("L2", ExitReason.LIGHTER2_ZERO)):
+        if streaks.get(role, 0) >= params.zero_confirmations:
+            log.warning("cycle=%s %s returned to zero on %s fresh reads", cycle_id, role, streaks[role])
+            emergency_exit.delay(cycle_id=cycle_id, reason=reason.value)
+            return {"exit": reason.value}
+    if positions.known:
+        step = rebalance_step(positions, bp_rules_from_record(record))
+        drift = abs(step.target - positions.bp) if step else Decimal(0)  # type: ignore[operator]
+        if step is not None and drift > params.liquidation_tolerance:
+            rebalance.delay(cycle_id=cycle_id, attempt=0, then="monitor")
+            return {"rebalance": str(drift)}
+    monitor_tick.apply_async(kwargs={"cycle_id": cycle_id}, countdown=params.poll_interval_secs)
+    return {"positions": positions.to_json()}
+
+
+@app.task(name="xtb.hedge.on_step_failed")
+def on_step_failed(failed_task_id: str | None = None, *, cycle_id: str) -> None:
+    """Chain and chord errback: any failed step ends in an emergency exit with the stage's reason."""
+    record = _record(cycle_id)
+    stage = record.stage
+    if stage in (Stage.EMERGENCY_EXIT, Stage.DONE, None):
+        return
+    failed = app.AsyncResult(failed_task_id) if failed_task_id else None
+    error = f"{failed.name if failed else 'step'}: {failed.result!r}" if failed else "unknown failure"
+    reason = ExitReason.CANCELLED if record.cancel_requested() else FINAL_REASON_BY_STAGE.get(
+        stage, ExitReason.RECOVERED_UNWIND)
+    log.error("cycle=%s stage=%s failed (%s); emergency exit %s", cycle_id, stage.value, error, reason.value)
+    record.update(error=error[:500])
+    emergency_exit.delay(cycle_id=cycle_id, reason=reason.value)
+
+
+@app.task(name="xtb.hedge.emergency_exit")
+def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str, Any]:
+    """Flatten all three accounts in parallel; once per attempt, however often it is triggered."""
+    record = _record(cycle_id)
+    if record.stage is Stage.DONE or not redis_client().hsetnx(record.key, f"exit_attempt:{attempt}", time.time()):
+        return {"skipped": True}
+    record.request_cancel()  # entry steps still queued must not send anything now
+    if record.stage is not Stage.EMERGENCY_EXIT:
+        record.set_stage(Stage.EMERGENCY_EXIT, deadline=time.time() + STEP_GRACE_SECS, reason=reason)
+    else:
+        record.touch_deadline(time.time() + STEP_GRACE_SECS)
+    grp, params = group_and_params(settings(), record)
+    log.warning("cycle=%s emergency exit reason=%s attempt=%s", cycle_id, reason, attempt)
+    ids: dict[str, list[int]] = {}
+    for role in canvas.ROLES:
+        account = grp.account_for(role)
+        venue = role.venue.value
+        ids[role.short] = allocate_client_ids(redis_client(), account, venue, params.backpack_entry_max_attempts)
+    record.update(exit_attempts=attempt + 1, **{f"exit_ids:{attempt}": ids})
+    canvas.flatten_all(grp, cycle_id, reason, attempt, ids).apply_async()
+    return {"cycle_id": cycle_id, "reason": reason, "attempt": attempt}
+
+
+@app.task(name="xtb.hedge.exit_report")
+def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int) -> dict[str, Any]:
+    """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle."""
+    record = _record(cycle_id)
+    if not all(r.get("flat") for r in results) and attempt < 2:
+        record.add_event(f"exit attempt {attempt} not flat everywhere; trying again")
+        emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
+                                   countdown=1.0)
+        return {"retrying": True}
+    summary = finish_exit(redis_client(), record, settings(), results, reason)
+    nxt = summary.get("next_cycle")
+    if nxt:
+        start_cycle.apply_async(kwargs=nxt, queue=ORCHESTRATOR_QUEUE)
+    return summary
+
+
+@app.task(name="xtb.hedge.exit_failed")
+def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str, attempt: int) -> None:
+    record = _record(cycle_id)
+    record.add_event(f"exit attempt {attempt} failed in a flatten task ({failed_task_id})")
+    if attempt < 2:
+        emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
+                                   countdown=2.0)
+        return
+    finish_exit(redis_client(), record, settings(), [], reason, unresolved=True)
+
+
+@app.task(name="xtb.hedge.watchdog")
+def watchdog() -> list[dict[str, Any]]:
+    """Resolve cycles whose next step is overdue (lost message, hung chord, dead worker)."""
+    return sweep(redis_client(), settings())
+
+
+@worker_ready.connect
+def _recover_on_orchestrator_start(sender: Any = None, **_: Any) -> None:
+    # An orchestrator that starts (or restarts after a crash) first looks for cycles left waiting.
+    consumed = sender.app.amqp.queues.consume_from if sender is not None else {}
+    if ORCHESTRATOR_QUEUE in consumed:
+        watchdog.apply_async(countdown=1.0)

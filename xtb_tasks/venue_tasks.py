@@ -1,1 +1,200 @@
-"""Per-account venue tasks (filled in by the connector work)."""
+"""Per-account venue tasks: each runs on its account's queue, under the account lease.
+
+Arguments are JSON keyword arguments with no secrets (the worker loads the account's keys);
+results are small JSON dicts. Confirmation polls by retrying with a short countdown, never by
+sleeping in the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from celery import Task
+
+from orchestrator.state import CycleRecord, Stage, enter_stage
+from venues.base import Side, VenueError
+from xtb_tasks.celery_app import app
+from xtb_tasks.client_ids import IntentStatus, intent_status, record_intent
+from xtb_tasks.connectors import get_connector
+from xtb_tasks.lease import AccountLeaseTask
+from xtb_tasks.redis_conn import redis_client
+from xtb_tasks.venue_ops import (
+    OrderRequest,
+    RetryLater,
+    confirmation,
+    note_account_state,
+    read_position,
+    submit_order,
+)
+
+log = logging.getLogger(__name__)
+
+#: Submission attempts that only re-check an uncertain outcome; far below the lease retry budget.
+SUBMIT_MAX_RETRIES = 20
+
+
+LEG_STAGES = {"bp_entry": Stage.BP_ENTRY, "l1_hedge": Stage.L1_HEDGE, "l2_entry": Stage.L2_ENTRY}
+
+
+class WrongQueue(RuntimeError):
+    """A venue task for one account reached the worker of another (misrouting)."""
+
+
+def _guard_queue(task: Task, account: str) -> None:
+    # A worker serves only the accounts it consumes: it never acts with another account's keys.
+    routing_key = (task.request.delivery_info or {}).get("routing_key")
+    if routing_key and routing_key != account:
+        raise WrongQueue(f"task for account {account!r} arrived on queue {routing_key!r}; refusing")
+
+
+@app.task(name="xtb.venue.submit_market_order", base=AccountLeaseTask, bind=True)
+def submit_market_order(self: Task, *, account: str, symbol: str, side: str, client_ids: list[int],
+                        quantity: str | None = None, reduce_only: bool = False,
+                        max_slippage: float | None = None, cycle_id: str | None = None,
+                        leg: str | None = None, quantity_from_leg: str | None = None,
+                        retry_delay_secs: float = 0.5) -> dict[str, Any]:
+    """One market order through its planned client ids (a new id per attempt, each sent at most once)."""
+    _guard_queue(self, account)
+    if cycle_id:
+        record = CycleRecord(redis_client(), cycle_id)
+        if record.cancel_requested() and not reduce_only:
+            raise RuntimeError(f"cycle {cycle_id} was cancelled; {leg} not sent")
+        if leg in LEG_STAGES:
+            enter_stage(record, LEG_STAGES[leg])
+    request = OrderRequest(
+        account=account, symbol=symbol, side=Side(side), client_ids=tuple(client_ids),
+        quantity=Decimal(quantity) if quantity is not None else None, reduce_only=reduce_only,
+        max_slippage=max_slippage, cycle_id=cycle_id, leg=leg, quantity_from_leg=quantity_from_leg,
+        retry_delay_secs=retry_delay_secs,
+    )
+    try:
+        report = submit_order(redis_client(), get_connector(account), request)
+    except RetryLater as exc:
+        raise self.retry(countdown=exc.countdown, max_retries=SUBMIT_MAX_RETRIES, exc=exc) from None
+    return {**report.to_json(), "account": account}
+
+
+@app.task(name="xtb.venue.get_position", base=AccountLeaseTask, bind=True)
+def get_position(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
+    _guard_queue(self, account)
+    return read_position(redis_client(), get_connector(account), symbol, cycle_id).to_json()
+
+
+@app.task(name="xtb.venue.get_collateral", base=AccountLeaseTask, bind=True)
+def get_collateral(self: Task, *, account: str, cycle_id: str | None = None) -> dict[str, Any]:
+    _guard_queue(self, account)
+    balance = get_connector(account).get_balance()
+    note_account_state(redis_client(), account, balance=balance.equity if balance.equity is not None else "",
+                       balance_read_at=balance.read_at)
+    return balance.to_json()
+
+
+class ConfirmationFailed(RuntimeError):
+    """The position did not move as required before the deadline (or the cycle was cancelled)."""
+
+
+@app.task(name="xtb.venue.confirm_position", base=AccountLeaseTask, bind=True, max_retries=None)
+def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, expected_sign: int,
+                     min_fraction: float, poll_secs: float, deadline: float | None = None,
+                     timeout_secs: float | None = None, cycle_id: str | None = None, leg: str | None = None,
+                     requested: str | None = None, fail_on_timeout: bool = False,
+                     next_stage: str | None = None) -> dict[str, Any]:
+    """Poll until the position moved by more than ``min_fraction`` of the request, or the deadline.
+
+    The deadline is absolute, or ``timeout_secs`` from the first poll (kept across retries).
+    """
+    _guard_queue(self, account)
+    if deadline is None:
+        deadline = time.time() + (timeout_secs or 0.0)
+    client = redis_client()
+    record = CycleRecord(client, cycle_id) if cycle_id else None
+    if requested is None and record and leg:
+        requested = (record.leg(leg) or {}).get("requested") or "0"
+    reading = read_position(client, get_connector(account), symbol, cycle_id)
+    result = confirmation(reading, Decimal(baseline), expected_sign, Decimal(requested or "0"),
+                          Decimal(str(min_fraction)))
+    result.update(account=account, polls=self.request.retries + 1)
+    if record and record.cancel_requested():
+        raise ConfirmationFailed(f"cycle {cycle_id} cancelled while confirming {leg}")
+    if not result["confirmed"] and time.time() < deadline:
+        raise self.retry(countdown=poll_secs, kwargs={**self.request.kwargs, "deadline": deadline})
+    log.info("account=%s cycle=%s leg=%s confirm=%s position=%s polls=%s", account, cycle_id, leg,
+             result["confirmed"], result["position"], result["polls"])
+    if record and leg:
+        record.update(**{f"confirm:{leg}": result})
+    if not result["confirmed"] and fail_on_timeout:
+        raise ConfirmationFailed(f"{leg or 'position'} on {account} not confirmed: position {result['position']}, "
+                                 f"baseline {baseline}, requested {requested}")
+    if record and next_stage:
+        enter_stage(record, Stage(next_stage))
+    return result
+
+
+def fresh_client_ids(client: Any, account: str, symbol: str, client_ids: list[int],
+                     cycle_id: str | None) -> Iterator[int]:
+    """Yield only ids never used before, marking each as sending when handed out (a re-run skips them)."""
+    for client_id in client_ids:
+        if intent_status(client, account, client_id) not in (None, IntentStatus.PLANNED):
+            continue
+        record_intent(client, account, client_id, status=IntentStatus.SENDING.value, symbol=symbol,
+                      reduce_only=True, cycle_id=cycle_id or "", leg="flatten")
+        yield client_id
+
+
+@app.task(name="xtb.venue.flatten", base=AccountLeaseTask, bind=True)
+def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], cycle_id: str | None = None,
+            max_attempts: int = 3) -> dict[str, Any]:
+    """Reduce-only market orders until a fresh read says flat."""
+    _guard_queue(self, account)
+    connector = get_connector(account)
+    client = redis_client()
+    report = connector.flatten(symbol, fresh_client_ids(client, account, symbol, client_ids, cycle_id),
+                               max_attempts=max_attempts)
+    final = report.final_position
+    note_account_state(client, account, position="" if final.quantity is None else final.quantity,
+                       position_read_at=final.read_at if final.known else "", cycle_id=cycle_id or "")
+    log.info("account=%s cycle=%s flatten flat=%s orders=%s position=%s", account, cycle_id, report.flat,
+             len(report.orders), final.quantity)
+    try:
+        equity = connector.get_balance().equity
+    except VenueError as exc:
+        log.warning("account=%s cycle=%s balance after flatten unknown: %s", account, cycle_id, exc)
+        equity = None
+    return {**report.to_json(), "equity": None if equity is None else str(equity)}
+
+
+@app.task(name="xtb.venue.cancel_all", base=AccountLeaseTask, bind=True)
+def cancel_all(self: Task, *, account: str, symbol: str) -> dict[str, Any]:
+    _guard_queue(self, account)
+    return {"account": account, "cancelled": get_connector(account).cancel_all(symbol)}
+
+
+@app.task(name="xtb.venue.account_snapshot", base=AccountLeaseTask, bind=True)
+def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
+    """Rules, top of book, balance and a fresh position in one round trip (cycle planning)."""
+    _guard_queue(self, account)
+    connector = get_connector(account)
+    client = redis_client()
+    rules = connector.market_rules(symbol)
+    top = connector.top_of_book(symbol)
+    balance = connector.get_balance()
+    reading = read_position(client, connector, symbol, cycle_id)
+    note_account_state(client, account, balance="" if balance.equity is None else balance.equity,
+                       balance_read_at=balance.read_at)
+
+    def text(value: Any) -> str | None:
+        return None if value is None else str(value)
+
+    return {
+        "account": account,
+        "rules": {"symbol": rules.symbol, "tick_size": str(rules.tick_size), "step_size": str(rules.step_size),
+                  "min_quantity": str(rules.min_quantity), "min_notional": str(rules.min_notional),
+                  "market_id": rules.market_id},
+        "bid": text(top.bid), "ask": text(top.ask), "equity": text(balance.equity),
+        "collateral": text(balance.collateral), "available": text(balance.available),
+        "position": text(reading.quantity), "position_error": reading.error,
+    }

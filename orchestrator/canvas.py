@@ -1,0 +1,89 @@
+"""Celery signatures of the hedge cycle: which task runs where, with which arguments.
+
+Venue steps go to the account's own queue; decisions go to ``orchestrator``. The Backpack fill
+hands off to the Lighter1 hedge in one hop: the Lighter1 submit task reads the fill from the
+cycle record itself instead of waiting for an orchestrator step in between.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from celery import chain, chord, group
+from celery.canvas import Signature
+
+from orchestrator.planning import CyclePlan
+from xtb_tasks.config import GroupConfig, HedgeParams, Role
+
+ORCHESTRATOR = "orchestrator"
+ROLES = (Role.BP, Role.L1, Role.L2)
+
+
+def venue(task: str, account: str, **kwargs: Any) -> Signature:
+    return Signature(f"xtb.venue.{task}", kwargs={"account": account, **kwargs}, queue=account, immutable=True)
+
+
+def hedge(task: str, *, immutable: bool = True, **kwargs: Any) -> Signature:
+    return Signature(f"xtb.hedge.{task}", kwargs=kwargs, queue=ORCHESTRATOR, immutable=immutable)
+
+
+def on_failure(cycle_id: str) -> Signature:
+    # Not immutable: Celery passes the failed task's id as the one positional argument.
+    return hedge("on_step_failed", immutable=False, cycle_id=cycle_id)
+
+
+def snapshots(grp: GroupConfig, cycle_id: str) -> chord:
+    header = group(venue("account_snapshot", grp.account_for(r), symbol=grp.symbol_for(r), cycle_id=cycle_id)
+                   for r in ROLES)
+    return chord(header, hedge("plan", immutable=False, cycle_id=cycle_id).on_error(on_failure(cycle_id)))
+
+
+def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id: str,
+                ids: dict[str, list[int]]) -> chain:
+    """Backpack entry → Lighter1 hedge → confirm → (random wait) Lighter2 entry → confirm → rebalance."""
+    slippage = params.lighter_max_slippage or None
+    confirm = {"min_fraction": params.confirmation_min_fraction, "timeout_secs": params.confirmation_timeout_secs,
+               "poll_secs": params.confirmation_poll_secs, "cycle_id": cycle_id, "fail_on_timeout": True}
+    steps = chain(
+        venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=plan.bp_side.value,
+              client_ids=ids["bp_entry"], quantity=str(plan.bp_size), cycle_id=cycle_id, leg="bp_entry",
+              retry_delay_secs=params.backpack_retry_delay_secs),
+        venue("submit_market_order", grp.lighter1, symbol=grp.lighter_symbol, side=plan.l1_side.value,
+              client_ids=ids["l1_hedge"], quantity_from_leg="bp_entry", max_slippage=slippage,
+              cycle_id=cycle_id, leg="l1_hedge", retry_delay_secs=params.lighter_retry_delay_secs),
+        venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol, baseline=str(plan.baselines["L1"]),
+              expected_sign=plan.l1_side.sign, leg="l1_hedge", next_stage="wait", **confirm),
+        venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=plan.l2_side.value,
+              client_ids=ids["l2_entry"], quantity_from_leg="bp_entry", max_slippage=slippage,
+              cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
+              ).set(countdown=plan.wait_secs),
+        venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol, baseline=str(plan.baselines["L2"]),
+              expected_sign=plan.l2_side.sign, leg="l2_entry", next_stage="rebalance", **confirm),
+        hedge("rebalance", cycle_id=cycle_id, attempt=0),
+    )
+    return steps.on_error(on_failure(cycle_id))
+
+
+def read_positions(grp: GroupConfig, cycle_id: str, then: Signature) -> chord:
+    """Read all three positions in parallel on their own queues, then run ``then`` with the list."""
+    header = group(venue("get_position", grp.account_for(r), symbol=grp.symbol_for(r), cycle_id=cycle_id)
+                   for r in ROLES)
+    return chord(header, then.on_error(on_failure(cycle_id)))
+
+
+def rebalance_order(grp: GroupConfig, cycle_id: str, side: str, quantity: Decimal, client_id: int,
+                    leg: str, then: Signature) -> chain:
+    return chain(
+        venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=side, client_ids=[client_id],
+              quantity=str(quantity), cycle_id=cycle_id, leg=leg),
+        then,
+    ).on_error(on_failure(cycle_id))
+
+
+def flatten_all(grp: GroupConfig, cycle_id: str, reason: str, attempt: int, ids: dict[str, list[int]]) -> chord:
+    header = group(venue("flatten", grp.account_for(r), symbol=grp.symbol_for(r), client_ids=ids[r.short],
+                         cycle_id=cycle_id) for r in ROLES)
+    body = hedge("exit_report", immutable=False, cycle_id=cycle_id, reason=reason, attempt=attempt)
+    return chord(header, body.on_error(hedge("exit_failed", immutable=False, cycle_id=cycle_id, reason=reason,
+                                             attempt=attempt)))

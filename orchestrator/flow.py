@@ -1,0 +1,123 @@
+"""Decisions of the hedge cycle, separate from the Celery task wrappers in ``xtb_tasks.hedge_tasks``.
+
+Pure where possible: given positions and parameters, what next. Everything here reads and
+writes the cycle record; nothing here talks to a venue.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import redis
+
+from orchestrator.state import CycleRecord
+from venues.base import MarketRules, Side
+from xtb_tasks import keys
+from xtb_tasks.config import GroupConfig, HedgeParams, Role, Settings
+
+
+@dataclass(frozen=True)
+class Positions:
+    """Signed positions of the three roles; None where the read failed (unknown)."""
+
+    bp: Decimal | None
+    l1: Decimal | None
+    l2: Decimal | None
+
+    @classmethod
+    def from_readings(cls, readings: list[dict[str, Any]]) -> Positions:
+        def value(reading: dict[str, Any]) -> Decimal | None:
+            q = reading.get("quantity")
+            return None if q is None else Decimal(q)
+
+        bp, l1, l2 = (value(r) for r in readings)
+        return cls(bp, l1, l2)
+
+    @property
+    def known(self) -> bool:
+        return None not in (self.bp, self.l1, self.l2)
+
+    @property
+    def net(self) -> Decimal | None:
+        return self.bp + self.l1 + self.l2 if self.known else None  # type: ignore[operator]
+
+    def to_json(self) -> dict[str, Any]:
+        def s(x: Decimal | None) -> str | None:
+            return None if x is None else str(x)
+
+        return {"BP": s(self.bp), "L1": s(self.l1), "L2": s(self.l2), "net": s(self.net), "read_at": time.time()}
+
+
+@dataclass(frozen=True)
+class RebalanceStep:
+    """A Backpack order that moves ``bp`` to ``-(l1 + l2)``, or None when already within one step."""
+
+    side: Side
+    quantity: Decimal
+    target: Decimal
+
+
+def rebalance_step(positions: Positions, bp_rules: MarketRules) -> RebalanceStep | None:
+    assert positions.known
+    target = -(positions.l1 + positions.l2)  # type: ignore[operator]
+    delta = target - positions.bp  # type: ignore[operator]
+    quantity = bp_rules.quantize_size(abs(delta), rounding=ROUND_HALF_UP)
+    # Within one step is hedged; below the venue minimum nothing can be traded (original bug §8.6
+    # used 1e-9 and oscillated).
+    if quantity < bp_rules.step_size or quantity < bp_rules.min_quantity:
+        return None
+    return RebalanceStep(Side.BUY if delta > 0 else Side.SELL, quantity, target)
+
+
+def bp_rules_from_record(record: CycleRecord) -> MarketRules:
+    rules = record.get("bp_rules") or {}
+    return MarketRules(symbol=rules["symbol"], tick_size=Decimal(rules["tick_size"]),
+                       step_size=Decimal(rules["step_size"]), min_quantity=Decimal(rules["min_quantity"]))
+
+
+def zero_streaks(record: CycleRecord, positions: Positions, l_step: Decimal) -> dict[str, int]:
+    """Consecutive fresh zero readings per Lighter leg; an unknown read neither counts nor resets."""
+    streaks = record.get("zero_streaks") or {"L1": 0, "L2": 0}
+    for role, value in (("L1", positions.l1), ("L2", positions.l2)):
+        if value is None:
+            continue
+        streaks[role] = streaks.get(role, 0) + 1 if abs(value) < l_step else 0
+    record.update(zero_streaks=streaks)
+    return streaks
+
+
+def group_and_params(settings: Settings, record: CycleRecord) -> tuple[GroupConfig, HedgeParams]:
+    grp = settings.group(record.get("group"))
+    params = HedgeParams.from_mapping(record.get("overrides") or {}, base=grp.params)
+    return grp, params
+
+
+def take_group_lock(client: redis.Redis, group: str, cycle_id: str) -> str | None:
+    """Hold the group lease for ``cycle_id``; returns the active cycle holding it instead, if any."""
+    key = keys.group_lock(group)
+    if client.set(key, cycle_id, nx=True):
+        return None
+    holder = client.get(key)
+    if holder and client.sismember(keys.CYCLES_ACTIVE, holder):
+        return holder
+    # A stale lease (its cycle finished or was lost without releasing): take it over atomically.
+    if client.set(key, cycle_id, xx=True, get=True) == holder:
+        return None
+    return client.get(key)
+
+
+def release_group_lock(client: redis.Redis, group: str, cycle_id: str) -> None:
+    key = keys.group_lock(group)
+    if client.get(key) == cycle_id:
+        client.delete(key)
+
+
+def pnl(start: dict[str, Any], end: dict[str, Any]) -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for role in (r.short for r in Role):
+        a, b = start.get(role), end.get(role)
+        out[role] = None if a in (None, "") or b in (None, "") else str(Decimal(str(b)) - Decimal(str(a)))
+    return out

@@ -1,0 +1,70 @@
+"""The watchdog and ``xtb recover``: resolve cycles whose next step is overdue.
+
+A lost message, a chord that never fires or a dead worker leaves a cycle waiting forever.
+The record says where it was; venue truth (positions, orders by client id) is read again by
+the step that resumes. Resume where that is safe (monitoring, rebalancing, an exit already under
+way); unwind everything otherwise (an entry half done is not worth guessing about).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import redis
+
+from orchestrator import canvas
+from orchestrator.state import STEP_GRACE_SECS, CycleRecord, ExitReason, Stage, active_cycle_ids
+from xtb_tasks import keys
+from xtb_tasks.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def overdue(data: dict[str, Any], now: float, grace: float) -> bool:
+    deadline = float(data.get("next_deadline") or 0)
+    updated = float(data.get("updated_at") or 0)
+    return bool(deadline) and now > deadline and now - updated > grace
+
+
+def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> dict[str, Any]:
+    stage = Stage(data.get("stage", Stage.PLANNING.value))
+    cycle_id = record.cycle_id
+    record.touch_deadline(time.time() + STEP_GRACE_SECS)
+    if stage is Stage.DONE:
+        client.srem(keys.CYCLES_ACTIVE, cycle_id)
+        return {"cycle_id": cycle_id, "action": "forgotten"}
+    if stage is Stage.MONITORING:
+        action = "resume_monitoring"
+        canvas.hedge("monitor_tick", cycle_id=cycle_id).apply_async()
+    elif stage is Stage.REBALANCE:
+        action = "resume_rebalance"
+        canvas.hedge("rebalance", cycle_id=cycle_id, attempt=0, then="hedge").apply_async()
+    elif stage is Stage.EMERGENCY_EXIT:
+        action = "retry_exit"
+        attempt = int(data.get("exit_attempts") or 1)
+        canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=data.get("reason") or ExitReason.RECOVERED_UNWIND.value,
+                     attempt=attempt).apply_async()
+    else:
+        action = "unwind"
+        canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.RECOVERED_UNWIND.value).apply_async()
+    record.add_event(f"watchdog: {stage.value} overdue; {action}")
+    log.warning("cycle=%s stage=%s overdue; %s", cycle_id, stage.value, action)
+    return {"cycle_id": cycle_id, "stage": stage.value, "action": action}
+
+
+def sweep(client: redis.Redis, settings: Settings, *, grace: float = STEP_GRACE_SECS,
+          force: bool = False) -> list[dict[str, Any]]:
+    """Resolve every active cycle that is overdue (or every active one with ``force``)."""
+    now = time.time()
+    actions = []
+    for cycle_id in active_cycle_ids(client):
+        record = CycleRecord(client, cycle_id)
+        data = record.all()
+        if not data:
+            client.srem(keys.CYCLES_ACTIVE, cycle_id)
+            continue
+        if force or overdue(data, now, grace):
+            actions.append(resolve(client, record, data))
+    return actions

@@ -1,0 +1,196 @@
+"""The cycle record in Redis: ``xtb:cycle:<id>``, the one place a cycle's truth is written.
+
+Every step records its intent before it touches a venue and its outcome after, so a restarted
+worker, the watchdog or ``xtb recover`` can always tell what was sent. Values are JSON strings
+in one hash; ``xtb:cycles:active`` lists cycles not yet finished, ``xtb:cycles:<group>`` the
+history (newest first).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import redis
+
+from xtb_tasks import keys
+
+HISTORY_LENGTH = 200
+
+
+class Stage(str, Enum):
+    """Cycle stages, in order; ``emergency_exit`` can follow any of them."""
+
+    #: Validating, sizing, allocating client ids.
+    PLANNING = "planning"
+    #: Backpack market entry.
+    BP_ENTRY = "bp_entry"
+    #: Lighter1 opposite-side hedge and its confirmation.
+    L1_HEDGE = "l1_hedge"
+    #: The random wait before Lighter2 (a countdown on the Lighter2 entry).
+    WAIT = "wait"
+    #: Lighter2 same-side entry and its confirmation.
+    L2_ENTRY = "l2_entry"
+    #: Reading all three positions and driving Backpack to -(l1 + l2).
+    REBALANCE = "rebalance"
+    #: Self-rescheduling checks until a leg is liquidated or the cycle times out.
+    MONITORING = "monitoring"
+    #: Flattening all three accounts.
+    EMERGENCY_EXIT = "emergency_exit"
+    #: Finished (see ``outcome`` and ``reason``).
+    DONE = "done"
+
+
+class Outcome(str, Enum):
+    """How a finished cycle ended."""
+
+    #: All three accounts confirmed flat after an emergency exit or cancel.
+    FLAT = "flat"
+    #: Hedged (net delta within one step) when the cycle stopped monitoring.
+    HEDGED = "hedged"
+    #: The exit could not confirm flat on every account: an operator must look (alerted).
+    UNRESOLVED = "unresolved"
+
+
+class ExitReason(str, Enum):
+    """Why an emergency exit ran (the original's reasons plus the failure paths it ignored)."""
+
+    BP_ENTRY_FAILED = "bp_entry_failed"
+    LIGHTER1_HEDGE_FAILED = "lighter1_hedge_failed"
+    LIGHTER2_ENTRY_FAILED = "lighter2_entry_failed"
+    REBALANCE_FAILED = "rebalance_failed"
+    LIGHTER1_ZERO = "lighter1_zero"
+    LIGHTER2_ZERO = "lighter2_zero"
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    RECOVERED_UNWIND = "recovered_unwind"
+
+
+FINAL_REASON_BY_STAGE = {
+    Stage.PLANNING: ExitReason.BP_ENTRY_FAILED,
+    Stage.BP_ENTRY: ExitReason.BP_ENTRY_FAILED,
+    Stage.L1_HEDGE: ExitReason.LIGHTER1_HEDGE_FAILED,
+    Stage.WAIT: ExitReason.LIGHTER2_ENTRY_FAILED,
+    Stage.L2_ENTRY: ExitReason.LIGHTER2_ENTRY_FAILED,
+    Stage.REBALANCE: ExitReason.REBALANCE_FAILED,
+    Stage.MONITORING: ExitReason.REBALANCE_FAILED,
+}
+
+
+def _dump(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, default=str)
+
+
+def _load(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+@dataclass
+class CycleRecord:
+    """Accessor for one cycle's hash."""
+
+    client: redis.Redis
+    cycle_id: str
+
+    @property
+    def key(self) -> str:
+        return keys.cycle(self.cycle_id)
+
+    def exists(self) -> bool:
+        return bool(self.client.exists(self.key))
+
+    def get(self, field: str) -> Any:
+        return _load(self.client.hget(self.key, field))
+
+    def all(self) -> dict[str, Any]:
+        return {k: _load(v) for k, v in self.client.hgetall(self.key).items()}
+
+    def update(self, **fields: Any) -> None:
+        fields["updated_at"] = time.time()
+        self.client.hset(self.key, mapping={k: _dump(v) for k, v in fields.items()})
+
+    @property
+    def stage(self) -> Stage | None:
+        raw = self.client.hget(self.key, "stage")
+        return Stage(_load(raw)) if raw else None
+
+    def set_stage(self, stage: Stage, *, deadline: float | None = None, **fields: Any) -> None:
+        """Enter ``stage``; ``deadline`` is when the watchdog considers the next step overdue."""
+        now = time.time()
+        self.update(stage=stage.value, stage_started_at=now, next_deadline=deadline or 0,
+                    **{f"t:{stage.value}": now}, **fields)
+
+    def touch_deadline(self, deadline: float) -> None:
+        self.client.hset(self.key, "next_deadline", _dump(deadline))
+
+    def record_leg(self, leg: str, report: dict[str, Any]) -> None:
+        self.update(**{f"leg:{leg}": report})
+
+    def leg(self, leg: str) -> dict[str, Any] | None:
+        value = self.get(f"leg:{leg}")
+        return value if isinstance(value, dict) else None
+
+    def legs(self) -> dict[str, dict[str, Any]]:
+        return {k.removeprefix("leg:"): v for k, v in self.all().items() if k.startswith("leg:")}
+
+    def record_positions(self, label: str, positions: dict[str, Any]) -> None:
+        self.update(**{f"positions:{label}": positions}, positions=positions)
+
+    def add_event(self, text: str) -> None:
+        events = self.get("events") or []
+        events.append({"t": time.time(), "text": text})
+        self.update(events=events[-100:])
+
+    def cancel_requested(self) -> bool:
+        return bool(self.client.exists(keys.cycle_cancel(self.cycle_id)))
+
+    def request_cancel(self) -> None:
+        self.client.set(keys.cycle_cancel(self.cycle_id), "1", ex=7 * 86400)
+
+    def finish(self, outcome: Outcome, reason: str | None) -> None:
+        self.set_stage(Stage.DONE, outcome=outcome.value, reason=reason or "", finished_at=time.time())
+        self.client.srem(keys.CYCLES_ACTIVE, self.cycle_id)
+
+
+#: How long a step may make no progress before the watchdog resolves the cycle from venue truth.
+STEP_GRACE_SECS = 30.0
+
+
+def enter_stage(record: CycleRecord, stage: Stage) -> None:
+    """Move to ``stage`` (once) with the watchdog deadline that stage needs."""
+    if record.stage is stage:
+        return
+    extra = 0.0
+    if stage is Stage.WAIT:
+        extra = float((record.get("plan") or {}).get("wait_secs") or 0)
+    record.set_stage(stage, deadline=time.time() + extra + STEP_GRACE_SECS)
+
+
+def create_cycle(client: redis.Redis, cycle_id: str, group: str, **fields: Any) -> CycleRecord:
+    record = CycleRecord(client, cycle_id)
+    pipe = client.pipeline()
+    now = time.time()
+    pipe.hset(record.key, mapping={k: _dump(v) for k, v in {
+        "cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value, "created_at": now,
+        "updated_at": now, "t:planning": now, **fields}.items()})
+    pipe.sadd(keys.CYCLES_ACTIVE, cycle_id)
+    pipe.lpush(keys.cycle_history(group), cycle_id)
+    pipe.ltrim(keys.cycle_history(group), 0, HISTORY_LENGTH - 1)
+    pipe.execute()
+    return record
+
+
+def active_cycle_ids(client: redis.Redis) -> list[str]:
+    return sorted(client.smembers(keys.CYCLES_ACTIVE))
+
+
+def recent_cycle_ids(client: redis.Redis, group: str, count: int = 10) -> list[str]:
+    return list(client.lrange(keys.cycle_history(group), 0, count - 1))

@@ -1,0 +1,78 @@
+"""Build a venue connector from its account config, once per process.
+
+Credentials are read here, in the worker that owns the account, and never leave it: tasks carry
+only the account name. The Lighter signer keeps process-global state keyed by API key index
+(original bug §8.12), so one process serves one Lighter account; asking for a second is an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from venues.base import VenueConnector
+from xtb_tasks.config import AccountConfig, Settings, Venue, load_settings
+
+log = logging.getLogger(__name__)
+
+_connectors: dict[str, VenueConnector] = {}
+_lock = threading.Lock()
+
+
+class ConnectorConfigError(RuntimeError):
+    """The account cannot be served by this process (credentials, or a second Lighter account)."""
+
+
+def _build_backpack(cfg: AccountConfig) -> VenueConnector:
+    from venues.backpack.connector import BackpackConnector
+    from venues.backpack.credentials import generate_backpack_keys, load_backpack_credentials
+
+    if cfg.create_keys_if_missing and cfg.keys_file and not cfg.keys_file.exists():
+        log.info("account=%s generating a demo Backpack key pair into %s", cfg.name, cfg.keys_file)
+        generate_backpack_keys(cfg.keys_file)
+    credentials = load_backpack_credentials(cfg.keys_file, cfg.api_key_env, cfg.api_secret_env)
+    return BackpackConnector(cfg.name, cfg.base_url, cfg.ws_url, credentials, window_ms=cfg.window_ms)
+
+
+def _build_lighter(cfg: AccountConfig) -> VenueConnector:
+    from venues.lighter.connector import LighterConnector
+    from venues.lighter.credentials import generate_lighter_keys, load_lighter_credentials
+
+    others = [name for name, c in _connectors.items() if c.venue == "lighter" and name != cfg.name]
+    if others:
+        raise ConnectorConfigError(
+            f"this process already serves Lighter account {others[0]!r}; run one worker per Lighter "
+            f"account (the signer library keeps process-global state)"
+        )
+    if cfg.create_keys_if_missing and cfg.keys_file and not cfg.keys_file.exists():
+        log.info("account=%s generating a demo Lighter API key into %s", cfg.name, cfg.keys_file)
+        generate_lighter_keys(cfg.keys_file, cfg.api_key_index if cfg.api_key_index is not None else 3)
+    credentials = load_lighter_credentials(cfg.keys_file, cfg.private_key_env, cfg.api_key_index)
+    assert cfg.account_index is not None  # enforced by the config schema
+    return LighterConnector(cfg.name, cfg.base_url, cfg.ws_url, cfg.account_index, credentials)
+
+
+def get_connector(account: str, settings: Settings | None = None) -> VenueConnector:
+    """The connector of ``account`` in this process, built on first use."""
+    with _lock:
+        connector = _connectors.get(account)
+        if connector is not None:
+            return connector
+        cfg = (settings or load_settings()).account(account)
+        try:
+            connector = _build_backpack(cfg) if cfg.venue is Venue.BACKPACK else _build_lighter(cfg)
+        except ValueError as exc:
+            # Credential loaders raise one-line ValueErrors that name the file or variable, never the value.
+            raise ConnectorConfigError(f"account {account!r}: {exc}") from None
+        _connectors[account] = connector
+        return connector
+
+
+def close_connectors() -> None:
+    with _lock:
+        for connector in _connectors.values():
+            try:
+                connector.close()
+            except Exception:
+                log.exception("account=%s closing the connector failed", connector.account)
+        _connectors.clear()

@@ -1,0 +1,166 @@
+"""What a venue task does, as plain functions, so ``xtb order --direct`` runs the same code in process.
+
+The idempotency rule lives here: a client id whose intent may have reached the venue
+(``sending``) is looked up before anything is sent, and a client id is never sent twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+import redis
+
+from orchestrator.state import CycleRecord
+from venues.base import OrderReport, OrderState, PositionReading, ReasonCode, Side, VenueConnector, VenueError
+from xtb_tasks import keys
+from xtb_tasks.client_ids import IntentStatus, mark_intent, record_intent
+
+log = logging.getLogger(__name__)
+
+
+class LegFailed(Exception):
+    """A hedge leg cannot be completed (every planned client id failed or a prerequisite is missing)."""
+
+
+class RetryLater(Exception):
+    """Transient: run the task again after ``countdown`` seconds (the intent says where to resume)."""
+
+    def __init__(self, reason: str, countdown: float) -> None:
+        super().__init__(reason)
+        self.countdown = countdown
+
+
+@dataclass(frozen=True)
+class OrderRequest:
+    account: str
+    symbol: str
+    side: Side
+    client_ids: tuple[int, ...]
+    quantity: Decimal | None = None
+    reduce_only: bool = False
+    max_slippage: float | None = None
+    cycle_id: str | None = None
+    leg: str | None = None
+    #: Take the quantity from this leg's recorded fill in the cycle record (one-hop hand-off).
+    quantity_from_leg: str | None = None
+    retry_delay_secs: float = 0.5
+
+
+def note_account_state(client: redis.Redis, account: str, **fields: Any) -> None:
+    """Latest venue facts for heartbeats (``xtb:acct:<account>``); never secrets."""
+    client.hset(keys.account_state(account), mapping={k: "" if v is None else str(v) for k, v in fields.items()})
+
+
+def read_position(client: redis.Redis, connector: VenueConnector, symbol: str, cycle_id: str | None = None) -> PositionReading:
+    started = time.perf_counter()
+    reading = connector.get_position(symbol)
+    note_account_state(client, connector.account, symbol=symbol, venue=connector.venue,
+                       position="" if reading.quantity is None else reading.quantity,
+                       position_read_at=reading.read_at if reading.known else "",
+                       latency_ms=round((time.perf_counter() - started) * 1000, 2), cycle_id=cycle_id or "")
+    return reading
+
+
+def _resolve_quantity(client: redis.Redis, connector: VenueConnector, req: OrderRequest) -> Decimal:
+    rules = connector.market_rules(req.symbol)
+    if req.quantity_from_leg is None:
+        assert req.quantity is not None
+        return rules.quantize_size(req.quantity)
+    prior = CycleRecord(client, req.cycle_id or "").leg(req.quantity_from_leg) or {}
+    filled = Decimal(str(prior.get("filled") or "0"))
+    if filled <= 0:
+        raise LegFailed(f"{req.quantity_from_leg} filled nothing; {req.leg} has nothing to hedge")
+    # Mirror the fill on this venue's grid; never below its minimum (original §1.4 step 2).
+    return max(rules.quantize_size(filled, rounding=ROUND_HALF_UP), rules.min_quantity)
+
+
+def _intent(client: redis.Redis, account: str, client_id: int) -> dict[str, str]:
+    return client.hgetall(keys.intent(account, client_id))
+
+
+def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderRequest) -> OrderReport:
+    """Walk the planned client ids: reuse a recorded outcome, look up an uncertain one, send a fresh one."""
+    record = CycleRecord(client, req.cycle_id) if req.cycle_id else None
+    for client_id in req.client_ids:
+        intent = _intent(client, req.account, client_id)
+        status = intent.get("status")
+        if status == IntentStatus.REJECTED.value:
+            continue
+        if status == IntentStatus.DONE.value:
+            report = OrderReport.from_json(json.loads(intent["report"]))
+            if report.filled > 0 or report.state is not OrderState.FAILED:
+                return report
+            continue
+        if status == IntentStatus.SENDING.value:
+            found = connector.find_order(req.symbol, client_id)
+            if found is not None:
+                return _finish(client, record, req, client_id, found)
+        report = _send(client, connector, record, req, client_id, intent)
+        if report.state is OrderState.FAILED and report.filled == 0:
+            mark_intent(client, req.account, client_id, IntentStatus.REJECTED, report=report.to_json())
+            if req.leg and record:
+                record.record_leg(req.leg, report.to_json())
+            if client_id != req.client_ids[-1]:
+                raise RetryLater(f"{req.leg or 'order'} {client_id} rejected: {report.reason}", req.retry_delay_secs)
+            continue
+        return report
+    raise LegFailed(f"{req.leg or 'order'} on {req.account}: every planned client id failed")
+
+
+def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | None, req: OrderRequest,
+          client_id: int, intent: dict[str, str]) -> OrderReport:
+    quantity = Decimal(intent["quantity"]) if intent.get("quantity") else _resolve_quantity(client, connector, req)
+    # Intent before action: after this line a crash means "look it up", never "send again blindly".
+    record_intent(client, req.account, client_id, status=IntentStatus.SENDING.value, symbol=req.symbol,
+                  side=req.side.value, quantity=str(quantity), reduce_only=req.reduce_only,
+                  cycle_id=req.cycle_id or "", leg=req.leg or "")
+    if req.leg and record:
+        record.record_leg(req.leg, {"account": req.account, "symbol": req.symbol, "side": req.side.value,
+                                    "client_id": client_id, "requested": str(quantity), "filled": "0",
+                                    "state": "submitting"})
+    log.info("account=%s cycle=%s leg=%s submit client_id=%s side=%s qty=%s reduce_only=%s", req.account,
+             req.cycle_id, req.leg, client_id, req.side.value, quantity, req.reduce_only)
+    started = time.perf_counter()
+    try:
+        report = connector.submit_market_order(req.symbol, client_id, req.side, quantity,
+                                               reduce_only=req.reduce_only, max_slippage=req.max_slippage)
+    except VenueError as exc:
+        if exc.reason in (ReasonCode.REJECTED, ReasonCode.INVALID_REQUEST, ReasonCode.UNKNOWN_MARKET,
+                          ReasonCode.AUTH):
+            return OrderReport(client_id, req.symbol, req.side, quantity, Decimal(0), OrderState.FAILED,
+                               reduce_only=req.reduce_only, reason=str(exc))
+        if exc.reason is ReasonCode.DUPLICATE_CLIENT_ID:
+            found = connector.find_order(req.symbol, client_id)
+            if found is not None:
+                return _finish(client, record, req, client_id, found)
+        log.warning("account=%s cycle=%s leg=%s client_id=%s outcome unknown: %s", req.account, req.cycle_id,
+                    req.leg, client_id, exc)
+        raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
+    note_account_state(client, req.account, latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    return _finish(client, record, req, client_id, report)
+
+
+def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
+            report: OrderReport) -> OrderReport:
+    mark_intent(client, req.account, client_id, IntentStatus.DONE, report=report.to_json())
+    if req.leg and record:
+        record.record_leg(req.leg, {**report.to_json(), "account": req.account, "filled_at": time.time()})
+    log.info("account=%s cycle=%s leg=%s client_id=%s state=%s filled=%s avg=%s", req.account, req.cycle_id,
+             req.leg, client_id, report.state.value, report.filled, report.avg_price)
+    return report
+
+
+def confirmation(reading: PositionReading, baseline: Decimal, expected_sign: int, requested: Decimal,
+                 min_fraction: Decimal) -> dict[str, Any]:
+    """Original rule (§1.5): confirmed when the position moved the expected way by more than a fraction."""
+    if reading.quantity is None:
+        return {"confirmed": False, "position": None, "delta": None, "error": reading.error}
+    delta = reading.quantity - baseline
+    threshold = max(requested * min_fraction, Decimal("0.000001"))
+    return {"confirmed": delta * expected_sign > threshold, "position": str(reading.quantity),
+            "delta": str(delta), "read_at": reading.read_at}
