@@ -1,0 +1,245 @@
+"""``xtb cycle start|status|cancel``, ``xtb recover`` and ``xtb status``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any
+
+import click
+import redis
+
+from orchestrator.state import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
+from xtb_tasks import keys
+from xtb_tasks.cli import UserError
+from xtb_tasks.config import Role, Settings, load_settings
+
+
+def _context(ctx: click.Context) -> tuple[Settings, redis.Redis]:
+    from xtb_tasks.redis_conn import redis_client, resolve_redis_url
+
+    settings = load_settings((ctx.obj or {}).get("config_file"))
+    return settings, redis_client(resolve_redis_url(settings))
+
+
+def cycle_summary(record: CycleRecord) -> dict[str, Any]:
+    data = record.all()
+    return {
+        "cycle_id": record.cycle_id, "group": data.get("group"), "stage": data.get("stage"),
+        "positions": data.get("positions") or {}, "net_delta": data.get("net_delta") or None,
+        "outcome": data.get("outcome") or None, "reason": data.get("reason") or None,
+        "created_at": data.get("created_at"), "updated_at": data.get("updated_at"),
+        "legs": {k.removeprefix("leg:"): v for k, v in data.items() if k.startswith("leg:")},
+        "pnl": data.get("pnl"), "error": data.get("error"),
+        "stage_times": {k.removeprefix("t:"): v for k, v in data.items() if k.startswith("t:")},
+    }
+
+
+@click.group("cycle")
+def cycle() -> None:
+    """Start, watch and cancel hedge cycles."""
+
+
+def parse_overrides(pairs: tuple[str, ...], size: str | None) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set: expected KEY=VALUE, got {pair!r}", exit_code=2)
+        key, value = pair.split("=", 1)
+        try:
+            overrides[key] = json.loads(value)
+        except ValueError:
+            overrides[key] = value
+    if size is not None:
+        overrides["size"] = size
+    return overrides
+
+
+@cycle.command("start")
+@click.option("--group", required=True, help="Hedge group from the config.")
+@click.option("--size", default=None, help="Explicit Backpack size instead of sizing from collateral.")
+@click.option("--set", "pairs", multiple=True, metavar="KEY=VALUE", help="Override a hedge parameter.")
+@click.option("--follow", is_flag=True, help="Print each stage with its timing as it happens.")
+@click.option("--until", type=click.Choice(["monitoring", "done"]), default="done",
+              help="With --follow: stop once hedged (monitoring) or when the cycle ends.")
+@click.pass_context
+def cycle_start(ctx: click.Context, group: str, size: str | None, pairs: tuple[str, ...], follow: bool,
+                until: str) -> None:
+    """Start one cycle through the orchestrator queue.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml cycle start --group main --follow --until monitoring
+    """
+    _, client = _context(ctx)
+    from xtb_tasks.hedge_tasks import InvalidCycleRequest, start_cycle, validate_request
+
+    overrides = parse_overrides(pairs, size)
+    try:
+        validate_request(group, overrides)
+    except InvalidCycleRequest as exc:
+        raise UserError(str(exc), exit_code=2) from None
+    try:
+        started = start_cycle.apply_async(kwargs={"group": group, **overrides}).get(timeout=60)
+    except Exception as exc:  # the task's own error: refused, or the orchestrator is down
+        raise UserError(f"cycle not started: {exc}") from None
+    cycle_id = started["cycle_id"]
+    click.echo(f"cycle {cycle_id} started in group {group}")
+    if follow:
+        record = follow_cycle(client, cycle_id, lambda line: click.echo(line), until=Stage(until))
+        data = record.all()
+        if data.get("outcome") == "unresolved":
+            raise UserError(f"cycle {cycle_id} ended unresolved: {data.get('reason')}")
+
+
+def follow_cycle(client: redis.Redis, cycle_id: str, emit: Callable[[str], None], *, until: Stage = Stage.DONE,
+                 timeout: float = 3600.0, interval: float = 0.1) -> CycleRecord:
+    """Print stage changes, fills and positions as they happen, until ``until`` (or done)."""
+    record = CycleRecord(client, cycle_id)
+    start = time.monotonic()
+    seen_stage: str | None = None
+    seen_legs: dict[str, str] = {}
+    seen_positions = ""
+    while time.monotonic() - start < timeout:
+        data = record.all()
+        stage = data.get("stage")
+        if stage != seen_stage:
+            extra = f" reason={data.get('reason')}" if stage in ("emergency_exit", "done") and data.get("reason") else ""
+            emit(f"[{time.monotonic() - start:7.2f}s] stage {stage}{extra}")
+            seen_stage = stage
+        for leg, info in sorted((k.removeprefix("leg:"), v) for k, v in data.items() if k.startswith("leg:")):
+            state = f"{info.get('state')}:{info.get('filled')}" if isinstance(info, dict) else str(info)
+            if seen_legs.get(leg) != state and isinstance(info, dict) and info.get("state") != "submitting":
+                emit(f"[{time.monotonic() - start:7.2f}s]   {leg}: {info.get('side')} {info.get('filled')}/"
+                     f"{info.get('requested')} on {info.get('account')} ({info.get('state')}, avg {info.get('avg_price')})")
+                seen_legs[leg] = state
+        positions = json.dumps(data.get("positions") or {}, sort_keys=True)
+        if positions != seen_positions and data.get("positions"):
+            p = data["positions"]
+            emit(f"[{time.monotonic() - start:7.2f}s]   positions BP={p.get('BP')} L1={p.get('L1')} L2={p.get('L2')}"
+                 f" net={p.get('net')}")
+            seen_positions = positions
+        if stage == Stage.DONE.value or stage == until.value:
+            return record
+        time.sleep(interval)
+    raise UserError(f"cycle {cycle_id} still at stage {seen_stage} after {timeout:.0f}s")
+
+
+@cycle.command("status")
+@click.argument("cycle_id", required=False)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def cycle_status(ctx: click.Context, cycle_id: str | None, as_json: bool) -> None:
+    """Show one cycle, or the active and most recent cycles of every group.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml cycle status --json
+    """
+    settings, client = _context(ctx)
+    if cycle_id:
+        record = CycleRecord(client, cycle_id)
+        if not record.exists():
+            raise UserError(f"no cycle {cycle_id!r}; list them with: xtb cycle status")
+        items = [cycle_summary(record)]
+    else:
+        ids = list(dict.fromkeys(active_cycle_ids(client) + [c for g in settings.groups
+                                                            for c in recent_cycle_ids(client, g, 5)]))
+        items = [cycle_summary(CycleRecord(client, c)) for c in ids if CycleRecord(client, c).exists()]
+    if as_json:
+        click.echo(json.dumps(items if not cycle_id else items[0], default=str))
+        return
+    for item in items:
+        click.echo(f"{item['cycle_id']}  group={item['group']}  stage={item['stage']}  "
+                   f"net_delta={item['net_delta']}  outcome={item['outcome'] or '-'}  reason={item['reason'] or '-'}")
+    if not items:
+        click.echo("no cycles yet")
+
+
+@cycle.command("cancel")
+@click.argument("cycle_id")
+@click.pass_context
+def cycle_cancel(ctx: click.Context, cycle_id: str) -> None:
+    """Stop a cycle: nothing new is entered, all three accounts are flattened.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml cycle cancel main-20261121-120000-ab12
+    """
+    _, client = _context(ctx)
+    record = CycleRecord(client, cycle_id)
+    if not record.exists():
+        raise UserError(f"no cycle {cycle_id!r}")
+    if record.stage is Stage.DONE:
+        raise UserError(f"cycle {cycle_id} already finished ({record.get('outcome')}, {record.get('reason')})")
+    record.request_cancel()
+    from xtb_tasks.hedge_tasks import emergency_exit
+
+    emergency_exit.delay(cycle_id=cycle_id, reason="cancelled")
+    click.echo(f"cycle {cycle_id}: cancel requested; flattening all three accounts")
+
+
+@click.command("recover")
+@click.option("--force", is_flag=True, help="Resolve every active cycle now, not only overdue ones.")
+@click.pass_context
+def recover(ctx: click.Context, force: bool) -> None:
+    """Resolve cycles left waiting by a crash: resume where safe, unwind otherwise.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml recover
+    """
+    settings, client = _context(ctx)
+    from orchestrator.recovery import sweep
+
+    actions = sweep(client, settings, force=force)
+    click.echo(json.dumps(actions) if actions else "nothing to recover")
+
+
+def account_status(client: redis.Redis, settings: Settings, account: str) -> dict[str, Any]:
+    state = client.hgetall(keys.account_state(account))
+    beats = client.hgetall(keys.HEARTBEAT_LAST)
+    beat = next((json.loads(v) for v in beats.values() if json.loads(v).get("account") == account), None)
+    age = time.time() - float(beat["timestamp"]) if beat and beat.get("timestamp") else None
+    interval = float(beat.get("interval") or settings.telemetry.interval_secs) if beat else settings.telemetry.interval_secs
+    return {"account": account, "position": state.get("position") or None, "balance": state.get("balance") or None,
+            "heartbeat_age_secs": None if age is None else round(age, 2),
+            "online": age is not None and age < 2 * interval, "queue_depth": client.llen(account)}
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Per group: accounts, positions, heartbeats, net delta, active cycle, queues, pending alerts.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml status --json
+    """
+    settings, client = _context(ctx)
+    active = {CycleRecord(client, c).get("group"): c for c in active_cycle_ids(client)}
+    groups = []
+    for name, grp in settings.groups.items():
+        accounts = {role.short: account_status(client, settings, grp.account_for(role)) for role in Role}
+        positions = [a["position"] for a in accounts.values()]
+        net = None if None in positions else str(sum(Decimal(p) for p in positions))
+        cycle_id = active.get(name)
+        groups.append({"group": name, "accounts": accounts, "net_delta": net, "active_cycle": cycle_id,
+                       "stage": CycleRecord(client, cycle_id).get("stage") if cycle_id else None})
+    pending = client.xlen(keys.ALERTS_OUTBOX) - client.scard(keys.ALERTS_DELIVERED) if client.exists(
+        keys.ALERTS_OUTBOX) else 0
+    report = {"groups": groups, "alerts_pending": max(0, pending),
+              "orchestrator_queue_depth": client.llen("orchestrator")}
+    if as_json:
+        click.echo(json.dumps(report))
+        return
+    for g in groups:
+        click.echo(f"group {g['group']}: net delta {g['net_delta']}  cycle {g['active_cycle'] or '-'} ({g['stage'] or '-'})")
+        for role, a in g["accounts"].items():
+            online = "online" if a["online"] else "OFFLINE"
+            click.echo(f"  {role} {a['account']:<12} position {a['position']}  balance {a['balance']}  "
+                       f"heartbeat {a['heartbeat_age_secs']}s {online}  queue {a['queue_depth']}")
+    click.echo(f"alerts pending delivery: {report['alerts_pending']}")
