@@ -158,6 +158,7 @@ class BpOrder:
     def to_history(self) -> dict[str, Any]:
         """The order object of /wapi/v1/history/orders: ISO createdAt, expiryReason (§2.3)."""
         body = self._common()
+        del body["relatedOrderId"]  # absent from the captured history object
         quote = self.quote_quantity
         if quote is None and self.price is not None:
             quote = self.price * self.quantity
