@@ -1,0 +1,197 @@
+"""Simulated Lighter (zkLighter) venue speaking the wire protocol of the official lighter-sdk 1.1.8.
+
+``create_lighter_app(exchange)`` returns the aiohttp app: the REST surface of lighter-sdk.md §2,
+the WebSocket of §3 at ``/stream`` (see ``lighter_ws``) and one admin route only this venue
+needs, ``POST /_sim/lighter/apikey``. Run it on its own event loop/thread: the Go signer's
+synchronous HTTP calls deadlock if the server shares the caller's loop (lighter-sdk.md §1).
+
+Choices where the real venue leaves room (documented for the connector):
+
+* **HTTP status of rejections.** A malformed or out-of-range tx is HTTP 400 ``{"code", "message"}``
+  (21501 invalid tx info, 21505 unsupported tx type, 21602 market, 217xx fields). A wrong nonce is
+  HTTP 400 ``{"code":21104,"message":"invalid nonce"}``, which is what triggers the SDK's own
+  resync. A *well-formed tx refused because of venue state* is **HTTP 200** with the code in the
+  body: **21728** duplicate client_order_index, 21700/21709 cancel of an unknown/inactive order.
+  The SDK then returns ``(tx, RespSendTx(code=21728, message=...), None)`` so the connector reads
+  a structured code, and in both cases the SDK rolls its optimistic nonce back, which is right
+  because a rejected tx never consumes a nonce here.
+* **Reduce-only** is enforced at execution, as on Lighter: the tx is accepted (HTTP 200,
+  nonce bumped, audited) and the order ends ``canceled-reduce-only`` with nothing filled when it
+  would increase or open a position; one larger than the position fills up to the position and
+  the rest is canceled with the same status. 21732 is never sent.
+* **Market/IOC orders** fill up to ``Price``, the worst acceptable price; the rest is canceled as
+  ``canceled-too-much-slippage`` (book liquidity lay beyond the price) or
+  ``canceled-not-enough-liquidity`` (depth ran out, or a ``partial_fill`` fault).
+  Margin refusals end ``canceled-margin-not-allowed`` (captured status).
+* **Accounts and keys.** Any account index is created on first use with the exchange's starting
+  collateral. Signatures (Poseidon/Schnorr) cannot be checked, so a tx from any
+  ``(AccountIndex, ApiKeyIndex)`` is accepted if its nonce is right. ``GET /api/v1/apikeys``
+  serves only keys registered through ``POST /_sim/lighter/apikey``; an unregistered key gives
+  an empty list, so ``SignerClient.check_client()`` fails with "no api key returned" until the
+  test/demo registers the public key (the honest answer: the venue does not know that key).
+* **Unknown account on /account** cannot happen for ``by=index`` (created on first use);
+  ``by=l1_address`` with an address the simulator did not hand out answers HTTP 200
+  ``{"code":21100,"message":"account not found"}`` as captured.
+
+Faults (``exchange.take_fault("lighter", op, account=str(account_index))``): op ``order``
+(sendTx/sendTxBatch), ``nonce`` (nextNonce), ``position`` (/account), ``orders`` (order, trade and
+tx lookups), ``apikeys``, ``market`` (public data; only faults armed for all accounts) and ``ws``
+(the socket ticker, drop_ws only). Kinds: http_429, http_500, hang (``seconds``, default 30),
+timeout_after_accept (apply, then hold ``seconds``), invalid_nonce (21104, nothing applied),
+partial_fill (``fraction``; market/IOC creates), stale_position (inside
+``Exchange.position_quantity``), drop_ws.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from venues.simulator.lighter_http import (
+    IOC_ORDER_FAULTS,
+    ORDER_FAULTS,
+    FaultGate,
+    error_middleware,
+    json_response,
+    latency_middleware,
+    partial_fraction,
+    qreq,
+)
+from venues.simulator.lighter_model import (
+    MAX_48,
+    ORDER_TYPE_MARKET,
+    TIF_IOC,
+    CreateOrderTx,
+    LighterError,
+    ParsedTx,
+)
+from venues.simulator.lighter_reads import LighterReads
+from venues.simulator.lighter_state import LighterState, now_ms
+from venues.simulator.lighter_tx import INVALID_TX_INFO, info_text, parse_batch, parse_tx, parse_tx_type
+from venues.simulator.lighter_ws import LighterWsHub
+from venues.simulator.market import Exchange
+
+logger = logging.getLogger(__name__)
+
+STATE_KEY = web.AppKey("lighter_state", LighterState)
+HUB_KEY = web.AppKey("lighter_ws_hub", LighterWsHub)
+#: Captured sendTx success carries this message (ccxt createOrder comment).
+SEND_TX_MESSAGE = '{"ratelimit": "didn\'t use volume quota"}'
+VOLUME_QUOTA = 1000
+PUBLIC_KEY_HEX_CHARS = 80
+
+
+def create_lighter_app(exchange: Exchange) -> web.Application:
+    """The Lighter venue app on ``exchange`` (accounts keyed ``("lighter", str(account_index))``)."""
+    state = LighterState(exchange)
+    hub = LighterWsHub(state)
+    gate = FaultGate(exchange, hub)
+    app = web.Application(middlewares=[error_middleware, latency_middleware(exchange)])
+    app[STATE_KEY] = state
+    app[HUB_KEY] = hub
+    txs = _TxRoutes(state, gate)
+    app.router.add_get("/api/v1/nextNonce", txs.next_nonce)
+    app.router.add_post("/api/v1/sendTx", txs.send_tx)
+    app.router.add_post("/api/v1/sendTxBatch", txs.send_tx_batch)
+    app.router.add_post("/_sim/lighter/apikey", txs.register_api_key)
+    app.router.add_get("/stream", hub.handle)
+    LighterReads(state, gate).register(app)
+    app.cleanup_ctx.append(hub.ticker_ctx)
+    app.on_shutdown.append(hub.close_all)
+    return app
+
+
+def _order_faults(tx: ParsedTx) -> tuple[Any, ...]:
+    ioc = isinstance(tx, CreateOrderTx) and (tx.order_type == ORDER_TYPE_MARKET or tx.time_in_force == TIF_IOC)
+    return IOC_ORDER_FAULTS if ioc else ORDER_FAULTS
+
+
+def _sent(tx_hash: str | list[str]) -> dict[str, Any]:
+    return {"code": 200, "message": SEND_TX_MESSAGE, "tx_hash": tx_hash,
+            "predicted_execution_time_ms": now_ms(), "volume_quota_remaining": VOLUME_QUOTA}
+
+
+async def _form(request: web.Request) -> Any:
+    """The urlencoded (or multipart) body; undecodable garbage is a 21501, never a crash."""
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise
+    except Exception:
+        raise LighterError(400, INVALID_TX_INFO, "invalid tx info: unreadable form") from None
+
+
+class _TxRoutes:
+    def __init__(self, state: LighterState, gate: FaultGate) -> None:
+        self.state = state
+        self.gate = gate
+
+    async def next_nonce(self, request: web.Request) -> web.Response:
+        account = qreq(request, "account_index", 0, MAX_48)
+        api_key = qreq(request, "api_key_index", 0, 254)
+        # Go's signer needs "code":200 next to the nonce (lighter-sdk.md §2, Go-side HTTP).
+        return await self.gate.read("nonce", account, lambda: {
+            "code": 200, "nonce": self.state.next_nonce(account, api_key)})
+
+    async def send_tx(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        raw_type, raw_info = form.get("tx_type"), form.get("tx_info")
+        tx = parse_tx(raw_type, raw_info, self.state.markets)
+        fault = self.gate.take("order", tx.account, _order_faults(tx))
+        early = await self.gate.before(fault, tx.account)
+        if early is not None:
+            return early
+        tx_hash = self.state.submit(tx, parse_tx_type(raw_type), info_text(raw_info), partial_fraction(fault))
+        await self.gate.after(fault)
+        return json_response(_sent(tx_hash))
+
+    async def send_tx_batch(self, request: web.Request) -> web.Response:
+        form = await _form(request)
+        txs = parse_batch(form.get("tx_types"), form.get("tx_infos"), self.state.markets)
+        account = txs[0][0].account
+        fault = self.gate.take("order", account, ORDER_FAULTS)
+        early = await self.gate.before(fault, account)
+        if early is not None:
+            return early
+        hashes = self.state.submit_batch(txs)
+        await self.gate.after(fault)
+        return json_response(_sent(hashes))
+
+    async def register_api_key(self, request: web.Request) -> web.Response:
+        """Admin: make ``/api/v1/apikeys`` serve a public key so ``check_client()`` passes."""
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        try:
+            account, api_key, public_key = _parse_key_registration(body)
+        except ValueError as exc:
+            return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        self.state.register_key(account, api_key, public_key)
+        logger.info("lighter: registered api key %d for account %d", api_key, account)
+        return web.json_response({"ok": True, "account_index": account, "api_key_index": api_key,
+                                  "public_key": public_key})
+
+
+def _parse_key_registration(body: object) -> tuple[int, int, str]:
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    account, api_key, public_key = body.get("account_index"), body.get("api_key_index"), body.get("public_key")
+    if isinstance(account, str) and account.isascii() and account.isdigit():
+        account = int(account)
+    if isinstance(api_key, str) and api_key.isascii() and api_key.isdigit():
+        api_key = int(api_key)
+    if type(account) is not int or not 0 <= account <= MAX_48:
+        raise ValueError("account_index must be an integer in 0..2^48-1")
+    if type(api_key) is not int or not 0 <= api_key <= 254:
+        raise ValueError("api_key_index must be an integer in 0..254")
+    if not isinstance(public_key, str):
+        raise ValueError("public_key must be a hex string")
+    # check_client compares against bare hex (lighter-sdk.md §1), so store it without 0x.
+    key = public_key[2:] if public_key[:2].lower() == "0x" else public_key
+    if len(key) != PUBLIC_KEY_HEX_CHARS or not all(c in "0123456789abcdefABCDEF" for c in key):
+        raise ValueError("public_key must be 40 bytes of hex")
+    return account, api_key, key.lower()
+
