@@ -1,0 +1,330 @@
+"""Lighter (zkLighter) connector: the official lighter-sdk signer on one long-lived event loop.
+
+* Sync interface methods submit coroutines to the connector's own loop (:mod:`.loop`) and wait.
+* Market orders are MARKET/IOC with a worst acceptable price from the top of book; an accepted
+  ``sendTx`` is not a fill (original bug §8.1): the order is looked up by client order index until
+  the venue reports it final, and the report carries the venue's ``filled_base_amount``.
+* Invalid nonce → resync, retry once with the same client order index. Transport failure after
+  sending → resync, look the order up; found → its report, else ``VenueError(UNAVAILABLE)``: never a
+  blind resend (:mod:`.signer`).
+* Positions are read over REST every time; a failed read is unknown, never zero (bug §8.2).
+
+One OS process per Lighter account: the Go signer's clients are process-global per api key index
+(lighter-sdk.md §1, bug §8.12).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Coroutine
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
+from typing import Any, TypeVar
+
+from venues.base import (
+    Balance,
+    ClientOrderId,
+    MarketRules,
+    OrderReport,
+    OrderState,
+    PositionReading,
+    ReasonCode,
+    Side,
+    TopOfBook,
+    VenueConnector,
+    VenueError,
+)
+from venues.lighter.credentials import LighterCredentials
+from venues.lighter.loop import LoopThread
+from venues.lighter.parsing import (
+    find_account,
+    order_index,
+    parse_balance,
+    parse_market_rules,
+    parse_order,
+    parse_orders,
+    parse_position,
+    parse_top_of_book,
+)
+from venues.lighter.rest import LighterRest
+from venues.lighter.signer import LighterSigner
+from venues.orders import EventKind, Listener, OrderBook, OrderTracker
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_PRICE_INT = 2**32 - 1  # Lighter prices are uint32 at the wire (lighter-sdk.md §4)
+MAX_BASE_INT = 2**48 - 1
+
+
+def worst_price(best: Decimal, side: Side, max_slippage: float | None, rules: MarketRules) -> Decimal:
+    """The limit a market order may fill up to: ``best × (1 ± slippage)`` on the tick.
+
+    Rounded toward the best price so the limit never exceeds ``max_slippage``; 0/None → the best
+    price itself (an IOC at the best level).
+    """
+    if not max_slippage:
+        return rules.quantize_price(best)
+    slip = Decimal(str(max_slippage))
+    if side is Side.BUY:
+        return max(rules.quantize_price(best * (1 + slip), ROUND_DOWN), rules.quantize_price(best))
+    return min(rules.quantize_price(best * (1 - slip), ROUND_UP), rules.quantize_price(best))
+
+
+class LighterConnector(VenueConnector):
+    """One Lighter account (``account_index``) signing with one API key."""
+
+    venue = "lighter"
+    max_client_id = ClientOrderId.LIGHTER_MAX
+
+    def __init__(self, account: str, base_url: str, ws_url: str | None, account_index: int,
+                 credentials: LighterCredentials, *, timeout: float = 10.0, fill_wait: float = 5.0,
+                 poll_interval: float = 0.1) -> None:
+        self.account = account
+        self.base_url = base_url.rstrip("/")
+        #: Kept for configuration symmetry; REST lookups are the source of truth (no WS client).
+        self.ws_url = ws_url
+        self.account_index = int(account_index)
+        self.api_key_index = credentials.api_key_index
+        self.timeout = timeout
+        self.fill_wait = fill_wait
+        self.poll_interval = poll_interval
+        self.orders = OrderBook(account)
+        self._rules: dict[str, MarketRules] = {}
+        self._rest = LighterRest(self.base_url, timeout, account)
+        self._signer = LighterSigner(self.base_url, self.account_index, credentials, timeout, account)
+        self._loop = LoopThread(f"lighter-{account}")
+
+    def __repr__(self) -> str:
+        return (f"LighterConnector(account={self.account!r}, account_index={self.account_index}, "
+                f"api_key_index={self.api_key_index}, base_url={self.base_url!r})")
+
+    def add_listener(self, listener: Listener) -> None:
+        self.orders.add_listener(listener)
+
+    # ---- loop plumbing -----------------------------------------------------------------------
+    def _run(self, coro: Coroutine[Any, Any, T], calls: float = 2) -> T:
+        """Wait for ``coro`` on the connector loop: ``calls`` request timeouts plus slack."""
+        return self._loop.run(coro, self.timeout * calls + 1.0)
+
+    def close(self) -> None:
+        if not self._loop.alive:
+            return
+        try:
+            self._run(self._aclose())
+        except VenueError as exc:
+            log.warning("account=%s close: %s", self.account, exc)
+        self._loop.stop()
+
+    async def _aclose(self) -> None:
+        await self._signer.close()
+        await self._rest.close()
+
+    # ---- reads -------------------------------------------------------------------------------
+    async def _market_rules(self, symbol: str) -> MarketRules:
+        rules = self._rules.get(symbol)
+        if rules is None:
+            rules = parse_market_rules(await self._rest.get("/api/v1/orderBookDetails"), symbol)
+            self._rules[symbol] = rules
+        return rules
+
+    async def _top_of_book(self, symbol: str) -> TopOfBook:
+        rules = await self._market_rules(symbol)
+        body = await self._rest.get("/api/v1/orderBookOrders", {"market_id": rules.market_id, "limit": 1})
+        return parse_top_of_book(body, symbol, time.time())
+
+    async def _account(self) -> dict[str, Any]:
+        body = await self._rest.get("/api/v1/account", {"by": "index", "value": self.account_index})
+        return find_account(body, self.account_index)
+
+    def market_rules(self, symbol: str) -> MarketRules:
+        return self._run(self._market_rules(symbol))
+
+    def top_of_book(self, symbol: str) -> TopOfBook:
+        return self._run(self._top_of_book(symbol), calls=3)
+
+    def get_balance(self) -> Balance:
+        acct = self._run(self._account())
+        return parse_balance(acct, self.account, time.time())
+
+    def get_position(self, symbol: str) -> PositionReading:
+        try:
+            reading = self._run(self._position(symbol), calls=3)
+        except VenueError as exc:
+            log.warning("account=%s position %s unknown: %s", self.account, symbol, exc)
+            return PositionReading(self.account, symbol, None, time.time(), error=str(exc))
+        self.orders.emit(EventKind.POSITION, reading.to_json())
+        return reading
+
+    async def _position(self, symbol: str) -> PositionReading:
+        rules = await self._market_rules(symbol)
+        acct = await self._account()
+        read_at = time.time()
+        quantity, entry = parse_position(acct, int(rules.market_id or 0))
+        return PositionReading(self.account, symbol, quantity, read_at, entry_price=entry)
+
+    # ---- order lookups -----------------------------------------------------------------------
+    async def _lookup(self, client_id: int) -> dict[str, Any] | None:
+        """The venue's order for ``client_id`` (accountOrders), or None when it has none."""
+        headers = {"authorization": self._signer.auth_token()}
+        params = {"account_index": self.account_index, "client_order_indexes": client_id}
+        body = await self._rest.get("/api/v1/accountOrders", params, headers)
+        for order in parse_orders(body):
+            if str(order.get("client_order_index")) == str(client_id):
+                return order
+        return None
+
+    def _record(self, report: OrderReport) -> OrderReport:
+        """Apply a venue report to the local tracker (monotonic) and emit an ORDER event on change."""
+        tracker = self.orders.get(report.client_id)
+        if tracker is None:
+            tracker = self.orders.track(OrderTracker(report.client_id, report.symbol, report.side,
+                                                     report.requested, report.reduce_only))
+        before = tracker.report()
+        if report.venue_order_id and not tracker.venue_order_id:
+            tracker.venue_order_id = report.venue_order_id
+        quote = report.avg_price * report.filled if report.avg_price is not None else None
+        tracker.apply_cumulative(report.filled, quote)
+        tracker.transition(report.state, report.reason)
+        after = tracker.report()
+        if after != before:
+            self.orders.emit(EventKind.ORDER, after.to_json())
+        return after
+
+    async def _find(self, symbol: str, client_id: int) -> OrderReport | None:
+        order = await self._lookup(client_id)
+        return None if order is None else self._record(parse_order(order, symbol))
+
+    def find_order(self, symbol: str, client_id: int) -> OrderReport | None:
+        return self._run(self._find(symbol, client_id))
+
+    async def _poll_final(self, symbol: str, client_id: int, wait: float) -> OrderReport | None:
+        """Look the order up until it is final or ``wait`` passes; the last report seen, or None."""
+        deadline = time.monotonic() + wait
+        last: OrderReport | None = None
+        while True:
+            try:
+                last = await self._find(symbol, client_id) or last
+            except VenueError as exc:
+                log.warning("account=%s lookup client_id=%d: %s", self.account, client_id, exc)
+            if (last is not None and last.final) or time.monotonic() >= deadline:
+                return last
+            await asyncio.sleep(self.poll_interval)
+
+    # ---- market orders -----------------------------------------------------------------------
+    def submit_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal, *,
+                            reduce_only: bool = False, max_slippage: float | None = None) -> OrderReport:
+        if not 1 <= int(client_id) <= self.max_client_id:
+            raise VenueError(ReasonCode.INVALID_REQUEST, f"client id {client_id} out of 1..{self.max_client_id}")
+        coro = self._submit(symbol, int(client_id), Side(side), Decimal(quantity), reduce_only, max_slippage)
+        # book + send + nonce retry + resync + lookups, each bounded by `timeout`, plus the fill wait.
+        return self._loop.run(coro, self.timeout * 8 + self.fill_wait + 2.0)
+
+    async def _submit(self, symbol: str, client_id: int, side: Side, quantity: Decimal,
+                      reduce_only: bool, max_slippage: float | None) -> OrderReport:
+        rules = await self._market_rules(symbol)
+        size, price = await self._order_terms(symbol, rules, side, quantity, reduce_only, max_slippage)
+        # A tracker that already exists for this id (a retried task) keeps its history.
+        tracker = self.orders.get(client_id) or self.orders.track(
+            OrderTracker(client_id, symbol, side, size, reduce_only))
+        self.orders.update_state(client_id, OrderState.SUBMITTING)
+        log.info("account=%s submit client_id=%d %s %s %s worst_price=%s reduce_only=%s api_key_index=%d "
+                 "nonce %s", self.account, client_id, symbol, side.value, size, price, reduce_only,
+                 self.api_key_index, self._signer.nonce_state())
+        base_int, price_int = rules.size_to_int(size), rules.price_to_int(price)
+
+        async def call(client: Any) -> Any:
+            return await client.create_order(
+                rules.market_id, client_id, base_int, price_int, side is Side.SELL,
+                client.ORDER_TYPE_MARKET, client.ORDER_TIME_IN_FORCE_IMMEDIATE_OR_CANCEL,
+                reduce_only, client.NIL_TRIGGER_PRICE, client.DEFAULT_IOC_EXPIRY)
+
+        try:
+            await self._signer.send(f"order client_id={client_id}", call)
+        except VenueError as exc:
+            if exc.outcome_unknown:
+                return await self._recover(symbol, client_id, exc)
+            if exc.reason is not ReasonCode.DUPLICATE_CLIENT_ID:  # that id's order lives on at the venue
+                self.orders.update_state(client_id, OrderState.FAILED, reason=str(exc))
+            raise
+        report = await self._poll_final(symbol, client_id, self.fill_wait)
+        if report is None:
+            # Accepted but not visible yet: say so rather than guess a fill (bug §8.1).
+            log.warning("account=%s client_id=%d accepted but not visible after %.1fs",
+                        self.account, client_id, self.fill_wait)
+            return tracker.report()
+        log.info("account=%s client_id=%d %s filled=%s/%s avg=%s", self.account, client_id,
+                 report.state.value, report.filled, report.requested, report.avg_price)
+        return report
+
+    async def _order_terms(self, symbol: str, rules: MarketRules, side: Side, quantity: Decimal,
+                           reduce_only: bool, max_slippage: float | None) -> tuple[Decimal, Decimal]:
+        """(size on the step, worst acceptable price on the tick), checked against the venue limits."""
+        size = rules.quantize_size(quantity)
+        if size <= 0 or size < rules.min_quantity:
+            raise VenueError(ReasonCode.INVALID_REQUEST,
+                             f"{symbol} size {quantity} below the minimum {rules.min_quantity}")
+        best = (await self._top_of_book(symbol)).price_for(side)
+        if best is None:
+            raise VenueError(ReasonCode.REJECTED, f"{symbol}: no {'asks' if side is Side.BUY else 'bids'} to take")
+        price = worst_price(best, side, max_slippage, rules)
+        if not reduce_only and size * best < rules.min_notional:
+            raise VenueError(ReasonCode.INVALID_REQUEST,
+                             f"{symbol} notional {size * best} below the minimum {rules.min_notional}")
+        if not 1 <= rules.price_to_int(price) <= MAX_PRICE_INT or rules.size_to_int(size) > MAX_BASE_INT:
+            raise VenueError(ReasonCode.INVALID_REQUEST, f"{symbol} price {price} or size {size} out of range")
+        return size, price
+
+    async def _recover(self, symbol: str, client_id: int, cause: VenueError) -> OrderReport:
+        """After an unknown outcome (nonce already resynced): the venue's record, or UNAVAILABLE."""
+        log.warning("account=%s client_id=%d outcome unknown (%s); looking it up", self.account, client_id, cause)
+        report = await self._poll_final(symbol, client_id, self.fill_wait)
+        if report is not None:
+            log.info("account=%s client_id=%d found after %s: %s filled=%s", self.account, client_id,
+                     cause.reason.value, report.state.value, report.filled)
+            return report
+        raise VenueError(ReasonCode.UNAVAILABLE,
+                         f"client_id={client_id}: outcome unknown and not found at the venue ({cause})",
+                         status=cause.status, code=cause.code)
+
+    # ---- cancels -----------------------------------------------------------------------------
+    def cancel_order(self, symbol: str, client_id: int) -> OrderReport | None:
+        return self._run(self._cancel(symbol, int(client_id)), calls=6)
+
+    async def _cancel(self, symbol: str, client_id: int) -> OrderReport | None:
+        rules = await self._market_rules(symbol)
+        order = await self._lookup(client_id)
+        if order is None:
+            return None
+        report = self._record(parse_order(order, symbol))
+        if report.final:
+            return report
+        # Cancel by the venue's order_index, which we just read, rather than trusting that Index
+        # also matches a client order index (lighter-sdk.md §2 end).
+        index = order_index(order)
+
+        async def call(client: Any) -> Any:
+            return await client.cancel_order(rules.market_id, index)
+
+        await self._signer.send(f"cancel client_id={client_id} order_index={index}", call)
+        return await self._poll_final(symbol, client_id, self.fill_wait) or report
+
+    def cancel_all(self, symbol: str) -> int:
+        return self._run(self._cancel_all(symbol), calls=5)
+
+    async def _cancel_all(self, symbol: str) -> int:
+        rules = await self._market_rules(symbol)
+        headers = {"authorization": self._signer.auth_token()}
+        params = {"account_index": self.account_index, "market_id": rules.market_id}
+        active = parse_orders(await self._rest.get("/api/v1/accountActiveOrders", params, headers))
+
+        async def call(client: Any) -> Any:
+            # The market index rides in L2TxAttributes (SDK 1.1.8); without it the tx is account-wide.
+            return await client.cancel_all_orders(client.CANCEL_ALL_TIF_IMMEDIATE, 0,
+                                                  cancel_all_market_index=rules.market_id)
+
+        # Sent even when the read shows nothing: an order may be in flight and cancel-all is cheap.
+        await self._signer.send(f"cancel_all {symbol} ({len(active)} open)", call)
+        return len(active)
