@@ -220,6 +220,8 @@ class ParsedOrder:
     executed_quote: Decimal | None
     reduce_only: bool
     expiry_reason: str | None
+    #: ``createdAt`` in ms on the order endpoints; None on history (naive ISO text there, §2.3).
+    created_at_ms: int | None = None
 
     @property
     def avg_price(self) -> Decimal | None:
@@ -264,6 +266,7 @@ def parse_order(body: Any) -> ParsedOrder:
         executed_quote=opt_dec(order.get("executedQuoteQuantity"), "executedQuoteQuantity"),
         reduce_only=bool(order.get("reduceOnly")),
         expiry_reason=order.get("expiryReason") or None,
+        created_at_ms=created if isinstance(created := order.get("createdAt"), int) else None,
     )
 
 

@@ -1,0 +1,161 @@
+"""Apply Backpack WebSocket events to the order book and the position cache.
+
+Fills are counted once per trade id ``t`` whichever channel saw them first, and never twice
+when the REST answer already reported the cumulative fill: a WS fill whose ``l`` would push the
+local total past the venue's cumulative ``z`` is already counted (backpack-api.md §3.3).
+WebSocket positions are kept with their receipt time; :meth:`StreamState.fresh_position`
+hands one out only while it is young, the socket is up, and nothing was ordered since.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from venues.backpack.parsing import WsFrame, WsOrderEvent, WsPosition, parse_ws_order, parse_ws_position
+from venues.base import OrderReport, OrderState, PositionReading
+from venues.orders import EventKind, OrderBook, OrderTracker
+
+log = logging.getLogger(__name__)
+
+#: Trade ids remembered for de-duplication (bounded: ids only matter for minutes).
+SEEN_TRADES = 10_000
+
+
+@dataclass(frozen=True)
+class CachedPosition:
+    position: WsPosition
+    received_mono: float
+    received_at: float
+
+
+def final_reason(state: OrderState, status: str, expiry_reason: str | None) -> str | None:
+    if not state.final or state is OrderState.FILLED:
+        return None
+    return expiry_reason or status
+
+
+class StreamState:
+    """What the private streams told us; shared with the connector under ``lock``."""
+
+    def __init__(self, account: str, book: OrderBook, lock: threading.RLock) -> None:
+        self.account = account
+        self.book = book
+        self.lock = lock
+        self.connected = False
+        self._positions: dict[str, CachedPosition] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()
+
+    # ---- dispatch ----------------------------------------------------------------------------
+    def on_frame(self, frame: WsFrame) -> None:
+        stream = frame.stream or ""
+        if stream.startswith("account.orderUpdate"):
+            self.apply_order(parse_ws_order(frame.data))
+        elif stream.startswith("account.positionUpdate"):
+            self.apply_position(parse_ws_position(frame.data))
+
+    def on_state(self, connected: bool) -> None:
+        with self.lock:
+            self.connected = connected
+            if not connected:
+                # Positions pushed before a gap may have changed unseen (flat ones are not re-pushed).
+                self._positions.clear()
+
+    # ---- orders ------------------------------------------------------------------------------
+    def apply_order(self, ev: WsOrderEvent) -> None:
+        with self.lock:
+            if ev.trade_id is not None and not self._first_sighting(ev.trade_id):
+                return
+            tracker = self.book.get(ev.client_id) if ev.client_id is not None else None
+            if tracker is not None and tracker.symbol != ev.symbol:
+                tracker = None
+            if tracker is None:
+                self._untracked(ev)
+                return
+            if ev.order_id and not tracker.venue_order_id:
+                tracker.venue_order_id = ev.order_id
+            if ev.trade_id is not None:
+                self._apply_fill(tracker, ev)
+            self.book.update_state(tracker.client_id, ev.state,
+                                   reason=final_reason(ev.state, ev.status, ev.expiry_reason))
+
+    def _first_sighting(self, trade_id: str) -> bool:
+        if trade_id in self._seen:
+            return False
+        self._seen[trade_id] = None
+        while len(self._seen) > SEEN_TRADES:
+            self._seen.popitem(last=False)
+        return True
+
+    def _apply_fill(self, tracker: OrderTracker, ev: WsOrderEvent) -> None:
+        assert ev.trade_id is not None and ev.fill_quantity is not None and ev.fill_price is not None
+        if tracker.filled + ev.fill_quantity <= ev.cumulative:
+            self.book.apply_fill(tracker.client_id, ev.trade_id, ev.fill_quantity, ev.fill_price)
+        else:
+            # The REST answer already counted this fill in its executedQuantity.
+            tracker.trade_ids.add(ev.trade_id)
+            self.book.emit(EventKind.TRADE, self._trade_payload(ev))
+        before = tracker.filled
+        tracker.apply_cumulative(ev.cumulative, ev.cumulative_quote)  # closes gaps from missed frames
+        if tracker.filled != before:
+            self.book.emit(EventKind.ORDER, tracker.report().to_json())
+
+    def _untracked(self, ev: WsOrderEvent) -> None:
+        """Orders we did not send from this process (another run, liquidation, ADL): report them."""
+        if ev.trade_id is not None:
+            log.info("account=%s fill %s %s %s on %s not sent by this process (cid=%s origin=%s)", self.account,
+                     ev.side.value, ev.fill_quantity, ev.fill_price, ev.symbol, ev.client_id, ev.origin)
+            self.book.emit(EventKind.TRADE, self._trade_payload(ev))
+        if ev.client_id is None:
+            return
+        avg = ev.cumulative_quote / ev.cumulative if ev.cumulative > 0 and ev.cumulative_quote else None
+        report = OrderReport(
+            client_id=ev.client_id, symbol=ev.symbol, side=ev.side,
+            requested=ev.quantity if ev.quantity is not None else ev.cumulative, filled=ev.cumulative,
+            state=ev.state, venue_order_id=ev.order_id, avg_price=avg, reduce_only=ev.reduce_only,
+            reason=final_reason(ev.state, ev.status, ev.expiry_reason), existing=True)
+        self.book.emit(EventKind.ORDER, report.to_json())
+
+    @staticmethod
+    def _trade_payload(ev: WsOrderEvent) -> dict[str, Any]:
+        return {"client_id": ev.client_id, "trade_id": ev.trade_id, "quantity": str(ev.fill_quantity),
+                "price": str(ev.fill_price), "symbol": ev.symbol, "side": ev.side.value, "origin": ev.origin}
+
+    # ---- positions ---------------------------------------------------------------------------
+    def apply_position(self, pos: WsPosition) -> None:
+        with self.lock:
+            self._positions[pos.symbol] = CachedPosition(pos, time.monotonic(), time.time())
+        self.book.emit(EventKind.POSITION, {
+            "symbol": pos.symbol, "quantity": str(pos.quantity),
+            "entry_price": None if pos.entry_price is None else str(pos.entry_price),
+            "mark_price": None if pos.mark_price is None else str(pos.mark_price),
+            "event": pos.event, "event_time_us": pos.event_time_us, "source": "ws",
+        })
+
+    def latest_position(self, symbol: str) -> CachedPosition | None:
+        with self.lock:
+            return self._positions.get(symbol)
+
+    def fresh_position(self, symbol: str, max_age: float, after_mono: float | None = None,
+                       after_venue_us: int | None = None) -> PositionReading | None:
+        """The WS position if the socket is up, it is younger than ``max_age`` s, and it is newer
+        than our last order on the symbol: received after its answer (``after_mono``, monotonic)
+        and stamped after its venue ``createdAt`` (``after_venue_us``). The second test catches a
+        frame of an earlier fill that reached us late; when in doubt, REST answers."""
+        with self.lock:
+            cached = self._positions.get(symbol) if self.connected else None
+        if cached is None or time.monotonic() - cached.received_mono > max_age:
+            return None
+        if after_mono is not None and cached.received_mono <= after_mono:
+            return None
+        stamp = cached.position.event_time_us
+        if after_venue_us is not None and (stamp is None or stamp <= after_venue_us):
+            return None
+        pos = cached.position
+        return PositionReading(self.account, symbol, Decimal(pos.quantity), cached.received_at, "ws",
+                               entry_price=pos.entry_price, mark_price=pos.mark_price)
