@@ -333,6 +333,30 @@ def test_crossing_post_only_and_crossing_limit(client: Client) -> None:
     assert taker["status"] == "Filled" and client.position() == Decimal("0.01")
 
 
+def test_time_in_force_and_duplicate_open_client_id(client: Client) -> None:
+    ioc = client.order(orderType="Limit", side="Bid", quantity="0.01", price="2900", timeInForce="IOC").json()
+    assert (ioc["status"], ioc["executedQuantity"]) == ("Expired", "0")
+    fok = client.order(orderType="Limit", side="Bid", quantity="50", price="3001", timeInForce="FOK").json()
+    assert (fok["status"], fok["executedQuantity"]) == ("Expired", "0")  # only 10 ETH rest at or under 3001
+    assert [h["expiryReason"] for h in client.history()] == ["FillOrKill", "ImmediateOrCancel"]
+    assert client.order(orderType="Limit", side="Bid", quantity="0.01", price="2900", clientId=31).status_code == 200
+    dup = client.order(orderType="Limit", side="Bid", quantity="0.01", price="2901", clientId=31)
+    assert dup.json() == {"code": "INVALID_ORDER", "message": "Order with client ID already exists: 31"}
+    both = client.call("GET", "/api/v1/order", "orderQuery", {"symbol": ETH, "clientId": 31, "orderId": "1"})
+    assert (both.status_code, both.json()["code"]) == (400, "INVALID_CLIENT_REQUEST")
+    cancelled = client.call("DELETE", "/api/v1/orders", "orderCancelAll", {"symbol": ETH}).json()
+    assert [o["clientId"] for o in cancelled] == [31] and cancelled[0]["status"] == "Cancelled"
+
+
+def test_admin_collateral_limits_margin(url: str, client: Client) -> None:
+    admin(url, "collateral", {"venue": "backpack", "account": client.key, "amount": "10"})
+    response = client.order(side="Bid", quantity="1")  # 3000 notional on 10 USDC is beyond 50x
+    assert (response.status_code, response.json()["code"]) == (400, "INSUFFICIENT_MARGIN")
+    assert client.history() == [] and client.position() == 0
+    body = client.call("GET", "/api/v1/capital/collateral", "collateralQuery").json()
+    assert Decimal(body["netEquity"]) == 10
+
+
 def test_resting_limit_fills_when_price_crosses(url: str, client: Client) -> None:
     order = client.order(orderType="Limit", side="Ask", quantity="0.01", price="3050", clientId=9).json()
     assert order["status"] == "New"
@@ -532,6 +556,33 @@ def test_drop_ws_fault_closes_the_accounts_connections(sim: SimulatorServer, url
     finally:
         mine.close()
         other.close()
+
+
+def test_server_pings_websocket_clients() -> None:
+    import asyncio
+
+    from aiohttp import web
+
+    from venues.simulator.backpack import create_backpack_app
+    from venues.simulator.market import Exchange
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_backpack_app(Exchange(), ws_ping_secs=0.2))
+    loop.run_until_complete(runner.setup())
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    loop.run_until_complete(site.start())
+    port = runner.addresses[0][1]
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws", timeout=3)
+        opcode, _ = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_PING
+        ws.close()
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
 
 
 # ---- fuzz --------------------------------------------------------------------------------------

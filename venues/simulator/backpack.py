@@ -105,6 +105,7 @@ class BackpackApi:
             params = parse_json_object(await request.read(), payload, allow_empty=True)
             items = list(params.items())
         account = self.auth.authenticate(request.headers, instruction, items)
+        self.exchange.account(VENUE, account)  # a new API key opens an account with the starting collateral
         await self._faults(op, account)
         return account, params
 
@@ -172,10 +173,11 @@ class BackpackApi:
     async def order_execute(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "order", "OrderExecutePayload")
         req = parse_order(params, self.engine.markets)
-        fault = self.exchange.take_fault(VENUE, "order", account,
-                                         kinds=(FaultKind.PARTIAL_FILL, FaultKind.TIMEOUT_AFTER_ACCEPT))
+        # partial_fill is a Market-order fault; a Limit order must not use it up.
+        kinds = (FaultKind.TIMEOUT_AFTER_ACCEPT,) + ((FaultKind.PARTIAL_FILL,) if req.order_type == "Market" else ())
+        fault = self.exchange.take_fault(VENUE, "order", account, kinds=kinds)
         fraction = None
-        if fault is not None and fault.kind is FaultKind.PARTIAL_FILL and req.order_type == "Market":
+        if fault is not None and fault.kind is FaultKind.PARTIAL_FILL:
             fraction = Decimal(str(fault.params.get("fraction", "0.5")))
         order = self.engine.execute(account, req, fraction)
         body = order.to_rest()
