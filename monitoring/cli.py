@@ -167,3 +167,38 @@ def _optional_settings(ctx: click.Context) -> Settings | None:
         if explicit or config_path(None).exists():
             raise
         return None
+
+
+#: The original server.js read its token from here; still honoured after ours.
+LEGACY_TOKEN_ENV = "TELEMETRY_TOKEN"
+
+
+@click.command("dashboard")
+@click.option("--host", default=None, help="Listen address (default: [dashboard].host, 127.0.0.1).")
+@click.option("--port", type=click.IntRange(0, 65535), default=None,
+              help="Port (default: [dashboard].port, 10123).")
+@click.option("--token", default=None,
+              help="Token for /ingest and /admin (default: $XTB_DASHBOARD_TOKEN, then $TELEMETRY_TOKEN). "
+                   "Prefer the environment: a command-line token is visible to other users in ps.")
+@click.option("--private", is_flag=True, help="Also require the token for the page's data and /metrics.")
+@click.pass_context
+def dashboard(ctx: click.Context, host: str | None, port: int | None, token: str | None, private: bool) -> None:
+    """Telemetry dashboard: live page, the original server.js API (/ingest, /api/status,
+    /admin/prune) and /metrics."""
+    import os
+
+    from monitoring.dashboard import DashboardOptions, make_app, serve
+    from xtb_tasks.config import DashboardConfig
+
+    settings = _optional_settings(ctx)
+    config = settings.dashboard if settings is not None else DashboardConfig()
+    secret = token or os.environ.get(config.token_env) or os.environ.get(LEGACY_TOKEN_ENV) or ""
+    if private and not secret:
+        raise UserError(f"--private needs a token (--token or ${config.token_env})")
+    options = DashboardOptions(token=secret, private=private)
+    app = make_app(_redis(settings), settings, options)
+    log.info("dashboard token %s", "required for /ingest and /admin" if secret else "not set: /ingest is open")
+    try:
+        serve(app, host or config.host, config.port if port is None else port)
+    except OSError as exc:
+        raise UserError(f"cannot listen on {host or config.host}:{port}: {exc.strerror}") from None
