@@ -9,6 +9,10 @@ process per Lighter account.
 from __future__ import annotations
 
 import itertools
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
@@ -103,6 +107,18 @@ def test_one_loop_one_signer_one_nonce_fetch(make: Factory) -> None:
     assert conn._signer.client is signer_client
     assert conn._signer.client.nonce_manager.nonce[3] == nonce_after_first + 3
     assert sum(t.name == f"lighter-{conn.account}" for t in threading.enumerate()) == 1
+
+
+def test_accepted_but_unconfirmed_is_not_a_fill(make: Factory, simulator: Any) -> None:
+    conn = make(fill_wait=0.5)
+    simulator.exchange.arm_fault(Fault(kind=FaultKind.HTTP_500, venue="lighter", remaining=1000, op="orders",
+                                       account=str(conn.account_index)))
+    cid, report = buy(conn, "0.02")
+    # sendTx was accepted but no lookup succeeded: the report says so instead of claiming a fill (bug §8.1).
+    assert (report.state, report.filled) == (OrderState.SUBMITTING, Decimal(0))
+    simulator.exchange.clear_faults()
+    found = conn.find_order(SYMBOL, cid)
+    assert found is not None and (found.state, found.filled) == (OrderState.FILLED, Decimal("0.02"))
 
 
 def test_partial_fill_is_reported_as_partial(make: Factory, simulator: Any) -> None:
@@ -294,3 +310,40 @@ def test_unreachable_venue(keys: dict[int, LighterCredentials]) -> None:
         conn.close()
     with pytest.raises(VenueError):
         conn.get_balance()  # closed
+
+
+_CHILD = """
+import json, sys
+from decimal import Decimal
+from pathlib import Path
+from venues.base import Side
+from venues.lighter.connector import LighterConnector
+from venues.lighter.credentials import load_lighter_credentials
+url, index, keys_file, cid = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
+conn = LighterConnector("child", url, None, index, load_lighter_credentials(keys_file))
+try:
+    report = conn.submit_market_order("ETH", cid, Side.SELL, Decimal("0.02"))
+    print(json.dumps({"report": report.to_json(), "position": str(conn.get_position("ETH").quantity)}))
+finally:
+    conn.close()
+"""
+
+
+def test_same_api_key_index_in_two_processes(make: Factory, simulator: Any, tmp_path: Path) -> None:
+    """Production layout: one process per Lighter account, even when both use api key index 3."""
+    here = make(api_key_index=3)
+    other_index, cid = next(_accounts), next(_client_ids)
+    keys_file = tmp_path / "other.txt"
+    generate_lighter_keys(keys_file, 3)
+    buy(here, "0.05")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    child = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", _CHILD, simulator.urls["lighter"], str(other_index),
+         str(keys_file), str(cid)], capture_output=True, text=True, timeout=60, env=env, check=False)
+    assert child.returncode == 0, child.stderr[-2000:]
+    result = json.loads(child.stdout.strip().splitlines()[-1])
+    assert result["report"]["state"] == "filled" and Decimal(result["position"]) == Decimal("-0.02")
+    _, report = buy(here, "0.01")  # this process still signs for its own account
+    assert report.state is OrderState.FILLED
+    assert here.get_position(SYMBOL).quantity == Decimal("0.06")
+    assert [e.account for e in simulator.exchange.audit if e.client_id == cid] == [str(other_index)]

@@ -57,6 +57,7 @@ T = TypeVar("T")
 
 MAX_PRICE_INT = 2**32 - 1  # Lighter prices are uint32 at the wire (lighter-sdk.md §4)
 MAX_BASE_INT = 2**48 - 1
+MAX_POLL_INTERVAL = 1.0
 
 
 def worst_price(best: Decimal, side: Side, max_slippage: float | None, rules: MarketRules) -> Decimal:
@@ -204,6 +205,7 @@ class LighterConnector(VenueConnector):
         """Look the order up until it is final or ``wait`` passes; the last report seen, or None."""
         deadline = time.monotonic() + wait
         last: OrderReport | None = None
+        delay = self.poll_interval
         while True:
             try:
                 last = await self._find(symbol, client_id) or last
@@ -211,7 +213,9 @@ class LighterConnector(VenueConnector):
                 log.warning("account=%s lookup client_id=%d: %s", self.account, client_id, exc)
             if (last is not None and last.final) or time.monotonic() >= deadline:
                 return last
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            # Back off: a Standard account has 60 requests/min for reads and txs together (peers.md §1.1).
+            delay = min(delay * 2, MAX_POLL_INTERVAL)
 
     # ---- market orders -----------------------------------------------------------------------
     def submit_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal, *,
