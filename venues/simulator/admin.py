@@ -130,87 +130,97 @@ def _parse_fault(data: dict[str, Any]) -> Fault:
             if value < 0 or (name == "fraction" and value > 1):
                 raise AdminError(f"params.{name} is out of range")
     account = None if data.get("account") is None else _account(data)
-    return Fault(kind=kind, venue=_venue(data), remaining=count, op=op, account=account, params=params)
+    venue = _venue(data)
+    if kind is FaultKind.INVALID_NONCE and venue != "lighter":
+        raise AdminError("invalid_nonce is a Lighter fault")  # Backpack has no nonces: it would never fire
+    return Fault(kind=kind, venue=venue, remaining=count, op=op, account=account, params=params)
 
 
-def admin_routes(exchange: Exchange, hooks: list[PositionHook] | None = None) -> list[web.RouteDef]:
-    """The ``/_sim/`` routes bound to ``exchange``; ``hooks`` run after a liquidation."""
-    hooks = hooks if hooks is not None else []
+class AdminApi:
+    """The ``/_sim/`` handlers bound to one exchange; ``hooks`` run after a liquidation."""
 
-    async def state(request: web.Request) -> web.Response:
-        return web.json_response(exchange.snapshot())
+    def __init__(self, exchange: Exchange, hooks: list[PositionHook]) -> None:
+        self.exchange = exchange
+        self.hooks = hooks
 
-    async def audit(request: web.Request) -> web.Response:
+    async def state(self, request: web.Request) -> web.Response:
+        return web.json_response(self.exchange.snapshot())
+
+    async def audit(self, request: web.Request) -> web.Response:
         venue = request.query.get("venue")
         account = request.query.get("account")
-        with exchange.lock:
-            entries = [e.to_json() for e in exchange.audit
+        with self.exchange.lock:
+            entries = [e.to_json() for e in self.exchange.audit
                        if (not venue or e.venue == venue) and (not account or e.account == account)]
         return web.json_response({"entries": entries})
 
-    async def price(request: web.Request) -> web.Response:
+    async def price(self, request: web.Request) -> web.Response:
         data = await _body(request)
-        base = _base(exchange, data)
-        with exchange.lock:
+        base = _base(self.exchange, data)
+        with self.exchange.lock:
             if "price" in data:
                 new = _decimal(data["price"], "price")
             elif "move_pct" in data:
-                new = exchange.prices[base].mid * (1 + _decimal(data["move_pct"], "move_pct") / 100)
+                new = self.exchange.prices[base].mid * (1 + _decimal(data["move_pct"], "move_pct") / 100)
             else:
                 raise AdminError("give price or move_pct")
             if new <= 0:
                 raise AdminError("price must be positive")
-            exchange.set_price(base, new)
+            self.exchange.set_price(base, new)
         logger.info("sim price %s -> %s", base, new)
         return web.json_response({"base": base, "price": str(new)})
 
-    async def latency(request: web.Request) -> web.Response:
+    async def latency(self, request: web.Request) -> web.Response:
         ms = _decimal((await _body(request)).get("ms"), "ms")
         if ms < 0 or ms > 600_000:
             raise AdminError("ms must be between 0 and 600000")
-        exchange.latency_ms = float(ms)
-        return web.json_response({"latency_ms": exchange.latency_ms})
+        self.exchange.latency_ms = float(ms)
+        return web.json_response({"latency_ms": self.exchange.latency_ms})
 
-    async def liquidate(request: web.Request) -> web.Response:
+    async def liquidate(self, request: web.Request) -> web.Response:
         data = await _body(request)
-        venue, account, base = _venue(data), _account(data), _base(exchange, data)
-        before = exchange.liquidate(venue, account, base)
+        venue, account, base = _venue(data), _account(data), _base(self.exchange, data)
+        before = self.exchange.liquidate(venue, account, base)
         logger.info("sim liquidate %s/%s %s (was %s)", venue, account, base, before)
-        for hook in hooks:
+        for hook in self.hooks:
             hook(venue, account, base)
         return web.json_response({"liquidated": str(before)})
 
-    async def fault(request: web.Request) -> web.Response:
+    async def fault(self, request: web.Request) -> web.Response:
         armed = _parse_fault(await _body(request))
-        exchange.arm_fault(armed)
+        self.exchange.arm_fault(armed)
         logger.info("sim fault armed: %s", armed)
         return web.json_response({"armed": {"kind": armed.kind.value, "venue": armed.venue, "op": armed.op,
                                             "count": armed.remaining, "account": armed.account,
                                             "params": armed.params}})
 
-    async def clear(request: web.Request) -> web.Response:
-        with exchange.lock:
-            n = len(exchange.faults)
-            exchange.clear_faults()
+    async def clear(self, request: web.Request) -> web.Response:
+        with self.exchange.lock:
+            n = len(self.exchange.faults)
+            self.exchange.clear_faults()
         return web.json_response({"cleared": n})
 
-    async def collateral(request: web.Request) -> web.Response:
+    async def collateral(self, request: web.Request) -> web.Response:
         data = await _body(request)
         venue, account = _venue(data), _account(data)
         amount = _decimal(data.get("amount"), "amount")
-        with exchange.lock:
-            exchange.account(venue, account).collateral = amount
+        with self.exchange.lock:
+            self.exchange.account(venue, account).collateral = amount
         return web.json_response({"venue": venue, "account": account, "collateral": str(amount)})
 
+
+def admin_routes(exchange: Exchange, hooks: list[PositionHook] | None = None) -> list[web.RouteDef]:
+    """The ``/_sim/`` routes bound to ``exchange``; ``hooks`` run after a liquidation."""
+    api = AdminApi(exchange, hooks if hooks is not None else [])
     return [
-        web.get(PREFIX + "state", _guard(state)),
-        web.get(PREFIX + "audit", _guard(audit)),
-        web.post(PREFIX + "price", _guard(price)),
-        web.post(PREFIX + "latency", _guard(latency)),
-        web.post(PREFIX + "liquidate", _guard(liquidate)),
-        web.post(PREFIX + "fault", _guard(fault)),
-        web.post(PREFIX + "faults/clear", _guard(clear)),
-        web.post(PREFIX + "collateral", _guard(collateral)),
+        web.get(PREFIX + "state", _guard(api.state)),
+        web.get(PREFIX + "audit", _guard(api.audit)),
+        web.post(PREFIX + "price", _guard(api.price)),
+        web.post(PREFIX + "latency", _guard(api.latency)),
+        web.post(PREFIX + "liquidate", _guard(api.liquidate)),
+        web.post(PREFIX + "fault", _guard(api.fault)),
+        web.post(PREFIX + "faults/clear", _guard(api.clear)),
+        web.post(PREFIX + "collateral", _guard(api.collateral)),
     ]
 
 

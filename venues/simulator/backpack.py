@@ -27,7 +27,7 @@ from venues.simulator.admin import POSITION_HOOK, is_admin_path
 from venues.simulator.backpack_auth import INSTRUCTIONS, ApiError, Authenticator, PlainError
 from venues.simulator.backpack_engine import BackpackEngine
 from venues.simulator.backpack_history import fill_history, order_history
-from venues.simulator.backpack_model import MarketRules
+from venues.simulator.backpack_model import BpOrder, MarketRules
 from venues.simulator.backpack_parse import id_selector, param_error, parse_json_object, parse_order, query_enum
 from venues.simulator.backpack_ws import WsHub
 from venues.simulator.market import Exchange, Fault, FaultKind
@@ -185,7 +185,7 @@ class BackpackApi:
             await asyncio.sleep(_fault_seconds(fault))  # executed already: the client times out
         return web.json_response(body)
 
-    def _selected(self, account: str, params: dict[str, Any], outer: str):  # type: ignore[no-untyped-def]
+    def _selected(self, account: str, params: dict[str, Any], outer: str) -> BpOrder | None:
         rules = self._symbol(params)
         assert rules is not None
         order_id, client_id = id_selector(params, outer)

@@ -84,7 +84,7 @@ def collateral(engine: BackpackEngine, account: str) -> dict[str, Any]:
     ex = engine.exchange
     with ex.lock:
         acct = ex.account(VENUE, account)
-        pnl, exposure, locked = Decimal(0), Decimal(0), Decimal(0)
+        pnl, exposure, locked, maintenance = Decimal(0), Decimal(0), Decimal(0), Decimal(0)
         for rules in engine.markets.values():
             pos = acct.positions.get(rules.base)
             if pos is None or pos.quantity == 0:
@@ -94,11 +94,12 @@ def collateral(engine: BackpackEngine, account: str) -> dict[str, Any]:
             notional = abs(pos.quantity) * mark
             exposure += notional
             locked += notional * margin_fraction(IMF_FUNCTION, pos.quantity)
+            maintenance += notional * margin_fraction(MMF_FUNCTION, pos.quantity)
         cash = acct.collateral
     equity = cash + pnl
+    # Account IMF/MMF: the exposure-weighted fractions of the positions.
     imf = locked / exposure if exposure else Decimal(0)
-    mmf = sum((abs(p.quantity) * ex.mark(VENUE, b) * margin_fraction(MMF_FUNCTION, p.quantity)
-               for b, p in acct.positions.items() if p.quantity), Decimal(0)) / exposure if exposure else Decimal(0)
+    mmf = maintenance / exposure if exposure else Decimal(0)
     return {
         "assetsValue": fmt(cash), "borrowLiability": "0",
         "collateral": [{"symbol": QUOTE, "assetMarkPrice": "1", "totalQuantity": fmt(cash),
