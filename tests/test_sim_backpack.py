@@ -429,7 +429,7 @@ def test_timeout_after_accept_executes_the_order(url: str, client: Client) -> No
 def test_partial_fill_fault(url: str, client: Client) -> None:
     admin(url, "fault", {"venue": "backpack", "kind": "partial_fill", "params": {"fraction": 0.25}})
     order = client.order(side="Bid", quantity="0.04").json()
-    assert order["status"] == "Expired" and order["executedQuantity"] == "0.0100"
+    assert order["status"] == "Expired" and order["executedQuantity"] == "0.01"
     assert client.position() == Decimal("0.01")
 
 

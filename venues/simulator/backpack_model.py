@@ -135,9 +135,10 @@ class BpOrder:
 
     def _common(self) -> dict[str, Any]:
         body: dict[str, Any] = {
-            "clientId": self.client_id, "executedQuantity": self.fmt_qty(self.executed),
+            # REST echoes quantities without step padding ("0.001"), the WS pads them ("0.0010").
+            "clientId": self.client_id, "executedQuantity": fmt(self.executed),
             "executedQuoteQuantity": fmt_price(self.executed_quote), "id": self.id,
-            "orderType": self.order_type, "quantity": self.fmt_qty(self.quantity),
+            "orderType": self.order_type, "quantity": fmt(self.quantity),
             "selfTradePrevention": self.self_trade_prevention, "side": self.side, "status": self.status,
             "symbol": self.rules.symbol, "timeInForce": self.time_in_force,
         }
@@ -206,7 +207,7 @@ class Fill:
         cid = self.order.client_id
         return {"clientId": None if cid is None else str(cid), "fee": "0", "feeSymbol": QUOTE,
                 "isMaker": self.is_maker, "orderId": self.order.id, "price": fmt_price(self.price),
-                "quantity": self.order.fmt_qty(self.quantity), "side": self.order.side,
+                "quantity": fmt(self.quantity), "side": self.order.side,
                 "symbol": self.order.rules.symbol, "systemOrderType": None, "timestamp": iso_ms(self.ts_ms),
                 "tradeId": self.trade_id}
 
