@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 
 #: Leader lock of the relay (one deliverer keeps Telegram's order).
 LEADER_KEY = f"{keys.PREFIX}:alerts:relay:leader"
+#: Consumer that parks the entries of a relay that stopped cleanly (see ``_release_pending``).
+RELEASED_CONSUMER = "released"
+#: Consumers with nothing pending and idle this long are removed from the group (ms).
+STALE_CONSUMER_MS = 3600 * 1000
 #: Stream of alerts Telegram refused as malformed (HTTP 400), kept for inspection.
 DEAD_LETTER = f"{keys.PREFIX}:alerts:dead"
 
@@ -149,6 +153,8 @@ class AlertRelay:
                 log.warning("relay Redis error, starting over: %s", exc)
                 stop.wait(1.0)
             finally:
+                if stop.is_set():
+                    self._release_pending()
                 self._keeper.done.set()
                 self._keeper.join()
                 self._keeper = None
@@ -194,6 +200,21 @@ class AlertRelay:
             log.info("waiting for %d pending alert(s) of another relay to become claimable",
                      pending["pending"])
             stop.wait(min(0.5, self.options.min_idle_secs / 4))
+
+    def _release_pending(self) -> None:
+        """On a clean stop, make our unacknowledged entries claimable at once (not after min idle)."""
+        try:
+            pending = self.redis.xpending_range(keys.ALERTS_OUTBOX, keys.ALERTS_GROUP, "-", "+", 1000,
+                                                consumername=self.options.consumer)
+            ids = [p["message_id"] for p in pending]
+            if ids:
+                # Parked under a marker consumer with a huge idle time: the next leader's XAUTOCLAIM
+                # takes them in its first pass, and in order.
+                self.redis.xclaim(keys.ALERTS_OUTBOX, keys.ALERTS_GROUP, RELEASED_CONSUMER, 0, ids,
+                                  idle=10**10, justid=True)
+                log.info("released %d undelivered alert(s) for the next relay", len(ids))
+        except redis.RedisError as exc:
+            log.warning("could not release pending alerts (they are taken over after min idle): %s", exc)
 
     def _claim_idle(self) -> None:
         start = "0-0"
@@ -274,6 +295,12 @@ class AlertRelay:
         removed = prune_delivered(self.redis, now - self.options.delivered_retention_secs)
         if removed:
             log.info("forgot %d delivered alert id(s) older than the retention", removed)
+        # Every relay process is a new consumer; drop the old ones once they hold nothing.
+        for consumer in self.redis.xinfo_consumers(keys.ALERTS_OUTBOX, keys.ALERTS_GROUP):
+            name = str(consumer.get("name"))
+            if (name != self.options.consumer and not consumer.get("pending")
+                    and int(consumer.get("idle", 0)) > STALE_CONSUMER_MS):
+                self.redis.xgroup_delconsumer(keys.ALERTS_OUTBOX, keys.ALERTS_GROUP, name)
 
 
 def prune_delivered(r: redis.Redis, before_epoch: float) -> int:

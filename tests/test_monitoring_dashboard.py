@@ -22,7 +22,7 @@ import requests
 from support import free_port, wait_until, write_config
 
 from monitoring.alerts import AlertKind, raise_alert
-from monitoring.heartbeat import BotIdentity, build_payload, record_heartbeat
+from monitoring.heartbeat import BotIdentity, HeartbeatPublisher, IngestTarget, build_payload, record_heartbeat
 from xtb_tasks import keys
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,3 +298,33 @@ def test_page_in_headless_chromium(tmp_path: Path, start_dashboard: Callable[...
     _chromium_run(binary, tmp_path, f"--screenshot={shot}", f"{dash.url}/")
     assert shot.exists() and shot.stat().st_size > 10_000
     assert json.dumps(TOKEN) not in dom
+
+
+def test_heartbeats_are_forwarded_to_an_ingest_server(start_dashboard: Callable[..., Dashboard],
+                                                      redis_url: str) -> None:
+    """telemetry.ingest_url: each beat is also POSTed like the original bot did, token in x-auth-token."""
+    dash = start_dashboard()
+    # The publisher writes to another Redis database, so what the dashboard shows came over HTTP.
+    other_db = redis.Redis.from_url(redis_url.rsplit("/", 1)[0] + "/1", decode_responses=True)
+    other_db.hset(keys.account_state("lighter1"), mapping={"position": "-2", "position_read_at": str(time.time()),
+                                                           "balance": "99.5"})
+    identity = BotIdentity(bot="lighter1", role="L1", group="main", account="lighter1", venue="lighter",
+                           symbol="ETH", direction="short")
+    publisher = HeartbeatPublisher([identity], interval=0.3, redis_factory=lambda: other_db,
+                                   ingest=IngestTarget(dash.url, TOKEN))
+    publisher.beat_once()
+    publisher.stop()
+    (bot,) = requests.get(f"{dash.url}/api/status", timeout=5).json()["bots"]
+    payload = bot["payload"]
+    assert bot["name"] == "lighter1" and bot["online"] is True
+    for name, value in {"telemetry_interval_secs": 0.3, "group": "main", "role": "L1", "symbol": "ETH",
+                        "direction": "short", "position_base": -2.0, "balance_total": 99.5,
+                        "max_position_base": None, "pnl_unrealized": None}.items():
+        assert payload[name] == value, name
+    assert isinstance(payload["timestamp"], float) and "received_at" in payload
+    wrong = HeartbeatPublisher([identity], interval=0.3, redis_factory=lambda: other_db,
+                               ingest=IngestTarget(dash.url, "wrong-token"))
+    requests.post(f"{dash.url}/admin/prune?older_ms=1", headers={"x-auth-token": TOKEN}, timeout=5)
+    wrong.beat_once()
+    wrong.stop()
+    assert requests.get(f"{dash.url}/api/status", timeout=5).json()["bots"] == []

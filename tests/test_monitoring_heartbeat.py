@@ -144,3 +144,34 @@ def test_real_worker_beats_for_its_queues_and_goes_missing_when_stopped(
     assert kinds == {"Heartbeat missing from lighter1": AlertKind.HEARTBEAT_MISSING.value,
                      "Heartbeat missing from orchestrator": AlertKind.HEARTBEAT_MISSING.value}
     assert watcher.check() == [], "raised once"
+
+
+def test_worker_lost_raises_a_worker_crash_alert(tmp_path: Path, r: redis.Redis,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Celery sends task_failure(WorkerLostError) in the main process when a pool child dies."""
+    from billiard.exceptions import WorkerLostError
+    from celery import Celery, signals
+
+    from monitoring.worker_hooks import install_heartbeat_hooks
+
+    monkeypatch.setenv("XTB_CONFIG", str(make_config(tmp_path)))
+    app = Celery("crash-test")
+    install_heartbeat_hooks(app)
+
+    @app.task(name="xtb.test.victim")
+    def victim() -> None:
+        return None
+
+    try:
+        signals.task_failure.send(sender=victim, task_id="t-1", exception=ValueError("ordinary failure"))
+        assert r.xlen(keys.ALERTS_OUTBOX) == 0, "ordinary task failures are not crashes"
+        signals.task_failure.send(sender=victim, task_id="t-2",
+                                  exception=WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL)."))
+    finally:
+        uid = f"xtb-monitoring-{id(app)}"
+        signals.task_failure.disconnect(dispatch_uid=f"{uid}-failure")
+        signals.worker_ready.disconnect(dispatch_uid=f"{uid}-ready")
+        signals.worker_shutdown.disconnect(dispatch_uid=f"{uid}-shutdown")
+    (entry,) = r.xrange(keys.ALERTS_OUTBOX)
+    assert entry[1]["kind"] == AlertKind.WORKER_CRASH.value
+    assert "xtb.test.victim [t-2]" in entry[1]["text"] and "SIGKILL" in entry[1]["text"]

@@ -100,8 +100,9 @@ def spawn(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Proc]]:
         proc.kill()
 
 
-def start_relay(spawn: Callable[..., Proc], config: Path, *extra: str, http_timeout: float = 1.0) -> Proc:
-    return spawn("--config", str(config), "alerts", "relay", "--min-idle", "1", "--lock-ttl", "1",
+def start_relay(spawn: Callable[..., Proc], config: Path, *extra: str, http_timeout: float = 1.0,
+                min_idle: float = 1.0) -> Proc:
+    return spawn("--config", str(config), "alerts", "relay", "--min-idle", str(min_idle), "--lock-ttl", "1",
                  "--backoff-max", "0.5", "--timeout", str(http_timeout), "--watch-every", "0.1", *extra)
 
 
@@ -199,6 +200,28 @@ def test_standby_relay_takes_over_from_a_dead_leader(tmp_path: Path, tg: Telegra
     time.sleep(1.0)
     assert tg.state.texts() == texts
     assert sum("is the leader" in p.log() for p in relays) == 2, "the standby took over"
+
+
+def test_clean_stop_releases_pending_alerts_at_once(tmp_path: Path, tg: TelegramServer, r: redis.Redis,
+                                                   spawn: Callable[..., Proc]) -> None:
+    config = write_config(tmp_path, tg.url)
+    tg.state.arm("http_500", 10_000)
+    # A long min idle: without the release, a successor would wait 60 s before taking over.
+    first = start_relay(spawn, config, min_idle=60)
+    texts = ["held 1", "held 2", "held 3"]
+    for text in texts:
+        raise_alert(r, AlertKind.CYCLE_STARTED, text)
+    wait_until(lambda: tg.state.requests >= 2, timeout=30, what="the relay retrying")
+    assert pending_delivery(r)["pending"] >= 1
+    assert first.terminate() == 0, first.log()
+    assert "released" in first.log()
+    tg.state.clear_faults()
+    started = time.monotonic()
+    start_relay(spawn, config, min_idle=60)
+    wait_until(lambda: len(tg.state.messages) >= 3, timeout=20, what="released alerts delivered")
+    assert time.monotonic() - started < 20
+    time.sleep(0.5)
+    assert tg.state.texts() == texts
 
 
 def test_already_delivered_id_is_acknowledged_without_sending(tg: TelegramServer, r: redis.Redis) -> None:
