@@ -77,19 +77,26 @@ def relay(ctx: click.Context, min_idle: float, lock_ttl: float, backoff_max: flo
     from monitoring.watcher import HeartbeatWatcher
 
     settings = _settings(ctx)
-    if not settings.telegram.enabled:
-        raise UserError("telegram is disabled ([telegram] enabled = false); nothing to relay")
+    enabled = settings.telegram.enabled
+    if not enabled and not watch:
+        raise UserError("telegram is disabled ([telegram] enabled = false) and --no-watch: nothing to do")
     try:
-        credentials = load_credentials(settings.telegram)
+        credentials = load_credentials(settings.telegram) if enabled else None
     except CredentialsError as exc:
         raise UserError(str(exc)) from None
     r = _redis(settings)
+    stop = _stop_on_signals()
+    if watch:
+        watcher = HeartbeatWatcher(r, check_every=watch_every).start(stop)
+    if credentials is None:
+        # Alerts still reach the outbox, the live channel and the dashboard; only Telegram is off.
+        log.warning("telegram is disabled; only watching heartbeats")
+        while watcher.is_alive() and not stop.wait(1.0):
+            pass
+        return
     client = TelegramClient(settings.telegram.api_url, credentials, timeout=http_timeout)
     options = RelayOptions(min_idle_secs=min_idle, lock_ttl_secs=lock_ttl, backoff_max_secs=backoff_max,
                            **({"consumer": consumer} if consumer else {}))
-    stop = _stop_on_signals()
-    if watch:
-        HeartbeatWatcher(r, check_every=watch_every).start(stop)
     try:
         AlertRelay(r, client, options).run(stop)
     finally:
@@ -198,7 +205,8 @@ def dashboard(ctx: click.Context, host: str | None, port: int | None, token: str
     options = DashboardOptions(token=secret, private=private)
     app = make_app(_redis(settings), settings, options)
     log.info("dashboard token %s", "required for /ingest and /admin" if secret else "not set: /ingest is open")
+    bind_host, bind_port = host or config.host, config.port if port is None else port
     try:
-        serve(app, host or config.host, config.port if port is None else port)
+        serve(app, bind_host, bind_port)
     except OSError as exc:
-        raise UserError(f"cannot listen on {host or config.host}:{port}: {exc.strerror}") from None
+        raise UserError(f"cannot listen on {bind_host}:{bind_port}: {exc.strerror}") from None

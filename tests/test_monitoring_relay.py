@@ -3,6 +3,7 @@ Telegram stand-in over real HTTP."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -313,3 +314,15 @@ def test_missing_heartbeat_alert_within_three_intervals_then_back(
     assert not r.sismember(MISSING_SET, "orchestrator")
     kinds = [e[1]["kind"] for e in r.xrange(keys.ALERTS_OUTBOX)]
     assert kinds == [AlertKind.HEARTBEAT_MISSING.value, AlertKind.HEARTBEAT_BACK.value]
+
+
+def test_telegram_disabled_still_watches_heartbeats(tmp_path: Path, r: redis.Redis,
+                                                    spawn: Callable[..., Proc]) -> None:
+    config = tmp_path / "xtb.toml"
+    config.write_text("[telegram]\nenabled = false\n")
+    r.hset(keys.HEARTBEAT_LAST, "lighter9", json.dumps({"timestamp": time.time() - 60, "interval": 2.0}))
+    relay = start_relay(spawn, config)
+    wait_until(lambda: r.xlen(keys.ALERTS_OUTBOX) == 1, timeout=20, what="missing alert in the outbox")
+    assert r.xrange(keys.ALERTS_OUTBOX)[0][1]["text"].startswith("Heartbeat missing from lighter9")
+    assert relay.terminate() == 0
+    assert "only watching heartbeats" in relay.log()

@@ -167,68 +167,86 @@ async def _apply_fault(fault: ArmedFault | None) -> web.Response | None:
     return None
 
 
+STATE_KEY = web.AppKey("telegram_state", TelegramState)
+
+
+def _message_params(params: dict[str, Any]) -> tuple[int | str, str]:
+    """(chat_id, text) as Telegram validates them; ValueError carries its description."""
+    if "chat_id" not in params:
+        raise ValueError("chat_id is empty")
+    chat_id = _chat_id(params["chat_id"])
+    text = params.get("text")
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("message text is empty")
+    if len(text) > 4096:
+        raise ValueError("message is too long")
+    return chat_id, text
+
+
+async def _send_message(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    token = request.match_info["token"]
+    if not token:
+        return _error(404, "Not Found")
+    failed = await _apply_fault(state.take_fault())
+    if failed is not None:
+        return failed
+    if request.transport is None or request.transport.is_closing():
+        # The client gave up during a hang: model a request lost in transit (never delivered),
+        # so "killed mid-delivery" tests are deterministic.
+        raise ConnectionResetError("client went away")
+    try:
+        chat_id, text = _message_params(await _read_params(request))
+    except ValueError as exc:
+        return _error(400, f"Bad Request: {exc}")
+    message = state.record(chat_id, text, token)
+    result = {
+        "message_id": message["message_id"],
+        "date": message["date"],
+        "chat": {"id": chat_id, "type": _chat_type(chat_id)},
+        "text": text,
+    }
+    return web.json_response({"ok": True, "result": result})
+
+
+async def _get_messages(request: web.Request) -> web.Response:
+    state = request.app[STATE_KEY]
+    return web.json_response({"messages": state.messages, "requests": state.requests})
+
+
+async def _reset(request: web.Request) -> web.Response:
+    try:
+        body = await request.json() if request.can_read_body else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        body = {}
+    if isinstance(body, dict) and body.get("faults_only"):
+        request.app[STATE_KEY].clear_faults()
+    else:
+        request.app[STATE_KEY].reset()
+    return web.json_response({"status": "ok"})
+
+
+async def _fail(request: web.Request) -> web.Response:
+    try:
+        body = await request.json()
+        request.app[STATE_KEY].arm(body["kind"], int(body.get("count", 1)),
+                                   retry_after=int(body.get("retry_after", 1)),
+                                   seconds=float(body.get("seconds", 30.0)))
+    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
+        kinds = ", ".join(k.value for k in TelegramFault)
+        error = f"expected kind in {kinds}: {exc}"
+        return web.json_response({"status": "error", "error": error}, status=400)
+    return web.json_response({"status": "ok"})
+
+
 def create_telegram_app(state: TelegramState) -> web.Application:
     """The aiohttp application; run it with :class:`aiohttp.web.AppRunner` on any loop."""
-
-    async def send_message(request: web.Request) -> web.Response:
-        token = request.match_info["token"]
-        if not token:
-            return _error(404, "Not Found")
-        failed = await _apply_fault(state.take_fault())
-        if failed is not None:
-            return failed
-        if request.transport is None or request.transport.is_closing():
-            # The client gave up during a hang: model a request lost in transit (never delivered),
-            # so "killed mid-delivery" tests are deterministic.
-            raise ConnectionResetError("client went away")
-        try:
-            params = await _read_params(request)
-            if "chat_id" not in params:
-                raise ValueError("chat_id is empty")
-            chat_id = _chat_id(params["chat_id"])
-            text = params.get("text")
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError("message text is empty")
-            if len(text) > 4096:
-                raise ValueError("message is too long")
-        except ValueError as exc:
-            return _error(400, f"Bad Request: {exc}")
-        message = state.record(chat_id, text, token)
-        result = {
-            "message_id": message["message_id"],
-            "date": message["date"],
-            "chat": {"id": chat_id, "type": _chat_type(chat_id)},
-            "text": text,
-        }
-        return web.json_response({"ok": True, "result": result})
-
-    async def get_messages(request: web.Request) -> web.Response:
-        return web.json_response({"messages": state.messages, "requests": state.requests})
-
-    async def reset(request: web.Request) -> web.Response:
-        body = await request.json() if request.can_read_body else {}
-        if isinstance(body, dict) and body.get("faults_only"):
-            state.clear_faults()
-        else:
-            state.reset()
-        return web.json_response({"status": "ok"})
-
-    async def fail(request: web.Request) -> web.Response:
-        try:
-            body = await request.json()
-            state.arm(body["kind"], int(body.get("count", 1)), retry_after=int(body.get("retry_after", 1)),
-                      seconds=float(body.get("seconds", 30.0)))
-        except (ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
-            kinds = ", ".join(k.value for k in TelegramFault)
-            error = f"expected kind in {kinds}: {exc}"
-            return web.json_response({"status": "error", "error": error}, status=400)
-        return web.json_response({"status": "ok"})
-
     app = web.Application()
-    app.router.add_post("/bot{token}/sendMessage", send_message)
-    app.router.add_get("/_sim/messages", get_messages)
-    app.router.add_post("/_sim/reset", reset)
-    app.router.add_post("/_sim/fail", fail)
+    app[STATE_KEY] = state
+    app.router.add_post("/bot{token}/sendMessage", _send_message)
+    app.router.add_get("/_sim/messages", _get_messages)
+    app.router.add_post("/_sim/reset", _reset)
+    app.router.add_post("/_sim/fail", _fail)
     return app
 
 
