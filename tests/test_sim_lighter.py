@@ -28,9 +28,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lighter.signer_client import create_api_key
 
+from venues.simulator.admin import POSITION_HOOK, mount_admin
 from venues.simulator.lighter import STATE_KEY, create_lighter_app
 from venues.simulator.lighter_state import LighterState
-from venues.simulator.market import Exchange, Fault, FaultKind
+from venues.simulator.market import Exchange, FaultKind
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -69,8 +70,11 @@ class Sim:
 
     def arm(self, kind: FaultKind, op: str = "any", account: int | None = None, remaining: int = 1,
             **params: Any) -> None:
-        self.exchange.arm_fault(Fault(kind, "lighter", remaining, op,
-                                      None if account is None else str(account), params))
+        """Arm a fault the way operators and other tests do: through the admin API."""
+        resp = requests.post(self.url + "/_sim/fault", timeout=5, json={
+            "venue": "lighter", "kind": kind.value, "count": remaining, "op": op,
+            "account": None if account is None else str(account), "params": params})
+        assert resp.status_code == 200, resp.text
 
     def get(self, path: str, **params: Any) -> requests.Response:
         return requests.get(self.url + path, params=params, timeout=10)
@@ -83,6 +87,7 @@ class Sim:
 def sim() -> Iterator[Sim]:
     exchange = Exchange(seed=7, starting_collateral=Decimal(10000), prices=dict(PRICES))
     app = create_lighter_app(exchange)
+    mount_admin(app, exchange, [app[POSITION_HOOK]])
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     ready, box = threading.Event(), {}
@@ -523,6 +528,10 @@ def test_ws_client_gets_order_book_and_account_updates(sim: Sim, keypair: tuple[
                 assert (update["positions"]["0"]["sign"], update["positions"]["0"]["position"]) == (1, "0.1000")
                 assert update["orders"]["0"][0]["client_order_index"] == 21
                 assert update["trades"]["0"][0]["size"] == "0.1000"
+                liq = requests.post(sim.url + "/_sim/liquidate", timeout=5,
+                                    json={"venue": "lighter", "account": str(account), "base": "ETH"})
+                assert liq.json() == {"liquidated": "0.1000"}
+                await _wait(lambda: updates[-1]["positions"]["0"]["position"] == "0.0000")
                 sim.exchange.set_price("ETH", Decimal(3100))
                 rest = (await lighter.OrderApi(c.api_client).order_book_orders(ETH, 250))
                 want = {lv.price for lv in rest.asks}
@@ -611,7 +620,7 @@ def test_malformed_txs_get_venue_errors(sim: Sim, form: dict[str, str], code: in
 
 
 # ---- fuzz -----------------------------------------------------------------------------------
-FUZZ_SETTINGS = settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+FUZZ_SETTINGS = settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 _ints = st.one_of(st.integers(-3, 3), st.integers(0, 2**64), st.integers(-(2**64), 0), st.sampled_from([1000, 300000]))
 _values = st.one_of(_ints, st.booleans(), st.none(), st.text(max_size=8), st.floats(allow_nan=True),
                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
@@ -683,6 +692,32 @@ _PARAMS = ["account_index", "api_key_index", "by", "value", "market_id", "limit"
 def test_fuzz_reads_never_crash(sim: Sim, path: str, params: dict[str, str], token: str | None) -> None:
     headers = {"authorization": token} if token and token.isascii() and token.isprintable() else {}
     _assert_venue_answer(requests.get(sim.url + path, params=params, headers=headers, timeout=5))
+
+
+_ws_messages = st.one_of(
+    st.text(max_size=30),
+    st.builds(json.dumps, st.dictionaries(st.sampled_from(["type", "channel", "auth", "x"]), st.one_of(
+        st.sampled_from(["subscribe", "unsubscribe", "ping", "pong", "order_book/0", "order_book/9", "account_all/1",
+                         "account_all_orders/1", "account_all_trades/", "order_book/" + "9" * 30, "x/1"]),
+        st.text(max_size=10), st.integers(), st.none()), max_size=3)),
+    st.builds(json.dumps, st.one_of(st.lists(st.integers(), max_size=3), st.integers(), st.none())))
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(messages=st.lists(_ws_messages, max_size=12))
+def test_fuzz_websocket_never_kills_the_stream(sim: Sim, messages: list[str]) -> None:
+    async def scenario() -> None:
+        async with aiohttp.ClientSession() as session, session.ws_connect(sim.ws_url) as ws:
+            assert (await ws.receive_json(timeout=3))["type"] == "connected"
+            for text in messages:
+                await ws.send_str(text)
+            await ws.send_json({"type": "ping"})
+            while True:  # every frame is JSON, and the socket still answers after the garbage
+                msg = await ws.receive_json(timeout=3)
+                if msg == {"type": "pong"}:
+                    break
+
+    asyncio.run(scenario())
 
 
 def test_state_is_consistent_after_fuzzing(sim: Sim, keypair: tuple[str, str]) -> None:

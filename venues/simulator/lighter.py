@@ -49,6 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
+from venues.simulator.admin import POSITION_HOOK
 from venues.simulator.lighter_http import (
     IOC_ORDER_FAULTS,
     ORDER_FAULTS,
@@ -97,6 +98,7 @@ def create_lighter_app(exchange: Exchange) -> web.Application:
     app.router.add_post("/api/v1/sendTxBatch", txs.send_tx_batch)
     app.router.add_post("/_sim/lighter/apikey", txs.register_api_key)
     app.router.add_get("/stream", hub.handle)
+    app[POSITION_HOOK] = hub.position_hook
     LighterReads(state, gate).register(app)
     app.cleanup_ctx.append(hub.ticker_ctx)
     app.on_shutdown.append(hub.close_all)

@@ -245,10 +245,14 @@ class LighterState:
             filled, avg, reason = ex.execute_market(
                 VENUE, key, m.base, order.side, quantity, step=m.step, worst_price=worst,
                 reduce_only=order.reduce_only, fill_fraction=fraction)
-            bids, asks = ex.book(VENUE, m.base)
-        beyond = any(p < worst for p, _ in bids) if order.is_ask else any(p > worst for p, _ in asks)
+            beyond = filled < quantity and self._liquidity_beyond(m.base, order.is_ask, worst)
         clipped = order.reduce_only and reason is None and abs(before) < quantity
         return _Exec(filled, avg, reason, beyond, clipped)
+
+    def _liquidity_beyond(self, base: str, is_ask: bool, worst: Decimal) -> bool:
+        """Whether the book holds levels past the worst price (only asked after a short fill)."""
+        bids, asks = self.exchange.book(VENUE, base)
+        return any(p < worst for p, _ in bids) if is_ask else any(p > worst for p, _ in asks)
 
     def _fill(self, order: LighterOrder, res: _Exec, taker: bool, tx_hash: str, now: int,
               trades: list[dict[str, Any]]) -> None:
@@ -280,11 +284,16 @@ class LighterState:
             "taker_fee": 0, "maker_fee": 0, "transaction_time": now * 1000,
         }
 
-    def _crosses(self, order: LighterOrder) -> bool:
-        bids, asks = self.exchange.book(VENUE, order.market.base)
+    def _top(self, base: str) -> tuple[Decimal | None, Decimal | None]:
+        """(best bid, best ask) of the synthetic book, unrounded."""
+        bids, asks = self.exchange.book(VENUE, base)
+        return (bids[0][0] if bids else None), (asks[0][0] if asks else None)
+
+    def _crosses(self, order: LighterOrder, top: tuple[Decimal | None, Decimal | None] | None = None) -> bool:
+        bid, ask = top if top is not None else self._top(order.market.base)
         if order.is_ask:
-            return bool(bids) and bids[0][0] >= order.price
-        return bool(asks) and asks[0][0] <= order.price
+            return bid is not None and bid >= order.price
+        return ask is not None and ask <= order.price
 
     def _reduces(self, order: LighterOrder) -> bool:
         qty = self.exchange.account(VENUE, str(order.account)).position(order.market.base).quantity
@@ -355,11 +364,13 @@ class LighterState:
             if at <= now:
                 del self.cancel_all_at[account]
                 self._emit(account, self._cancel_active(account, market_id, now), [])
+        # The book depends only on the mid, which fills do not move: one top of book per sweep.
+        tops = {m.base: self._top(m.base) for m in self.markets.values()}
         for order in list(self.active.values()):
             trades: list[dict[str, Any]] = []
             if 0 < order.order_expiry <= now:
                 self._close(order, "canceled-expired", now)
-            elif self._crosses(order):
+            elif self._crosses(order, tops[order.market.base]):
                 tx_hash = hashlib.blake2b(f"fill|{order.order_index}|{now}".encode(), digest_size=40).hexdigest()
                 res = self._execute(order, order.remaining, order.price, None)
                 self._fill(order, res, False, tx_hash, now, trades)

@@ -25,6 +25,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from decimal import Decimal
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -90,7 +91,8 @@ class LighterWsHub:
 
     # ---- connection lifecycle ---------------------------------------------------------------
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(max_msg_size=1 << 20)
+        # A short close timeout: a dropped or shut-down client must not hold the loop for 10 s.
+        ws = web.WebSocketResponse(max_msg_size=1 << 20, timeout=2.0)
         await ws.prepare(request)
         conn = _Conn(ws)
         self.conns.add(conn)
@@ -117,6 +119,11 @@ class LighterWsHub:
         task = asyncio.get_running_loop().create_task(conn.ws.close(code=1001, message=b"dropped"))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def position_hook(self, venue: str, account: str, _base: str) -> None:
+        """admin.POSITION_HOOK: push at once after ``/_sim/liquidate`` instead of on the next tick."""
+        if venue == VENUE and account.isascii() and account.isdigit():
+            self.on_account_event(int(account), [], [])
 
     def drop(self, account: str | None) -> int:
         """Close the WebSocket connections subscribed to ``account`` (every connection for None)."""
@@ -167,7 +174,7 @@ class LighterWsHub:
         elif name == "order_book":
             self._refresh_book(self.state.markets[ident])
             conn.books.add(ident)
-            conn.send_json(self._book_message("subscribed/order_book", ident, self._books[ident], None))
+            conn.send_json(self._book_message("subscribed/order_book", ident, self._books[ident], snapshot=True))
         elif name != "account_all" and not auth_token_valid(auth if isinstance(auth, str) else None, ident,
                                                                int(time.time())):
             conn.send_json(_error(ERR_INVALID_AUTH, "invalid auth"))
@@ -192,19 +199,19 @@ class LighterWsHub:
         self._books[mid] = cur
         if last is None or last == cur:
             return
-        zero = market.size_str(market.step * 0)
+        zero = market.size_str(Decimal(0))
         diff = tuple({**{p: zero for p in old if p not in new}, **{p: s for p, s in new.items() if old.get(p) != s}}
                      for old, new in zip(last, cur, strict=True))
-        payload = json.dumps(self._book_message("update/order_book", mid, (diff[0], diff[1]), market))
+        payload = json.dumps(self._book_message("update/order_book", mid, (diff[0], diff[1]), snapshot=False))
         for conn in list(self.conns):
             if mid in conn.books and not conn.send(payload):
                 self._close(conn)
 
-    def _book_message(self, kind: str, mid: int, book: Book, market: LighterMarket | None) -> dict[str, Any]:
+    def _book_message(self, kind: str, mid: int, book: Book, *, snapshot: bool) -> dict[str, Any]:
         offset = next(self._offset)
         asks = [{"price": p, "size": s} for p, s in book[0].items()]
         bids = [{"price": p, "size": s} for p, s in book[1].items()]
-        if market is None:  # snapshots list asks ascending and bids descending
+        if snapshot:  # snapshots list asks ascending and bids descending; diffs are unordered
             asks.sort(key=lambda lv: float(lv["price"]))
             bids.sort(key=lambda lv: -float(lv["price"]))
         return {"type": kind, "channel": f"order_book:{mid}", "offset": offset,
