@@ -74,7 +74,9 @@ def cycle_start(ctx: click.Context, group: str, size: str | None, pairs: tuple[s
       xtb --config examples/demo.toml cycle start --group main --follow --until monitoring
     """
     _, client = _context(ctx)
+    from xtb_tasks.celery_app import app
     from xtb_tasks.hedge_tasks import InvalidCycleRequest, start_cycle, validate_request
+    from xtb_tasks.results import wait_result
 
     overrides = parse_overrides(pairs, size)
     try:
@@ -82,8 +84,11 @@ def cycle_start(ctx: click.Context, group: str, size: str | None, pairs: tuple[s
     except InvalidCycleRequest as exc:
         raise UserError(str(exc), exit_code=2) from None
     try:
-        started = start_cycle.apply_async(kwargs={"group": group, **overrides}).get(timeout=60)
-    except Exception as exc:  # the task's own error: refused, or the orchestrator is down
+        started = wait_result(app, start_cycle.apply_async(kwargs={"group": group, **overrides}).id, 60)
+    except TimeoutError:
+        raise UserError("no answer from the orchestrator worker within 60s; is it running? "
+                        "(celery -A xtb_tasks worker -Q orchestrator)") from None
+    except Exception as exc:  # the task's own error, e.g. the group already has an active cycle
         raise UserError(f"cycle not started: {exc}") from None
     cycle_id = started["cycle_id"]
     click.echo(f"cycle {cycle_id} started in group {group}")

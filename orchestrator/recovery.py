@@ -28,9 +28,13 @@ def overdue(data: dict[str, Any], now: float, grace: float) -> bool:
     return bool(deadline) and now > deadline and now - updated > grace
 
 
-def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> dict[str, Any]:
+def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> dict[str, Any] | None:
     stage = Stage(data.get("stage", Stage.PLANNING.value))
     cycle_id = record.cycle_id
+    # Several sweepers (the orchestrator's thread, beat, `xtb recover`) may see the same overdue
+    # cycle; only the one that claims it acts, so monitoring is never resumed twice.
+    if not client.set(f"{record.key}:resolving", "1", nx=True, ex=int(STEP_GRACE_SECS)):
+        return None
     record.touch_deadline(time.time() + STEP_GRACE_SECS)
     if stage is Stage.DONE:
         client.srem(keys.CYCLES_ACTIVE, cycle_id)
@@ -66,5 +70,7 @@ def sweep(client: redis.Redis, settings: Settings, *, grace: float = STEP_GRACE_
             client.srem(keys.CYCLES_ACTIVE, cycle_id)
             continue
         if force or overdue(data, now, grace):
-            actions.append(resolve(client, record, data))
+            action = resolve(client, record, data)
+            if action:
+                actions.append(action)
     return actions

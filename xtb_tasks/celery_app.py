@@ -119,6 +119,9 @@ def create_app() -> Celery:
 
 
 def _install_hooks(celery_app: Celery) -> None:
+    from xtb_tasks.connectors import install_prewarm_hooks
+
+    install_prewarm_hooks()
     try:
         from monitoring.worker_hooks import install_heartbeat_hooks
     except ImportError:

@@ -43,14 +43,15 @@ def parse_size(text: str) -> Decimal:
 
 
 def via_queue(task: str, kwargs: dict[str, Any], queue: str) -> dict[str, Any]:
-    from celery.exceptions import TimeoutError as CeleryTimeout
-
     from xtb_tasks.celery_app import app
+    from xtb_tasks.results import TaskFailed, wait_result
 
-    result = app.send_task(task, kwargs=kwargs, queue=queue)
+    task_id = app.send_task(task, kwargs=kwargs, queue=queue).id
     try:
-        return result.get(timeout=RESULT_TIMEOUT_SECS, propagate=True)
-    except CeleryTimeout:
+        return wait_result(app, task_id, RESULT_TIMEOUT_SECS)
+    except TaskFailed as exc:
+        raise UserError(f"{task} on {queue} failed: {exc}") from None
+    except TimeoutError:
         raise UserError(f"no answer from the {queue} worker within {RESULT_TIMEOUT_SECS:.0f}s; "
                         f"is it running? (celery -A xtb_tasks worker -Q {queue})") from None
 
@@ -167,12 +168,14 @@ def flatten(ctx: click.Context, account: str | None, group: str | None) -> None:
     from xtb_tasks.redis_conn import redis_client, resolve_redis_url
 
     client = redis_client(resolve_redis_url(settings))
+    from xtb_tasks.results import wait_result
+
     pending = []
     for name, market in targets:
         ids = allocate_client_ids(client, name, settings.account(name).venue.value, 3)
         pending.append(app.send_task("xtb.venue.flatten", kwargs={"account": name, "symbol": market,
-                                                                  "client_ids": ids}, queue=name))
-    results = [p.get(timeout=RESULT_TIMEOUT_SECS) for p in pending]
+                                                                  "client_ids": ids}, queue=name).id)
+    results = [wait_result(app, task_id, RESULT_TIMEOUT_SECS) for task_id in pending]
     click.echo(json.dumps(results))
     not_flat = [r["account"] for r in results if not r.get("flat")]
     if not_flat:

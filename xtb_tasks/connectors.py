@@ -76,3 +76,30 @@ def close_connectors() -> None:
             except Exception:
                 log.exception("account=%s closing the connector failed", connector.account)
         _connectors.clear()
+
+
+_consumed_accounts: list[str] = []
+
+
+def install_prewarm_hooks() -> None:
+    """Build each consumed account's connector when a pool child starts, not on the first order."""
+    from celery.signals import celeryd_after_setup, worker_process_init
+
+    @celeryd_after_setup.connect(weak=False)
+    def _remember_queues(sender: object = None, instance: object = None, **_: object) -> None:
+        queues = getattr(getattr(instance, "app", None), "amqp", None)
+        names = list(queues.queues.consume_from) if queues is not None else []
+        try:
+            accounts = set(load_settings().accounts)
+        except Exception:
+            return
+        _consumed_accounts[:] = [name for name in names if name in accounts]
+
+    @worker_process_init.connect(weak=False)
+    def _prewarm(**_: object) -> None:
+        for account in _consumed_accounts:
+            try:
+                get_connector(account)
+            except Exception:
+                # The first task reports the problem properly; a boot-time failure must not kill the pool.
+                log.exception("account=%s connector could not be built at worker start", account)

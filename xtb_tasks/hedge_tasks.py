@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from decimal import Decimal
 from typing import Any
 
 from celery import Task
-from celery.signals import worker_ready
+from celery.signals import worker_ready, worker_shutdown
 
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, raise_alert
 from orchestrator import canvas
@@ -323,9 +324,29 @@ def watchdog() -> list[dict[str, Any]]:
     return sweep(redis_client(), settings())
 
 
+WATCHDOG_INTERVAL_SECS = 5.0
+
+
+def _watchdog_loop(stop: threading.Event) -> None:
+    # The orchestrator worker sweeps by itself, so recovery does not depend on a beat process being up.
+    while not stop.wait(WATCHDOG_INTERVAL_SECS):
+        try:
+            sweep(redis_client(), settings())
+        except Exception:
+            log.exception("watchdog sweep failed; retrying in %.0fs", WATCHDOG_INTERVAL_SECS)
+
+
+_watchdog_stop = threading.Event()
+
+
 @worker_ready.connect
 def _recover_on_orchestrator_start(sender: Any = None, **_: Any) -> None:
-    # An orchestrator that starts (or restarts after a crash) first looks for cycles left waiting.
     consumed = sender.app.amqp.queues.consume_from if sender is not None else {}
     if ORCHESTRATOR_QUEUE in consumed:
         watchdog.apply_async(countdown=1.0)
+        threading.Thread(target=_watchdog_loop, args=(_watchdog_stop,), name="xtb-watchdog", daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_watchdog(**_: Any) -> None:
+    _watchdog_stop.set()

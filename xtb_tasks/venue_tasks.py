@@ -33,8 +33,8 @@ from xtb_tasks.venue_ops import (
 
 log = logging.getLogger(__name__)
 
-#: Submission attempts that only re-check an uncertain outcome; far below the lease retry budget.
-SUBMIT_MAX_RETRIES = 20
+#: Re-runs of a submit beyond one per planned client id (uncertain outcomes are looked up, then resent).
+SUBMIT_EXTRA_RETRIES = 3
 
 
 LEG_STAGES = {"bp_entry": Stage.BP_ENTRY, "l1_hedge": Stage.L1_HEDGE, "l2_entry": Stage.L2_ENTRY}
@@ -74,7 +74,7 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
     try:
         report = submit_order(redis_client(), get_connector(account), request)
     except RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=SUBMIT_MAX_RETRIES, exc=exc) from None
+        raise self.retry(countdown=exc.countdown, max_retries=len(client_ids) + SUBMIT_EXTRA_RETRIES, exc=exc) from None
     return {**report.to_json(), "account": account}
 
 

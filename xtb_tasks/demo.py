@@ -1,0 +1,229 @@
+"""``xtb demo`` (``make demo``): the whole system on this machine against the simulators.
+
+Starts the embedded Redis, the simulators, one real worker per account plus the orchestrator,
+the alert relay and the dashboard; runs one hedge cycle with live progress; makes the simulator
+liquidate Lighter2 and shows the monitor's emergency exit; prints a summary; stops everything.
+Exit status 0 only when the outcome is right: hedged after the cycle, flat after the exit, and
+the expected alerts delivered to the Telegram stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from xtb_tasks.cli import UserError
+from xtb_tasks.config import Settings, load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+DEMO_CONFIG = ROOT / "examples" / "demo.toml"
+EXPECTED_ALERTS = ("cycle_started", "cycle_hedged", "emergency_exit", "cycle_finished")
+
+
+def ensure_demo_telegram_keys(settings: Settings) -> None:
+    path = settings.telegram.keys_file
+    if path is not None and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"bot_token: demo{secrets.token_hex(8)}:{secrets.token_hex(16)}\nchat_id: 1001\n")
+        path.chmod(0o600)
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1].split("/")[0])
+
+
+class Demo:
+    def __init__(self, settings: Settings, emit: Any) -> None:
+        self.settings = settings
+        self.emit = emit
+        self.started = time.monotonic()
+        self.sim: Any = None
+        self.procs: Any = None
+
+    def say(self, text: str) -> None:
+        self.emit(f"[{time.monotonic() - self.started:6.2f}s] {text}")
+
+    def start(self) -> None:
+        from venues.simulator.server import SimulatorServer
+        from xtb_tasks.processes import ProcessSet
+
+        grp = next(iter(self.settings.groups.values()))
+        bp, l1 = self.settings.account(grp.backpack), self.settings.account(grp.lighter1)
+        self.sim = SimulatorServer(backpack_port=port_of(bp.base_url), lighter_port=port_of(l1.base_url),
+                                   telegram_port=port_of(self.settings.telegram.api_url))
+        try:
+            self.sim.start()
+        except RuntimeError as exc:
+            raise UserError(f"simulators could not start ({exc}); is another demo or `xtb sim` running?") from None
+        self.say(f"simulators up: {json.dumps(self.sim.urls)}")
+        self.procs = ProcessSet(self.settings)
+        self.say(f"redis at {self.procs.redis_url}" + (" (embedded, started now)" if self.procs.owns_redis else ""))
+        self.procs.start_workers()
+        xtb = [sys.executable, "-m", "xtb_tasks.cli"]
+        self.procs.start("alert-relay", [*xtb, "alerts", "relay"])
+        self.procs.start("dashboard", [*xtb, "dashboard", "--port", str(self.settings.dashboard.port)])
+        names = self.procs.ping_workers(timeout=90)
+        self.say(f"workers answering ping: {', '.join(sorted(names))}")
+
+    def stop(self) -> None:
+        if self.procs is not None:
+            self.procs.stop()
+        if self.sim is not None:
+            self.sim.stop()
+
+
+def clear_previous_cycles(client: Any, settings: Settings, demo: Demo) -> None:
+    """A demo killed mid-cycle left an active cycle in the embedded Redis: unwind it first."""
+    from orchestrator.recovery import sweep
+    from orchestrator.state import active_cycle_ids
+
+    if not active_cycle_ids(client):
+        return
+    demo.say("unwinding cycles left active by an earlier run")
+    sweep(client, settings, force=True)
+    deadline = time.monotonic() + 30
+    while active_cycle_ids(client) and time.monotonic() < deadline:
+        time.sleep(0.2)
+
+
+def wait_for_alerts(demo: Demo, cycle_id: str, timeout: float = 15.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    texts: list[str] = []
+    while time.monotonic() < deadline:
+        texts = [t for t in demo.sim.telegram.texts() if cycle_id in t]
+        if sum(1 for t in texts if "EMERGENCY EXIT" in t) and len(texts) >= len(EXPECTED_ALERTS):
+            break
+        time.sleep(0.2)
+    return texts
+
+
+def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
+    from orchestrator.cli import cycle_summary, follow_cycle
+    from orchestrator.state import CycleRecord, Stage
+    from xtb_tasks.redis_conn import redis_client
+    from xtb_tasks.results import wait_result
+
+    ensure_demo_telegram_keys(settings)
+    demo = Demo(settings, emit)
+    try:
+        demo.start()
+        client = redis_client(demo.procs.redis_url)
+        clear_previous_cycles(client, settings, demo)
+        from xtb_tasks.celery_app import app
+
+        group = next(iter(settings.groups))
+        demo.say(f"step 1: one full hedge cycle in group {group}")
+        cycle_id = wait_result(app, app.send_task("xtb.hedge.start_cycle", kwargs={"group": group},
+                                                  queue="orchestrator").id, 60)["cycle_id"]
+        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.MONITORING, timeout=60)
+        hedged = CycleRecord(client, cycle_id).all()
+        l2_index = str(settings.account(settings.group(group).lighter2).account_index)
+        demo.say(f"step 2: the simulator liquidates Lighter2 (account index {l2_index})")
+        demo.sim.exchange.liquidate("lighter", l2_index, "ETH")
+        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.DONE, timeout=60)
+        texts = wait_for_alerts(demo, cycle_id)
+        return summarize(demo, cycle_summary(CycleRecord(client, cycle_id)), hedged, texts)
+    finally:
+        demo.stop()
+
+
+def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    hedged_positions = hedged.get("positions") or {}
+    net_after_entry = hedged_positions.get("net")
+    step = Decimal((hedged.get("bp_rules") or {}).get("step_size") or "0.0001")
+    final_positions = {k: v for k, v in (final.get("positions") or {}).items() if k in ("BP", "L1", "L2")}
+    checks = {
+        "hedged_after_cycle": net_after_entry is not None and abs(Decimal(net_after_entry)) <= step,
+        "flat_after_exit": final.get("outcome") == "flat" and all(Decimal(str(v or 0)) == 0 for v in final_positions.values()),
+        "reason_is_lighter2_zero": final.get("reason") == "lighter2_zero",
+        "alerts_delivered": any("EMERGENCY EXIT" in t for t in texts) and len(texts) >= len(EXPECTED_ALERTS),
+    }
+    return {
+        "cycle_id": final["cycle_id"], "outcome": final.get("outcome"), "reason": final.get("reason"),
+        "fills": {leg: {k: v.get(k) for k in ("account", "side", "requested", "filled", "avg_price", "state")}
+                  for leg, v in (final.get("legs") or {}).items() if isinstance(v, dict)},
+        "positions_when_hedged": hedged_positions, "net_delta_when_hedged": net_after_entry,
+        "positions_after_exit": final_positions, "pnl": final.get("pnl"),
+        "stage_times": final.get("stage_times"), "telegram_messages": texts,
+        "dashboard_url": f"http://{demo.settings.dashboard.host}:{demo.settings.dashboard.port}/",
+        "checks": checks, "ok": all(checks.values()), "elapsed_secs": round(time.monotonic() - demo.started, 2),
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    click.echo("\n=== summary ===")
+    click.echo(f"cycle {summary['cycle_id']}: outcome {summary['outcome']}, reason {summary['reason']}")
+    for leg, fill in summary["fills"].items():
+        click.echo(f"  {leg:<16} {fill['side']:<4} {fill['filled']}/{fill['requested']} on {fill['account']} "
+                   f"avg {fill['avg_price']} ({fill['state']})")
+    click.echo(f"positions when hedged: {summary['positions_when_hedged']}")
+    click.echo(f"positions after exit:  {summary['positions_after_exit']}")
+    click.echo(f"per-venue PnL: {summary['pnl']}")
+    click.echo("Telegram (stand-in) received:")
+    for text in summary["telegram_messages"]:
+        click.echo(f"  - {text}")
+    click.echo(f"dashboard: {summary['dashboard_url']} (while workers run: xtb demo --keep-running)")
+    for name, ok in summary["checks"].items():
+        click.echo(f"  [{'ok' if ok else 'FAILED'}] {name}")
+    click.echo(f"demo {'passed' if summary['ok'] else 'FAILED'} in {summary['elapsed_secs']}s")
+
+
+def keep_running(settings: Settings) -> None:
+    """Everything up, plus Flower on loopback with basic auth, until Ctrl-C."""
+    ensure_demo_telegram_keys(settings)
+    demo = Demo(settings, click.echo)
+    password = secrets.token_urlsafe(12)
+    try:
+        demo.start()
+        demo.procs.start("flower", [sys.executable, "-m", "celery", "-A", "xtb_tasks", "flower",
+                                    "--address=127.0.0.1", "--port=5555", f"--basic-auth=ops:{password}"])
+        click.echo(f"dashboard http://{settings.dashboard.host}:{settings.dashboard.port}/ ; "
+                   f"Flower http://127.0.0.1:5555/ (user ops, password printed once: {password})")
+        click.echo("start a cycle: xtb --config examples/demo.toml cycle start --group main --follow ; Ctrl-C stops all")
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        while True:
+            time.sleep(1)
+            demo.procs.check_alive()
+    except KeyboardInterrupt:
+        click.echo("stopping")
+    finally:
+        demo.stop()
+
+
+@click.command("demo")
+@click.option("--keep-running", "keep", is_flag=True, help="Leave everything up (with Flower) until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_context
+def demo(ctx: click.Context, keep: bool, as_json: bool) -> None:
+    """Run the main job on this machine against the simulators.
+
+    \b
+    Example:
+      xtb demo            # or: make demo
+      xtb demo --json
+    """
+    config = (ctx.obj or {}).get("config_file") or str(DEMO_CONFIG)
+    # Every process the demo starts (and the Celery app here) reads the same config.
+    os.environ["XTB_CONFIG"] = str(Path(config).resolve())
+    settings = load_settings(config)
+    if keep:
+        keep_running(settings)
+        return
+    emit = (lambda line: click.echo(line, err=True)) if as_json else click.echo
+    summary = run_demo(settings, emit)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+    else:
+        print_summary(summary)
+    if not summary["ok"]:
+        failed = [name for name, ok in summary["checks"].items() if not ok]
+        raise UserError(f"demo outcome wrong: {', '.join(failed)}")
