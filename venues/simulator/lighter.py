@@ -54,11 +54,10 @@ from venues.simulator.lighter_http import (
     IOC_ORDER_FAULTS,
     ORDER_FAULTS,
     FaultGate,
-    error_middleware,
     json_response,
-    latency_middleware,
     partial_fraction,
     qreq,
+    venue_middleware,
 )
 from venues.simulator.lighter_model import (
     MAX_48,
@@ -89,7 +88,7 @@ def create_lighter_app(exchange: Exchange) -> web.Application:
     state = LighterState(exchange)
     hub = LighterWsHub(state)
     gate = FaultGate(exchange, hub)
-    app = web.Application(middlewares=[error_middleware, latency_middleware(exchange)])
+    app = web.Application(middlewares=[venue_middleware(exchange)])
     app[STATE_KEY] = state
     app[HUB_KEY] = hub
     txs = _TxRoutes(state, gate)

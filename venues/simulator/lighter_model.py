@@ -9,7 +9,7 @@ market's ``size_decimals`` / ``price_decimals`` (lighter-sdk.md §4). Every amou
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_HALF_EVEN, Decimal, localcontext
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 VENUE = "lighter"
@@ -50,11 +50,18 @@ class LighterError(Exception):
         return {"code": self.code, "message": self.message}
 
 
+_EXPONENTS = {places: Decimal(1).scaleb(-places) for places in range(10)}
+
+
 def fmt(value: Decimal, places: int, rounding: str = ROUND_HALF_EVEN) -> str:
     """``value`` with exactly ``places`` decimals, never in exponent notation."""
-    with localcontext() as ctx:
-        ctx.prec = 80  # wire values reach ~1e20 with 6 decimals; never let quantize overflow
-        return format(value.quantize(Decimal(1).scaleb(-places), rounding=rounding), "f")
+    exponent = _EXPONENTS.get(places) or Decimal(1).scaleb(-places)
+    try:  # the default 28-digit context covers every realistic amount (this is the sendTx hot path)
+        return format(value.quantize(exponent, rounding=rounding), "f")
+    except InvalidOperation:
+        with localcontext() as ctx:
+            ctx.prec = 80  # wire values reach ~1e20 with 6 decimals; never let quantize overflow
+            return format(value.quantize(exponent, rounding=rounding), "f")
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ read, so a price move is visible on the very next request.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -216,7 +217,8 @@ class LighterReads:
         record = self.state.txs.get(value)
         if record is None:
             return web.json_response({"code": TX_NOT_FOUND, "message": "transaction not found"})
-        return await self.gate.read("orders", record["account_index"], lambda: dict(record))
+        return await self.gate.read("orders", record["account_index"], lambda: {
+            **record, "event_info": json.dumps(record["event_info"])})
 
 
 def _role(trade: dict[str, Any], account: int) -> str:

@@ -18,9 +18,9 @@ Rules (see also the ``lighter`` module docstring):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
-import json
 import logging
 import time
 from collections import OrderedDict, deque
@@ -101,7 +101,9 @@ class LighterState:
         return self.exchange.account(VENUE, str(account))
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def l1_address(account: int) -> str:
+        """A stable made-up L1 address per account, so ``/account?by=l1_address`` can find it."""
         return "0x" + hashlib.sha256(f"lighter-sim:{account}".encode()).hexdigest()[:40]
 
     def account_by_l1(self, address: str) -> int | None:
@@ -182,7 +184,8 @@ class LighterState:
     def _store_tx(self, tx: ParsedTx, tx_type: int, info_text: str, tx_hash: str, seq: int, now: int,
                   event: dict[str, Any]) -> None:
         self.txs[tx_hash] = {
-            "code": 200, "hash": tx_hash, "type": tx_type, "info": info_text, "event_info": json.dumps(event),
+            # event_info stays a dict until /api/v1/tx serves it (keeps JSON work off sendTx).
+            "code": 200, "hash": tx_hash, "type": tx_type, "info": info_text, "event_info": event,
             "status": TX_STATUS_EXECUTED, "transaction_index": seq, "l1_address": self.l1_address(tx.account),
             "account_index": tx.account, "nonce": tx.nonce, "expire_at": tx.expired_at,
             "block_height": self.block_height, "queued_at": now, "executed_at": now, "sequence_index": seq,
