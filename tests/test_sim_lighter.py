@@ -275,6 +275,9 @@ def test_invalid_nonce_is_recovered_by_the_sdk_resync(sim: Sim, keypair: tuple[s
             _tx, resp, err = await c.create_order(ETH, 4, 1000, 290000, False, LIMIT, GTT)
             assert resp is None and "code=21104" in err
             await ok(c.create_order(ETH, 5, 1000, 290000, False, LIMIT, GTT))
+            # nonce=-1 makes the Go signer fetch nextNonce itself (it needs "code":200 beside it).
+            _type, info, _hash, err = await asyncio.to_thread(c.sign_cancel_order, ETH, 1, api_key_index=KEY)
+            assert err is None and json.loads(info)["Nonce"] == 3
 
     asyncio.run(scenario())
     assert sim.nonce(account) == 3  # three accepted txs, nothing consumed by the rejects

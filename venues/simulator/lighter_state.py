@@ -132,7 +132,11 @@ class LighterState:
         return self._apply(tx, tx_type, info_text, fill_fraction)
 
     def submit_batch(self, txs: list[tuple[ParsedTx, int, str]]) -> list[str]:
-        """All-or-nothing: every tx is checked (nonces in sequence) before any is applied."""
+        """All-or-nothing: every tx is checked (nonces in sequence) before any is applied.
+
+        Checks run against the state before the batch, so a cancel naming an order created earlier
+        in the same batch is refused (21700); two cancels of one order both pass, the second is a no-op.
+        """
         expected: dict[tuple[int, int], int] = {}
         pending: set[tuple[int, int]] = set()
         for tx, _, _ in txs:

@@ -184,7 +184,7 @@ class LighterWsHub:
             self._signatures[ident] = self._signature(ident)
             orders = [o.to_json() for o in self.state.active_orders(ident)]
             trades = [t for t in self.state.trades if ident in (t["ask_account_id"], t["bid_account_id"])]
-            for payload in self._account_payloads(ident, {name}, orders, trades[-RECENT_TRADES:], True):
+            for payload in self._account_payloads(ident, {name}, orders, trades[-RECENT_TRADES:], True).values():
                 conn.send(payload)
 
     # ---- order books ------------------------------------------------------------------------
@@ -226,34 +226,35 @@ class LighterWsHub:
             return
         self._signatures[account] = self._signature(account)
         kinds = set().union(*(c.accounts[account] for c in subs))
-        payloads = dict(zip(sorted(kinds), self._account_payloads(
-            account, kinds, [o.to_json() for o in orders], trades, False, keep_empty=True), strict=True))
+        payloads = self._account_payloads(account, kinds, [o.to_json() for o in orders], trades, False)
         for conn in subs:
-            for kind in sorted(conn.accounts[account]):
-                if payloads[kind] and not conn.send(payloads[kind]):
+            for kind in sorted(conn.accounts[account] & payloads.keys()):
+                if not conn.send(payloads[kind]):
                     self._close(conn)
+                    break
 
     def _account_payloads(self, account: int, kinds: set[str], orders: list[dict[str, Any]],
-                          trades: list[dict[str, Any]], initial: bool, keep_empty: bool = False) -> list[str]:
-        """One JSON message per channel kind, in sorted kind order ("" for nothing to say)."""
+                          trades: list[dict[str, Any]], initial: bool) -> dict[str, str]:
+        """channel kind → JSON message, for the kinds that have something to say."""
         prefix = "subscribed/" if initial else "update/"
         positions = positions_map(self.state, account) if kinds & {"account_all", "account_all_positions"} else {}
-        out: list[str] = []
+        out: dict[str, str] = {}
         for kind in sorted(kinds):
             body: dict[str, Any] = {"type": prefix + kind, "channel": f"{kind}:{account}", "account": account}
             if kind == "account_all":
                 body |= {"positions": positions, "orders": _group(orders, "market_index"),
                          "trades": _group(trades, "market_id"), "funding_histories": {}, "shares": []}
             elif kind == "account_all_orders":
+                if not (initial or orders):
+                    continue
                 body["orders"] = _group(orders, "market_index")
-                body = body if initial or orders else {}
             elif kind == "account_all_trades":
+                if not (initial or trades):
+                    continue
                 body["trades"] = _group(trades, "market_id")
-                body = body if initial or trades else {}
             else:
                 body |= {"positions": positions, "shares": []}
-            if body or keep_empty:
-                out.append(json.dumps(body) if body else "")
+            out[kind] = json.dumps(body)
         return out
 
     def _signature(self, account: int) -> tuple[Any, ...]:
