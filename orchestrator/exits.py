@@ -26,6 +26,9 @@ CONTINUE_AFTER = {ExitReason.LIGHTER1_ZERO.value, ExitReason.LIGHTER2_ZERO.value
 
 def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, results: list[dict[str, Any]],
                 reason: str, *, unresolved: bool = False) -> dict[str, Any]:
+    # Several exit attempts (watchdog retries) may all report; the first one finishes the cycle.
+    if not client.hsetnx(record.key, "exit_reported_at", time.time()):
+        return {"cycle_id": record.cycle_id, "duplicate_report": True}
     data = record.all()
     group = data.get("group", "")
     finals = {role: (r.get("final_position") or {}).get("quantity") for role, r in zip(ROLE_ORDER, results, strict=False)}

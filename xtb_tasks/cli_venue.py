@@ -60,12 +60,14 @@ def direct(account: str, settings: Settings, fn: Any) -> Any:
     """Run ``fn(connector, redis)`` in process under the account lease (same rule as the worker)."""
     from xtb_tasks import keys
     from xtb_tasks.connectors import get_connector
-    from xtb_tasks.lease import LEASE_TTL
+    from xtb_tasks.lease import LEASE_TTL, break_dead_lease, lease_token
     from xtb_tasks.redis_conn import redis_client, resolve_redis_url
 
     client = redis_client(resolve_redis_url(settings))
-    lock = client.lock(keys.account_lock(account), timeout=LEASE_TTL, blocking_timeout=10, thread_local=False)
-    if not lock.acquire():
+    key = keys.account_lock(account)
+    lock = client.lock(key, timeout=LEASE_TTL, blocking_timeout=10, thread_local=False)
+    if not lock.acquire(token=lease_token()) and not (
+            break_dead_lease(client, key) and lock.acquire(blocking=False, token=lease_token())):
         raise UserError(f"account {account!r} is busy (its lease is held by a worker); try again or drop --direct")
     connector = get_connector(account, settings)
     try:

@@ -10,7 +10,10 @@ TTL is above the task's hard time limit, so it cannot expire while the task runs
 from __future__ import annotations
 
 import logging
+import os
 import random
+import socket
+import uuid
 from typing import Any, ClassVar
 
 from celery import Task
@@ -22,13 +25,48 @@ from xtb_tasks.redis_conn import redis_client
 log = logging.getLogger(__name__)
 
 #: Hard time limit of every venue task; the lease outlives it, the visibility timeout outlives both.
-TASK_TIME_LIMIT = 120
-TASK_SOFT_TIME_LIMIT = 100
-LEASE_TTL = 150
+TASK_TIME_LIMIT = 60
+TASK_SOFT_TIME_LIMIT = 50
+LEASE_TTL = 75
 #: How long a task waits for a busy lease before giving its slot back with a retry.
 LEASE_WAIT_SECS = 2.0
 LEASE_RETRY_COUNTDOWN = 0.25
 LEASE_MAX_RETRIES = 1000
+
+
+_HOST = socket.gethostname()
+_BREAK_IF_VALUE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+def lease_token() -> str:
+    """``host:pid:nonce``: lets a waiter on the same host see that the holder process is gone."""
+    return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex}"
+
+
+def _holder_is_dead(token: str) -> bool:
+    host, _, rest = token.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != _HOST or not pid_text.isdigit():
+        return False  # another host: only the TTL can tell
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def break_dead_lease(client: Any, key: str) -> bool:
+    """Release a lease whose holder died (SIGKILL, OOM) instead of waiting out its TTL."""
+    token = client.get(key)
+    if token and _holder_is_dead(token) and client.eval(_BREAK_IF_VALUE, 1, key, token):
+        log.warning("lease %s held by dead process %s broken", key, token.rsplit(":", 1)[0])
+        return True
+    return False
 
 
 class AccountLeaseTask(Task):  # type: ignore[misc]
@@ -45,9 +83,12 @@ class AccountLeaseTask(Task):  # type: ignore[misc]
         account = kwargs.get("account")
         if not account:
             raise ValueError(f"{self.name} needs the 'account' keyword argument")
-        lock = redis_client().lock(keys.account_lock(account), timeout=self.lease_ttl,
-                                   blocking=True, blocking_timeout=LEASE_WAIT_SECS, thread_local=False)
-        if not lock.acquire():
+        client = redis_client()
+        key = keys.account_lock(account)
+        lock = client.lock(key, timeout=self.lease_ttl, blocking=True, blocking_timeout=LEASE_WAIT_SECS,
+                           thread_local=False)
+        if not lock.acquire(token=lease_token()) and not (
+                break_dead_lease(client, key) and lock.acquire(blocking=False, token=lease_token())):
             log.info("account=%s task=%s lease busy; retrying", account, self.name)
             countdown = LEASE_RETRY_COUNTDOWN * (1 + random.random())
             raise self.retry(countdown=countdown, max_retries=LEASE_MAX_RETRIES)
