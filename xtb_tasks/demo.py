@@ -48,6 +48,7 @@ class Demo:
         self.started = time.monotonic()
         self.sim: Any = None
         self.procs: Any = None
+        self.online_bots: list[str] = []
 
     def say(self, text: str) -> None:
         self.emit(f"[{time.monotonic() - self.started:6.2f}s] {text}")
@@ -73,6 +74,28 @@ class Demo:
         self.procs.start("dashboard", [*xtb, "dashboard", "--port", str(self.settings.dashboard.port)])
         names = self.procs.ping_workers(timeout=90)
         self.say(f"workers answering ping: {', '.join(sorted(names))}")
+        self.online_bots = self.wait_bots_online(timeout=20)
+        self.say(f"dashboard shows online: {', '.join(self.online_bots) or 'none'}")
+
+    def wait_bots_online(self, timeout: float) -> list[str]:
+        """The dashboard's own API, as the user's browser sees it: every account's bot online."""
+        import requests
+
+        url = f"http://{self.settings.dashboard.host}:{self.settings.dashboard.port}/api/status"
+        accounts = set(self.settings.accounts)
+        deadline = time.monotonic() + timeout
+        online: list[str] = []
+        while time.monotonic() < deadline:
+            try:
+                bots = requests.get(url, timeout=2).json().get("bots", [])
+            except (requests.RequestException, ValueError):
+                bots = []
+            online = sorted(b["name"] for b in bots if b.get("online"))
+            seen = {(b.get("payload") or {}).get("account") for b in bots if b.get("online")}
+            if accounts <= seen:
+                break
+            time.sleep(0.3)
+        return online
 
     def stop(self) -> None:
         if self.procs is not None:
@@ -146,6 +169,7 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
         "flat_after_exit": final.get("outcome") == "flat" and all(Decimal(str(v or 0)) == 0 for v in final_positions.values()),
         "reason_is_lighter2_zero": final.get("reason") == "lighter2_zero",
         "alerts_delivered": any("EMERGENCY EXIT" in t for t in texts) and len(texts) >= len(EXPECTED_ALERTS),
+        "bots_online_on_dashboard": len(demo.online_bots) >= len(demo.settings.accounts),
     }
     return {
         "cycle_id": final["cycle_id"], "outcome": final.get("outcome"), "reason": final.get("reason"),
@@ -155,6 +179,7 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
         "positions_after_exit": final_positions, "pnl": final.get("pnl"),
         "stage_times": final.get("stage_times"), "telegram_messages": texts,
         "dashboard_url": f"http://{demo.settings.dashboard.host}:{demo.settings.dashboard.port}/",
+        "dashboard_bots_online": demo.online_bots,
         "checks": checks, "ok": all(checks.values()), "elapsed_secs": round(time.monotonic() - demo.started, 2),
     }
 
