@@ -271,11 +271,13 @@ class SmokeReport:
     symbol: str
     steps: list[dict[str, Any]] = field(default_factory=list)
 
-    def check(self, step: str, ok: bool, **detail: Any) -> bool:
-        entry = {"step": step, "ok": bool(ok), **{k: _jsonable(v) for k, v in detail.items()}}
+    def check(self, step: str, ok: bool, *, why: str = "failed", **detail: Any) -> bool:
+        """Record one step; ``why`` is kept only when it failed (it becomes the failure reason)."""
+        entry: dict[str, Any] = {"step": step, "ok": bool(ok), **{k: _jsonable(v) for k, v in detail.items()}}
+        if not ok:
+            entry["why"] = why
         self.steps.append(entry)
-        log.log(logging.INFO if ok else logging.WARNING, "account=%s smoke %s ok=%s %s", self.account, step, ok,
-                json.dumps(entry["detail"] if "detail" in entry else {k: entry[k] for k in detail}))
+        log.log(logging.INFO if ok else logging.WARNING, "account=%s smoke %s", self.account, json.dumps(entry))
         return bool(ok)
 
     @property
@@ -287,7 +289,7 @@ class SmokeReport:
         failed = [s for s in self.steps if not s["ok"]]
         if not failed:
             return None if self.steps else f"{self.account}:nothing ran"
-        return ", ".join(f"{self.account}:{s['step']}: {s.get('why') or 'failed'}" for s in failed)
+        return ", ".join(f"{self.account}:{s['step']}: {s['why']}" for s in failed)
 
 
 def _jsonable(value: Any) -> Any:
@@ -317,8 +319,8 @@ def run_smoke(venue: Venue, *, side: str = "auto", settle_secs: float = 1.0,
     report = SmokeReport(venue.account, venue.symbol)
     rules = venue.connector.market_rules(venue.symbol)
     book = venue.connector.top_of_book(venue.symbol)
-    report.check("market", book.bid is not None and book.ask is not None, tick=rules.tick_size,
-                 step=rules.step_size, min_quantity=rules.min_quantity, min_notional=rules.min_notional,
+    report.check("market", book.bid is not None and book.ask is not None, tick_size=rules.tick_size,
+                 step_size=rules.step_size, min_quantity=rules.min_quantity, min_notional=rules.min_notional,
                  bid=book.bid, ask=book.ask, why="empty book side")
     start = venue.read()
     if not report.check("baseline", start.known, position=start.quantity, why=f"position unknown: {start.error}"):

@@ -28,7 +28,7 @@ SUBCOMMANDS: dict[str, str] = {
     "order": "xtb_tasks.cli_venue:order",
     "position": "xtb_tasks.cli_venue:position",
     "flatten": "xtb_tasks.cli_venue:flatten",
-    "diag": "xtb_tasks.cli_venue:diag",
+    "diag": "xtb_tasks.cli_diag:diag",
     "cycle": "orchestrator.cli:cycle",
     "recover": "orchestrator.cli:recover",
     "status": "orchestrator.cli:status",
