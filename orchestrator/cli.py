@@ -100,36 +100,49 @@ def cycle_start(ctx: click.Context, group: str, size: str | None, pairs: tuple[s
 
 
 def follow_cycle(client: redis.Redis, cycle_id: str, emit: Callable[[str], None], *, until: Stage = Stage.DONE,
-                 timeout: float = 3600.0, interval: float = 0.1) -> CycleRecord:
-    """Print stage changes, fills and positions as they happen, until ``until`` (or done)."""
+                 timeout: float = 3600.0, interval: float = 0.1, shown: set[str] | None = None) -> CycleRecord:
+    """Print stages (with the times the record gives them), fills and positions, until ``until`` or done.
+
+    Stages come from the record's ``t:<stage>`` timestamps, so a stage shorter than the poll
+    interval is still reported, in order, with its real timing.
+    """
     record = CycleRecord(client, cycle_id)
-    start = time.monotonic()
-    seen_stage: str | None = None
-    seen_legs: dict[str, str] = {}
-    seen_positions = ""
-    while time.monotonic() - start < timeout:
+    deadline = time.monotonic() + timeout
+    shown = set() if shown is None else shown  # a caller following in steps passes the same set
+    while time.monotonic() < deadline:
         data = record.all()
+        origin = float(data.get("created_at") or time.time())
+        for event_time, key, line in _new_events(data, shown):
+            emit(f"[{event_time - origin:7.2f}s] {line}")
+            shown.add(key)
         stage = data.get("stage")
-        if stage != seen_stage:
-            extra = f" reason={data.get('reason')}" if stage in ("emergency_exit", "done") and data.get("reason") else ""
-            emit(f"[{time.monotonic() - start:7.2f}s] stage {stage}{extra}")
-            seen_stage = stage
-        for leg, info in sorted((k.removeprefix("leg:"), v) for k, v in data.items() if k.startswith("leg:")):
-            state = f"{info.get('state')}:{info.get('filled')}" if isinstance(info, dict) else str(info)
-            if seen_legs.get(leg) != state and isinstance(info, dict) and info.get("state") != "submitting":
-                emit(f"[{time.monotonic() - start:7.2f}s]   {leg}: {info.get('side')} {info.get('filled')}/"
-                     f"{info.get('requested')} on {info.get('account')} ({info.get('state')}, avg {info.get('avg_price')})")
-                seen_legs[leg] = state
-        positions = json.dumps(data.get("positions") or {}, sort_keys=True)
-        if positions != seen_positions and data.get("positions"):
-            p = data["positions"]
-            emit(f"[{time.monotonic() - start:7.2f}s]   positions BP={p.get('BP')} L1={p.get('L1')} L2={p.get('L2')}"
-                 f" net={p.get('net')}")
-            seen_positions = positions
-        if stage == Stage.DONE.value or stage == until.value:
+        if stage == Stage.DONE.value or (f"t:{until.value}" in data):
             return record
         time.sleep(interval)
-    raise UserError(f"cycle {cycle_id} still at stage {seen_stage} after {timeout:.0f}s")
+    raise UserError(f"cycle {cycle_id} still at stage {record.get('stage')} after {timeout:.0f}s")
+
+
+def _new_events(data: dict[str, Any], shown: set[str]) -> list[tuple[float, str, str]]:
+    events = []
+    for key, value in data.items():
+        if key.startswith("t:") and key not in shown:
+            stage = key.removeprefix("t:")
+            extra = f" reason={data.get('reason')}" if stage in ("emergency_exit", "done") and data.get("reason") else ""
+            events.append((float(value), key, f"stage {stage}{extra}"))
+        elif key.startswith("leg:") and isinstance(value, dict) and value.get("state") not in (None, "submitting"):
+            marker = f"{key}:{value.get('state')}:{value.get('filled')}"
+            if marker not in shown:
+                when = float(value.get("filled_at") or data.get("updated_at") or 0)
+                events.append((when, marker, f"  {key.removeprefix('leg:')}: {value.get('side')} {value.get('filled')}/"
+                                             f"{value.get('requested')} on {value.get('account')} ({value.get('state')}, "
+                                             f"avg {value.get('avg_price')})"))
+        elif key.startswith("positions:") and isinstance(value, dict) and key not in shown:
+            p = value
+            net = p.get("net", "-")
+            events.append((float(p.get("read_at") or data.get("updated_at") or 0), key,
+                           f"  positions after {key.removeprefix('positions:')}: BP={p.get('BP')} L1={p.get('L1')} "
+                           f"L2={p.get('L2')} net={net}"))
+    return sorted(events)
 
 
 @cycle.command("status")
@@ -188,8 +201,9 @@ def cycle_cancel(ctx: click.Context, cycle_id: str) -> None:
 
 @click.command("recover")
 @click.option("--force", is_flag=True, help="Resolve every active cycle now, not only overdue ones.")
+@click.option("--unwind", is_flag=True, help="Cancel and flatten every active cycle instead.")
 @click.pass_context
-def recover(ctx: click.Context, force: bool) -> None:
+def recover(ctx: click.Context, force: bool, unwind: bool) -> None:
     """Resolve cycles left waiting by a crash: resume where safe, unwind otherwise.
 
     \b
@@ -197,8 +211,12 @@ def recover(ctx: click.Context, force: bool) -> None:
       xtb --config examples/demo.toml recover
     """
     settings, client = _context(ctx)
-    from orchestrator.recovery import sweep
+    from orchestrator.recovery import sweep, unwind_all
 
+    if unwind:
+        ids = unwind_all(client)
+        click.echo(f"unwinding {len(ids)} cycle(s): {', '.join(ids)}" if ids else "no active cycle")
+        return
     actions = sweep(client, settings, force=force)
     click.echo(json.dumps(actions) if actions else "nothing to recover")
 

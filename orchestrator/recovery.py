@@ -74,3 +74,14 @@ def sweep(client: redis.Redis, settings: Settings, *, grace: float = STEP_GRACE_
             if action:
                 actions.append(action)
     return actions
+
+
+def unwind_all(client: redis.Redis) -> list[str]:
+    """Cancel and flatten every active cycle (``xtb recover --unwind``, a demo restarting)."""
+    ids = active_cycle_ids(client)
+    for cycle_id in ids:
+        record = CycleRecord(client, cycle_id)
+        record.request_cancel()
+        attempt = int(record.get("exit_attempts") or 0)
+        canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.CANCELLED.value, attempt=attempt).apply_async()
+    return ids

@@ -254,7 +254,8 @@ class OrderReport:
             "filled": str(self.filled),
             "state": self.state.value,
             "venue_order_id": self.venue_order_id,
-            "avg_price": None if self.avg_price is None else str(self.avg_price),
+            # An average is a quotient; 8 decimals is beyond every venue's tick and keeps reports readable.
+            "avg_price": None if self.avg_price is None else f"{self.avg_price.quantize(Decimal('1e-8')):f}",
             "reduce_only": self.reduce_only,
             "reason": self.reason,
             "existing": self.existing,

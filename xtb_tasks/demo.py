@@ -106,13 +106,13 @@ class Demo:
 
 def clear_previous_cycles(client: Any, settings: Settings, demo: Demo) -> None:
     """A demo killed mid-cycle left an active cycle in the embedded Redis: unwind it first."""
-    from orchestrator.recovery import sweep
+    from orchestrator.recovery import unwind_all
     from orchestrator.state import active_cycle_ids
 
     if not active_cycle_ids(client):
         return
     demo.say("unwinding cycles left active by an earlier run")
-    sweep(client, settings, force=True)
+    unwind_all(client)
     deadline = time.monotonic() + 30
     while active_cycle_ids(client) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -147,12 +147,15 @@ def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
         demo.say(f"step 1: one full hedge cycle in group {group}")
         cycle_id = wait_result(app, app.send_task("xtb.hedge.start_cycle", kwargs={"group": group},
                                                   queue="orchestrator").id, 60)["cycle_id"]
-        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.MONITORING, timeout=60)
+        shown: set[str] = set()
+        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.MONITORING, timeout=60,
+                     shown=shown)
         hedged = CycleRecord(client, cycle_id).all()
         l2_index = str(settings.account(settings.group(group).lighter2).account_index)
         demo.say(f"step 2: the simulator liquidates Lighter2 (account index {l2_index})")
         demo.sim.exchange.liquidate("lighter", l2_index, "ETH")
-        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.DONE, timeout=60)
+        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.DONE, timeout=60,
+                     shown=shown)
         texts = wait_for_alerts(demo, cycle_id)
         return summarize(demo, cycle_summary(CycleRecord(client, cycle_id)), hedged, texts)
     finally:
@@ -174,7 +177,9 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
     return {
         "cycle_id": final["cycle_id"], "outcome": final.get("outcome"), "reason": final.get("reason"),
         "fills": {leg: {k: v.get(k) for k in ("account", "side", "requested", "filled", "avg_price", "state")}
-                  for leg, v in (final.get("legs") or {}).items() if isinstance(v, dict)},
+                  for leg, v in sorted((final.get("legs") or {}).items(),
+                                       key=lambda item: float(item[1].get("filled_at") or 0))
+                  if isinstance(v, dict)},
         "positions_when_hedged": hedged_positions, "net_delta_when_hedged": net_after_entry,
         "positions_after_exit": final_positions, "pnl": final.get("pnl"),
         "stage_times": final.get("stage_times"), "telegram_messages": texts,

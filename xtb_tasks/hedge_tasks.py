@@ -127,7 +127,8 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
                   bp_rules={"symbol": bp_rules.symbol, "tick_size": str(bp_rules.tick_size),
                             "step_size": str(bp_rules.step_size), "min_quantity": str(bp_rules.min_quantity)},
                   l_step=str(snaps[canvas.Role.L1].rules.step_size))
-    record.record_positions("start", {k: str(v) for k, v in cycle_plan.baselines.items()})
+    record.record_positions("start", {**{k: str(v) for k, v in cycle_plan.baselines.items()},
+                                      "read_at": time.time()})
     raise_alert(redis_client(), AlertKind.CYCLE_STARTED,
                 format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),
                 cycle_id=cycle_id, group=grp.name)
