@@ -71,6 +71,10 @@ def relay(ctx: click.Context, min_idle: float, lock_ttl: float, backoff_max: flo
     """Deliver the alert outbox to Telegram: at least once, in order, never twice.
 
     Also raises heartbeat_missing / heartbeat_back alerts (unless --no-watch). Runs until SIGTERM.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml alerts relay
     """
     from monitoring.relay import AlertRelay, RelayOptions
     from monitoring.telegram import CredentialsError, TelegramClient, load_credentials
@@ -108,7 +112,12 @@ def relay(ctx: click.Context, min_idle: float, lock_ttl: float, backoff_max: flo
 @click.argument("text")
 @click.pass_context
 def send(ctx: click.Context, kind: str, text: str) -> None:
-    """Raise an alert of KIND with TEXT (goes to Telegram through the relay); prints its id."""
+    """Raise an alert of KIND with TEXT (goes to Telegram through the relay); prints its id.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml alerts send cycle_finished "test alert from the operator"
+    """
     from monitoring.alerts import raise_alert
 
     settings = _optional_settings(ctx)
@@ -126,7 +135,12 @@ def send(ctx: click.Context, kind: str, text: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.pass_context
 def tail(ctx: click.Context, last: int, follow: bool, as_json: bool) -> None:
-    """Print recent alerts, then new ones as they are raised."""
+    """Print recent alerts, then new ones as they are raised.
+
+    \b
+    Example:
+      xtb --config examples/demo.toml alerts tail --last 20
+    """
     from monitoring.alerts import recent_alerts
     from xtb_tasks import keys
 
@@ -191,7 +205,12 @@ LEGACY_TOKEN_ENV = "TELEMETRY_TOKEN"
 @click.pass_context
 def dashboard(ctx: click.Context, host: str | None, port: int | None, token: str | None, private: bool) -> None:
     """Telemetry dashboard: live page, the original server.js API (/ingest, /api/status,
-    /admin/prune) and /metrics."""
+    /admin/prune) and /metrics.
+
+    \b
+    Example:
+      XTB_DASHBOARD_TOKEN=... xtb --config examples/demo.toml dashboard --port 10123
+    """
     import os
 
     from monitoring.dashboard import DashboardOptions, make_app, serve

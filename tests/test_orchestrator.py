@@ -102,6 +102,18 @@ def test_lighter1_hedge_failure_flattens_the_backpack_entry(dep: Deployment) -> 
     assert_flat(dep)
 
 
+def test_lighter2_entry_failure_ends_flat_with_reason(dep: Deployment) -> None:
+    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "http_500", "count": 200, "op": "order",
+                                   "account": "102", "params": {}})
+    cycle_id = dep.start_cycle()
+    dep.wait_stage(cycle_id, ("emergency_exit", "done"), timeout=90)
+    dep.sim.exchange.clear_faults()
+    done = dep.wait_done(cycle_id, timeout=60)
+    assert (done["outcome"], done["reason"]) == ("flat", "lighter2_entry_failed"), done.get("error")
+    assert Decimal(done["leg:l1_hedge"]["filled"]) > 0
+    assert_flat(dep)
+
+
 def test_sigkill_orchestrator_in_monitoring_then_restart_resumes(dep: Deployment) -> None:
     cycle_id = dep.start_cycle()
     dep.wait_stage(cycle_id, "monitoring", timeout=60)
