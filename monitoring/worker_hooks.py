@@ -101,8 +101,9 @@ class _HeartbeatHooks:
 
     def on_task_failure(self, sender: Any = None, task_id: str | None = None, exception: Any = None,
                         **_: Any) -> None:
-        # Only the main process sees WorkerLostError: the pool child is already gone.
-        if not isinstance(exception, WorkerLostError):
+        # Only the main process sees WorkerLostError: the pool child is already gone. Signals are
+        # process-global, so a hook answers only for tasks of its own app.
+        if not isinstance(exception, WorkerLostError) or getattr(sender, "app", self.app) is not self.app:
             return
         name = getattr(sender, "name", "?")
         detail = f"pool process died running {name} [{task_id}] ({exception})"
