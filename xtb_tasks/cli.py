@@ -116,8 +116,11 @@ def main(argv: list[str] | None = None) -> None:
         # Anything else is a bug or an environment problem; one line, and the log has details.
         logging.getLogger("xtb").debug("unhandled error", exc_info=True)
         from venues.base import VenueError
+        from xtb_tasks.redis_conn import RedisUnavailable
 
-        if isinstance(exc, VenueError):
+        if isinstance(exc, RedisUnavailable):
+            click.echo(f"error: redis: {exc}", err=True)
+        elif isinstance(exc, VenueError):
             click.echo(f"error: venue: {exc}", err=True)
         else:
             click.echo(f"error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)

@@ -47,7 +47,7 @@ class ProcessSet:
         self.redis_url = configured_url(settings) or embedded_url()
         # Stop the embedded Redis on exit only if this process set started it.
         self.owns_redis = configured_url(settings) is None and not ping(self.redis_url)
-        if self.owns_redis:
+        if configured_url(settings) is None:
             ensure_embedded_redis()
         self.log_dir = log_dir or (data_dir() / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)

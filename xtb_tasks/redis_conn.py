@@ -88,17 +88,32 @@ def server_args(port: int, directory: Path, *, persistent: bool = True) -> list[
     return args
 
 
+def check_embedded_owner(url: str, directory: Path) -> None:
+    """The Redis on the embedded port must be this checkout's, not another project's data."""
+    try:
+        served = redis.Redis.from_url(url, socket_timeout=2).config_get("dir").get("dir")
+    except redis.RedisError:
+        return  # CONFIG may be renamed on a hardened server; nothing to compare
+    if served and Path(served).resolve() != directory.resolve():
+        raise RedisUnavailable(
+            f"port {embedded_port()} already serves another embedded Redis (data in {served}); stop it "
+            f"(redis-cli -p {embedded_port()} shutdown) or set XTB_EMBEDDED_REDIS_PORT or REDIS_URL"
+        )
+
+
 def ensure_embedded_redis(timeout: float = 10.0) -> str:
     """Start the embedded Redis unless it already answers; returns its URL."""
     url = embedded_url()
-    if ping(url):
-        return url
     directory = data_dir() / "redis"
+    if ping(url):
+        check_embedded_owner(url, directory)
+        return url
     directory.mkdir(parents=True, exist_ok=True)
     # Several workers may start at once: one of them starts the server, the others wait for it.
     with open(directory / "start.lock", "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
         if ping(url):
+            check_embedded_owner(url, directory)
             return url
         args = [*server_args(embedded_port(), directory), "--daemonize", "yes",
                 "--pidfile", str(directory / "redis.pid"), "--logfile", str(directory / "redis.log")]
