@@ -37,13 +37,13 @@ from xtb_tasks import keys
 log = logging.getLogger(__name__)
 
 #: Leader lock of the relay (one deliverer keeps Telegram's order).
-LEADER_KEY = f"{keys.PREFIX}:alerts:relay:leader"
+LEADER_KEY = keys.ALERTS_RELAY_LEADER
 #: Consumer that parks the entries of a relay that stopped cleanly (see ``_release_pending``).
 RELEASED_CONSUMER = "released"
 #: Consumers with nothing pending and idle this long are removed from the group (ms).
 STALE_CONSUMER_MS = 3600 * 1000
 #: Stream of alerts Telegram refused as malformed (HTTP 400), kept for inspection.
-DEAD_LETTER = f"{keys.PREFIX}:alerts:dead"
+DEAD_LETTER = keys.ALERTS_DEAD
 
 Entry = tuple[str, dict[str, str] | None]
 

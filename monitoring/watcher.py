@@ -27,9 +27,9 @@ from xtb_tasks import keys
 log = logging.getLogger(__name__)
 
 #: Bots currently reported missing (an alert was raised and no "back" yet).
-MISSING_SET = f"{keys.PREFIX}:hb:missing"
+MISSING_SET = keys.HEARTBEAT_MISSING
 #: Per-bot time (epoch s) of the last beat before the silence, to say how long the gap was.
-MISSING_SINCE = f"{keys.PREFIX}:hb:missing:since"
+MISSING_SINCE = keys.HEARTBEAT_MISSING_SINCE
 GRACE_INTERVALS = 2.0
 
 

@@ -33,7 +33,7 @@ def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> d
     cycle_id = record.cycle_id
     # Several sweepers (the orchestrator's thread, beat, `xtb recover`) may see the same overdue
     # cycle; only the one that claims it acts, so monitoring is never resumed twice.
-    if not client.set(f"{record.key}:resolving", "1", nx=True, ex=int(STEP_GRACE_SECS)):
+    if not client.set(keys.cycle_resolving(cycle_id), "1", nx=True, ex=int(STEP_GRACE_SECS)):
         return None
     record.touch_deadline(time.time() + STEP_GRACE_SECS)
     if stage is Stage.DONE:

@@ -13,6 +13,12 @@ ALERTS_OUTBOX = f"{PREFIX}:alerts:outbox"
 ALERTS_GROUP = "telegram-relay"
 #: Set of alert ids already delivered to Telegram (never send twice).
 ALERTS_DELIVERED = f"{PREFIX}:alerts:delivered"
+#: Stream of alerts Telegram refused for good, and the lock of the one delivering relay.
+ALERTS_DEAD = f"{PREFIX}:alerts:dead"
+ALERTS_RELAY_LEADER = f"{PREFIX}:alerts:relay:leader"
+#: Missing-heartbeat watcher: bots currently missing, and since when.
+HEARTBEAT_MISSING = f"{PREFIX}:hb:missing"
+HEARTBEAT_MISSING_SINCE = f"{PREFIX}:hb:missing:since"
 #: Set of active cycle ids.
 CYCLES_ACTIVE = f"{PREFIX}:cycles:active"
 
@@ -44,6 +50,11 @@ def cycle_history(group: str) -> str:
 
 def cycle_cancel(cycle_id: str) -> str:
     return f"{PREFIX}:cycle:{cycle_id}:cancel"
+
+
+def cycle_resolving(cycle_id: str) -> str:
+    """A watchdog's short claim on an overdue cycle (only one sweeper acts)."""
+    return f"{PREFIX}:cycle:{cycle_id}:resolving"
 
 
 def intent(account: str, client_id: int) -> str:
