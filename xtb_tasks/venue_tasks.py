@@ -23,6 +23,7 @@ from xtb_tasks.connectors import get_connector
 from xtb_tasks.lease import AccountLeaseTask
 from xtb_tasks.redis_conn import redis_client
 from xtb_tasks.venue_ops import (
+    LegFailed,
     OrderRequest,
     RetryLater,
     confirmation,
@@ -56,8 +57,12 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
                         quantity: str | None = None, reduce_only: bool = False,
                         max_slippage: float | None = None, cycle_id: str | None = None,
                         leg: str | None = None, quantity_from_leg: str | None = None,
-                        retry_delay_secs: float = 0.5) -> dict[str, Any]:
-    """One market order through its planned client ids (a new id per attempt, each sent at most once)."""
+                        retry_delay_secs: float = 0.5, reruns: int = 0) -> dict[str, Any]:
+    """One market order through its planned client ids (a new id per attempt, each sent at most once).
+
+    ``reruns`` counts re-runs after an uncertain outcome or a rejection; it is kept apart from
+    Celery's retry counter, which lease waits also advance.
+    """
     _guard_queue(self, account)
     if cycle_id:
         record = CycleRecord(redis_client(), cycle_id)
@@ -74,7 +79,10 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
     try:
         report = submit_order(redis_client(), get_connector(account), request)
     except RetryLater as exc:
-        raise self.retry(countdown=exc.countdown, max_retries=len(client_ids) + SUBMIT_EXTRA_RETRIES, exc=exc) from None
+        if reruns >= len(client_ids) + SUBMIT_EXTRA_RETRIES:
+            raise LegFailed(f"{leg or 'order'} on {account} gave up after {reruns} re-runs: {exc}") from None
+        raise self.retry(countdown=exc.countdown, max_retries=None,
+                         kwargs={**self.request.kwargs, "reruns": reruns + 1}) from None
     return {**report.to_json(), "account": account}
 
 
