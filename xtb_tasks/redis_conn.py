@@ -138,17 +138,27 @@ def stop_embedded_redis() -> bool:
 
 
 _clients: dict[tuple[int, str], redis.Redis] = {}
+_default_url: dict[int, str] = {}
+
+
+def _resolve_default_url() -> str:
+    # Resolved once per process: this sits on every task's path (bench/README.md measured a config
+    # re-read here at a third of a venue task's time).
+    url = _default_url.get(os.getpid())
+    if url is None:
+        settings = None
+        if not os.environ.get("REDIS_URL"):
+            from xtb_tasks.config import load_settings
+
+            with contextlib.suppress(Exception):
+                settings = load_settings()
+        url = _default_url[os.getpid()] = resolve_redis_url(settings)
+    return url
 
 
 def redis_client(url: str | None = None) -> redis.Redis:
     """A ``decode_responses`` client for ``url`` (default: the resolved URL), one per process."""
-    if url is None:
-        from xtb_tasks.config import load_settings
-
-        settings = None
-        with contextlib.suppress(Exception):
-            settings = load_settings()
-        url = resolve_redis_url(settings)
+    url = url or _resolve_default_url()
     key = (os.getpid(), url)
     client = _clients.get(key)
     if client is None:

@@ -115,14 +115,17 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
 def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | None, req: OrderRequest,
           client_id: int, intent: dict[str, str]) -> OrderReport:
     quantity = Decimal(intent["quantity"]) if intent.get("quantity") else _resolve_quantity(client, connector, req)
-    # Intent before action: after this line a crash means "look it up", never "send again blindly".
-    record_intent(client, req.account, client_id, status=IntentStatus.SENDING.value, symbol=req.symbol,
+    # Intent before action: after this write a crash means "look it up", never "send again blindly".
+    # One pipeline for the intent and the leg record: this is on the hand-off path.
+    pipe = client.pipeline(transaction=False)
+    record_intent(pipe, req.account, client_id, status=IntentStatus.SENDING.value, symbol=req.symbol,
                   side=req.side.value, quantity=str(quantity), reduce_only=req.reduce_only,
                   cycle_id=req.cycle_id or "", leg=req.leg or "")
     if req.leg and record:
-        record.record_leg(req.leg, {"account": req.account, "symbol": req.symbol, "side": req.side.value,
-                                    "client_id": client_id, "requested": str(quantity), "filled": "0",
-                                    "state": "submitting"})
+        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, {
+            "account": req.account, "symbol": req.symbol, "side": req.side.value, "client_id": client_id,
+            "requested": str(quantity), "filled": "0", "state": "submitting"})
+    pipe.execute()
     log.info("account=%s cycle=%s leg=%s submit client_id=%s side=%s qty=%s reduce_only=%s", req.account,
              req.cycle_id, req.leg, client_id, req.side.value, quantity, req.reduce_only)
     started = time.perf_counter()
@@ -141,15 +144,21 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
         log.warning("account=%s cycle=%s leg=%s client_id=%s outcome unknown: %s", req.account, req.cycle_id,
                     req.leg, client_id, exc)
         raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
-    note_account_state(client, req.account, latency_ms=round((time.perf_counter() - started) * 1000, 2))
-    return _finish(client, record, req, client_id, report)
+    return _finish(client, record, req, client_id, report,
+                   latency_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
 def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
-            report: OrderReport) -> OrderReport:
-    mark_intent(client, req.account, client_id, IntentStatus.DONE, report=report.to_json())
+            report: OrderReport, latency_ms: float | None = None) -> OrderReport:
+    # Outcome, leg record and latency in one round trip: the next leg waits for this task to return.
+    pipe = client.pipeline(transaction=False)
+    mark_intent(pipe, req.account, client_id, IntentStatus.DONE, report=report.to_json())
     if req.leg and record:
-        record.record_leg(req.leg, {**report.to_json(), "account": req.account, "filled_at": time.time()})
+        CycleRecord(pipe, record.cycle_id).record_leg(
+            req.leg, {**report.to_json(), "account": req.account, "filled_at": time.time()})
+    if latency_ms is not None:
+        note_account_state(pipe, req.account, latency_ms=latency_ms)
+    pipe.execute()
     log.info("account=%s cycle=%s leg=%s client_id=%s state=%s filled=%s avg=%s", req.account, req.cycle_id,
              req.leg, client_id, report.state.value, report.filled, report.avg_price)
     return report

@@ -116,6 +116,7 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
     The deadline is absolute, or ``timeout_secs`` from the first poll (kept across retries).
     """
     _guard_queue(self, account)
+    started = time.monotonic()
     if deadline is None:
         deadline = time.time() + (timeout_secs or 0.0)
     client = redis_client()
@@ -129,7 +130,9 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
     if record and record.cancel_requested():
         raise ConfirmationFailed(f"cycle {cycle_id} cancelled while confirming {leg}")
     if not result["confirmed"] and time.time() < deadline:
-        raise self.retry(countdown=poll_secs, kwargs={**self.request.kwargs, "deadline": deadline})
+        # Polls at a fixed rate: the next read is due poll_secs after this one started, not after it ended.
+        countdown = max(0.0, poll_secs - (time.monotonic() - started))
+        raise self.retry(countdown=countdown, kwargs={**self.request.kwargs, "deadline": deadline})
     log.info("account=%s cycle=%s leg=%s confirm=%s position=%s polls=%s", account, cycle_id, leg,
              result["confirmed"], result["position"], result["polls"])
     if record and leg:
