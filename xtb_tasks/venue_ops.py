@@ -15,7 +15,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.state import CycleRecord
+from orchestrator.state import STEP_GRACE_SECS, CycleRecord
 from venues.base import OrderReport, OrderState, PositionReading, ReasonCode, Side, VenueConnector, VenueError
 from xtb_tasks import keys
 from xtb_tasks.client_ids import IntentStatus, mark_intent, record_intent
@@ -66,12 +66,12 @@ def read_position(client: redis.Redis, connector: VenueConnector, symbol: str, c
     return reading
 
 
-def _resolve_quantity(client: redis.Redis, connector: VenueConnector, req: OrderRequest) -> Decimal:
+def _resolve_quantity(connector: VenueConnector, req: OrderRequest, prior_leg: dict[str, Any] | None) -> Decimal:
     rules = connector.market_rules(req.symbol)
     if req.quantity_from_leg is None:
         assert req.quantity is not None
         return rules.quantize_size(req.quantity)
-    prior = CycleRecord(client, req.cycle_id or "").leg(req.quantity_from_leg) or {}
+    prior = prior_leg or {}
     filled = Decimal(str(prior.get("filled") or "0"))
     if filled <= 0:
         raise LegFailed(f"{req.quantity_from_leg} filled nothing; {req.leg} has nothing to hedge")
@@ -79,15 +79,41 @@ def _resolve_quantity(client: redis.Redis, connector: VenueConnector, req: Order
     return max(rules.quantize_size(filled, rounding=ROUND_HALF_UP), rules.min_quantity)
 
 
-def _intent(client: redis.Redis, account: str, client_id: int) -> dict[str, str]:
-    return client.hgetall(keys.intent(account, client_id))
+@dataclass(frozen=True)
+class Prefetch:
+    """Everything a submit reads before it may send, fetched in one round trip (the hand-off path)."""
+
+    cancelled: bool
+    stage: str | None
+    intents: dict[int, dict[str, str]]
+    prior_leg: dict[str, Any] | None
 
 
-def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderRequest) -> OrderReport:
-    """Walk the planned client ids: reuse a recorded outcome, look up an uncertain one, send a fresh one."""
+def prefetch(client: redis.Redis, req: OrderRequest) -> Prefetch:
+    pipe = client.pipeline(transaction=False)
+    cycle_key = keys.cycle(req.cycle_id) if req.cycle_id else None
+    if cycle_key:
+        pipe.exists(keys.cycle_cancel(req.cycle_id or ""))
+        pipe.hget(cycle_key, "stage")
+        pipe.hget(cycle_key, f"leg:{req.quantity_from_leg}")
+    for client_id in req.client_ids:
+        pipe.hgetall(keys.intent(req.account, client_id))
+    results = pipe.execute()
+    head, intents = (results[:3], results[3:]) if cycle_key else ([0, None, None], results)
+    prior = json.loads(head[2]) if head[2] else None
+    return Prefetch(bool(head[0]), head[1], dict(zip(req.client_ids, intents, strict=True)), prior)
+
+
+def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderRequest,
+                 fetched: Prefetch | None = None, stage: Any = None) -> OrderReport:
+    """Walk the planned client ids: reuse a recorded outcome, look up an uncertain one, send a fresh one.
+
+    ``stage`` (an ``orchestrator.state.Stage``) is entered in the same write as the intent.
+    """
+    fetched = fetched or prefetch(client, req)
     record = CycleRecord(client, req.cycle_id) if req.cycle_id else None
     for client_id in req.client_ids:
-        intent = _intent(client, req.account, client_id)
+        intent = fetched.intents.get(client_id) or {}
         status = intent.get("status")
         if status == IntentStatus.REJECTED.value:
             continue
@@ -100,7 +126,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
             found = connector.find_order(req.symbol, client_id)
             if found is not None:
                 return _finish(client, record, req, client_id, found)
-        report = _send(client, connector, record, req, client_id, intent)
+        report = _send(client, connector, record, req, client_id, intent, fetched, stage)
         if report.state is OrderState.FAILED and report.filled == 0:
             mark_intent(client, req.account, client_id, IntentStatus.REJECTED, report=report.to_json())
             if req.leg and record:
@@ -113,8 +139,9 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
 
 
 def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | None, req: OrderRequest,
-          client_id: int, intent: dict[str, str]) -> OrderReport:
-    quantity = Decimal(intent["quantity"]) if intent.get("quantity") else _resolve_quantity(client, connector, req)
+          client_id: int, intent: dict[str, str], fetched: Prefetch, stage: Any) -> OrderReport:
+    quantity = (Decimal(intent["quantity"]) if intent.get("quantity")
+                else _resolve_quantity(connector, req, fetched.prior_leg))
     # Intent before action: after this write a crash means "look it up", never "send again blindly".
     # One pipeline for the intent and the leg record: this is on the hand-off path.
     pipe = client.pipeline(transaction=False)
@@ -122,7 +149,10 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
                   side=req.side.value, quantity=str(quantity), reduce_only=req.reduce_only,
                   cycle_id=req.cycle_id or "", leg=req.leg or "")
     if req.leg and record:
-        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, {
+        writer = CycleRecord(pipe, record.cycle_id)
+        if stage is not None and fetched.stage != stage.value:
+            writer.set_stage(stage, deadline=time.time() + STEP_GRACE_SECS)
+        writer.record_leg(req.leg, {
             "account": req.account, "symbol": req.symbol, "side": req.side.value, "client_id": client_id,
             "requested": str(quantity), "filled": "0", "state": "submitting"})
     pipe.execute()

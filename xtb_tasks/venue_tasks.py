@@ -28,6 +28,7 @@ from xtb_tasks.venue_ops import (
     RetryLater,
     confirmation,
     note_account_state,
+    prefetch,
     read_position,
     submit_order,
 )
@@ -64,20 +65,18 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
     Celery's retry counter, which lease waits also advance.
     """
     _guard_queue(self, account)
-    if cycle_id:
-        record = CycleRecord(redis_client(), cycle_id)
-        if record.cancel_requested() and not reduce_only:
-            raise RuntimeError(f"cycle {cycle_id} was cancelled; {leg} not sent")
-        if leg in LEG_STAGES:
-            enter_stage(record, LEG_STAGES[leg])
     request = OrderRequest(
         account=account, symbol=symbol, side=Side(side), client_ids=tuple(client_ids),
         quantity=Decimal(quantity) if quantity is not None else None, reduce_only=reduce_only,
         max_slippage=max_slippage, cycle_id=cycle_id, leg=leg, quantity_from_leg=quantity_from_leg,
         retry_delay_secs=retry_delay_secs,
     )
+    client = redis_client()
+    fetched = prefetch(client, request)
+    if fetched.cancelled and not reduce_only:
+        raise RuntimeError(f"cycle {cycle_id} was cancelled; {leg} not sent")
     try:
-        report = submit_order(redis_client(), get_connector(account), request)
+        report = submit_order(client, get_connector(account), request, fetched, LEG_STAGES.get(leg or ""))
     except RetryLater as exc:
         if reruns >= len(client_ids) + SUBMIT_EXTRA_RETRIES:
             raise LegFailed(f"{leg or 'order'} on {account} gave up after {reruns} re-runs: {exc}") from None
