@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from decimal import Decimal
 from typing import Any
 
 import redis
@@ -25,7 +26,7 @@ CONTINUE_AFTER = {ExitReason.LIGHTER1_ZERO.value, ExitReason.LIGHTER2_ZERO.value
 
 
 def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, results: list[dict[str, Any]],
-                reason: str, *, unresolved: bool = False) -> dict[str, Any]:
+                reason: str, *, unresolved: bool = False, doubts: list[str] | None = None) -> dict[str, Any]:
     # Several exit attempts (watchdog retries) may all report; the first one finishes the cycle.
     if not client.hsetnx(record.key, "exit_reported_at", time.time()):
         return {"cycle_id": record.cycle_id, "duplicate_report": True}
@@ -43,6 +44,8 @@ def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, re
     release_group_lock(client, group, record.cycle_id)
     started = float(data.get("created_at") or time.time())
     text = format_emergency_exit(group, record.cycle_id, reason, per_venue, finals)
+    if doubts:
+        text += f" Venue reads and recorded fills disagree ({'; '.join(doubts)})."
     if not flat:
         text += " NOT FLAT: check the accounts now (xtb status, xtb flatten --group)."
     raise_alert(client, AlertKind.EMERGENCY_EXIT, text, cycle_id=record.cycle_id, group=group, reason=reason,
@@ -57,6 +60,39 @@ def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, re
     if nxt:
         summary["next_cycle"] = nxt
     return summary
+
+
+def expected_positions(data: dict[str, Any], accounts: dict[str, str]) -> dict[str, Decimal]:
+    """Positions the cycle's own fills imply (baseline + legs + flatten orders), for the roles whose
+    record is complete; a role with a leg still in flight, or any unreported exit attempt, is left out."""
+    plan = data.get("plan") or {}
+    baselines = plan.get("baselines") or {}
+    expected = {role: Decimal(str(baselines[role])) for role in ROLE_ORDER if role in baselines}
+    reported = [k for k in data if k.startswith("exit_results:")]
+    if len(reported) < int(data.get("exit_attempts") or 0):
+        return {}  # an exit attempt died without reporting its orders: no complete ledger
+    for key, leg in data.items():
+        role = accounts.get(leg.get("account", "")) if key.startswith("leg:") and isinstance(leg, dict) else None
+        if role is None or role not in expected:
+            continue
+        if leg.get("state") not in ("filled", "cancelled", "failed"):
+            expected.pop(role)  # outcome unknown to the record: the venue read is all there is
+            continue
+        expected[role] += Decimal(str(leg.get("filled") or 0)) * (1 if leg.get("side") == "buy" else -1)
+    for key in reported:
+        for role, result in zip(ROLE_ORDER, data[key] or [], strict=False):
+            for order in result.get("orders") or []:
+                if role in expected:
+                    expected[role] += Decimal(str(order["filled"])) * (1 if order["side"] == "buy" else -1)
+    return expected
+
+
+def fills_disagree(data: dict[str, Any], accounts: dict[str, str], steps: dict[str, Decimal], *,
+                   reason: str) -> list[str]:
+    """Roles that read flat while the cycle's own fills say they are not (a stale read, bug hunt §8.2)."""
+    liquidated = {ExitReason.LIGHTER1_ZERO.value: "L1", ExitReason.LIGHTER2_ZERO.value: "L2"}.get(reason)
+    return [f"{role} fills imply {quantity}" for role, quantity in expected_positions(data, accounts).items()
+            if role != liquidated and abs(quantity) >= steps.get(role, Decimal("0.0001"))]
 
 
 def next_cycle(settings: Settings, data: dict[str, Any], reason: str, flat: bool) -> dict[str, Any] | None:

@@ -287,12 +287,6 @@ def _flatten_account(dep: Deployment, account: str) -> None:
                     "flatten", "--account", account], env=env, capture_output=True, timeout=90, check=False)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "intermittent (a race with the Backpack WS position update; seen failing 1 run in 3): "
-    "venues/base.py VenueConnector.flatten() trusts one position read: a stale zero from the venue's REST "
-    "position (lagging behind the entry fill) makes xtb.venue.flatten return flat=True with no order, and "
-    "exit_report -> orchestrator/exits.py finish_exit records outcome=flat and alerts while Backpack still "
-    "holds the entry"))
 def test_stale_zero_reads_never_make_an_open_leg_count_as_flat(clean: Deployment) -> None:
     dep = clean
     # Backpack's REST position lags: it keeps showing the flat position from before the entry filled.

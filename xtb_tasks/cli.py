@@ -101,6 +101,12 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         click.echo(f"error: {exc.render()}", err=True)
         sys.exit(2)
+    except click.UsageError as exc:
+        # One line, like every other error: what is wrong, and where to look.
+        command = exc.ctx.command_path if exc.ctx else "xtb"
+        message = " ".join(exc.format_message().split())
+        click.echo(f"error: {message} (see: {command} --help)", err=True)
+        sys.exit(2)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

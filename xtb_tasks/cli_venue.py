@@ -83,7 +83,8 @@ def direct(account: str, settings: Settings, fn: Any) -> Any:
 @click.option("--size", "size_text", required=True, help="Base quantity, e.g. 0.01.")
 @click.option("--symbol", default=None, help="Market (default: the account's group symbol).")
 @click.option("--reduce-only", is_flag=True)
-@click.option("--max-slippage", type=float, default=None, help="Lighter worst-price distance (e.g. 0.001).")
+@click.option("--max-slippage", type=click.FloatRange(0.0, 0.5), default=None,
+              help="Lighter worst-price distance, 0 to 0.5 (e.g. 0.001).")
 @click.option("--direct", "direct_mode", is_flag=True, help="Run in this process instead of through the queue.")
 @click.pass_context
 def order(ctx: click.Context, account: str, side: str, size_text: str, symbol: str | None, reduce_only: bool,

@@ -19,7 +19,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, raise_alert
 from orchestrator import canvas
-from orchestrator.exits import finish_exit
+from orchestrator.exits import fills_disagree, finish_exit
 from orchestrator.flow import (
     Positions,
     bp_rules_from_record,
@@ -296,16 +296,28 @@ def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str,
 def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int) -> dict[str, Any]:
     """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle."""
     record = _record(cycle_id)
-    if not all(r.get("flat") for r in results) and attempt < 2:
-        record.add_event(f"exit attempt {attempt} not flat everywhere; trying again")
+    record.update(**{f"exit_results:{attempt}": results})
+    flat = all(r.get("flat") for r in results)
+    doubts = fills_disagree(record.all(), *_ledger_inputs(record), reason=reason) if flat else []
+    if (not flat or doubts) and attempt < 2:
+        record.add_event(f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again")
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
-                                   countdown=1.0)
+                                   countdown=2.0)
         return {"retrying": True}
-    summary = finish_exit(redis_client(), record, settings(), results, reason)
+    summary = finish_exit(redis_client(), record, settings(), results, reason, unresolved=bool(doubts),
+                          doubts=doubts)
     nxt = summary.get("next_cycle")
     if nxt:
         start_cycle.apply_async(kwargs=nxt, queue=ORCHESTRATOR_QUEUE)
     return summary
+
+
+def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decimal]]:
+    grp, _ = group_and_params(settings(), record)
+    accounts = {grp.account_for(role): role.short for role in canvas.ROLES}
+    step_bp = Decimal((record.get("bp_rules") or {}).get("step_size") or "0.0001")
+    step_l = Decimal(str(record.get("l_step") or "0.0001"))
+    return accounts, {"BP": step_bp, "L1": step_l, "L2": step_l}
 
 
 @app.task(name="xtb.hedge.exit_failed")
