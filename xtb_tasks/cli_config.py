@@ -123,5 +123,6 @@ def workers_command(ctx: click.Context, seconds: float) -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while deadline is None or time.monotonic() < deadline:
             time.sleep(0.5)
-            procs.check_alive()
+            for name in procs.supervise():
+                click.echo(f"{name} died and was restarted (log: {procs.log_dir / (name + '.log')})", err=True)
 

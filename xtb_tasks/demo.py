@@ -222,7 +222,8 @@ def keep_running(settings: Settings) -> None:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         while True:
             time.sleep(1)
-            demo.procs.check_alive()
+            for name in demo.procs.supervise():
+                click.echo(f"{name} died and was restarted")
     except KeyboardInterrupt:
         click.echo("stopping")
     finally:

@@ -36,6 +36,12 @@ class ManagedProcess:
     name: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    cmd: list[str]
+    restarts: int = 0
+
+
+#: Restarts per process before supervision gives up (a crash loop needs a person, not more restarts).
+MAX_RESTARTS = 5
 
 
 class ProcessSet:
@@ -68,14 +74,37 @@ class ProcessSet:
 
     def start(self, name: str, cmd: list[str]) -> ManagedProcess:
         log_path = self.log_dir / f"{name}.log"
+        managed = ManagedProcess(name, self._spawn(cmd, log_path), log_path, cmd)
+        self.procs.append(managed)
+        log.info("started %s (pid %s), log %s", name, managed.proc.pid, log_path)
+        return managed
+
+    def _spawn(self, cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
         with open(log_path, "ab") as out:
             # Own process group: Ctrl-C in the terminal reaches us first, and we stop them in order.
-            proc = subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
+            return subprocess.Popen(cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-        managed = ManagedProcess(name, proc, log_path)
-        self.procs.append(managed)
-        log.info("started %s (pid %s), log %s", name, proc.pid, log_path)
-        return managed
+
+    def supervise(self) -> list[str]:
+        """Restart processes that died, as systemd's Restart=on-failure does; returns their names.
+
+        A worker can die on an upstream bug (kombu 5.7 exits a worker holding a countdown task when
+        Redis restarts); its cycle is safe either way, but the account needs its worker back.
+        """
+        restarted = []
+        for managed in self.procs:
+            code = managed.proc.poll()
+            if code is None:
+                continue
+            if managed.restarts >= MAX_RESTARTS:
+                raise RuntimeError(f"{managed.name} keeps dying (status {code}, {managed.restarts} restarts); "
+                                   f"see {managed.log_path}")
+            log.warning("%s exited with status %s; restarting it", managed.name, code)
+            _signal_group(managed.proc, signal.SIGKILL)  # its pool children, if any survived it
+            managed.proc = self._spawn(managed.cmd, managed.log_path)
+            managed.restarts += 1
+            restarted.append(managed.name)
+        return restarted
 
     def worker_command(self, queue: str) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "xtb_tasks", "worker", "-Q", queue, "-c", "1",
