@@ -25,6 +25,7 @@ from orchestrator.flow import (
     bp_rules_from_record,
     group_and_params,
     rebalance_step,
+    release_group_lock,
     take_group_lock,
     zero_streaks,
 )
@@ -41,7 +42,7 @@ from orchestrator.state import (
 )
 from xtb_tasks.celery_app import ORCHESTRATOR_QUEUE, app
 from xtb_tasks.client_ids import allocate_client_ids, record_intent
-from xtb_tasks.config import ConfigError, HedgeParams, Settings, load_settings
+from xtb_tasks.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
 from xtb_tasks.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
@@ -95,7 +96,7 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
 
 
-def _allocate(grp: Any, params: HedgeParams, cycle_id: str) -> dict[str, list[int]]:
+def _allocate(grp: GroupConfig, params: HedgeParams, cycle_id: str) -> dict[str, list[int]]:
     client = redis_client()
     plan = {"bp_entry": (grp.backpack, "backpack", params.backpack_entry_max_attempts),
             "l1_hedge": (grp.lighter1, "lighter", params.lighter_hedge_max_attempts),
@@ -113,6 +114,9 @@ def _allocate(grp: Any, params: HedgeParams, cycle_id: str) -> dict[str, list[in
 def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     """Size the cycle from fresh snapshots, allocate every client id, launch the entry chain."""
     record = _record(cycle_id)
+    # A duplicated delivery of this step must not allocate new ids and launch a second entry chain.
+    if not redis_client().hsetnx(record.key, "plan_claimed_at", time.time()):
+        return {"cycle_id": cycle_id, "duplicate": True}
     grp, params = group_and_params(settings(), record)
     if record.cancel_requested():
         return finish_not_started(record, grp.name, "cancelled before any order")
@@ -139,8 +143,6 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
 
 
 def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, Any]:
-    from orchestrator.flow import release_group_lock
-
     log.warning("cycle=%s group=%s not started: %s", record.cycle_id, group, why)
     record.update(error=why)
     record.finish(Outcome.FLAT, "not_started")
