@@ -55,28 +55,71 @@ def baseline_rtt(app: Celery, queue: str, n: int, warmup: int = 20) -> list[floa
     return samples
 
 
+def link(queue: str) -> Signature:
+    """A no-op whose result is not stored, like the cycle's chain links and hedge steps (canvas.unread)."""
+    return noop(queue).set(ignore_result=True)
+
+
 def bare_cycle_canvas(spec: GroupSpec) -> chain:
     """The cycle's hops with no-op tasks on the same queues, up to the task that starts monitoring.
 
-    start_cycle → snapshots chord (3 ∥ + plan) → BP submit, L1 submit, L1 confirm, L2 submit,
-    L2 confirm, rebalance → positions chord (3 ∥ + rebalance_decide) → the rebalance order (BP
-    submit, rebalance) → positions chord (3 ∥ + rebalance_decide, which starts monitoring).
-    With instant fills every cycle places exactly one rebalance order (Backpack closes its entry
-    against L1 + L2, see ``rebalance_orders`` in results.json): 15 sequential hops, 21 tasks.
+    start_cycle → snapshots chord (3 ∥ + plan) → (BP submit ∥ armed L1 submit), L1 confirm,
+    L2 submit, L2 confirm, rebalance → positions chord (3 ∥ + rebalance_decide) → the rebalance
+    order (BP submit, rebalance) → positions chord (3 ∥ + rebalance_decide, which starts
+    monitoring). With instant fills every cycle places exactly one rebalance order (Backpack closes
+    its entry against L1 + L2, see ``rebalance_orders`` in results.json): 14 sequential hops, 21 tasks.
+    Results are stored where the cycle stores them (chord headers, start_cycle) and by the last
+    task, whose result the bench reads.
     """
-    def positions() -> list[Signature]:
-        return [group(noop(q) for q in (spec.backpack, spec.lighter1, spec.lighter2)), noop(ORCHESTRATOR)]
+    venues = (spec.backpack, spec.lighter1, spec.lighter2)
+
+    def positions(last: bool = False) -> list[Signature]:
+        return [group(noop(q) for q in venues), noop(ORCHESTRATOR) if last else link(ORCHESTRATOR)]
 
     return chain(
-        noop(ORCHESTRATOR), *positions(),
-        noop(spec.backpack), noop(spec.lighter1), noop(spec.lighter1), noop(spec.lighter2), noop(spec.lighter2),
-        noop(ORCHESTRATOR), *positions(),
-        noop(spec.backpack), noop(ORCHESTRATOR), *positions(),
+        noop(ORCHESTRATOR), group(noop(q) for q in venues), link(ORCHESTRATOR),
+        group(noop(spec.backpack), noop(spec.lighter1)), link(spec.lighter1), link(spec.lighter2),
+        link(spec.lighter2), link(ORCHESTRATOR), *positions(),
+        link(spec.backpack), link(ORCHESTRATOR), *positions(last=True),
     )
 
 
-BARE_HOPS = 15
+def bare_exit_canvas(spec: GroupSpec) -> chain:
+    """The rest of a bench cycle: the one monitor tick, emergency exit → flatten chord (3 ∥) → exit report."""
+    return chain(link(ORCHESTRATOR), link(ORCHESTRATOR),
+                 group(noop(q) for q in (spec.backpack, spec.lighter1, spec.lighter2)), noop(ORCHESTRATOR))
+
+
+BARE_HOPS = 14
 BARE_TASKS = 21
+BARE_CYCLE_TASKS = BARE_TASKS + 6
+
+
+def bare_cycle_commands(app: Celery, client: redis.Redis, spec: GroupSpec, n: int) -> float:
+    """Redis commands of Celery alone for a bench cycle's canvas (27 no-op tasks), per cycle.
+
+    The floor the transport, the result backend and the chord joins set for this canvas shape,
+    before any of our own keys; measured with ``INFO commandstats`` like the cycles.
+    """
+    polls = 0
+
+    def finish(canvas: chain) -> None:
+        # Poll the last result with plain GETs the bench counts (AsyncResult.get adds its own traffic).
+        nonlocal polls
+        key = f"celery-task-meta-{canvas.apply_async().id}"
+        deadline = time.monotonic() + 60
+        while client.get(key) is None:
+            polls += 1
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"bare canvas did not finish ({key})")
+            time.sleep(POLL / 4)
+        polls += 1
+
+    before = total_commands(client)
+    for _ in range(n):
+        finish(bare_cycle_canvas(spec))
+        finish(bare_exit_canvas(spec))
+    return round((total_commands(client) - before - 1 - polls) / n, 1)
 
 
 def bare_chain(app: Celery, spec: GroupSpec, n: int, warmup: int = 5) -> list[float]:

@@ -1,8 +1,8 @@
 """Celery signatures of the hedge cycle: which task runs where, with which arguments.
 
-Venue steps go to the account's own queue; decisions go to ``orchestrator``. The Backpack fill
-hands off to the Lighter1 hedge in one hop: the Lighter1 submit task reads the fill from the
-cycle record itself instead of waiting for an orchestrator step in between.
+Venue steps go to the account's own queue; decisions go to ``orchestrator``. The Lighter1 hedge
+does not wait for a Celery hop after the Backpack fill: it runs alongside the Backpack entry,
+armed, and sends as soon as the fill is announced (``xtb_tasks.handoff``).
 """
 
 from __future__ import annotations
@@ -24,6 +24,12 @@ def venue(task: str, account: str, **kwargs: Any) -> Signature:
     return Signature(f"xtb.venue.{task}", kwargs={"account": account, **kwargs}, queue=account, immutable=True)
 
 
+def unread(sig: Signature) -> Signature:
+    # A chain link's result is read by nobody (links are immutable): storing and publishing it
+    # would cost ~7 Redis commands. Failures are still stored (task_store_errors_even_if_ignored).
+    return sig.set(ignore_result=True)
+
+
 def hedge(task: str, *, immutable: bool = True, **kwargs: Any) -> Signature:
     return Signature(f"xtb.hedge.{task}", kwargs=kwargs, queue=ORCHESTRATOR, immutable=immutable)
 
@@ -41,25 +47,30 @@ def snapshots(grp: GroupConfig, cycle_id: str) -> chord:
 
 def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id: str,
                 ids: dict[str, list[int]]) -> chain:
-    """Backpack entry → Lighter1 hedge → confirm → (random wait) Lighter2 entry → confirm → rebalance."""
+    """(Backpack entry ∥ armed Lighter1 hedge) → confirm → (random wait) Lighter2 entry → confirm → rebalance."""
     slippage = params.lighter_max_slippage or None
     confirm = {"min_fraction": params.confirmation_min_fraction, "timeout_secs": params.confirmation_timeout_secs,
                "poll_secs": params.confirmation_poll_secs, "cycle_id": cycle_id, "fail_on_timeout": True}
     steps = chain(
-        venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=plan.bp_side.value,
-              client_ids=ids["bp_entry"], quantity=str(plan.bp_size), cycle_id=cycle_id, leg="bp_entry",
-              retry_delay_secs=params.backpack_retry_delay_secs),
-        venue("submit_market_order", grp.lighter1, symbol=grp.lighter_symbol, side=plan.l1_side.value,
-              client_ids=ids["l1_hedge"], quantity_from_leg="bp_entry", max_slippage=slippage,
-              cycle_id=cycle_id, leg="l1_hedge", retry_delay_secs=params.lighter_retry_delay_secs),
-        venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol, baseline=str(plan.baselines["L1"]),
-              expected_sign=plan.l1_side.sign, leg="l1_hedge", next_stage="wait", **confirm),
-        venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=plan.l2_side.value,
-              client_ids=ids["l2_entry"], quantity_from_leg="bp_entry", max_slippage=slippage,
-              cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
-              ).set(countdown=plan.wait_secs),
-        venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol, baseline=str(plan.baselines["L2"]),
-              expected_sign=plan.l2_side.sign, leg="l2_entry", next_stage="rebalance", **confirm),
+        # The hedge is armed alongside the entry and sends the moment the fill is announced.
+        group(
+            venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=plan.bp_side.value,
+                  client_ids=ids["bp_entry"], quantity=str(plan.bp_size), cycle_id=cycle_id, leg="bp_entry",
+                  retry_delay_secs=params.backpack_retry_delay_secs, announce_fill=True),
+            venue("submit_market_order", grp.lighter1, symbol=grp.lighter_symbol, side=plan.l1_side.value,
+                  client_ids=ids["l1_hedge"], quantity_from_leg="bp_entry", armed=True, max_slippage=slippage,
+                  cycle_id=cycle_id, leg="l1_hedge", retry_delay_secs=params.lighter_retry_delay_secs),
+        ),
+        unread(venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol,
+                     baseline=str(plan.baselines["L1"]), expected_sign=plan.l1_side.sign, leg="l1_hedge",
+                     next_stage="wait", **confirm)),
+        unread(venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=plan.l2_side.value,
+                     client_ids=ids["l2_entry"], quantity_from_leg="bp_entry", max_slippage=slippage,
+                     cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
+                     ).set(countdown=plan.wait_secs)),
+        unread(venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol,
+                     baseline=str(plan.baselines["L2"]), expected_sign=plan.l2_side.sign, leg="l2_entry",
+                     next_stage="rebalance", **confirm)),
         hedge("rebalance", cycle_id=cycle_id, attempt=0),
     )
     return steps.on_error(on_failure(cycle_id))
@@ -75,8 +86,8 @@ def read_positions(grp: GroupConfig, cycle_id: str, then: Signature) -> chord:
 def rebalance_order(grp: GroupConfig, cycle_id: str, side: str, quantity: Decimal, client_id: int,
                     leg: str, then: Signature) -> chain:
     return chain(
-        venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=side, client_ids=[client_id],
-              quantity=str(quantity), cycle_id=cycle_id, leg=leg),
+        unread(venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=side,
+                     client_ids=[client_id], quantity=str(quantity), cycle_id=cycle_id, leg=leg)),
         then,
     ).on_error(on_failure(cycle_id))
 

@@ -9,12 +9,15 @@ fresh is *unknown* (``quantity is None``), never zero. Nothing in ``venues/`` im
 from __future__ import annotations
 
 import abc
+import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from enum import Enum
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class Side(str, Enum):
@@ -320,6 +323,19 @@ class VenueConnector(abc.ABC):
 
     @abc.abstractmethod
     def get_balance(self) -> Balance: ...
+
+    def prime_market_order(self, symbol: str) -> None:
+        """Read what the next market order on ``symbol`` needs before its size is known (rules, book).
+
+        An armed hedge calls it while it waits for the entry's fill; the order that follows within
+        a short while may use what was read. Best effort: a failed read is left to the order itself.
+        This default warms the market rules; connectors that price market orders off the book also
+        keep a fresh top of book.
+        """
+        try:
+            self.market_rules(symbol)
+        except VenueError as exc:
+            log.warning("account=%s priming %s failed (the order will read again): %s", self.account, symbol, exc)
 
     @abc.abstractmethod
     def submit_market_order(

@@ -52,6 +52,11 @@ def cycle_cancel(cycle_id: str) -> str:
     return f"{PREFIX}:cycle:{cycle_id}:cancel"
 
 
+def leg_outcome(cycle_id: str, leg: str) -> str:
+    """List the armed hedge blocks on: the leg's fill (or its failure), pushed once it is final."""
+    return f"{PREFIX}:cycle:{cycle_id}:outcome:{leg}"
+
+
 def cycle_resolving(cycle_id: str) -> str:
     """A watchdog's short claim on an overdue cycle (only one sweeper acts)."""
     return f"{PREFIX}:cycle:{cycle_id}:resolving"

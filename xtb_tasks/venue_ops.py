@@ -19,6 +19,7 @@ from orchestrator.state import STEP_GRACE_SECS, CycleRecord
 from venues.base import OrderReport, OrderState, PositionReading, ReasonCode, Side, VenueConnector, VenueError
 from xtb_tasks import keys
 from xtb_tasks.client_ids import IntentStatus, mark_intent, record_intent
+from xtb_tasks.handoff import announce_outcome
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class OrderRequest:
     #: Take the quantity from this leg's recorded fill in the cycle record (one-hop hand-off).
     quantity_from_leg: str | None = None
     retry_delay_secs: float = 0.5
+    #: Push the final report to this leg's armed hedge (``xtb_tasks.handoff``).
+    announce_fill: bool = False
 
 
 def note_account_state(client: redis.Redis, account: str, **fields: Any) -> None:
@@ -104,6 +107,11 @@ def prefetch(client: redis.Redis, req: OrderRequest) -> Prefetch:
     return Prefetch(bool(head[0]), head[1], dict(zip(req.client_ids, intents, strict=True)), prior)
 
 
+def settles_leg(report: OrderReport) -> bool:
+    """Whether this report ends the leg; a failure that filled nothing moves on to the next client id."""
+    return report.filled > 0 or report.state is not OrderState.FAILED
+
+
 def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderRequest,
                  fetched: Prefetch | None = None, stage: Any = None) -> OrderReport:
     """Walk the planned client ids: reuse a recorded outcome, look up an uncertain one, send a fresh one.
@@ -119,7 +127,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
             continue
         if status == IntentStatus.DONE.value:
             report = OrderReport.from_json(json.loads(intent["report"]))
-            if report.filled > 0 or report.state is not OrderState.FAILED:
+            if settles_leg(report):
                 return report
             continue
         if status == IntentStatus.SENDING.value:
@@ -127,7 +135,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
             if found is not None:
                 return _finish(client, record, req, client_id, found)
         report = _send(client, connector, record, req, client_id, intent, fetched, stage)
-        if report.state is OrderState.FAILED and report.filled == 0:
+        if not settles_leg(report):
             mark_intent(client, req.account, client_id, IntentStatus.REJECTED, report=report.to_json())
             if req.leg and record:
                 record.record_leg(req.leg, report.to_json())
@@ -184,8 +192,10 @@ def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, 
     pipe = client.pipeline(transaction=False)
     mark_intent(pipe, req.account, client_id, IntentStatus.DONE, report=report.to_json())
     if req.leg and record:
-        CycleRecord(pipe, record.cycle_id).record_leg(
-            req.leg, {**report.to_json(), "account": req.account, "filled_at": time.time()})
+        leg_report = {**report.to_json(), "account": req.account, "filled_at": time.time()}
+        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, leg_report)
+        if req.announce_fill and settles_leg(report):  # a failed attempt moves on to the next client id
+            announce_outcome(pipe, record.cycle_id, req.leg, leg_report)
     if latency_ms is not None:
         note_account_state(pipe, req.account, latency_ms=latency_ms)
     pipe.execute()

@@ -10,16 +10,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from celery import Task
+from celery.exceptions import Retry
 
-from orchestrator.state import CycleRecord, Stage, enter_stage
-from venues.base import Side, VenueError
+from orchestrator.state import STEP_GRACE_SECS, CycleRecord, Stage, enter_stage
+from venues.base import OrderReport, Side, VenueError
 from xtb_tasks.celery_app import app
 from xtb_tasks.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.connectors import get_connector
+from xtb_tasks.handoff import announce_failure, await_outcome, is_final
 from xtb_tasks.lease import AccountLeaseTask
 from xtb_tasks.redis_conn import redis_client
 from xtb_tasks.venue_ops import (
@@ -58,31 +61,53 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
                         quantity: str | None = None, reduce_only: bool = False,
                         max_slippage: float | None = None, cycle_id: str | None = None,
                         leg: str | None = None, quantity_from_leg: str | None = None,
-                        retry_delay_secs: float = 0.5, reruns: int = 0) -> dict[str, Any]:
+                        retry_delay_secs: float = 0.5, reruns: int = 0, announce_fill: bool = False,
+                        armed: bool = False) -> dict[str, Any]:
     """One market order through its planned client ids (a new id per attempt, each sent at most once).
 
     ``reruns`` counts re-runs after an uncertain outcome or a rejection; it is kept apart from
-    Celery's retry counter, which lease waits also advance.
+    Celery's retry counter, which lease waits also advance. ``announce_fill`` pushes the leg's
+    final outcome to its armed hedge; ``armed`` (with ``quantity_from_leg``) starts before that
+    leg is final and sends as soon as its outcome is announced (``xtb_tasks.handoff``).
     """
     _guard_queue(self, account)
     request = OrderRequest(
         account=account, symbol=symbol, side=Side(side), client_ids=tuple(client_ids),
         quantity=Decimal(quantity) if quantity is not None else None, reduce_only=reduce_only,
         max_slippage=max_slippage, cycle_id=cycle_id, leg=leg, quantity_from_leg=quantity_from_leg,
-        retry_delay_secs=retry_delay_secs,
+        retry_delay_secs=retry_delay_secs, announce_fill=announce_fill,
     )
-    client = redis_client()
-    fetched = prefetch(client, request)
-    if fetched.cancelled and not reduce_only:
-        raise RuntimeError(f"cycle {cycle_id} was cancelled; {leg} not sent")
     try:
-        report = submit_order(client, get_connector(account), request, fetched, LEG_STAGES.get(leg or ""))
-    except RetryLater as exc:
-        if reruns >= len(client_ids) + SUBMIT_EXTRA_RETRIES:
-            raise LegFailed(f"{leg or 'order'} on {account} gave up after {reruns} re-runs: {exc}") from None
-        raise self.retry(countdown=exc.countdown, max_retries=None,
-                         kwargs={**self.request.kwargs, "reruns": reruns + 1}) from None
+        report = _submit(self, request, reruns, armed)
+    except Retry:
+        raise
+    except Exception as exc:
+        if announce_fill and cycle_id and leg:
+            announce_failure(redis_client(), cycle_id, leg, f"{type(exc).__name__}: {exc}")
+        raise
     return {**report.to_json(), "account": account}
+
+
+def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool) -> OrderReport:
+    client = redis_client()
+    connector = get_connector(request.account)
+    fetched = prefetch(client, request)
+    if fetched.cancelled and not request.reduce_only:
+        raise RuntimeError(f"cycle {request.cycle_id} was cancelled; {request.leg} not sent")
+    if armed and request.cycle_id and request.quantity_from_leg and not is_final(fetched.prior_leg):
+        # Everything that does not depend on the fill happens before it: rules and book.
+        connector.prime_market_order(request.symbol)
+        outcome = await_outcome(client, request.cycle_id, request.quantity_from_leg,
+                                deadline=time.time() + STEP_GRACE_SECS)
+        fetched = replace(fetched, prior_leg=outcome)
+    try:
+        return submit_order(client, connector, request, fetched, LEG_STAGES.get(request.leg or ""))
+    except RetryLater as exc:
+        if reruns >= len(request.client_ids) + SUBMIT_EXTRA_RETRIES:
+            raise LegFailed(f"{request.leg or 'order'} on {request.account} gave up after {reruns} re-runs: "
+                            f"{exc}") from None
+        raise task.retry(countdown=exc.countdown, max_retries=None,
+                         kwargs={**task.request.kwargs, "reruns": reruns + 1}) from None
 
 
 @app.task(name="xtb.venue.get_position", base=AccountLeaseTask, bind=True)
