@@ -149,7 +149,7 @@ def start_worker(queues: list[str], *, name: str, config_path: Path | None, redi
     log_path = log_dir / f"worker-{name}-{time.time_ns()}.log"
     cmd = [sys.executable, "-m", "celery", "-A", "xtb_tasks", "worker", "-Q", ",".join(queues),
            "-c", str(concurrency), "-P", "prefork", "--prefetch-multiplier", "1", "-n", f"{name}@%h",
-           "--without-mingle", "--without-gossip", "-E", "--loglevel", "INFO", "--logfile", str(log_path)]
+           "--without-mingle", "--without-gossip", "--loglevel", "INFO", "--logfile", str(log_path)]
     env = worker_env(config_path, redis_url, extra_env)
     proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     worker = WorkerProcess(name, queues, proc, log_path, env)

@@ -59,8 +59,13 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
         # Late ack only on tasks that declare themselves idempotent (venue tasks, hedge steps).
         "task_acks_late": False,
         "worker_prefetch_multiplier": 1,
-        "worker_send_task_events": True,
-        "task_send_sent_event": True,
+        # Task events cost ~100 Redis commands per cycle: off unless someone watches. Flower turns
+        # them on in the workers while it runs (its --enable_events default).
+        "worker_send_task_events": False,
+        "task_send_sent_event": False,
+        # Results nobody reads are not stored (hedge steps, chain links), but a failure still is:
+        # on_step_failed reads the failed step's error.
+        "task_store_errors_even_if_ignored": True,
         # No STARTED write before every task: nothing reads it, and it is one more round trip on the hand-off.
         "task_track_started": False,
         "task_time_limit": TASK_TIME_LIMIT,

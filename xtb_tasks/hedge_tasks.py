@@ -110,7 +110,7 @@ def _allocate(grp: GroupConfig, params: HedgeParams, cycle_id: str) -> dict[str,
     return ids
 
 
-@app.task(name="xtb.hedge.plan")
+@app.task(name="xtb.hedge.plan", ignore_result=True)
 def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     """Size the cycle from fresh snapshots, allocate every client id, launch the entry chain."""
     record = _record(cycle_id)
@@ -152,7 +152,7 @@ def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, A
     return {"cycle_id": record.cycle_id, "stage": Stage.DONE.value, "error": why}
 
 
-@app.task(name="xtb.hedge.rebalance")
+@app.task(name="xtb.hedge.rebalance", ignore_result=True)
 def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
     """Read all three positions in parallel, then drive Backpack to -(l1 + l2)."""
     record = _record(cycle_id)
@@ -168,7 +168,7 @@ def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
     canvas.read_positions(grp, cycle_id, decide).apply_async()
 
 
-@app.task(name="xtb.hedge.rebalance_decide")
+@app.task(name="xtb.hedge.rebalance_decide", ignore_result=True)
 def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str) -> dict[str, Any]:
     record = _record(cycle_id)
     if record.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
@@ -211,7 +211,7 @@ def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Pos
     monitor_tick.apply_async(kwargs={"cycle_id": record.cycle_id}, countdown=params.poll_interval_secs)
 
 
-@app.task(name="xtb.hedge.monitor_tick")
+@app.task(name="xtb.hedge.monitor_tick", ignore_result=True)
 def monitor_tick(*, cycle_id: str) -> None:
     """One short check; the next one is scheduled by :func:`monitor_decide` (never a long countdown)."""
     record = _record(cycle_id)
@@ -231,7 +231,7 @@ def monitor_tick(*, cycle_id: str) -> None:
                                                       cycle_id=cycle_id)).apply_async()
 
 
-@app.task(name="xtb.hedge.monitor_decide")
+@app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     record = _record(cycle_id)
     if record.stage is not Stage.MONITORING:
@@ -255,7 +255,7 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
     return {"positions": positions.to_json()}
 
 
-@app.task(name="xtb.hedge.on_step_failed")
+@app.task(name="xtb.hedge.on_step_failed", ignore_result=True)
 def on_step_failed(failed_task_id: str | None = None, *, cycle_id: str) -> None:
     """Chain and chord errback: any failed step ends in an emergency exit with the stage's reason."""
     record = _record(cycle_id)
@@ -271,7 +271,7 @@ def on_step_failed(failed_task_id: str | None = None, *, cycle_id: str) -> None:
     emergency_exit.delay(cycle_id=cycle_id, reason=reason.value)
 
 
-@app.task(name="xtb.hedge.emergency_exit")
+@app.task(name="xtb.hedge.emergency_exit", ignore_result=True)
 def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str, Any]:
     """Flatten all three accounts in parallel; once per attempt, however often it is triggered."""
     record = _record(cycle_id)
@@ -294,7 +294,7 @@ def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str,
     return {"cycle_id": cycle_id, "reason": reason, "attempt": attempt}
 
 
-@app.task(name="xtb.hedge.exit_report")
+@app.task(name="xtb.hedge.exit_report", ignore_result=True)
 def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int) -> dict[str, Any]:
     """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle."""
     record = _record(cycle_id)
@@ -322,7 +322,7 @@ def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decim
     return accounts, {"BP": step_bp, "L1": step_l, "L2": step_l}
 
 
-@app.task(name="xtb.hedge.exit_failed")
+@app.task(name="xtb.hedge.exit_failed", ignore_result=True)
 def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str, attempt: int) -> None:
     record = _record(cycle_id)
     record.add_event(f"exit attempt {attempt} failed in a flatten task ({failed_task_id})")
@@ -333,7 +333,7 @@ def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str
     finish_exit(redis_client(), record, settings(), [], reason, unresolved=True)
 
 
-@app.task(name="xtb.hedge.watchdog")
+@app.task(name="xtb.hedge.watchdog", ignore_result=True)
 def watchdog() -> list[dict[str, Any]]:
     """Resolve cycles whose next step is overdue (lost message, hung chord, dead worker)."""
     return sweep(redis_client(), settings())

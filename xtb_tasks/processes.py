@@ -108,7 +108,7 @@ class ProcessSet:
 
     def worker_command(self, queue: str) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "xtb_tasks", "worker", "-Q", queue, "-c", "1",
-                "-P", "prefork", "--prefetch-multiplier", "1", "-n", f"{queue}@%h", "-E",
+                "-P", "prefork", "--prefetch-multiplier", "1", "-n", f"{queue}@%h",
                 "--without-mingle", "--without-gossip", "--loglevel", "INFO"]
 
     def start_workers(self, *, accounts: list[str] | None = None, orchestrator: bool = True) -> None:
