@@ -47,8 +47,7 @@ def minimum_size(rules: MarketRules, price: Decimal, multiplier: Decimal = Decim
 
 def nonce_state(connector: VenueConnector) -> str:
     """The Lighter signer's nonce bookkeeping (never the key); "n/a" for venues without nonces."""
-    signer = getattr(connector, "_signer", None)
-    state = getattr(signer, "nonce_state", None)
+    state = getattr(connector, "nonce_state", None)  # LighterConnector.nonce_state()
     if not callable(state):
         return "n/a"
     try:

@@ -1,4 +1,4 @@
-"""LighterConnector against the Lighter simulator over real HTTP, through the real lighter-sdk signer.
+"""LighterConnector against the Lighter simulator over real HTTP, through lighter-sdk's real Go signer.
 
 Each test uses fresh account indexes (the simulator creates accounts on first use), so tests do not
 share positions or nonces. Connectors alive at the same time use different api key indexes: the Go
@@ -23,6 +23,7 @@ import pytest
 import requests
 
 from venues.base import OrderState, ReasonCode, Side, VenueError
+from venues.lighter import native
 from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import LighterCredentials, generate_lighter_keys
 from venues.orders import ConnectorEvent, EventKind
@@ -96,16 +97,17 @@ def test_market_order_reports_the_venue_fill(make: Factory, simulator: Any) -> N
     assert any(e.kind is EventKind.POSITION for e in events)
 
 
-def test_one_loop_one_signer_one_nonce_fetch(make: Factory) -> None:
+def test_one_loop_one_signer_one_nonce_fetch(make: Factory, simulator: Any) -> None:
     conn = make()
+    assert conn.nonce_state() == "unfetched"
     buy(conn, "0.01")
-    signer_client = conn._signer.client
-    nonce_after_first = conn._signer.client.nonce_manager.nonce[3]
+    first = conn.nonce_state()
+    signer = conn._signer
     for _ in range(3):
         buy(conn, "0.01")
-    # Same SDK client and optimistic nonce counting locally: +1 per order, no refetch.
-    assert conn._signer.client is signer_client
-    assert conn._signer.client.nonce_manager.nonce[3] == nonce_after_first + 3
+    # Same signer, optimistic nonce counting locally: +1 per order, in step with the venue.
+    assert conn._signer is signer
+    assert first == "next=1" and conn.nonce_state() == f"next={venue_next_nonce(simulator, conn)}" == "next=4"
     assert sum(t.name == f"lighter-{conn.account}" for t in threading.enumerate()) == 1
 
 
@@ -179,7 +181,7 @@ def test_server_error_on_send_is_unavailable_and_never_resent(make: Factory, sim
     assert err.value.reason is ReasonCode.UNAVAILABLE and err.value.outcome_unknown
     assert audit_for(simulator, conn, cid) == []
     # The SDK consumed a nonce the venue never saw; the connector resynced it right away.
-    assert conn._signer.nonce_state() == f"next={venue_next_nonce(simulator, conn)}"
+    assert conn.nonce_state() == f"next={venue_next_nonce(simulator, conn)}"
     assert conn.find_order(SYMBOL, cid) is None  # the venue confirms it never saw it
     report = conn.submit_market_order(SYMBOL, cid, Side.BUY, Decimal("0.02"))  # caller's retry
     assert report.state is OrderState.FILLED and len(audit_for(simulator, conn, cid)) == 1
@@ -257,18 +259,14 @@ def test_flatten_ends_flat(make: Factory, simulator: Any) -> None:
 
 
 def _rest_limit_order(conn: LighterConnector, cid: int) -> None:
-    """A resting GTT bid far below the market, sent with the connector's own SDK client."""
+    """A resting GTT bid far below the market (28-day expiry), sent with the connector's own signer."""
     rules = conn.market_rules(SYMBOL)
     price = conn.top_of_book(SYMBOL).bid * Decimal("0.8")
-
-    async def send() -> None:
-        client = conn._signer.client
-        _tx, resp, err = await client.create_order(
-            rules.market_id, cid, rules.size_to_int(Decimal("0.01")), rules.price_to_int(price), False,
-            client.ORDER_TYPE_LIMIT, client.ORDER_TIME_IN_FORCE_GOOD_TILL_TIME)
-        assert err is None and resp.code == 200
-
-    conn._loop.run(send(), 10)
+    send = conn._signer.send_create_order(
+        rules.market_id, cid, rules.size_to_int(Decimal("0.01")), rules.price_to_int(price), False,
+        order_type=native.ORDER_TYPE_LIMIT, time_in_force=native.ORDER_TIME_IN_FORCE_GOOD_TILL_TIME,
+        order_expiry=native.DEFAULT_28_DAY_ORDER_EXPIRY)
+    assert conn._loop.run(send, 10)  # the venue's tx hash
 
 
 def test_cancel_order_and_cancel_all(make: Factory) -> None:

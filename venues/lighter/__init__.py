@@ -1,7 +1,8 @@
 """Lighter (zkLighter) connector package.
 
-``credentials`` and ``parsing`` are light; ``connector`` imports lighter-sdk (and its native
-signer), so it is loaded only when :class:`LighterConnector` is first used.
+``credentials`` and ``parsing`` are light; ``connector`` brings aiohttp and (on first use) the
+lighter-sdk Go signer library, so it is loaded only when :class:`LighterConnector` is first used.
+No module here imports the ``lighter`` package itself (see :mod:`.native`).
 """
 
 from __future__ import annotations

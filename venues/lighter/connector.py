@@ -1,4 +1,4 @@
-"""Lighter (zkLighter) connector: the official lighter-sdk signer on one long-lived event loop.
+"""Lighter (zkLighter) connector: lighter-sdk's Go signer and our REST session on one long-lived loop.
 
 * Sync interface methods submit coroutines to the connector's own loop (:mod:`.loop`) and wait.
 * Market orders are MARKET/IOC with a worst acceptable price from the top of book; an accepted
@@ -10,7 +10,8 @@
 * Positions are read over REST every time; a failed read is unknown, never zero (bug §8.2).
 
 One OS process per Lighter account: the Go signer's clients are process-global per api key index
-(lighter-sdk.md §1, bug §8.12).
+(lighter-sdk.md §1, bug §8.12). Nothing here imports the ``lighter`` package itself (it costs a worker
+tens of MB); :mod:`.native` loads only its signer library.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ MAX_BASE_INT = 2**48 - 1
 MAX_POLL_INTERVAL = 1.0
 
 
+def market_index(rules: MarketRules) -> int:
+    """The Lighter market index of ``rules`` (always set by ``parse_market_rules``)."""
+    if rules.market_id is None:
+        raise VenueError(ReasonCode.UNKNOWN_MARKET, f"{rules.symbol}: no Lighter market index")
+    return int(rules.market_id)
+
+
 def worst_price(best: Decimal, side: Side, max_slippage: float | None, rules: MarketRules) -> Decimal:
     """The limit a market order may fill up to: ``best × (1 ± slippage)`` on the tick.
 
@@ -95,7 +103,7 @@ class LighterConnector(VenueConnector):
         self.orders = OrderBook(account)
         self._rules: dict[str, MarketRules] = {}
         self._rest = LighterRest(self.base_url, timeout, account)
-        self._signer = LighterSigner(self.base_url, self.account_index, credentials, timeout, account)
+        self._signer = LighterSigner(self.base_url, self.account_index, credentials, timeout, account, self._rest)
         self._loop = LoopThread(f"lighter-{account}")
 
     def __repr__(self) -> str:
@@ -104,6 +112,10 @@ class LighterConnector(VenueConnector):
 
     def add_listener(self, listener: Listener) -> None:
         self.orders.add_listener(listener)
+
+    def nonce_state(self) -> str:
+        """The signer's nonce bookkeeping for diagnostics ("unfetched" or "next=N"); never the key."""
+        return self._signer.nonce_state()
 
     # ---- loop plumbing -----------------------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, T], calls: float = 2) -> T:
@@ -237,16 +249,11 @@ class LighterConnector(VenueConnector):
         log.info("account=%s submit client_id=%d %s %s %s worst_price=%s reduce_only=%s api_key_index=%d "
                  "nonce %s", self.account, client_id, symbol, side.value, size, price, reduce_only,
                  self.api_key_index, self._signer.nonce_state())
-        base_int, price_int = rules.size_to_int(size), rules.price_to_int(price)
-
-        async def call(client: Any) -> Any:
-            return await client.create_order(
-                rules.market_id, client_id, base_int, price_int, side is Side.SELL,
-                client.ORDER_TYPE_MARKET, client.ORDER_TIME_IN_FORCE_IMMEDIATE_OR_CANCEL,
-                reduce_only, client.NIL_TRIGGER_PRICE, client.DEFAULT_IOC_EXPIRY)
-
         try:
-            await self._signer.send(f"order client_id={client_id}", call)
+            # MARKET/IOC with no order expiry; the price is the worst acceptable one (lighter-sdk.md §4).
+            await self._signer.send_create_order(market_index(rules), client_id, rules.size_to_int(size),
+                                                 rules.price_to_int(price), side is Side.SELL,
+                                                 reduce_only=reduce_only, what=f"order client_id={client_id}")
         except VenueError as exc:
             if exc.outcome_unknown:
                 return await self._recover(symbol, client_id, exc)
@@ -308,11 +315,8 @@ class LighterConnector(VenueConnector):
         # Cancel by the venue's order_index, which we just read, rather than trusting that Index
         # also matches a client order index (lighter-sdk.md §2 end).
         index = order_index(order)
-
-        async def call(client: Any) -> Any:
-            return await client.cancel_order(rules.market_id, index)
-
-        await self._signer.send(f"cancel client_id={client_id} order_index={index}", call)
+        await self._signer.send_cancel_order(market_index(rules), index,
+                                             what=f"cancel client_id={client_id} order_index={index}")
         return await self._poll_final(symbol, client_id, self.fill_wait) or report
 
     def cancel_all(self, symbol: str) -> int:
@@ -323,12 +327,7 @@ class LighterConnector(VenueConnector):
         headers = {"authorization": self._signer.auth_token()}
         params = {"account_index": self.account_index, "market_id": rules.market_id}
         active = parse_orders(await self._rest.get("/api/v1/accountActiveOrders", params, headers))
-
-        async def call(client: Any) -> Any:
-            # The market index rides in L2TxAttributes (SDK 1.1.8); without it the tx is account-wide.
-            return await client.cancel_all_orders(client.CANCEL_ALL_TIF_IMMEDIATE, 0,
-                                                  cancel_all_market_index=rules.market_id)
-
         # Sent even when the read shows nothing: an order may be in flight and cancel-all is cheap.
-        await self._signer.send(f"cancel_all {symbol} ({len(active)} open)", call)
+        # The market index rides in L2TxAttributes (SDK 1.1.8); without it the tx is account-wide.
+        await self._signer.send_cancel_all(market_index(rules), what=f"cancel_all {symbol} ({len(active)} open)")
         return len(active)

@@ -123,12 +123,15 @@ def generate_lighter_keys(path: Path, api_key_index: int) -> LighterCredentials:
     The public key still has to be registered on the account (ChangePubKey) before a real venue
     accepts it; the simulator does not check signatures (lighter-sdk.md §2).
     """
-    from lighter.signer_client import create_api_key  # heavy import: only where keys are made
+    # The Go library's GenerateAPIKey, as lighter.signer_client.create_api_key, without importing
+    # the lighter package: demo and benchmark workers generate their keys in the pool child.
+    from venues.lighter import native
 
     index = _check_index(api_key_index, "api_key_index")
-    private_key, public_key, err = create_api_key()
-    if err or not private_key or not public_key:
-        raise ValueError(f"Lighter key generation failed: {err}")
+    try:
+        private_key, public_key = native.generate_api_key()
+    except native.SignerError as exc:
+        raise ValueError(f"Lighter key generation failed: {exc}") from None
     creds = LighterCredentials(index, _bare_hex(private_key), _bare_hex(public_key))
     text = (f"api key index: {creds.api_key_index}\npublic key: {creds.public_key}\n"
             f"private key: {creds.private_key}\n")

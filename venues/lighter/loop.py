@@ -1,10 +1,10 @@
 """One asyncio event loop per connector, in a daemon thread.
 
-The lighter-sdk objects (``SignerClient``, its aiohttp session, the optimistic nonce state and the
-per-key ``asyncio.Lock``) belong to one running loop (lighter-sdk.md §1 "must run inside a running
-event loop", §2 "locks are per event loop"). A Celery task calls the connector's sync methods many
-times, so the loop outlives each call: the signer is built once and the nonce is fetched once, not
-per order (the original paid both on every order, bug §8.13).
+The connector's aiohttp session, the signer's optimistic nonce state and its ``asyncio.Lock``
+belong to one running loop (as the SDK's did: lighter-sdk.md §1, §2 "locks are per event loop").
+A Celery task calls the connector's sync methods many times, so the loop outlives each call: the
+Go client is registered once and the nonce is fetched once, not per order (the original paid both
+on every order, bug §8.13).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Raw JSON reads from the Lighter REST API, on the connector's loop.
+"""Raw JSON requests to the Lighter REST API, on the connector's loop.
 
-Reads use our own aiohttp session instead of the SDK's generated API classes: the SDK would wrap
-bodies in unvalidated models (lighter-sdk.md §2 "Types are not coerced") and give every request a
-300 s timeout (§5). Raw dicts are exactly what the fixtures hold, numbers are parsed as
-``Decimal`` from their text, and every request has our timeout. Transactions still go through the
-SDK's ``SignerClient`` (signing needs it).
+Everything uses our own aiohttp session instead of the SDK's generated API classes: the SDK would
+wrap bodies in unvalidated models (lighter-sdk.md §2 "Types are not coerced"), give every request a
+300 s timeout (§5), and importing it costs a worker tens of MB. Raw dicts are exactly what the
+fixtures hold, numbers are parsed as ``Decimal`` from their text, and every request has our
+timeout. Transactions are signed by the SDK's Go library (:mod:`.native`) and posted here
+(``POST /api/v1/sendTx``, a urlencoded form, as ``TransactionApi.send_tx`` does).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Coroutine
 from decimal import Decimal
 from typing import Any
 
@@ -29,7 +31,7 @@ def decode_json(text: str) -> Any:
 
 
 class LighterRest:
-    """GET helper bound to one base URL and one aiohttp session (created inside the loop)."""
+    """GET/POST helper bound to one base URL and one aiohttp session (created inside the loop)."""
 
     def __init__(self, base_url: str, timeout: float, account: str) -> None:
         self.base_url = base_url.rstrip("/")  # a trailing slash makes //api/v1/... (lighter-sdk.md §5)
@@ -46,26 +48,41 @@ class LighterRest:
     async def get(self, path: str, params: dict[str, Any] | None = None,
                   headers: dict[str, str] | None = None) -> Any:
         """The decoded body of a 200 answer; VenueError for anything else (no ``code`` check here)."""
-        url = f"{self.base_url}{path}"
         clean = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        return await self._request("GET", path, self._fetch(f"{self.base_url}{path}", clean, headers))
+
+    async def post_form(self, path: str, form: dict[str, str]) -> Any:
+        """POST ``form`` urlencoded (the SDK's ``sendTx`` encoding); same answers as :meth:`get`.
+
+        A non-200 answer raises the venue's error with ``status`` set; a transport failure or
+        timeout raises ``UNAVAILABLE`` with ``status=None`` (the request may have been applied).
+        """
+        return await self._request("POST", path, self._post(f"{self.base_url}{path}", form))
+
+    async def _request(self, method: str, path: str, exchange: Coroutine[Any, Any, tuple[int, str]]) -> Any:
         try:
-            status, text = await asyncio.wait_for(self._fetch(url, clean, headers), self.timeout)
+            status, text = await asyncio.wait_for(exchange, self.timeout)
         except TimeoutError:
-            raise VenueError(ReasonCode.UNAVAILABLE, f"GET {path}: no answer within {self.timeout}s") from None
+            raise VenueError(ReasonCode.UNAVAILABLE, f"{method} {path}: no answer within {self.timeout}s") from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise VenueError(ReasonCode.UNAVAILABLE, f"GET {path}: {type(exc).__name__}: {exc}") from None
+            raise VenueError(ReasonCode.UNAVAILABLE, f"{method} {path}: {type(exc).__name__}: {exc}") from None
         try:
             body: Any = decode_json(text)
         except ValueError:
             body = text
         if status != 200:
-            raise error_from_body(body, status, f"GET {path}")
+            raise error_from_body(body, status, f"{method} {path}")
         if not isinstance(body, dict):
-            raise VenueError(ReasonCode.BAD_RESPONSE, f"GET {path}: not a JSON object: {text[:120]!r}")
+            raise VenueError(ReasonCode.BAD_RESPONSE, f"{method} {path}: not a JSON object: {text[:120]!r}")
         return body
 
     async def _fetch(self, url: str, params: dict[str, str], headers: dict[str, str] | None) -> tuple[int, str]:
         async with self._sess().get(url, params=params, headers=headers) as resp:
+            return resp.status, await resp.text()
+
+    async def _post(self, url: str, form: dict[str, str]) -> tuple[int, str]:
+        # aiohttp encodes a dict as application/x-www-form-urlencoded; Accept as the SDK sends it.
+        async with self._sess().post(url, data=form, headers={"Accept": "application/json"}) as resp:
             return resp.status, await resp.text()
 
     async def close(self) -> None:

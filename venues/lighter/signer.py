@@ -1,111 +1,109 @@
-"""The lighter-sdk ``SignerClient`` of one account, with nonce recovery around every transaction.
+"""One account's Lighter transactions: Go-signed (:mod:`.native`), posted over our REST session.
 
-Rules from lighter-sdk.md:
-* §1: ``SignerClient(url, account_index, api_private_keys={idx: key}, OPTIMISTIC)`` must be built
-  inside the running loop; the SDK's default timeout is 300 s, so every tx is ``wait_for``-wrapped.
-* §2 "Parsing and error behaviour": HTTP 200 with ``code != 200`` comes back as ``(tx, resp, None)``
-  (check ``resp.code``); a 400 "invalid nonce" is hard-refreshed by the SDK and returned as ``err``;
-  any other exception (429, 5xx, timeout, connection reset) propagates **with the nonce consumed**,
-  so we resync before the next tx.
-* The Go signer keeps process-global clients keyed by api key index (§1, original bug §8.12):
-  production runs one OS process per Lighter account (one Celery worker per account queue).
+This replaces ``lighter.SignerClient`` (lighter-sdk 1.1.8), whose import alone costs a worker
++31..59 MB, and does exactly what it did for the calls the connector makes:
+
+* **Client.** ``CreateClient(url, key, chain_id, api_key_index, account_index)`` once, before the
+  first signature; ``chain_id`` by URL substring (lighter-sdk.md §1 "Construction"). The Go library
+  keeps clients in a process-global map, so one OS process serves one Lighter account (bug §8.12).
+* **Nonces** as the OPTIMISTIC manager: the first tx fetches ``GET /api/v1/nextNonce`` and stores
+  ``n - 1``; each tx adds 1 locally; HTTP 200 with ``code != 200`` (or a signing error, or any
+  other HTTP 400) rolls the nonce back by one; an HTTP 400 "invalid nonce" hard-refreshes it. Any
+  other failure (429, 5xx, timeout, reset) may have consumed the nonce at the venue, so we resync
+  before the next tx (the SDK left that to the caller; lighter-sdk.md §2 "Parsing and error
+  behaviour"). One lock around nonce, signature and send, as the SDK's per-key lock.
+* **Send.** ``POST /api/v1/sendTx`` with the form fields ``tx_type`` and ``tx_info``.
+* **Retry.** :meth:`send` resyncs and retries ONCE on invalid nonce, with the same arguments.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
-import aiohttp
-import lighter
-import pydantic
-from lighter.exceptions import ApiException, OpenApiException
-from lighter.nonce_manager import NonceManagerType
-
 from venues.base import ReasonCode, VenueError
+from venues.lighter import native
 from venues.lighter.credentials import LighterCredentials
-from venues.lighter.parsing import error_from_body, send_tx_error
-from venues.lighter.rest import decode_json
+from venues.lighter.parsing import check_ok, error_from_text, send_tx_error
+from venues.lighter.rest import LighterRest
 
 log = logging.getLogger(__name__)
 
-TxCall = Callable[[lighter.SignerClient], Awaitable[tuple[Any, Any, str | None]]]
-#: Exceptions after which a sent tx may or may not have reached the venue.
-TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
-    TimeoutError, aiohttp.ClientError, OSError, OpenApiException, pydantic.ValidationError,
-)
+#: Signs one tx with the given nonce; raises ``native.SignerError``.
+SignFn = Callable[[int], native.SignedTx]
+
 # Auth tokens are valid for 10 minutes (create_auth_token_with_expiry default); renew at half-life.
-_AUTH_RENEW_SECS = 300.0
-
-
-def transport_error(exc: BaseException, what: str, timeout: float) -> VenueError:
-    """Classify an exception raised by an SDK call (the venue may or may not have acted)."""
-    if isinstance(exc, ApiException) and exc.status:
-        body: Any = exc.body or ""
-        with contextlib.suppress(ValueError):
-            body = decode_json(body) if isinstance(body, str) and body else body
-        return error_from_body(body, int(exc.status), what)
-    if isinstance(exc, TimeoutError):
-        return VenueError(ReasonCode.UNAVAILABLE, f"{what}: no answer within {timeout}s")
-    return VenueError(ReasonCode.UNAVAILABLE, f"{what}: {type(exc).__name__}: {str(exc)[:200]}")
+_AUTH_RENEW_SECS = native.AUTH_TOKEN_SECS / 2
 
 
 class LighterSigner:
-    """Owns the ``SignerClient``; call :meth:`start` from inside the connector's running loop."""
+    """Signs and sends one account's transactions; used from the connector's event loop only."""
 
     def __init__(self, base_url: str, account_index: int, credentials: LighterCredentials,
-                 timeout: float, account: str) -> None:
+                 timeout: float, account: str, rest: LighterRest) -> None:
         self.base_url = base_url.rstrip("/")
         self.account_index = account_index
         self.api_key_index = credentials.api_key_index
+        self.chain_id = native.chain_id_for(self.base_url)
         self._credentials = credentials
         self.timeout = timeout
         self.account = account
-        self._client: lighter.SignerClient | None = None
+        self._rest = rest
+        self._client_ready = False
+        #: The last nonce used (the SDK's optimistic ``nonce[key]``); None until fetched.
+        self._nonce: int | None = None
+        self._lock: asyncio.Lock | None = None
         self._auth: tuple[str, float] | None = None
 
-    @property
-    def client(self) -> lighter.SignerClient:
-        if self._client is None:
-            self._client = self._build()
-        return self._client
-
-    def _build(self) -> lighter.SignerClient:
-        asyncio.get_running_loop()  # the SDK's aiohttp connector needs one (lighter-sdk.md §1)
-        keys = {self.api_key_index: self._credentials.private_key}
+    # ---- Go client ---------------------------------------------------------------------------
+    def _ensure_client(self) -> None:
+        """Register our key with the Go library (no network I/O), once."""
+        if self._client_ready:
+            return
         try:
-            client = lighter.SignerClient(self.base_url, self.account_index, api_private_keys=keys,
-                                          nonce_management_type=NonceManagerType.OPTIMISTIC)
-        except Exception as exc:  # the Go signer raises bare Exception on a bad key
-            text = str(exc).replace(self._credentials.private_key, "<hidden>")
-            raise VenueError(ReasonCode.AUTH, f"signer rejected api key {self.api_key_index}: {text}") from None
-        log.info("account=%s lighter signer ready: account_index=%d api_key_index=%d url=%s",
-                 self.account, self.account_index, self.api_key_index, self.base_url)
-        return client
+            native.create_client(self.base_url, self._credentials.private_key, self.chain_id,
+                                 self.api_key_index, self.account_index)
+        except native.SignerError as exc:
+            raise VenueError(ReasonCode.AUTH,
+                             f"signer rejected api key {self.api_key_index}: {self._hide_key(str(exc))}") from None
+        self._client_ready = True
+        log.info("account=%s lighter signer ready: account_index=%d api_key_index=%d chain_id=%d url=%s",
+                 self.account, self.account_index, self.api_key_index, self.chain_id, self.base_url)
+
+    def _hide_key(self, text: str) -> str:
+        key = self._credentials.private_key
+        return re.sub(re.escape(key), "<hidden>", text, flags=re.IGNORECASE) if key else text
 
     # ---- nonce -------------------------------------------------------------------------------
     def nonce_state(self) -> str:
-        """What the optimistic manager holds: the last nonce used, or 'unfetched'."""
-        if self._client is None:
-            return "unfetched"
-        last = self._client.nonce_manager.nonce.get(self.api_key_index)
-        return "unfetched" if last is None else f"next={last + 1}"
+        """What the optimistic counter holds: the next nonce to use, or 'unfetched'."""
+        return "unfetched" if self._nonce is None else f"next={self._nonce + 1}"
 
     def forget_nonce(self) -> None:
-        """Drop the cached nonce; the manager fetches it again before the next tx."""
-        if self._client is not None:
-            self._client.nonce_manager.nonce.pop(self.api_key_index, None)
+        """Drop the cached nonce; it is fetched again before the next tx."""
+        self._nonce = None
+
+    async def _fetch_next_nonce(self) -> int:
+        params = {"account_index": self.account_index, "api_key_index": self.api_key_index}
+        body = check_ok(await self._rest.get("/api/v1/nextNonce", params), "nextNonce")
+        try:
+            return int(str(body["nonce"]))
+        except (KeyError, ValueError):
+            raise VenueError(ReasonCode.BAD_RESPONSE, f"nextNonce without a nonce: {body!r:.120}") from None
+
+    async def _hard_refresh(self) -> None:
+        """``async_hard_refresh_nonce``: the venue's next nonce becomes ours (stored as n - 1)."""
+        self._nonce = await self._fetch_next_nonce() - 1
 
     async def resync_nonce(self, why: str) -> None:
         """Re-read the venue's next nonce (falls back to forgetting it if the read fails)."""
         try:
-            await asyncio.wait_for(self.client.nonce_manager.async_hard_refresh_nonce(self.api_key_index),
-                                   self.timeout)
-        except (*TRANSPORT_ERRORS, VenueError) as exc:
+            await asyncio.wait_for(self._hard_refresh(), self.timeout)
+        except (TimeoutError, VenueError) as exc:
             self.forget_nonce()
             log.warning("account=%s api_key_index=%d nonce resync after %s failed (%s); will refetch",
                         self.account, self.api_key_index, why, type(exc).__name__)
@@ -113,49 +111,155 @@ class LighterSigner:
         log.info("account=%s api_key_index=%d nonce resynced after %s: %s",
                  self.account, self.api_key_index, why, self.nonce_state())
 
+    def _rollback(self) -> None:
+        """``acknowledge_failure``: the venue refused the tx, so its nonce is still free."""
+        if self._nonce is not None:
+            self._nonce -= 1
+
     # ---- auth --------------------------------------------------------------------------------
     def auth_token(self) -> str:
         """An auth token for private reads (``authorization`` header), renewed at half-life."""
         now = time.time()
         if self._auth is None or now - self._auth[1] > _AUTH_RENEW_SECS:
-            token, err = self.client.create_auth_token_with_expiry(api_key_index=self.api_key_index)
-            if err or not token:
-                raise VenueError(ReasonCode.AUTH, f"auth token for api key {self.api_key_index}: {err}")
+            self._ensure_client()
+            try:
+                token = native.create_auth_token(int(now) + native.AUTH_TOKEN_SECS, self.api_key_index,
+                                                 self.account_index)
+            except native.SignerError as exc:
+                raise VenueError(ReasonCode.AUTH, f"auth token for api key {self.api_key_index}: "
+                                                  f"{self._hide_key(str(exc))}") from None
             self._auth = (token, now)
         return self._auth[0]
 
-    # ---- transactions ------------------------------------------------------------------------
-    async def send(self, what: str, call: TxCall) -> None:
+    # ---- typed transactions ------------------------------------------------------------------
+    async def send_create_order(self, market_index: int, client_order_index: int, base_amount: int, price: int,
+                                is_ask: bool, *, reduce_only: bool = False,
+                                order_type: int = native.ORDER_TYPE_MARKET,
+                                time_in_force: int = native.ORDER_TIME_IN_FORCE_IMMEDIATE_OR_CANCEL,
+                                trigger_price: int = native.NIL_TRIGGER_PRICE,
+                                order_expiry: int = native.DEFAULT_IOC_EXPIRY, what: str | None = None) -> str | None:
+        """Create an order (default: MARKET/IOC, no expiry, as ``create_market_order``); the tx hash."""
+        def sign(nonce: int) -> native.SignedTx:
+            return native.sign_create_order(
+                market_index, client_order_index, base_amount, price, is_ask, order_type, time_in_force,
+                reduce_only, trigger_price, order_expiry, nonce=nonce, api_key_index=self.api_key_index,
+                account_index=self.account_index)
+
+        return await self.send(what or f"order client_id={client_order_index}", sign)
+
+    async def send_cancel_order(self, market_index: int, order_index: int, *, what: str | None = None) -> str | None:
+        """Cancel one order by the venue's ``order_index``; the tx hash."""
+        def sign(nonce: int) -> native.SignedTx:
+            return native.sign_cancel_order(market_index, order_index, nonce=nonce,
+                                            api_key_index=self.api_key_index, account_index=self.account_index)
+
+        return await self.send(what or f"cancel order_index={order_index}", sign)
+
+    async def send_cancel_all(self, market_index: int, *, what: str | None = None) -> str | None:
+        """Cancel every order in one market now (TIF immediate, time 0); the tx hash."""
+        def sign(nonce: int) -> native.SignedTx:
+            return native.sign_cancel_all_orders(native.CANCEL_ALL_TIF_IMMEDIATE, 0, market_index, nonce=nonce,
+                                                 api_key_index=self.api_key_index, account_index=self.account_index)
+
+        return await self.send(what or f"cancel_all market={market_index}", sign)
+
+    # ---- one tx ------------------------------------------------------------------------------
+    async def send(self, what: str, sign: SignFn) -> str | None:
         """Sign and send one tx; on invalid nonce resync and retry ONCE (same arguments).
 
-        Raises VenueError; ``outcome_unknown`` errors mean the tx may have been executed (the nonce
-        was resynced already, so the caller can look the order up straight away).
+        Returns the venue's tx hash. Raises VenueError; ``outcome_unknown`` errors mean the tx may
+        have been executed (the nonce was resynced already, so the caller can look the order up
+        straight away).
         """
+        self._ensure_client()
+        error: VenueError | None = None
         for attempt in (1, 2):
             log.info("account=%s send %s attempt=%d api_key_index=%d nonce %s",
                      self.account, what, attempt, self.api_key_index, self.nonce_state())
             try:
-                _tx, resp, err = await asyncio.wait_for(call(self.client), self.timeout)
+                resp = await asyncio.wait_for(self._attempt(sign), self.timeout)
             except asyncio.CancelledError:
                 self.forget_nonce()  # cancelled mid-send: the nonce may be consumed
                 raise
-            except TRANSPORT_ERRORS as exc:
-                await self.resync_nonce(f"{what} {type(exc).__name__}")
-                raise transport_error(exc, what, self.timeout) from None
-            error = send_tx_error(resp, err)
-            if error is None:
+            except (TimeoutError, _Unknown) as exc:
+                cause = exc.error if isinstance(exc, _Unknown) else VenueError(
+                    ReasonCode.UNAVAILABLE, f"{what}: no answer within {self.timeout}s")
+                await self.resync_nonce(f"{what} {cause.reason.value}")
+                raise cause from None
+            except VenueError as exc:
+                error = exc
+            else:
                 log.info("account=%s %s accepted: tx_hash=%s nonce %s", self.account, what,
-                         getattr(resp, "tx_hash", None), self.nonce_state())
-                return
+                         resp.get("tx_hash"), self.nonce_state())
+                return None if resp.get("tx_hash") is None else str(resp["tx_hash"])
             log.warning("account=%s %s refused (attempt %d): %s", self.account, what, attempt, error)
             if error.reason is not ReasonCode.INVALID_NONCE:
                 raise error
-            # The SDK rolls back (code != 200) or hard-refreshes (HTTP 400); make sure we hold the
+            # _attempt rolled back (code != 200) or hard-refreshed (HTTP 400); make sure we hold the
             # venue's value either way before the one retry.
             await self.resync_nonce(what)
+        assert error is not None
         raise error
 
+    def _tx_lock(self) -> asyncio.Lock:
+        if self._lock is None:
+            self._lock = asyncio.Lock()  # created on the connector loop, on first use
+        return self._lock
+
+    async def _attempt(self, sign: SignFn) -> dict[str, Any]:
+        """``process_api_key_and_nonce`` around ``send_tx``: the accepted body, else why not.
+
+        Raises VenueError for a refusal (nonce already rolled back or refreshed) and ``_Unknown``
+        when the tx may have reached the venue (nonce left consumed; :meth:`send` resyncs).
+        """
+        async with self._tx_lock():
+            last = self._nonce
+            if last is None:
+                try:
+                    last = await self._fetch_next_nonce() - 1
+                except VenueError as exc:
+                    raise _Unknown(exc) from None  # nothing sent; the resync retries the read
+            self._nonce = last + 1
+            try:
+                tx = sign(self._nonce)
+            except native.SignerError as exc:
+                self._rollback()
+                raise error_from_text(self._hide_key(str(exc))) from None
+            return await self._post(tx)
+
+    async def _post(self, tx: native.SignedTx) -> dict[str, Any]:
+        try:
+            body = await self._rest.post_form("/api/v1/sendTx", {"tx_type": str(tx.tx_type), "tx_info": tx.tx_info})
+        except VenueError as exc:
+            if exc.status != 400:
+                raise _Unknown(exc) from None  # 429/5xx/transport: the SDK propagates these, nonce consumed
+            if exc.reason is ReasonCode.INVALID_NONCE:
+                await self._hard_refresh_or_forget()
+            else:
+                self._rollback()
+            raise
+        error = send_tx_error(body, None)
+        if error is not None:  # HTTP 200 with a business code: nothing applied, nonce unused
+            self._rollback()
+            raise error
+        return body
+
+    async def _hard_refresh_or_forget(self) -> None:
+        try:
+            await self._hard_refresh()
+        except VenueError:
+            self.forget_nonce()
+
     async def close(self) -> None:
-        if self._client is not None:
-            await self._client.close()
-            self._client = None
+        """Drop per-connection state; the Go client stays registered (the library cannot remove it)."""
+        self._nonce = None
+        self._auth = None
+        self._lock = None
+
+
+class _Unknown(Exception):
+    """A send whose outcome is unknown (the nonce may be consumed); carries the VenueError to raise."""
+
+    def __init__(self, error: VenueError) -> None:
+        super().__init__(str(error))
+        self.error = error
