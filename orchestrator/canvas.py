@@ -45,6 +45,11 @@ def snapshots(grp: GroupConfig, cycle_id: str) -> chord:
     return chord(header, hedge("plan", immutable=False, cycle_id=cycle_id).on_error(on_failure(cycle_id)))
 
 
+def wait_option(wait_secs: float) -> dict[str, float]:
+    # A zero countdown still sends the message through the worker's ETA timer (~20 ms measured).
+    return {"countdown": wait_secs} if wait_secs > 0 else {}
+
+
 def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id: str,
                 ids: dict[str, list[int]]) -> chain:
     """(Backpack entry ∥ armed Lighter1 hedge) → confirm → (random wait) Lighter2 entry → confirm → rebalance."""
@@ -52,14 +57,16 @@ def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id
     confirm = {"min_fraction": params.confirmation_min_fraction, "timeout_secs": params.confirmation_timeout_secs,
                "poll_secs": params.confirmation_poll_secs, "cycle_id": cycle_id, "fail_on_timeout": True}
     steps = chain(
-        # The hedge is armed alongside the entry and sends the moment the fill is announced.
+        # The hedge is armed alongside the entry and sends the moment the fill is announced. It is
+        # published first: arming (lease, book, signature) should be done before the fill arrives.
         group(
+            venue("submit_market_order", grp.lighter1, symbol=grp.lighter_symbol, side=plan.l1_side.value,
+                  client_ids=ids["l1_hedge"], quantity_from_leg="bp_entry", armed=True,
+                  expected_quantity=str(plan.bp_size), max_slippage=slippage, cycle_id=cycle_id, leg="l1_hedge",
+                  retry_delay_secs=params.lighter_retry_delay_secs),
             venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=plan.bp_side.value,
                   client_ids=ids["bp_entry"], quantity=str(plan.bp_size), cycle_id=cycle_id, leg="bp_entry",
                   retry_delay_secs=params.backpack_retry_delay_secs, announce_fill=True),
-            venue("submit_market_order", grp.lighter1, symbol=grp.lighter_symbol, side=plan.l1_side.value,
-                  client_ids=ids["l1_hedge"], quantity_from_leg="bp_entry", armed=True, max_slippage=slippage,
-                  cycle_id=cycle_id, leg="l1_hedge", retry_delay_secs=params.lighter_retry_delay_secs),
         ),
         unread(venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol,
                      baseline=str(plan.baselines["L1"]), expected_sign=plan.l1_side.sign, leg="l1_hedge",
@@ -67,7 +74,7 @@ def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id
         unread(venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=plan.l2_side.value,
                      client_ids=ids["l2_entry"], quantity_from_leg="bp_entry", max_slippage=slippage,
                      cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
-                     ).set(countdown=plan.wait_secs)),
+                     ).set(**wait_option(plan.wait_secs))),
         unread(venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol,
                      baseline=str(plan.baselines["L2"]), expected_sign=plan.l2_side.sign, leg="l2_entry",
                      next_stage="rebalance", **confirm)),

@@ -14,7 +14,7 @@ from support import wait_until
 
 from orchestrator.state import CycleRecord
 from xtb_tasks import keys
-from xtb_tasks.client_ids import allocate_client_ids
+from xtb_tasks.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
 from xtb_tasks.handoff import WAIT_SLICE_SECS
 from xtb_tasks.results import TaskFailed, wait_result
 
@@ -35,12 +35,18 @@ def entry(dep: Deployment, cycle_id: str, quantity: str = "0.02", **extra: objec
         "leg": "bp_entry", "announce_fill": True, **extra}).id
 
 
-def armed_hedge(dep: Deployment, cycle_id: str) -> tuple[str, list[int]]:
+def armed_hedge(dep: Deployment, cycle_id: str, expected: str | None = None) -> tuple[str, list[int]]:
     ids = allocate_client_ids(dep.client, "lighter1", "lighter", 2)
     task = dep.app.send_task("xtb.venue.submit_market_order", queue="lighter1", kwargs={
         "account": "lighter1", "symbol": "ETH", "side": "sell", "client_ids": ids, "quantity_from_leg": "bp_entry",
-        "armed": True, "cycle_id": cycle_id, "leg": "l1_hedge"})
+        "armed": True, "expected_quantity": expected, "cycle_id": cycle_id, "leg": "l1_hedge"})
     return task.id, ids
+
+
+def sent_presigned(dep: Deployment, client_id: int) -> bool:
+    marker = f"submit client_id={client_id} "
+    (line,) = [x for x in dep.workers["lighter1"].log().splitlines() if marker in x and "presigned=" in x]
+    return "presigned=True" in line
 
 
 def lighter_orders(dep: Deployment, ids: list[int]) -> list[dict]:
@@ -56,7 +62,7 @@ def wait_armed(dep: Deployment, cycle_id: str) -> None:
 
 def test_armed_hedge_waits_for_the_entry_then_mirrors_its_fill(dep: Deployment) -> None:
     cycle_id = f"t-{uuid.uuid4().hex[:8]}"
-    hedge_id, ids = armed_hedge(dep, cycle_id)
+    hedge_id, ids = armed_hedge(dep, cycle_id, expected="0.02")
     wait_armed(dep, cycle_id)
     time.sleep(WAIT_SLICE_SECS + 0.3)  # across one wait slice: it must keep waiting, not give up
     assert lighter_orders(dep, ids) == [] and not dep.app.AsyncResult(hedge_id).ready()
@@ -68,12 +74,29 @@ def test_armed_hedge_waits_for_the_entry_then_mirrors_its_fill(dep: Deployment) 
     (order,) = lighter_orders(dep, ids)
     filled_at = CycleRecord(dep.client, cycle_id).leg("bp_entry")["filled_at"]
     assert order["ts"] >= filled_at  # sent after the fill was known, never before
+    assert sent_presigned(dep, ids[0])  # signed while waiting: the fill matched the expected size
+
+
+def test_a_fill_unlike_the_expected_size_is_signed_again_and_mirrored(dep: Deployment) -> None:
+    cycle_id = f"t-{uuid.uuid4().hex[:8]}"
+    hedge_id, ids = armed_hedge(dep, cycle_id, expected="0.05")
+    wait_armed(dep, cycle_id)
+    wait_result(dep.app, entry(dep, cycle_id, quantity="0.02"), 30)
+    hedge = wait_result(dep.app, hedge_id, 30)
+    assert hedge["state"] == "filled" and Decimal(hedge["filled"]) == Decimal("0.02"), hedge
+    assert not sent_presigned(dep, ids[0])
+    # The nonce the unused signature was made for went to the real order; the next order still lands.
+    (next_id,) = allocate_client_ids(dep.client, "lighter1", "lighter", 1)
+    plain = wait_result(dep.app, dep.app.send_task("xtb.venue.submit_market_order", queue="lighter1", kwargs={
+        "account": "lighter1", "symbol": "ETH", "side": "buy", "client_ids": [next_id], "quantity": "0.01"}).id, 30)
+    assert plain["state"] == "filled", plain
 
 
 def test_a_failed_entry_releases_its_hedge_at_once_without_an_order(dep: Deployment) -> None:
     cycle_id = f"t-{uuid.uuid4().hex[:8]}"
-    hedge_id, ids = armed_hedge(dep, cycle_id)
+    hedge_id, ids = armed_hedge(dep, cycle_id, expected="0.02")
     wait_armed(dep, cycle_id)
+    assert intent_status(dep.client, "lighter1", ids[0]) is IntentStatus.ARMED
     started = time.monotonic()
     with pytest.raises(TaskFailed):
         wait_result(dep.app, entry(dep, cycle_id, quantity="-1"), 30)  # refused before any venue call
@@ -82,6 +105,22 @@ def test_a_failed_entry_releases_its_hedge_at_once_without_an_order(dep: Deploym
     # Released by the announcement, not by its 30 s deadline.
     assert time.monotonic() - started < 10
     assert lighter_orders(dep, ids) == []
+    assert intent_status(dep.client, "lighter1", ids[0]) is IntentStatus.REJECTED  # never sent, never looked up
+
+
+def test_an_armed_id_left_by_a_crashed_run_is_looked_up_not_sent_again(dep: Deployment) -> None:
+    # The crashed run sent its armed order with no further write: the intent still says ARMED.
+    (client_id,) = allocate_client_ids(dep.client, "lighter1", "lighter", 1)
+    first = wait_result(dep.app, dep.app.send_task("xtb.venue.submit_market_order", queue="lighter1", kwargs={
+        "account": "lighter1", "symbol": "ETH", "side": "sell", "client_ids": [client_id], "quantity": "0.01"}).id, 30)
+    record_intent(dep.client, "lighter1", client_id, status=IntentStatus.ARMED.value, quantity="0.01")
+    rerun = wait_result(dep.app, dep.app.send_task("xtb.venue.submit_market_order", queue="lighter1", kwargs={
+        "account": "lighter1", "symbol": "ETH", "side": "sell", "client_ids": [client_id], "quantity": "0.01"}).id, 30)
+    assert rerun["client_id"] == first["client_id"] == client_id and rerun["state"] == "filled"
+    assert len(lighter_orders(dep, [client_id])) == 1
+    # Found by lookup: the rerun never tried to send (the venue's duplicate check was not needed).
+    sends = [x for x in dep.workers["lighter1"].log().splitlines() if f"submit client_id={client_id} side=" in x]
+    assert len(sends) == 1, sends
 
 
 def test_a_cancel_while_armed_ends_the_wait_without_an_order(dep: Deployment) -> None:

@@ -324,13 +324,15 @@ class VenueConnector(abc.ABC):
     @abc.abstractmethod
     def get_balance(self) -> Balance: ...
 
-    def prime_market_order(self, symbol: str) -> None:
-        """Read what the next market order on ``symbol`` needs before its size is known (rules, book).
+    def prime_market_order(self, symbol: str, *, client_id: int | None = None, side: Side | None = None,
+                           quantity: Decimal | None = None, reduce_only: bool = False,
+                           max_slippage: float | None = None) -> None:
+        """Prepare the market order that will probably follow (rules, book, even its signature).
 
-        An armed hedge calls it while it waits for the entry's fill; the order that follows within
-        a short while may use what was read. Best effort: a failed read is left to the order itself.
-        This default warms the market rules; connectors that price market orders off the book also
-        keep a fresh top of book.
+        An armed hedge calls it while it waits for the entry's fill, with the order it expects to
+        send; :meth:`submit_market_order` within a short while may use what was prepared when the
+        order it is given matches. Best effort: a failed read is left to the order itself. This
+        default warms the market rules.
         """
         try:
             self.market_rules(symbol)

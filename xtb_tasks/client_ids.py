@@ -44,6 +44,9 @@ class IntentStatus(str, Enum):
     PLANNED = "planned"
     #: A task is about to send it or sent it without a recorded answer: look it up before resending.
     SENDING = "sending"
+    #: An armed hedge recorded it before its entry filled and may send it with no further write;
+    #: any other run treats it as SENDING (look it up first).
+    ARMED = "armed"
     #: The venue answered; the outcome is recorded.
     DONE = "done"
     #: The venue refused it; it will never be sent again.

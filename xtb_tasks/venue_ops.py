@@ -16,7 +16,16 @@ from typing import Any
 import redis
 
 from orchestrator.state import STEP_GRACE_SECS, CycleRecord
-from venues.base import OrderReport, OrderState, PositionReading, ReasonCode, Side, VenueConnector, VenueError
+from venues.base import (
+    MarketRules,
+    OrderReport,
+    OrderState,
+    PositionReading,
+    ReasonCode,
+    Side,
+    VenueConnector,
+    VenueError,
+)
 from xtb_tasks import keys
 from xtb_tasks.client_ids import IntentStatus, mark_intent, record_intent
 from xtb_tasks.handoff import announce_outcome
@@ -78,8 +87,20 @@ def _resolve_quantity(connector: VenueConnector, req: OrderRequest, prior_leg: d
     filled = Decimal(str(prior.get("filled") or "0"))
     if filled <= 0:
         raise LegFailed(f"{req.quantity_from_leg} filled nothing; {req.leg} has nothing to hedge")
-    # Mirror the fill on this venue's grid; never below its minimum (original §1.4 step 2).
+    return mirror_quantity(rules, filled)
+
+
+def mirror_quantity(rules: MarketRules, filled: Decimal) -> Decimal:
+    """The hedge size for a fill: the fill on this venue's grid, never below its minimum (original §1.4 step 2)."""
     return max(rules.quantize_size(filled, rounding=ROUND_HALF_UP), rules.min_quantity)
+
+
+def first_unused_client_id(req: OrderRequest, fetched: Prefetch) -> int | None:
+    """The client id the next send will use, when no planned id has been touched yet."""
+    statuses = [(fetched.intents.get(cid) or {}).get("status") for cid in req.client_ids]
+    if any(status not in (None, IntentStatus.PLANNED.value) for status in statuses):
+        return None  # a re-run: submit_order walks the recorded outcomes
+    return req.client_ids[0] if req.client_ids else None
 
 
 @dataclass(frozen=True)
@@ -90,6 +111,8 @@ class Prefetch:
     stage: str | None
     intents: dict[int, dict[str, str]]
     prior_leg: dict[str, Any] | None
+    #: The client id this run recorded as ARMED itself (it may send it without another write).
+    armed_id: int | None = None
 
 
 def prefetch(client: redis.Redis, req: OrderRequest) -> Prefetch:
@@ -130,7 +153,8 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
             if settles_leg(report):
                 return report
             continue
-        if status == IntentStatus.SENDING.value:
+        if status == IntentStatus.SENDING.value or (status == IntentStatus.ARMED.value
+                                                     and client_id != fetched.armed_id):
             found = connector.find_order(req.symbol, client_id)
             if found is not None:
                 return _finish(client, record, req, client_id, found)
@@ -148,22 +172,15 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
 
 def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | None, req: OrderRequest,
           client_id: int, intent: dict[str, str], fetched: Prefetch, stage: Any) -> OrderReport:
-    quantity = (Decimal(intent["quantity"]) if intent.get("quantity")
+    armed = client_id == fetched.armed_id
+    quantity = (Decimal(intent["quantity"]) if intent.get("quantity") and not armed
                 else _resolve_quantity(connector, req, fetched.prior_leg))
-    # Intent before action: after this write a crash means "look it up", never "send again blindly".
-    # One pipeline for the intent and the leg record: this is on the hand-off path.
-    pipe = client.pipeline(transaction=False)
-    record_intent(pipe, req.account, client_id, status=IntentStatus.SENDING.value, symbol=req.symbol,
-                  side=req.side.value, quantity=str(quantity), reduce_only=req.reduce_only,
-                  cycle_id=req.cycle_id or "", leg=req.leg or "")
-    if req.leg and record:
-        writer = CycleRecord(pipe, record.cycle_id)
-        if stage is not None and fetched.stage != stage.value:
-            writer.set_stage(stage, deadline=time.time() + STEP_GRACE_SECS)
-        writer.record_leg(req.leg, {
-            "account": req.account, "symbol": req.symbol, "side": req.side.value, "client_id": client_id,
-            "requested": str(quantity), "filled": "0", "state": "submitting"})
-    pipe.execute()
+    enter = stage if stage is not None and req.leg and record and fetched.stage != stage.value else None
+    # An armed hedge recorded this very order before the fill: it sends at once and enters its
+    # stage with the outcome. Anything else records its intent first.
+    if not (armed and intent.get("quantity") == str(quantity)):
+        _record_sending(client, record, req, client_id, quantity, enter)
+        enter = None
     log.info("account=%s cycle=%s leg=%s submit client_id=%s side=%s qty=%s reduce_only=%s", req.account,
              req.cycle_id, req.leg, client_id, req.side.value, quantity, req.reduce_only)
     started = time.perf_counter()
@@ -183,17 +200,38 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
                     req.leg, client_id, exc)
         raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
     return _finish(client, record, req, client_id, report,
-                   latency_ms=round((time.perf_counter() - started) * 1000, 2))
+                   latency_ms=round((time.perf_counter() - started) * 1000, 2), enter=enter)
+
+
+def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
+                    quantity: Decimal, enter: Any) -> None:
+    # Intent before action: after this write a crash means "look it up", never "send again blindly".
+    # One pipeline for the intent, the stage and the leg record: this is on the hand-off path.
+    pipe = client.pipeline(transaction=False)
+    record_intent(pipe, req.account, client_id, status=IntentStatus.SENDING.value, symbol=req.symbol,
+                  side=req.side.value, quantity=str(quantity), reduce_only=req.reduce_only,
+                  cycle_id=req.cycle_id or "", leg=req.leg or "")
+    if req.leg and record:
+        writer = CycleRecord(pipe, record.cycle_id)
+        if enter is not None:
+            writer.set_stage(enter, deadline=time.time() + STEP_GRACE_SECS)
+        writer.record_leg(req.leg, {
+            "account": req.account, "symbol": req.symbol, "side": req.side.value, "client_id": client_id,
+            "requested": str(quantity), "filled": "0", "state": "submitting"})
+    pipe.execute()
 
 
 def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
-            report: OrderReport, latency_ms: float | None = None) -> OrderReport:
+            report: OrderReport, latency_ms: float | None = None, enter: Any = None) -> OrderReport:
     # Outcome, leg record and latency in one round trip: the next leg waits for this task to return.
     pipe = client.pipeline(transaction=False)
     mark_intent(pipe, req.account, client_id, IntentStatus.DONE, report=report.to_json())
     if req.leg and record:
         leg_report = {**report.to_json(), "account": req.account, "filled_at": time.time()}
-        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, leg_report)
+        writer = CycleRecord(pipe, record.cycle_id)
+        if enter is not None:
+            writer.set_stage(enter, deadline=time.time() + STEP_GRACE_SECS)
+        writer.record_leg(req.leg, leg_report)
         if req.announce_fill and settles_leg(report):  # a failed attempt moves on to the next client id
             announce_outcome(pipe, record.cycle_id, req.leg, leg_report)
     if latency_ms is not None:

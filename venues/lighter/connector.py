@@ -48,6 +48,7 @@ from venues.lighter.parsing import (
     parse_position,
     parse_top_of_book,
 )
+from venues.lighter.priming import Primed, PrimedOrder
 from venues.lighter.rest import LighterRest
 from venues.lighter.signer import LighterSigner
 from venues.orders import EventKind, Listener, OrderBook, OrderTracker
@@ -105,6 +106,7 @@ class LighterConnector(VenueConnector):
         self._rest = LighterRest(self.base_url, timeout, account)
         self._signer = LighterSigner(self.base_url, self.account_index, credentials, timeout, account, self._rest)
         self._loop = LoopThread(f"lighter-{account}")
+        self._primed = Primed()
 
     def __repr__(self) -> str:
         return (f"LighterConnector(account={self.account!r}, account_index={self.account_index}, "
@@ -153,7 +155,8 @@ class LighterConnector(VenueConnector):
         return find_account(body, self.account_index)
 
     def market_rules(self, symbol: str) -> MarketRules:
-        return self._run(self._market_rules(symbol))
+        cached = self._rules.get(symbol)  # no hop to the loop thread: this is on the hand-off path
+        return cached if cached is not None else self._run(self._market_rules(symbol))
 
     def top_of_book(self, symbol: str) -> TopOfBook:
         return self._run(self._top_of_book(symbol), calls=3)
@@ -241,19 +244,22 @@ class LighterConnector(VenueConnector):
     async def _submit(self, symbol: str, client_id: int, side: Side, quantity: Decimal,
                       reduce_only: bool, max_slippage: float | None) -> OrderReport:
         rules = await self._market_rules(symbol)
-        size, price = await self._order_terms(symbol, rules, side, quantity, reduce_only, max_slippage)
+        size, price = await self._order_terms(symbol, rules, side, quantity, reduce_only, max_slippage,
+                                              book=self._primed.take_book(symbol))
+        presigned = self._primed.take_order(client_id, symbol, side, size, price, reduce_only)
         # A tracker that already exists for this id (a retried task) keeps its history.
         tracker = self.orders.get(client_id) or self.orders.track(
             OrderTracker(client_id, symbol, side, size, reduce_only))
         self.orders.update_state(client_id, OrderState.SUBMITTING)
         log.info("account=%s submit client_id=%d %s %s %s worst_price=%s reduce_only=%s api_key_index=%d "
-                 "nonce %s", self.account, client_id, symbol, side.value, size, price, reduce_only,
-                 self.api_key_index, self._signer.nonce_state())
+                 "nonce %s presigned=%s", self.account, client_id, symbol, side.value, size, price, reduce_only,
+                 self.api_key_index, self._signer.nonce_state(), presigned is not None)
         try:
             # MARKET/IOC with no order expiry; the price is the worst acceptable one (lighter-sdk.md §4).
             await self._signer.send_create_order(market_index(rules), client_id, rules.size_to_int(size),
                                                  rules.price_to_int(price), side is Side.SELL,
-                                                 reduce_only=reduce_only, what=f"order client_id={client_id}")
+                                                 reduce_only=reduce_only, what=f"order client_id={client_id}",
+                                                 presigned=presigned)
         except VenueError as exc:
             if exc.outcome_unknown:
                 return await self._recover(symbol, client_id, exc)
@@ -270,14 +276,40 @@ class LighterConnector(VenueConnector):
                  report.state.value, report.filled, report.requested, report.avg_price)
         return report
 
+    def prime_market_order(self, symbol: str, *, client_id: int | None = None, side: Side | None = None,
+                           quantity: Decimal | None = None, reduce_only: bool = False,
+                           max_slippage: float | None = None) -> None:
+        try:
+            self._run(self._prime(symbol, client_id, side, quantity, reduce_only, max_slippage), calls=3)
+        except VenueError as exc:
+            log.warning("account=%s priming %s client_id=%s failed (the order will read and sign itself): %s",
+                        self.account, symbol, client_id, exc)
+
+    async def _prime(self, symbol: str, client_id: int | None, side: Side | None, quantity: Decimal | None,
+                     reduce_only: bool, max_slippage: float | None) -> None:
+        rules = await self._market_rules(symbol)
+        book = await self._top_of_book(symbol)
+        self._primed.put_book(symbol, book)
+        if client_id is None or side is None or quantity is None:
+            return
+        size, price = await self._order_terms(symbol, rules, side, quantity, reduce_only, max_slippage, book=book)
+        presigned = await self._signer.presign_create_order(market_index(rules), client_id, rules.size_to_int(size),
+                                                            rules.price_to_int(price), side is Side.SELL,
+                                                            reduce_only=reduce_only)
+        # One armed order at a time: one left by a hedge whose entry failed is dropped here.
+        self._primed.orders = {client_id: PrimedOrder(symbol, side, size, price, reduce_only, presigned)}
+        log.info("account=%s primed client_id=%d %s %s %s worst_price=%s nonce=%d", self.account, client_id,
+                 symbol, side.value, size, price, presigned.nonce)
+
     async def _order_terms(self, symbol: str, rules: MarketRules, side: Side, quantity: Decimal,
-                           reduce_only: bool, max_slippage: float | None) -> tuple[Decimal, Decimal]:
+                           reduce_only: bool, max_slippage: float | None,
+                           book: TopOfBook | None = None) -> tuple[Decimal, Decimal]:
         """(size on the step, worst acceptable price on the tick), checked against the venue limits."""
         size = rules.quantize_size(quantity)
         if size <= 0 or size < rules.min_quantity:
             raise VenueError(ReasonCode.INVALID_REQUEST,
                              f"{symbol} size {quantity} below the minimum {rules.min_quantity}")
-        best = (await self._top_of_book(symbol)).price_for(side)
+        best = (book or await self._top_of_book(symbol)).price_for(side)
         if best is None:
             raise VenueError(ReasonCode.REJECTED, f"{symbol}: no {'asks' if side is Side.BUY else 'bids'} to take")
         price = worst_price(best, side, max_slippage, rules)

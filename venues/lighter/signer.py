@@ -23,6 +23,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from venues.base import ReasonCode, VenueError
@@ -35,6 +36,14 @@ log = logging.getLogger(__name__)
 
 #: Signs one tx with the given nonce; raises ``native.SignerError``.
 SignFn = Callable[[int], native.SignedTx]
+
+
+@dataclass(frozen=True)
+class Presigned:
+    """A tx signed ahead of its send for ``nonce`` (an armed hedge's order)."""
+
+    nonce: int
+    tx: native.SignedTx
 
 # Auth tokens are valid for 10 minutes (create_auth_token_with_expiry default); renew at half-life.
 _AUTH_RENEW_SECS = native.AUTH_TOKEN_SECS / 2
@@ -137,15 +146,40 @@ class LighterSigner:
                                 order_type: int = native.ORDER_TYPE_MARKET,
                                 time_in_force: int = native.ORDER_TIME_IN_FORCE_IMMEDIATE_OR_CANCEL,
                                 trigger_price: int = native.NIL_TRIGGER_PRICE,
-                                order_expiry: int = native.DEFAULT_IOC_EXPIRY, what: str | None = None) -> str | None:
-        """Create an order (default: MARKET/IOC, no expiry, as ``create_market_order``); the tx hash."""
+                                order_expiry: int = native.DEFAULT_IOC_EXPIRY, what: str | None = None,
+                                presigned: Presigned | None = None) -> str | None:
+        """Create an order (default: MARKET/IOC, no expiry, as ``create_market_order``); the tx hash.
+
+        ``presigned`` (from :meth:`presign_create_order` with the same arguments) is sent as is when
+        its nonce is still the next one; otherwise the order is signed again.
+        """
         def sign(nonce: int) -> native.SignedTx:
+            if presigned is not None and presigned.nonce == nonce:
+                return presigned.tx
             return native.sign_create_order(
                 market_index, client_order_index, base_amount, price, is_ask, order_type, time_in_force,
                 reduce_only, trigger_price, order_expiry, nonce=nonce, api_key_index=self.api_key_index,
                 account_index=self.account_index)
 
         return await self.send(what or f"order client_id={client_order_index}", sign)
+
+    async def presign_create_order(self, market_index: int, client_order_index: int, base_amount: int, price: int,
+                                   is_ask: bool, *, reduce_only: bool = False) -> Presigned:
+        """Sign a MARKET/IOC order with the next nonce without sending it or using the nonce up."""
+        self._ensure_client()
+        async with self._tx_lock():
+            if self._nonce is None:
+                self._nonce = await self._fetch_next_nonce() - 1
+            nonce = self._nonce + 1
+        try:
+            tx = native.sign_create_order(
+                market_index, client_order_index, base_amount, price, is_ask, native.ORDER_TYPE_MARKET,
+                native.ORDER_TIME_IN_FORCE_IMMEDIATE_OR_CANCEL, reduce_only, native.NIL_TRIGGER_PRICE,
+                native.DEFAULT_IOC_EXPIRY, nonce=nonce, api_key_index=self.api_key_index,
+                account_index=self.account_index)
+        except native.SignerError as exc:
+            raise error_from_text(self._hide_key(str(exc))) from None
+        return Presigned(nonce, tx)
 
     async def send_cancel_order(self, market_index: int, order_index: int, *, what: str | None = None) -> str | None:
         """Cancel one order by the venue's ``order_index``; the tx hash."""
