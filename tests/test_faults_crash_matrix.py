@@ -97,12 +97,15 @@ def recover(dep: Deployment) -> None:
         dep.unwind_leftovers(timeout=200)
 
 
-def check(dep: Deployment, cells: list[CrashCell]) -> None:
+def check(dep: Deployment, cells: list[CrashCell], *, keep_hedged: bool = False) -> None:
     dep.sim.exchange.clear_faults()
     unsafe = [c for c in cells if not c.safe]
     if unsafe:
         recover(dep)
     assert not unsafe, unsafe
+    if not keep_hedged and dep.client.scard("xtb:cycles:active"):
+        # Ended hedged (a safe outcome: recovery resumed the cycle). The next boundary starts flat.
+        dep.unwind_leftovers(timeout=120)
 
 
 def wait_point(what: str, predicate: Callable[[], object], timeout: float = 40) -> None:
@@ -144,10 +147,11 @@ def test_l1_sent_not_recorded(dep: Deployment) -> None:
 
 
 def test_l1_confirmation(dep: Deployment) -> None:
+    # Stale reads keep the confirmation polling (retry with countdown) for a while. Armed before the
+    # cycle: the armed hedge fills within milliseconds of the entry, before a poll of the record
+    # could arm it. The planning snapshot reads the account twice (balance, position) of the 10.
+    dep.arm_fault("lighter", "stale_position", count=10, op="position", account="101")
     cycle_id = _start_clean(dep)
-    # Stale reads keep the confirmation polling (retry with countdown) for a while.
-    wait_point("Lighter1 hedge started", lambda: dep.record(cycle_id).get("stage") == "l1_hedge")
-    dep.arm_fault("lighter", "stale_position", count=8, op="position", account="101")
     wait_point("Lighter1 filled, not yet confirmed",
                lambda: _filled(dep, cycle_id, "l1_hedge") and "confirm:l1_hedge" not in dep.record(cycle_id))
     check(dep, crash_at(dep, cycle_id, "l1_confirm", ("lighter1", "orchestrator", "backpack", "lighter2")))
@@ -176,7 +180,7 @@ def test_rebalance(dep: Deployment) -> None:
                      expect=("hedged",))
     if all(c.safe for c in cells):
         SHARED["cycle"] = cycle_id
-    check(dep, cells)
+    check(dep, cells, keep_hedged=True)
 
 
 def test_monitoring(dep: Deployment) -> None:
@@ -188,7 +192,7 @@ def test_monitoring(dep: Deployment) -> None:
                      expect=("hedged",))
     if not all(c.safe for c in cells):
         SHARED.pop("cycle", None)
-    check(dep, cells)
+    check(dep, cells, keep_hedged=True)
 
 
 def test_emergency_exit(dep: Deployment) -> None:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -61,6 +64,18 @@ class OrderRequest:
     retry_delay_secs: float = 0.5
     #: Push the final report to this leg's armed hedge (``xtb_tasks.handoff``).
     announce_fill: bool = False
+
+
+_writer: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def in_background(write: Callable[[], None]) -> Future[None]:
+    """Run a Redis write on this process's writer thread (made after fork: a pool child must not
+    inherit a parent's executor, whose thread does not exist in the child)."""
+    global _writer
+    if _writer is None or _writer[0] != os.getpid():
+        _writer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="xtb-record"))
+    return _writer[1].submit(write)
 
 
 def note_account_state(client: redis.Redis, account: str, **fields: Any) -> None:
@@ -176,11 +191,13 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
     quantity = (Decimal(intent["quantity"]) if intent.get("quantity") and not armed
                 else _resolve_quantity(connector, req, fetched.prior_leg))
     enter = stage if stage is not None and req.leg and record and fetched.stage != stage.value else None
-    # An armed hedge recorded this very order before the fill: it sends at once and enters its
-    # stage with the outcome. Anything else records its intent first.
-    if not (armed and intent.get("quantity") == str(quantity)):
+    # An armed hedge recorded this very order (intent ARMED, leg in flight) before the fill: it sends
+    # at once and writes its stage and leg alongside the send. Anything else records before sending.
+    pending: Future[None] | None = None
+    if armed and intent.get("quantity") == str(quantity):
+        pending = in_background(lambda: _record_sending(client, record, req, client_id, quantity, enter))
+    else:
         _record_sending(client, record, req, client_id, quantity, enter)
-        enter = None
     log.info("account=%s cycle=%s leg=%s submit client_id=%s side=%s qty=%s reduce_only=%s", req.account,
              req.cycle_id, req.leg, client_id, req.side.value, quantity, req.reduce_only)
     started = time.perf_counter()
@@ -188,19 +205,32 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
         report = connector.submit_market_order(req.symbol, client_id, req.side, quantity,
                                                reduce_only=req.reduce_only, max_slippage=req.max_slippage)
     except VenueError as exc:
-        if exc.reason in (ReasonCode.REJECTED, ReasonCode.INVALID_REQUEST, ReasonCode.UNKNOWN_MARKET,
-                          ReasonCode.AUTH):
-            return OrderReport(client_id, req.symbol, req.side, quantity, Decimal(0), OrderState.FAILED,
-                               reduce_only=req.reduce_only, reason=str(exc))
-        if exc.reason is ReasonCode.DUPLICATE_CLIENT_ID:
-            found = connector.find_order(req.symbol, client_id)
-            if found is not None:
-                return _finish(client, record, req, client_id, found)
-        log.warning("account=%s cycle=%s leg=%s client_id=%s outcome unknown: %s", req.account, req.cycle_id,
-                    req.leg, client_id, exc)
-        raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
+        _landed(pending)
+        return _not_sent_or_found(client, connector, record, req, client_id, quantity, exc)
+    _landed(pending)
     return _finish(client, record, req, client_id, report,
-                   latency_ms=round((time.perf_counter() - started) * 1000, 2), enter=enter)
+                   latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+
+def _landed(pending: Future[None] | None) -> None:
+    # The in-flight stage and leg must land before the outcome overwrites the leg.
+    if pending is not None:
+        pending.result()
+
+
+def _not_sent_or_found(client: redis.Redis, connector: VenueConnector, record: CycleRecord | None,
+                       req: OrderRequest, client_id: int, quantity: Decimal, exc: VenueError) -> OrderReport:
+    if exc.reason in (ReasonCode.REJECTED, ReasonCode.INVALID_REQUEST, ReasonCode.UNKNOWN_MARKET,
+                      ReasonCode.AUTH):
+        return OrderReport(client_id, req.symbol, req.side, quantity, Decimal(0), OrderState.FAILED,
+                           reduce_only=req.reduce_only, reason=str(exc))
+    if exc.reason is ReasonCode.DUPLICATE_CLIENT_ID:
+        found = connector.find_order(req.symbol, client_id)
+        if found is not None:
+            return _finish(client, record, req, client_id, found)
+    log.warning("account=%s cycle=%s leg=%s client_id=%s outcome unknown: %s", req.account, req.cycle_id,
+                req.leg, client_id, exc)
+    raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
 
 
 def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
@@ -222,16 +252,13 @@ def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderR
 
 
 def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
-            report: OrderReport, latency_ms: float | None = None, enter: Any = None) -> OrderReport:
+            report: OrderReport, latency_ms: float | None = None) -> OrderReport:
     # Outcome, leg record and latency in one round trip: the next leg waits for this task to return.
     pipe = client.pipeline(transaction=False)
     mark_intent(pipe, req.account, client_id, IntentStatus.DONE, report=report.to_json())
     if req.leg and record:
         leg_report = {**report.to_json(), "account": req.account, "filled_at": time.time()}
-        writer = CycleRecord(pipe, record.cycle_id)
-        if enter is not None:
-            writer.set_stage(enter, deadline=time.time() + STEP_GRACE_SECS)
-        writer.record_leg(req.leg, leg_report)
+        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, leg_report)
         if req.announce_fill and settles_leg(report):  # a failed attempt moves on to the next client id
             announce_outcome(pipe, record.cycle_id, req.leg, leg_report)
     if latency_ms is not None:

@@ -17,22 +17,20 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 
-from orchestrator.state import STEP_GRACE_SECS, CycleRecord, Stage, enter_stage
-from venues.base import OrderReport, Side, VenueConnector, VenueError
+from orchestrator.state import CycleRecord, Stage, enter_stage
+from venues.base import OrderReport, Side, VenueError
+from xtb_tasks.armed import arm_hedge, await_entry
 from xtb_tasks.celery_app import app
-from xtb_tasks.client_ids import IntentStatus, intent_status, mark_intent, record_intent
+from xtb_tasks.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.connectors import get_connector
-from xtb_tasks.handoff import EntryNotFilled, announce_failure, await_outcome, is_final
+from xtb_tasks.handoff import announce_failure, is_final
 from xtb_tasks.lease import AccountLeaseTask
 from xtb_tasks.redis_conn import redis_client
 from xtb_tasks.venue_ops import (
     LegFailed,
     OrderRequest,
-    Prefetch,
     RetryLater,
     confirmation,
-    first_unused_client_id,
-    mirror_quantity,
     note_account_state,
     prefetch,
     read_position,
@@ -92,45 +90,6 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
     return {**report.to_json(), "account": account}
 
 
-def _arm(client: Any, connector: VenueConnector, request: OrderRequest, fetched: Prefetch,
-         expected: str | None) -> Prefetch:
-    """Everything the hedge can do before the fill: rules, book, the signed order and its intent.
-
-    The client id recorded as ARMED (sent with no further write when the fill matches
-    ``expected``) comes back as ``armed_id``; without an expected size only the market is primed.
-    """
-    client_id = first_unused_client_id(request, fetched)
-    if expected is None or client_id is None:
-        connector.prime_market_order(request.symbol)
-        return fetched
-    try:
-        quantity = mirror_quantity(connector.market_rules(request.symbol), Decimal(expected))
-    except VenueError as exc:
-        log.warning("account=%s cycle=%s leg=%s not primed: %s", request.account, request.cycle_id, request.leg, exc)
-        return fetched
-    connector.prime_market_order(request.symbol, client_id=client_id, side=request.side, quantity=quantity,
-                                 reduce_only=request.reduce_only, max_slippage=request.max_slippage)
-    intent = {"status": IntentStatus.ARMED.value, "symbol": request.symbol, "side": request.side.value,
-              "quantity": str(quantity), "reduce_only": request.reduce_only, "cycle_id": request.cycle_id or "",
-              "leg": request.leg or ""}
-    record_intent(client, request.account, client_id, **intent)
-    return replace(fetched, intents={**fetched.intents, client_id: intent}, armed_id=client_id)
-
-
-def _await_entry(client: Any, request: OrderRequest, armed_id: int | None) -> dict[str, Any]:
-    assert request.cycle_id and request.quantity_from_leg
-    try:
-        outcome = await_outcome(client, request.cycle_id, request.quantity_from_leg,
-                                deadline=time.time() + STEP_GRACE_SECS)
-        if Decimal(str(outcome.get("filled") or "0")) <= 0:
-            raise LegFailed(f"{request.quantity_from_leg} filled nothing; {request.leg} has nothing to hedge")
-    except (EntryNotFilled, LegFailed):
-        if armed_id is not None:  # never sent: no later run should look it up
-            mark_intent(client, request.account, armed_id, IntentStatus.REJECTED, reason="entry not filled")
-        raise
-    return outcome
-
-
 def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
             expected_quantity: str | None = None) -> OrderReport:
     client = redis_client()
@@ -139,8 +98,8 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
     if fetched.cancelled and not request.reduce_only:
         raise RuntimeError(f"cycle {request.cycle_id} was cancelled; {request.leg} not sent")
     if armed and request.cycle_id and request.quantity_from_leg and not is_final(fetched.prior_leg):
-        fetched = _arm(client, connector, request, fetched, expected_quantity)
-        fetched = replace(fetched, prior_leg=_await_entry(client, request, fetched.armed_id))
+        fetched = arm_hedge(client, connector, request, fetched, expected_quantity)
+        fetched = replace(fetched, prior_leg=await_entry(client, request, fetched.armed_id))
     try:
         return submit_order(client, connector, request, fetched, LEG_STAGES.get(request.leg or ""))
     except RetryLater as exc:

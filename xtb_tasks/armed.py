@@ -1,0 +1,76 @@
+"""The armed hedge's side of the hand-off: prepare everything before the entry fills, then wait.
+
+``xtb_tasks.handoff`` is the wire between the two legs (announce, await); this module is what the
+hedge's submit task does with it (``xtb.venue.submit_market_order`` with ``armed=True``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from decimal import Decimal
+from typing import Any
+
+from orchestrator.state import STEP_GRACE_SECS, CycleRecord
+from venues.base import VenueConnector, VenueError
+from xtb_tasks.client_ids import IntentStatus, record_intent
+from xtb_tasks.handoff import EntryNotFilled, await_outcome
+from xtb_tasks.venue_ops import LegFailed, OrderRequest, Prefetch, first_unused_client_id, mirror_quantity
+
+log = logging.getLogger(__name__)
+
+
+def arm_hedge(client: Any, connector: VenueConnector, request: OrderRequest, fetched: Prefetch,
+              expected: str | None) -> Prefetch:
+    """Everything the hedge can do before the fill: rules, book, the signed order and its intent.
+
+    The client id recorded as ARMED (sent with no further write when the fill matches
+    ``expected``) comes back as ``armed_id``; without an expected size only the market is primed.
+    """
+    client_id = first_unused_client_id(request, fetched)
+    if expected is None or client_id is None:
+        connector.prime_market_order(request.symbol)
+        return fetched
+    try:
+        quantity = mirror_quantity(connector.market_rules(request.symbol), Decimal(expected))
+    except VenueError as exc:
+        log.warning("account=%s cycle=%s leg=%s not primed: %s", request.account, request.cycle_id, request.leg, exc)
+        return fetched
+    connector.prime_market_order(request.symbol, client_id=client_id, side=request.side, quantity=quantity,
+                                 reduce_only=request.reduce_only, max_slippage=request.max_slippage)
+    intent = {"status": IntentStatus.ARMED.value, "symbol": request.symbol, "side": request.side.value,
+              "quantity": str(quantity), "reduce_only": request.reduce_only, "cycle_id": request.cycle_id or "",
+              "leg": request.leg or ""}
+    # The leg is on record as in flight from now on, so an exit's fill ledger never counts it as
+    # flat while the presigned order may be on its way.
+    _record_armed(client, request, client_id, intent, {"state": "armed", "filled": "0"})
+    return replace(fetched, intents={**fetched.intents, client_id: intent}, armed_id=client_id)
+
+
+def _record_armed(client: Any, request: OrderRequest, client_id: int, intent: dict[str, Any],
+                  leg_state: dict[str, str]) -> None:
+    pipe = client.pipeline(transaction=False)
+    record_intent(pipe, request.account, client_id, **intent)
+    if request.cycle_id and request.leg:
+        CycleRecord(pipe, request.cycle_id).record_leg(request.leg, {
+            "account": request.account, "symbol": request.symbol, "side": request.side.value,
+            "client_id": client_id, "requested": intent.get("quantity", ""), **leg_state})
+    pipe.execute()
+
+
+def await_entry(client: Any, request: OrderRequest, armed_id: int | None) -> dict[str, Any]:
+    """The entry's announced outcome once it filled; raises (and records the armed id as never
+    sent) when it failed, was cancelled or did not finish in time."""
+    assert request.cycle_id and request.quantity_from_leg
+    try:
+        outcome = await_outcome(client, request.cycle_id, request.quantity_from_leg,
+                                deadline=time.time() + STEP_GRACE_SECS)
+        if Decimal(str(outcome.get("filled") or "0")) <= 0:
+            raise LegFailed(f"{request.quantity_from_leg} filled nothing; {request.leg} has nothing to hedge")
+    except (EntryNotFilled, LegFailed) as exc:
+        if armed_id is not None:  # never sent: no later run should look it up, the ledger may count it
+            _record_armed(client, request, armed_id, {"status": IntentStatus.REJECTED.value, "reason": str(exc)},
+                          {"state": "failed", "filled": "0", "reason": str(exc)[:200]})
+        raise
+    return outcome
