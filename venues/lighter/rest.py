@@ -16,6 +16,7 @@ import logging
 from collections.abc import Coroutine
 from decimal import Decimal
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 
@@ -23,6 +24,8 @@ from venues.base import ReasonCode, VenueError
 from venues.lighter.parsing import error_from_body
 
 log = logging.getLogger(__name__)
+
+_FORM_HEADERS = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
 
 
 def decode_json(text: str) -> Any:
@@ -61,7 +64,9 @@ class LighterRest:
 
     async def _request(self, method: str, path: str, exchange: Coroutine[Any, Any, tuple[int, str]]) -> Any:
         try:
-            status, text = await asyncio.wait_for(exchange, self.timeout)
+            # asyncio.timeout, not wait_for: no extra task and loop turn on the order path.
+            async with asyncio.timeout(self.timeout):
+                status, text = await exchange
         except TimeoutError:
             raise VenueError(ReasonCode.UNAVAILABLE, f"{method} {path}: no answer within {self.timeout}s") from None
         except (aiohttp.ClientError, OSError) as exc:
@@ -81,8 +86,10 @@ class LighterRest:
             return resp.status, await resp.text()
 
     async def _post(self, url: str, form: dict[str, str]) -> tuple[int, str]:
-        # aiohttp encodes a dict as application/x-www-form-urlencoded; Accept as the SDK sends it.
-        async with self._sess().post(url, data=form, headers={"Accept": "application/json"}) as resp:
+        # Encoded here rather than through aiohttp's FormData: the same urlencoded bytes, less work
+        # on the order path. Accept as the SDK sends it.
+        body = urlencode(form).encode()
+        async with self._sess().post(url, data=body, headers=_FORM_HEADERS) as resp:
             return resp.status, await resp.text()
 
     async def close(self) -> None:

@@ -211,7 +211,8 @@ class LighterSigner:
             log.info("account=%s send %s attempt=%d api_key_index=%d nonce %s",
                      self.account, what, attempt, self.api_key_index, self.nonce_state())
             try:
-                resp = await asyncio.wait_for(self._attempt(sign), self.timeout)
+                async with asyncio.timeout(self.timeout):  # not wait_for: no extra task on the order path
+                    resp = await self._attempt(sign)
             except asyncio.CancelledError:
                 self.forget_nonce()  # cancelled mid-send: the nonce may be consumed
                 raise
