@@ -406,8 +406,16 @@ def test_secrets_appear_nowhere(dep: Deployment, flower: str, services: dict[str
     meta = [dep.client.get(k) or "" for k in dep.client.scan_iter("celery-task-meta-*")]
     assert len(meta) > 10
     poll(lambda: dep.sim.telegram.messages, timeout=15)
-    tasks = requests.get(f"{flower}/api/tasks", auth=AUTH, timeout=10).json()
-    assert tasks, "Flower captured no task events"
+
+    def flower_tasks() -> dict[str, Any]:
+        # Workers run without -E; Flower switches task events on in them within seconds (its
+        # --enable_events default). A venue task sent from then on must show up, arguments and all.
+        dep.app.send_task("xtb.venue.get_position", queue="lighter1", kwargs={"account": "lighter1", "symbol": "ETH"})
+        captured: dict[str, Any] = requests.get(f"{flower}/api/tasks", auth=AUTH, timeout=10).json()
+        return captured
+
+    assert poll(flower_tasks, timeout=30, interval=1.0), "Flower captured no task events"
+    tasks = flower_tasks()
     sources = {
         "worker logs": "\n".join(p.read_text(errors="replace") for p in dep.tmp.glob("worker-*.log")),
         "flower/relay/dashboard logs": "\n".join(p.read_text(errors="replace") for p in dep.tmp.glob("*.log")
