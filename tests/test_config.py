@@ -123,6 +123,10 @@ def test_hedge_overrides_reuse_the_config_validation() -> None:
         HedgeParams.from_mapping({"size": -1})
     with pytest.raises(ConfigError, match="unknown key"):
         HedgeParams.from_mapping({"bogus": 1})
+    # Finite as a Decimal, yet no venue amount: refused up front, not by the planner after "started".
+    for huge in ("1e999", "1E+12", 10**13):
+        with pytest.raises(ConfigError, match="size: expected a decimal number below"):
+            HedgeParams.from_mapping({"size": huge})
 
 
 toml_scalars = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=True), st.text(max_size=20),

@@ -125,6 +125,10 @@ def _check_float(key: str, value: Any, *, lo: float | None = None, hi: float | N
     return number
 
 
+#: Largest magnitude a configured amount may have (sizes, tolerances, collateral).
+DECIMAL_LIMIT = Decimal(10) ** 12
+
+
 def _check_decimal(key: str, value: Any, *, lo: Decimal | None = None, positive: bool = False) -> Decimal:
     # Decimals may be written as strings ("0.01") so they survive TOML's float parsing exactly.
     if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -135,6 +139,9 @@ def _check_decimal(key: str, value: Any, *, lo: Decimal | None = None, positive:
         raise ConfigError(key, f"expected a decimal number, got {value!r}") from None
     if not number.is_finite():
         raise ConfigError(key, f"expected a finite decimal number, got {value!r}")
+    if abs(number) >= DECIMAL_LIMIT:
+        # 1e999 is a finite Decimal, but no venue amount is near it and quantizing it overflows.
+        raise ConfigError(key, f"expected a decimal number below {DECIMAL_LIMIT:,}, got {value!r}")
     if positive and number <= 0:
         raise ConfigError(key, f"expected a decimal number > 0, got {value!r}")
     if lo is not None and number < lo:
