@@ -24,7 +24,6 @@ from harness import FAST_PARAMS, Deployment  # noqa: E402
 from support import wait_until  # noqa: E402
 
 NOOP_MODULE = "bench.noop_tasks"
-EXPERIMENT_MODULE = "bench.experiment"
 ORCHESTRATOR = "orchestrator"
 #: Orchestrator pool size: the production unit runs it without ``-c`` (one child per core).
 ORCHESTRATOR_CONCURRENCY = 2
@@ -131,11 +130,8 @@ class Bench:
 
 
 @contextlib.contextmanager
-def bench_deployment(params: dict[str, object] | None = None, *, experiment: bool = False) -> Iterator[Bench]:
-    """Redis + simulators + a four-group config; workers are started by the caller.
-
-    ``experiment`` also loads :mod:`bench.experiment` into the workers (the proposed fixes, emulated).
-    """
+def bench_deployment(params: dict[str, object] | None = None) -> Iterator[Bench]:
+    """Redis + simulators + a four-group config; workers are started by the caller."""
     from venues.simulator.server import SimulatorServer
 
     tmp = Path(tempfile.mkdtemp(prefix="xtb-bench-"))
@@ -150,8 +146,7 @@ def bench_deployment(params: dict[str, object] | None = None, *, experiment: boo
         os.environ["REDIS_URL"] = redis_server.url
         os.environ["XTB_TASK_MODULES"] = NOOP_MODULE
         dep = Deployment(tmp=tmp, redis_url=redis_server.url, sim=sim, config=config, start_worker_fn=start_worker)
-        modules = f"{NOOP_MODULE},{EXPERIMENT_MODULE}" if experiment else NOOP_MODULE
-        bench = Bench(tmp, redis_server, sim, dep, specs, task_modules=modules)
+        bench = Bench(tmp, redis_server, sim, dep, specs, task_modules=NOOP_MODULE)
         yield bench
     finally:
         if bench is not None:

@@ -190,9 +190,8 @@ def main() -> None:
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--pyspy", type=int, default=0)
     parser.add_argument("--pyspy-out", type=Path, default=Path("/tmp/xtb-bench-lighter1.txt"))
-    parser.add_argument("--experiment", action="store_true", help="load bench/experiment.py into the workers")
     args = parser.parse_args()
-    with bench_deployment(experiment=args.experiment) as bench:
+    with bench_deployment() as bench:
         bench.start_workers([*bench.specs[0].accounts, ORCHESTRATOR])
         measure.run_cycles(bench, bench.specs[0], 0, warmup=2)
         one_cycle_monitored(bench)

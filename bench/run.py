@@ -19,7 +19,6 @@ from bench import measure
 from bench.deploy import ORCHESTRATOR, Bench, bench_deployment
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
-RESULTS_EXPERIMENT = Path(__file__).resolve().parent / "results_experiment.json"
 #: Past this many seconds of run time the scaling steps that would not fit in 5 minutes are skipped.
 SCALING_DEADLINE_SECS = {2: 190.0, 4: 230.0}
 
@@ -157,11 +156,11 @@ def print_table(out: dict[str, Any]) -> None:
         print(f"{'PASS' if ok else ('MISS' if ok is False else 'N/A '):4s}  {name:45s} {detail}")
 
 
-def run(quick: bool, experiment: bool = False) -> dict[str, Any]:
+def run(quick: bool) -> dict[str, Any]:
     clock = Clock()
     n = sizes(quick)
     out: dict[str, Any] = {}
-    with bench_deployment(experiment=experiment) as bench:
+    with bench_deployment() as bench:
         clock.phase("start redis, simulators, 4 workers", lambda: bench.start_workers(
             [*bench.specs[0].accounts, ORCHESTRATOR]))
         out["_cold_rss"] = round(measure.rss_mb(bench.workers[bench.specs[0].lighter1].proc.pid), 1)
@@ -176,19 +175,16 @@ def run(quick: bool, experiment: bool = False) -> dict[str, Any]:
     out["phase_secs"] = clock.phases
     out["run_secs"] = round(clock.elapsed(), 1)
     out["quick"] = quick
-    out["experiment"] = experiment
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small N, for development")
-    parser.add_argument("--experiment", action="store_true",
-                        help="emulate the proposed fixes in the workers (bench/experiment.py); A/B only")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
-    args.out = args.out or (RESULTS_EXPERIMENT if args.experiment else RESULTS)
-    out = run(args.quick, args.experiment)
+    args.out = args.out or RESULTS
+    out = run(args.quick)
     print_table(out)
     print(f"\nrun time {out['run_secs']} s; results in {args.out}")
     args.out.write_text(json.dumps(out, indent=2) + "\n")
