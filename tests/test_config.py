@@ -127,6 +127,10 @@ def test_hedge_overrides_reuse_the_config_validation() -> None:
     for huge in ("1e999", "1E+12", 10**13):
         with pytest.raises(ConfigError, match="size: expected a decimal number below"):
             HedgeParams.from_mapping({"size": huge})
+    # Decimal("١") is 1: digits of other scripts would start a real 1-unit cycle.
+    for foreign in ("١", "٠.٥", "１", " 1"):
+        with pytest.raises(ConfigError, match="size: expected a decimal number in ASCII digits"):
+            HedgeParams.from_mapping({"size": foreign})
 
 
 toml_scalars = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=True), st.text(max_size=20),

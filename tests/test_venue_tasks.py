@@ -104,7 +104,7 @@ def test_xtb_order_direct_works_for_every_account(dep: Deployment, account: str)
 
 def test_bad_order_arguments_fail_with_one_line(dep: Deployment) -> None:
     before = len(dep.audit())
-    for args in (["--size", "-1"], ["--size", "abc"], ["--account", "nope"]):
+    for args in (["--size", "-1"], ["--size", "abc"], ["--size", "١"], ["--size", "1e999"], ["--account", "nope"]):
         base = ["--account", "backpack", "--side", "buy", "--size", "0.01", "--direct"]
         for i in range(0, len(args), 2):
             base[base.index(args[i]) + 1] = args[i + 1]

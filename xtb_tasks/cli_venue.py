@@ -7,13 +7,13 @@ else the worker does); ``--direct`` runs the same code in this process under the
 from __future__ import annotations
 
 import json
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 
 import click
 
 from xtb_tasks.cli import UserError
-from xtb_tasks.config import Role, Settings, load_settings
+from xtb_tasks.config import DECIMAL_LIMIT, Role, Settings, load_settings, parse_decimal
 
 RESULT_TIMEOUT_SECS = 90.0
 
@@ -33,12 +33,10 @@ def symbol_of(settings: Settings, account: str, symbol: str | None) -> str:
 
 
 def parse_size(text: str) -> Decimal:
-    try:
-        size = Decimal(text)
-    except InvalidOperation:
-        raise UserError(f"--size: expected a positive decimal number, got {text!r}") from None
-    if not size.is_finite() or size <= 0:
-        raise UserError(f"--size: expected a positive decimal number, got {text!r}")
+    size = parse_decimal(text)
+    if size is None or size <= 0:
+        raise UserError(f"--size: expected a positive decimal number in ASCII digits below "
+                        f"{DECIMAL_LIMIT:,}, got {text!r}")
     return size
 
 

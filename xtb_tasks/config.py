@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -127,12 +128,24 @@ def _check_float(key: str, value: Any, *, lo: float | None = None, hi: float | N
 
 #: Largest magnitude a configured amount may have (sizes, tolerances, collateral).
 DECIMAL_LIMIT = Decimal(10) ** 12
+# ASCII digits only: Decimal() and float() also read other scripts' digits ("١" is 1).
+_DECIMAL_TEXT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+
+
+def parse_decimal(text: str) -> Decimal | None:
+    """``text`` as a Decimal when it is a plain ASCII decimal number below DECIMAL_LIMIT, else None."""
+    if not _DECIMAL_TEXT.fullmatch(text):
+        return None
+    number = Decimal(text)
+    return number if abs(number) < DECIMAL_LIMIT else None
 
 
 def _check_decimal(key: str, value: Any, *, lo: Decimal | None = None, positive: bool = False) -> Decimal:
     # Decimals may be written as strings ("0.01") so they survive TOML's float parsing exactly.
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise ConfigError(key, f"expected a decimal number or string, got {_type_name(value)} {value!r}")
+    if isinstance(value, str) and not _DECIMAL_TEXT.fullmatch(value):
+        raise ConfigError(key, f"expected a decimal number in ASCII digits, got {value!r}")
     try:
         number = Decimal(str(value))
     except InvalidOperation:
