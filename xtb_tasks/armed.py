@@ -16,7 +16,14 @@ from orchestrator.state import STEP_GRACE_SECS, CycleRecord
 from venues.base import VenueConnector, VenueError
 from xtb_tasks.client_ids import IntentStatus, record_intent
 from xtb_tasks.handoff import EntryNotFilled, await_outcome
-from xtb_tasks.venue_ops import LegFailed, OrderRequest, Prefetch, first_unused_client_id, mirror_quantity
+from xtb_tasks.venue_ops import (
+    LegFailed,
+    OrderRequest,
+    Prefetch,
+    first_unused_client_id,
+    leg_in_flight,
+    mirror_quantity,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,18 +51,17 @@ def arm_hedge(client: Any, connector: VenueConnector, request: OrderRequest, fet
               "leg": request.leg or ""}
     # The leg is on record as in flight from now on, so an exit's fill ledger never counts it as
     # flat while the presigned order may be on its way.
-    _record_armed(client, request, client_id, intent, {"state": "armed", "filled": "0"})
+    _record_armed(client, request, client_id, intent, "armed")
     return replace(fetched, intents={**fetched.intents, client_id: intent}, armed_id=client_id)
 
 
 def _record_armed(client: Any, request: OrderRequest, client_id: int, intent: dict[str, Any],
-                  leg_state: dict[str, str]) -> None:
+                  leg_state: str, **leg_extra: str) -> None:
     pipe = client.pipeline(transaction=False)
     record_intent(pipe, request.account, client_id, **intent)
     if request.cycle_id and request.leg:
-        CycleRecord(pipe, request.cycle_id).record_leg(request.leg, {
-            "account": request.account, "symbol": request.symbol, "side": request.side.value,
-            "client_id": client_id, "requested": intent.get("quantity", ""), **leg_state})
+        leg = leg_in_flight(request, client_id, intent.get("quantity", ""), leg_state)
+        CycleRecord(pipe, request.cycle_id).record_leg(request.leg, {**leg, **leg_extra})
     pipe.execute()
 
 
@@ -71,6 +77,6 @@ def await_entry(client: Any, request: OrderRequest, armed_id: int | None) -> dic
     except (EntryNotFilled, LegFailed) as exc:
         if armed_id is not None:  # never sent: no later run should look it up, the ledger may count it
             _record_armed(client, request, armed_id, {"status": IntentStatus.REJECTED.value, "reason": str(exc)},
-                          {"state": "failed", "filled": "0", "reason": str(exc)[:200]})
+                          "failed", reason=str(exc)[:200])
         raise
     return outcome

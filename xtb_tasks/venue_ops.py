@@ -245,10 +245,15 @@ def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderR
         writer = CycleRecord(pipe, record.cycle_id)
         if enter is not None:
             writer.set_stage(enter, deadline=time.time() + STEP_GRACE_SECS)
-        writer.record_leg(req.leg, {
-            "account": req.account, "symbol": req.symbol, "side": req.side.value, "client_id": client_id,
-            "requested": str(quantity), "filled": "0", "state": "submitting"})
+        writer.record_leg(req.leg, leg_in_flight(req, client_id, quantity, "submitting"))
     pipe.execute()
+
+
+def leg_in_flight(req: OrderRequest, client_id: int, quantity: Decimal | str, state: str) -> dict[str, Any]:
+    """The leg record of an order that is not final yet (``armed``, ``submitting``, or ``failed``
+    with nothing sent): an exit's fill ledger leaves such a leg to the venue's read."""
+    return {"account": req.account, "symbol": req.symbol, "side": req.side.value, "client_id": client_id,
+            "requested": str(quantity), "filled": "0", "state": state}
 
 
 def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
