@@ -3,7 +3,7 @@
 One group, the same deployment as ``bench.run``. Prints the Redis commands of one cycle by command
 and key prefix (MONITOR), the per-command totals over ``--cycles`` cycles (INFO commandstats),
 and a timeline of one cycle's hand-off (Backpack fill → Lighter1 sendTx) from the MONITOR
-timestamps. ``--pyspy SECS`` records the Lighter1 worker's pool child with py-spy while cycling
+timestamps. ``--pyspy SECS`` records one worker (``--pyspy-queue``, default lighter1) with py-spy while cycling
 (py-spy is not a project dependency: ``pip install py-spy``).
 """
 
@@ -19,7 +19,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import psutil
 import redis
 
 from bench import measure
@@ -160,12 +159,12 @@ def stage_breakdown(bench: Bench, cycle_ids: list[str]) -> None:
     print("confirmation polls per cycle:", dict(sorted(polls.items())))
 
 
-def pyspy(bench: Bench, secs: int, out: Path) -> None:
-    worker = bench.workers[bench.specs[0].lighter1]
-    child = psutil.Process(worker.proc.pid).children()[0].pid
+def pyspy(bench: Bench, secs: int, out: Path, queue: str) -> None:
+    # --subprocesses samples the worker's pool children too (the orchestrator runs two).
     exe = str(Path(sys.executable).with_name("py-spy"))
-    spy = subprocess.Popen([exe, "record", "-p", str(child), "-d", str(secs), "-r", "500", "-f", "raw",
-                            "-o", str(out), "--nonblocking"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    spy = subprocess.Popen([exe, "record", "-p", str(bench.workers[queue].proc.pid), "--subprocesses",
+                            "-d", str(secs), "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + secs
         stats = measure.CycleStats()
@@ -174,7 +173,7 @@ def pyspy(bench: Bench, secs: int, out: Path) -> None:
             measure.one_cycle(bench, client, bench.specs[0], stats, record=True)
     finally:
         spy.wait(secs + 30)
-    print(f"\npy-spy raw stacks of lighter1's pool child in {out}")
+    print(f"\npy-spy raw stacks of the {queue} worker (parent and pool children) in {out}")
 
 
 def rss_breakdown(bench: Bench) -> None:
@@ -189,7 +188,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.diagnose")
     parser.add_argument("--cycles", type=int, default=20)
     parser.add_argument("--pyspy", type=int, default=0)
-    parser.add_argument("--pyspy-out", type=Path, default=Path("/tmp/xtb-bench-lighter1.txt"))
+    parser.add_argument("--pyspy-queue", default="lighter1", help="whose worker to sample (default lighter1)")
+    parser.add_argument("--pyspy-out", type=Path, default=None, help="default /tmp/xtb-bench-<queue>.txt")
     args = parser.parse_args()
     with bench_deployment() as bench:
         bench.start_workers([*bench.specs[0].accounts, ORCHESTRATOR])
@@ -198,7 +198,8 @@ def main() -> None:
         commandstats(bench, args.cycles)
         rss_breakdown(bench)
         if args.pyspy:
-            pyspy(bench, args.pyspy, args.pyspy_out)
+            queue = args.pyspy_queue
+            pyspy(bench, args.pyspy, args.pyspy_out or Path(f"/tmp/xtb-bench-{queue}.txt"), queue)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.state import CycleRecord
+from orchestrator.state import CycleRecord, CycleView
 from venues.base import MarketRules, Side
 from xtb_tasks import keys
 from xtb_tasks.config import GroupConfig, HedgeParams, Role, Settings
@@ -72,24 +72,23 @@ def rebalance_step(positions: Positions, bp_rules: MarketRules) -> RebalanceStep
     return RebalanceStep(Side.BUY if delta > 0 else Side.SELL, quantity, target)
 
 
-def bp_rules_from_record(record: CycleRecord) -> MarketRules:
+def bp_rules_from_record(record: CycleRecord | CycleView) -> MarketRules:
     rules = record.get("bp_rules") or {}
     return MarketRules(symbol=rules["symbol"], tick_size=Decimal(rules["tick_size"]),
                        step_size=Decimal(rules["step_size"]), min_quantity=Decimal(rules["min_quantity"]))
 
 
-def zero_streaks(record: CycleRecord, positions: Positions, l_step: Decimal) -> dict[str, int]:
+def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: Decimal) -> dict[str, int]:
     """Consecutive fresh zero readings per Lighter leg; an unknown read neither counts nor resets."""
-    streaks = record.get("zero_streaks") or {"L1": 0, "L2": 0}
+    streaks = dict(previous or {"L1": 0, "L2": 0})
     for role, value in (("L1", positions.l1), ("L2", positions.l2)):
         if value is None:
             continue
         streaks[role] = streaks.get(role, 0) + 1 if abs(value) < l_step else 0
-    record.update(zero_streaks=streaks)
     return streaks
 
 
-def group_and_params(settings: Settings, record: CycleRecord) -> tuple[GroupConfig, HedgeParams]:
+def group_and_params(settings: Settings, record: CycleRecord | CycleView) -> tuple[GroupConfig, HedgeParams]:
     grp = settings.group(record.get("group"))
     params = HedgeParams.from_mapping(record.get("overrides") or {}, base=grp.params)
     return grp, params

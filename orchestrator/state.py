@@ -93,6 +93,32 @@ def _load(raw: str | None) -> Any:
         return raw
 
 
+def positions_fields(label: str, positions: dict[str, Any]) -> dict[str, Any]:
+    """Record fields for a reading of the three positions: kept under ``label`` and as the latest."""
+    return {f"positions:{label}": positions, "positions": positions}
+
+
+def with_event(events: list[dict[str, Any]] | None, text: str) -> list[dict[str, Any]]:
+    """The record's ``events`` list with ``text`` appended (the last 100 kept)."""
+    return [*(events or []), {"t": time.time(), "text": text}][-100:]
+
+
+@dataclass(frozen=True)
+class CycleView:
+    """The stage and some fields of a cycle record, with its cancel flag, read in one round trip."""
+
+    fields: dict[str, Any]
+    cancel_requested: bool
+
+    def get(self, field: str) -> Any:
+        return self.fields.get(field)
+
+    @property
+    def stage(self) -> Stage | None:
+        raw = self.fields.get("stage")
+        return Stage(raw) if raw else None
+
+
 @dataclass
 class CycleRecord:
     """Accessor for one cycle's hash."""
@@ -113,19 +139,33 @@ class CycleRecord:
     def all(self) -> dict[str, Any]:
         return {k: _load(v) for k, v in self.client.hgetall(self.key).items()}
 
-    def update(self, **fields: Any) -> None:
+    def view(self, *fields: str, after: redis.client.Pipeline | None = None) -> CycleView:
+        """``stage`` and ``fields`` with the cancel flag: a step's reads in one round trip.
+
+        ``after`` is a pipeline of the caller's own writes, sent in the same round trip.
+        """
+        names = ["stage", *fields]
+        pipe = after if after is not None else self.client.pipeline(transaction=False)
+        pipe.hmget(self.key, names)
+        pipe.exists(keys.cycle_cancel(self.cycle_id))
+        *_, values, cancel = pipe.execute()
+        return CycleView({n: _load(v) for n, v in zip(names, values, strict=True) if v is not None}, bool(cancel))
+
+    def update(self, *, via: redis.client.Pipeline | None = None, **fields: Any) -> None:
+        """Write ``fields``; ``via`` queues the write in the caller's pipeline instead."""
         fields["updated_at"] = time.time()
-        self.client.hset(self.key, mapping={k: _dump(v) for k, v in fields.items()})
+        (via if via is not None else self.client).hset(self.key, mapping={k: _dump(v) for k, v in fields.items()})
 
     @property
     def stage(self) -> Stage | None:
         raw = self.client.hget(self.key, "stage")
         return Stage(_load(raw)) if raw else None
 
-    def set_stage(self, stage: Stage, *, deadline: float | None = None, **fields: Any) -> None:
+    def set_stage(self, stage: Stage, *, deadline: float | None = None,
+                  via: redis.client.Pipeline | None = None, **fields: Any) -> None:
         """Enter ``stage``; ``deadline`` is when the watchdog considers the next step overdue."""
         now = time.time()
-        self.update(stage=stage.value, stage_started_at=now, next_deadline=deadline or 0,
+        self.update(via=via, stage=stage.value, stage_started_at=now, next_deadline=deadline or 0,
                     **{f"t:{stage.value}": now}, **fields)
 
     def touch_deadline(self, deadline: float) -> None:
@@ -142,18 +182,16 @@ class CycleRecord:
         return {k.removeprefix("leg:"): v for k, v in self.all().items() if k.startswith("leg:")}
 
     def record_positions(self, label: str, positions: dict[str, Any]) -> None:
-        self.update(**{f"positions:{label}": positions}, positions=positions)
+        self.update(**positions_fields(label, positions))
 
     def add_event(self, text: str) -> None:
-        events = self.get("events") or []
-        events.append({"t": time.time(), "text": text})
-        self.update(events=events[-100:])
+        self.update(events=with_event(self.get("events"), text))
 
     def cancel_requested(self) -> bool:
         return bool(self.client.exists(keys.cycle_cancel(self.cycle_id)))
 
-    def request_cancel(self) -> None:
-        self.client.set(keys.cycle_cancel(self.cycle_id), "1", ex=7 * 86400)
+    def request_cancel(self, *, via: redis.client.Pipeline | None = None) -> None:
+        (via if via is not None else self.client).set(keys.cycle_cancel(self.cycle_id), "1", ex=7 * 86400)
 
     def finish(self, outcome: Outcome, reason: str | None) -> None:
         self.set_stage(Stage.DONE, outcome=outcome.value, reason=reason or "", finished_at=time.time())
@@ -164,14 +202,10 @@ class CycleRecord:
 STEP_GRACE_SECS = 30.0
 
 
-def enter_stage(record: CycleRecord, stage: Stage) -> None:
-    """Move to ``stage`` (once) with the watchdog deadline that stage needs."""
-    if record.stage is stage:
-        return
-    extra = 0.0
-    if stage is Stage.WAIT:
-        extra = float((record.get("plan") or {}).get("wait_secs") or 0)
-    record.set_stage(stage, deadline=time.time() + extra + STEP_GRACE_SECS)
+def stage_deadline(stage: Stage, plan: dict[str, Any] | None) -> float:
+    """When the watchdog considers ``stage`` overdue: the grace, plus the random wait for ``wait``."""
+    extra = float((plan or {}).get("wait_secs") or 0) if stage is Stage.WAIT else 0.0
+    return time.time() + extra + STEP_GRACE_SECS
 
 
 def create_cycle(client: redis.Redis, cycle_id: str, group: str, **fields: Any) -> CycleRecord:

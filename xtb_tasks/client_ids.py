@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
@@ -59,9 +60,17 @@ def max_client_id(venue: str) -> int:
 
 def allocate_client_ids(client: redis.Redis, account: str, venue: str, count: int = 1) -> list[int]:
     """``count`` consecutive fresh ids for ``account`` (1 round trip)."""
-    top = int(client.eval(_ALLOCATE, 1, keys.client_order_counter(account), max_client_id(venue), count,
-                          int(time.time() * 1000)))
-    return list(range(top - count + 1, top + 1))
+    return allocate_id_blocks(client, [(account, venue, count)])[0]
+
+
+def allocate_id_blocks(client: redis.Redis, wanted: Sequence[tuple[str, str, int]]) -> list[list[int]]:
+    """Fresh ids for several ``(account, venue, count)`` at once, in 1 round trip."""
+    pipe = client.pipeline(transaction=False)
+    now_ms = int(time.time() * 1000)
+    for account, venue, count in wanted:
+        pipe.eval(_ALLOCATE, 1, keys.client_order_counter(account), max_client_id(venue), count, now_ms)
+    return [list(range(int(top) - count + 1, int(top) + 1))
+            for top, (_, _, count) in zip(pipe.execute(), wanted, strict=True)]
 
 
 def record_intent(client: redis.Redis | Any, account: str, client_id: int, **fields: Any) -> None:

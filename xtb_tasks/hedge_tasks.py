@@ -14,10 +14,11 @@ import time
 from decimal import Decimal
 from typing import Any
 
+import redis
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, raise_alert
+from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
 from orchestrator.exits import fills_disagree, finish_exit
 from orchestrator.flow import (
@@ -39,9 +40,11 @@ from orchestrator.state import (
     Outcome,
     Stage,
     create_cycle,
+    positions_fields,
+    with_event,
 )
 from xtb_tasks.celery_app import ORCHESTRATOR_QUEUE, app
-from xtb_tasks.client_ids import allocate_client_ids, record_intent
+from xtb_tasks.client_ids import allocate_client_ids, allocate_id_blocks, record_intent
 from xtb_tasks.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
 from xtb_tasks.redis_conn import redis_client
 
@@ -96,17 +99,17 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
 
 
-def _allocate(grp: GroupConfig, params: HedgeParams, cycle_id: str) -> dict[str, list[int]]:
-    client = redis_client()
+def _allocate(pipe: redis.client.Pipeline, grp: GroupConfig, params: HedgeParams,
+              cycle_id: str) -> dict[str, list[int]]:
+    # The ids in one round trip; their intents are queued in the caller's pipeline.
     plan = {"bp_entry": (grp.backpack, "backpack", params.backpack_entry_max_attempts),
             "l1_hedge": (grp.lighter1, "lighter", params.lighter_hedge_max_attempts),
             "l2_entry": (grp.lighter2, "lighter", params.lighter_hedge_max_attempts)}
-    ids = {leg: allocate_client_ids(client, account, venue, n) for leg, (account, venue, n) in plan.items()}
-    pipe = client.pipeline(transaction=False)
+    blocks = allocate_id_blocks(redis_client(), list(plan.values()))
+    ids = dict(zip(plan, blocks, strict=True))
     for leg, (account, _, _) in plan.items():
         for client_id in ids[leg]:
             record_intent(pipe, account, client_id, cycle_id=cycle_id, leg=leg)
-    pipe.execute()
     return ids
 
 
@@ -117,25 +120,28 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     # A duplicated delivery of this step must not allocate new ids and launch a second entry chain.
     if not redis_client().hsetnx(record.key, "plan_claimed_at", time.time()):
         return {"cycle_id": cycle_id, "duplicate": True}
-    grp, params = group_and_params(settings(), record)
-    if record.cancel_requested():
+    view = record.view("group", "overrides")
+    grp, params = group_and_params(settings(), view)
+    if view.cancel_requested:
         return finish_not_started(record, grp.name, "cancelled before any order")
     snaps = {role: AccountSnapshot.from_json(s) for role, s in zip(canvas.ROLES, snapshots, strict=True)}
     try:
         cycle_plan = plan_cycle(grp, params, snaps)
     except PlanRefused as exc:
         return finish_not_started(record, grp.name, str(exc))
-    ids = _allocate(grp, params, cycle_id)
+    # Intents, plan and alert in one transaction, before the entry chain is published.
+    pipe = redis_client().pipeline(transaction=True)
+    ids = _allocate(pipe, grp, params, cycle_id)
     bp_rules = snaps[canvas.Role.BP].rules
-    record.update(plan=cycle_plan.to_json(), client_ids=ids,
+    start = {**{k: str(v) for k, v in cycle_plan.baselines.items()}, "read_at": time.time()}
+    record.update(via=pipe, plan=cycle_plan.to_json(), client_ids=ids,
                   bp_rules={"symbol": bp_rules.symbol, "tick_size": str(bp_rules.tick_size),
                             "step_size": str(bp_rules.step_size), "min_quantity": str(bp_rules.min_quantity)},
-                  l_step=str(snaps[canvas.Role.L1].rules.step_size))
-    record.record_positions("start", {**{k: str(v) for k, v in cycle_plan.baselines.items()},
-                                      "read_at": time.time()})
-    raise_alert(redis_client(), AlertKind.CYCLE_STARTED,
+                  l_step=str(snaps[canvas.Role.L1].rules.step_size), **positions_fields("start", start))
+    queue_alert(pipe, AlertKind.CYCLE_STARTED,
                 format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),
                 cycle_id=cycle_id, group=grp.name)
+    pipe.execute()
     log.info("cycle=%s plan bp=%s %s wait=%.2fs price=%s", cycle_id, cycle_plan.bp_side.value,
              cycle_plan.bp_size, cycle_plan.wait_secs, cycle_plan.reference_price)
     canvas.entry_chain(grp, params, cycle_plan, cycle_id, ids).apply_async()
@@ -156,14 +162,15 @@ def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, A
 def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
     """Read all three positions in parallel, then drive Backpack to -(l1 + l2)."""
     record = _record(cycle_id)
-    if record.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
+    view = record.view("group", "overrides")
+    if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return
-    if record.cancel_requested():
+    if view.cancel_requested:
         emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.CANCELLED.value)
         return
     if then == "hedge":
         record.set_stage(Stage.REBALANCE, deadline=time.time() + STEP_GRACE_SECS)
-    grp, _ = group_and_params(settings(), record)
+    grp, _ = group_and_params(settings(), view)
     decide = canvas.hedge("rebalance_decide", immutable=False, cycle_id=cycle_id, attempt=attempt, then=then)
     canvas.read_positions(grp, cycle_id, decide).apply_async()
 
@@ -171,43 +178,56 @@ def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
 @app.task(name="xtb.hedge.rebalance_decide", ignore_result=True)
 def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str) -> dict[str, Any]:
     record = _record(cycle_id)
-    if record.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
+    view = record.view("group", "overrides", "bp_rules", "events")
+    if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
-    grp, params = group_and_params(settings(), record)
+    grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings)
-    record.record_positions(f"rebalance_{attempt}", positions.to_json())
-    step = rebalance_step(positions, bp_rules_from_record(record)) if positions.known else None
+    reading = positions_fields(f"rebalance_{attempt}", positions.to_json())
+    step = rebalance_step(positions, bp_rules_from_record(view)) if positions.known else None
     if positions.known and step is None:
-        _hedged(record, grp.name, params, positions, then)
+        _hedged(record, grp.name, params, positions, then, reading)
         return {"hedged": True, "positions": positions.to_json()}
     if attempt >= params.rebalance_max_attempts:
         why = "positions unknown" if not positions.known else f"Backpack still {positions.bp} vs target {step.target}"
-        record.add_event(f"rebalance gave up after {attempt} attempts: {why}")
+        record.update(**reading, events=with_event(view.get("events"),
+                                                   f"rebalance gave up after {attempt} attempts: {why}"))
         emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.REBALANCE_FAILED.value)
         return {"hedged": False}
     if step is None:  # unknown positions: read again shortly
+        record.update(**reading)
         rebalance.apply_async(kwargs={"cycle_id": cycle_id, "attempt": attempt + 1, "then": then},
                               countdown=params.rebalance_retry_delay_secs)
         return {"hedged": False, "unknown": True}
-    client_id = allocate_client_ids(redis_client(), grp.backpack, "backpack", 1)[0]
-    count = redis_client().hincrby(record.key, "rebalances", 1)
-    leg = f"bp_rebalance_{count}"
-    record_intent(redis_client(), grp.backpack, client_id, cycle_id=cycle_id, leg=leg)
-    record.add_event(f"rebalance {step.side.value} {step.quantity} toward Backpack target {step.target}")
+    client = redis_client()
+    client_id = allocate_client_ids(client, grp.backpack, "backpack", 1)[0]
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(record.key, "rebalances", 1)
+    record.update(via=pipe, **reading, events=with_event(
+        view.get("events"), f"rebalance {step.side.value} {step.quantity} toward Backpack target {step.target}"))
+    leg = f"bp_rebalance_{pipe.execute()[0]}"
+    pipe = client.pipeline(transaction=False)
+    record_intent(pipe, grp.backpack, client_id, cycle_id=cycle_id, leg=leg)
+    pipe.execute()
     nxt = canvas.hedge("rebalance", cycle_id=cycle_id, attempt=attempt + 1, then=then)
     canvas.rebalance_order(grp, cycle_id, step.side.value, step.quantity, client_id, leg, nxt).apply_async()
     return {"hedged": False, "order": {"side": step.side.value, "quantity": str(step.quantity)}}
 
 
-def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, then: str) -> None:
+def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, then: str,
+            reading: dict[str, Any]) -> None:
     if then == "hedge":
         now = time.time()
-        record.set_stage(Stage.MONITORING, deadline=now + params.poll_interval_secs + STEP_GRACE_SECS,
-                         monitoring_started_at=now, net_delta=str(positions.net))
-        raise_alert(redis_client(), AlertKind.CYCLE_HEDGED,
+        pipe = redis_client().pipeline(transaction=True)
+        record.set_stage(Stage.MONITORING, deadline=now + params.poll_interval_secs + STEP_GRACE_SECS, via=pipe,
+                         monitoring_started_at=now, net_delta=str(positions.net), **reading)
+        queue_alert(pipe, AlertKind.CYCLE_HEDGED,
                     format_cycle_hedged(group, record.cycle_id, {"BP": positions.bp, "L1": positions.l1,
                                                                  "L2": positions.l2}),
                     cycle_id=record.cycle_id, group=group)
+        pipe.execute()
+    else:
+        record.update(**reading)
     monitor_tick.apply_async(kwargs={"cycle_id": record.cycle_id}, countdown=params.poll_interval_secs)
 
 
@@ -215,13 +235,14 @@ def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Pos
 def monitor_tick(*, cycle_id: str) -> None:
     """One short check; the next one is scheduled by :func:`monitor_decide` (never a long countdown)."""
     record = _record(cycle_id)
-    if record.stage is not Stage.MONITORING:
+    view = record.view("group", "overrides", "monitoring_started_at")
+    if view.stage is not Stage.MONITORING:
         return
-    grp, params = group_and_params(settings(), record)
-    if record.cancel_requested():
+    grp, params = group_and_params(settings(), view)
+    if view.cancel_requested:
         emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.CANCELLED.value)
         return
-    started = float(record.get("monitoring_started_at") or time.time())
+    started = float(view.get("monitoring_started_at") or time.time())
     if time.time() - started >= params.timeout_secs:
         log.warning("cycle=%s timeout reached after %.0fs; unwinding", cycle_id, time.time() - started)
         emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.TIMEOUT.value)
@@ -234,19 +255,21 @@ def monitor_tick(*, cycle_id: str) -> None:
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     record = _record(cycle_id)
-    if record.stage is not Stage.MONITORING:
+    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules")
+    if view.stage is not Stage.MONITORING:
         return {"skipped": True}
-    _, params = group_and_params(settings(), record)
+    _, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings)
-    record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "")
-    streaks = zero_streaks(record, positions, Decimal(record.get("l_step") or "0.0001"))
+    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"))
+    record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "",
+                  zero_streaks=streaks)
     for role, reason in (("L1", ExitReason.LIGHTER1_ZERO), ("L2", ExitReason.LIGHTER2_ZERO)):
         if streaks.get(role, 0) >= params.zero_confirmations:
             log.warning("cycle=%s %s returned to zero on %s fresh reads", cycle_id, role, streaks[role])
             emergency_exit.delay(cycle_id=cycle_id, reason=reason.value)
             return {"exit": reason.value}
     if positions.known:
-        step = rebalance_step(positions, bp_rules_from_record(record))
+        step = rebalance_step(positions, bp_rules_from_record(view))
         drift = abs(step.target - positions.bp) if step else Decimal(0)  # type: ignore[operator]
         if step is not None and drift > params.liquidation_tolerance:
             rebalance.delay(cycle_id=cycle_id, attempt=0, then="monitor")
@@ -275,21 +298,23 @@ def on_step_failed(failed_task_id: str | None = None, *, cycle_id: str) -> None:
 def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str, Any]:
     """Flatten all three accounts in parallel; once per attempt, however often it is triggered."""
     record = _record(cycle_id)
-    if record.stage is Stage.DONE or not redis_client().hsetnx(record.key, f"exit_attempt:{attempt}", time.time()):
+    view = record.view("group", "overrides")
+    if view.stage is Stage.DONE or not redis_client().hsetnx(record.key, f"exit_attempt:{attempt}", time.time()):
         return {"skipped": True}
-    record.request_cancel()  # entry steps still queued must not send anything now
-    if record.stage is not Stage.EMERGENCY_EXIT:
-        record.set_stage(Stage.EMERGENCY_EXIT, deadline=time.time() + STEP_GRACE_SECS, reason=reason)
-    else:
-        record.touch_deadline(time.time() + STEP_GRACE_SECS)
-    grp, params = group_and_params(settings(), record)
+    grp, params = group_and_params(settings(), view)
     log.warning("cycle=%s emergency exit reason=%s attempt=%s", cycle_id, reason, attempt)
-    ids: dict[str, list[int]] = {}
-    for role in canvas.ROLES:
-        account = grp.account_for(role)
-        venue = role.venue.value
-        ids[role.short] = allocate_client_ids(redis_client(), account, venue, params.backpack_entry_max_attempts)
-    record.update(exit_attempts=attempt + 1, **{f"exit_ids:{attempt}": ids})
+    blocks = allocate_id_blocks(redis_client(), [(grp.account_for(role), role.venue.value,
+                                                  params.backpack_entry_max_attempts) for role in canvas.ROLES])
+    ids = {role.short: block for role, block in zip(canvas.ROLES, blocks, strict=True)}
+    pipe = redis_client().pipeline(transaction=False)
+    record.request_cancel(via=pipe)  # entry steps still queued must not send anything now
+    fields: dict[str, Any] = {"exit_attempts": attempt + 1, f"exit_ids:{attempt}": ids}
+    if view.stage is not Stage.EMERGENCY_EXIT:
+        record.set_stage(Stage.EMERGENCY_EXIT, deadline=time.time() + STEP_GRACE_SECS, via=pipe, reason=reason,
+                         **fields)
+    else:
+        record.update(via=pipe, next_deadline=time.time() + STEP_GRACE_SECS, **fields)
+    pipe.execute()
     canvas.flatten_all(grp, cycle_id, reason, attempt, ids).apply_async()
     return {"cycle_id": cycle_id, "reason": reason, "attempt": attempt}
 

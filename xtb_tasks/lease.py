@@ -1,8 +1,11 @@
-"""One at a time per account: a Redis lease held for the whole of every venue task.
+"""One writer at a time per account: a Redis lease held for the whole of every venue task that acts.
 
 A dedicated queue with ``-c 1`` serialises an account only while exactly one worker consumes
 it (celery-redis.md §1.3). A blue/green deploy or a duplicate unit adds a second consumer, so
-every venue task also holds ``xtb:lock:account:<name>``. When the lease is taken the task does
+every venue task that can change the account (orders, flatten, cancel) also holds
+``xtb:lock:account:<name>``. Tasks that only read (``exclusive=False``) do not: a read changes
+nothing the lease protects, and a lease around it would order nothing, since whatever is decided
+from the reading is decided after the lease is released. When the lease is taken the task does
 not block its slot for long: it waits briefly, then retries with a short countdown. The lease
 TTL is above the task's hard time limit, so it cannot expire while the task runs.
 """
@@ -78,11 +81,15 @@ class AccountLeaseTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     lease_ttl: ClassVar[int] = LEASE_TTL
+    #: False for read-only tasks: they run without the lease (two Redis round trips fewer).
+    exclusive: ClassVar[bool] = True
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         account = kwargs.get("account")
         if not account:
             raise ValueError(f"{self.name} needs the 'account' keyword argument")
+        if not self.exclusive:
+            return super().__call__(*args, **kwargs)
         client = redis_client()
         key = keys.account_lock(account)
         lock = client.lock(key, timeout=self.lease_ttl, blocking=True, blocking_timeout=LEASE_WAIT_SECS,

@@ -1,4 +1,4 @@
-"""Per-account venue tasks: each runs on its account's queue, under the account lease.
+"""Per-account venue tasks: each runs on its account's queue; those that act hold the account lease.
 
 Arguments are JSON keyword arguments with no secrets (the worker loads the account's keys);
 results are small JSON dicts. Confirmation polls by retrying with a short countdown, never by
@@ -17,7 +17,7 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 
-from orchestrator.state import CycleRecord, Stage, enter_stage
+from orchestrator.state import CycleRecord, CycleView, Stage, stage_deadline
 from venues.base import OrderReport, Side, VenueError
 from xtb_tasks.armed import arm_hedge, await_entry
 from xtb_tasks.celery_app import app
@@ -110,13 +110,13 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
                          kwargs={**task.request.kwargs, "reruns": reruns + 1}) from None
 
 
-@app.task(name="xtb.venue.get_position", base=AccountLeaseTask, bind=True)
+@app.task(name="xtb.venue.get_position", base=AccountLeaseTask, bind=True, exclusive=False)
 def get_position(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
     _guard_queue(self, account)
     return read_position(redis_client(), get_connector(account), symbol, cycle_id).to_json()
 
 
-@app.task(name="xtb.venue.get_collateral", base=AccountLeaseTask, bind=True)
+@app.task(name="xtb.venue.get_collateral", base=AccountLeaseTask, bind=True, exclusive=False)
 def get_collateral(self: Task, *, account: str, cycle_id: str | None = None) -> dict[str, Any]:
     _guard_queue(self, account)
     balance = get_connector(account).get_balance()
@@ -129,7 +129,7 @@ class ConfirmationFailed(RuntimeError):
     """The position did not move as required before the deadline (or the cycle was cancelled)."""
 
 
-@app.task(name="xtb.venue.confirm_position", base=AccountLeaseTask, bind=True, max_retries=None)
+@app.task(name="xtb.venue.confirm_position", base=AccountLeaseTask, bind=True, exclusive=False, max_retries=None)
 def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, expected_sign: int,
                      min_fraction: float, poll_secs: float, deadline: float | None = None,
                      timeout_secs: float | None = None, cycle_id: str | None = None, leg: str | None = None,
@@ -147,11 +147,16 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
     record = CycleRecord(client, cycle_id) if cycle_id else None
     if requested is None and record and leg:
         requested = (record.leg(leg) or {}).get("requested") or "0"
-    reading = read_position(client, get_connector(account), symbol, cycle_id)
+    # The account state, the cancel flag and the stage travel in one round trip after the read.
+    pipe = client.pipeline(transaction=False)
+    reading = read_position(pipe, get_connector(account), symbol, cycle_id)
+    view = record.view("plan", after=pipe) if record else None
+    if view is None:
+        pipe.execute()
     result = confirmation(reading, Decimal(baseline), expected_sign, Decimal(requested or "0"),
                           Decimal(str(min_fraction)))
     result.update(account=account, polls=self.request.retries + 1)
-    if record and record.cancel_requested():
+    if view and view.cancel_requested:
         raise ConfirmationFailed(f"cycle {cycle_id} cancelled while confirming {leg}")
     if not result["confirmed"] and time.time() < deadline:
         # Polls at a fixed rate: the next read is due poll_secs after this one started, not after it ended.
@@ -159,14 +164,24 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
         raise self.retry(countdown=countdown, kwargs={**self.request.kwargs, "deadline": deadline})
     log.info("account=%s cycle=%s leg=%s confirm=%s position=%s polls=%s", account, cycle_id, leg,
              result["confirmed"], result["position"], result["polls"])
-    if record and leg:
-        record.update(**{f"confirm:{leg}": result})
     if not result["confirmed"] and fail_on_timeout:
+        if record and leg:
+            record.update(**{f"confirm:{leg}": result})
         raise ConfirmationFailed(f"{leg or 'position'} on {account} not confirmed: position {result['position']}, "
                                  f"baseline {baseline}, requested {requested}")
-    if record and next_stage:
-        enter_stage(record, Stage(next_stage))
+    if record and view:
+        _record_confirmation(record, view, leg, result, Stage(next_stage) if next_stage else None)
     return result
+
+
+def _record_confirmation(record: CycleRecord, view: CycleView, leg: str | None, result: dict[str, Any],
+                         next_stage: Stage | None) -> None:
+    # The confirmation and the next stage (once) in one write.
+    fields: dict[str, Any] = {f"confirm:{leg}": result} if leg else {}
+    if next_stage is not None and view.stage is not next_stage:
+        record.set_stage(next_stage, deadline=stage_deadline(next_stage, view.get("plan")), **fields)
+    elif fields:
+        record.update(**fields)
 
 
 def fresh_client_ids(client: Any, account: str, symbol: str, client_ids: list[int],
@@ -208,7 +223,7 @@ def cancel_all(self: Task, *, account: str, symbol: str) -> dict[str, Any]:
     return {"account": account, "cancelled": get_connector(account).cancel_all(symbol)}
 
 
-@app.task(name="xtb.venue.account_snapshot", base=AccountLeaseTask, bind=True)
+@app.task(name="xtb.venue.account_snapshot", base=AccountLeaseTask, bind=True, exclusive=False)
 def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
     """Rules, top of book, balance and a fresh position in one round trip (cycle planning)."""
     _guard_queue(self, account)
