@@ -212,6 +212,18 @@ def test_failed_position_read_is_unknown_not_zero(connector: Factory, simulator:
     assert conn.get_position(SYMBOL).quantity == Decimal(0)  # the next, successful read: flat
 
 
+def test_planning_read_matches_the_single_reads_and_keeps_unknown(connector: Factory, simulator: Any) -> None:
+    conn = connector()
+    conn.submit_market_order(SYMBOL, next_id(), Side.SELL, Decimal("0.04"))
+    read = conn.read_account(SYMBOL)
+    assert read.position.quantity == conn.get_position(SYMBOL).quantity == Decimal("-0.04")
+    assert (read.top.bid, read.top.ask) == (conn.top_of_book(SYMBOL).bid, conn.top_of_book(SYMBOL).ask)
+    assert read.balance.equity is not None and read.balance.account == conn.account
+    arm(simulator, conn, FaultKind.HTTP_500, "position")
+    failed = conn.read_account(SYMBOL)
+    assert failed.position.quantity is None and failed.balance.equity is not None  # unknown, not zero
+
+
 def test_hung_position_read_is_unknown(connector: Factory, simulator: Any) -> None:
     conn = connector(timeout=0.3)
     arm(simulator, conn, FaultKind.HANG, "position", seconds=1)

@@ -119,7 +119,8 @@ def test_an_armed_id_left_by_a_crashed_run_is_looked_up_not_sent_again(dep: Depl
     assert rerun["client_id"] == first["client_id"] == client_id and rerun["state"] == "filled"
     assert len(lighter_orders(dep, [client_id])) == 1
     # Found by lookup: the rerun never tried to send (the venue's duplicate check was not needed).
-    sends = [x for x in dep.workers["lighter1"].log().splitlines() if f"submit client_id={client_id} side=" in x]
+    sends = [x for x in dep.workers["lighter1"].log().splitlines()
+             if f"submit client_id={client_id} " in x and "presigned=" in x]
     assert len(sends) == 1, sends
 
 

@@ -224,6 +224,18 @@ def test_failed_position_read_is_unknown_not_zero(make: Factory, simulator: Any)
     assert conn.get_position(SYMBOL).quantity == Decimal("0.02")
 
 
+def test_planning_read_takes_balance_and_position_from_one_account_read(make: Factory, simulator: Any) -> None:
+    conn = make()
+    buy(conn, "0.03")
+    read = conn.read_account(SYMBOL)
+    assert read.position.quantity == conn.get_position(SYMBOL).quantity == Decimal("0.03")
+    assert read.balance.collateral == conn.get_balance().collateral is not None
+    assert read.top.ask == conn.top_of_book(SYMBOL).ask is not None
+    arm(simulator, conn, FaultKind.HTTP_500, "position")
+    with pytest.raises(VenueError):  # balance and position share the read: no balance, no plan
+        conn.read_account(SYMBOL)
+
+
 def test_failed_lookup_is_an_error_not_absent(make: Factory, simulator: Any) -> None:
     conn = make()
     cid, _ = buy(conn, "0.01")

@@ -200,6 +200,15 @@ class Balance:
                 "available": s(self.available), "read_at": self.read_at}
 
 
+@dataclass(frozen=True)
+class AccountReading:
+    """What cycle planning reads from one account: top of book, balance and position."""
+
+    top: TopOfBook
+    balance: Balance
+    position: PositionReading
+
+
 class OrderState(str, Enum):
     """Order lifecycle; final states never change (see :mod:`venues.orders`)."""
 
@@ -323,6 +332,11 @@ class VenueConnector(abc.ABC):
 
     @abc.abstractmethod
     def get_balance(self) -> Balance: ...
+
+    def read_account(self, symbol: str) -> AccountReading:
+        """Book, balance and position for planning. Raises like :meth:`get_balance`; the position
+        is unknown, not raised, when only its read fails. Venues override it to read concurrently."""
+        return AccountReading(self.top_of_book(symbol), self.get_balance(), self.get_position(symbol))
 
     def prime_market_order(self, symbol: str, *, client_id: int | None = None, side: Side | None = None,
                            quantity: Decimal | None = None, reduce_only: bool = False,

@@ -83,13 +83,19 @@ def note_account_state(client: redis.Redis, account: str, **fields: Any) -> None
     client.hset(keys.account_state(account), mapping={k: "" if v is None else str(v) for k, v in fields.items()})
 
 
+def position_state(connector: VenueConnector, reading: PositionReading, started: float,
+                   cycle_id: str | None) -> dict[str, Any]:
+    """The account-state fields of a position read that began at ``started`` (perf_counter)."""
+    return {"symbol": reading.symbol, "venue": connector.venue,
+            "position": "" if reading.quantity is None else reading.quantity,
+            "position_read_at": reading.read_at if reading.known else "",
+            "latency_ms": round((time.perf_counter() - started) * 1000, 2), "cycle_id": cycle_id or ""}
+
+
 def read_position(client: redis.Redis, connector: VenueConnector, symbol: str, cycle_id: str | None = None) -> PositionReading:
     started = time.perf_counter()
     reading = connector.get_position(symbol)
-    note_account_state(client, connector.account, symbol=symbol, venue=connector.venue,
-                       position="" if reading.quantity is None else reading.quantity,
-                       position_read_at=reading.read_at if reading.known else "",
-                       latency_ms=round((time.perf_counter() - started) * 1000, 2), cycle_id=cycle_id or "")
+    note_account_state(client, connector.account, **position_state(connector, reading, started, cycle_id))
     return reading
 
 
@@ -198,8 +204,7 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
         pending = in_background(lambda: _record_sending(client, record, req, client_id, quantity, enter))
     else:
         _record_sending(client, record, req, client_id, quantity, enter)
-    log.info("account=%s cycle=%s leg=%s submit client_id=%s side=%s qty=%s reduce_only=%s", req.account,
-             req.cycle_id, req.leg, client_id, req.side.value, quantity, req.reduce_only)
+    # No log line before the send: _finish and _not_sent_or_found log each outcome with its order.
     started = time.perf_counter()
     try:
         report = connector.submit_market_order(req.symbol, client_id, req.side, quantity,
@@ -269,8 +274,9 @@ def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, 
     if latency_ms is not None:
         note_account_state(pipe, req.account, latency_ms=latency_ms)
     pipe.execute()
-    log.info("account=%s cycle=%s leg=%s client_id=%s state=%s filled=%s avg=%s", req.account, req.cycle_id,
-             req.leg, client_id, report.state.value, report.filled, report.avg_price)
+    log.info("account=%s cycle=%s leg=%s client_id=%s %s %s reduce_only=%s state=%s filled=%s avg=%s",
+             req.account, req.cycle_id, req.leg, client_id, req.side.value, report.requested, req.reduce_only,
+             report.state.value, report.filled, report.avg_price)
     return report
 
 

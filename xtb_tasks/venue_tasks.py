@@ -32,6 +32,7 @@ from xtb_tasks.venue_ops import (
     RetryLater,
     confirmation,
     note_account_state,
+    position_state,
     prefetch,
     read_position,
     submit_order,
@@ -228,13 +229,12 @@ def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | N
     """Rules, top of book, balance and a fresh position in one round trip (cycle planning)."""
     _guard_queue(self, account)
     connector = get_connector(account)
-    client = redis_client()
+    started = time.perf_counter()
     rules = connector.market_rules(symbol)
-    top = connector.top_of_book(symbol)
-    balance = connector.get_balance()
-    reading = read_position(client, connector, symbol, cycle_id)
-    note_account_state(client, account, balance="" if balance.equity is None else balance.equity,
-                       balance_read_at=balance.read_at)
+    read = connector.read_account(symbol)
+    top, balance, reading = read.top, read.balance, read.position
+    note_account_state(redis_client(), account, **position_state(connector, reading, started, cycle_id),
+                       balance="" if balance.equity is None else balance.equity, balance_read_at=balance.read_at)
 
     def text(value: Any) -> str | None:
         return None if value is None else str(value)

@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
@@ -37,6 +38,7 @@ from venues.backpack.rest import BackpackRest
 from venues.backpack.signing import MAX_WINDOW_MS, Signer
 from venues.backpack.ws import BackpackStream
 from venues.base import (
+    AccountReading,
     Balance,
     ClientOrderId,
     MarketRules,
@@ -89,6 +91,7 @@ class BackpackConnector(VenueConnector):
                                   broker_id=broker_id)
         self.orders = OrderBook(account)
         self._lock = threading.RLock()
+        self._readers: ThreadPoolExecutor | None = None
         self._stream_state = StreamState(account, self.orders, self._lock)
         self._stream: BackpackStream | None = None
         self._rules: dict[str, MarketRules] = {}
@@ -127,8 +130,11 @@ class BackpackConnector(VenueConnector):
     def close(self) -> None:
         with self._lock:
             stream, self._stream = self._stream, None
+            readers, self._readers = self._readers, None
         if stream is not None:
             stream.close()
+        if readers is not None:
+            readers.shutdown(wait=False, cancel_futures=True)
         self._rest.close()
 
     # ---- market data ----------------------------------------------------------------------------
@@ -173,6 +179,17 @@ class BackpackConnector(VenueConnector):
         read_at = time.time()
         body = self._rest.signed("GET", "/api/v1/capital/collateral", "collateralQuery")
         return parse_collateral(self.account, body, read_at)
+
+    def read_account(self, symbol: str) -> AccountReading:
+        # Three independent reads sent at once: planning waits for one venue round trip, not three.
+        with self._lock:
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(2, thread_name_prefix=f"xtb-{self.account}-read")
+            readers = self._readers
+        balance = readers.submit(self.get_balance)
+        position = readers.submit(self.get_position, symbol)
+        top = self.top_of_book(symbol)
+        return AccountReading(top, balance.result(), position.result())
 
     # ---- orders ---------------------------------------------------------------------------------
     def submit_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal, *,

@@ -24,6 +24,7 @@ from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from typing import Any, TypeVar
 
 from venues.base import (
+    AccountReading,
     Balance,
     ClientOrderId,
     MarketRules,
@@ -176,10 +177,29 @@ class LighterConnector(VenueConnector):
 
     async def _position(self, symbol: str) -> PositionReading:
         rules = await self._market_rules(symbol)
-        acct = await self._account()
-        read_at = time.time()
+        return self._position_in(await self._account(), symbol, rules, time.time())
+
+    def _position_in(self, acct: dict[str, Any], symbol: str, rules: MarketRules, read_at: float) -> PositionReading:
         quantity, entry = parse_position(acct, int(rules.market_id or 0))
         return PositionReading(self.account, symbol, quantity, read_at, entry_price=entry)
+
+    def read_account(self, symbol: str) -> AccountReading:
+        # One account read answers both balance and position; the book is read alongside it.
+        top, acct = self._run(self._book_and_account(symbol), calls=3)
+        read_at = time.time()
+        try:
+            reading = self._position_in(acct, symbol, self._rules[symbol], read_at)
+        except VenueError as exc:
+            log.warning("account=%s position %s unknown: %s", self.account, symbol, exc)
+            reading = PositionReading(self.account, symbol, None, read_at, error=str(exc))
+        else:
+            self.orders.emit(EventKind.POSITION, reading.to_json())
+        return AccountReading(top, parse_balance(acct, self.account, read_at), reading)
+
+    async def _book_and_account(self, symbol: str) -> tuple[TopOfBook, dict[str, Any]]:
+        await self._market_rules(symbol)
+        top, acct = await asyncio.gather(self._top_of_book(symbol), self._account())
+        return top, acct
 
     # ---- order lookups -----------------------------------------------------------------------
     async def _lookup(self, client_id: int) -> dict[str, Any] | None:
@@ -251,9 +271,7 @@ class LighterConnector(VenueConnector):
         tracker = self.orders.get(client_id) or self.orders.track(
             OrderTracker(client_id, symbol, side, size, reduce_only))
         self.orders.update_state(client_id, OrderState.SUBMITTING)
-        log.info("account=%s submit client_id=%d %s %s %s worst_price=%s reduce_only=%s api_key_index=%d "
-                 "nonce %s presigned=%s", self.account, client_id, symbol, side.value, size, price, reduce_only,
-                 self.api_key_index, self._signer.nonce_state(), presigned is not None)
+        nonce = self._signer.nonce_state()
         try:
             # MARKET/IOC with no order expiry; the price is the worst acceptable one (lighter-sdk.md §4).
             await self._signer.send_create_order(market_index(rules), client_id, rules.size_to_int(size),
@@ -266,6 +284,11 @@ class LighterConnector(VenueConnector):
             if exc.reason is not ReasonCode.DUPLICATE_CLIENT_ID:  # that id's order lives on at the venue
                 self.orders.update_state(client_id, OrderState.FAILED, reason=str(exc))
             raise
+        finally:
+            # Logged once the order has left: formatting and writing a line is not on its way out.
+            log.info("account=%s submit client_id=%d %s %s %s worst_price=%s reduce_only=%s api_key_index=%d "
+                     "nonce %s presigned=%s", self.account, client_id, symbol, side.value, size, price,
+                     reduce_only, self.api_key_index, nonce, presigned is not None)
         report = await self._poll_final(symbol, client_id, self.fill_wait)
         if report is None:
             # Accepted but not visible yet: say so rather than guess a fill (bug §8.1).
