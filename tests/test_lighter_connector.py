@@ -357,3 +357,4 @@ def test_same_api_key_index_in_two_processes(make: Factory, simulator: Any, tmp_
     assert report.state is OrderState.FILLED
     assert here.get_position(SYMBOL).quantity == Decimal("0.06")
     assert [e.account for e in simulator.exchange.audit if e.client_id == cid] == [str(other_index)]
+

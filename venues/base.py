@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from enum import Enum
@@ -305,6 +305,25 @@ class FlattenReport:
                 "orders": [o.to_json() for o in self.orders], "final_position": self.final_position.to_json()}
 
 
+class PendingReport:
+    """A market order that may already be on its way; :meth:`result` waits for its report and
+    raises what :meth:`VenueConnector.submit_market_order` would."""
+
+    def __init__(self, wait: Callable[[], OrderReport]) -> None:
+        self._wait = wait
+
+    @classmethod
+    def failed(cls, error: VenueError) -> PendingReport:
+        """An order that never left: waiting for it raises ``error``."""
+        def refuse() -> OrderReport:
+            raise error
+
+        return cls(refuse)
+
+    def result(self) -> OrderReport:
+        return self._wait()
+
+
 class VenueConnector(abc.ABC):
     """One account on one venue. Implementations: Backpack and Lighter connectors.
 
@@ -332,6 +351,14 @@ class VenueConnector(abc.ABC):
 
     @abc.abstractmethod
     def get_balance(self) -> Balance: ...
+
+    def begin_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal,
+                           *, reduce_only: bool = False, max_slippage: float | None = None) -> PendingReport:
+        """:meth:`submit_market_order`, started now where the venue can send without blocking the
+        caller (Lighter's event loop), so the caller can record it while it travels. This default
+        sends when the report is waited for."""
+        return PendingReport(lambda: self.submit_market_order(symbol, client_id, side, quantity,
+                                                              reduce_only=reduce_only, max_slippage=max_slippage))
 
     def read_account(self, symbol: str) -> AccountReading:
         """Book, balance and position for planning. Raises like :meth:`get_balance`; the position

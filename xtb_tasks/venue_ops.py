@@ -6,12 +6,11 @@ The idempotency rule lives here: a client id whose intent may have reached the v
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
@@ -23,6 +22,7 @@ from venues.base import (
     MarketRules,
     OrderReport,
     OrderState,
+    PendingReport,
     PositionReading,
     ReasonCode,
     Side,
@@ -64,18 +64,6 @@ class OrderRequest:
     retry_delay_secs: float = 0.5
     #: Push the final report to this leg's armed hedge (``xtb_tasks.handoff``).
     announce_fill: bool = False
-
-
-_writer: tuple[int, ThreadPoolExecutor] | None = None
-
-
-def in_background(write: Callable[[], None]) -> Future[None]:
-    """Run a Redis write on this process's writer thread (made after fork: a pool child must not
-    inherit a parent's executor, whose thread does not exist in the child)."""
-    global _writer
-    if _writer is None or _writer[0] != os.getpid():
-        _writer = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="xtb-record"))
-    return _writer[1].submit(write)
 
 
 def note_account_state(client: redis.Redis, account: str, **fields: Any) -> None:
@@ -197,30 +185,34 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
     quantity = (Decimal(intent["quantity"]) if intent.get("quantity") and not armed
                 else _resolve_quantity(connector, req, fetched.prior_leg))
     enter = stage if stage is not None and req.leg and record and fetched.stage != stage.value else None
-    # An armed hedge recorded this very order (intent ARMED, leg in flight) before the fill: it sends
-    # at once and writes its stage and leg alongside the send. Anything else records before sending.
-    pending: Future[None] | None = None
-    if armed and intent.get("quantity") == str(quantity):
-        pending = in_background(lambda: _record_sending(client, record, req, client_id, quantity, enter))
-    else:
+    # An armed hedge recorded this very order (intent ARMED, leg in flight) before the fill: it starts
+    # the send at once and writes its stage and leg while the order travels. Anything else records first.
+    presend = armed and intent.get("quantity") == str(quantity)
+    if not presend:
         _record_sending(client, record, req, client_id, quantity, enter)
     # No log line before the send: _finish and _not_sent_or_found log each outcome with its order.
     started = time.perf_counter()
+    pending = connector.begin_market_order(req.symbol, client_id, req.side, quantity,
+                                           reduce_only=req.reduce_only, max_slippage=req.max_slippage)
+    if presend:
+        _record_while_sending(pending, lambda: _record_sending(client, record, req, client_id, quantity, enter))
     try:
-        report = connector.submit_market_order(req.symbol, client_id, req.side, quantity,
-                                               reduce_only=req.reduce_only, max_slippage=req.max_slippage)
+        report = pending.result()
     except VenueError as exc:
-        _landed(pending)
         return _not_sent_or_found(client, connector, record, req, client_id, quantity, exc)
-    _landed(pending)
     return _finish(client, record, req, client_id, report,
                    latency_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
-def _landed(pending: Future[None] | None) -> None:
-    # The in-flight stage and leg must land before the outcome overwrites the leg.
-    if pending is not None:
-        pending.result()
+def _record_while_sending(pending: PendingReport, write: Callable[[], None]) -> None:
+    # The in-flight stage and leg land before the outcome overwrites the leg. If they cannot be
+    # written, the order already on its way is waited for before the task fails (a rerun looks it up).
+    try:
+        write()
+    except BaseException:
+        with contextlib.suppress(VenueError):
+            pending.result()
+        raise
 
 
 def _not_sent_or_found(client: redis.Redis, connector: VenueConnector, record: CycleRecord | None,

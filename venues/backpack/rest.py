@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 
@@ -20,6 +21,7 @@ from venues.backpack.errors import venue_error
 from venues.backpack.parsing import loads
 from venues.backpack.signing import Signer, wire_value
 from venues.base import ReasonCode, VenueError
+from venues.proxy import env_proxy
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,11 @@ class BackpackRest:
         self.timeout = (min(CONNECT_TIMEOUT, timeout), timeout)
         self.broker_id = broker_id
         self.session = requests.Session()
+        # The environment's proxy, read once (venues.proxy) instead of on every request.
+        self.session.trust_env = False
+        proxy = env_proxy(self.base_url)
+        if proxy:
+            self.session.proxies = {urlsplit(self.base_url).scheme: proxy}
         #: Round-trip time of the last answered request, for heartbeats.
         self.last_latency_ms: float | None = None
 

@@ -30,6 +30,7 @@ from venues.base import (
     MarketRules,
     OrderReport,
     OrderState,
+    PendingReport,
     PositionReading,
     ReasonCode,
     Side,
@@ -255,11 +256,20 @@ class LighterConnector(VenueConnector):
     # ---- market orders -----------------------------------------------------------------------
     def submit_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal, *,
                             reduce_only: bool = False, max_slippage: float | None = None) -> OrderReport:
+        return self.begin_market_order(symbol, client_id, side, quantity, reduce_only=reduce_only,
+                                       max_slippage=max_slippage).result()
+
+    def begin_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal, *,
+                           reduce_only: bool = False, max_slippage: float | None = None) -> PendingReport:
         if not 1 <= int(client_id) <= self.max_client_id:
-            raise VenueError(ReasonCode.INVALID_REQUEST, f"client id {client_id} out of 1..{self.max_client_id}")
+            return PendingReport.failed(VenueError(ReasonCode.INVALID_REQUEST,
+                                                   f"client id {client_id} out of 1..{self.max_client_id}"))
         coro = self._submit(symbol, int(client_id), Side(side), Decimal(quantity), reduce_only, max_slippage)
-        # book + send + nonce retry + resync + lookups, each bounded by `timeout`, plus the fill wait.
-        return self._loop.run(coro, self.timeout * 8 + self.fill_wait + 2.0)
+        try:
+            # book + send + nonce retry + resync + lookups, each bounded by `timeout`, plus the fill wait.
+            return PendingReport(self._loop.start(coro, self.timeout * 8 + self.fill_wait + 2.0))
+        except VenueError as exc:  # the connector is closed
+            return PendingReport.failed(exc)
 
     async def _submit(self, symbol: str, client_id: int, side: Side, quantity: Decimal,
                       reduce_only: bool, max_slippage: float | None) -> OrderReport:

@@ -13,7 +13,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from venues.base import ReasonCode, VenueError
@@ -49,6 +49,13 @@ class LoopThread:
         A timeout cancels the coroutine and raises ``VenueError(UNAVAILABLE)``: the outcome of
         whatever it was doing is unknown.
         """
+        return self.start(coro, timeout)()
+
+    def start(self, coro: Coroutine[Any, Any, T], timeout: float) -> Callable[[], T]:
+        """Schedule ``coro`` now and return what waits for it, as :meth:`run` does.
+
+        The caller can work while the coroutine runs; a timeout is raised by the wait.
+        """
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError(f"{self.name}: sync call from inside the connector loop would deadlock")
@@ -56,11 +63,15 @@ class LoopThread:
             coro.close()
             raise VenueError(ReasonCode.UNAVAILABLE, f"{self.name}: connector is closed")
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        try:
-            return future.result(timeout)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
-            raise VenueError(ReasonCode.UNAVAILABLE, f"{self.name}: no answer within {timeout:.1f}s") from None
+
+        def wait() -> T:
+            try:
+                return future.result(timeout)
+            except concurrent.futures.TimeoutError:
+                future.cancel()
+                raise VenueError(ReasonCode.UNAVAILABLE, f"{self.name}: no answer within {timeout:.1f}s") from None
+
+        return wait
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the loop and join the thread; pending tasks are cancelled."""

@@ -22,6 +22,7 @@ import aiohttp
 
 from venues.base import ReasonCode, VenueError
 from venues.lighter.parsing import error_from_body
+from venues.proxy import env_proxy
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,13 @@ class LighterRest:
         self.timeout = timeout
         self.account = account
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: str | None = None
 
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            # trust_env like the SDK's own session, so both honour the same proxy settings.
-            self._session = aiohttp.ClientSession(trust_env=True)
+            # The environment's proxy, read once (venues.proxy); not trust_env, the SDK's choice.
+            self._proxy = env_proxy(self.base_url)
+            self._session = aiohttp.ClientSession(trust_env=False)
         return self._session
 
     async def get(self, path: str, params: dict[str, Any] | None = None,
@@ -82,14 +85,14 @@ class LighterRest:
         return body
 
     async def _fetch(self, url: str, params: dict[str, str], headers: dict[str, str] | None) -> tuple[int, str]:
-        async with self._sess().get(url, params=params, headers=headers) as resp:
+        async with self._sess().get(url, params=params, headers=headers, proxy=self._proxy) as resp:
             return resp.status, await resp.text()
 
     async def _post(self, url: str, form: dict[str, str]) -> tuple[int, str]:
         # Encoded here rather than through aiohttp's FormData: the same urlencoded bytes, less work
         # on the order path. Accept as the SDK sends it.
         body = urlencode(form).encode()
-        async with self._sess().post(url, data=body, headers=_FORM_HEADERS) as resp:
+        async with self._sess().post(url, data=body, headers=_FORM_HEADERS, proxy=self._proxy) as resp:
             return resp.status, await resp.text()
 
     async def close(self) -> None:
