@@ -159,11 +159,13 @@ def stage_breakdown(bench: Bench, cycle_ids: list[str]) -> None:
     print("confirmation polls per cycle:", dict(sorted(polls.items())))
 
 
-def pyspy(bench: Bench, secs: int, out: Path, queue: str) -> None:
-    # --subprocesses samples the worker's pool children too (the orchestrator runs two).
+def pyspy(bench: Bench, secs: int, out: Path, queue: str, gil: bool) -> None:
+    # --subprocesses samples the worker's pool children too (the orchestrator runs two); --gil
+    # keeps only the thread holding the GIL (where the CPU goes, not where the time waits).
     exe = str(Path(sys.executable).with_name("py-spy"))
     spy = subprocess.Popen([exe, "record", "-p", str(bench.workers[queue].proc.pid), "--subprocesses",
-                            "-d", str(secs), "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking"],
+                            "-d", str(secs), "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking",
+                            *(["--gil"] if gil else [])],
                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + secs
@@ -190,6 +192,7 @@ def main() -> None:
     parser.add_argument("--pyspy", type=int, default=0)
     parser.add_argument("--pyspy-queue", default="lighter1", help="whose worker to sample (default lighter1)")
     parser.add_argument("--pyspy-out", type=Path, default=None, help="default /tmp/xtb-bench-<queue>.txt")
+    parser.add_argument("--pyspy-gil", action="store_true", help="sample only the thread holding the GIL")
     args = parser.parse_args()
     with bench_deployment() as bench:
         bench.start_workers([*bench.specs[0].accounts, ORCHESTRATOR])
@@ -199,7 +202,7 @@ def main() -> None:
         rss_breakdown(bench)
         if args.pyspy:
             queue = args.pyspy_queue
-            pyspy(bench, args.pyspy, args.pyspy_out or Path(f"/tmp/xtb-bench-{queue}.txt"), queue)
+            pyspy(bench, args.pyspy, args.pyspy_out or Path(f"/tmp/xtb-bench-{queue}.txt"), queue, args.pyspy_gil)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -245,6 +249,31 @@ def run_cycles(bench: Bench, spec: GroupSpec, n: int, warmup: int = 2) -> CycleS
     return stats
 
 
+#: Quiet time before each side of a pair: the previous cycle's exit (flattens, report) has finished.
+SETTLE_SECS = 0.05
+
+
+def paired_overhead(bench: Bench, spec: GroupSpec, n: int) -> tuple[list[tuple[float, float]], CycleStats]:
+    """Bare chain and cycle, alternating, each from a quiet system: ``(bare ms, overhead ms)`` pairs.
+
+    Measured in two blocks (``bare_chain``, then ``run_cycles``), the two sides can see different
+    machines: on this 2-core VM the bare chain's p50 moved between 44 and 57 ms from one block of
+    runs to the next, more than the 30% the target allows. Pairs see the same drift.
+    """
+    client = bench.redis.client()
+    pairs: list[tuple[float, float]] = []
+    stats = CycleStats()
+    for _ in range(n):
+        time.sleep(SETTLE_SECS)
+        (bare,) = bare_chain(bench.dep.app, spec, 1, warmup=0)
+        time.sleep(SETTLE_SECS)
+        done = len(stats.overhead_ms)
+        one_cycle(bench, client, spec, stats, record=True)
+        if len(stats.overhead_ms) > done:
+            pairs.append((bare, stats.overhead_ms[-1]))
+    return pairs, stats
+
+
 def run_groups(bench: Bench, specs: list[GroupSpec], n: int, warmup: int = 1) -> list[CycleStats]:
     """Each group cycles in its own thread, all at once."""
     results: list[CycleStats] = [CycleStats() for _ in specs]
@@ -336,3 +365,72 @@ def idle_cpu_percent(pids: list[int], secs: float) -> float:
     before = busy()
     time.sleep(secs)
     return (busy() - before) / secs * 100
+
+
+class MachineLoad:
+    """How busy the whole machine was while a phase ran: CPU busy % (``/proc/stat`` before and
+    after) and the mean number of runnable processes (``procs_running``, sampled every 10 ms).
+
+    With more runnable processes than cores, a process woken by an event (the hedge, when the
+    fill is announced) waits in the run queue for a core: that wait is in the hand-off.
+    """
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._samples: list[int] = []
+        self._thread = threading.Thread(target=self._sample, name="bench-load", daemon=True)
+
+    @staticmethod
+    def _stat() -> tuple[list[int], int]:
+        with open("/proc/stat") as f:
+            lines = f.read().splitlines()
+        jiffies = [int(x) for x in lines[0].split()[1:]]
+        running = next(int(line.split()[1]) for line in lines if line.startswith("procs_running"))
+        return jiffies, running
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            # The sampling thread itself is running when it reads: not counted.
+            self._samples.append(self._stat()[1] - 1)
+
+    def __enter__(self) -> MachineLoad:
+        self._start = self._stat()[0]
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        end = self._stat()[0]
+        delta = [b - a for a, b in zip(self._start, end, strict=False)]
+        idle = delta[3] + delta[4]  # idle + iowait
+        self.busy_percent = round(100.0 * (1 - idle / max(sum(delta), 1)), 1)
+        self.runnable_mean = round(sum(self._samples) / max(len(self._samples), 1), 2)
+
+    def to_json(self) -> dict[str, float]:
+        return {"cpu_busy_percent": self.busy_percent, "runnable_mean": self.runnable_mean,
+                "cores": psutil.cpu_count() or 0}
+
+
+class WakeupProbe:
+    """``bench.wakeup_probe`` while a phase runs: how long a Redis push takes to wake a blocked
+    process at that load (the hand-off's floor). Pusher and waiter are processes of their own."""
+
+    def __init__(self, redis_url: str) -> None:
+        self.redis_url = redis_url
+        self.key = f"bench:wakeup:{random.getrandbits(32):08x}"
+        self.samples: list[float] = []
+
+    def _spawn(self, mode: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "bench.wakeup_probe", mode, self.redis_url, self.key],
+                                stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
+
+    def __enter__(self) -> WakeupProbe:
+        self._waiter, self._pusher = self._spawn("wait"), self._spawn("push")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        redis.Redis.from_url(self.redis_url).rpush(f"{self.key}:stop", "stop")
+        self._pusher.wait(timeout=30)
+        out, _ = self._waiter.communicate(timeout=30)
+        self.samples = json.loads(out)

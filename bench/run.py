@@ -41,16 +41,18 @@ class Clock:
 
 def sizes(quick: bool) -> dict[str, int]:
     if quick:
-        return {"baseline": 50, "chain": 10, "cycles": 10, "confirm": 10, "scale2": 4, "scale4": 3}
-    return {"baseline": 300, "chain": 60, "cycles": 100, "confirm": 60, "scale2": 25, "scale4": 20}
+        return {"baseline": 50, "chain": 10, "cycles": 10, "pairs": 10, "confirm": 10, "probe": 5, "scale2": 4,
+                "scale4": 3}
+    return {"baseline": 300, "chain": 60, "cycles": 100, "pairs": 60, "confirm": 60, "probe": 30, "scale2": 25,
+            "scale4": 20}
 
 
 def measure_one_group(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str, Any]) -> None:
     app, spec, client = bench.dep.app, bench.specs[0], bench.redis.client()
     out["baseline_rtt_ms"] = measure.p50_p99(clock.phase("baseline", lambda: measure.baseline_rtt(
         app, spec.backpack, n["baseline"])))
-    out["bare_chain_ms"] = measure.p50_p99(clock.phase("bare chain", lambda: measure.bare_chain(
-        app, spec, n["chain"])))
+    back_to_back = {"bare_chain_ms": measure.p50_p99(clock.phase("bare chain", lambda: measure.bare_chain(
+        app, spec, n["chain"])))}
     out["bare_chain_hops"] = {"sequential": measure.BARE_HOPS, "tasks": measure.BARE_TASKS}
     out["bare_cycle_redis_cmds"] = clock.phase("bare cycle Redis commands", lambda: measure.bare_cycle_commands(
         app, client, spec, n["chain"] // 2))
@@ -58,12 +60,14 @@ def measure_one_group(bench: Bench, n: dict[str, int], clock: Clock, out: dict[s
     out["first_cycles_handoff_ms"] = [round(x, 1) for x in cold.cold_handoff_ms]
     out["lighter1_worker_rss_mb_before_first_cycle"] = out.pop("_cold_rss", None)
     before, t0 = measure.total_commands(client), time.monotonic()
-    stats: measure.CycleStats = clock.phase("cycles (1 group)", lambda: measure.run_cycles(
-        bench, spec, n["cycles"], warmup=0))
+    with measure.MachineLoad() as load:
+        stats: measure.CycleStats = clock.phase("cycles (1 group)", lambda: measure.run_cycles(
+            bench, spec, n["cycles"], warmup=0))
+    out["_load_1"] = load.to_json()
     gross = measure.total_commands(client) - before - 1  # minus the INFO itself
     duration = time.monotonic() - t0
     out["handoff_ms"] = measure.p50_p99(stats.handoff_ms)
-    out["cycle_overhead_ms"] = measure.p50_p99(stats.overhead_ms)
+    back_to_back["cycle_overhead_ms"] = measure.p50_p99(stats.overhead_ms)
     out["cycle_failures"] = stats.failures
     out["rebalance_orders"] = {str(k): stats.rebalance_orders.count(k) for k in sorted(set(stats.rebalance_orders))}
     out["redis_cmds_per_cycle"] = round((gross - stats.bench_commands) / max(stats.cycles, 1), 1)
@@ -71,6 +75,13 @@ def measure_one_group(bench: Bench, n: dict[str, int], clock: Clock, out: dict[s
                                 "bench_polling_per_cycle": round(stats.bench_commands / max(stats.cycles, 1), 1),
                                 "cycle_secs": round(duration / max(stats.cycles, 1), 3)}
     out["_handoff_samples_1"] = stats.handoff_ms
+    pairs, paired = clock.phase("bare chain and cycle, alternating", lambda: measure.paired_overhead(
+        bench, spec, n["pairs"]))
+    out["bare_chain_ms"] = measure.p50_p99([bare for bare, _ in pairs])
+    out["cycle_overhead_ms"] = measure.p50_p99([cycle for _, cycle in pairs])
+    out["cycle_overhead_ratio_of_pairs"] = round(measure.percentile([c / b for b, c in pairs], 50), 3)
+    out["cycle_failures"] += paired.failures
+    out["back_to_back"] = back_to_back
 
 
 def measure_footprint(bench: Bench, clock: Clock, out: dict[str, Any]) -> None:
@@ -100,7 +111,13 @@ def measure_confirm(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str
 
 def measure_scaling(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str, Any]) -> None:
     scaling: dict[str, Any] = {"1": out["handoff_ms"]["p99"]}
-    notes: dict[str, Any] = {"1": {"p50": out["handoff_ms"]["p50"], "n": out["handoff_ms"]["n"]}}
+    notes: dict[str, Any] = {"1": {"p50": out["handoff_ms"]["p50"], "n": out["handoff_ms"]["n"],
+                                   "machine": out.pop("_load_1")}}
+    # The floor: a Redis push waking a blocked process that does nothing else, at each load.
+    with measure.WakeupProbe(bench.redis.url) as probe:
+        clock.phase("wake-up probe (1 group)", lambda: measure.run_cycles(bench, bench.specs[0], n["probe"],
+                                                                           warmup=0))
+    wakeup: dict[str, Any] = {"1": measure.p50_p99(probe.samples)}
     for count, key in ((2, "scale2"), (4, "scale4")):
         if clock.elapsed() > SCALING_DEADLINE_SECS[count]:
             scaling[str(count)] = None
@@ -109,16 +126,19 @@ def measure_scaling(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str
         specs = bench.specs[:count]
         missing = [q for s in specs for q in s.accounts if q not in bench.workers]
         clock.phase(f"start {len(missing)} more workers", lambda m=missing: bench.start_workers(m))
-        results = clock.phase(f"cycles ({count} groups at once)", lambda s=specs, k=key: measure.run_groups(
-            bench, s, n[k]))
+        with measure.MachineLoad() as load, measure.WakeupProbe(bench.redis.url) as probe:
+            results = clock.phase(f"cycles ({count} groups at once)", lambda s=specs, k=key: measure.run_groups(
+                bench, s, n[k]))
+        wakeup[str(count)] = measure.p50_p99(probe.samples)
         handoffs = [x for r in results for x in r.handoff_ms]
         overheads = [x for r in results for x in r.overhead_ms]
         scaling[str(count)] = measure.p50_p99(handoffs)["p99"]
         notes[str(count)] = {"handoff": measure.p50_p99(handoffs), "cycle_overhead": measure.p50_p99(overheads),
                              "failures": [f for r in results for f in r.failures],
-                             "venue_workers": len(bench.venue_workers())}
+                             "venue_workers": len(bench.venue_workers()), "machine": load.to_json()}
     out["scaling_handoff_p99_ms"] = scaling
     out["scaling_detail"] = notes
+    out["scaling_wakeup_floor_ms"] = wakeup
 
 
 def targets(out: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
@@ -145,12 +165,21 @@ def print_table(out: dict[str, Any]) -> None:
     print("\nmetric                        p50 / value      p99")
     for key in ("baseline_rtt_ms", "bare_chain_ms", "handoff_ms", "cycle_overhead_ms", "confirm_latency_ms"):
         print(f"{key:28s} {out[key]['p50']:>10.2f} {out[key]['p99']:>10.2f}   (n={out[key]['n']})")
+    for key, value in out["back_to_back"].items():
+        print(f"{key + ', back to back':28s} {value['p50']:>10.2f} {value['p99']:>10.2f}   (n={value['n']})")
+    print(f"{'cycle / bare, p50 of pairs':28s} {out['cycle_overhead_ratio_of_pairs']:>10.3f}")
     print(f"{'worker_rss_mb (max venue)':28s} {out['worker_rss_mb']:>10.1f}")
     print(f"{'idle_cpu_% (all workers)':28s} {out['idle_cpu_percent_all_workers']:>10.2f}")
     print(f"{'redis_cmds_per_cycle':28s} {out['redis_cmds_per_cycle']:>10.1f}")
     print(f"{'  of which Celery alone':28s} {out['bare_cycle_redis_cmds']:>10.1f}   (no-op tasks, same canvas)")
     for k, v in out["scaling_handoff_p99_ms"].items():
-        print(f"{'scaling hand-off p99, ' + k + ' grp':28s} {'' if v is None else f'{v:>10.2f}'}")
+        detail = out["scaling_detail"].get(k)
+        machine = detail.get("machine") if isinstance(detail, dict) else None
+        load = (f"   (CPU busy {machine['cpu_busy_percent']}%, {machine['runnable_mean']} runnable "
+                f"on {machine['cores']} cores)") if machine else ""
+        print(f"{'scaling hand-off p99, ' + k + ' grp':28s} {'' if v is None else f'{v:>10.2f}'}{load}")
+    for k, v in out["scaling_wakeup_floor_ms"].items():
+        print(f"{'floor: Redis wake-up, ' + k + ' grp':28s} {v['p50']:>10.2f} {v['p99']:>10.2f}   (n={v['n']})")
     print()
     for name, ok, detail in out["targets"]:
         print(f"{'PASS' if ok else ('MISS' if ok is False else 'N/A '):4s}  {name:45s} {detail}")
