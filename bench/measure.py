@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import subprocess
 import sys
@@ -434,3 +435,23 @@ class WakeupProbe:
         self._pusher.wait(timeout=30)
         out, _ = self._waiter.communicate(timeout=30)
         self.samples = json.loads(out)
+
+
+class CpuTime:
+    """CPU seconds (user + system) spent by the workers (parents and pool children), Redis and this
+    process (the simulators and the bench's polling) while a phase runs."""
+
+    def __init__(self, bench: Bench) -> None:
+        pids = [w.proc.pid for w in bench.workers.values()] + [bench.redis.proc.pid, os.getpid()]
+        self._procs = [p for pid in pids for p in _tree(pid)]
+
+    def _total(self) -> dict[int, float]:
+        return {p.pid: sum(p.cpu_times()[:2]) for p in self._procs}
+
+    def __enter__(self) -> CpuTime:
+        self._start = self._total()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        end = self._total()
+        self.seconds = sum(end[pid] - self._start[pid] for pid in end)

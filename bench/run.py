@@ -60,10 +60,12 @@ def measure_one_group(bench: Bench, n: dict[str, int], clock: Clock, out: dict[s
     out["first_cycles_handoff_ms"] = [round(x, 1) for x in cold.cold_handoff_ms]
     out["lighter1_worker_rss_mb_before_first_cycle"] = out.pop("_cold_rss", None)
     before, t0 = measure.total_commands(client), time.monotonic()
-    with measure.MachineLoad() as load:
+    with measure.MachineLoad() as load, measure.CpuTime(bench) as cpu:
         stats: measure.CycleStats = clock.phase("cycles (1 group)", lambda: measure.run_cycles(
             bench, spec, n["cycles"], warmup=0))
     out["_load_1"] = load.to_json()
+    # Workers, Redis, simulators and the bench's polling: what one more group asks of the cores.
+    out["cpu_ms_per_cycle"] = round(cpu.seconds * 1000 / max(stats.cycles, 1), 1)
     gross = measure.total_commands(client) - before - 1  # minus the INFO itself
     duration = time.monotonic() - t0
     out["handoff_ms"] = measure.p50_p99(stats.handoff_ms)
@@ -170,6 +172,7 @@ def print_table(out: dict[str, Any]) -> None:
     print(f"{'cycle / bare, p50 of pairs':28s} {out['cycle_overhead_ratio_of_pairs']:>10.3f}")
     print(f"{'worker_rss_mb (max venue)':28s} {out['worker_rss_mb']:>10.1f}")
     print(f"{'idle_cpu_% (all workers)':28s} {out['idle_cpu_percent_all_workers']:>10.2f}")
+    print(f"{'cpu_ms_per_cycle (all)':28s} {out['cpu_ms_per_cycle']:>10.1f}")
     print(f"{'redis_cmds_per_cycle':28s} {out['redis_cmds_per_cycle']:>10.1f}")
     print(f"{'  of which Celery alone':28s} {out['bare_cycle_redis_cmds']:>10.1f}   (no-op tasks, same canvas)")
     for k, v in out["scaling_handoff_p99_ms"].items():
