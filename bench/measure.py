@@ -415,19 +415,21 @@ class MachineLoad:
 
 class WakeupProbe:
     """``bench.wakeup_probe`` while a phase runs: how long a Redis push takes to wake a blocked
-    process at that load (the hand-off's floor). Pusher and waiter are processes of their own."""
+    process at that load, and to have one simulator request answered after it (the hand-off's
+    floor). Pusher and waiter are processes of their own."""
 
-    def __init__(self, redis_url: str) -> None:
-        self.redis_url = redis_url
+    def __init__(self, redis_url: str, venue_url: str) -> None:
+        self.redis_url, self.venue_url = redis_url, venue_url
         self.key = f"bench:wakeup:{random.getrandbits(32):08x}"
-        self.samples: list[float] = []
+        self.samples: dict[str, list[float]] = {}
 
-    def _spawn(self, mode: str) -> subprocess.Popen[str]:
-        return subprocess.Popen([sys.executable, "-m", "bench.wakeup_probe", mode, self.redis_url, self.key],
+    def _spawn(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen([sys.executable, "-m", "bench.wakeup_probe", *args],
                                 stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1])
 
     def __enter__(self) -> WakeupProbe:
-        self._waiter, self._pusher = self._spawn("wait"), self._spawn("push")
+        self._waiter = self._spawn("wait", self.redis_url, self.key, self.venue_url)
+        self._pusher = self._spawn("push", self.redis_url, self.key)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -435,6 +437,9 @@ class WakeupProbe:
         self._pusher.wait(timeout=30)
         out, _ = self._waiter.communicate(timeout=30)
         self.samples = json.loads(out)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        return {name: p50_p99(values) for name, values in self.samples.items()}
 
 
 class CpuTime:

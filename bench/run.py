@@ -115,11 +115,12 @@ def measure_scaling(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str
     scaling: dict[str, Any] = {"1": out["handoff_ms"]["p99"]}
     notes: dict[str, Any] = {"1": {"p50": out["handoff_ms"]["p50"], "n": out["handoff_ms"]["n"],
                                    "machine": out.pop("_load_1")}}
-    # The floor: a Redis push waking a blocked process that does nothing else, at each load.
-    with measure.WakeupProbe(bench.redis.url) as probe:
+    # The floor: a Redis push waking a process that does nothing else, then one simulator request.
+    venue_url = f"{bench.sim.urls['lighter']}/api/v1/orderBookOrders?market_id=0&limit=1"
+    with measure.WakeupProbe(bench.redis.url, venue_url) as probe:
         clock.phase("wake-up probe (1 group)", lambda: measure.run_cycles(bench, bench.specs[0], n["probe"],
                                                                            warmup=0))
-    wakeup: dict[str, Any] = {"1": measure.p50_p99(probe.samples)}
+    wakeup: dict[str, Any] = {"1": probe.summary()}
     for count, key in ((2, "scale2"), (4, "scale4")):
         if clock.elapsed() > SCALING_DEADLINE_SECS[count]:
             scaling[str(count)] = None
@@ -128,10 +129,10 @@ def measure_scaling(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str
         specs = bench.specs[:count]
         missing = [q for s in specs for q in s.accounts if q not in bench.workers]
         clock.phase(f"start {len(missing)} more workers", lambda m=missing: bench.start_workers(m))
-        with measure.MachineLoad() as load, measure.WakeupProbe(bench.redis.url) as probe:
+        with measure.MachineLoad() as load, measure.WakeupProbe(bench.redis.url, venue_url) as probe:
             results = clock.phase(f"cycles ({count} groups at once)", lambda s=specs, k=key: measure.run_groups(
                 bench, s, n[k]))
-        wakeup[str(count)] = measure.p50_p99(probe.samples)
+        wakeup[str(count)] = probe.summary()
         handoffs = [x for r in results for x in r.handoff_ms]
         overheads = [x for r in results for x in r.overhead_ms]
         scaling[str(count)] = measure.p50_p99(handoffs)["p99"]
@@ -181,8 +182,10 @@ def print_table(out: dict[str, Any]) -> None:
         load = (f"   (CPU busy {machine['cpu_busy_percent']}%, {machine['runnable_mean']} runnable "
                 f"on {machine['cores']} cores)") if machine else ""
         print(f"{'scaling hand-off p99, ' + k + ' grp':28s} {'' if v is None else f'{v:>10.2f}'}{load}")
-    for k, v in out["scaling_wakeup_floor_ms"].items():
-        print(f"{'floor: Redis wake-up, ' + k + ' grp':28s} {v['p50']:>10.2f} {v['p99']:>10.2f}   (n={v['n']})")
+    for k, floor in out["scaling_wakeup_floor_ms"].items():
+        for name, label in (("wake", "floor: wake-up"), ("wake_and_request", "floor: + venue GET")):
+            v = floor[name]
+            print(f"{label + ', ' + k + ' grp':28s} {v['p50']:>10.2f} {v['p99']:>10.2f}   (n={v['n']})")
     print()
     for name, ok, detail in out["targets"]:
         print(f"{'PASS' if ok else ('MISS' if ok is False else 'N/A '):4s}  {name:45s} {detail}")
