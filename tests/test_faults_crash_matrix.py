@@ -149,7 +149,7 @@ def test_l1_sent_not_recorded(dep: Deployment) -> None:
 def test_l1_confirmation(dep: Deployment) -> None:
     # Stale reads keep the confirmation polling (retry with countdown) for a while. Armed before the
     # cycle: the armed hedge fills within milliseconds of the entry, before a poll of the record
-    # could arm it. The planning snapshot reads the account twice (balance, position) of the 10.
+    # could arm it. The planning snapshot takes one of the 10 (one account read for balance and position).
     dep.arm_fault("lighter", "stale_position", count=10, op="position", account="101")
     cycle_id = _start_clean(dep)
     wait_point("Lighter1 filled, not yet confirmed",
