@@ -22,8 +22,8 @@ from celery import Celery, chain, group
 from celery.canvas import Signature
 
 from bench.deploy import ORCHESTRATOR, Bench, GroupSpec
-from orchestrator.state import CycleRecord
-from xtb_tasks.results import TaskFailed, wait_result
+from xtb_tasks.core.cycle_record import CycleRecord
+from xtb_tasks.worker.results import TaskFailed, wait_result
 
 NOOP = "xtb.bench.noop"
 POLL = 0.02  # the bench's own polling of the cycle record; marks come from the workers, not from this poll

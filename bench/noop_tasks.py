@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from xtb_tasks.celery_app import app
+from xtb_tasks.worker.celery_app import app
 
 
 @app.task(name="xtb.bench.noop")

@@ -25,7 +25,7 @@ from typing import Any
 
 import redis
 
-from xtb_tasks import keys
+from xtb_tasks.core import keys
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,7 @@ import tornado.web
 
 from monitoring import metrics, overview
 from monitoring.heartbeat import record_heartbeat
-from xtb_tasks.config import Settings
+from xtb_tasks.core.config import Settings
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,8 @@ from urllib.parse import quote
 
 import redis
 
-from xtb_tasks import keys
-from xtb_tasks.config import Direction, Role, Settings
+from xtb_tasks.core import keys
+from xtb_tasks.core.config import Direction, Role, Settings
 
 log = logging.getLogger(__name__)
 
@@ -295,8 +295,8 @@ def ingest_target(settings: Settings, env: Mapping[str, str] | None = None) -> I
 
 def main(argv: list[str] | None = None) -> None:
     """Run a publisher in the foreground until SIGTERM/SIGINT."""
-    from xtb_tasks.config import load_settings
-    from xtb_tasks.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.config import load_settings
+    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
 
     parser = argparse.ArgumentParser(prog="python -m monitoring.heartbeat", description=main.__doc__)
     parser.add_argument("--config", default=None, help="config file (default: $XTB_CONFIG or ./xtb.toml)")

@@ -13,8 +13,8 @@ import redis
 from monitoring.heartbeat import load_last_beats
 from monitoring.overview import bot_statuses, bot_view, group_members, group_names, load_cycles, net_delta
 from monitoring.relay import DEAD_LETTER, pending_delivery
-from xtb_tasks import keys
-from xtb_tasks.config import Settings
+from xtb_tasks.core import keys
+from xtb_tasks.core.config import Settings
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ORCHESTRATOR_QUEUE = "orchestrator"

@@ -32,7 +32,7 @@ from redis.exceptions import LockError, ResponseError
 
 from monitoring.alerts import Alert, alert_id_ms
 from monitoring.telegram import SendResult, SendStatus
-from xtb_tasks import keys
+from xtb_tasks.core import keys
 
 log = logging.getLogger(__name__)
 

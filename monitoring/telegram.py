@@ -15,7 +15,7 @@ from pathlib import Path
 
 import requests
 
-from xtb_tasks.config import TelegramConfig
+from xtb_tasks.core.config import TelegramConfig
 
 log = logging.getLogger(__name__)
 

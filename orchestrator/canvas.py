@@ -2,7 +2,7 @@
 
 Venue steps go to the account's own queue; decisions go to ``orchestrator``. The Lighter1 hedge
 does not wait for a Celery hop after the Backpack fill: it runs alongside the Backpack entry,
-armed, and sends as soon as the fill is announced (``xtb_tasks.handoff``).
+armed, and sends as soon as the fill is announced (``orchestrator.handoff``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from celery import chain, chord, group
 from celery.canvas import Signature
 
 from orchestrator.planning import CyclePlan
-from xtb_tasks.config import GroupConfig, HedgeParams, Role
+from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
 
 ORCHESTRATOR = "orchestrator"
 ROLES = (Role.BP, Role.L1, Role.L2)

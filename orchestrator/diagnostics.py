@@ -1,7 +1,7 @@
 """Operator diagnostics: the minimum-size order check and the connector smoke test.
 
 Both run in process under the account lease and send every order through
-:func:`xtb_tasks.venue_ops.submit_order`, the code path of the venue workers and ``xtb order
+:func:`orchestrator.venue_ops.submit_order`, the code path of the venue workers and ``xtb order
 --direct``: a fresh client id from Redis, its intent recorded before the venue sees it.
 
 Fixes over the original (original-system.md §6, §8.21):
@@ -26,9 +26,9 @@ from typing import Any
 
 import redis
 
+from orchestrator.venue_ops import LegFailed, OrderRequest, RetryLater, read_position, submit_order
 from venues.base import MarketRules, OrderReport, PositionReading, Side, VenueConnector, VenueError
-from xtb_tasks.client_ids import allocate_client_ids, record_intent
-from xtb_tasks.venue_ops import LegFailed, OrderRequest, RetryLater, read_position, submit_order
+from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ def place(venue: Venue, side: Side, size: Decimal, *, reduce_only: bool, leg: st
 
 
 def _recorded_report(venue: Venue, client_id: int) -> OrderReport | None:
-    from xtb_tasks import keys
+    from xtb_tasks.core import keys
 
     raw = venue.client.hget(keys.intent(venue.account, client_id), "report")
     return OrderReport.from_json(json.loads(raw)) if raw else None

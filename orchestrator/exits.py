@@ -15,8 +15,8 @@ import redis
 
 from monitoring.alerts import AlertKind, format_cycle_finished, format_emergency_exit, raise_alert
 from orchestrator.flow import pnl, release_group_lock
-from orchestrator.state import CycleRecord, ExitReason, Outcome
-from xtb_tasks.config import Settings
+from xtb_tasks.core.config import Settings
+from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def fills_disagree(data: dict[str, Any], accounts: dict[str, str], steps: dict[s
 
 def next_cycle(settings: Settings, data: dict[str, Any], reason: str, flat: bool) -> dict[str, Any] | None:
     """The kwargs of the next cycle of a ``max_cycles`` run, or None (original §1.3 step 3, now live)."""
-    from xtb_tasks.config import HedgeParams
+    from xtb_tasks.core.config import HedgeParams
 
     group = settings.groups.get(data.get("group", ""))
     if group is None or not flat or reason not in CONTINUE_AFTER:

@@ -1,4 +1,4 @@
-"""Decisions of the hedge cycle, separate from the Celery task wrappers in ``xtb_tasks.hedge_tasks``.
+"""Decisions of the hedge cycle, separate from the Celery task wrappers in ``xtb_tasks.worker.hedge_tasks``.
 
 Pure where possible: given positions and parameters, what next. Everything here reads and
 writes the cycle record; nothing here talks to a venue.
@@ -13,10 +13,10 @@ from typing import Any
 
 import redis
 
-from orchestrator.state import CycleRecord, CycleView
 from venues.base import MarketRules, Side
-from xtb_tasks import keys
-from xtb_tasks.config import GroupConfig, HedgeParams, Role, Settings
+from xtb_tasks.core import keys
+from xtb_tasks.core.config import GroupConfig, HedgeParams, Role, Settings
+from xtb_tasks.core.cycle_record import CycleRecord, CycleView
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from venues.base import MarketRules, Side
-from xtb_tasks.config import Direction, GroupConfig, HedgeParams, Role
+from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Role
 
 
 class PlanRefused(Exception):

@@ -15,9 +15,9 @@ from typing import Any
 import redis
 
 from orchestrator import canvas
-from orchestrator.state import STEP_GRACE_SECS, CycleRecord, ExitReason, Stage, active_cycle_ids
-from xtb_tasks import keys
-from xtb_tasks.config import Settings
+from xtb_tasks.core import keys
+from xtb_tasks.core.config import Settings
+from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord, ExitReason, Stage, active_cycle_ids
 
 log = logging.getLogger(__name__)
 

@@ -43,7 +43,7 @@ class RedisServer:
 
 
 def start_redis_server(directory: Path, *, port: int | None = None, persistent: bool = False) -> RedisServer:
-    from xtb_tasks.redis_conn import server_args
+    from xtb_tasks.core.redis_conn import server_args
 
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)

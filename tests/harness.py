@@ -60,12 +60,12 @@ class Deployment:
     def app(self) -> Any:
         os.environ["XTB_CONFIG"] = str(self.config)
         os.environ["REDIS_URL"] = self.redis_url
-        from xtb_tasks.celery_app import app
+        from xtb_tasks.worker.celery_app import app
 
         return app
 
     def start_cycle(self, group: str = "main", **overrides: Any) -> str:
-        from xtb_tasks.results import wait_result
+        from xtb_tasks.worker.results import wait_result
 
         task_id = self.app.send_task("xtb.hedge.start_cycle", kwargs={"group": group, **overrides},
                                      queue="orchestrator").id

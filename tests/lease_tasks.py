@@ -6,8 +6,8 @@ import os
 import time
 
 from xtb_tasks import app
-from xtb_tasks.lease import AccountLeaseTask
-from xtb_tasks.redis_conn import redis_client
+from xtb_tasks.core.redis_conn import redis_client
+from xtb_tasks.worker.lease import AccountLeaseTask
 
 
 @app.task(name="xtb.test.hold_lease", base=AccountLeaseTask, bind=True)

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xtb_tasks.config import ConfigError, Direction, HedgeParams, load_settings, parse_settings
+from xtb_tasks.core.config import ConfigError, Direction, HedgeParams, load_settings, parse_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "examples" / "demo.toml"

@@ -22,7 +22,7 @@ from support import write_config
 
 from venues.simulator.market import AuditEntry, Fault, FaultKind
 from venues.simulator.server import SimulatorServer
-from xtb_tasks import keys
+from xtb_tasks.core import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 _indexes = itertools.count(9101, 2)

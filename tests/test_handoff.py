@@ -1,4 +1,4 @@
-"""The armed hedge (xtb_tasks.handoff) through real workers, Redis and the simulators."""
+"""The armed hedge (orchestrator.handoff) through real workers, Redis and the simulators."""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from conftest import RedisServer, start_worker
 from harness import Deployment, make_deployment, teardown
 from support import wait_until
 
-from orchestrator.state import CycleRecord
-from xtb_tasks import keys
-from xtb_tasks.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
-from xtb_tasks.handoff import WAIT_SLICE_SECS
-from xtb_tasks.results import TaskFailed, wait_result
+from orchestrator.handoff import WAIT_SLICE_SECS
+from xtb_tasks.core import keys
+from xtb_tasks.core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
+from xtb_tasks.core.cycle_record import CycleRecord
+from xtb_tasks.worker.results import TaskFailed, wait_result
 
 
 @pytest.fixture(scope="module")

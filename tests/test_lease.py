@@ -13,7 +13,7 @@ FAKE_URLS = {"backpack": "http://127.0.0.1:9", "backpack_ws": "ws://127.0.0.1:9/
 
 
 def test_two_workers_on_one_account_queue_never_overlap(tmp_path: Path, redis_url: str, workers, monkeypatch) -> None:
-    from xtb_tasks.celery_app import create_app
+    from xtb_tasks.worker.celery_app import create_app
 
     config = write_config(tmp_path / "xtb.toml", FAKE_URLS)
     env = {"XTB_TASK_MODULES": "lease_tasks"}

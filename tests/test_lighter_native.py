@@ -37,7 +37,7 @@ from venues.base import OrderState, ReasonCode, Side, VenueError
 from venues.lighter import native
 from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import LighterCredentials, generate_lighter_keys
-from xtb_tasks.client_ids import allocate_client_ids, record_intent
+from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # `import lighter` (websockets)
 
@@ -300,8 +300,8 @@ def test_a_lighter_worker_child_never_imports_the_sdk_package(simulator: Any, re
                                                               workers: Callable[..., Any],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     """The production layout: a real ``celery worker`` serving lighter1, after a real order through it."""
-    from xtb_tasks.celery_app import create_app
-    from xtb_tasks.results import wait_result
+    from xtb_tasks.worker.celery_app import create_app
+    from xtb_tasks.worker.results import wait_result
 
     config = write_config(tmp_path / "xtb.toml", simulator.urls, lighter_indexes=(next(_accounts), next(_accounts)))
     worker = workers(["lighter1"], name="native-l1", config_path=config, redis_url=redis_url,

@@ -38,8 +38,8 @@ from monitoring.telegram import (
     parse_keys_text,
 )
 from venues.simulator.telegram import TelegramServer, TelegramState
-from xtb_tasks import keys
-from xtb_tasks.config import TelegramConfig
+from xtb_tasks.core import keys
+from xtb_tasks.core.config import TelegramConfig
 
 TOKEN = "555:alerts-SECRET"
 

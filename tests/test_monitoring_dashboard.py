@@ -23,7 +23,7 @@ from support import free_port, wait_until, write_config
 
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.heartbeat import BotIdentity, HeartbeatPublisher, IngestTarget, build_payload, record_heartbeat
-from xtb_tasks import keys
+from xtb_tasks.core import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "tests" / "artifacts"

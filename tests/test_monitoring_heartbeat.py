@@ -25,8 +25,8 @@ from monitoring.heartbeat import (
     role_direction,
 )
 from monitoring.watcher import HeartbeatWatcher
-from xtb_tasks import keys
-from xtb_tasks.config import Direction, Role, load_settings
+from xtb_tasks.core import keys
+from xtb_tasks.core.config import Direction, Role, load_settings
 
 DUMMY_URLS = {"backpack": "http://127.0.0.1:9", "backpack_ws": "ws://127.0.0.1:9/ws",
               "lighter": "http://127.0.0.1:9", "lighter_ws": "ws://127.0.0.1:9/stream",
@@ -152,7 +152,7 @@ def test_worker_lost_raises_a_worker_crash_alert(tmp_path: Path, r: redis.Redis,
     from billiard.exceptions import WorkerLostError
     from celery import Celery, signals
 
-    from monitoring.worker_hooks import install_heartbeat_hooks
+    from xtb_tasks.worker.monitoring_hooks import install_heartbeat_hooks
 
     monkeypatch.setenv("XTB_CONFIG", str(make_config(tmp_path)))
     app = Celery("crash-test")

@@ -23,7 +23,7 @@ from monitoring.relay import DEAD_LETTER, AlertRelay, RelayOptions, pending_deli
 from monitoring.telegram import TelegramClient, TelegramCredentials
 from monitoring.watcher import MISSING_SET
 from venues.simulator.telegram import TelegramServer, TelegramState
-from xtb_tasks import keys
+from xtb_tasks.core import keys
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "987654:relay-test-SECRET-token"

@@ -15,7 +15,7 @@ from conftest import RedisServer, start_worker
 from harness import Deployment, make_deployment, net_is_hedged, teardown
 from support import wait_until
 
-from xtb_tasks.results import TaskFailed
+from xtb_tasks.worker.results import TaskFailed
 
 STEP = Decimal("0.0001")
 
@@ -72,7 +72,7 @@ def test_second_trigger_is_refused_and_cancel_ends_flat(dep: Deployment) -> None
         dep.start_cycle()
     dep.wait_stage(cycle_id, "wait", timeout=30)
     dep.client.set(f"xtb:cycle:{cycle_id}:cancel", "1")
-    from xtb_tasks.hedge_tasks import emergency_exit
+    from xtb_tasks.worker.hedge_tasks import emergency_exit
 
     emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": "cancelled"}, queue="orchestrator")
     done = dep.wait_done(cycle_id, timeout=60)
@@ -150,6 +150,6 @@ def test_bad_arguments_are_rejected_before_any_venue_call(dep: Deployment, tmp_p
 
 
 def _start_raw(dep: Deployment, kwargs: dict) -> None:
-    from xtb_tasks.results import wait_result
+    from xtb_tasks.worker.results import wait_result
 
     wait_result(dep.app, dep.app.send_task("xtb.hedge.start_cycle", kwargs=kwargs, queue="orchestrator").id, 30)

@@ -8,14 +8,14 @@ from pathlib import Path
 import pytest
 from support import wait_until, write_config
 
-from xtb_tasks.config import load_settings
+from xtb_tasks.core.config import load_settings
 
 FAKE_URLS = {"backpack": "http://127.0.0.1:9", "backpack_ws": "ws://127.0.0.1:9/ws",
              "lighter": "http://127.0.0.1:9", "lighter_ws": "ws://127.0.0.1:9/stream"}
 
 
 def test_a_dead_worker_is_restarted(tmp_path: Path, redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from xtb_tasks.processes import ProcessSet
+    from xtb_tasks.cli.processes import ProcessSet
 
     config = write_config(tmp_path / "xtb.toml", FAKE_URLS)
     monkeypatch.setenv("XTB_CONFIG", str(config))

@@ -8,7 +8,7 @@ import pytest
 import redis
 from support import free_port
 
-from xtb_tasks.redis_conn import RedisUnavailable, embedded_url, ensure_embedded_redis, stop_embedded_redis
+from xtb_tasks.core.redis_conn import RedisUnavailable, embedded_url, ensure_embedded_redis, stop_embedded_redis
 
 
 @pytest.fixture

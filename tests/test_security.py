@@ -116,7 +116,7 @@ def services(dep: Deployment) -> Iterator[dict[str, str]]:
 def run_cli(dep: Deployment, *args: str) -> tuple[int, str, str]:
     """``xtb --config <dep> <args>`` in process; (exit code, stdout, stderr)."""
     from xtb_tasks.cli import main
-    from xtb_tasks.connectors import close_connectors
+    from xtb_tasks.worker.connectors import close_connectors
 
     assert os.environ.get("REDIS_URL") == dep.redis_url, "the CLI would talk to another Redis"
     out, err = io.StringIO(), io.StringIO()

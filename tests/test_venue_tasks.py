@@ -12,8 +12,8 @@ import pytest
 from conftest import ROOT, RedisServer, start_worker, worker_env
 from harness import Deployment, make_deployment, teardown
 
-from xtb_tasks.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
-from xtb_tasks.results import TaskFailed, wait_result
+from xtb_tasks.core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
+from xtb_tasks.worker.results import TaskFailed, wait_result
 
 
 @pytest.fixture(scope="module")

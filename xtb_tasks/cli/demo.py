@@ -22,7 +22,7 @@ from typing import Any
 import click
 
 from xtb_tasks.cli import UserError
-from xtb_tasks.config import Settings, load_settings
+from xtb_tasks.core.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = ROOT / "examples" / "demo.toml"
@@ -55,7 +55,7 @@ class Demo:
 
     def start(self) -> None:
         from venues.simulator.server import SimulatorServer
-        from xtb_tasks.processes import ProcessSet
+        from xtb_tasks.cli.processes import ProcessSet
 
         grp = next(iter(self.settings.groups.values()))
         bp, l1 = self.settings.account(grp.backpack), self.settings.account(grp.lighter1)
@@ -107,7 +107,7 @@ class Demo:
 def clear_previous_cycles(client: Any, settings: Settings, demo: Demo) -> None:
     """A demo killed mid-cycle left an active cycle in the embedded Redis: unwind it first."""
     from orchestrator.recovery import unwind_all
-    from orchestrator.state import active_cycle_ids
+    from xtb_tasks.core.cycle_record import active_cycle_ids
 
     if not active_cycle_ids(client):
         return
@@ -130,10 +130,10 @@ def wait_for_alerts(demo: Demo, cycle_id: str, timeout: float = 15.0) -> list[st
 
 
 def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
-    from orchestrator.cli import cycle_summary, follow_cycle
-    from orchestrator.state import CycleRecord, Stage
-    from xtb_tasks.redis_conn import redis_client
-    from xtb_tasks.results import wait_result
+    from xtb_tasks.cli.cycle import cycle_summary, follow_cycle
+    from xtb_tasks.core.cycle_record import CycleRecord, Stage
+    from xtb_tasks.core.redis_conn import redis_client
+    from xtb_tasks.worker.results import wait_result
 
     ensure_demo_telegram_keys(settings)
     demo = Demo(settings, emit)
@@ -141,7 +141,7 @@ def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
         demo.start()
         client = redis_client(demo.procs.redis_url)
         clear_previous_cycles(client, settings, demo)
-        from xtb_tasks.celery_app import app
+        from xtb_tasks.worker.celery_app import app
 
         group = next(iter(settings.groups))
         demo.say(f"step 1: one full hedge cycle in group {group}")

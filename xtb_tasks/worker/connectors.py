@@ -11,7 +11,7 @@ import logging
 import threading
 
 from venues.base import VenueConnector
-from xtb_tasks.config import AccountConfig, Settings, Venue, load_settings
+from xtb_tasks.core.config import AccountConfig, Settings, Venue, load_settings
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import redis
 
-from xtb_tasks.config import Settings
+from xtb_tasks.core.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def _resolve_default_url() -> str:
     if url is None:
         settings = None
         if not os.environ.get("REDIS_URL"):
-            from xtb_tasks.config import load_settings
+            from xtb_tasks.core.config import load_settings
 
             with contextlib.suppress(Exception):
                 settings = load_settings()

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from xtb_tasks.celery_app import ORCHESTRATOR_QUEUE
-from xtb_tasks.config import Settings
-from xtb_tasks.redis_conn import (
+from xtb_tasks.core.config import Settings
+from xtb_tasks.core.redis_conn import (
     configured_url,
     data_dir,
     embedded_url,
@@ -27,6 +26,7 @@ from xtb_tasks.redis_conn import (
     ping,
     stop_embedded_redis,
 )
+from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class ProcessSet:
 
     def ping_workers(self, timeout: float = 60.0) -> set[str]:
         """Wait until every started worker answers ``celery inspect ping``; returns their queue names."""
-        from xtb_tasks.celery_app import app
+        from xtb_tasks.worker.celery_app import app
 
         expected = self.expected_workers()
         answered: set[str] = set()

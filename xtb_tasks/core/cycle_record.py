@@ -16,7 +16,7 @@ from typing import Any
 
 import redis
 
-from xtb_tasks import keys
+from xtb_tasks.core import keys
 
 HISTORY_LENGTH = 200
 

@@ -22,8 +22,8 @@ from typing import Any, ClassVar
 from celery import Task
 from redis.exceptions import LockError
 
-from xtb_tasks import keys
-from xtb_tasks.redis_conn import redis_client
+from xtb_tasks.core import keys
+from xtb_tasks.core.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -11,14 +11,14 @@ from typing import Any
 import click
 import redis
 
-from orchestrator.state import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
-from xtb_tasks import keys
 from xtb_tasks.cli import UserError
-from xtb_tasks.config import Role, Settings, load_settings
+from xtb_tasks.core import keys
+from xtb_tasks.core.config import Role, Settings, load_settings
+from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
 
 
 def _context(ctx: click.Context) -> tuple[Settings, redis.Redis]:
-    from xtb_tasks.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
 
     settings = load_settings((ctx.obj or {}).get("config_file"))
     return settings, redis_client(resolve_redis_url(settings))
@@ -74,9 +74,9 @@ def cycle_start(ctx: click.Context, group: str, size: str | None, pairs: tuple[s
       xtb --config examples/demo.toml cycle start --group main --follow --until monitoring
     """
     _, client = _context(ctx)
-    from xtb_tasks.celery_app import app
-    from xtb_tasks.hedge_tasks import InvalidCycleRequest, start_cycle, validate_request
-    from xtb_tasks.results import wait_result
+    from xtb_tasks.worker.celery_app import app
+    from xtb_tasks.worker.hedge_tasks import InvalidCycleRequest, start_cycle, validate_request
+    from xtb_tasks.worker.results import wait_result
 
     overrides = parse_overrides(pairs, size)
     try:
@@ -193,7 +193,7 @@ def cycle_cancel(ctx: click.Context, cycle_id: str) -> None:
     if record.stage is Stage.DONE:
         raise UserError(f"cycle {cycle_id} already finished ({record.get('outcome')}, {record.get('reason')})")
     record.request_cancel()
-    from xtb_tasks.hedge_tasks import emergency_exit
+    from xtb_tasks.worker.hedge_tasks import emergency_exit
 
     emergency_exit.delay(cycle_id=cycle_id, reason="cancelled")
     click.echo(f"cycle {cycle_id}: cancel requested; flattening all three accounts")

@@ -13,15 +13,15 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from xtb_tasks.config import ConfigError, Settings, config_path, load_settings
-from xtb_tasks.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
-from xtb_tasks.redis_conn import configured_url, embedded_url, ensure_embedded_redis
+from xtb_tasks.core.config import ConfigError, Settings, config_path, load_settings
+from xtb_tasks.core.redis_conn import configured_url, embedded_url, ensure_embedded_redis
+from xtb_tasks.worker.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
 
 log = logging.getLogger(__name__)
 
 ORCHESTRATOR_QUEUE = "orchestrator"
 VISIBILITY_TIMEOUT = 3600
-TASK_MODULES = ["xtb_tasks.venue_tasks", "xtb_tasks.hedge_tasks"]
+TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks"]
 
 
 def load_app_settings() -> Settings | None:
@@ -125,11 +125,11 @@ def create_app() -> Celery:
 
 
 def _install_hooks(celery_app: Celery) -> None:
-    from xtb_tasks.connectors import install_prewarm_hooks
+    from xtb_tasks.worker.connectors import install_prewarm_hooks
 
     install_prewarm_hooks()
     try:
-        from monitoring.worker_hooks import install_heartbeat_hooks
+        from xtb_tasks.worker.monitoring_hooks import install_heartbeat_hooks
     except ImportError:
         return
     install_heartbeat_hooks(celery_app)

@@ -18,8 +18,8 @@ from typing import Any
 
 import redis
 
-from orchestrator.state import CycleRecord
-from xtb_tasks import keys
+from xtb_tasks.core import keys
+from xtb_tasks.core.cycle_record import CycleRecord
 
 log = logging.getLogger(__name__)
 

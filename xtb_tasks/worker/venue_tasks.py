@@ -17,16 +17,9 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Retry
 
-from orchestrator.state import CycleRecord, CycleView, Stage, stage_deadline
-from venues.base import OrderReport, Side, VenueError
-from xtb_tasks.armed import arm_hedge, await_entry
-from xtb_tasks.celery_app import app
-from xtb_tasks.client_ids import IntentStatus, intent_status, record_intent
-from xtb_tasks.connectors import get_connector
-from xtb_tasks.handoff import announce_failure, is_final
-from xtb_tasks.lease import AccountLeaseTask
-from xtb_tasks.redis_conn import redis_client
-from xtb_tasks.venue_ops import (
+from orchestrator.armed import arm_hedge, await_entry
+from orchestrator.handoff import announce_failure, is_final
+from orchestrator.venue_ops import (
     LegFailed,
     OrderRequest,
     RetryLater,
@@ -37,6 +30,13 @@ from xtb_tasks.venue_ops import (
     read_position,
     submit_order,
 )
+from venues.base import OrderReport, Side, VenueError
+from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
+from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
+from xtb_tasks.core.redis_conn import redis_client
+from xtb_tasks.worker.celery_app import app
+from xtb_tasks.worker.connectors import get_connector
+from xtb_tasks.worker.lease import AccountLeaseTask
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
     ``reruns`` counts re-runs after an uncertain outcome or a rejection; it is kept apart from
     Celery's retry counter, which lease waits also advance. ``announce_fill`` pushes the leg's
     final outcome to its armed hedge; ``armed`` (with ``quantity_from_leg``) starts before that
-    leg is final and sends as soon as its outcome is announced (``xtb_tasks.handoff``); it primes
+    leg is final and sends as soon as its outcome is announced (``orchestrator.handoff``); it primes
     the order for ``expected_quantity`` (the entry's planned size) while it waits.
     """
     _guard_queue(self, account)

@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from xtb_tasks.config import Settings, load_settings
+from xtb_tasks.core.config import Settings, load_settings
 
 SECRET_KEYS = ("secret", "private", "token", "password")
 
@@ -94,7 +94,7 @@ def redis_command(port: int | None) -> None:
     Example:
       xtb redis --port 16379
     """
-    from xtb_tasks.redis_conn import data_dir, embedded_port, server_args
+    from xtb_tasks.core.redis_conn import data_dir, embedded_port, server_args
 
     directory = data_dir() / "redis"
     directory.mkdir(parents=True, exist_ok=True)
@@ -112,7 +112,7 @@ def workers_command(ctx: click.Context, seconds: float) -> None:
     Example:
       xtb --config examples/demo.toml workers
     """
-    from xtb_tasks.processes import ProcessSet
+    from xtb_tasks.cli.processes import ProcessSet
 
     settings = settings_from(ctx)
     with ProcessSet(settings) as procs:

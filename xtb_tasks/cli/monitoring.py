@@ -14,7 +14,7 @@ import redis
 
 from monitoring.alerts import AlertKind
 from xtb_tasks.cli import UserError
-from xtb_tasks.config import Settings, load_settings
+from xtb_tasks.core.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _redis(settings: Settings | None) -> redis.Redis:
-    from xtb_tasks.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
 
     r = redis_client(resolve_redis_url(settings))
     try:
@@ -142,7 +142,7 @@ def tail(ctx: click.Context, last: int, follow: bool, as_json: bool) -> None:
       xtb --config examples/demo.toml alerts tail --last 20
     """
     from monitoring.alerts import recent_alerts
-    from xtb_tasks import keys
+    from xtb_tasks.core import keys
 
     r = _redis(_optional_settings(ctx))
     pubsub = r.pubsub(ignore_subscribe_messages=True)
@@ -179,7 +179,7 @@ def _echo_alert(alert: dict[str, Any], as_json: bool) -> None:
 
 def _optional_settings(ctx: click.Context) -> Settings | None:
     """The config when there is one; ``send``/``tail``/``dashboard`` also work from $REDIS_URL alone."""
-    from xtb_tasks.config import ConfigError, config_path
+    from xtb_tasks.core.config import ConfigError, config_path
 
     explicit = (ctx.obj or {}).get("config_file")
     try:
@@ -214,7 +214,7 @@ def dashboard(ctx: click.Context, host: str | None, port: int | None, token: str
     import os
 
     from monitoring.dashboard import DashboardOptions, make_app, serve
-    from xtb_tasks.config import DashboardConfig
+    from xtb_tasks.core.config import DashboardConfig
 
     settings = _optional_settings(ctx)
     config = settings.dashboard if settings is not None else DashboardConfig()

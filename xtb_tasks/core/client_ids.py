@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from xtb_tasks import keys
+from xtb_tasks.core import keys
 
 BACKPACK_MAX_CLIENT_ID = 2**32 - 1
 LIGHTER_MAX_CLIENT_ID = 2**48 - 1

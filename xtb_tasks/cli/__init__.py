@@ -16,25 +16,25 @@ from typing import Any
 
 import click
 
-from xtb_tasks.config import CONFIG_ENV, ConfigError
+from xtb_tasks.core.config import CONFIG_ENV, ConfigError
 
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
-    "check-config": "xtb_tasks.cli_config:check_config",
-    "config": "xtb_tasks.cli_config:config_group",
-    "redis": "xtb_tasks.cli_config:redis_command",
-    "workers": "xtb_tasks.cli_config:workers_command",
+    "check-config": "xtb_tasks.cli.config_commands:check_config",
+    "config": "xtb_tasks.cli.config_commands:config_group",
+    "redis": "xtb_tasks.cli.config_commands:redis_command",
+    "workers": "xtb_tasks.cli.config_commands:workers_command",
     "sim": "venues.simulator.cli:sim",
-    "order": "xtb_tasks.cli_venue:order",
-    "position": "xtb_tasks.cli_venue:position",
-    "flatten": "xtb_tasks.cli_venue:flatten",
-    "diag": "xtb_tasks.cli_diag:diag",
-    "cycle": "orchestrator.cli:cycle",
-    "recover": "orchestrator.cli:recover",
-    "status": "orchestrator.cli:status",
-    "alerts": "monitoring.cli:alerts",
-    "dashboard": "monitoring.cli:dashboard",
-    "demo": "xtb_tasks.demo:demo",
+    "order": "xtb_tasks.cli.venue:order",
+    "position": "xtb_tasks.cli.venue:position",
+    "flatten": "xtb_tasks.cli.venue:flatten",
+    "diag": "xtb_tasks.cli.diag:diag",
+    "cycle": "xtb_tasks.cli.cycle:cycle",
+    "recover": "xtb_tasks.cli.cycle:recover",
+    "status": "xtb_tasks.cli.cycle:status",
+    "alerts": "xtb_tasks.cli.monitoring:alerts",
+    "dashboard": "xtb_tasks.cli.monitoring:dashboard",
+    "demo": "xtb_tasks.cli.demo:demo",
 }
 
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         # Anything else is a bug or an environment problem; one line, and the log has details.
         logging.getLogger("xtb").debug("unhandled error", exc_info=True)
         from venues.base import VenueError
-        from xtb_tasks.redis_conn import RedisUnavailable
+        from xtb_tasks.core.redis_conn import RedisUnavailable
 
         if isinstance(exc, RedisUnavailable):
             click.echo(f"error: redis: {exc}", err=True)

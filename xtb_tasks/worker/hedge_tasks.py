@@ -32,7 +32,9 @@ from orchestrator.flow import (
 )
 from orchestrator.planning import AccountSnapshot, PlanRefused, plan_cycle
 from orchestrator.recovery import sweep
-from orchestrator.state import (
+from xtb_tasks.core.client_ids import allocate_client_ids, allocate_id_blocks, record_intent
+from xtb_tasks.core.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
+from xtb_tasks.core.cycle_record import (
     FINAL_REASON_BY_STAGE,
     STEP_GRACE_SECS,
     CycleRecord,
@@ -43,10 +45,8 @@ from orchestrator.state import (
     positions_fields,
     with_event,
 )
-from xtb_tasks.celery_app import ORCHESTRATOR_QUEUE, app
-from xtb_tasks.client_ids import allocate_client_ids, allocate_id_blocks, record_intent
-from xtb_tasks.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
-from xtb_tasks.redis_conn import redis_client
+from xtb_tasks.core.redis_conn import redis_client
+from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
 
 log = logging.getLogger(__name__)
 

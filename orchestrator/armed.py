@@ -1,6 +1,6 @@
 """The armed hedge's side of the hand-off: prepare everything before the entry fills, then wait.
 
-``xtb_tasks.handoff`` is the wire between the two legs (announce, await); this module is what the
+``orchestrator.handoff`` is the wire between the two legs (announce, await); this module is what the
 hedge's submit task does with it (``xtb.venue.submit_market_order`` with ``armed=True``).
 """
 
@@ -12,11 +12,8 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-from orchestrator.state import STEP_GRACE_SECS, CycleRecord
-from venues.base import VenueConnector, VenueError
-from xtb_tasks.client_ids import IntentStatus, record_intent
-from xtb_tasks.handoff import EntryNotFilled, await_outcome
-from xtb_tasks.venue_ops import (
+from orchestrator.handoff import EntryNotFilled, await_outcome
+from orchestrator.venue_ops import (
     LegFailed,
     OrderRequest,
     Prefetch,
@@ -24,6 +21,9 @@ from xtb_tasks.venue_ops import (
     leg_in_flight,
     mirror_quantity,
 )
+from venues.base import VenueConnector, VenueError
+from xtb_tasks.core.client_ids import IntentStatus, record_intent
+from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 import click
 
 from xtb_tasks.cli import UserError
-from xtb_tasks.cli_venue import _settings, direct, symbol_of
-from xtb_tasks.config import Settings, Venue
+from xtb_tasks.cli.venue import _settings, direct, symbol_of
+from xtb_tasks.core.config import Settings, Venue
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def _in_own_process(target_text: str, symbol: str, options: dict[str, Any]) -> d
 def min_order_child(target_text: str, symbol: str, options: dict[str, Any]) -> dict[str, Any]:
     """Entry point of the per-target process; always returns a result, never raises."""
     from orchestrator.diagnostics import MinOrderTarget, Venue, run_min_order
-    from xtb_tasks.config import load_settings
+    from xtb_tasks.core.config import load_settings
 
     logging.basicConfig(level=options["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = MinOrderTarget.parse(target_text)

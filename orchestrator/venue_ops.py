@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from orchestrator.state import STEP_GRACE_SECS, CycleRecord
+from orchestrator.handoff import announce_outcome
 from venues.base import (
     MarketRules,
     OrderReport,
@@ -29,9 +29,9 @@ from venues.base import (
     VenueConnector,
     VenueError,
 )
-from xtb_tasks import keys
-from xtb_tasks.client_ids import IntentStatus, mark_intent, record_intent
-from xtb_tasks.handoff import announce_outcome
+from xtb_tasks.core import keys
+from xtb_tasks.core.client_ids import IntentStatus, mark_intent, record_intent
+from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ class OrderRequest:
     #: Take the quantity from this leg's recorded fill in the cycle record (one-hop hand-off).
     quantity_from_leg: str | None = None
     retry_delay_secs: float = 0.5
-    #: Push the final report to this leg's armed hedge (``xtb_tasks.handoff``).
+    #: Push the final report to this leg's armed hedge (``orchestrator.handoff``).
     announce_fill: bool = False
 
 
@@ -148,7 +148,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
                  fetched: Prefetch | None = None, stage: Any = None) -> OrderReport:
     """Walk the planned client ids: reuse a recorded outcome, look up an uncertain one, send a fresh one.
 
-    ``stage`` (an ``orchestrator.state.Stage``) is entered in the same write as the intent.
+    ``stage`` (an ``xtb_tasks.core.cycle_record.Stage``) is entered in the same write as the intent.
     """
     fetched = fetched or prefetch(client, req)
     record = CycleRecord(client, req.cycle_id) if req.cycle_id else None

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from xtb_tasks.cli import main
+
+main()
