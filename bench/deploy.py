@@ -7,21 +7,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
-if str(TESTS) not in sys.path:
-    sys.path.insert(0, str(TESTS))
-
-from conftest import RedisServer, WorkerProcess, start_redis_server, start_worker, stop_redis_server  # noqa: E402
-from harness import FAST_PARAMS, Deployment  # noqa: E402
-from support import wait_until  # noqa: E402
+from tests.helpers.harness import FAST_PARAMS, Deployment
+from tests.helpers.services import RedisServer, WorkerProcess, start_redis_server, start_worker, stop_redis_server
+from tests.helpers.support import wait_until
 
 NOOP_MODULE = "bench.noop_tasks"
 ORCHESTRATOR = "orchestrator"

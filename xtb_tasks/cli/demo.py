@@ -24,7 +24,7 @@ import click
 from xtb_tasks.cli import UserError
 from xtb_tasks.core.config import Settings, load_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "examples" / "demo.toml"
 EXPECTED_ALERTS = ("cycle_started", "cycle_hedged", "emergency_exit", "cycle_finished")
 

@@ -1,0 +1,172 @@
+"""An end-to-end deployment for tests and benchmarks: the simulators, real worker processes (one
+per account plus the orchestrator), a config pointing at both, and helpers to drive cycles.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from tests.helpers.support import wait_until, write_config
+
+ROLES = ("backpack", "lighter1", "lighter2")
+FAST_PARAMS: dict[str, object] = {
+    "leverage": 3.0, "wait_min_secs": 0.2, "wait_max_secs": 0.4, "poll_interval_secs": 0.5,
+    "confirmation_timeout_secs": 3.0, "zero_confirmations": 2,
+}
+
+
+@dataclass
+class Deployment:
+    tmp: Path
+    redis_url: str
+    sim: Any
+    config: Path
+    workers: dict[str, Any] = field(default_factory=dict)
+    start_worker_fn: Any = None
+
+    # ---- processes ------------------------------------------------------------------------
+    def start_workers(self, names: tuple[str, ...] = (*ROLES, "orchestrator")) -> None:
+        for name in names:
+            self.workers[name] = self.start_worker_fn([name], name=name, config_path=self.config,
+                                                      redis_url=self.redis_url, log_dir=self.tmp)
+
+    def kill_worker(self, name: str) -> None:
+        self.workers[name].kill()
+
+    def restart_worker(self, name: str) -> None:
+        self.workers[name].stop()
+        self.workers[name] = self.start_worker_fn([name], name=name, config_path=self.config,
+                                                  redis_url=self.redis_url, log_dir=self.tmp)
+
+    def stop(self) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+
+    # ---- celery and redis -----------------------------------------------------------------
+    @property
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.redis_url, decode_responses=True)
+
+    @property
+    def app(self) -> Any:
+        os.environ["XTB_CONFIG"] = str(self.config)
+        os.environ["REDIS_URL"] = self.redis_url
+        from xtb_tasks.worker.celery_app import app
+
+        return app
+
+    def start_cycle(self, group: str = "main", **overrides: Any) -> str:
+        from xtb_tasks.worker.results import wait_result
+
+        task_id = self.app.send_task("xtb.hedge.start_cycle", kwargs={"group": group, **overrides},
+                                     queue="orchestrator").id
+        return str(wait_result(self.app, task_id, 60)["cycle_id"])
+
+    def record(self, cycle_id: str) -> dict[str, Any]:
+        out = {}
+        for key, value in self.client.hgetall(f"xtb:cycle:{cycle_id}").items():
+            try:
+                out[key] = json.loads(value)
+            except ValueError:
+                out[key] = value
+        return out
+
+    def wait_stage(self, cycle_id: str, stages: str | tuple[str, ...], timeout: float = 60) -> dict[str, Any]:
+        wanted = (stages,) if isinstance(stages, str) else stages
+        try:
+            wait_until(lambda: self.record(cycle_id).get("stage") in wanted, timeout=timeout,
+                       what=f"cycle {cycle_id} to reach {wanted}")
+        except TimeoutError as exc:
+            data = self.record(cycle_id)
+            raise TimeoutError(f"{exc}; stage is {data.get('stage')}, error {data.get('error')}") from None
+        return self.record(cycle_id)
+
+    def wait_done(self, cycle_id: str, timeout: float = 90) -> dict[str, Any]:
+        return self.wait_stage(cycle_id, "done", timeout)
+
+    def unwind_leftovers(self, timeout: float = 60) -> None:
+        """Cancel whatever cycle a failed test left active, so the next test starts clean."""
+        for cycle_id in self.client.smembers("xtb:cycles:active"):
+            self.client.set(f"xtb:cycle:{cycle_id}:cancel", "1")
+            self.app.send_task("xtb.hedge.emergency_exit", kwargs={"cycle_id": cycle_id, "reason": "cancelled",
+                                                                   "attempt": 90}, queue="orchestrator")
+        wait_until(lambda: not self.client.scard("xtb:cycles:active"), timeout=timeout, what="leftover cycles to end")
+
+    # ---- venue truth ----------------------------------------------------------------------
+    def admin(self, venue: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        import requests
+
+        base = self.sim.urls[venue]
+        response = (requests.post(f"{base}/_sim/{path}", json=body or {}, timeout=10) if body is not None
+                    else requests.get(f"{base}/_sim/{path}", timeout=10))
+        response.raise_for_status()
+        return response.json()
+
+    def arm_fault(self, venue: str, kind: str, count: int = 1, op: str = "any", **params: Any) -> None:
+        self.admin(venue, "fault", {"venue": venue, "kind": kind, "count": count, "op": op, "params": params})
+
+    def lighter_position(self, index: int, base: str = "ETH") -> Decimal:
+        return self.sim.exchange.position_quantity("lighter", str(index), base)
+
+    def positions(self) -> dict[str, Decimal]:
+        """Venue truth for the three roles, straight from the simulator's ledger."""
+        out = {}
+        with self.sim.exchange.lock:
+            for (venue, key), acct in self.sim.exchange.accounts.items():
+                pos = acct.positions.get("ETH")
+                if venue == "lighter" and key in ("101", "102"):
+                    out["lighter1" if key == "101" else "lighter2"] = pos.quantity if pos else Decimal(0)
+                elif venue == "backpack":
+                    out["backpack"] = pos.quantity if pos else Decimal(0)
+        return out
+
+    def liquidate_lighter(self, index: int) -> None:
+        self.admin("lighter", "liquidate", {"venue": "lighter", "account": str(index), "base": "ETH"})
+
+    def audit(self) -> list[dict[str, Any]]:
+        return [entry.to_json() for entry in list(self.sim.exchange.audit)]
+
+    def duplicate_client_ids(self) -> list[tuple[str, str, int]]:
+        """Every (venue, account, client id) that produced more than one venue order."""
+        counts = Counter((e["venue"], e["account"], e["client_id"]) for e in self.audit() if e["client_id"])
+        return [key for key, n in counts.items() if n > 1]
+
+    def telegram_texts(self) -> list[str]:
+        return [m["text"] for m in self.sim.telegram.messages()] if hasattr(self.sim.telegram, "messages") else []
+
+    def alerts(self) -> list[dict[str, str]]:
+        return [fields for _, fields in self.client.xrange("xtb:alerts:outbox")]
+
+
+def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *,
+                    params: dict[str, object] | None = None) -> Deployment:
+    from venues.simulator.server import SimulatorServer
+
+    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None)
+    urls = sim.start()
+    config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})})
+    return Deployment(tmp=tmp, redis_url=redis_url, sim=sim, config=config, start_worker_fn=start_worker_fn)
+
+
+def teardown(dep: Deployment) -> None:
+    dep.stop()
+    with contextlib.suppress(Exception):
+        dep.sim.stop()
+
+
+def net_is_hedged(positions: dict[str, Decimal], step: Decimal = Decimal("0.0001")) -> bool:
+    return abs(sum(positions.values())) <= step
+
+
+def sleep_briefly(secs: float = 0.2) -> None:
+    time.sleep(secs)

@@ -1,0 +1,134 @@
+"""Real processes for the tests: a private redis-server and ``celery worker`` subprocesses.
+
+Nothing here is a stand-in: no eager tasks, no fakeredis, no mocks of our own code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import redis
+
+from tests.helpers.support import ROOT, free_port, wait_until
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True)
+
+
+def start_redis_server(directory: Path, *, port: int | None = None, persistent: bool = False) -> RedisServer:
+    from xtb_tasks.core.redis_conn import server_args
+
+    port = port or free_port()
+    directory.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(server_args(port, directory, persistent=persistent),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(port, proc, directory)
+    wait_until(lambda: _pings(server.url), timeout=10, what=f"redis-server on port {port}")
+    return server
+
+
+def _pings(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.2).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def stop_redis_server(server: RedisServer) -> None:
+    server.proc.terminate()
+    try:
+        server.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        server.proc.kill()
+        server.proc.wait(5)
+
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    queues: list[str]
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 15) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        _reap_children(self.proc.pid)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool children (a crash, not a shutdown)."""
+        _reap_children(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+def _reap_children(pid: int) -> None:
+    import psutil
+
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def worker_env(config_path: Path | None, redis_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["REDIS_URL"] = redis_url
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+    env["NO_PROXY"] = "127.0.0.1,localhost"
+    if config_path is not None:
+        env["XTB_CONFIG"] = str(config_path)
+    env.update(extra or {})
+    return env
+
+
+def start_worker(queues: list[str], *, name: str, config_path: Path | None, redis_url: str,
+                 log_dir: Path, extra_env: dict[str, str] | None = None, wait: bool = True,
+                 concurrency: int = 1) -> WorkerProcess:
+    log_path = log_dir / f"worker-{name}-{time.time_ns()}.log"
+    cmd = [sys.executable, "-m", "celery", "-A", "xtb_tasks", "worker", "-Q", ",".join(queues),
+           "-c", str(concurrency), "-P", "prefork", "--prefetch-multiplier", "1", "-n", f"{name}@%h",
+           "--without-mingle", "--without-gossip", "--loglevel", "INFO", "--logfile", str(log_path)]
+    env = worker_env(config_path, redis_url, extra_env)
+    proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    worker = WorkerProcess(name, queues, proc, log_path, env)
+    if wait:
+        wait_until(lambda: "ready." in worker.log() or not worker.alive(), timeout=60,
+                   what=f"worker {name} ready")
+        if not worker.alive():
+            raise RuntimeError(f"worker {name} exited early:\n{worker.log()[-3000:]}")
+    return worker

@@ -1,0 +1,56 @@
+"""Small test utilities shared by the fixtures and the tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], object], *, timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = None,
+                 group_params: dict[str, object] | None = None, account_suffix: str = "",
+                 lighter_indexes: tuple[int, int] = (101, 102)) -> Path:
+    """A config for the three demo roles on the simulators, with fresh keys in ``path.parent``."""
+    keys = path.parent / "keys"
+    lines = []
+    if redis_url:
+        lines += ["[redis]", f'url = "{redis_url}"', ""]
+    lines += [
+        f"[accounts.backpack{account_suffix}]", 'venue = "backpack"', f'base_url = "{urls["backpack"]}"',
+        f'ws_url = "{urls["backpack_ws"]}"', f'keys_file = "{keys}/bp{account_suffix}.txt"',
+        "create_keys_if_missing = true", "",
+    ]
+    for n, index in zip((1, 2), lighter_indexes, strict=True):
+        lines += [
+            f"[accounts.lighter{n}{account_suffix}]", 'venue = "lighter"', f'base_url = "{urls["lighter"]}"',
+            f'ws_url = "{urls["lighter_ws"]}"', f"account_index = {index}", f"api_key_index = {2 + n}",
+            f'keys_file = "{keys}/l{n}{account_suffix}.txt"', "create_keys_if_missing = true", "",
+        ]
+    lines += [
+        f"[groups.main{account_suffix}]", f'backpack = "backpack{account_suffix}"',
+        f'lighter1 = "lighter1{account_suffix}"', f'lighter2 = "lighter2{account_suffix}"',
+    ]
+    for key, value in (group_params or {}).items():
+        lines.append(f"{key} = {value!r}" if not isinstance(value, bool) else f"{key} = {str(value).lower()}")
+    lines += ["", "[telegram]", f'api_url = "{urls.get("telegram", "http://127.0.0.1:9")}"',
+              f'keys_file = "{keys}/tg_key.txt"', ""]
+    path.write_text("\n".join(lines).replace("'", '"'))
+    return path

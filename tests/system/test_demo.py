@@ -1,0 +1,50 @@
+"""`xtb demo` (what `make demo` runs) as a user runs it, with its JSON summary asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from tests.helpers.services import ROOT
+from tests.helpers.support import free_port
+
+
+def test_demo_runs_the_main_job_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.pop("REDIS_URL", None)  # the demo must work on the embedded default
+    env.pop("XTB_CONFIG", None)
+    env.update({"XTB_DATA_DIR": str(tmp_path / "data"), "XTB_EMBEDDED_REDIS_PORT": str(free_port()),
+                "PYTHONWARNINGS": "ignore::DeprecationWarning"})
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "demo", "--json"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=180)
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["ok"] is True, summary["checks"]
+    assert summary["checks"]["hedged_after_cycle"] and summary["checks"]["flat_after_exit"]
+    assert (summary["outcome"], summary["reason"]) == ("flat", "lighter2_zero")
+    assert {"bp_entry", "l1_hedge", "l2_entry"} <= set(summary["fills"])
+    assert any("EMERGENCY EXIT" in text for text in summary["telegram_messages"])
+    assert len(summary["dashboard_bots_online"]) >= 3
+    print(f"demo took {elapsed:.1f}s (the demo itself reports {summary['elapsed_secs']}s)")
+    # Nothing the demo started may outlive it: every process it starts (workers, relay, dashboard,
+    # embedded Redis) inherits this run's private XTB_DATA_DIR.
+    assert leftover_processes(env["XTB_DATA_DIR"]) == []
+
+
+def leftover_processes(data_dir: str) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if proc.environ().get("XTB_DATA_DIR") == data_dir:
+                found.append(" ".join(proc.info["cmdline"] or [])[:120])
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found

@@ -1,0 +1,131 @@
+"""The production deployment files: systemd units verify, the compose file says what we promise.
+
+``systemd-analyze verify`` checks that every ExecStart binary exists, so the units are verified
+from a temporary copy whose ``/opt/xtb/.venv`` paths point at this checkout's venv (the same
+entry points a production install has) and whose EnvironmentFile is the shipped example.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+UNITS = DEPLOY / "systemd"
+VENV_BIN = Path(sys.executable).parent
+DEMO_ACCOUNTS = sorted(tomllib.loads((ROOT / "examples" / "demo.toml").read_text())["accounts"])
+SERVICES = ["xtb-orchestrator.service", "xtb-beat.service", "xtb-flower.service", "xtb-dashboard.service",
+            "xtb-relay.service"]
+
+
+def unit_settings(path: Path) -> dict[str, list[str]]:
+    """``Key=value`` lines of a unit (keys may repeat, so not configparser)."""
+    found: dict[str, list[str]] = {}
+    for line in path.read_text().splitlines():
+        if "=" in line and not line.startswith(("#", ";", "[")):
+            key, value = line.split("=", 1)
+            found.setdefault(key.strip(), []).append(value.strip())
+    return found
+
+
+def localized_units(tmp_path: Path) -> list[Path]:
+    """Copies of every unit (the template once per demo account) runnable on this machine."""
+    env_file = tmp_path / "xtb.env"
+    shutil.copy(DEPLOY / "xtb.env.example", env_file)
+    out = []
+    for unit in sorted(UNITS.iterdir()):
+        text = unit.read_text().replace("/opt/xtb/.venv/bin/", f"{VENV_BIN}/")
+        text = text.replace("/etc/xtb/xtb.env", str(env_file)).replace("WorkingDirectory=/opt/xtb", f"WorkingDirectory={ROOT}")
+        names = [unit.name.replace("@.", f"@{a}.") for a in DEMO_ACCOUNTS] if "@." in unit.name else [unit.name]
+        for name in names:
+            (tmp_path / name).write_text(text)
+            out.append(tmp_path / name)
+    return out
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed here")
+def test_systemd_units_verify(tmp_path: Path) -> None:
+    units = localized_units(tmp_path)
+    assert {u.name for u in units} >= {*SERVICES, "xtb.target", *(f"xtb-worker@{a}.service" for a in DEMO_ACCOUNTS)}
+    proc = subprocess.run(["systemd-analyze", "verify", "--man=no", *map(str, units)], capture_output=True,
+                          text=True, timeout=60)
+    # Warnings about our units (unknown keys, bad specifiers, missing binaries) name their files.
+    ours = [line for line in (proc.stdout + proc.stderr).splitlines() if str(tmp_path) in line or "xtb" in line]
+    assert proc.returncode == 0 and not ours, proc.stdout + proc.stderr
+
+
+def test_systemd_units_contract() -> None:
+    worker = unit_settings(UNITS / "xtb-worker@.service")
+    (command,) = worker["ExecStart"]
+    assert command.startswith("/opt/xtb/.venv/bin/celery -A xtb_tasks worker -Q %i ")
+    for flag in ("-c 1 ", "-P prefork", "--prefetch-multiplier 1 ", "-n %i@%%h"):
+        assert flag in command, flag
+    # Task events cost ~100 Redis commands per cycle; Flower switches them on while it watches.
+    assert " -E " not in command
+    assert int(worker["TimeoutStopSec"][0]) > 120 and worker["KillMode"] == ["mixed"]
+    assert worker["KillSignal"] == ["SIGTERM"]
+    for name in ["xtb-worker@.service", *SERVICES]:
+        unit = unit_settings(UNITS / name)
+        assert unit["User"] == ["xtb"] and unit["WorkingDirectory"] == ["/opt/xtb"], name
+        assert unit["EnvironmentFile"] == ["/etc/xtb/xtb.env"] and unit["Restart"][0] in ("on-failure", "always"), name
+        assert "XTB_CONFIG=" in unit["Environment"][0] and "REDIS_URL=" in unit["Environment"][0], name
+        assert unit["NoNewPrivileges"] == ["yes"] and unit["ProtectSystem"] == ["strict"], name
+        assert float(unit["RestartSec"][0]) > 0, name
+    assert "-Q orchestrator" in unit_settings(UNITS / "xtb-orchestrator.service")["ExecStart"][0]
+    assert "beat -S redbeat.RedBeatScheduler" in unit_settings(UNITS / "xtb-beat.service")["ExecStart"][0]
+    flower = unit_settings(UNITS / "xtb-flower.service")
+    assert "--address=127.0.0.1" in flower["ExecStart"][0] and "FLOWER_BASIC_AUTH" in flower["ExecStartPre"][0]
+
+
+def load_compose() -> dict[str, Any]:
+    import yaml  # pinned in the test extra
+
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def flag_value(command: list[str], flag: str) -> str | None:
+    return command[command.index(flag) + 1] if flag in command else None
+
+
+def test_compose_file() -> None:
+    services = load_compose()["services"]
+    redis_cmd = services["redis"]["command"]
+    assert flag_value(redis_cmd, "--appendonly") == "yes"
+    assert flag_value(redis_cmd, "--maxmemory-policy") == "noeviction"
+    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    workers = {name: s for name, s in services.items() if "worker" in s.get("command", [])}
+    queues = {flag_value(s["command"], "-Q") for s in workers.values()}
+    assert queues == {*DEMO_ACCOUNTS, "orchestrator"}
+    for name, service in workers.items():
+        assert flag_value(service["command"], "-c") == "1", name
+        assert flag_value(service["command"], "--prefetch-multiplier") == "1", name
+        assert int(service["stop_grace_period"].rstrip("s")) > 120, name
+    for name in ("beat", "relay", "dashboard", "flower"):
+        assert name in services, name
+    assert flag_value(services["beat"]["command"], "-S") == "redbeat.RedBeatScheduler"
+    for name, service in services.items():
+        assert service.get("restart") in ("unless-stopped", "always"), name
+        if name != "redis":
+            assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
+            assert service["environment"]["REDIS_URL"].startswith("redis://redis:"), name
+    assert all(port.startswith("127.0.0.1:") for s in services.values() for port in s.get("ports", []))
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert "FROM python:3.11-slim" in dockerfile and "pip install /opt/xtb" in dockerfile
+
+
+def test_env_example_documents_every_variable_without_secrets() -> None:
+    text = (DEPLOY / "xtb.env.example").read_text()
+    values = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    for name in ("XTB_CONFIG", "REDIS_URL", "FLOWER_BASIC_AUTH", "XTB_DASHBOARD_TOKEN", "XTB_TELEGRAM_BOT_TOKEN",
+                 "XTB_TELEGRAM_CHAT_ID"):
+        assert name in values, name
+        assert "# " in text.split(f"\n{name}=")[0].rsplit("\n\n", 1)[-1], f"{name} has no comment"
+    for secret in ("FLOWER_BASIC_AUTH", "XTB_DASHBOARD_TOKEN", "XTB_TELEGRAM_BOT_TOKEN", "XTB_TELEGRAM_CHAT_ID"):
+        assert values[secret] == "", secret

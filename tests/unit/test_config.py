@@ -1,0 +1,168 @@
+"""Config validation: every invalid case is one line naming the key, exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xtb_tasks.core.config import ConfigError, Direction, HedgeParams, load_settings, parse_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO = ROOT / "examples" / "demo.toml"
+
+
+def run_xtb(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "xtb_tasks.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=60)
+
+
+def demo_doc() -> dict:
+    return tomllib.loads(DEMO.read_text())
+
+
+def test_demo_config_is_valid_and_keeps_the_original_defaults() -> None:
+    settings = load_settings(DEMO)
+    assert set(settings.accounts) == {"backpack", "lighter1", "lighter2"}
+    group = settings.group("main")
+    assert (group.backpack, group.lighter1, group.lighter2) == ("backpack", "lighter1", "lighter2")
+    assert group.params.direction is Direction.LONG_BACKPACK
+    assert group.params.wait_min_secs == 2.0 and group.params.wait_max_secs == 5.0
+    assert settings.accounts["lighter1"].account_index == 101
+    defaults = HedgeParams()
+    assert (defaults.leverage, defaults.timeout_secs, defaults.poll_interval_secs) == (50.0, 86400.0, 5.0)
+    assert (defaults.confirmation_timeout_secs, defaults.confirmation_poll_secs) == (2.0, 0.2)
+
+
+def test_check_config_cli_accepts_the_demo() -> None:
+    result = run_xtb("check-config", str(DEMO))
+    assert result.returncode == 0, result.stderr
+    assert "3 accounts" in result.stdout
+
+
+def _write(tmp_path: Path, doc_text: str) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(doc_text)
+    return path
+
+
+def _demo_text_with(old: str, new: str, keys_dir: Path) -> str:
+    # Keys in the test's own folder: whatever `make demo` left in .xtb/demo-keys must not matter.
+    text = DEMO.read_text().replace("../.xtb/demo-keys", str(keys_dir))
+    assert old in text
+    return text.replace(old, new, 1)
+
+
+BROKEN = [
+    ("unknown key", ('leverage = 3.0', 'leverage = 3.0\nlevrage = 2'), "groups.main.levrage"),
+    ("wrong type", ('account_index = 101', 'account_index = "abc"'), "accounts.lighter1.account_index"),
+    ("bad enum", ('direction = "long_backpack"', 'direction = "sideways"'), "groups.main.direction"),
+    ("missing keys file", ('Backpack_key.txt"\ncreate_keys_if_missing = true', 'Backpack_key.txt"'),
+     "accounts.backpack.keys_file"),
+    ("unknown venue", ('venue = "backpack"', 'venue = "binance"'), "accounts.backpack.venue"),
+    ("role on wrong venue", ('lighter1 = "lighter1"', 'lighter1 = "backpack"'), "groups.main.lighter1"),
+    ("unknown account in group", ('lighter2 = "lighter2"', 'lighter2 = "nope"'), "groups.main.lighter2"),
+    ("wait range", ('wait_min_secs = 2.0', 'wait_min_secs = 9.0'), "groups.main.wait_min_secs"),
+    ("negative size", ('leverage = 3.0', 'leverage = 3.0\nsize = "-1"'), "groups.main.size"),
+    ("bad url", ('base_url = "http://127.0.0.1:18080"', 'base_url = "ftp://x"'), "accounts.backpack.base_url"),
+    ("unknown top-level table", ("[telemetry]", "[telemetri]"), "telemetri"),
+]
+
+
+@pytest.mark.parametrize(("case", "edit", "key"), BROKEN, ids=[c[0] for c in BROKEN])
+def test_broken_config_exits_2_with_one_line_naming_the_key(tmp_path: Path, case: str, edit: tuple[str, str],
+                                                             key: str) -> None:
+    path = _write(tmp_path, _demo_text_with(*edit, tmp_path / "keys"))
+    result = run_xtb("check-config", str(path))
+    assert result.returncode == 2, (case, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert key in lines[0] and str(path) in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_account_in_two_groups_with_conflicting_roles_is_rejected(tmp_path: Path) -> None:
+    text = _demo_text_with("[telegram]", """[accounts.lighter3]
+venue = "lighter"
+base_url = "http://127.0.0.1:18081"
+account_index = 103
+private_key_env = "L3_KEY"
+
+[groups.second]
+backpack = "backpack"
+lighter1 = "lighter2"
+lighter2 = "lighter3"
+
+[telegram]""", tmp_path / "keys")
+    result = run_xtb("check-config", str(_write(tmp_path, text)))
+    assert result.returncode == 2
+    assert "groups.second.lighter1" in result.stderr and "already lighter2" in result.stderr
+
+
+def test_missing_config_file_and_invalid_toml(tmp_path: Path) -> None:
+    missing = run_xtb("check-config", str(tmp_path / "absent.toml"))
+    assert missing.returncode == 2 and "config file not found" in missing.stderr
+    garbled = run_xtb("check-config", str(_write(tmp_path, "[accounts\nx=")))
+    assert garbled.returncode == 2 and "invalid TOML" in garbled.stderr
+
+
+def test_config_show_redacts_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    result = run_xtb("--config", str(DEMO), "config", "show")
+    assert result.returncode == 0, result.stderr
+    assert '"account_index": 101' in result.stdout
+
+
+def test_hedge_overrides_reuse_the_config_validation() -> None:
+    base = HedgeParams()
+    assert HedgeParams.from_mapping({"size": "0.5"}, base=base).size is not None
+    with pytest.raises(ConfigError, match="size"):
+        HedgeParams.from_mapping({"size": -1})
+    with pytest.raises(ConfigError, match="unknown key"):
+        HedgeParams.from_mapping({"bogus": 1})
+    # Finite as a Decimal, yet no venue amount: refused up front, not by the planner after "started".
+    for huge in ("1e999", "1E+12", 10**13):
+        with pytest.raises(ConfigError, match="size: expected a decimal number below"):
+            HedgeParams.from_mapping({"size": huge})
+    # Decimal("١") is 1: digits of other scripts would start a real 1-unit cycle.
+    for foreign in ("١", "٠.٥", "１", " 1"):
+        with pytest.raises(ConfigError, match="size: expected a decimal number in ASCII digits"):
+            HedgeParams.from_mapping({"size": foreign})
+
+
+toml_scalars = st.one_of(st.integers(-10**20, 10**20), st.floats(allow_nan=True), st.text(max_size=20),
+                         st.booleans(), st.none())
+toml_values = st.recursive(toml_scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                                 st.dictionaries(st.text(max_size=12), inner, max_size=4)),
+                           max_leaves=12)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(section=st.sampled_from(["accounts", "groups", "redis", "telegram", "schedules", "dashboard"]),
+       name=st.text(max_size=10), key=st.text(max_size=25), value=toml_values)
+def test_fuzzed_documents_fail_only_with_config_error(section: str, name: str, key: str, value: object) -> None:
+    doc = demo_doc()
+    target = doc.setdefault(section, {})
+    if isinstance(target, dict) and section in ("accounts", "groups", "schedules"):
+        target = target.setdefault(name, {}) if name else target
+    if isinstance(target, dict):
+        target[key] = value
+    try:
+        parse_settings(doc, DEMO.resolve())
+    except ConfigError as exc:
+        assert "\n" not in exc.render()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.text(max_size=200))
+def test_fuzzed_text_never_escapes_as_a_traceback(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
+    path = tmp_path_factory.mktemp("fuzz") / "x.toml"
+    path.write_text(text)
+    try:
+        load_settings(path)
+    except ConfigError as exc:
+        assert exc.render().count("\n") <= 1 or "invalid TOML" in exc.render()
