@@ -18,8 +18,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/xtb demo
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest
 
 # Skips the long fault-injection runs (CI runs everything through `make test`).
@@ -29,8 +28,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
+# Style, the layer contract (.importlinter) and the type checker.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 
 sim: $(STAMP)
 	$(BIN)/xtb sim
