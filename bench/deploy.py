@@ -10,6 +10,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,7 @@ class Bench:
             self.workers[queue] = worker
             started.append(worker)
         for worker in started:
-            wait_until(lambda w=worker: "ready." in w.log() or not w.alive(), timeout=90,
-                       what=f"worker {worker.name} ready")
+            wait_until(partial(_ready_or_dead, worker), timeout=90, what=f"worker {worker.name} ready")
             if not worker.alive():
                 raise RuntimeError(f"worker {worker.name} exited early:\n{worker.log()[-3000:]}")
         self.dep.workers.update({w.name: w for w in started})
@@ -150,3 +150,7 @@ def bench_deployment(params: dict[str, object] | None = None) -> Iterator[Bench]
                 sim.stop()
             stop_redis_server(redis_server)
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _ready_or_dead(worker: WorkerProcess) -> bool:
+    return "ready." in worker.log() or not worker.alive()

@@ -58,7 +58,7 @@ class Monitor:
 
     def __exit__(self, *_: Any) -> None:
         self.stop.set()
-        redis.Redis.from_url(self.conn.connection_pool.connection_kwargs and self.url).ping()
+        redis.Redis.from_url(self.url).ping()
         self.thread.join(2)
 
     @property

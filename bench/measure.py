@@ -435,7 +435,7 @@ class WakeupProbe:
     def __exit__(self, *_: object) -> None:
         redis.Redis.from_url(self.redis_url).rpush(f"{self.key}:stop", "stop")
         self._pusher.wait(timeout=30)
-        out, _ = self._waiter.communicate(timeout=30)
+        out, _err = self._waiter.communicate(timeout=30)
         self.samples = json.loads(out)
 
     def summary(self) -> dict[str, dict[str, float]]:

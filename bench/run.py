@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +129,9 @@ def measure_scaling(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str
             continue
         specs = bench.specs[:count]
         missing = [q for s in specs for q in s.accounts if q not in bench.workers]
-        clock.phase(f"start {len(missing)} more workers", lambda m=missing: bench.start_workers(m))
+        clock.phase(f"start {len(missing)} more workers", partial(bench.start_workers, missing))
         with measure.MachineLoad() as load, measure.WakeupProbe(bench.redis.url, venue_url) as probe:
-            results = clock.phase(f"cycles ({count} groups at once)", lambda s=specs, k=key: measure.run_groups(
-                bench, s, n[k]))
+            results = clock.phase(f"cycles ({count} groups at once)", partial(measure.run_groups, bench, specs, n[key]))
         wakeup[str(count)] = probe.summary()
         handoffs = [x for r in results for x in r.handoff_ms]
         overheads = [x for r in results for x in r.overhead_ms]

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -131,7 +131,7 @@ def queue_alert(pipe: redis.client.Pipeline, kind: AlertKind, text: str, **field
         raise ValueError("alert text is empty")
     now = time.time()
     alert_id = new_alert_id(now)
-    entry = {
+    entry: dict[Any, Any] = {
         "id": alert_id, "kind": kind.value, "text": line, "ts": f"{now:.3f}",
         "host": socket.gethostname(), "pid": str(os.getpid()),
         "fields": json.dumps(fields, default=str, sort_keys=True),
@@ -145,7 +145,7 @@ def queue_alert(pipe: redis.client.Pipeline, kind: AlertKind, text: str, **field
 
 def recent_alerts(redis: redis.Redis, count: int = 20) -> list[Alert]:
     """The newest ``count`` alerts in the outbox, newest first."""
-    entries = redis.xrevrange(keys.ALERTS_OUTBOX, count=count)
+    entries = cast(list[tuple[str, dict[str, str]]], redis.xrevrange(keys.ALERTS_OUTBOX, count=count))
     return [Alert.from_entry(entry_id, data) for entry_id, data in entries]
 
 

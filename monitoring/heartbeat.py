@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import redis
@@ -184,7 +184,7 @@ def beat_interval(payload: Mapping[str, Any], default: float = 10.0) -> float:
 def load_last_beats(r: redis.Redis) -> dict[str, dict[str, Any]]:
     """Every bot's latest heartbeat; unreadable entries are skipped (never crash a viewer)."""
     beats: dict[str, dict[str, Any]] = {}
-    for bot, raw in r.hgetall(keys.HEARTBEAT_LAST).items():
+    for bot, raw in cast(dict[str, str], r.hgetall(keys.HEARTBEAT_LAST)).items():
         try:
             payload = json.loads(raw)
         except (json.JSONDecodeError, TypeError):
@@ -265,7 +265,7 @@ class HeartbeatPublisher:
         if identity.account is None:
             extra = {"active_cycles": r.scard(keys.CYCLES_ACTIVE)}
             return build_payload(identity, {}, now=now, interval=self.interval, extra=extra)
-        state = r.hgetall(keys.account_state(identity.account))
+        state = cast(dict[str, str], r.hgetall(keys.account_state(identity.account)))
         return build_payload(identity, state, now=now, interval=self.interval, stale_after=self.stale_after)
 
     def _post_ingest(self, payload: Mapping[str, Any]) -> None:

@@ -177,7 +177,7 @@ def group_view(r: redis.Redis, group: str, settings: Settings | None, views: lis
     members = found["members"]
     net = net_delta(members)
     tolerance = _tolerance(settings, group)
-    history = load_cycles(r, r.lrange(keys.cycle_history(group), 0, 4))
+    history = load_cycles(r, [str(i) for i in r.lrange(keys.cycle_history(group), 0, 4)])
     current = next((c for c in active if c.get("group") == group), None)
     return {
         "name": group, "roles": members, "accounts": found["accounts"],
@@ -192,7 +192,7 @@ def overview_document(r: redis.Redis, settings: Settings | None, now: float | No
                       alerts: int = 15) -> dict[str, Any]:
     now = time.time() if now is None else now
     views = [bot_view(s) for s in bot_statuses(load_last_beats(r), now)]
-    active = load_cycles(r, sorted(r.smembers(keys.CYCLES_ACTIVE)))
+    active = load_cycles(r, sorted(str(i) for i in r.smembers(keys.CYCLES_ACTIVE)))
     groups = [group_view(r, name, settings, views, active) for name in group_names(settings, views)]
     placed = {m["name"] for g in groups for m in g["roles"].values() if m is not None}
     delivered = recent_alerts(r, alerts)

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from redis.exceptions import LockError, ResponseError
@@ -171,8 +171,8 @@ class AlertRelay:
                 return
 
     def _read(self, start: str, block_ms: int | None = None) -> list[Entry]:
-        reply = self.redis.xreadgroup(keys.ALERTS_GROUP, self.options.consumer, {keys.ALERTS_OUTBOX: start},
-                                      count=self.options.batch, block=block_ms)
+        reply: Any = self.redis.xreadgroup(keys.ALERTS_GROUP, self.options.consumer, {keys.ALERTS_OUTBOX: start},
+                                           count=self.options.batch, block=block_ms)
         if not reply:
             return []
         # redis-py 8 answers RESP2 as [[stream, entries]] and RESP3 as {stream: [entries]}.
@@ -206,7 +206,7 @@ class AlertRelay:
         try:
             pending = self.redis.xpending_range(keys.ALERTS_OUTBOX, keys.ALERTS_GROUP, "-", "+", 1000,
                                                 consumername=self.options.consumer)
-            ids = [p["message_id"] for p in pending]
+            ids: list[Any] = [p["message_id"] for p in pending]
             if ids:
                 # Parked under a marker consumer with a huge idle time: the next leader's XAUTOCLAIM
                 # takes them in its first pass, and in order.
@@ -316,7 +316,7 @@ def prune_delivered(r: redis.Redis, before_epoch: float) -> int:
 def pending_delivery(r: redis.Redis) -> dict[str, int]:
     """``{"pending": read but unacknowledged, "undelivered": not yet read}`` for metrics."""
     try:
-        groups = r.xinfo_groups(keys.ALERTS_OUTBOX)
+        groups: list[dict[str, Any]] = r.xinfo_groups(keys.ALERTS_OUTBOX)
     except ResponseError:
         return {"pending": 0, "undelivered": 0}
     for group in groups:
@@ -325,6 +325,6 @@ def pending_delivery(r: redis.Redis) -> dict[str, int]:
             if lag is None:
                 # Redis answers nil when it cannot tell cheaply (after deletions); count instead.
                 last = group.get("last-delivered-id", "0-0")
-                lag = len(r.xrange(keys.ALERTS_OUTBOX, min=f"({last}", count=100_000))
+                lag = len(r.xrange(keys.ALERTS_OUTBOX, min=f"({last}", count=100_000) or [])
             return {"pending": int(group.get("pending", 0)), "undelivered": int(lag)}
     return {"pending": 0, "undelivered": r.xlen(keys.ALERTS_OUTBOX)}

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -164,7 +165,7 @@ class TelegramClient:
         self._session.close()
 
     def send(self, text: str) -> SendResult:
-        body = {"chat_id": self._credentials.chat_id, "text": text, "disable_web_page_preview": True}
+        body: dict[str, Any] = {"chat_id": self._credentials.chat_id, "text": text, "disable_web_page_preview": True}
         try:
             reply = self._session.post(self._url, json=body, timeout=self.timeout)
         except requests.RequestException as exc:

@@ -12,7 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -73,8 +73,8 @@ class Deployment:
         return str(wait_result(self.app, task_id, 60)["cycle_id"])
 
     def record(self, cycle_id: str) -> dict[str, Any]:
-        out = {}
-        for key, value in self.client.hgetall(f"xtb:cycle:{cycle_id}").items():
+        out: dict[str, Any] = {}
+        for key, value in cast(dict[str, str], self.client.hgetall(f"xtb:cycle:{cycle_id}")).items():
             try:
                 out[key] = json.loads(value)
             except ValueError:
@@ -96,7 +96,7 @@ class Deployment:
 
     def unwind_leftovers(self, timeout: float = 60) -> None:
         """Cancel whatever cycle a failed test left active, so the next test starts clean."""
-        for cycle_id in self.client.smembers("xtb:cycles:active"):
+        for cycle_id in map(str, self.client.smembers("xtb:cycles:active")):
             self.client.set(f"xtb:cycle:{cycle_id}:cancel", "1")
             self.app.send_task("xtb.hedge.emergency_exit", kwargs={"cycle_id": cycle_id, "reason": "cancelled",
                                                                    "attempt": 90}, queue="orchestrator")
@@ -145,7 +145,7 @@ class Deployment:
         return [m["text"] for m in self.sim.telegram.messages()] if hasattr(self.sim.telegram, "messages") else []
 
     def alerts(self) -> list[dict[str, str]]:
-        return [fields for _, fields in self.client.xrange("xtb:alerts:outbox")]
+        return [cast(dict[str, str], fields) for _, fields in self.client.xrange("xtb:alerts:outbox") or []]
 
 
 def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *,
@@ -165,7 +165,7 @@ def teardown(dep: Deployment) -> None:
 
 
 def net_is_hedged(positions: dict[str, Decimal], step: Decimal = Decimal("0.0001")) -> bool:
-    return abs(sum(positions.values())) <= step
+    return abs(sum(positions.values(), Decimal(0))) <= step
 
 
 def sleep_briefly(secs: float = 0.2) -> None:

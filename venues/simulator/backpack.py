@@ -21,6 +21,7 @@ from decimal import Decimal
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from venues.simulator import backpack_views as views
 from venues.simulator.admin import POSITION_HOOK, is_admin_path
@@ -60,7 +61,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"code": "SERVER_ERROR", "message": "Internal server error"}, status=500)
 
 
-def _latency(exchange: Exchange) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def _latency(exchange: Exchange) -> Middleware:
     @web.middleware
     async def latency(request: web.Request, handler: Handler) -> web.StreamResponse:
         if exchange.latency_ms > 0 and not is_admin_path(request.path):
