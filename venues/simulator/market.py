@@ -10,14 +10,26 @@ The model is venue-neutral and synchronous; the servers call it under one lock.
 
 from __future__ import annotations
 
+import logging
 import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, Decimal
 from enum import Enum
 from typing import Any
+
+from venues.simulator import margin
+from venues.simulator.book import Level, PriceModel, walk
+from venues.simulator.funding import FundingPayment, settle
+from venues.simulator.margin import Liquidation
+from venues.simulator.profile import SimProfile
+
+#: What the market tells the venues about: a position closed by the engine or admin, a funding payment.
+MarketEvent = Liquidation | FundingPayment
+MarketListener = Callable[[MarketEvent], None]
 
 
 class FaultKind(str, Enum):
@@ -57,6 +69,10 @@ class Position:
     quantity: Decimal = Decimal(0)
     entry_price: Decimal = Decimal(0)
     realized_pnl: Decimal = Decimal(0)
+    #: Funding received (+) or paid (−) since the position opened (profile.FundingProfile).
+    cumulative_funding: Decimal = Decimal(0)
+    #: Trading fees paid on this position's fills (profile.FeeProfile).
+    fees_paid: Decimal = Decimal(0)
 
 
 @dataclass
@@ -89,47 +105,32 @@ class AuditEntry:
         return self.__dict__.copy()
 
 
-@dataclass
-class PriceModel:
-    base: str
-    mid: Decimal
-    #: Half-spread as a fraction of mid.
-    half_spread: Decimal = Decimal("0.0002")
-    #: Lighter quotes at ``mid × (1 + lighter_offset)``: a spread between the venues.
-    lighter_offset: Decimal = Decimal("0.0003")
-    levels: int = 20
-    level_size: Decimal = Decimal("5")
-    level_step: Decimal = Decimal("0.0001")
-
-    def venue_mid(self, venue: str) -> Decimal:
-        return self.mid * (1 + self.lighter_offset) if venue == "lighter" else self.mid
-
-    def book(self, venue: str) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
-        """(bids best-first, asks best-first) as (price, size)."""
-        mid = self.venue_mid(venue)
-        bids, asks = [], []
-        for i in range(self.levels):
-            off = self.half_spread + self.level_step * i
-            bids.append((mid * (1 - off), self.level_size))
-            asks.append((mid * (1 + off), self.level_size))
-        return bids, asks
-
-
 class Exchange:
     """The shared state of both simulated venues."""
 
     def __init__(self, *, seed: int = 7, starting_collateral: Decimal = Decimal(10000),
-                 prices: dict[str, Decimal] | None = None, audit_limit: int = 100_000) -> None:
+                 prices: dict[str, Decimal] | None = None, audit_limit: int = 100_000,
+                 profile: SimProfile | None = None) -> None:
         self.lock = threading.RLock()
-        self.rng = random.Random(seed)
+        self.profile = profile if profile is not None else SimProfile()
+        path_seed = self.profile.price_path.seed
+        self.rng = random.Random(seed if path_seed is None else path_seed)
         self.starting_collateral = starting_collateral
-        self.prices = {b: PriceModel(b, p) for b, p in (prices or {"ETH": Decimal(3000), "BTC": Decimal(60000)}).items()}
+        self.prices = {b: PriceModel(b, p, self.profile.depth)
+                       for b, p in (prices or {"ETH": Decimal(3000), "BTC": Decimal(60000)}).items()}
         self.accounts: dict[tuple[str, str], SimAccount] = {}
         self.audit: deque[AuditEntry] = deque(maxlen=audit_limit)
         self.faults: list[Fault] = []
         self.latency_ms: float = 0.0
         self._order_seq = 4_227_700_000
         self._stale: dict[tuple[str, str, str], Decimal] = {}
+        #: Every funding payment, oldest first (both venues' funding history endpoints read it).
+        self.funding_log: deque[FundingPayment] = deque(maxlen=audit_limit)
+        self.liquidations: deque[Liquidation] = deque(maxlen=audit_limit)
+        #: Venue apps subscribe to liquidations and funding to write their own records and push events.
+        self.listeners: list[MarketListener] = []
+        self._funding_seq = 1
+        self._next_funding: float | None = None
 
     # ---- accounts ---------------------------------------------------------------------------
     def account(self, venue: str, key: str, collateral: Decimal | None = None) -> SimAccount:
@@ -169,25 +170,40 @@ class Exchange:
         with self.lock:
             self.prices[base].mid = price
 
-    def step_prices(self, volatility: Decimal = Decimal("0.0005")) -> None:
-        """One seeded random-walk step (called by the servers' ticker)."""
+    def step_prices(self, volatility: Decimal | None = None) -> None:
+        """One seeded step of the price path (called by the servers' ticker): a Gaussian return with
+        the profile's volatility and drift, plus a jump with probability ``jump_probability``.
+        With liquidation on, accounts the move pushed below maintenance are closed at the new mark."""
+        path = self.profile.price_path
+        sigma = path.volatility if volatility is None else volatility
         with self.lock:
             for model in self.prices.values():
-                shock = Decimal(str(self.rng.gauss(0, 1))) * volatility
+                shock = Decimal(str(self.rng.gauss(0, 1))) * sigma + path.drift
+                if path.jump_probability and self.rng.random() < float(path.jump_probability):
+                    direction = path.jump_direction or (1 if self.rng.random() < 0.5 else -1)
+                    shock += direction * path.jump_size
                 model.mid = model.mid * (1 + shock)
+            if self.profile.margin.liquidate:
+                self.check_liquidations()
 
-    def book(self, venue: str, base: str) -> tuple[list[tuple[Decimal, Decimal]], list[tuple[Decimal, Decimal]]]:
+    def book(self, venue: str, base: str) -> tuple[list[Level], list[Level]]:
         with self.lock:
             return self.prices[base].book(venue)
 
     # ---- execution --------------------------------------------------------------------------
+    def fee(self, venue: str, notional: Decimal, maker: bool) -> Decimal:
+        """The fee the profile charges on a fill of ``notional`` (what fill records report)."""
+        return abs(notional) * self.profile.fees.rate(venue, maker)
+
     def execute_market(self, venue: str, key: str, base: str, side: str, quantity: Decimal, *,
                        step: Decimal, worst_price: Decimal | None = None, reduce_only: bool = False,
-                       fill_fraction: Decimal | None = None) -> tuple[Decimal, Decimal | None, str | None]:
-        """Fill a market order against the book: (filled, avg_price, reject_reason).
+                       fill_fraction: Decimal | None = None,
+                       maker: bool = False) -> tuple[Decimal, Decimal | None, str | None]:
+        """Fill an order against the book: (filled, avg_price, reject_reason).
 
         ``reject_reason`` is ``"reduce_only"`` when a reduce-only order would increase or flip the
-        position (nothing filled) and ``"margin"`` when collateral cannot carry it.
+        position (nothing filled) and ``"margin"`` when collateral cannot carry it. The fill's fee
+        (maker or taker rate of the venue) is taken from the collateral.
         """
         with self.lock:
             acct = self.account(venue, key)
@@ -200,27 +216,16 @@ class Exchange:
             if fill_fraction is not None:
                 quantity = (quantity * fill_fraction / step).to_integral_value(rounding=ROUND_DOWN) * step
             bids, asks = self.book(venue, base)
-            levels = asks if sign > 0 else bids
-            left, notional = quantity, Decimal(0)
-            for price, size in levels:
-                if left <= 0:
-                    break
-                if worst_price is not None and ((sign > 0 and price > worst_price) or (sign < 0 and price < worst_price)):
-                    break
-                take = min(left, size)
-                left -= take
-                notional += take * price
-            filled = quantity - left
+            filled, notional = walk(asks if sign > 0 else bids, quantity, sign, worst_price)
             if filled <= 0:
                 return Decimal(0), None, None
-            avg = notional / filled
-            if not reduce_only:
-                new_qty = abs(pos.quantity + sign * filled)
-                # 50x maximum leverage on the mark: a cheap margin rule that still rejects absurd sizes.
-                if new_qty * self.mark(venue, base) > self.equity(acct) * 50:
-                    return Decimal(0), None, "margin"
-            self._apply_fill(acct, pos, sign * filled, avg)
-            return filled, avg, None
+            fee = self.fee(venue, notional, maker)
+            if not reduce_only and not margin.order_allowed(self, acct, base, pos.quantity + sign * filled, fee):
+                return Decimal(0), None, "margin"
+            self._apply_fill(acct, pos, sign * filled, notional / filled)
+            acct.collateral -= fee
+            pos.fees_paid += fee
+            return filled, notional / filled, None
 
     @staticmethod
     def _apply_fill(acct: SimAccount, pos: Position, signed: Decimal, price: Decimal) -> None:
@@ -236,19 +241,63 @@ class Exchange:
             if (old > 0) != (new > 0) and new != 0:
                 pos.entry_price = price
             elif new == 0:
+                # A closed position starts its next life with no funding or fee history.
                 pos.entry_price = Decimal(0)
+                pos.cumulative_funding = pos.fees_paid = Decimal(0)
         pos.quantity = new
 
-    def liquidate(self, venue: str, key: str, base: str) -> Decimal:
-        """Force the position to zero at the mark (what the hedge's monitor watches for)."""
+    def liquidate(self, venue: str, key: str, base: str, cause: str = "admin") -> Decimal:
+        """Force the position to zero at the mark (what the hedge's monitor watches for); the venues
+        hear of it through :attr:`listeners` and write their liquidation records."""
         with self.lock:
             acct = self.account(venue, key)
             pos = acct.position(base)
             before = pos.quantity
             if before:
-                self._apply_fill(acct, pos, -before, self.mark(venue, base))
+                price = self.mark(venue, base)
+                self._apply_fill(acct, pos, -before, price)
+                self._publish(Liquidation(venue, key, base, before, price, int(time.time() * 1000), cause))
             self._stale.pop((venue, key, base), None)
             return before
+
+    def check_liquidations(self) -> list[Liquidation]:
+        """Close every position of each account whose equity fell below maintenance (margin.py)."""
+        closed: list[Liquidation] = []
+        with self.lock:
+            for acct in list(self.accounts.values()):
+                if margin.below_maintenance(self, acct):
+                    for base, pos in acct.positions.items():
+                        if pos.quantity:
+                            self.liquidate(acct.venue, acct.key, base, cause="engine")
+                            closed.append(self.liquidations[-1])
+        return closed
+
+    def clock(self, now: float | None = None) -> None:
+        """Time-driven rules, called by the server's clock task: funding when an interval has passed,
+        then the liquidation check (funding can push an account under maintenance too)."""
+        now = time.time() if now is None else now
+        with self.lock:
+            if self.profile.funding.enabled:
+                if self._next_funding is None:
+                    self._next_funding = now + self.profile.funding.interval_secs
+                while now >= self._next_funding:
+                    self._next_funding += self.profile.funding.interval_secs
+                    for payment in settle(self, int(now * 1000), self._funding_seq):
+                        self._funding_seq += 1
+                        self._publish(payment)
+            if self.profile.margin.liquidate:
+                self.check_liquidations()
+
+    def _publish(self, event: MarketEvent) -> None:
+        if isinstance(event, Liquidation):
+            self.liquidations.append(event)
+        else:
+            self.funding_log.append(event)
+        for listener in list(self.listeners):
+            try:
+                listener(event)
+            except Exception:  # a venue's record-keeping must never undo the market's move
+                logging.getLogger(__name__).exception("market listener failed on %s", event)
 
     def record(self, entry: AuditEntry) -> None:
         with self.lock:
@@ -300,7 +349,9 @@ class Exchange:
                     {"venue": a.venue, "account": a.key, "collateral": str(a.collateral),
                      "equity": str(self.equity(a)),
                      "positions": {b: {"quantity": str(p.quantity), "entry_price": str(p.entry_price),
-                                       "realized_pnl": str(p.realized_pnl)} for b, p in a.positions.items()}}
+                                       "realized_pnl": str(p.realized_pnl), "fees_paid": str(p.fees_paid),
+                                       "cumulative_funding": str(p.cumulative_funding)}
+                                   for b, p in a.positions.items()}}
                     for a in self.accounts.values()
                 ],
                 "faults": [{"kind": f.kind.value, "venue": f.venue, "op": f.op, "remaining": f.remaining,
