@@ -96,7 +96,9 @@ def test_market_order_fills_with_executed_quantity(connector: Factory, simulator
     assert position.quantity == Decimal("0.05") and position.source == "rest" and position.error is None
     assert rules.step_size == Decimal("0.0001")
     balance = conn.get_balance()
-    assert balance.equity is not None and balance.collateral == Decimal(10000)
+    # The taker fee (Backpack Tier 1, 0.05 %, profile.FeeProfile) is paid from the collateral.
+    fee = report.filled * report.avg_price * simulator.exchange.profile.fees.backpack.taker
+    assert balance.equity is not None and abs(balance.collateral - (Decimal(10000) - fee)) < Decimal("0.000001")
     found = conn.find_order(SYMBOL, cid)  # filled market orders are only in the history
     assert found is not None and found.existing and found.state is OrderState.FILLED
     assert found.filled == report.filled and found.venue_order_id == report.venue_order_id
@@ -126,12 +128,26 @@ def test_below_min_quantity_is_refused_locally(connector: Factory, simulator: An
 def test_venue_rejection_raises_rejected(connector: Factory, simulator: Any) -> None:
     conn = connector()
     cid = next_id()
-    with pytest.raises(VenueError) as info:  # reduce-only with no position
-        conn.submit_market_order(SYMBOL, cid, Side.SELL, Decimal("0.01"), reduce_only=True)
+    conn.get_balance()  # opens the simulated account, whose collateral is then cut to 10 USDC
+    with simulator.exchange.lock:
+        simulator.exchange.account("backpack", conn._signer.api_key).collateral = Decimal(10)
+    with pytest.raises(VenueError) as info:  # 1500 USDC of ETH on 10 USDC: 400 INSUFFICIENT_MARGIN
+        conn.submit_market_order(SYMBOL, cid, Side.SELL, Decimal("0.5"))
     assert info.value.reason is ReasonCode.REJECTED and info.value.status == 400
     tracker = conn.orders.get(cid)
     assert tracker is not None and tracker.state is OrderState.FAILED
     assert conn.find_order(SYMBOL, cid) is None
+
+
+def test_reduce_only_that_would_not_reduce_comes_back_expired(connector: Factory, simulator: Any) -> None:
+    # OpenAPI OrderExpiryReason ReduceOnlyNotReduced: the venue expires the order, nothing fills.
+    conn = connector()
+    cid = next_id()
+    report = conn.submit_market_order(SYMBOL, cid, Side.SELL, Decimal("0.01"), reduce_only=True)
+    assert report.state is OrderState.CANCELLED and report.filled == 0 and report.reason == "Expired"
+    found = conn.find_order(SYMBOL, cid)  # the history carries the expiry reason (§2.3)
+    assert found is not None and found.filled == 0 and found.reason == "ReduceOnlyNotReduced"
+    assert conn.get_position(SYMBOL).quantity == 0
 
 
 def test_timeout_after_accept_then_find_order_finds_exactly_one(connector: Factory, simulator: Any) -> None:

@@ -239,16 +239,20 @@ def test_off_step_quantity_and_missing_quantity(client: Client) -> None:
     assert response.json()["message"] == "Market orders must specify a `quantity` or `quoteQuantity`"
 
 
-def test_reduce_only_that_would_increase_is_rejected(client: Client) -> None:
+def test_reduce_only_that_would_increase_expires(client: Client) -> None:
+    # OpenAPI OrderExpiryReason ReduceOnlyNotReduced: accepted, expired, nothing filled (not a 400).
     flat = client.order(side="Ask", quantity="0.01", reduceOnly=True)
-    assert (flat.status_code, flat.json()["code"]) == (400, "INVALID_ORDER")
+    assert (flat.status_code, flat.json()["status"], flat.json()["executedQuantity"]) == (200, "Expired", "0")
     assert client.order(side="Bid", quantity="0.02").status_code == 200
     same_side = client.order(side="Bid", quantity="0.01", reduceOnly=True)
-    assert (same_side.status_code, same_side.json()["code"]) == (400, "INVALID_ORDER")
+    assert (same_side.status_code, same_side.json()["status"]) == (200, "Expired")
+    assert client.position() == Decimal("0.02")
     reduce = client.order(side="Ask", quantity="0.02", reduceOnly=True)
     assert reduce.status_code == 200 and reduce.json()["status"] == "Filled"
     assert client.position() == 0
-    assert [e["status"] for e in audit(client.base, client.key)] == ["Filled", "Filled"]
+    assert [e["status"] for e in audit(client.base, client.key)] == ["Expired", "Filled", "Expired", "Filled"]
+    reasons = {h["id"]: h["expiryReason"] for h in client.history()}
+    assert reasons[flat.json()["id"]] == reasons[same_side.json()["id"]] == "ReduceOnlyNotReduced"
 
 
 def test_insufficient_liquidity_expires_with_partial_execution(client: Client) -> None:
@@ -486,7 +490,9 @@ def test_ws_order_and_position_updates(sim: SimulatorServer, client: Client) -> 
         assert isinstance(fill["E"], int) and fill["m"] is False
         assert pos["q"] == "0.03" and all(isinstance(pos[k], str) for k in "BMPQbflmnpq")
         admin(client.base, "liquidate", {"venue": "backpack", "account": client.key, "base": "ETH"})
-        closed = frames(ws, 1)[0]["data"]
+        # The liquidation's system order fills first (origin LIQUIDATION_AUTOCLOSE, §3.3), then the position closes.
+        liquidation, closed = (f["data"] for f in frames(ws, 2))
+        assert (liquidation["e"], liquidation["O"], liquidation["l"]) == ("orderFill", "LIQUIDATION_AUTOCLOSE", "0.0300")
         assert (closed["e"], closed["q"]) == ("positionClosed", "0")
     finally:
         ws.close()

@@ -20,7 +20,7 @@ from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from typing import Any
 
 from venues.backpack.credentials import BackpackCredentials
-from venues.backpack.errors import is_not_found
+from venues.backpack.errors import is_no_position, is_not_found
 from venues.backpack.events import StreamState
 from venues.backpack.parsing import (
     SIDE_TO_WIRE,
@@ -170,6 +170,8 @@ class BackpackConnector(VenueConnector):
             body = self._rest.signed("GET", "/api/v1/position", "positionQuery")
             fields = parse_position_list(body, symbol)
         except VenueError as exc:
+            if is_no_position(exc):  # flat either way: [] or a JSON 404 (errors.is_no_position)
+                return PositionReading(self.account, symbol, Decimal(0), read_at, "rest")
             log.warning("account=%s position read for %s failed: %s", self.account, symbol, exc)
             return PositionReading(self.account, symbol, None, read_at, "rest", error=str(exc))
         return PositionReading(self.account, symbol, fields.quantity, read_at, "rest",

@@ -88,3 +88,11 @@ def venue_error(status: int, text: str, what: str) -> BackpackHttpError:
 
 def is_not_found(error: VenueError) -> bool:
     return isinstance(error, BackpackHttpError) and error.not_found
+
+
+def is_no_position(error: VenueError) -> bool:
+    """A JSON 404 to GET /api/v1/position: the venue's "no position" (backpack-api.md §2.4: the spec
+    lists 404 and perp-dex-tools reads it as "no position"; whether a flat account without
+    ``symbol`` gets ``[]`` or this 404 is UNCONFIRMED, so both mean flat). A plain-text 404 is an
+    unknown path (§2.9, original bug §8.2), never a flat account."""
+    return isinstance(error, BackpackHttpError) and error.status == 404 and error.code is not None

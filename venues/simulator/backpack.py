@@ -8,7 +8,11 @@ with ``exchange.starting_collateral``. Anything unknown is the real plain-text 4
 
 Faults (``/_sim/fault`` with ``venue: "backpack"``) are consumed per request by op: ``order``
 (POST/DELETE order, DELETE orders), ``query`` (GET order/orders), ``position``, ``collateral``
-(capital, collateral), ``history`` (both history endpoints), ``public`` and ``ws``.
+(capital, collateral), ``history`` (the history endpoints), ``public`` and ``ws``.
+
+Market rules come from ``exchange.profile`` (profile.py): fees in fills, the funding history
+(``GET /wapi/v1/history/funding``), liquidation records, the optional rate limit (backpack_limits.py)
+and reduce-only orders that expire with ``ReduceOnlyNotReduced``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from venues.simulator import backpack_views as views
 from venues.simulator.admin import POSITION_HOOK, is_admin_path
 from venues.simulator.backpack_auth import INSTRUCTIONS, ApiError, Authenticator, PlainError
 from venues.simulator.backpack_engine import BackpackEngine
-from venues.simulator.backpack_history import fill_history, order_history
+from venues.simulator.backpack_history import fill_history, funding_history, order_history
+from venues.simulator.backpack_limits import RateLimiter
 from venues.simulator.backpack_model import BpOrder, MarketRules
 from venues.simulator.backpack_parse import id_selector, param_error, parse_json_object, parse_order, query_enum
 from venues.simulator.backpack_ws import WsHub
@@ -82,8 +87,20 @@ class BackpackApi:
         self.exchange = exchange
         self.engine = engine
         self.auth = auth
+        rules = exchange.profile.backpack
+        self.limiter = RateLimiter(rules.requests_per_minute) if rules.rate_limit else None
 
     # ---- helpers ------------------------------------------------------------------------------
+    def _limit(self, key: str) -> None:
+        """The documented 429 past the per-minute budget (backpack_limits.py, §2.10)."""
+        if self.limiter is not None and not self.limiter.allow(key):
+            raise ApiError(429, "TOO_MANY_REQUESTS", "Too many requests")
+
+    async def _public(self, request: web.Request) -> None:
+        """Rate limit (per client address) then armed faults of an unsigned request."""
+        self._limit(f"ip:{request.remote}")
+        await self._faults("public", "")
+
     async def _faults(self, op: str, account: str) -> None:
         """429/500/hang armed for this op (``account`` "" for public requests: unscoped faults only)."""
         fault = self.exchange.take_fault(VENUE, op, account, kinds=HTTP_FAULTS)
@@ -106,6 +123,7 @@ class BackpackApi:
             params = parse_json_object(await request.read(), payload, allow_empty=True)
             items = list(params.items())
         account = self.auth.authenticate(request.headers, instruction, items)
+        self._limit(account)
         self.exchange.account(VENUE, account)  # a new API key opens an account with the starting collateral
         await self._faults(op, account)
         return account, params
@@ -124,19 +142,19 @@ class BackpackApi:
 
     # ---- public -------------------------------------------------------------------------------
     async def markets(self, request: web.Request) -> web.Response:
-        await self._faults("public", "")
+        await self._public(request)
         market_type = query_enum(request.query, "marketType", "MarketType", MARKET_TYPES)
         rows = [] if market_type not in (None, "PERP") else [r.to_json() for r in self.engine.markets.values()]
         return web.json_response(rows)
 
     async def market(self, request: web.Request) -> web.Response:
-        await self._faults("public", "")
+        await self._public(request)
         rules = self._symbol(dict(request.query))
         assert rules is not None
         return web.json_response(rules.to_json())
 
     async def depth(self, request: web.Request) -> web.Response:
-        await self._faults("public", "")
+        await self._public(request)
         rules = self._symbol(dict(request.query))
         assert rules is not None
         limit = request.query.get("limit", "1000")  # default 1000 per side (§2.6)
@@ -145,29 +163,32 @@ class BackpackApi:
         return web.json_response(views.depth(self.engine, rules, int(limit)))
 
     async def ticker(self, request: web.Request) -> web.Response:
-        await self._faults("public", "")
+        await self._public(request)
         rules = self._symbol(dict(request.query))
         assert rules is not None
         query_enum(request.query, "interval", "TickerInterval", ("1d", "1w"))
         return web.json_response(views.ticker(self.engine, rules))
 
     async def tickers(self, request: web.Request) -> web.Response:
-        await self._faults("public", "")
+        await self._public(request)
         return web.json_response([views.ticker(self.engine, r) for r in self.engine.markets.values()])
 
     async def mark_prices(self, request: web.Request) -> web.Response:
-        await self._faults("public", "")
+        await self._public(request)
         rules = self._symbol(dict(request.query), required=False)
         chosen = [rules] if rules is not None else list(self.engine.markets.values())
         return web.json_response([views.mark_price(self.engine, r) for r in chosen])
 
     async def status(self, request: web.Request) -> web.Response:
+        self._limit(f"ip:{request.remote}")
         return web.json_response({"message": None, "status": "Ok"})
 
     async def ping(self, request: web.Request) -> web.Response:
+        self._limit(f"ip:{request.remote}")
         return web.Response(text="pong")
 
     async def time(self, request: web.Request) -> web.Response:
+        self._limit(f"ip:{request.remote}")
         return web.Response(text=str(int(time.time() * 1000)))
 
     # ---- orders -------------------------------------------------------------------------------
@@ -239,7 +260,7 @@ class BackpackApi:
                     if rules is None or r is rules]
         # Counted after the read: the last stale read must still see the frozen quantity.
         self.exchange.take_fault(VENUE, "position", account, kinds=(FaultKind.STALE_POSITION,))
-        if rules is not None and not rows:
+        if not rows and (rules is not None or self.exchange.profile.backpack.flat_position_404):
             raise ApiError(404, "RESOURCE_NOT_FOUND", "Position not found")  # §2.4; body UNCONFIRMED
         return web.json_response(rows)
 
@@ -259,6 +280,10 @@ class BackpackApi:
         account, params = await self._signed(request, "history")
         return web.json_response(fill_history(self.engine, account, params, self._symbol(params, False)))
 
+    async def funding_history(self, request: web.Request) -> web.Response:
+        account, params = await self._signed(request, "history")
+        return web.json_response(funding_history(self.engine, account, params, self._symbol(params, False)))
+
     def routes(self, hub: WsHub) -> list[web.RouteDef]:
         return [
             web.get("/api/v1/markets", self.markets), web.get("/api/v1/market", self.market),
@@ -272,6 +297,7 @@ class BackpackApi:
             web.get("/api/v1/capital", self.capital), web.get("/api/v1/capital/collateral", self.collateral),
             web.get("/wapi/v1/history/orders", self.order_history),
             web.get("/wapi/v1/history/fills", self.fill_history),
+            web.get("/wapi/v1/history/funding", self.funding_history),
             web.get("/ws", hub.handle),
         ]
 
@@ -292,6 +318,7 @@ def create_backpack_app(exchange: Exchange, *, ws_ping_secs: float = 60.0, pump_
                 engine.position_changed(account, base)
 
     app[POSITION_HOOK] = on_position
+    exchange.listeners.append(engine.on_market)  # liquidations get the venue's records and events
     app.on_startup.append(hub.start)
     app.on_shutdown.append(lambda _app: hub.close_all())
     app.on_cleanup.append(hub.stop)

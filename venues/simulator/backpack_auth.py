@@ -30,6 +30,8 @@ INSTRUCTIONS: dict[tuple[str, str], str] = {
     ("GET", "/api/v1/account"): "accountQuery",
     ("GET", "/wapi/v1/history/fills"): "fillHistoryQueryAll",
     ("GET", "/wapi/v1/history/orders"): "orderHistoryQueryAll",
+    # Funding payments (OpenAPI "Get funding payments"; the instruction as bpx clients sign it).
+    ("GET", "/wapi/v1/history/funding"): "fundingHistoryQueryAll",
 }
 
 DEFAULT_WINDOW_MS = 5000  # §1.2: used (and signed) when no X-Window header is sent

@@ -26,7 +26,8 @@ from venues.simulator.backpack_model import (
 )
 from venues.simulator.backpack_parse import OrderRequest
 from venues.simulator.backpack_views import position_ws
-from venues.simulator.market import AuditEntry, Exchange
+from venues.simulator.margin import Liquidation
+from venues.simulator.market import AuditEntry, Exchange, MarketEvent
 
 logger = logging.getLogger(__name__)
 
@@ -135,9 +136,10 @@ class BackpackEngine:
             # Captured error (fixtures: error_invalid_order_duplicate_client_id_ccxt); applied to OPEN
             # orders only: reuse after an order is closed is accepted (§4: duplicates UNCONFIRMED).
             raise _reject("INVALID_ORDER", f"Order with client ID already exists: {req.client_id}")
-        if req.reduce_only and not self._reduces(account, rules.base, req.side):
-            # Simulator choice: code per §2.9 ("reduce-only → INVALID_ORDER"); message after the
-            # history expiryReason ReduceOnlyNotReduced (§2.3).
+        if req.reduce_only and not self._reduces(account, rules.base, req.side) and \
+                not self.exchange.profile.backpack.reduce_only_expires:
+            # The old simulator answer, kept behind BackpackProfile.reduce_only_expires=False: code per
+            # §2.9, message after the expiryReason. The venue itself expires the order (see execute).
             raise _reject("INVALID_ORDER", "Reduce only order not reduced")
         return qty
 
@@ -167,17 +169,22 @@ class BackpackEngine:
                             self_trade_prevention=req.self_trade_prevention)
             fill: tuple[Decimal, Decimal | None] = (Decimal(0), None)
             fok_short = req.time_in_force == "FOK" and self._liquidity(req.rules, req.side, req.price) < qty
-            if crosses and not fok_short:
+            # A reduce-only order that would not reduce is accepted and expires unfilled with
+            # ReduceOnlyNotReduced (OpenAPI OrderExpiryReason, backpack-api.md §2.3), not refused.
+            not_reducing = bool(req.reduce_only) and not self._reduces(account, req.rules.base, req.side)
+            if crosses and not fok_short and not not_reducing:
                 fill = self._take(order, order.quantity, req.price, fill_fraction)
             self._finish_taker(order, crosses, fok_short)
+            if not_reducing:
+                order.status, order.expiry_reason = "Expired", "ReduceOnlyNotReduced"
             self._accept(order, fill)
             return order
 
     def _take(self, order: BpOrder, quantity: Decimal, limit: Decimal | None,
-              fill_fraction: Decimal | None) -> tuple[Decimal, Decimal | None]:
+              fill_fraction: Decimal | None, maker: bool = False) -> tuple[Decimal, Decimal | None]:
         filled, avg, reason = self.exchange.execute_market(
             VENUE, order.account, order.rules.base, order.market_side, quantity, step=order.rules.step,
-            worst_price=limit, reduce_only=bool(order.reduce_only), fill_fraction=fill_fraction)
+            worst_price=limit, reduce_only=bool(order.reduce_only), fill_fraction=fill_fraction, maker=maker)
         if reason == "margin":
             # Code per §2.9; message UNCONFIRMED (simulator choice).
             raise _reject("INSUFFICIENT_MARGIN", "Insufficient margin")
@@ -230,7 +237,8 @@ class BackpackEngine:
 
     def _record_fill(self, order: BpOrder, quantity: Decimal, price: Decimal, is_maker: bool) -> None:
         self._trade_seq += 1
-        fill = Fill(self._trade_seq, order, quantity, price, int(time.time() * 1000), is_maker)
+        fee = self.exchange.fee(VENUE, quantity * price, is_maker)  # what execute_market charged
+        fill = Fill(self._trade_seq, order, quantity, price, int(time.time() * 1000), is_maker, fee)
         self.fills.setdefault(order.account, []).append(fill)
         vol, quote, trades = self.volume.get(order.rules.base, (Decimal(0), Decimal(0), 0))
         self.volume[order.rules.base] = (vol + quantity, quote + quantity * price, trades + 1)
@@ -290,7 +298,7 @@ class BackpackEngine:
 
     def _fill_resting(self, order: BpOrder) -> None:
         try:
-            filled, avg = self._take(order, order.remaining, order.price, None)
+            filled, avg = self._take(order, order.remaining, order.price, None, maker=True)
         except ApiError as exc:
             # A resting reduce-only order whose position is gone expires (the venue would shrink or
             # cancel it); a margin failure leaves it resting.
@@ -305,6 +313,29 @@ class BackpackEngine:
         if order.status == "Filled":
             self.open.get(order.account, {}).pop(order.id, None)
         self._record_fill(order, filled, avg, is_maker=True)
+
+    # ---- liquidations ---------------------------------------------------------------------------
+    def on_market(self, event: MarketEvent) -> None:
+        """Exchange listener: a Backpack position the market (or the admin API) closed gets the venue's
+        records: a system order with ``systemOrderType`` LiquidatePositionOnBook in the order history,
+        its fill in the fill history (system fills are listed since 2025-04-22, §2.8), an
+        ``orderFill`` with origin ``LIQUIDATION_AUTOCLOSE`` (§3.3) and ``positionClosed`` (§3.4)."""
+        if not isinstance(event, Liquidation) or event.venue != VENUE or event.base not in self.by_base:
+            return
+        with self.exchange.lock:
+            qty = abs(event.quantity)
+            order = BpOrder(id=self.exchange.next_order_id(), account=event.account, rules=self.by_base[event.base],
+                            side="Ask" if event.quantity > 0 else "Bid", order_type="Market", quantity=qty,
+                            quote_quantity=None, price=None, client_id=None, time_in_force="IOC", post_only=False,
+                            reduce_only=True, self_trade_prevention="RejectTaker", status="Filled",
+                            system_order_type="LiquidatePositionOnBook")
+            order.executed, order.executed_quote = qty, qty * event.price
+            self.history.setdefault(event.account, []).append(order)
+            self._trade_seq += 1
+            fill = Fill(self._trade_seq, order, qty, event.price, event.ts_ms, is_maker=False)
+            self.fills.setdefault(event.account, []).append(fill)
+            self._emit(order, "orderFill", fill)
+            self.position_changed(event.account, event.base)
 
     # ---- positions ------------------------------------------------------------------------------
     def position_changed(self, account: str, base: str) -> None:

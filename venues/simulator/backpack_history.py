@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from venues.simulator.backpack_model import MarketRules
+from venues.simulator.backpack_model import MarketRules, fmt, fmt_price, iso_ms, user_id
 from venues.simulator.backpack_parse import query_enum, query_int
 
 if TYPE_CHECKING:
@@ -20,6 +20,7 @@ MARKET_TYPES = ("SPOT", "PERP", "IPERP", "DATED", "PREDICTION", "RFQ")
 FILL_TYPES = ("User", "BlockTradeUser", "System", "SystemLiquidation", "SystemAdl", "SystemBackstop",
               "AllLiquidation")
 SORT = ("Asc", "Desc")
+VENUE = "backpack"
 
 
 def _page(rows: list[Any], query: Mapping[str, str]) -> list[Any]:
@@ -51,10 +52,28 @@ def fill_history(engine: BackpackEngine, account: str, query: Mapping[str, str],
     end = query_int(query, "to", "integer(int64)")
     fill_type = query_enum(query, "fillType", "FillType", FILL_TYPES)
     query_enum(query, "marketType", "MarketType", MARKET_TYPES)
-    if fill_type is not None and fill_type.startswith("System"):
-        return []  # the simulator's liquidations move positions without fills
+    # Liquidation fills are system fills (systemOrderType LiquidatePositionOnBook); no ADL or backstop here.
+    wanted = {None: (True, True), "User": (True, False), "System": (False, True),
+              "SystemLiquidation": (False, True), "AllLiquidation": (False, True)}.get(fill_type, (False, False))
     with engine.exchange.lock:
         rows = [f for f in engine.fills.get(account, [])
-                if (rules is None or f.order.rules is rules) and (order_id is None or f.order.id == order_id)
+                if wanted[f.order.system_order_type is not None]
+                and (rules is None or f.order.rules is rules) and (order_id is None or f.order.id == order_id)
                 and (start is None or f.ts_ms >= start) and (end is None or f.ts_ms <= end)]
         return [f.to_json() for f in _page(rows, query)]
+
+
+def funding_history(engine: BackpackEngine, account: str, query: Mapping[str, str],
+                    rules: MarketRules | None) -> list[dict[str, Any]]:
+    """GET /wapi/v1/history/funding: ``{userId, subaccountId, symbol, quantity, intervalEndTimestamp,
+    fundingRate}``, ``quantity`` positive received and negative paid (the OpenAPI FundingPayment as
+    the bpx clients type it); newest first, ``limit``/``offset`` like the other history endpoints."""
+    query_int(query, "subaccountId", "integer(uint16)")
+    uid = user_id(account)
+    with engine.exchange.lock:
+        rows = [p for p in engine.exchange.funding_log
+                if p.venue == VENUE and p.account == account and p.base in engine.by_base
+                and (rules is None or engine.by_base[p.base] is rules)]
+        return [{"fundingRate": fmt(p.rate), "intervalEndTimestamp": iso_ms(p.ts_ms).split(".")[0],
+                 "quantity": fmt_price(p.amount, "0.000001"), "subaccountId": None,
+                 "symbol": engine.by_base[p.base].symbol, "userId": uid} for p in _page(rows, query)]

@@ -121,6 +121,8 @@ class BpOrder:
     executed: Decimal = Decimal(0)
     executed_quote: Decimal = Decimal(0)
     expiry_reason: str | None = None
+    #: Set on orders the venue placed itself: "LiquidatePositionOnBook" for a liquidation (OpenAPI SystemOrderType).
+    system_order_type: str | None = None
 
     @property
     def remaining(self) -> Decimal:
@@ -164,7 +166,7 @@ class BpOrder:
         if quote is None and self.price is not None:
             quote = self.price * self.quantity
         body.update(createdAt=iso_ms(self.created_ms), expiryReason=self.expiry_reason,
-                    quoteQuantity=None if quote is None else fmt(quote), systemOrderType=None)
+                    quoteQuantity=None if quote is None else fmt(quote), systemOrderType=self.system_order_type)
         return body
 
     def ws_data(self, event: str, fill: Fill | None = None) -> dict[str, Any]:
@@ -187,9 +189,12 @@ class BpOrder:
             data["y"] = self.post_only
         if event == "orderExpired" and self.expiry_reason:
             data["R"] = self.expiry_reason
+        if self.system_order_type is not None:
+            data["O"] = "LIQUIDATION_AUTOCLOSE"  # §3.3 origin of a liquidation's order
         if fill is not None:
+            # n/N: the fill's fee and its asset; perps pay fees in the quote, USDC (§3.3, fees in profile.py).
             data.update(t=fill.trade_id, l=self.fmt_qty(fill.quantity), L=fmt_price(fill.price, "0.01"),
-                        m=fill.is_maker, n="0", N=QUOTE)
+                        m=fill.is_maker, n=fmt_price(fill.fee), N=QUOTE)
         return data
 
 
@@ -201,15 +206,17 @@ class Fill:
     price: Decimal
     ts_ms: int
     is_maker: bool
+    #: Charged in USDC at the profile's maker/taker rate (profile.FeeProfile).
+    fee: Decimal = Decimal(0)
 
     def to_json(self) -> dict[str, Any]:
-        """A /wapi/v1/history/fills row: clientId as a STRING there (§2.8, §4). Fees are zero here."""
+        """A /wapi/v1/history/fills row: clientId as a STRING there (§2.8, §4); ``fee`` in ``feeSymbol``."""
         cid = self.order.client_id
-        return {"clientId": None if cid is None else str(cid), "fee": "0", "feeSymbol": QUOTE,
+        return {"clientId": None if cid is None else str(cid), "fee": fmt_price(self.fee), "feeSymbol": QUOTE,
                 "isMaker": self.is_maker, "orderId": self.order.id, "price": fmt_price(self.price),
                 "quantity": fmt(self.quantity), "side": self.order.side,
-                "symbol": self.order.rules.symbol, "systemOrderType": None, "timestamp": iso_ms(self.ts_ms),
-                "tradeId": self.trade_id}
+                "symbol": self.order.rules.symbol, "systemOrderType": self.order.system_order_type,
+                "timestamp": iso_ms(self.ts_ms), "tradeId": self.trade_id}
 
 
 def margin_fraction(function: dict[str, str], quantity: Decimal) -> Decimal:

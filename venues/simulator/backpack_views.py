@@ -29,7 +29,7 @@ def _position_numbers(engine: BackpackEngine, account: str, rules: MarketRules, 
     pos = engine.exchange.account(VENUE, account).position(rules.base)
     mark = engine.exchange.mark(VENUE, rules.base)
     entry = pos.entry_price
-    return {"qty": qty, "mark": mark, "entry": entry, "realized": pos.realized_pnl,
+    return {"qty": qty, "mark": mark, "entry": entry, "realized": pos.realized_pnl, "funding": pos.cumulative_funding,
             "unrealized": (mark - entry) * qty if entry else Decimal(0),
             "imf": margin_fraction(IMF_FUNCTION, qty), "mmf": margin_fraction(MMF_FUNCTION, qty)}
 
@@ -38,7 +38,8 @@ def position_rest(engine: BackpackEngine, account: str, rules: MarketRules, qty:
     """One element of GET /api/v1/position (§2.4; shape of the ccxt capture). No fees: breakEven = entry."""
     n = _position_numbers(engine, account, rules, qty)
     return {
-        "breakEvenPrice": fmt(n["entry"]), "cumulativeFundingPayment": "0", "cumulativeInterest": "0",
+        "breakEvenPrice": fmt(n["entry"]), "cumulativeFundingPayment": fmt_price(n["funding"], "0.000001"),
+        "cumulativeInterest": "0",
         "entryPrice": fmt(n["entry"]), "estLiquidationPrice": "0", "imf": fmt(n["imf"]),
         "imfFunction": dict(IMF_FUNCTION), "markPrice": fmt_price(n["mark"]), "mmf": fmt(n["mmf"]),
         "mmfFunction": dict(MMF_FUNCTION), "netCost": fmt(qty * n["entry"]),
@@ -141,9 +142,11 @@ def ticker(engine: BackpackEngine, rules: MarketRules) -> dict[str, Any]:
 
 
 def mark_price(engine: BackpackEngine, rules: MarketRules) -> dict[str, Any]:
-    """One element of GET /api/v1/markPrices (§2.7); funding is hourly (§2.5)."""
+    """One element of GET /api/v1/markPrices (§2.7); the rate and interval of profile.FundingProfile
+    (hourly by default, §2.5)."""
     mark = engine.exchange.mark(VENUE, rules.base)
-    hour_ms = 3_600_000
-    next_funding = (int(time.time() * 1000) // hour_ms + 1) * hour_ms
-    return {"fundingRate": "0.0000125", "indexPrice": fmt_price(mark), "markPrice": fmt_price(mark),
+    funding = engine.exchange.profile.funding
+    interval_ms = max(int(funding.interval_secs * 1000), 1)
+    next_funding = (int(time.time() * 1000) // interval_ms + 1) * interval_ms
+    return {"fundingRate": fmt(funding.backpack_rate), "indexPrice": fmt_price(mark), "markPrice": fmt_price(mark),
             "nextFundingTimestamp": next_funding, "symbol": rules.symbol}
