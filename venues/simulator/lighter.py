@@ -49,6 +49,7 @@ from typing import Any
 
 from aiohttp import web
 
+from venues.simulator import lighter_money
 from venues.simulator.admin import POSITION_HOOK
 from venues.simulator.lighter_http import (
     IOC_ORDER_FAULTS,
@@ -99,6 +100,7 @@ def create_lighter_app(exchange: Exchange) -> web.Application:
     app.router.add_get("/stream", hub.handle)
     app[POSITION_HOOK] = hub.position_hook
     LighterReads(state, gate).register(app)
+    lighter_money.register(app, state, gate)  # funding history, liquidation trades (profile.py rules)
     app.cleanup_ctx.append(hub.ticker_ctx)
     app.on_shutdown.append(hub.close_all)
     return app

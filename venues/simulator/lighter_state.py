@@ -47,6 +47,7 @@ from venues.simulator.lighter_model import (
     ParsedTx,
     fmt,
 )
+from venues.simulator.lighter_money import fee_ppm
 from venues.simulator.lighter_tx import CANCEL_ALL_ABORT, CANCEL_ALL_SCHEDULED
 from venues.simulator.market import AuditEntry, Exchange, SimAccount
 
@@ -245,13 +246,13 @@ class LighterState:
         order.status = _resting_status(order, res)
 
     def _execute(self, order: LighterOrder, quantity: Decimal, worst: Decimal,
-                 fraction: Decimal | None) -> _Exec:
+                 fraction: Decimal | None, maker: bool = False) -> _Exec:
         ex, m, key = self.exchange, order.market, str(order.account)
         with ex.lock:
             before = ex.account(VENUE, key).position(m.base).quantity
             filled, avg, reason = ex.execute_market(
                 VENUE, key, m.base, order.side, quantity, step=m.step, worst_price=worst,
-                reduce_only=order.reduce_only, fill_fraction=fraction)
+                reduce_only=order.reduce_only, fill_fraction=fraction, maker=maker)
             beyond = filled < quantity and self._liquidity_beyond(m.base, order.is_ask, worst)
         clipped = order.reduce_only and reason is None and abs(before) < quantity
         return _Exec(filled, avg, reason, beyond, clipped)
@@ -288,7 +289,9 @@ class LighterState:
             "ask_account_id": ask[2], "bid_account_id": bid[2],
             # The user is the maker only when a resting order is crossed later.
             "is_maker_ask": order.is_ask != taker, "block_height": self.block_height, "timestamp": now,
-            "taker_fee": 0, "maker_fee": 0, "transaction_time": now * 1000,
+            # Fee rates in parts per million, as captured (lighter_money.py; charged by execute_market).
+            "taker_fee": fee_ppm(self.exchange, False), "maker_fee": fee_ppm(self.exchange, True),
+            "transaction_time": now * 1000,
         }
 
     def _top(self, base: str) -> tuple[Decimal | None, Decimal | None]:
@@ -379,7 +382,7 @@ class LighterState:
                 self._close(order, "canceled-expired", now)
             elif self._crosses(order, tops[order.market.base]):
                 tx_hash = hashlib.blake2b(f"fill|{order.order_index}|{now}".encode(), digest_size=40).hexdigest()
-                res = self._execute(order, order.remaining, order.price, None)
+                res = self._execute(order, order.remaining, order.price, None, maker=True)
                 self._fill(order, res, False, tx_hash, now, trades)
                 status = _resting_status(order, res)
                 if status != "open":

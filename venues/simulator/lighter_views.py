@@ -47,6 +47,7 @@ def position_json(state: LighterState, account: int, market: LighterMarket) -> d
         qty = ex.position_quantity(VENUE, str(account), market.base)
         mark = ex.mark(VENUE, market.base)
         entry, realized, collateral = pos.entry_price, pos.realized_pnl, acct.collateral
+        funding_paid = -pos.cumulative_funding  # funding.py: + received, so "paid out" is its negative
     mmf = Decimal(market.maintenance_mf) / 10000
     liq = _liquidation_price(collateral, qty, entry, mmf)
     return {
@@ -59,7 +60,7 @@ def position_json(state: LighterState, account: int, market: LighterMarket) -> d
         "avg_entry_price": market.price_str(entry), "position_value": _usdc(abs(qty) * mark),
         "unrealized_pnl": _usdc((mark - entry) * qty), "realized_pnl": _usdc(realized),
         "liquidation_price": market.price_str(liq) if qty else "0",
-        "total_funding_paid_out": _usdc(Decimal(0)), "margin_mode": 0,
+        "total_funding_paid_out": _usdc(funding_paid), "margin_mode": 0,
         "allocated_margin": _usdc(Decimal(0)), "total_discount": _usdc(Decimal(0)),
     }
 
