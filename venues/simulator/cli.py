@@ -11,11 +11,14 @@ import logging
 import signal
 import sys
 import threading
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
 from types import FrameType
+from typing import Any
 
 import click
 
+from venues.simulator.profile import LIGHTER_PREMIUM, LIGHTER_STANDARD, SimProfile
 from venues.simulator.server import SimulatorServer
 
 logger = logging.getLogger(__name__)
@@ -29,6 +32,59 @@ def _collateral(ctx: click.Context, param: click.Parameter, value: str) -> Decim
     if not amount.is_finite() or amount < 0:
         raise click.BadParameter("must be a non-negative number")
     return amount
+
+
+def build_profile(opts: dict[str, Any]) -> SimProfile:
+    """The SimProfile the market-rule options describe (``--strict`` first, then each option)."""
+    base = SimProfile.strict() if opts["strict"] else SimProfile()
+    depth = replace(base.depth, levels=opts["depth_levels"], level_size=opts["depth_size"],
+                    size_jitter=opts["depth_jitter"])
+    lighter_fees = LIGHTER_PREMIUM if opts["lighter_fee_tier"] == "premium" else LIGHTER_STANDARD
+    fees = replace(base.fees, enabled=opts["fees"], lighter=lighter_fees)
+    funding = base.funding if opts["funding_secs"] is None else \
+        replace(base.funding, enabled=opts["funding_secs"] > 0, interval_secs=opts["funding_secs"] or 3600.0)
+    margin = replace(base.margin, enforce_initial=opts["margin"] or base.margin.enforce_initial,
+                     liquidate=opts["liquidations"] or base.margin.liquidate)
+    path = replace(base.price_path, volatility=opts["volatility"], jump_probability=opts["jump_prob"],
+                   jump_size=opts["jump_size"], seed=opts["path_seed"])
+    backpack = replace(base.backpack, rate_limit=opts["rate_limit"] or base.backpack.rate_limit)
+    return SimProfile(depth=depth, fees=fees, funding=funding, margin=margin, price_path=path, backpack=backpack)
+
+
+def _market_options(command: Any) -> Any:
+    """The market-rule options of ``xtb sim`` (profile.py documents every rule and its source)."""
+    options = [
+        click.option("--depth-levels", type=click.IntRange(1, 1000), default=20, show_default=True,
+                     help="Book levels per side on every market."),
+        click.option("--depth-size", type=str, default="5", show_default=True, callback=_collateral,
+                     help="Base units per book level (thin book: e.g. 0.5 with 3 levels leaves IOC remainders)."),
+        click.option("--depth-jitter", type=str, default="0", show_default=True, callback=_collateral,
+                     help="Seeded ± fraction applied to each level's size (0 = identical levels)."),
+        click.option("--fees/--no-fees", default=True, show_default=True,
+                     help="Charge maker/taker fees on every fill (Backpack 0.02%/0.05%, Lighter by tier)."),
+        click.option("--lighter-fee-tier", type=click.Choice(["standard", "premium"]), default="standard",
+                     show_default=True, help="Lighter account tier: standard 0/0, premium 0.004%/0.028%."),
+        click.option("--funding-secs", type=click.FloatRange(0), default=None,
+                     help="Funding interval in seconds; 0 = off (default off; the venues settle hourly: 3600)."),
+        click.option("--margin/--no-margin", default=False, show_default=True,
+                     help="Refuse orders beyond initial margin with the venue's error."),
+        click.option("--liquidations/--no-liquidations", default=False, show_default=True,
+                     help="Liquidate accounts the mark pushes below maintenance margin."),
+        click.option("--volatility", type=str, default="0.0005", show_default=True, callback=_collateral,
+                     help="Price path: standard deviation of one tick's return."),
+        click.option("--jump-prob", type=str, default="0", show_default=True, callback=_collateral,
+                     help="Price path: probability of a jump per tick."),
+        click.option("--jump-size", type=str, default="0.05", show_default=True, callback=_collateral,
+                     help="Price path: jump size as a fraction of the price (random sign)."),
+        click.option("--path-seed", type=int, default=None, help="Price path seed (default: --seed)."),
+        click.option("--rate-limit/--no-rate-limit", default=False, show_default=True,
+                     help="Backpack: HTTP 429 beyond 2000 requests a minute per API key."),
+        click.option("--strict", is_flag=True,
+                     help="Every rule on as the real venues behave (hourly funding, margin, liquidation, rate limit)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 @click.command("sim")
@@ -46,17 +102,26 @@ def _collateral(ctx: click.Context, param: click.Parameter, value: str) -> Decim
 @click.option("--price-tick-secs", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
               help="Seconds between random-walk price steps.")
 @click.option("--fixed-prices", is_flag=True, help="Do not move prices (only /_sim/price does).")
+@_market_options
 def sim(backpack_port: int, lighter_port: int, telegram_port: int, seed: int, latency_ms: float,
-        collateral: Decimal, price_tick_secs: float, fixed_prices: bool) -> None:
+        collateral: Decimal, price_tick_secs: float, fixed_prices: bool, **market: Any) -> None:
     """Run local Backpack, Lighter and Telegram servers (demo, tests, paper trading).
+
+    Market rules (venues/simulator/profile.py): a 20-level book and fees are on by default; funding,
+    margin refusals, liquidations, price jumps and the Backpack rate limit are off until switched on.
 
     \b
     Example:
       xtb sim --backpack-port 0 --lighter-port 0 --telegram-port 0
+      xtb sim --depth-levels 3 --depth-size 0.5 --funding-secs 60 --liquidations --jump-prob 0.01
     """
+    try:
+        profile = build_profile(market)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     server = SimulatorServer(backpack_port=backpack_port, lighter_port=lighter_port, telegram_port=telegram_port,
                              seed=seed, latency_ms=latency_ms, starting_collateral=collateral,
-                             price_tick_secs=None if fixed_prices else price_tick_secs)
+                             price_tick_secs=None if fixed_prices else price_tick_secs, profile=profile)
     try:
         urls = server.start()
     except (RuntimeError, OSError) as exc:

@@ -10,7 +10,10 @@ Port 0 picks any free port; :attr:`SimulatorServer.urls` then holds the real one
 WebSocket is served at ``/ws`` on the Backpack port, the Lighter one at ``/stream`` on the Lighter
 port. The admin API (``/_sim/...``, documented in :mod:`venues.simulator.admin`) is mounted on both
 the Backpack and the Lighter servers. A background ticker calls ``exchange.step_prices()`` every
-``price_tick_secs`` (``None`` keeps prices fixed, which tests that assert prices want).
+``price_tick_secs`` (``None`` keeps prices fixed, which tests that assert prices want). The market
+rules (depth, fees, funding, margin and liquidation, price path, Backpack limits) are the
+``profile`` (:class:`profile.SimProfile`, defaults documented there); when funding or liquidation is
+on, a clock task calls ``exchange.clock()`` every ``CLOCK_SECS``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from venues.simulator import market
 from venues.simulator.admin import POSITION_HOOK, PositionHook, mount_admin
 from venues.simulator.backpack import create_backpack_app
 from venues.simulator.lighter import create_lighter_app
+from venues.simulator.profile import SimProfile
 from venues.simulator.telegram import TelegramState, create_telegram_app
 
 logger = logging.getLogger(__name__)
@@ -35,6 +39,8 @@ logger = logging.getLogger(__name__)
 #: How long stop() lets in-flight requests (a hung fault, say) finish before cutting them off.
 SHUTDOWN_GRACE_SECS = 0.5
 START_TIMEOUT_SECS = 15.0
+#: How often time-driven rules (funding due, maintenance breached) are checked when they are on.
+CLOCK_SECS = 0.05
 
 
 class SimulatorServer:
@@ -42,11 +48,12 @@ class SimulatorServer:
 
     def __init__(self, *, host: str = "127.0.0.1", backpack_port: int = 18080, lighter_port: int = 18081,
                  telegram_port: int = 18082, seed: int = 7, latency_ms: float = 0.0,
-                 starting_collateral: Decimal = Decimal(10000), price_tick_secs: float | None = 1.0) -> None:
+                 starting_collateral: Decimal = Decimal(10000), price_tick_secs: float | None = 1.0,
+                 profile: SimProfile | None = None) -> None:
         self.host = host
         self.ports = {"backpack": backpack_port, "lighter": lighter_port, "telegram": telegram_port}
         self.price_tick_secs = price_tick_secs
-        self.exchange = market.Exchange(seed=seed, starting_collateral=starting_collateral)
+        self.exchange = market.Exchange(seed=seed, starting_collateral=starting_collateral, profile=profile)
         self.exchange.latency_ms = latency_ms
         self.telegram = TelegramState()
         self.urls: dict[str, str] = {}
@@ -54,6 +61,7 @@ class SimulatorServer:
         self._thread: threading.Thread | None = None
         self._runners: list[web.AppRunner] = []
         self._ticker: asyncio.Task[None] | None = None
+        self._clock: asyncio.Task[None] | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -143,6 +151,8 @@ class SimulatorServer:
         }
         if self.price_tick_secs is not None:
             self._ticker = asyncio.get_running_loop().create_task(self._tick(self.price_tick_secs))
+        if self.exchange.profile.needs_clock:
+            self._clock = asyncio.get_running_loop().create_task(self._run_clock())
         logger.info("simulators listening: %s", self.urls)
 
     async def _tick(self, secs: float) -> None:
@@ -150,12 +160,21 @@ class SimulatorServer:
             await asyncio.sleep(secs)
             self.exchange.step_prices()
 
+    async def _run_clock(self) -> None:
+        while True:
+            await asyncio.sleep(CLOCK_SECS)
+            try:
+                self.exchange.clock()
+            except Exception:  # one bad settlement must not stop funding and liquidations for good
+                logger.exception("simulator clock failed")
+
     async def _shutdown(self) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
-            self._ticker = None
+        for task in (self._ticker, self._clock):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._ticker = self._clock = None
         for runner in reversed(self._runners):
             with contextlib.suppress(Exception):
                 await runner.cleanup()
