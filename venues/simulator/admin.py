@@ -17,8 +17,9 @@ Routes
 ``POST /_sim/latency``
     ``{"ms": 5}``: extra delay added to every venue response. Answers ``{"latency_ms"}``.
 ``POST /_sim/liquidate``
-    ``{"venue": "lighter", "account": "102", "base": "ETH"}`` forces the position to zero at the mark.
-    Answers ``{"liquidated": "<signed quantity before>"}``.
+    ``{"venue": "lighter", "account": "102", "base": "ETH"}`` forces the position to zero at the mark,
+    with the venue's liquidation records (as the engine of ``margin.py`` writes them when the mark
+    breaches maintenance). Answers ``{"liquidated": "<signed quantity before>"}``.
 ``POST /_sim/fault``
     ``{"venue": "backpack"|"lighter", "kind": <FaultKind value>, "count": 1, "op": "any",
     "account": null, "params": {}}`` arms a fault for the next ``count`` matching requests.
