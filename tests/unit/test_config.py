@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import tomllib
+from enum import Enum
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xtb_tasks.core.config import ConfigError, Direction, HedgeParams, load_settings, parse_settings
+from xtb_tasks.core.config import (
+    AccountConfig,
+    ConfigError,
+    DashboardConfig,
+    Direction,
+    GroupConfig,
+    HedgeParams,
+    Role,
+    ScheduleConfig,
+    TelegramConfig,
+    TelemetryConfig,
+    load_settings,
+    parse_settings,
+)
+from xtb_tasks.core.config_schema import field_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo.toml"
@@ -71,6 +88,12 @@ BROKEN = [
     ("negative size", ('leverage = 3.0', 'leverage = 3.0\nsize = "-1"'), "groups.main.size"),
     ("bad url", ('base_url = "http://127.0.0.1:18080"', 'base_url = "ftp://x"'), "accounts.backpack.base_url"),
     ("unknown top-level table", ("[telemetry]", "[telemetri]"), "telemetri"),
+    ("above the bound", ('create_keys_if_missing = true\n', 'create_keys_if_missing = true\nwindow_ms = 70000\n'),
+     "accounts.backpack.window_ms"),
+    ("bool for a number", ('leverage = 3.0', 'leverage = true'), "groups.main.leverage"),
+    ("bool for an integer", ('account_index = 101', 'account_index = true'), "accounts.lighter1.account_index"),
+    ("key of another venue", ('account_index = 101', 'account_index = 101\nwindow_ms = 5000'),
+     "accounts.lighter1.window_ms"),
 ]
 
 
@@ -84,6 +107,48 @@ def test_broken_config_exits_2_with_one_line_naming_the_key(tmp_path: Path, case
     assert len(lines) == 1, result.stderr
     assert key in lines[0] and str(path) in lines[0], lines[0]
     assert "Traceback" not in result.stderr
+
+
+def test_errors_say_what_is_expected_and_what_was_found() -> None:
+    def error(section: str, name: str, **values: object) -> str:
+        doc = demo_doc()
+        doc[section][name].update(values)
+        with pytest.raises(ConfigError) as info:
+            parse_settings(doc, DEMO.resolve())
+        return str(info.value)
+
+    assert error("accounts", "backpack", window_ms=70000) == (
+        "accounts.backpack.window_ms: expected an integer <= 60000, got 70000")
+    assert error("accounts", "backpack", window_ms=True) == "accounts.backpack.window_ms: expected an integer, got bool True"
+    assert error("groups", "main", leverage=False) == "groups.main.leverage: expected a number, got bool False"
+    assert error("groups", "main", direction="up").endswith("expected one of 'long_backpack', 'short_backpack', got 'up'")
+    assert error("groups", "main", size="abc") == "groups.main.size: expected a decimal number in ASCII digits, got 'abc'"
+    assert error("groups", "main", levrage=1).startswith("groups.main.levrage: unknown key; expected one of")
+
+
+def test_a_numeric_group_name_is_a_string_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, _demo_text_with("[groups.main]", '[groups."123"]', tmp_path / "keys"))
+    settings = load_settings(path)
+    assert list(settings.groups) == ["123"] and settings.group("123").name == "123"
+    assert settings.role_of("lighter1") == ("123", Role.L1)
+
+
+def test_every_field_is_documented_and_the_readme_defaults_agree() -> None:
+    reference = (ROOT / "README.md").read_text().split("## Configuration reference", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| (`.+?`) \| (.+?) \|", reference, re.MULTILINE))
+    readme_defaults = {}
+    for keys, defaults in rows.items():
+        names, values = re.findall(r"`(\w+)`", keys), [v.strip(" `") for v in defaults.split(",")]
+        readme_defaults.update(zip(names, values if len(values) == len(names) else values * len(names), strict=True))
+    for cls in (HedgeParams, AccountConfig, GroupConfig, ScheduleConfig, TelegramConfig, TelemetryConfig, DashboardConfig):
+        for name, (_, description, _) in field_info(cls).items():
+            assert description, f"{cls.__name__}.{name} has no description"
+    for f in msgspec.structs.fields(HedgeParams):
+        shown = readme_defaults[f.name]
+        default = f.default.value if isinstance(f.default, Enum) else f.default
+        assert shown == ("none" if default is None else str(default).lower()) or float(shown) == default, f.name
+    window = next(f for f in msgspec.structs.fields(AccountConfig) if f.name == "window_ms")
+    assert readme_defaults["window_ms"] == str(window.default)
 
 
 def test_account_in_two_groups_with_conflicting_roles_is_rejected(tmp_path: Path) -> None:

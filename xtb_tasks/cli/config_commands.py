@@ -12,6 +12,7 @@ from enum import Enum
 from typing import Any
 
 import click
+import msgspec
 
 from xtb_tasks.core.config import Settings, load_settings
 
@@ -38,6 +39,8 @@ def check_config(ctx: click.Context, path: str | None) -> None:
 
 
 def _jsonable(value: Any) -> Any:
+    if isinstance(value, msgspec.Struct):
+        return {name: _jsonable(getattr(value, name)) for name in value.__struct_fields__}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):
