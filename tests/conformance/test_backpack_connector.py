@@ -96,8 +96,8 @@ def test_market_order_fills_with_executed_quantity(connector: Factory, simulator
     assert position.quantity == Decimal("0.05") and position.source == "rest" and position.error is None
     assert rules.step_size == Decimal("0.0001")
     balance = conn.get_balance()
-    # The taker fee (Backpack Tier 1, 0.05 %, profile.FeeProfile) is paid from the collateral.
-    fee = report.filled * report.avg_price * simulator.exchange.profile.fees.backpack.taker
+    # Any taker fee (profile.FeeProfile; off by default) is paid from the collateral.
+    fee = report.filled * report.avg_price * simulator.exchange.profile.fees.rate("backpack", False)
     assert balance.equity is not None and abs(balance.collateral - (Decimal(10000) - fee)) < Decimal("0.000001")
     found = conn.find_order(SYMBOL, cid)  # filled market orders are only in the history
     assert found is not None and found.existing and found.state is OrderState.FILLED

@@ -103,6 +103,10 @@ def bp_call(client: Client, path: str, instruction: str, **params: Any) -> Any:
     return response.json()
 
 
+def with_fees(**schedules: Any) -> SimProfile:
+    return replace(SimProfile(), fees=replace(SimProfile().fees, enabled=True, **schedules))
+
+
 def thin() -> SimProfile:
     return replace(SimProfile(), depth=DepthProfile(levels=3, level_size=Decimal("0.5")))
 
@@ -159,8 +163,8 @@ def test_seeded_depth_jitter_repeats() -> None:
 # ---- fees ----------------------------------------------------------------------------------------
 def test_backpack_taker_fee_in_fills_ws_and_collateral() -> None:
     # Backpack futures Tier 1 taker 0.05 % (support.backpack.exchange VIP program fee schedule);
-    # fills carry fee/feeSymbol (§2.8), the WS orderFill n/N (§3.3).
-    with server(SimProfile()) as sim:
+    # fills carry fee/feeSymbol (§2.8), the WS orderFill n/N (§3.3). Off by default (profile.py says why).
+    with server(with_fees()) as sim:
         client = Client(sim.urls["backpack"])
         ws = ws_connect(sim)
         try:
@@ -181,18 +185,26 @@ def test_backpack_taker_fee_in_fills_ws_and_collateral() -> None:
 def test_lighter_fees_in_trades_and_collateral() -> None:
     # Lighter premium (0 LIT staked) 0.0040 % maker / 0.0280 % taker (apidocs.lighter.xyz/docs/account-types);
     # trades carry the rates in parts per million (captured taker_fee 196 / maker_fee 28, fixtures lighter.json).
-    profile = replace(SimProfile(), fees=replace(SimProfile().fees, lighter=LIGHTER_PREMIUM))
-    with server(profile) as sim:
+    with server(with_fees(lighter=LIGHTER_PREMIUM)) as sim:
         trader = Lighter(sim)
         order = trader.market("1", is_ask=False, worst="3300.00")
         (trade,) = trader.trades()
         assert (trade["taker_fee"], trade["maker_fee"]) == (280, 40)
         fee = Decimal(order["filled_quote_amount"]) * Decimal("0.00028")
         assert abs(Decimal(trader.account_json()["collateral"]) - (Decimal(10000) - fee)) < Decimal("0.000001")
-    with server(SimProfile()) as sim:  # the default standard account pays nothing
+    with server(with_fees()) as sim:  # the default standard account pays nothing
         trader = Lighter(sim)
         trader.market("1", is_ask=False, worst="3300.00")
         assert (trader.trades()[0]["taker_fee"], trader.account_json()["collateral"]) == (0, "10000.000000")
+
+
+def test_fees_are_off_by_default() -> None:
+    with server(SimProfile()) as sim:
+        client = Client(sim.urls["backpack"])
+        client.order(side="Bid", quantity="1")
+        (fill,) = bp_call(client, "/wapi/v1/history/fills", "fillHistoryQueryAll")
+        assert fill["fee"] == "0"
+        assert bp_call(client, "/api/v1/capital/collateral", "collateralQuery")["assetsValue"] == "10000"
 
 
 # ---- funding -------------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ def build_profile(opts: dict[str, Any]) -> SimProfile:
     depth = replace(base.depth, levels=opts["depth_levels"], level_size=opts["depth_size"],
                     size_jitter=opts["depth_jitter"])
     lighter_fees = LIGHTER_PREMIUM if opts["lighter_fee_tier"] == "premium" else LIGHTER_STANDARD
-    fees = replace(base.fees, enabled=opts["fees"], lighter=lighter_fees)
+    fees = replace(base.fees, enabled=opts["fees"] or base.fees.enabled, lighter=lighter_fees)
     funding = base.funding if opts["funding_secs"] is None else \
         replace(base.funding, enabled=opts["funding_secs"] > 0, interval_secs=opts["funding_secs"] or 3600.0)
     margin = replace(base.margin, enforce_initial=opts["margin"] or base.margin.enforce_initial,
@@ -60,7 +60,7 @@ def _market_options(command: Any) -> Any:
                      help="Base units per book level (thin book: e.g. 0.5 with 3 levels leaves IOC remainders)."),
         click.option("--depth-jitter", type=str, default="0", show_default=True, callback=_collateral,
                      help="Seeded ± fraction applied to each level's size (0 = identical levels)."),
-        click.option("--fees/--no-fees", default=True, show_default=True,
+        click.option("--fees/--no-fees", default=False, show_default=True,
                      help="Charge maker/taker fees on every fill (Backpack 0.02%/0.05%, Lighter by tier)."),
         click.option("--lighter-fee-tier", type=click.Choice(["standard", "premium"]), default="standard",
                      show_default=True, help="Lighter account tier: standard 0/0, premium 0.004%/0.028%."),
@@ -107,13 +107,13 @@ def sim(backpack_port: int, lighter_port: int, telegram_port: int, seed: int, la
         collateral: Decimal, price_tick_secs: float, fixed_prices: bool, **market: Any) -> None:
     """Run local Backpack, Lighter and Telegram servers (demo, tests, paper trading).
 
-    Market rules (venues/simulator/profile.py): a 20-level book and fees are on by default; funding,
+    Market rules (venues/simulator/profile.py): a 20-level book is on by default; fees, funding,
     margin refusals, liquidations, price jumps and the Backpack rate limit are off until switched on.
 
     \b
     Example:
       xtb sim --backpack-port 0 --lighter-port 0 --telegram-port 0
-      xtb sim --depth-levels 3 --depth-size 0.5 --funding-secs 60 --liquidations --jump-prob 0.01
+      xtb sim --fees --depth-levels 3 --depth-size 0.5 --funding-secs 60 --liquidations --jump-prob 0.01
     """
     try:
         profile = build_profile(market)
