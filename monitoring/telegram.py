@@ -17,6 +17,7 @@ from typing import Any
 import requests
 
 from xtb_tasks.core.config import TelegramConfig
+from xtb_tasks.core.errors import XtbError
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ _TOKEN_KEYS = ("bot_token", "token", "telegram_token")
 _CHAT_KEYS = ("chat_id", "telegram_chat", "channel")
 
 
-class CredentialsError(Exception):
+class CredentialsError(XtbError):
     """Telegram credentials are missing or unreadable; the message says where we looked."""
 
 

@@ -20,6 +20,7 @@ import redis
 
 from xtb_tasks.core import keys
 from xtb_tasks.core.cycle_record import CycleRecord
+from xtb_tasks.core.errors import XtbError
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ OUTCOME_TTL_SECS = 3600
 WAIT_SLICE_SECS = 1.0
 
 
-class EntryNotFilled(RuntimeError):
+class EntryNotFilled(XtbError, RuntimeError):
     """The entry leg failed, was cancelled or did not finish before the hedge's deadline."""
 
 

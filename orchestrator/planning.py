@@ -15,9 +15,10 @@ from typing import Any
 
 from venues.base import MarketRules, Side
 from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Role
+from xtb_tasks.core.errors import XtbError
 
 
-class PlanRefused(Exception):
+class PlanRefused(XtbError):
     """The cycle cannot start; nothing was sent. The message says why in one line."""
 
 

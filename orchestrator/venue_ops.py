@@ -32,15 +32,16 @@ from venues.base import (
 from xtb_tasks.core import keys
 from xtb_tasks.core.client_ids import IntentStatus, mark_intent, record_intent
 from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
+from xtb_tasks.core.errors import XtbError
 
 log = logging.getLogger(__name__)
 
 
-class LegFailed(Exception):
+class LegFailed(XtbError):
     """A hedge leg cannot be completed (every planned client id failed or a prerequisite is missing)."""
 
 
-class RetryLater(Exception):
+class RetryLater(XtbError):
     """Transient: run the task again after ``countdown`` seconds (the intent says where to resume)."""
 
     def __init__(self, reason: str, countdown: float) -> None:

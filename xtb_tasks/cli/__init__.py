@@ -8,15 +8,16 @@ ends as one line on stderr and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from xtb_tasks.core.config import CONFIG_ENV, ConfigError
+from xtb_tasks.core.errors import EXIT_FAILURE, EXIT_USAGE, XtbError
 
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
@@ -84,53 +85,54 @@ def cli(ctx: click.Context, config_file: str | None, verbose: bool) -> None:
         os.environ[CONFIG_ENV] = str(Path(config_file).resolve())
 
 
-class UserError(click.ClickException):
+class UserError(XtbError):
     """A failure the user can act on: printed as one line, exit status ``exit_code``."""
 
-    def __init__(self, message: str, exit_code: int = 1) -> None:
+    reason = "user"
+
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
-    def show(self, file: Any = None) -> None:
-        click.echo(f"error: {self.format_message()}", err=True)
+
+def describe(exc: BaseException) -> tuple[str, int]:
+    """The one line and the exit status a failure ends ``xtb`` with; the only place that maps them."""
+    from redis import RedisError
+
+    from venues.base import VenueError
+
+    if isinstance(exc, ConfigError):
+        return exc.render(), EXIT_USAGE
+    if isinstance(exc, click.UsageError):
+        # What is wrong, and where to look.
+        command = exc.ctx.command_path if exc.ctx else "xtb"
+        return f"{' '.join(exc.format_message().split())} (see: {command} --help)", EXIT_USAGE
+    if isinstance(exc, click.exceptions.Abort):
+        return "aborted", 130
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", 130
+    if isinstance(exc, click.ClickException):
+        return exc.format_message(), exc.exit_code
+    if isinstance(exc, XtbError):
+        return (f"{exc.label}: {exc}" if exc.label else str(exc)), exc.exit_code
+    if isinstance(exc, VenueError):
+        return f"venue: {exc}", EXIT_FAILURE
+    if isinstance(exc, RedisError):
+        return f"redis: {exc}", EXIT_FAILURE
+    # Anything else is a bug or an environment problem; the log (-v) has the traceback.
+    return f"{type(exc).__name__}: {exc} (run with -v for details)", EXIT_FAILURE
 
 
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="xtb", standalone_mode=False)
-    except ConfigError as exc:
-        click.echo(f"error: {exc.render()}", err=True)
-        sys.exit(2)
-    except click.UsageError as exc:
-        # One line, like every other error: what is wrong, and where to look.
-        command = exc.ctx.command_path if exc.ctx else "xtb"
-        message = " ".join(exc.format_message().split())
-        click.echo(f"error: {message} (see: {command} --help)", err=True)
-        sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except Exception as exc:
-        # Anything else is a bug or an environment problem; one line, and the log has details.
-        logging.getLogger("xtb").debug("unhandled error", exc_info=True)
-        from venues.base import VenueError
-        from xtb_tasks.core.redis_conn import RedisUnavailable
-
-        if isinstance(exc, RedisUnavailable):
-            click.echo(f"error: redis: {exc}", err=True)
-        elif isinstance(exc, VenueError):
-            click.echo(f"error: venue: {exc}", err=True)
-        else:
-            click.echo(f"error: {type(exc).__name__}: {exc} (run with -v for details)", err=True)
-        sys.exit(1)
+    except (Exception, KeyboardInterrupt) as exc:
+        logging.getLogger("xtb").debug("command failed", exc_info=True)
+        message, status = describe(exc)
+        click.echo(message if status == 130 else f"error: {message}", err=True)
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import click
@@ -27,10 +28,7 @@ def _redis(settings: Settings | None) -> redis.Redis:
     from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
 
     r = redis_client(resolve_redis_url(settings))
-    try:
-        r.ping()
-    except redis.RedisError as exc:
-        raise UserError(f"cannot reach Redis: {exc}") from None
+    r.ping()  # fail here, before a command starts; xtb_tasks.cli.describe words the error
     return r
 
 
@@ -77,17 +75,14 @@ def relay(ctx: click.Context, min_idle: float, lock_ttl: float, backoff_max: flo
       xtb --config examples/demo.toml alerts relay
     """
     from monitoring.relay import AlertRelay, RelayOptions
-    from monitoring.telegram import CredentialsError, TelegramClient, load_credentials
+    from monitoring.telegram import TelegramClient, load_credentials
     from monitoring.watcher import HeartbeatWatcher
 
     settings = _settings(ctx)
     enabled = settings.telegram.enabled
     if not enabled and not watch:
         raise UserError("telegram is disabled ([telegram] enabled = false) and --no-watch: nothing to do")
-    try:
-        credentials = load_credentials(settings.telegram) if enabled else None
-    except CredentialsError as exc:
-        raise UserError(str(exc)) from None
+    credentials = load_credentials(settings.telegram) if enabled else None
     r = _redis(settings)
     stop = _stop_on_signals()
     if watch:
@@ -99,8 +94,9 @@ def relay(ctx: click.Context, min_idle: float, lock_ttl: float, backoff_max: flo
             pass
         return
     client = TelegramClient(settings.telegram.api_url, credentials, timeout=http_timeout)
-    options = RelayOptions(min_idle_secs=min_idle, lock_ttl_secs=lock_ttl, backoff_max_secs=backoff_max,
-                           **({"consumer": consumer} if consumer else {}))
+    options = RelayOptions(min_idle_secs=min_idle, lock_ttl_secs=lock_ttl, backoff_max_secs=backoff_max)
+    if consumer:
+        options = replace(options, consumer=consumer)
     try:
         AlertRelay(r, client, options).run(stop)
     finally:

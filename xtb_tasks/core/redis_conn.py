@@ -20,14 +20,18 @@ from pathlib import Path
 import redis
 
 from xtb_tasks.core.config import Settings
+from xtb_tasks.core.errors import XtbError
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PORT = 16379
 
 
-class RedisUnavailable(RuntimeError):
+class RedisUnavailable(XtbError, RuntimeError):
     """No Redis could be reached or started."""
+
+    reason = "redis_unavailable"
+    label = "redis"
 
 
 def data_dir() -> Path:

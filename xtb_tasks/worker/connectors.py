@@ -12,6 +12,7 @@ import threading
 
 from venues.base import VenueConnector
 from xtb_tasks.core.config import AccountConfig, Settings, Venue, load_settings
+from xtb_tasks.core.errors import XtbError
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,7 @@ _connectors: dict[str, VenueConnector] = {}
 _lock = threading.Lock()
 
 
-class ConnectorConfigError(RuntimeError):
+class ConnectorConfigError(XtbError, RuntimeError):
     """The account cannot be served by this process (credentials, or a second Lighter account)."""
 
 

@@ -11,8 +11,10 @@ from typing import Any
 
 from celery import Celery
 
+from xtb_tasks.core.errors import XtbError
 
-class TaskFailed(RuntimeError):
+
+class TaskFailed(XtbError, RuntimeError):
     """The task ended in FAILURE; the message is the task's own error."""
 
 

@@ -33,6 +33,7 @@ from orchestrator.venue_ops import (
 from venues.base import OrderReport, Side, VenueError
 from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
+from xtb_tasks.core.errors import XtbError
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.connectors import get_connector
@@ -47,7 +48,7 @@ SUBMIT_EXTRA_RETRIES = 3
 LEG_STAGES = {"bp_entry": Stage.BP_ENTRY, "l1_hedge": Stage.L1_HEDGE, "l2_entry": Stage.L2_ENTRY}
 
 
-class WrongQueue(RuntimeError):
+class WrongQueue(XtbError, RuntimeError):
     """A venue task for one account reached the worker of another (misrouting)."""
 
 
@@ -126,7 +127,7 @@ def get_collateral(self: Task, *, account: str, cycle_id: str | None = None) -> 
     return balance.to_json()
 
 
-class ConfirmationFailed(RuntimeError):
+class ConfirmationFailed(XtbError, RuntimeError):
     """The position did not move as required before the deadline (or the cycle was cancelled)."""
 
 
