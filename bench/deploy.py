@@ -17,9 +17,10 @@ from typing import Any
 from tests.helpers.harness import FAST_PARAMS, Deployment
 from tests.helpers.services import RedisServer, WorkerProcess, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import wait_until
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 NOOP_MODULE = "bench.noop_tasks"
-ORCHESTRATOR = "orchestrator"
+ORCHESTRATOR = ORCHESTRATOR_QUEUE
 #: Orchestrator pool size: the production unit runs it without ``-c`` (one child per core).
 ORCHESTRATOR_CONCURRENCY = 2
 MAX_GROUPS = 4

@@ -35,12 +35,13 @@ import redis
 
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import Direction, Role, Settings
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 log = logging.getLogger(__name__)
 
 #: The role reported by the orchestrator's heartbeat (venue workers report BP / L1 / L2).
-ORCHESTRATOR_ROLE = "orchestrator"
-ORCHESTRATOR_BOT = "orchestrator"
+ORCHESTRATOR_ROLE = ORCHESTRATOR_QUEUE
+ORCHESTRATOR_BOT = ORCHESTRATOR_QUEUE
 DEFAULT_STALE_AFTER_SECS = 120.0
 
 

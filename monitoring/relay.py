@@ -19,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import random
 import socket
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import redis
@@ -33,6 +32,7 @@ from redis.exceptions import LockError, ResponseError
 from monitoring.alerts import Alert, alert_id_ms
 from monitoring.telegram import SendResult, SendStatus
 from xtb_tasks.core import keys
+from xtb_tasks.core.policies import ALERT_DELIVERY
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ Entry = tuple[str, dict[str, str] | None]
 
 
 class Sender(Protocol):
-    safe_url: str
+    @property
+    def safe_url(self) -> str: ...
 
     def send(self, text: str) -> SendResult: ...
 
@@ -68,8 +69,8 @@ class RelayOptions:
     lock_ttl_secs: float = 15.0
     block_secs: float = 1.0
     batch: int = 20
-    backoff_base_secs: float = 0.5
-    backoff_max_secs: float = 30.0
+    backoff_base_secs: float = ALERT_DELIVERY.delay_secs
+    backoff_max_secs: float = ALERT_DELIVERY.max_delay_secs
     bad_request_attempts: int = 3
     #: Delivered ids older than this are forgotten (the outbox is trimmed long before).
     delivered_retention_secs: float = 7 * 86400.0
@@ -267,9 +268,9 @@ class AlertRelay:
     def _delay(self, attempt: int, result: SendResult) -> float:
         if result.status is SendStatus.RATE_LIMITED and result.retry_after is not None:
             return max(0.0, result.retry_after)
-        base = self.options.backoff_base_secs * 2 ** min(attempt - 1, 30)
-        # Jitter keeps several relays (or bots sharing a token) from retrying in lockstep.
-        return min(self.options.backoff_max_secs, base) * (1 + 0.1 * random.random())
+        policy = replace(ALERT_DELIVERY, delay_secs=self.options.backoff_base_secs,
+                         max_delay_secs=self.options.backoff_max_secs)
+        return policy.delay(attempt)
 
     def _settle(self, entry_id: str, alert: Alert) -> None:
         pipe = self.redis.pipeline(transaction=True)

@@ -15,8 +15,9 @@ from celery.canvas import Signature
 
 from orchestrator.planning import CyclePlan
 from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
-ORCHESTRATOR = "orchestrator"
+ORCHESTRATOR = ORCHESTRATOR_QUEUE
 ROLES = (Role.BP, Role.L1, Role.L2)
 
 

@@ -15,6 +15,7 @@ from xtb_tasks.cli import UserError
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import Role, Settings, load_settings
 from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 
 def _context(ctx: click.Context) -> tuple[Settings, redis.Redis]:
@@ -75,14 +76,11 @@ def cycle_start(ctx: click.Context, group: str, size: str | None, pairs: tuple[s
     """
     _, client = _context(ctx)
     from xtb_tasks.worker.celery_app import app
-    from xtb_tasks.worker.hedge_tasks import InvalidCycleRequest, start_cycle, validate_request
+    from xtb_tasks.worker.hedge_tasks import start_cycle, validate_request
     from xtb_tasks.worker.results import wait_result
 
     overrides = parse_overrides(pairs, size)
-    try:
-        validate_request(group, overrides)
-    except InvalidCycleRequest as exc:
-        raise UserError(str(exc), exit_code=2) from None
+    validate_request(group, overrides)
     try:
         started = wait_result(app, start_cycle.apply_async(kwargs={"group": group, **overrides}).id, 60)
     except TimeoutError:
@@ -255,7 +253,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     pending = client.xlen(keys.ALERTS_OUTBOX) - client.scard(keys.ALERTS_DELIVERED) if client.exists(
         keys.ALERTS_OUTBOX) else 0
     report = {"groups": groups, "alerts_pending": max(0, pending),
-              "orchestrator_queue_depth": client.llen("orchestrator")}
+              "orchestrator_queue_depth": client.llen(ORCHESTRATOR_QUEUE)}
     if as_json:
         click.echo(json.dumps(report))
         return

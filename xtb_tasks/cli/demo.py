@@ -23,6 +23,7 @@ import click
 
 from xtb_tasks.cli import UserError
 from xtb_tasks.core.config import Settings, load_settings
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "examples" / "demo.toml"
@@ -146,7 +147,7 @@ def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
         group = next(iter(settings.groups))
         demo.say(f"step 1: one full hedge cycle in group {group}")
         cycle_id = wait_result(app, app.send_task("xtb.hedge.start_cycle", kwargs={"group": group},
-                                                  queue="orchestrator").id, 60)["cycle_id"]
+                                                  queue=ORCHESTRATOR_QUEUE).id, 60)["cycle_id"]
         shown: set[str] = set()
         follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.MONITORING, timeout=60,
                      shown=shown)

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 
+from xtb_tasks.core import policies
 from xtb_tasks.core.config_schema import (
     DECIMAL_LIMIT,
     AccountConfig,
@@ -104,7 +105,7 @@ _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345678
 def _check_name(key: str, name: str) -> None:
     if not name or not set(name) <= _NAME_CHARS or len(name) > 64:
         raise ConfigError(key, "expected a name of letters, digits, '_' or '-' (at most 64 characters)")
-    if name == "orchestrator":
+    if name == policies.ORCHESTRATOR_QUEUE:
         raise ConfigError(key, "'orchestrator' is reserved for the orchestrator queue")
 
 

@@ -14,12 +14,12 @@ from celery import Celery
 from kombu import Queue
 
 from xtb_tasks.core.config import ConfigError, Settings, config_path, load_settings
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import configured_url, embedded_url, ensure_embedded_redis
 from xtb_tasks.worker.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
 
 log = logging.getLogger(__name__)
 
-ORCHESTRATOR_QUEUE = "orchestrator"
 VISIBILITY_TIMEOUT = 3600
 TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks"]
 
@@ -88,14 +88,13 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
     }
 
 
-WATCHDOG_EVERY_SECS = 5.0
 
 
 def beat_schedule(settings: Settings | None) -> dict[str, Any]:
     """The watchdog sweep plus one entry per ``[schedules.<name>]``; stale triggers expire."""
     schedule: dict[str, Any] = {
-        "xtb-watchdog": {"task": "xtb.hedge.watchdog", "schedule": WATCHDOG_EVERY_SECS,
-                         "options": {"queue": ORCHESTRATOR_QUEUE, "expires": WATCHDOG_EVERY_SECS}},
+        "xtb-watchdog": {"task": "xtb.hedge.watchdog", "schedule": WATCHDOG_INTERVAL_SECS,
+                         "options": {"queue": ORCHESTRATOR_QUEUE, "expires": WATCHDOG_INTERVAL_SECS}},
     }
     for entry in (settings.schedules.values() if settings else []):
         schedule[f"xtb-cycle-{entry.name}"] = {

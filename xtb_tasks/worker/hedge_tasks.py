@@ -45,17 +45,21 @@ from xtb_tasks.core.cycle_record import (
     positions_fields,
     with_event,
 )
+from xtb_tasks.core.errors import EXIT_USAGE, XtbError
+from xtb_tasks.core.policies import EMERGENCY_EXIT, WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
 
 log = logging.getLogger(__name__)
 
 
-class InvalidCycleRequest(ValueError):
+class InvalidCycleRequest(XtbError, ValueError):
     """Bad arguments to ``start_cycle``; rejected before any venue call."""
 
+    exit_code = EXIT_USAGE
 
-class CycleAlreadyActive(RuntimeError):
+
+class CycleAlreadyActive(XtbError, RuntimeError):
     """The group already has an active cycle (one active cycle per group)."""
 
 
@@ -326,10 +330,10 @@ def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, at
     record.update(**{f"exit_results:{attempt}": results})
     flat = all(r.get("flat") for r in results)
     doubts = fills_disagree(record.all(), *_ledger_inputs(record), reason=reason) if flat else []
-    if (not flat or doubts) and attempt < 2:
+    if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):
         record.add_event(f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again")
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
-                                   countdown=2.0)
+                                   countdown=EMERGENCY_EXIT.delay(attempt))
         return {"retrying": True}
     summary = finish_exit(redis_client(), record, settings(), results, reason, unresolved=bool(doubts),
                           doubts=doubts)
@@ -351,9 +355,9 @@ def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decim
 def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str, attempt: int) -> None:
     record = _record(cycle_id)
     record.add_event(f"exit attempt {attempt} failed in a flatten task ({failed_task_id})")
-    if attempt < 2:
+    if not EMERGENCY_EXIT.exhausted(attempt):
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
-                                   countdown=2.0)
+                                   countdown=EMERGENCY_EXIT.delay(attempt))
         return
     finish_exit(redis_client(), record, settings(), [], reason, unresolved=True)
 
@@ -362,9 +366,6 @@ def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str
 def watchdog() -> list[dict[str, Any]]:
     """Resolve cycles whose next step is overdue (lost message, hung chord, dead worker)."""
     return sweep(redis_client(), settings())
-
-
-WATCHDOG_INTERVAL_SECS = 5.0
 
 
 def _watchdog_loop(stop: threading.Event) -> None:
@@ -383,7 +384,7 @@ _watchdog_stop = threading.Event()
 def _recover_on_orchestrator_start(sender: Any = None, **_: Any) -> None:
     consumed = sender.app.amqp.queues.consume_from if sender is not None else {}
     if ORCHESTRATOR_QUEUE in consumed:
-        watchdog.apply_async(countdown=1.0)
+        watchdog.apply_async(countdown=WATCHDOG_FIRST_SECS)
         threading.Thread(target=_watchdog_loop, args=(_watchdog_stop,), name="xtb-watchdog", daemon=True).start()
 
 

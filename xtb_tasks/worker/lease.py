@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import socket
 import uuid
 from typing import Any, ClassVar
@@ -23,6 +22,7 @@ from celery import Task
 from redis.exceptions import LockError
 
 from xtb_tasks.core import keys
+from xtb_tasks.core.policies import LEASE_BUSY
 from xtb_tasks.core.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
@@ -33,8 +33,6 @@ TASK_SOFT_TIME_LIMIT = 50
 LEASE_TTL = 75
 #: How long a task waits for a busy lease before giving its slot back with a retry.
 LEASE_WAIT_SECS = 2.0
-LEASE_RETRY_COUNTDOWN = 0.25
-LEASE_MAX_RETRIES = 1000
 
 
 _HOST = socket.gethostname()
@@ -97,8 +95,7 @@ class AccountLeaseTask(Task):  # type: ignore[misc]
         if not lock.acquire(token=lease_token()) and not (
                 break_dead_lease(client, key) and lock.acquire(blocking=False, token=lease_token())):
             log.info("account=%s task=%s lease busy; retrying", account, self.name)
-            countdown = LEASE_RETRY_COUNTDOWN * (1 + random.random())
-            raise self.retry(countdown=countdown, max_retries=LEASE_MAX_RETRIES)
+            raise self.retry(countdown=LEASE_BUSY.delay(1), max_retries=LEASE_BUSY.retries)
         try:
             return super().__call__(*args, **kwargs)
         finally:

@@ -22,10 +22,10 @@ from celery import Celery, signals
 from monitoring.alerts import AlertKind, format_worker_crash, raise_alert
 from monitoring.heartbeat import HeartbeatPublisher, identities_for, ingest_target
 from xtb_tasks.core.config import ConfigError, Settings, TelemetryConfig
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 log = logging.getLogger(__name__)
 
-ORCHESTRATOR_QUEUE = "orchestrator"
 
 
 def consumed_queues(consumer: Any) -> list[str]:

@@ -1,0 +1,79 @@
+"""The retry and backoff policies, the orchestrator queue and the worker command line, named once.
+
+Every component that retries, waits or starts a worker reads them here, so a change of policy is
+one edit and a test can name what it relies on. The hedge's own per-group retry settings
+(``backpack_retry_delay_secs`` and friends) stay in the config: they are the user's to tune.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+#: The orchestrator worker's queue; account queues are the account names, so a config may not use it.
+ORCHESTRATOR_QUEUE = "orchestrator"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often to try again, and how long to wait before each new try.
+
+    Fields:
+      attempts       -- tries in all, the first one included; ``None`` for no limit (required).
+      delay_secs     -- wait before the second try (required).
+      backoff        -- factor applied to the wait after each further try; 1.0 keeps it fixed (1.0).
+      max_delay_secs -- ceiling of any wait (60.0).
+      jitter         -- the wait is stretched by up to this fraction at random, so several
+                        processes retrying the same thing do not do it in lockstep (0.0).
+    """
+
+    attempts: int | None
+    delay_secs: float
+    backoff: float = 1.0
+    max_delay_secs: float = 60.0
+    jitter: float = 0.0
+
+    def delay(self, attempt: int) -> float:
+        """The wait after try number ``attempt`` (1 is the first try) before the next one."""
+        base = self.delay_secs * self.backoff ** min(max(attempt - 1, 0), 60)
+        return min(self.max_delay_secs, base) * (1 + self.jitter * random.random())
+
+    def exhausted(self, attempt: int) -> bool:
+        """Whether try number ``attempt`` was the last one allowed."""
+        return self.attempts is not None and attempt >= self.attempts
+
+    @property
+    def retries(self) -> int | None:
+        """Celery's ``max_retries``: the tries after the first."""
+        return None if self.attempts is None else self.attempts - 1
+
+
+#: A venue task whose account lease is busy gives its worker slot back and comes again soon.
+#: 0.25-0.5 s between tries, up to 1000 of them (well beyond any lease's 75 s TTL).
+LEASE_BUSY = RetryPolicy(attempts=1001, delay_secs=0.25, jitter=1.0)
+
+#: An emergency exit that could not confirm every account flat runs once more, 2 s later, and then
+#: ends ``unresolved`` with an alert.
+EMERGENCY_EXIT = RetryPolicy(attempts=2, delay_secs=2.0)
+
+#: The alert relay retries a Telegram send that failed transiently: 0.5 s, doubling, at most 30 s.
+ALERT_DELIVERY = RetryPolicy(attempts=None, delay_secs=0.5, backoff=2.0, max_delay_secs=30.0, jitter=0.1)
+
+#: The orchestrator worker's recovery sweep: first 1 s after it is ready, then every 5 s.
+WATCHDOG_FIRST_SECS = 1.0
+WATCHDOG_INTERVAL_SECS = 5.0
+
+
+def worker_argv(queues: str | list[str], *, name: str | None = None, concurrency: int = 1,
+                loglevel: str = "INFO") -> list[str]:
+    """The arguments after ``celery`` that start a worker; the one command line of every worker.
+
+    ``xtb workers``, the tests and the bench call it; ``deploy/`` spells it out and
+    ``tests/system/test_deploy.py`` checks that it matches. ``name`` defaults to the first queue;
+    Celery expands ``%h`` to the host name. Prefork with ``-c 1`` and prefetch 1 keeps one task at a
+    time per account and never a task reserved by a worker that may die. No ``-E``: task events
+    cost ~100 Redis commands per cycle, Flower switches them on while it watches.
+    """
+    queue_list = [queues] if isinstance(queues, str) else list(queues)
+    return ["-A", "xtb_tasks", "worker", "-Q", ",".join(queue_list), "-c", str(concurrency), "-P", "prefork",
+            "--prefetch-multiplier", "1", "-n", f"{name or queue_list[0]}@%h", "--loglevel", loglevel]
