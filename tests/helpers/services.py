@@ -16,6 +16,7 @@ from pathlib import Path
 import redis
 
 from tests.helpers.support import ROOT, free_port, wait_until
+from xtb_tasks.core.policies import worker_argv
 
 
 @dataclass
@@ -120,9 +121,10 @@ def start_worker(queues: list[str], *, name: str, config_path: Path | None, redi
                  log_dir: Path, extra_env: dict[str, str] | None = None, wait: bool = True,
                  concurrency: int = 1) -> WorkerProcess:
     log_path = log_dir / f"worker-{name}-{time.time_ns()}.log"
-    cmd = [sys.executable, "-m", "celery", "-A", "xtb_tasks", "worker", "-Q", ",".join(queues),
-           "-c", str(concurrency), "-P", "prefork", "--prefetch-multiplier", "1", "-n", f"{name}@%h",
-           "--without-mingle", "--without-gossip", "--loglevel", "INFO", "--logfile", str(log_path)]
+    # The production command line, plus what the tests need: a log file per worker, and no
+    # start-up handshake with (or gossip about) the other test workers, which only slows them.
+    cmd = [sys.executable, "-m", "celery", *worker_argv(queues, name=name, concurrency=concurrency),
+           "--without-mingle", "--without-gossip", "--logfile", str(log_path)]
     env = worker_env(config_path, redis_url, extra_env)
     proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     worker = WorkerProcess(name, queues, proc, log_path, env)

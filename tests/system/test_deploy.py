@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, worker_argv
+
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 UNITS = DEPLOY / "systemd"
@@ -82,6 +84,18 @@ def test_systemd_units_contract() -> None:
     assert "beat -S redbeat.RedBeatScheduler" in unit_settings(UNITS / "xtb-beat.service")["ExecStart"][0]
     flower = unit_settings(UNITS / "xtb-flower.service")
     assert "--address=127.0.0.1" in flower["ExecStart"][0] and "FLOWER_BASIC_AUTH" in flower["ExecStartPre"][0]
+
+
+def test_deploy_runs_the_one_worker_command_line() -> None:
+    # xtb workers, the tests and the bench build it with policies.worker_argv; deploy/ spells it out.
+    for unit, queue in (("xtb-worker@.service", "%i"), ("xtb-orchestrator.service", ORCHESTRATOR_QUEUE)):
+        (command,) = unit_settings(UNITS / unit)["ExecStart"]
+        # "%%h" is systemd's escape for the "%h" Celery expands.
+        assert command.replace("%%", "%").split() == ["/opt/xtb/.venv/bin/celery", *worker_argv(queue)], unit
+    services = load_compose()["services"]
+    workers = {name: s["command"] for name, s in services.items() if "worker" in s.get("command", [])}
+    for name, command in workers.items():
+        assert command == ["celery", *worker_argv(flag_value(command, "-Q") or "")], name
 
 
 def load_compose() -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from xtb_tasks.core.config import Settings
+from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, worker_argv
 from xtb_tasks.core.redis_conn import (
     configured_url,
     data_dir,
@@ -26,7 +27,6 @@ from xtb_tasks.core.redis_conn import (
     ping,
     stop_embedded_redis,
 )
-from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -107,9 +107,7 @@ class ProcessSet:
         return restarted
 
     def worker_command(self, queue: str) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "xtb_tasks", "worker", "-Q", queue, "-c", "1",
-                "-P", "prefork", "--prefetch-multiplier", "1", "-n", f"{queue}@%h",
-                "--without-mingle", "--without-gossip", "--loglevel", "INFO"]
+        return [sys.executable, "-m", "celery", *worker_argv(queue)]
 
     def start_workers(self, *, accounts: list[str] | None = None, orchestrator: bool = True) -> None:
         for account in accounts if accounts is not None else list(self.settings.accounts):
