@@ -198,13 +198,13 @@ def test_overview_and_metrics(start_dashboard: Callable[..., Dashboard], r: redi
     metrics = requests.get(f"{dash.url}/metrics", timeout=5)
     assert metrics.headers["Content-Type"].startswith("text/plain; version=0.0.4")
     text = metrics.text
-    assert 'xtb_account_position{account="lighter1",group="main",role="L1"} -1.00' in text
+    assert 'xtb_account_position{account="lighter1",group="main",role="L1"} -1.0' in text
     assert 'xtb_group_net_delta{group="main"} -0.05' in text
-    assert 'xtb_queue_length{queue="lighter1"} 2' in text
-    assert 'xtb_queue_length{queue="orchestrator"} 0' in text
-    assert 'xtb_cycles{group="main",outcome="flat"} 1' in text
-    assert 'xtb_cycles{group="main",outcome="active"} 1' in text
-    assert 'xtb_alerts_pending_delivery{state="undelivered"} 1' in text
+    assert 'xtb_queue_length{queue="lighter1"} 2.0' in text
+    assert 'xtb_queue_length{queue="orchestrator"} 0.0' in text
+    assert 'xtb_cycles{group="main",outcome="flat"} 1.0' in text
+    assert 'xtb_cycles{group="main",outcome="active"} 1.0' in text
+    assert 'xtb_alerts_pending_delivery{state="undelivered"} 1.0' in text
     assert re.search(r'^xtb_heartbeat_age_seconds\{bot="backpack",role="BP"\} \d', text, re.M)
     for line in text.splitlines():
         assert line.startswith("#") or re.match(r'^[a-z_]+(\{[^}]*\})? -?[0-9.]+(e-?\d+)?$', line), line
