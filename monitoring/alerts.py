@@ -178,12 +178,6 @@ def format_cycle_started(group: str, cycle_id: str, direction: str, size: Amount
     return f"Cycle {cycle_id} started in group {group}: {direction}, Backpack size {fmt_amount(size)}."
 
 
-def format_leg_filled(group: str, cycle_id: str, leg: str, account: str, side: str,
-                      quantity: Amount, price: Amount) -> str:
-    return (f"Cycle {cycle_id} ({group}): {leg} {side} filled on {account}, "
-            f"quantity {fmt_amount(quantity)} at {fmt_amount(price)}.")
-
-
 def format_cycle_hedged(group: str, cycle_id: str, positions: Mapping[str, Amount]) -> str:
     net = _net(positions.values())
     return (f"Cycle {cycle_id} ({group}) hedged; positions: {_per_venue(positions, signed=True)}; "

@@ -21,7 +21,6 @@ from monitoring.alerts import (
     format_emergency_exit,
     format_heartbeat_back,
     format_heartbeat_missing,
-    format_leg_filled,
     format_worker_crash,
     queue_alert,
     raise_alert,
@@ -114,7 +113,6 @@ def test_prune_delivered_forgets_only_old_ids(r: redis.Redis) -> None:
 def test_standard_texts_are_one_line_plain_english() -> None:
     texts = [
         format_cycle_started("main", "c1", "long_backpack", Decimal("0.50")),
-        format_leg_filled("main", "c1", "L1 hedge", "lighter1", "sell", Decimal("0.5"), Decimal("2400.10")),
         format_cycle_hedged("main", "c1", {"backpack": Decimal("0.001"), "lighter1": Decimal("-0.5"),
                                            "lighter2": Decimal("0.499")}),
         format_cycle_finished("main", "c1", "flat", {"backpack": Decimal("1.2"), "lighter1": None}, 3600),
@@ -127,15 +125,14 @@ def test_standard_texts_are_one_line_plain_english() -> None:
     ]
     assert all("\n" not in t for t in texts)
     assert texts[0] == "Cycle c1 started in group main: long_backpack, Backpack size 0.5."
-    assert texts[1] == "Cycle c1 (main): L1 hedge sell filled on lighter1, quantity 0.5 at 2400.1."
-    assert texts[2] == ("Cycle c1 (main) hedged; positions: backpack +0.001, lighter1 -0.5, lighter2 +0.499; "
+    assert texts[1] == ("Cycle c1 (main) hedged; positions: backpack +0.001, lighter1 -0.5, lighter2 +0.499; "
                         "net 0.")
-    assert texts[3] == ("Cycle c1 (main) finished after 60m: flat; PnL backpack +1.2, lighter1 unknown; "
+    assert texts[2] == ("Cycle c1 (main) finished after 60m: flat; PnL backpack +1.2, lighter1 unknown; "
                         "total unknown.")
-    assert texts[4] == ("EMERGENCY EXIT of cycle c1 (main): lighter1_zero; PnL backpack +1.2, lighter1 -40.1, "
+    assert texts[3] == ("EMERGENCY EXIT of cycle c1 (main): lighter1_zero; PnL backpack +1.2, lighter1 -40.1, "
                         "lighter2 +38.3; positions backpack 0, lighter1 0, lighter2 unknown.")
-    assert texts[5] == "Heartbeat missing from lighter1: silent for 4.3s (expected every 2.0s)."
-    assert texts[6] == "Heartbeat back from lighter1 after 65s of silence."
+    assert texts[4] == "Heartbeat missing from lighter1: silent for 4.3s (expected every 2.0s)."
+    assert texts[5] == "Heartbeat back from lighter1 after 65s of silence."
     assert fmt_amount(None) == "unknown" and fmt_amount(Decimal("-0")) == "0"
     assert fmt_amount(Decimal("1E+2")) == "100" and fmt_amount(0.1, signed=True) == "+0.1"
 

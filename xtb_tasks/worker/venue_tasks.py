@@ -118,15 +118,6 @@ def get_position(self: Task, *, account: str, symbol: str, cycle_id: str | None 
     return read_position(redis_client(), get_connector(account), symbol, cycle_id).to_json()
 
 
-@app.task(name="xtb.venue.get_collateral", base=AccountLeaseTask, bind=True, exclusive=False)
-def get_collateral(self: Task, *, account: str, cycle_id: str | None = None) -> dict[str, Any]:
-    _guard_queue(self, account)
-    balance = get_connector(account).get_balance()
-    note_account_state(redis_client(), account, balance=balance.equity if balance.equity is not None else "",
-                       balance_read_at=balance.read_at)
-    return balance.to_json()
-
-
 class ConfirmationFailed(XtbError, RuntimeError):
     """The position did not move as required before the deadline (or the cycle was cancelled)."""
 
@@ -217,12 +208,6 @@ def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], cyc
         log.warning("account=%s cycle=%s balance after flatten unknown: %s", account, cycle_id, exc)
         equity = None
     return {**report.to_json(), "equity": None if equity is None else str(equity)}
-
-
-@app.task(name="xtb.venue.cancel_all", base=AccountLeaseTask, bind=True)
-def cancel_all(self: Task, *, account: str, symbol: str) -> dict[str, Any]:
-    _guard_queue(self, account)
-    return {"account": account, "cancelled": get_connector(account).cancel_all(symbol)}
 
 
 @app.task(name="xtb.venue.account_snapshot", base=AccountLeaseTask, bind=True, exclusive=False)
