@@ -24,7 +24,7 @@ from venues.simulator.market import Exchange
 from venues.simulator.profile import LIGHTER_PREMIUM, DepthProfile, PricePath, SimProfile
 from venues.simulator.server import SimulatorServer
 
-KEY = 3
+KEY = 4  # 0-3 are reserved for the venue's own apps (lighter_rules.py)
 _accounts = itertools.count(7001)
 _cois = itertools.count(1)
 
