@@ -18,6 +18,7 @@ from typing import Any
 
 import click
 
+from venues.simulator.lighter_rules import LighterRules, Tier
 from venues.simulator.profile import LIGHTER_PREMIUM, LIGHTER_STANDARD, SimProfile
 from venues.simulator.server import SimulatorServer
 
@@ -49,6 +50,41 @@ def build_profile(opts: dict[str, Any]) -> SimProfile:
                    jump_size=opts["jump_size"], seed=opts["path_seed"])
     backpack = replace(base.backpack, rate_limit=opts["rate_limit"] or base.backpack.rate_limit)
     return SimProfile(depth=depth, fees=fees, funding=funding, margin=margin, price_path=path, backpack=backpack)
+
+
+def build_lighter_rules(opts: dict[str, Any]) -> LighterRules:
+    """The LighterRules the ``--lighter-*`` options describe (``--strict`` switches the rate limit on)."""
+    base = LighterRules.strict() if opts["strict"] else LighterRules()
+    tiers: dict[int, Tier] = {}
+    for item in opts["lighter_account_tier"]:
+        account, sep, tier = item.partition("=")
+        if not (sep and account.isdigit() and tier in {t.value for t in Tier}):
+            raise ValueError(f"--lighter-account-tier {item!r}: expected ACCOUNT_INDEX=standard|premium")
+        tiers[int(account)] = Tier(tier)
+    lag = base.nonce_lag_ms if opts["lighter_nonce_lag_ms"] is None else opts["lighter_nonce_lag_ms"]
+    return replace(base, rate_limit=opts["lighter_rate_limit"] or base.rate_limit,
+                   default_tier=Tier(opts["lighter_tier"]), tiers=tiers, nonce_lag_ms=lag,
+                   history=not opts["lighter_no_history_limit"])
+
+
+def _lighter_options(command: Any) -> Any:
+    """The Lighter-rule options of ``xtb sim`` (lighter_rules.py documents every rule and its source)."""
+    options = [
+        click.option("--lighter-rate-limit/--no-lighter-rate-limit", default=False, show_default=True,
+                     help="Lighter: HTTP 429 past the account tier's budget (standard: 60 requests/min per IP "
+                          "and per L1 address; premium: 24,000 weight/min), plus 40 txs/min per tx type."),
+        click.option("--lighter-tier", type=click.Choice([t.value for t in Tier]), default="standard",
+                     show_default=True, help="Lighter account tier of every account (rate limits)."),
+        click.option("--lighter-account-tier", multiple=True, metavar="INDEX=TIER",
+                     help="Lighter tier of one account index (repeatable), e.g. 281474976710654=premium."),
+        click.option("--lighter-nonce-lag-ms", type=click.FloatRange(0), default=None,
+                     help="Lighter: nextNonce shows an accepted tx only after this many ms (default 0; --strict 200)."),
+        click.option("--lighter-no-history-limit", is_flag=True,
+                     help="Lighter: list every order in accountOrders (default: last 10K active, 1K inactive, 24 h)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 def _market_options(command: Any) -> Any:
@@ -103,12 +139,16 @@ def _market_options(command: Any) -> Any:
               help="Seconds between random-walk price steps.")
 @click.option("--fixed-prices", is_flag=True, help="Do not move prices (only /_sim/price does).")
 @_market_options
+@_lighter_options
 def sim(backpack_port: int, lighter_port: int, telegram_port: int, seed: int, latency_ms: float,
         collateral: Decimal, price_tick_secs: float, fixed_prices: bool, **market: Any) -> None:
     """Run local Backpack, Lighter and Telegram servers (demo, tests, paper trading).
 
     Market rules (venues/simulator/profile.py): a 20-level book is on by default; fees, funding,
     margin refusals, liquidations, price jumps and the Backpack rate limit are off until switched on.
+    Lighter rules (venues/simulator/lighter_rules.py): account tiers standard (60 requests/min) and
+    premium (24,000 weight/min); the rate limit and the nextNonce lag are off; the order history
+    window, 16 out-of-order nonces and the reserved API key indexes 0-3 are on.
 
     \b
     Example:
@@ -116,12 +156,14 @@ def sim(backpack_port: int, lighter_port: int, telegram_port: int, seed: int, la
       xtb sim --fees --depth-levels 3 --depth-size 0.5 --funding-secs 60 --liquidations --jump-prob 0.01
     """
     try:
+        lighter_rules = build_lighter_rules(market)
         profile = build_profile(market)
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     server = SimulatorServer(backpack_port=backpack_port, lighter_port=lighter_port, telegram_port=telegram_port,
                              seed=seed, latency_ms=latency_ms, starting_collateral=collateral,
-                             price_tick_secs=None if fixed_prices else price_tick_secs, profile=profile)
+                             price_tick_secs=None if fixed_prices else price_tick_secs, profile=profile,
+                             lighter_rules=lighter_rules)
     try:
         urls = server.start()
     except (RuntimeError, OSError) as exc:

@@ -1,6 +1,7 @@
 """Simulated Lighter (zkLighter) venue speaking the wire protocol of the official lighter-sdk 1.1.8.
 
-``create_lighter_app(exchange)`` returns the aiohttp app: the REST surface of lighter-sdk.md §2,
+``create_lighter_app(exchange, rules)`` returns the aiohttp app (``rules``: lighter_rules.py): the
+REST surface of lighter-sdk.md §2,
 the WebSocket of §3 at ``/stream`` (see ``lighter_ws``) and one admin route only this venue
 needs, ``POST /_sim/lighter/apikey``. Run it on its own event loop/thread: the Go signer's
 synchronous HTTP calls deadlock if the server shares the caller's loop (lighter-sdk.md §1).
@@ -24,7 +25,11 @@ Choices where the real venue leaves room (documented for the connector):
   ``canceled-not-enough-liquidity`` (depth ran out, or a ``partial_fill`` fault).
   Margin refusals end ``canceled-margin-not-allowed`` (captured status).
 * **Accounts and keys.** Any account index is created on first use with the exchange's starting
-  collateral. Signatures (Poseidon/Schnorr) cannot be checked, so a tx from any
+  collateral. API key indexes 0–3 belong to the venue's own apps (docs/api-keys), so with
+  ``LighterRules.reserve_api_keys`` a tx signed at one of them is HTTP 400 ``{"code":21108,"message":
+  "invalid PublicKey, please run changePubKey"}`` (docs/troubleshooting's code for a key not registered
+  at that index; that the venue answers a reserved index with it is UNCONFIRMED) and the admin route
+  refuses to register one. Signatures (Poseidon/Schnorr) cannot be checked, so a tx from any
   ``(AccountIndex, ApiKeyIndex)`` is accepted if its nonce is right. ``GET /api/v1/apikeys``
   serves only keys registered through ``POST /_sim/lighter/apikey``; an unregistered key gives
   an empty list, so ``SignerClient.check_client()`` fails with "no api key returned" until the
@@ -58,6 +63,7 @@ from venues.simulator.lighter_http import (
     json_response,
     partial_fraction,
     qreq,
+    rate_limited,
     venue_middleware,
 )
 from venues.simulator.lighter_model import (
@@ -69,6 +75,7 @@ from venues.simulator.lighter_model import (
     ParsedTx,
 )
 from venues.simulator.lighter_reads import LighterReads
+from venues.simulator.lighter_rules import RESERVED_API_KEYS, LighterRules
 from venues.simulator.lighter_state import LighterState, now_ms
 from venues.simulator.lighter_tx import INVALID_TX_INFO, info_text, parse_batch, parse_tx, parse_tx_type
 from venues.simulator.lighter_ws import LighterWsHub
@@ -82,14 +89,16 @@ HUB_KEY = web.AppKey("lighter_ws_hub", LighterWsHub)
 SEND_TX_MESSAGE = '{"ratelimit": "didn\'t use volume quota"}'
 VOLUME_QUOTA = 1000
 PUBLIC_KEY_HEX_CHARS = 80
+#: docs/troubleshooting: "invalid PublicKey, please run changePubKey (21108)".
+INVALID_PUBKEY = 21108
 
 
-def create_lighter_app(exchange: Exchange) -> web.Application:
+def create_lighter_app(exchange: Exchange, rules: LighterRules | None = None) -> web.Application:
     """The Lighter venue app on ``exchange`` (accounts keyed ``("lighter", str(account_index))``)."""
-    state = LighterState(exchange)
+    state = LighterState(exchange, rules)
     hub = LighterWsHub(state)
     gate = FaultGate(exchange, hub)
-    app = web.Application(middlewares=[venue_middleware(exchange)])
+    app = web.Application(middlewares=[venue_middleware(exchange, state)])
     app[STATE_KEY] = state
     app[HUB_KEY] = hub
     txs = _TxRoutes(state, gate)
@@ -97,6 +106,7 @@ def create_lighter_app(exchange: Exchange) -> web.Application:
     app.router.add_post("/api/v1/sendTx", txs.send_tx)
     app.router.add_post("/api/v1/sendTxBatch", txs.send_tx_batch)
     app.router.add_post("/_sim/lighter/apikey", txs.register_api_key)
+    app.router.add_post("/_sim/lighter/clock", txs.advance_clock)
     app.router.add_get("/stream", hub.handle)
     app[POSITION_HOOK] = hub.position_hook
     LighterReads(state, gate).register(app)
@@ -138,10 +148,28 @@ class _TxRoutes:
         return await self.gate.read("nonce", account, lambda: {
             "code": 200, "nonce": self.state.next_nonce(account, api_key)})
 
+    def _admit(self, txs: list[ParsedTx], tx_types: list[int]) -> None:
+        """Key-index and rate rules of parsed txs, before any state or fault is touched."""
+        rules, limiter = self.state.rules, self.state.limiter
+        for tx in txs:
+            if rules.reserve_api_keys and tx.api_key < RESERVED_API_KEYS:
+                raise LighterError(400, INVALID_PUBKEY, "invalid PublicKey, please run changePubKey")
+        if limiter is None:
+            return
+        # A signed tx is authenticated: only its L1 address counts (docs/rate-limits, sendTx section).
+        account = txs[0].account
+        l1 = self.state.l1_address(account)
+        if not limiter.allow_send(l1, rules.tier(account)):
+            raise rate_limited()
+        for kind in tx_types:
+            if not limiter.allow_tx_type(l1, kind):
+                raise rate_limited()
+
     async def send_tx(self, request: web.Request) -> web.Response:
         form = await _form(request)
         raw_type, raw_info = form.get("tx_type"), form.get("tx_info")
         tx = parse_tx(raw_type, raw_info, self.state.markets)
+        self._admit([tx], [parse_tx_type(raw_type)])
         fault = self.gate.take("order", tx.account, _order_faults(tx))
         early = await self.gate.before(fault, tx.account)
         if early is not None:
@@ -153,6 +181,7 @@ class _TxRoutes:
     async def send_tx_batch(self, request: web.Request) -> web.Response:
         form = await _form(request)
         txs = parse_batch(form.get("tx_types"), form.get("tx_infos"), self.state.markets)
+        self._admit([t for t, _, _ in txs], [kind for _, kind, _ in txs])
         account = txs[0][0].account
         fault = self.gate.take("order", account, ORDER_FAULTS)
         early = await self.gate.before(fault, account)
@@ -172,10 +201,26 @@ class _TxRoutes:
             account, api_key, public_key = _parse_key_registration(body)
         except ValueError as exc:
             return web.json_response({"ok": False, "error": str(exc)}, status=400)
+        if self.state.rules.reserve_api_keys and api_key < RESERVED_API_KEYS:
+            return web.json_response({"ok": False, "error": f"api_key_index 0..{RESERVED_API_KEYS - 1} are "
+                                      "reserved for the venue's own apps (docs/api-keys)"}, status=400)
         self.state.register_key(account, api_key, public_key)
         logger.info("lighter: registered api key %d for account %d", api_key, account)
         return web.json_response({"ok": True, "account_index": account, "api_key_index": api_key,
                                   "public_key": public_key})
+
+
+    async def advance_clock(self, request: web.Request) -> web.Response:
+        """Admin: move the venue's clock ``{"advance_secs": s}`` ahead (history window, rate windows)."""
+        try:
+            body = await request.json()
+            secs = float(body["advance_secs"])
+        except (ValueError, UnicodeDecodeError, KeyError, TypeError):
+            return web.json_response({"ok": False, "error": "body must be {\"advance_secs\": <seconds>}"}, status=400)
+        if not 0 <= secs <= 10 * 365 * 86400:
+            return web.json_response({"ok": False, "error": "advance_secs must be 0..10 years"}, status=400)
+        self.state.clock_offset_ms += secs * 1000
+        return web.json_response({"ok": True, "offset_secs": self.state.clock_offset_ms / 1000})
 
 
 def _parse_key_registration(body: object) -> tuple[int, int, str]:

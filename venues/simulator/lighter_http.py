@@ -13,6 +13,8 @@ from typing import Any
 from aiohttp import web
 
 from venues.simulator.lighter_model import VENUE, LighterError, auth_token_valid
+from venues.simulator.lighter_rules import RATE_LIMITED_CODE, RATE_LIMITED_MESSAGE, RATE_LIMITED_STATUS, Tier
+from venues.simulator.lighter_state import LighterState
 from venues.simulator.lighter_ws import LighterWsHub
 from venues.simulator.market import Exchange, Fault, FaultKind
 
@@ -20,7 +22,9 @@ logger = logging.getLogger(__name__)
 
 INVALID_PARAM = 20001
 INVALID_AUTH = 20013
-RATE_LIMITED = 23000
+RATE_LIMITED = RATE_LIMITED_CODE
+#: Paths whose budget is checked once the tx names its account (lighter.py), not by the middleware.
+TX_PATHS = frozenset({"/api/v1/sendTx", "/api/v1/sendTxBatch"})
 DEFAULT_HOLD_SECS = 30.0
 DEFAULT_PARTIAL_FRACTION = Decimal("0.5")
 
@@ -74,6 +78,42 @@ def qchoice(request: web.Request, name: str, choices: tuple[str, ...], default: 
     return raw
 
 
+def rate_limited() -> LighterError:
+    """The venue's answer past a budget (lighter_rules.py: HTTP 429, code 23000)."""
+    return LighterError(RATE_LIMITED_STATUS, RATE_LIMITED, RATE_LIMITED_MESSAGE)
+
+
+def token_owner(request: web.Request) -> int | None:
+    """The account of a valid auth token on the request, else None (an unauthenticated request)."""
+    token = request.headers.get("authorization") or request.query.get("auth")
+    parts = token.split(":") if isinstance(token, str) else []
+    if len(parts) != 4 or not (parts[1].isascii() and parts[1].isdigit() and len(parts[1]) <= 20):
+        return None
+    owner = int(parts[1])
+    return owner if auth_token_valid(token, owner, int(time.time())) else None
+
+
+def check_rate(state: LighterState, request: web.Request) -> None:
+    """Count a REST request against its bucket; 429 past the budget (docs/rate-limits).
+
+    "These limits apply to both IP address and L1 address… To bypass IP-based rate limits, clients
+    can authenticate each request so that only L1-based rate limits apply": an authenticated request
+    counts against its account's L1 address (with that account's tier) and not the IP; any other
+    counts against the IP. An IP has no account type, so its budget is Standard's (UNCONFIRMED).
+    """
+    limiter = state.limiter
+    if limiter is None or not request.path.startswith("/api/v1/") or request.path in TX_PATHS:
+        return
+    endpoint = request.path.removeprefix("/api/v1/")
+    owner = token_owner(request)
+    if owner is None:
+        allowed = limiter.allow(f"ip:{request.remote}", Tier.STANDARD, endpoint)
+    else:
+        allowed = limiter.allow(f"l1:{state.l1_address(owner)}", state.rules.tier(owner), endpoint)
+    if not allowed:
+        raise rate_limited()
+
+
 def require_auth(request: web.Request, account: int) -> None:
     """Private reads carry the token in the ``authorization`` header (the SDK) or ``auth`` (lighter-go)."""
     token = request.headers.get("authorization") or request.query.get("auth")
@@ -117,7 +157,7 @@ class FaultGate:
             return None
         logger.info("lighter fault %s on op %s account %s", fault.kind.value, fault.op, account)
         if fault.kind is FaultKind.HTTP_429:
-            return json_response({"code": RATE_LIMITED, "message": "too many requests"}, 429)
+            return json_response(rate_limited().body(), RATE_LIMITED_STATUS)
         if fault.kind is FaultKind.HTTP_500:
             return json_response({"code": 500, "message": "internal server error"}, 500)
         if fault.kind is FaultKind.INVALID_NONCE:
@@ -144,8 +184,9 @@ class FaultGate:
         return json_response(body)
 
 
-def venue_middleware(exchange: Exchange) -> Any:
-    """Latency, then the handler; every failure leaves in the venue's ``{"code","message"}`` shape.
+def venue_middleware(exchange: Exchange, state: LighterState | None = None) -> Any:
+    """Latency, the rate limit, then the handler; every failure leaves in the venue's
+    ``{"code","message"}`` shape.
 
     One middleware rather than two: this wraps the sendTx hot path.
     """
@@ -156,6 +197,8 @@ def venue_middleware(exchange: Exchange) -> Any:
         if exchange.latency_ms > 0 and request.path.startswith("/api/"):
             await asyncio.sleep(exchange.latency_ms / 1000)
         try:
+            if state is not None:
+                check_rate(state, request)
             return await handler(request)
         except LighterError as exc:
             return json_response(exc.body(), exc.http_status)

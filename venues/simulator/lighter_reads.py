@@ -172,7 +172,8 @@ class LighterReads:
 
         def build() -> dict[str, Any]:
             self.state.sweep()
-            found = [self.state.order_by_client_id(account, i) for i in ids]
+            # Only ids inside the history window (lighter_rules.py): an older one looks absent.
+            found = [self.state.listed_by_client_id(account, i) for i in ids]
             return {"code": 200, "orders": self._orders([o for o in found if o is not None])}
 
         return await self.gate.read("orders", account, build)

@@ -7,8 +7,12 @@ Exchange take its lock because the admin API and the other venue share it.
 
 Rules (see also the ``lighter`` module docstring):
 
-* Nonces are strict per ``(AccountIndex, ApiKeyIndex)`` and start at 0; only an accepted tx
-  bumps one, so a rejected tx never leaves a gap.
+* Nonces are per ``(AccountIndex, ApiKeyIndex)`` and start at 0; a tx may run up to
+  ``LighterRules.nonce_window`` (16) ahead of the next unused nonce, and only an accepted tx uses
+  one, so a rejected tx never leaves a gap. ``nextNonce`` is the lowest unused nonce, as it was
+  ``nonce_lag_ms`` ago (lighter_rules.py).
+* The venue's clock is the wall clock plus ``clock_offset_ms`` (``POST /_sim/lighter/clock``), so a
+  test can age orders past the history window; tx ``ExpiredAt`` stays checked against the wall clock.
 * ``client_order_index`` values other than 0 are unique per account over the account's whole
   history (stricter than needed on mainnet, so a double submit can never slip through a test).
 * Market and IOC orders fill against the synthetic book up to the tx's ``Price``, the worst
@@ -48,6 +52,7 @@ from venues.simulator.lighter_model import (
     fmt,
 )
 from venues.simulator.lighter_money import fee_ppm
+from venues.simulator.lighter_rules import LighterRules, RateLimiter
 from venues.simulator.lighter_tx import CANCEL_ALL_ABORT, CANCEL_ALL_SCHEDULED
 from venues.simulator.market import AuditEntry, Exchange, SimAccount
 
@@ -79,8 +84,14 @@ class _Exec:
 
 
 class LighterState:
-    def __init__(self, exchange: Exchange) -> None:
+    def __init__(self, exchange: Exchange, rules: LighterRules | None = None) -> None:
         self.exchange = exchange
+        self.rules = rules if rules is not None else LighterRules()
+        self.clock_offset_ms = 0.0
+        self.limiter = RateLimiter(self.rules, self.monotonic) if self.rules.rate_limit else None
+        #: Nonces used above the next one, and when each nonce became used (for nextNonce's lag).
+        self.ahead: dict[tuple[int, int], set[int]] = {}
+        self.used_at: dict[tuple[int, int], deque[tuple[float, int]]] = {}
         self.markets = {m.market_id: m for m in MARKETS if m.base in exchange.prices}
         self.nonces: dict[tuple[int, int], int] = {}
         self.api_keys: dict[tuple[int, int], str] = {}
@@ -95,6 +106,15 @@ class LighterState:
         self._seq = itertools.count(1)
         self._trade_ids = itertools.count(1_000_000)
         self.block_height = 1
+
+    # ---- the venue's clock -------------------------------------------------------------------
+    def now(self) -> int:
+        """The venue's time in ms: the wall clock plus the admin offset."""
+        return int(time.time() * 1000 + self.clock_offset_ms)
+
+    def monotonic(self) -> float:
+        """Seconds for the rate limiter, moved by the same admin offset."""
+        return time.monotonic() + self.clock_offset_ms / 1000
 
     # ---- accounts, keys, nonces -------------------------------------------------------------
     def ensure_account(self, account: int) -> SimAccount:
@@ -113,8 +133,39 @@ class LighterState:
         return next((a for a in keys if self.l1_address(a) == address.lower()), None)
 
     def next_nonce(self, account: int, api_key: int) -> int:
+        """The lowest unused nonce as it stood ``nonce_lag_ms`` ago (docs/nonce-management: the
+        server-side nonce "will NOT update right away")."""
         self.ensure_account(account)
-        return self.nonces.get((account, api_key), 0)
+        key = (account, api_key)
+        current = self.nonces.get(key, 0)
+        lag = self.rules.nonce_lag_ms
+        if lag <= 0:
+            return current
+        cutoff, shown = time.monotonic() - lag / 1000, current
+        for at, before in reversed(self.used_at.get(key, ())):
+            if at <= cutoff:
+                break
+            shown = min(shown, before)
+        return shown
+
+    def _use_nonce(self, key: tuple[int, int], nonce: int) -> None:
+        """Mark ``nonce`` used; the next nonce moves past every contiguous used one."""
+        before = self.nonces.get(key, 0)
+        ahead = self.ahead.setdefault(key, set())
+        ahead.add(nonce)
+        current = before
+        while current in ahead:
+            ahead.discard(current)
+            current += 1
+        self.nonces[key] = current
+        if self.rules.nonce_lag_ms > 0 and current != before:
+            hist = self.used_at.setdefault(key, deque(maxlen=256))
+            hist.append((time.monotonic(), before))
+
+    def nonce_ok(self, key: tuple[int, int], nonce: int, expected: int | None = None) -> bool:
+        """Unused and at most ``nonce_window`` ahead of the next nonce (docs: 16 out-of-order)."""
+        base = self.nonces.get(key, 0) if expected is None else expected
+        return base <= nonce <= base + self.rules.nonce_window and nonce not in self.ahead.get(key, ())
 
     def register_key(self, account: int, api_key: int, public_key: str) -> None:
         self.ensure_account(account)
@@ -129,7 +180,7 @@ class LighterState:
     # ---- tx submission ----------------------------------------------------------------------
     def submit(self, tx: ParsedTx, tx_type: int, info_text: str, fill_fraction: Decimal | None = None) -> str:
         """Check then apply one tx; returns its hash or raises :class:`LighterError`."""
-        self._check(tx, self.nonces.get((tx.account, tx.api_key), 0), set())
+        self._check(tx, None, set())
         return self._apply(tx, tx_type, info_text, fill_fraction)
 
     def submit_batch(self, txs: list[tuple[ParsedTx, int, str]]) -> list[str]:
@@ -149,9 +200,11 @@ class LighterState:
                 pending.add((tx.account, tx.client_order_index))
         return [self._apply(tx, kind, text, None) for tx, kind, text in txs]
 
-    def _check(self, tx: ParsedTx, expected_nonce: int, pending: set[tuple[int, int]]) -> None:
+    def _check(self, tx: ParsedTx, expected_nonce: int | None, pending: set[tuple[int, int]]) -> None:
         # HTTP 400 + "invalid nonce" is what makes the SDK resync (lighter-sdk.md §2 decorator).
-        if tx.nonce != expected_nonce:
+        # A batch's nonces are consecutive (docs/troubleshooting: "Batch nonces must be consecutive").
+        key = (tx.account, tx.api_key)
+        if (tx.nonce != expected_nonce) if expected_nonce is not None else not self.nonce_ok(key, tx.nonce):
             raise LighterError(400, 21104, "invalid nonce")
         if isinstance(tx, CreateOrderTx) and tx.client_order_index:
             key = (tx.account, tx.client_order_index)
@@ -161,12 +214,12 @@ class LighterState:
             self._cancel_target(tx.account, tx.market.market_id, tx.index)
 
     def _apply(self, tx: ParsedTx, tx_type: int, info_text: str, fill_fraction: Decimal | None) -> str:
-        self.nonces[(tx.account, tx.api_key)] = tx.nonce + 1
+        self._use_nonce((tx.account, tx.api_key), tx.nonce)
         self.ensure_account(tx.account)
         self.block_height += 1
         seq = next(self._seq)
         tx_hash = hashlib.blake2b(f"{seq}|{info_text}".encode(), digest_size=40).hexdigest()
-        now = now_ms()
+        now = self.now()
         changed: list[LighterOrder] = []
         trades: list[dict[str, Any]] = []
         if isinstance(tx, CreateOrderTx):
@@ -359,17 +412,39 @@ class LighterState:
                 if o.active and (market_id is None or o.market.market_id == market_id)]
 
     def inactive_orders(self, account: int) -> list[LighterOrder]:
-        return [o for o in self.account_orders.get(account, ()) if not o.active]
+        """Inactive orders, oldest first; with ``rules.history`` only the newest ``inactive_history``
+        that ended within ``history_secs`` (the venue's accountOrders/accountInactiveOrders window)."""
+        ended = [o for o in self.account_orders.get(account, ()) if not o.active]
+        if not self.rules.history:
+            return ended
+        since = self.now() - self.rules.history_secs * 1000
+        recent = [o for o in ended if (o.updated_ms or o.created_ms) >= since]
+        recent.sort(key=lambda o: o.updated_ms or o.created_ms)
+        return recent[-self.rules.inactive_history:]
+
+    def listed_active(self, account: int) -> list[LighterOrder]:
+        """Active orders accountOrders lists: the newest ``active_history`` of them."""
+        active = self.active_orders(account)
+        return active[-self.rules.active_history:] if self.rules.history else active
 
     def order_by_client_id(self, account: int, client_order_index: int) -> LighterOrder | None:
         return self.client_ids.get((account, client_order_index))
+
+    def listed_by_client_id(self, account: int, client_order_index: int) -> LighterOrder | None:
+        """The order accountOrders shows for a client id: None once it fell out of the history window
+        (docs: the last 10K active and 1K inactive orders of the last 24 h), so an old id looks absent."""
+        order = self.client_ids.get((account, client_order_index))
+        if order is None or not self.rules.history:
+            return order
+        listed = self.listed_active(account) if order.active else self.inactive_orders(account)
+        return order if any(o is order for o in listed) else None
 
     # ---- time-driven work -------------------------------------------------------------------
     def sweep(self, now: int | None = None) -> None:
         """Fire scheduled cancel-alls, expire orders and fill resting orders the book now crosses."""
         if not self.active and not self.cancel_all_at:
             return
-        now = now_ms() if now is None else now
+        now = self.now() if now is None else now
         for account, (at, market_id) in list(self.cancel_all_at.items()):
             if at <= now:
                 del self.cancel_all_at[account]

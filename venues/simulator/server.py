@@ -31,6 +31,7 @@ from venues.simulator import market
 from venues.simulator.admin import POSITION_HOOK, PositionHook, mount_admin
 from venues.simulator.backpack import create_backpack_app
 from venues.simulator.lighter import create_lighter_app
+from venues.simulator.lighter_rules import LighterRules
 from venues.simulator.profile import SimProfile
 from venues.simulator.telegram import TelegramState, create_telegram_app
 
@@ -49,8 +50,10 @@ class SimulatorServer:
     def __init__(self, *, host: str = "127.0.0.1", backpack_port: int = 18080, lighter_port: int = 18081,
                  telegram_port: int = 18082, seed: int = 7, latency_ms: float = 0.0,
                  starting_collateral: Decimal = Decimal(10000), price_tick_secs: float | None = 1.0,
-                 profile: SimProfile | None = None) -> None:
+                 profile: SimProfile | None = None, lighter_rules: LighterRules | None = None) -> None:
         self.host = host
+        #: Lighter-only rules (lighter_rules.py: tiers, rate limits, nonce window and lag, history).
+        self.lighter_rules = lighter_rules
         self.ports = {"backpack": backpack_port, "lighter": lighter_port, "telegram": telegram_port}
         self.price_tick_secs = price_tick_secs
         self.exchange = market.Exchange(seed=seed, starting_collateral=starting_collateral, profile=profile)
@@ -126,7 +129,7 @@ class SimulatorServer:
 
     def _apps(self) -> dict[str, web.Application]:
         backpack = create_backpack_app(self.exchange)
-        lighter = create_lighter_app(self.exchange)
+        lighter = create_lighter_app(self.exchange, self.lighter_rules)
         hooks: list[PositionHook] = [app[POSITION_HOOK] for app in (backpack, lighter) if POSITION_HOOK in app]
         mount_admin(backpack, self.exchange, hooks)
         mount_admin(lighter, self.exchange, hooks)

@@ -1,0 +1,185 @@
+"""The Lighter venue's own rules, as one frozen :class:`LighterRules` passed when the app is built.
+
+``create_lighter_app(exchange, rules)`` (and ``SimulatorServer(lighter_rules=…)``, ``xtb sim``'s
+``--lighter-*`` options) take it; a test switches one rule with ``dataclasses.replace``. Every rule
+cites its source; wording the sources do not give is marked UNCONFIRMED.
+
+What is on by default and why:
+
+* **Rate limits** (off): apidocs.lighter.xyz/docs/rate-limits. The workers poll every 0.2 s while
+  they confirm a position and every test account shares 127.0.0.1, so 60 requests a minute per IP
+  trips the project's normal flows at once; a later issue moves the workers to WebSocket streams.
+* **Order history limits** (on): ``accountOrders``/``accountInactiveOrders`` list only the last 10K
+  active and 1K inactive orders of the last 24 h (the issue's reading of the venue's accountOrders
+  reference; the page text was not found in the references: UNCONFIRMED). The connector looks an id
+  up right after sending it, far inside both bounds.
+* **Out-of-order nonces** (on, window 16): accepted up to 16 ahead of the next unused nonce. Source:
+  nautilus_trader ``crates/adapters/lighter/src/signing/nonce.rs`` ("The venue accepts up to 16
+  out-of-order nonces per (account, api_key)"); a later revision of that file and api-evangelist's
+  Lighter conventions say out-of-order nonces are refused without ``SkipNonce``, so UNCONFIRMED. The
+  connector sends one tx at a time, so it never leaves a gap; ``nonce_window=0`` is the strict rule.
+* **nextNonce lag** (off, 0 ms): docs/nonce-management says an accepted tx's nonce "will NOT update
+  right away on the server side". The connector reads nextNonce when it has no nonce (a fresh worker,
+  after a timeout or an invalid nonce) and retries once, so a read inside the lag hands it a used
+  nonce twice and the order fails; off until the connector keeps its nonce across such reads.
+* **Reserved API key indexes** (on): docs/api-keys: "indexes {0,1,2,3} are reserved for desktop and
+  mobile interfaces"; docs/production-checklist: "a dedicated API key index (4–254)".
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import Enum
+
+#: The rolling window of every REST limit ("per rolling minute", docs/rate-limits).
+WINDOW_SECS = 60.0
+#: docs/rate-limits: "Rate Limit Exceeding Behavior: You will receive HTTP 429". The body's code and
+#: message are the venue's error table as ccxt lighter.ts carries it ('23000': "Too Many Requests!");
+#: that the 429 carries exactly this body is UNCONFIRMED (no capture of a 429 body was found).
+RATE_LIMITED_CODE = 23000
+RATE_LIMITED_MESSAGE = "Too Many Requests!"
+RATE_LIMITED_STATUS = 429
+
+
+class Tier(str, Enum):
+    """Lighter account types (docs/account-types); the tier is tied to the L1 address."""
+
+    #: The default: 60 requests per rolling minute, unweighted (docs/rate-limits).
+    STANDARD = "standard"
+    #: Opt-in: 24,000 weighted requests per rolling minute; sendTx/sendTxBatch in their own bucket.
+    PREMIUM = "premium"
+
+
+#: Standard accounts: "60 requests per rolling minute" (docs/rate-limits).
+STANDARD_REQUESTS = 60
+#: Premium accounts: "24,000 weighted requests per rolling minute" (docs/rate-limits).
+PREMIUM_WEIGHT = 24_000
+#: Premium sendTx/sendTxBatch bucket with 0 LIT staked: 4000 per minute, L1 address only (docs/rate-limits).
+PREMIUM_SEND_TX = 4000
+#: Endpoint weights (docs/rate-limits "Weights"); every other endpoint weighs 300.
+WEIGHTS: dict[str, int] = {
+    "sendTx": 6, "sendTxBatch": 6, "nextNonce": 6, "publicPools": 50, "txFromL1TxHash": 50,
+    "accountInactiveOrders": 100, "deposit/latest": 100, "apikeys": 150, "transferFeeInfo": 500,
+    "trades": 600, "recentTrades": 600, "changeAccountTier": 3000,
+}
+DEFAULT_WEIGHT = 300
+#: "Transaction Type Limits (per user)… apply to all account types: Default 40 requests / minute"
+#: (docs/rate-limits). The simulator's tx types (create, cancel, cancel-all) are all "Default"; one
+#: budget per tx type is UNCONFIRMED (the table is keyed by type, not said to be shared).
+TX_TYPE_PER_MINUTE = 40
+#: docs/api-keys: indexes {0,1,2,3} are reserved for the venue's desktop and mobile apps.
+RESERVED_API_KEYS = 4
+
+
+def endpoint_weight(path: str) -> int:
+    """The weight of ``/api/v1/<endpoint>`` (docs/rate-limits)."""
+    return WEIGHTS.get(path.removeprefix("/api/v1/"), DEFAULT_WEIGHT)
+
+
+@dataclass(frozen=True)
+class LighterRules:
+    """Every Lighter-only rule of the simulator (see the module docstring for defaults and why).
+
+    Fields (defaults):
+      rate_limit = False              True: HTTP 429 ``{"code":23000,"message":"Too Many Requests!"}`` past the
+                                      budget of the request's bucket (the IP, or the L1 address when authenticated)
+      default_tier = Tier.STANDARD    tier of every account not in ``tiers``
+      tiers = {}                      account index → Tier, per simulated account (its L1 address)
+      nonce_window = 16               nonces accepted ahead of the next one (0 = strict)
+      nonce_lag_ms = 0                how long nextNonce keeps showing a nonce an accepted tx used
+      history = True                  accountOrders/accountInactiveOrders list only the last ``active_history``
+                                      active and ``inactive_history`` inactive orders of the last ``history_secs``
+      active_history = 10000
+      inactive_history = 1000
+      history_secs = 86400
+      reserve_api_keys = True         refuse txs and key registrations for indexes below RESERVED_API_KEYS
+    """
+
+    rate_limit: bool = False
+    default_tier: Tier = Tier.STANDARD
+    tiers: dict[int, Tier] = field(default_factory=dict)
+    nonce_window: int = 16
+    nonce_lag_ms: float = 0.0
+    history: bool = True
+    active_history: int = 10_000
+    inactive_history: int = 1_000
+    history_secs: float = 86_400.0
+    reserve_api_keys: bool = True
+
+    def __post_init__(self) -> None:
+        if self.nonce_window < 0 or self.nonce_lag_ms < 0 or self.history_secs <= 0:
+            raise ValueError("lighter rules: nonce_window >= 0, nonce_lag_ms >= 0, history_secs > 0")
+
+    def __hash__(self) -> int:  # frozen with a dict field: hash by identity, compare by value
+        return id(self)
+
+    def tier(self, account: int) -> Tier:
+        return self.tiers.get(account, self.default_tier)
+
+    @classmethod
+    def strict(cls) -> LighterRules:
+        """Every rule on, as the venue behaves (rate limits, a 200 ms nextNonce lag)."""
+        return cls(rate_limit=True, nonce_lag_ms=200.0)
+
+
+class _Window:
+    """(time, weight) hits of one bucket over the last WINDOW_SECS."""
+
+    def __init__(self) -> None:
+        self.hits: deque[tuple[float, int, str]] = deque()
+
+    def spent(self, now: float, endpoint: str | None = None) -> tuple[int, int]:
+        """(total weight, hits of ``endpoint``) in the window ending at ``now``."""
+        while self.hits and self.hits[0][0] <= now - WINDOW_SECS:
+            self.hits.popleft()
+        total = sum(w for _, w, _ in self.hits)
+        return total, sum(1 for _, _, e in self.hits if e == endpoint)
+
+
+class RateLimiter:
+    """The documented budgets per bucket; a refused request does not count (the docs' cooldown is
+    one endpoint's weight, ``weight/(total/60)`` s, so a refusal does not extend it; UNCONFIRMED)."""
+
+    def __init__(self, rules: LighterRules, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rules = rules
+        self.clock = clock
+        self._windows: dict[str, _Window] = {}
+
+    def allow(self, bucket: str, tier: Tier, endpoint: str) -> bool:
+        """Count one ``endpoint`` request against ``bucket`` (``ip:…`` or ``l1:…``) if it fits."""
+        now = self.clock()
+        window = self._windows.setdefault(bucket, _Window())
+        weight = WEIGHTS.get(endpoint, DEFAULT_WEIGHT)
+        total, same = window.spent(now, endpoint)
+        if tier is Tier.PREMIUM:
+            fits = total + weight <= PREMIUM_WEIGHT
+            cost = weight
+        else:
+            # Unweighted, but "whenever premium/weight < 60, the former limit is applied" (trades: 40).
+            fits = total + 1 <= STANDARD_REQUESTS and same + 1 <= PREMIUM_WEIGHT // weight
+            cost = 1
+        if fits:
+            window.hits.append((now, cost, endpoint))
+        return fits
+
+    def allow_send(self, l1: str, tier: Tier) -> bool:
+        """sendTx/sendTxBatch: Premium's own 4000/min bucket at the L1 address, Standard's 60 (docs)."""
+        if tier is Tier.PREMIUM:
+            return self._count(f"send:{l1}", PREMIUM_SEND_TX)
+        return self.allow(f"l1:{l1}", tier, "sendTx")
+
+    def allow_tx_type(self, l1: str, tx_type: int) -> bool:
+        """The per-user tx type limit (Default 40 a minute, every tier)."""
+        return self._count(f"type:{l1}:{tx_type}", TX_TYPE_PER_MINUTE)
+
+    def _count(self, bucket: str, limit: int) -> bool:
+        now = self.clock()
+        window = self._windows.setdefault(bucket, _Window())
+        total, _ = window.spent(now)
+        if total + 1 > limit:
+            return False
+        window.hits.append((now, 1, ""))
+        return True
