@@ -165,8 +165,11 @@ class LighterOrder:
             "parent_order_index": 0, "parent_order_id": "0", "to_trigger_order_id_0": "0",
             "to_trigger_order_id_1": "0", "to_cancel_order_id_0": "0",
             "integrator_fee_collector_index": "0", "integrator_taker_fee": "0", "integrator_maker_fee": "0",
-            "block_height": self.block_height, "timestamp": self.created_ms, "created_at": self.created_ms,
-            "updated_at": self.updated_ms or self.created_ms, "transaction_time": self.created_ms * 1000,
+            # Order times are unix SECONDS (captured accountInactiveOrders: "timestamp": 1766387932,
+            # "created_at"/"updated_at" alike), unlike trades (ms) and transaction_time (µs).
+            "block_height": self.block_height, "timestamp": self.created_ms // 1000,
+            "created_at": self.created_ms // 1000, "updated_at": (self.updated_ms or self.created_ms) // 1000,
+            "transaction_time": self.created_ms * 1000,
             "market_symbol": m.base,
         }
 
