@@ -204,6 +204,10 @@ def test_sdk_error_strings(text: str, reason: ReasonCode, code: int | None) -> N
     (429, {"code": 429, "message": "Too Many Requests"}, ReasonCode.RATE_LIMITED),
     (500, "internal error", ReasonCode.UNAVAILABLE), (503, {"code": 503}, ReasonCode.UNAVAILABLE),
     (401, {"code": 20013, "message": "invalid auth"}, ReasonCode.AUTH),
+    # The simulator's rate limit: HTTP 429 with ccxt's 23000 "Too Many Requests!" (lighter_rules.py).
+    (429, {"code": 23000, "message": "Too Many Requests!"}, ReasonCode.RATE_LIMITED),
+    # A reserved (0-3) or unregistered key index: 21108 (apidocs.lighter.xyz/docs/troubleshooting).
+    (400, {"code": 21108, "message": "invalid PublicKey, please run changePubKey"}, ReasonCode.AUTH),
 ])
 def test_http_errors(status: int, body: Any, reason: ReasonCode) -> None:
     assert p.error_from_body(body, status).reason is reason

@@ -2,7 +2,7 @@
 
 Key file (original-system.md §2.2), one ``name: value`` per line, names case-insensitive::
 
-    api key index: 3
+    api key index: 4
     public key: <hex>
     private key: <hex>          # the Lighter API key (40 bytes = 80 hex, lighter-sdk.md §1)
     eth private key: 0x...      # ignored: we never derive the account from the L1 key (bug §8.12)
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 _HEX80 = re.compile(r"^(0x)?[0-9a-fA-F]{80}$")
 # API key indexes 0..254; 255 is the SDK's "let the nonce manager pick" sentinel (lighter-sdk.md §1).
 _MAX_API_KEY_INDEX = 254
+#: The first index a user's own key may take: "indexes {0,1,2,3} are reserved for desktop and mobile
+#: interfaces" (apidocs.lighter.xyz/docs/api-keys; the production checklist: "a dedicated API key
+#: index (4–254)"). Older docs reserved 0–2 only; the simulator refuses 0–3 as the current docs do.
+USER_API_KEY_MIN = 4
 
 
 @dataclass(frozen=True)
@@ -117,7 +121,7 @@ def load_lighter_credentials(keys_file: Path | None, private_key_env: str | None
     return LighterCredentials(index, private_key, _bare_hex(public) if public else None)
 
 
-def generate_lighter_keys(path: Path, api_key_index: int) -> LighterCredentials:
+def generate_lighter_keys(path: Path, api_key_index: int = USER_API_KEY_MIN) -> LighterCredentials:
     """Generate an API key pair offline (Go signer) and write it in the original format, mode 0600.
 
     The public key still has to be registered on the account (ChangePubKey) before a real venue

@@ -29,6 +29,9 @@ CODE_INVALID_NONCE = 21104
 CODE_DUPLICATE_CLIENT_ORDER_INDEX = 21728
 CODE_INVALID_AUTH = 20013
 CODE_INVALID_MARKET = 21602
+#: "invalid PublicKey, please run changePubKey" (apidocs.lighter.xyz/docs/troubleshooting): the key at that
+#: index is not registered for the account (or the index is one of the venue's reserved 0-3).
+CODE_INVALID_PUBKEY = 21108
 # 23000-23003 are rate limits; 21506 "too many pending txs" is a back-off too (lighter-sdk.md §2).
 _RATE_LIMIT_CODES = frozenset({23000, 23001, 23002, 23003, 21506})
 
@@ -90,7 +93,7 @@ def reason_for(code: int | None, message: str, status: int | None) -> ReasonCode
         return ReasonCode.RATE_LIMITED
     if status is not None and (status == 0 or status >= 500):
         return ReasonCode.UNAVAILABLE
-    if status in (401, 403) or code == CODE_INVALID_AUTH or "auth" in text or "signature" in text:
+    if status in (401, 403) or code in (CODE_INVALID_AUTH, CODE_INVALID_PUBKEY) or "auth" in text or "signature" in text:
         return ReasonCode.AUTH
     if "client is not created" in text or "api key" in text:
         return ReasonCode.AUTH
