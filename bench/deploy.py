@@ -64,7 +64,7 @@ def write_bench_config(path: Path, urls: dict[str, str], specs: list[GroupSpec],
         for n, (account, index) in enumerate(zip((spec.lighter1, spec.lighter2), spec.lighter_indexes,
                                                  strict=True), start=1):
             lines += [f"[accounts.{account}]", 'venue = "lighter"', f'base_url = "{urls["lighter"]}"',
-                      f'ws_url = "{urls["lighter_ws"]}"', f"account_index = {index}", f"api_key_index = {2 + n}",
+                      f'ws_url = "{urls["lighter_ws"]}"', f"account_index = {index}", f"api_key_index = {3 + n}",
                       f'keys_file = "{keys}/{account}.txt"', "create_keys_if_missing = true", ""]
         lines += [f"[groups.{spec.name}]", f'backpack = "{spec.backpack}"', f'lighter1 = "{spec.lighter1}"',
                   f'lighter2 = "{spec.lighter2}"']

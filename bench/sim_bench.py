@@ -33,7 +33,7 @@ from nacl.signing import SigningKey
 
 BACKPACK_BUDGET_MS = 2.0
 LIGHTER_ACCOUNT = 281_474_976_000
-LIGHTER_KEY_INDEX = 3
+LIGHTER_KEY_INDEX = 4  # 0-3 are reserved for the venue's apps (docs/api-keys)
 ETH_MARKET = 0  # lighter: ETH, size_decimals 4, price_decimals 2
 
 

@@ -39,14 +39,15 @@ Factory = Callable[..., LighterConnector]
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory: pytest.TempPathFactory) -> dict[int, LighterCredentials]:
     base: Path = tmp_path_factory.mktemp("lighter-keys")
-    return {idx: generate_lighter_keys(base / f"k{idx}.txt", idx) for idx in (3, 4, 5)}
+    # 0-3 are the venue's own apps' (docs/api-keys); 6 is test_lighter_native's.
+    return {idx: generate_lighter_keys(base / f"k{idx}.txt", idx) for idx in (4, 5, 7)}
 
 
 @pytest.fixture
 def make(simulator: Any, keys: dict[int, LighterCredentials]) -> Iterator[Factory]:
     made: list[LighterConnector] = []
 
-    def factory(account_index: int | None = None, api_key_index: int = 3, **kwargs: Any) -> LighterConnector:
+    def factory(account_index: int | None = None, api_key_index: int = 4, **kwargs: Any) -> LighterConnector:
         index = next(_accounts) if account_index is None else account_index
         kwargs.setdefault("fill_wait", 3.0)
         conn = LighterConnector(f"lighter-{index}", simulator.urls["lighter"], simulator.urls["lighter_ws"],
@@ -247,7 +248,7 @@ def test_failed_lookup_is_an_error_not_absent(make: Factory, simulator: Any) -> 
 
 
 def test_two_accounts_never_cross(make: Factory, simulator: Any) -> None:
-    one, two = make(api_key_index=4), make(api_key_index=5)
+    one, two = make(api_key_index=5), make(api_key_index=7)
     cid = next(_client_ids)  # the same client id in both accounts: ids are per account
     r1 = one.submit_market_order(SYMBOL, cid, Side.BUY, Decimal("0.05"))
     r2 = two.submit_market_order(SYMBOL, cid, Side.SELL, Decimal("0.03"))
@@ -309,13 +310,13 @@ def test_bad_requests_are_refused_before_sending(make: Factory, simulator: Any) 
 
 
 def test_unreachable_venue(keys: dict[int, LighterCredentials]) -> None:
-    conn = LighterConnector("nowhere", "http://127.0.0.1:9", None, 1, keys[3], timeout=0.5)
+    conn = LighterConnector("nowhere", "http://127.0.0.1:9", None, 1, keys[4], timeout=0.5)
     try:
         assert conn.get_position(SYMBOL).quantity is None
         with pytest.raises(VenueError) as err:
             conn.get_balance()
         assert err.value.reason is ReasonCode.UNAVAILABLE
-        assert "ab" * 8 not in repr(conn) and keys[3].private_key not in repr(conn)
+        assert "ab" * 8 not in repr(conn) and keys[4].private_key not in repr(conn)
     finally:
         conn.close()
     with pytest.raises(VenueError):
@@ -340,11 +341,11 @@ finally:
 
 
 def test_same_api_key_index_in_two_processes(make: Factory, simulator: Any, tmp_path: Path) -> None:
-    """Production layout: one process per Lighter account, even when both use api key index 3."""
-    here = make(api_key_index=3)
+    """Production layout: one process per Lighter account, even when both use api key index 4."""
+    here = make(api_key_index=4)
     other_index, cid = next(_accounts), next(_client_ids)
     keys_file = tmp_path / "other.txt"
-    generate_lighter_keys(keys_file, 3)
+    generate_lighter_keys(keys_file, 4)
     buy(here, "0.05")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     child = subprocess.run(

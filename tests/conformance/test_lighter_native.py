@@ -272,7 +272,7 @@ from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import generate_lighter_keys
 url, index, keys_file, cid = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 assert not native.loaded()  # importing the connector does not load the library either
-conn = LighterConnector("child", url, None, index, generate_lighter_keys(keys_file, 3))
+conn = LighterConnector("child", url, None, index, generate_lighter_keys(keys_file, 4))
 try:
     report = conn.submit_market_order("ETH", cid, Side.BUY, Decimal("0.02"))
     cancelled = conn.cancel_all("ETH")

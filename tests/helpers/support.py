@@ -41,7 +41,7 @@ def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = No
     for n, index in zip((1, 2), lighter_indexes, strict=True):
         lines += [
             f"[accounts.lighter{n}{account_suffix}]", 'venue = "lighter"', f'base_url = "{urls["lighter"]}"',
-            f'ws_url = "{urls["lighter_ws"]}"', f"account_index = {index}", f"api_key_index = {2 + n}",
+            f'ws_url = "{urls["lighter_ws"]}"', f"account_index = {index}", f"api_key_index = {3 + n}",
             f'keys_file = "{keys}/l{n}{account_suffix}.txt"', "create_keys_if_missing = true", "",
         ]
     lines += [
