@@ -52,6 +52,7 @@ from venues.simulator.lighter_model import (
     fmt,
 )
 from venues.simulator.lighter_money import fee_ppm
+from venues.simulator.lighter_nonces import Nonces
 from venues.simulator.lighter_rules import LighterRules, RateLimiter
 from venues.simulator.lighter_tx import CANCEL_ALL_ABORT, CANCEL_ALL_SCHEDULED
 from venues.simulator.market import AuditEntry, Exchange, SimAccount
@@ -89,11 +90,10 @@ class LighterState:
         self.rules = rules if rules is not None else LighterRules()
         self.clock_offset_ms = 0.0
         self.limiter = RateLimiter(self.rules, self.monotonic) if self.rules.rate_limit else None
-        #: Nonces used above the next one, and when each nonce became used (for nextNonce's lag).
-        self.ahead: dict[tuple[int, int], set[int]] = {}
-        self.used_at: dict[tuple[int, int], deque[tuple[float, int]]] = {}
+        self.nonce_book = Nonces(self.rules)
         self.markets = {m.market_id: m for m in MARKETS if m.base in exchange.prices}
-        self.nonces: dict[tuple[int, int], int] = {}
+        #: The lowest unused nonce per (account, api key); the nonce book's own dict.
+        self.nonces: dict[tuple[int, int], int] = self.nonce_book.next
         self.api_keys: dict[tuple[int, int], str] = {}
         self.orders: dict[int, LighterOrder] = {}
         self.active: dict[int, LighterOrder] = {}
@@ -133,39 +133,9 @@ class LighterState:
         return next((a for a in keys if self.l1_address(a) == address.lower()), None)
 
     def next_nonce(self, account: int, api_key: int) -> int:
-        """The lowest unused nonce as it stood ``nonce_lag_ms`` ago (docs/nonce-management: the
-        server-side nonce "will NOT update right away")."""
+        """What ``GET /api/v1/nextNonce`` answers (lighter_nonces.py: the lag)."""
         self.ensure_account(account)
-        key = (account, api_key)
-        current = self.nonces.get(key, 0)
-        lag = self.rules.nonce_lag_ms
-        if lag <= 0:
-            return current
-        cutoff, shown = time.monotonic() - lag / 1000, current
-        for at, before in reversed(self.used_at.get(key, ())):
-            if at <= cutoff:
-                break
-            shown = min(shown, before)
-        return shown
-
-    def _use_nonce(self, key: tuple[int, int], nonce: int) -> None:
-        """Mark ``nonce`` used; the next nonce moves past every contiguous used one."""
-        before = self.nonces.get(key, 0)
-        ahead = self.ahead.setdefault(key, set())
-        ahead.add(nonce)
-        current = before
-        while current in ahead:
-            ahead.discard(current)
-            current += 1
-        self.nonces[key] = current
-        if self.rules.nonce_lag_ms > 0 and current != before:
-            hist = self.used_at.setdefault(key, deque(maxlen=256))
-            hist.append((time.monotonic(), before))
-
-    def nonce_ok(self, key: tuple[int, int], nonce: int, expected: int | None = None) -> bool:
-        """Unused and at most ``nonce_window`` ahead of the next nonce (docs: 16 out-of-order)."""
-        base = self.nonces.get(key, 0) if expected is None else expected
-        return base <= nonce <= base + self.rules.nonce_window and nonce not in self.ahead.get(key, ())
+        return self.nonce_book.shown((account, api_key))
 
     def register_key(self, account: int, api_key: int, public_key: str) -> None:
         self.ensure_account(account)
@@ -204,7 +174,7 @@ class LighterState:
         # HTTP 400 + "invalid nonce" is what makes the SDK resync (lighter-sdk.md §2 decorator).
         # A batch's nonces are consecutive (docs/troubleshooting: "Batch nonces must be consecutive").
         key = (tx.account, tx.api_key)
-        if (tx.nonce != expected_nonce) if expected_nonce is not None else not self.nonce_ok(key, tx.nonce):
+        if (tx.nonce != expected_nonce) if expected_nonce is not None else not self.nonce_book.ok(key, tx.nonce):
             raise LighterError(400, 21104, "invalid nonce")
         if isinstance(tx, CreateOrderTx) and tx.client_order_index:
             key = (tx.account, tx.client_order_index)
@@ -214,7 +184,7 @@ class LighterState:
             self._cancel_target(tx.account, tx.market.market_id, tx.index)
 
     def _apply(self, tx: ParsedTx, tx_type: int, info_text: str, fill_fraction: Decimal | None) -> str:
-        self._use_nonce((tx.account, tx.api_key), tx.nonce)
+        self.nonce_book.use((tx.account, tx.api_key), tx.nonce)
         self.ensure_account(tx.account)
         self.block_height += 1
         seq = next(self._seq)
