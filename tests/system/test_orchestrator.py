@@ -6,6 +6,7 @@ the audit log proving that no client id produced two venue orders.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -44,7 +45,8 @@ def assert_flat(dep: Deployment) -> None:
 
 
 def alert_kinds(dep: Deployment, cycle_id: str) -> list[str]:
-    return [a.get("kind", "") for a in dep.alerts() if cycle_id in a.get("text", "") or a.get("cycle_id") == cycle_id]
+    """Kinds of the alerts whose JSON ``fields`` name this cycle exactly (not a mention in the text)."""
+    return [a.get("kind", "") for a in dep.alerts() if json.loads(a.get("fields") or "{}").get("cycle_id") == cycle_id]
 
 
 def test_full_cycle_hedges_then_lighter2_liquidation_exits_flat(dep: Deployment) -> None:
