@@ -245,3 +245,29 @@ def test_reserved_api_key_indexes_are_refused(key: int) -> None:
         assert get(url, "/api/v1/nextNonce", account_index=account, api_key_index=key).json() == {
             "code": 200, "nonce": 0}
         assert send(url, order_info(account, 0, key=KEY)).json()["code"] == 200
+
+
+# ---- switches ------------------------------------------------------------------------------------
+def test_xtb_sim_help_lists_the_lighter_tiers_and_options() -> None:
+    from click.testing import CliRunner
+
+    from venues.simulator.cli import sim
+
+    text = CliRunner().invoke(sim, ["--help"], terminal_width=200).output
+    for needle in ("--lighter-rate-limit", "--lighter-tier [standard|premium]", "--lighter-account-tier",
+                   "--lighter-nonce-lag-ms", "--lighter-no-history-limit", "premium (24,000 weight/min)"):
+        assert needle in text, needle
+
+
+def test_xtb_sim_options_build_the_lighter_rules() -> None:
+    from venues.simulator.cli import build_lighter_rules
+
+    opts: dict[str, Any] = {"strict": False, "lighter_rate_limit": True, "lighter_tier": "standard",
+                            "lighter_account_tier": ("101=premium",), "lighter_nonce_lag_ms": 250.0,
+                            "lighter_no_history_limit": False}
+    rules = build_lighter_rules(opts)
+    assert (rules.rate_limit, rules.tier(101), rules.tier(102), rules.nonce_lag_ms, rules.history) == (
+        True, Tier.PREMIUM, Tier.STANDARD, 250.0, True)
+    assert LighterRules() == LighterRules(rate_limit=False, nonce_window=16, nonce_lag_ms=0, history=True)
+    with pytest.raises(ValueError, match="ACCOUNT_INDEX"):
+        build_lighter_rules({**opts, "lighter_account_tier": ("101=gold",)})
