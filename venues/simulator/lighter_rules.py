@@ -113,8 +113,10 @@ class LighterRules:
         if self.nonce_window < 0 or self.nonce_lag_ms < 0 or self.history_secs <= 0:
             raise ValueError("lighter rules: nonce_window >= 0, nonce_lag_ms >= 0, history_secs > 0")
 
-    def __hash__(self) -> int:  # frozen with a dict field: hash by identity, compare by value
-        return id(self)
+    def __hash__(self) -> int:  # frozen, but ``tiers`` is a dict: hash its items
+        return hash((self.rate_limit, self.default_tier, tuple(sorted(self.tiers.items())), self.nonce_window,
+                     self.nonce_lag_ms, self.history, self.active_history, self.inactive_history,
+                     self.history_secs, self.reserve_api_keys))
 
     def tier(self, account: int) -> Tier:
         return self.tiers.get(account, self.default_tier)
