@@ -7,12 +7,17 @@ fault (a request hanging inside the worker that owns it); the worker that owns t
 killed first, at the precise point, then the other three are killed one after the other while the
 cycle is still stuck at that boundary (the table records the stage each kill really hit). The
 rebalance, monitoring and emergency-exit boundaries share one cycle, in that order.
+
+The module-scoped ``matrix`` fixture runs all ten boundaries once, whichever test asks first;
+``test_boundary_ends_safe[<boundary>]`` and ``test_crash_matrix_all_safe`` only read its results, so
+any of them run alone still runs the whole matrix.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
@@ -22,7 +27,8 @@ from tests.helpers.faults import CrashCell, cycle_alerts, kill_and_restart, matr
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import RedisServer, start_worker
 
-pytestmark = pytest.mark.slow
+# The matrix fixture runs all ten boundaries (~5 min) inside the first test that asks for it.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 RESOLVE_SECS = 60.0
 CELLS: list[CrashCell] = []
@@ -115,7 +121,7 @@ def wait_point(what: str, predicate: Callable[[], object], timeout: float = 40) 
 
 # ---- the boundaries ----------------------------------------------------------------------------
 
-def test_after_planning(dep: Deployment) -> None:
+def boundary_after_planning(dep: Deployment) -> None:
     # The Backpack submit hangs before the venue accepts it: the cycle is planned, nothing sent.
     dep.arm_fault("backpack", "hang", count=1, op="order", seconds=8)
     cycle_id = _start_clean(dep)
@@ -123,7 +129,7 @@ def test_after_planning(dep: Deployment) -> None:
     check(dep, crash_at(dep, cycle_id, "after_planning", ("orchestrator", "backpack", "lighter1", "lighter2")))
 
 
-def test_bp_sent_not_recorded(dep: Deployment) -> None:
+def boundary_bp_sent_not_recorded(dep: Deployment) -> None:
     before = _orders(dep, "backpack")
     dep.arm_fault("backpack", "timeout_after_accept", count=1, op="order", seconds=9)
     cycle_id = _start_clean(dep)
@@ -132,14 +138,14 @@ def test_bp_sent_not_recorded(dep: Deployment) -> None:
     check(dep, crash_at(dep, cycle_id, "bp_sent", ("backpack", "orchestrator", "lighter1", "lighter2")))
 
 
-def test_bp_filled(dep: Deployment) -> None:
+def boundary_bp_filled(dep: Deployment) -> None:
     dep.arm_fault("lighter", "hang", count=1, op="order", account="101", seconds=8)
     cycle_id = _start_clean(dep)
     wait_point("Backpack fill recorded", lambda: _filled(dep, cycle_id, "bp_entry"))
     check(dep, crash_at(dep, cycle_id, "bp_filled", ("backpack", "lighter1", "orchestrator", "lighter2")))
 
 
-def test_l1_sent_not_recorded(dep: Deployment) -> None:
+def boundary_l1_sent_not_recorded(dep: Deployment) -> None:
     before = _orders(dep, "lighter", "101")
     dep.arm_fault("lighter", "timeout_after_accept", count=1, op="order", account="101", seconds=9)
     cycle_id = _start_clean(dep)
@@ -147,7 +153,7 @@ def test_l1_sent_not_recorded(dep: Deployment) -> None:
     check(dep, crash_at(dep, cycle_id, "l1_sent", ("lighter1", "orchestrator", "backpack", "lighter2")))
 
 
-def test_l1_confirmation(dep: Deployment) -> None:
+def boundary_l1_confirmation(dep: Deployment) -> None:
     # Stale reads keep the confirmation polling (retry with countdown) for a while. Armed before the
     # cycle: the armed hedge fills within milliseconds of the entry, before a poll of the record
     # could arm it. The planning snapshot takes one of the 10 (one account read for balance and position).
@@ -158,13 +164,13 @@ def test_l1_confirmation(dep: Deployment) -> None:
     check(dep, crash_at(dep, cycle_id, "l1_confirm", ("lighter1", "orchestrator", "backpack", "lighter2")))
 
 
-def test_random_wait(dep: Deployment) -> None:
+def boundary_random_wait(dep: Deployment) -> None:
     cycle_id = _start_clean(dep, wait_min_secs=10.0, wait_max_secs=10.0)
     wait_point("the random wait", lambda: dep.record(cycle_id).get("stage") == "wait")
     check(dep, crash_at(dep, cycle_id, "random_wait", ("lighter2", "orchestrator", "backpack", "lighter1")))
 
 
-def test_l2_sent_not_recorded(dep: Deployment) -> None:
+def boundary_l2_sent_not_recorded(dep: Deployment) -> None:
     before = _orders(dep, "lighter", "102")
     dep.arm_fault("lighter", "timeout_after_accept", count=1, op="order", account="102", seconds=9)
     cycle_id = _start_clean(dep)
@@ -172,7 +178,7 @@ def test_l2_sent_not_recorded(dep: Deployment) -> None:
     check(dep, crash_at(dep, cycle_id, "l2_sent", ("lighter2", "orchestrator", "backpack", "lighter1")))
 
 
-def test_rebalance(dep: Deployment) -> None:
+def boundary_rebalance(dep: Deployment) -> None:
     cycle_id = _start_clean(dep)
     wait_point("Lighter2 filled", lambda: _filled(dep, cycle_id, "l2_entry"))
     dep.arm_fault("backpack", "hang", count=1, op="position", seconds=8)
@@ -184,7 +190,7 @@ def test_rebalance(dep: Deployment) -> None:
     check(dep, cells, keep_hedged=True)
 
 
-def test_monitoring(dep: Deployment) -> None:
+def boundary_monitoring(dep: Deployment) -> None:
     cycle_id = SHARED.get("cycle") or _start_clean(dep)
     SHARED["cycle"] = cycle_id
     wait_point("monitoring", lambda: dep.record(cycle_id).get("stage") == "monitoring", timeout=60)
@@ -196,7 +202,7 @@ def test_monitoring(dep: Deployment) -> None:
     check(dep, cells, keep_hedged=True)
 
 
-def test_emergency_exit(dep: Deployment) -> None:
+def boundary_emergency_exit(dep: Deployment) -> None:
     cycle_id = SHARED.get("cycle") or _start_clean(dep)
     wait_point("monitoring", lambda: dep.record(cycle_id).get("stage") == "monitoring", timeout=60)
     dep.sim.exchange.clear_faults()
@@ -209,9 +215,48 @@ def test_emergency_exit(dep: Deployment) -> None:
                         expect=("flat",)))
 
 
-def test_crash_matrix_all_safe(dep: Deployment, capsys: pytest.CaptureFixture[str]) -> None:
+#: The boundaries in the order they run (rebalance, monitoring and the exit share one cycle).
+BOUNDARIES: dict[str, Callable[[Deployment], None]] = {
+    "after_planning": boundary_after_planning, "bp_sent_not_recorded": boundary_bp_sent_not_recorded,
+    "bp_filled": boundary_bp_filled, "l1_sent_not_recorded": boundary_l1_sent_not_recorded,
+    "l1_confirmation": boundary_l1_confirmation, "random_wait": boundary_random_wait,
+    "l2_sent_not_recorded": boundary_l2_sent_not_recorded, "rebalance": boundary_rebalance,
+    "monitoring": boundary_monitoring, "emergency_exit": boundary_emergency_exit,
+}
+
+
+@dataclass(frozen=True)
+class Matrix:
+    cells: list[CrashCell]
+    #: Boundary name -> why it failed (an unsafe cell, or the kill point never reached).
+    failures: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def matrix(dep: Deployment) -> Matrix:
+    """Run every boundary once, in order, whichever test asks first: each test below reads the
+    results, so any one of them run alone still runs the whole matrix (and never twice)."""
+    CELLS.clear()
+    SHARED.clear()
+    failures: dict[str, str] = {}
+    for name, run in BOUNDARIES.items():
+        try:
+            run(dep)
+        except (Exception, pytest.fail.Exception) as exc:
+            failures[name] = f"{type(exc).__name__}: {exc}"
+            recover(dep)
+    return Matrix(list(CELLS), failures)
+
+
+@pytest.mark.parametrize("boundary", list(BOUNDARIES))
+def test_boundary_ends_safe(matrix: Matrix, boundary: str) -> None:
+    assert boundary not in matrix.failures, matrix.failures[boundary]
+
+
+def test_crash_matrix_all_safe(matrix: Matrix, capsys: pytest.CaptureFixture[str]) -> None:
+    cells = matrix.cells
     with capsys.disabled():
-        print("\n".join(matrix_lines(CELLS)))
-    assert len(CELLS) == 40, f"only {len(CELLS)} of 40 cells ran"
-    safe = sum(c.safe for c in CELLS)
-    assert safe == len(CELLS), "\n".join(matrix_lines(CELLS))
+        print("\n".join(matrix_lines(cells)))
+    assert len(cells) == 40, f"only {len(cells)} of 40 cells ran: {matrix.failures}"
+    safe = sum(c.safe for c in cells)
+    assert safe == len(cells), "\n".join(matrix_lines(cells))
