@@ -179,7 +179,8 @@ def _wait_stage(client: redis.Redis, cycle_id: str, wanted: tuple[str, ...], sta
     key = f"xtb:cycle:{cycle_id}"
     while time.monotonic() < deadline:
         stats.bench_commands += 1
-        stage = client.hget(key, "stage")
+        raw = client.hget(key, "stage")
+        stage = json.loads(raw) if raw else None
         if stage in wanted:
             return str(stage)
         time.sleep(POLL)

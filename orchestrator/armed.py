@@ -46,7 +46,7 @@ def arm_hedge(client: Any, connector: VenueConnector, request: OrderRequest, fet
         return fetched
     connector.prime_market_order(request.symbol, client_id=client_id, side=request.side, quantity=quantity,
                                  reduce_only=request.reduce_only, max_slippage=request.max_slippage)
-    intent = {"status": IntentStatus.ARMED.value, "symbol": request.symbol, "side": request.side.value,
+    intent: dict[str, Any] = {"status": IntentStatus.ARMED.value, "symbol": request.symbol, "side": request.side.value,
               "quantity": str(quantity), "reduce_only": request.reduce_only, "cycle_id": request.cycle_id or "",
               "leg": request.leg or ""}
     # The leg is on record as in flight from now on, so an exit's fill ledger never counts it as

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -99,13 +99,13 @@ def take_group_lock(client: redis.Redis, group: str, cycle_id: str) -> str | Non
     key = keys.group_lock(group)
     if client.set(key, cycle_id, nx=True):
         return None
-    holder = client.get(key)
+    holder = cast(str | None, client.get(key))
     if holder and client.sismember(keys.CYCLES_ACTIVE, holder):
         return holder
     # A stale lease (its cycle finished or was lost without releasing): take it over atomically.
     if client.set(key, cycle_id, xx=True, get=True) == holder:
         return None
-    return client.get(key)
+    return cast(str | None, client.get(key))
 
 
 def release_group_lock(client: redis.Redis, group: str, cycle_id: str) -> None:

@@ -134,10 +134,12 @@ def prefetch(client: redis.Redis, req: OrderRequest) -> Prefetch:
         pipe.hget(cycle_key, f"leg:{req.quantity_from_leg}")
     for client_id in req.client_ids:
         pipe.hgetall(keys.intent(req.account, client_id))
-    results = pipe.execute()
-    head, intents = (results[:3], results[3:]) if cycle_key else ([0, None, None], results)
+    results: list[Any] = pipe.execute()
+    head: list[Any] = results[:3] if cycle_key else [0, None, None]
+    intents = results[3:] if cycle_key else results
     prior = json.loads(head[2]) if head[2] else None
-    return Prefetch(bool(head[0]), head[1], dict(zip(req.client_ids, intents, strict=True)), prior)
+    stage = json.loads(head[1]) if head[1] else None
+    return Prefetch(bool(head[0]), stage, dict(zip(req.client_ids, intents, strict=True)), prior)
 
 
 def settles_leg(report: OrderReport) -> bool:

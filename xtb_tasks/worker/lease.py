@@ -70,7 +70,7 @@ def break_dead_lease(client: Any, key: str) -> bool:
     return False
 
 
-class AccountLeaseTask(Task):  # type: ignore[misc]
+class AccountLeaseTask(Task):
     """Base class of every task that acts on one account (``account`` keyword argument)."""
 
     abstract = True

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from billiard.exceptions import WorkerLostError
 from celery import Celery, signals
@@ -51,7 +51,7 @@ def split_queues(settings: Settings | None, queues: Iterable[str]) -> tuple[list
 def _settings_of(app: Celery) -> Settings | None:
     settings = getattr(app, "xtb_settings", None)
     if settings is not None:
-        return settings  # type: ignore[no-any-return]
+        return cast(Settings, settings)
     from xtb_tasks.core.config import load_settings
 
     try:
@@ -125,4 +125,4 @@ def install_heartbeat_hooks(app: Celery) -> None:
     signals.worker_ready.connect(hooks.on_ready, weak=False, dispatch_uid=f"{uid}-ready")
     signals.worker_shutdown.connect(hooks.on_shutdown, weak=False, dispatch_uid=f"{uid}-shutdown")
     signals.task_failure.connect(hooks.on_task_failure, weak=False, dispatch_uid=f"{uid}-failure")
-    app.xtb_heartbeat_hooks = hooks  # type: ignore[attr-defined]
+    app.xtb_heartbeat_hooks = hooks

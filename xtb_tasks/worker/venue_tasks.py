@@ -159,7 +159,7 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
              result["confirmed"], result["position"], result["polls"])
     if not result["confirmed"] and fail_on_timeout:
         if record and leg:
-            record.update(**{f"confirm:{leg}": result})
+            record.update({f"confirm:{leg}": result})
         raise ConfirmationFailed(f"{leg or 'position'} on {account} not confirmed: position {result['position']}, "
                                  f"baseline {baseline}, requested {requested}")
     if record and view:
