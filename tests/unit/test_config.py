@@ -87,6 +87,7 @@ BROKEN = [
     ("wait range", ('wait_min_secs = 2.0', 'wait_min_secs = 9.0'), "groups.main.wait_min_secs"),
     ("negative size", ('leverage = 3.0', 'leverage = 3.0\nsize = "-1"'), "groups.main.size"),
     ("bad url", ('base_url = "http://127.0.0.1:18080"', 'base_url = "ftp://x"'), "accounts.backpack.base_url"),
+    ("reserved lighter key index", ("api_key_index = 4", "api_key_index = 3"), "accounts.lighter1.api_key_index"),
     ("unknown top-level table", ("[telemetry]", "[telemetri]"), "telemetri"),
     ("above the bound", ('create_keys_if_missing = true\n', 'create_keys_if_missing = true\nwindow_ms = 70000\n'),
      "accounts.backpack.window_ms"),

@@ -20,6 +20,7 @@ from typing import Annotated, Any, TypeVar
 import msgspec
 from msgspec import Meta
 
+from venues.lighter.credentials import USER_API_KEY_MIN
 from xtb_tasks.core.errors import XtbError
 
 T = TypeVar("T")
@@ -257,8 +258,10 @@ class AccountConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
                                                  venue="lighter")] = None
     account_index: Annotated[Annotated[int, Meta(ge=0, le=2**48 - 1)] | None, _doc(
         "the Lighter account index (an integer >= 0)", venue="lighter")] = None
-    api_key_index: Annotated[Annotated[int, Meta(ge=0, le=254)] | None, _doc(
-        "the Lighter API key index 0..254; may come from the key file", venue="lighter")] = None
+    # Lighter reserves key indexes 0-3 for its own apps (apidocs.lighter.xyz/docs/api-keys).
+    api_key_index: Annotated[Annotated[int, Meta(ge=USER_API_KEY_MIN, le=254)] | None, _doc(
+        "the Lighter API key index 4..254 (0-3 are the venue's own); may come from the key file",
+        venue="lighter")] = None
     window_ms: Annotated[int, Meta(ge=1, le=60_000), _doc("Backpack signature validity window", venue="backpack")] = 5000
 
     def __post_init__(self) -> None:

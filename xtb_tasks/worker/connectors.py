@@ -37,7 +37,7 @@ def _build_backpack(cfg: AccountConfig) -> VenueConnector:
 
 def _build_lighter(cfg: AccountConfig) -> VenueConnector:
     from venues.lighter.connector import LighterConnector
-    from venues.lighter.credentials import generate_lighter_keys, load_lighter_credentials
+    from venues.lighter.credentials import USER_API_KEY_MIN, generate_lighter_keys, load_lighter_credentials
 
     others = [name for name, c in _connectors.items() if c.venue == "lighter" and name != cfg.name]
     if others:
@@ -47,7 +47,7 @@ def _build_lighter(cfg: AccountConfig) -> VenueConnector:
         )
     if cfg.create_keys_if_missing and cfg.keys_file and not cfg.keys_file.exists():
         log.info("account=%s generating a demo Lighter API key into %s", cfg.name, cfg.keys_file)
-        generate_lighter_keys(cfg.keys_file, cfg.api_key_index if cfg.api_key_index is not None else 3)
+        generate_lighter_keys(cfg.keys_file, cfg.api_key_index if cfg.api_key_index is not None else USER_API_KEY_MIN)
     credentials = load_lighter_credentials(cfg.keys_file, cfg.private_key_env, cfg.api_key_index)
     assert cfg.account_index is not None  # enforced by the config schema
     return LighterConnector(cfg.name, cfg.base_url, cfg.ws_url, cfg.account_index, credentials)
