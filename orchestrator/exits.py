@@ -25,18 +25,41 @@ ROLE_ORDER = ("BP", "L1", "L2")
 CONTINUE_AFTER = {ExitReason.LIGHTER1_ZERO.value, ExitReason.LIGHTER2_ZERO.value, ExitReason.TIMEOUT.value}
 
 
-def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, results: list[dict[str, Any]],
+def results_by_role(results: list[dict[str, Any]], accounts: dict[str, str]) -> dict[str, dict[str, Any]]:
+    """Each exit result under the role of the account it names (``accounts``: account -> role).
+
+    A chord's results are not keyed by anything; zipping them with the roles by position would
+    drop or swap a role without a word. A result naming an unknown or repeated account is left out
+    (and logged), so that role counts as not confirmed flat.
+    """
+    by_role: dict[str, dict[str, Any]] = {}
+    for result in results:
+        account = str(result.get("account", ""))
+        role = accounts.get(account)
+        if role is None or role in by_role:
+            log.error("exit result for an unexpected or repeated account %r left out", account)
+            continue
+        by_role[role] = result
+    return by_role
+
+
+def exit_is_flat(by_role: dict[str, dict[str, Any]]) -> bool:
+    """Every role reported, and every report says flat."""
+    return set(by_role) == set(ROLE_ORDER) and all(r.get("flat") for r in by_role.values())
+
+
+def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, by_role: dict[str, dict[str, Any]],
                 reason: str, *, unresolved: bool = False, doubts: list[str] | None = None) -> dict[str, Any]:
     # Several exit attempts (watchdog retries) may all report; the first one finishes the cycle.
     if not client.hsetnx(record.key, "exit_reported_at", time.time()):
         return {"cycle_id": record.cycle_id, "duplicate_report": True}
     data = record.all()
     group = data.get("group", "")
-    finals = {role: (r.get("final_position") or {}).get("quantity") for role, r in zip(ROLE_ORDER, results, strict=False)}
-    end_equity = {role: r.get("equity") for role, r in zip(ROLE_ORDER, results, strict=False)}
+    finals = {role: (r.get("final_position") or {}).get("quantity") for role, r in by_role.items()}
+    end_equity = {role: r.get("equity") for role, r in by_role.items()}
     start_equity = (data.get("plan") or {}).get("start_equity") or {}
     per_venue = pnl(start_equity, end_equity)
-    flat = bool(results) and all(r.get("flat") for r in results) and not unresolved
+    flat = exit_is_flat(by_role) and not unresolved
     outcome = Outcome.FLAT if flat else Outcome.UNRESOLVED
     record.record_positions("exit", finals)
     record.update(pnl=per_venue, net_delta="0" if flat else "")
@@ -80,7 +103,7 @@ def expected_positions(data: dict[str, Any], accounts: dict[str, str]) -> dict[s
             continue
         expected[role] += Decimal(str(leg.get("filled") or 0)) * (1 if leg.get("side") == "buy" else -1)
     for key in reported:
-        for role, result in zip(ROLE_ORDER, data[key] or [], strict=False):
+        for role, result in results_by_role(data[key] or [], accounts).items():
             for order in result.get("orders") or []:
                 if role in expected:
                     expected[role] += Decimal(str(order["filled"])) * (1 if order["side"] == "buy" else -1)

@@ -28,13 +28,19 @@ class Positions:
     l2: Decimal | None
 
     @classmethod
-    def from_readings(cls, readings: list[dict[str, Any]]) -> Positions:
-        def value(reading: dict[str, Any]) -> Decimal | None:
-            q = reading.get("quantity")
+    def from_readings(cls, readings: list[dict[str, Any]], grp: GroupConfig) -> Positions:
+        """The three roles' positions from reads keyed by the account each names (not by their
+        position in the chord's results); a role with no read, or two, is unknown."""
+        by_account: dict[str, list[dict[str, Any]]] = {}
+        for reading in readings:
+            by_account.setdefault(str(reading.get("account")), []).append(reading)
+
+        def value(role: Role) -> Decimal | None:
+            found = by_account.get(grp.account_for(role), [])
+            q = found[0].get("quantity") if len(found) == 1 else None
             return None if q is None else Decimal(q)
 
-        bp, l1, l2 = (value(r) for r in readings)
-        return cls(bp, l1, l2)
+        return cls(value(Role.BP), value(Role.L1), value(Role.L2))
 
     @property
     def known(self) -> bool:

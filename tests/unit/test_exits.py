@@ -9,7 +9,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.exits import CONTINUE_AFTER, expected_positions, fills_disagree, next_cycle
+from orchestrator.exits import (
+    CONTINUE_AFTER,
+    exit_is_flat,
+    expected_positions,
+    fills_disagree,
+    next_cycle,
+    results_by_role,
+)
 from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Settings
 from xtb_tasks.core.cycle_record import ExitReason
 
@@ -78,9 +85,10 @@ def test_expected_positions_add_the_signed_legs_and_flatten_orders_to_the_baseli
                  **{"leg:bp_entry": leg("bp", "buy", "1"), "leg:l1_hedge": leg("l1", "sell", "1"),
                     "leg:l2_entry": leg("l2", "buy", "1"), "leg:rebalance:1": leg("bp", "sell", "1"),
                     "exit_attempts": 1,
-                    "exit_results:1": [{"orders": [{"side": "sell", "filled": "0.5"}]},
-                                       {"orders": [{"side": "buy", "filled": "1"}]},
-                                       {"orders": [{"side": "sell", "filled": "0.4"}]}]})
+                    # In any order: each result is its account's, whatever its position in the chord.
+                    "exit_results:1": [{"account": "l2", "orders": [{"side": "sell", "filled": "0.4"}]},
+                                       {"account": "bp", "orders": [{"side": "sell", "filled": "0.5"}]},
+                                       {"account": "l1", "orders": [{"side": "buy", "filled": "1"}]}]})
     assert expected_positions(data, ACCOUNTS) == {"BP": Decimal(0), "L1": Decimal(0), "L2": Decimal("0.6")}
 
 
@@ -140,3 +148,21 @@ def test_the_liquidated_leg_is_allowed_to_be_off() -> None:
     data = cycle(**{"leg:l1": leg("l1", "sell", "1")})
     assert fills_disagree(data, ACCOUNTS, STEPS, reason="lighter1_zero") == []
     assert fills_disagree(data, ACCOUNTS, STEPS, reason="lighter2_zero") == ["L1 fills imply -1"]
+
+
+def test_exit_results_are_keyed_by_the_account_they_name_not_their_position() -> None:
+    results = [{"account": "l1", "flat": True}, {"account": "bp", "flat": True}, {"account": "l2", "flat": False}]
+    by_role = results_by_role(results, ACCOUNTS)
+    assert {role: r["account"] for role, r in by_role.items()} == {"L1": "l1", "BP": "bp", "L2": "l2"}
+    assert not exit_is_flat(by_role)
+
+
+def test_a_missing_repeated_or_unknown_result_is_never_flat() -> None:
+    # zip(strict=False) used to drop the missing role, and two flat reports read as a flat exit.
+    two = [{"account": "bp", "flat": True}, {"account": "l1", "flat": True}]
+    assert not exit_is_flat(results_by_role(two, ACCOUNTS))
+    repeated = [*two, {"account": "l1", "flat": True}]
+    assert not exit_is_flat(results_by_role(repeated, ACCOUNTS))
+    unknown = [*two, {"account": "other", "flat": True}]
+    assert not exit_is_flat(results_by_role(unknown, ACCOUNTS))
+    assert exit_is_flat(results_by_role([*two, {"account": "l2", "flat": True}], ACCOUNTS))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from orchestrator.flow import Positions, rebalance_step, zero_streaks
 from venues.base import MarketRules, Side
+from xtb_tasks.core.config import GroupConfig, HedgeParams
 
 L_STEP = Decimal("0.0001")
 
@@ -108,3 +109,14 @@ def test_an_unknown_read_neither_counts_nor_resets_a_zero_streak(reads: list[tup
     # a streak never exceeds the number of fresh reads of that leg
     fresh_l1 = sum(1 for l1, _ in reads if l1 is not None)
     assert (streaks or {"L1": 0})["L1"] <= fresh_l1
+
+
+def test_positions_are_keyed_by_the_account_each_read_names() -> None:
+    grp = GroupConfig(name="g", backpack="bp", lighter1="l1", lighter2="l2", params=HedgeParams())
+    readings = [{"account": "l2", "quantity": "0.5"}, {"account": "bp", "quantity": "1"},
+                {"account": "l1", "quantity": "-1"}]
+    assert Positions.from_readings(readings, grp) == Positions(Decimal(1), Decimal(-1), Decimal("0.5"))
+    # A missing or doubled read is unknown, never another account's number.
+    assert Positions.from_readings(readings[:2], grp).l1 is None
+    doubled = [*readings, {"account": "l1", "quantity": "0"}]
+    assert Positions.from_readings(doubled, grp).l1 is None

@@ -20,7 +20,7 @@ from celery.signals import worker_ready, worker_shutdown
 
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
-from orchestrator.exits import fills_disagree, finish_exit
+from orchestrator.exits import exit_is_flat, fills_disagree, finish_exit, results_by_role
 from orchestrator.flow import (
     Positions,
     bp_rules_from_record,
@@ -128,7 +128,13 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     grp, params = group_and_params(settings(), view)
     if view.cancel_requested:
         return finish_not_started(record, grp.name, "cancelled before any order")
-    snaps = {role: AccountSnapshot.from_json(s) for role, s in zip(canvas.ROLES, snapshots, strict=True)}
+    # Keyed by the account each snapshot names, not by its position in the chord's results.
+    by_account = {str(s.get("account")): s for s in snapshots}
+    wanted = {role: grp.account_for(role) for role in canvas.ROLES}
+    if len(snapshots) != len(wanted) or set(by_account) != set(wanted.values()):
+        return finish_not_started(record, grp.name, f"snapshots of {sorted(by_account)} do not match the group's "
+                                                    f"accounts {sorted(wanted.values())}")
+    snaps = {role: AccountSnapshot.from_json(by_account[account]) for role, account in wanted.items()}
     try:
         cycle_plan = plan_cycle(grp, params, snaps)
     except PlanRefused as exc:
@@ -186,7 +192,7 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
     grp, params = group_and_params(settings(), view)
-    positions = Positions.from_readings(readings)
+    positions = Positions.from_readings(readings, grp)
     reading = positions_fields(f"rebalance_{attempt}", positions.to_json())
     step = rebalance_step(positions, bp_rules_from_record(view)) if positions.known else None
     if positions.known and step is None:
@@ -262,8 +268,8 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
     view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
-    _, params = group_and_params(settings(), view)
-    positions = Positions.from_readings(readings)
+    grp, params = group_and_params(settings(), view)
+    positions = Positions.from_readings(readings, grp)
     streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"))
     record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "",
                   zero_streaks=streaks)
@@ -328,14 +334,16 @@ def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, at
     """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle."""
     record = _record(cycle_id)
     record.update({f"exit_results:{attempt}": results})
-    flat = all(r.get("flat") for r in results)
-    doubts = fills_disagree(record.all(), *_ledger_inputs(record), reason=reason) if flat else []
+    accounts, steps = _ledger_inputs(record)
+    by_role = results_by_role(results, accounts)
+    flat = exit_is_flat(by_role)
+    doubts = fills_disagree(record.all(), accounts, steps, reason=reason) if flat else []
     if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):
         record.add_event(f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again")
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
                                    countdown=EMERGENCY_EXIT.delay(attempt))
         return {"retrying": True}
-    summary = finish_exit(redis_client(), record, settings(), results, reason, unresolved=bool(doubts),
+    summary = finish_exit(redis_client(), record, settings(), by_role, reason, unresolved=bool(doubts),
                           doubts=doubts)
     nxt = summary.get("next_cycle")
     if nxt:
@@ -359,7 +367,7 @@ def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
                                    countdown=EMERGENCY_EXIT.delay(attempt))
         return
-    finish_exit(redis_client(), record, settings(), [], reason, unresolved=True)
+    finish_exit(redis_client(), record, settings(), {}, reason, unresolved=True)
 
 
 @app.task(name="xtb.hedge.watchdog", ignore_result=True)
