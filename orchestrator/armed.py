@@ -24,6 +24,7 @@ from orchestrator.venue_ops import (
 from venues.base import VenueConnector, VenueError
 from xtb_tasks.core.client_ids import IntentStatus, record_intent
 from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
+from xtb_tasks.core.legs import Leg, LegState
 
 log = logging.getLogger(__name__)
 
@@ -51,32 +52,32 @@ def arm_hedge(client: Any, connector: VenueConnector, request: OrderRequest, fet
               "leg": request.leg or ""}
     # The leg is on record as in flight from now on, so an exit's fill ledger never counts it as
     # flat while the presigned order may be on its way.
-    _record_armed(client, request, client_id, intent, "armed")
+    _record_armed(client, request, intent, leg_in_flight(request, client_id, quantity, LegState.ARMED))
     return replace(fetched, intents={**fetched.intents, client_id: intent}, armed_id=client_id)
 
 
-def _record_armed(client: Any, request: OrderRequest, client_id: int, intent: dict[str, Any],
-                  leg_state: str, **leg_extra: str) -> None:
+def _record_armed(client: Any, request: OrderRequest, intent: dict[str, Any], leg: Leg) -> None:
     pipe = client.pipeline(transaction=False)
-    record_intent(pipe, request.account, client_id, **intent)
+    record_intent(pipe, request.account, leg.client_id, **intent)
     if request.cycle_id and request.leg:
-        leg = leg_in_flight(request, client_id, intent.get("quantity", ""), leg_state)
-        CycleRecord(pipe, request.cycle_id).record_leg(request.leg, {**leg, **leg_extra})
+        CycleRecord(pipe, request.cycle_id).record_leg(request.leg, leg.to_json())
     pipe.execute()
 
 
-def await_entry(client: Any, request: OrderRequest, armed_id: int | None) -> dict[str, Any]:
-    """The entry's announced outcome once it filled; raises (and records the armed id as never
-    sent) when it failed, was cancelled or did not finish in time."""
+def await_entry(client: Any, request: OrderRequest, fetched: Prefetch) -> Leg:
+    """The entry's leg once it filled; raises (and records the armed id as never sent) when it
+    failed, was cancelled or did not finish in time."""
     assert request.cycle_id and request.quantity_from_leg
     try:
-        outcome = await_outcome(client, request.cycle_id, request.quantity_from_leg,
-                                deadline=time.time() + STEP_GRACE_SECS)
-        if Decimal(str(outcome.get("filled") or "0")) <= 0:
+        entry = await_outcome(client, request.cycle_id, request.quantity_from_leg,
+                              deadline=time.time() + STEP_GRACE_SECS)
+        if entry is None or entry.filled <= 0:
             raise LegFailed(f"{request.quantity_from_leg} filled nothing; {request.leg} has nothing to hedge")
     except (EntryNotFilled, LegFailed) as exc:
+        armed_id = fetched.armed_id
         if armed_id is not None:  # never sent: no later run should look it up, the ledger may count it
-            _record_armed(client, request, armed_id, {"status": IntentStatus.REJECTED.value, "reason": str(exc)},
-                          "failed", reason=str(exc)[:200])
+            quantity = Decimal(fetched.intents[armed_id]["quantity"])
+            _record_armed(client, request, {"status": IntentStatus.REJECTED.value, "reason": str(exc)},
+                          leg_in_flight(request, armed_id, quantity, LegState.FAILED, reason=str(exc)[:200]))
         raise
-    return outcome
+    return entry

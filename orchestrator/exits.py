@@ -17,6 +17,7 @@ from monitoring.alerts import AlertKind, format_cycle_finished, format_emergency
 from orchestrator.flow import pnl, release_group_lock
 from xtb_tasks.core.config import Settings
 from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome
+from xtb_tasks.core.legs import parse_leg
 
 log = logging.getLogger(__name__)
 
@@ -94,14 +95,18 @@ def expected_positions(data: dict[str, Any], accounts: dict[str, str]) -> dict[s
     reported = [k for k in data if k.startswith("exit_results:")]
     if len(reported) < int(data.get("exit_attempts") or 0):
         return {}  # an exit attempt died without reporting its orders: no complete ledger
-    for key, leg in data.items():
-        role = accounts.get(leg.get("account", "")) if key.startswith("leg:") and isinstance(leg, dict) else None
+    for key, value in data.items():
+        if not key.startswith("leg:"):
+            continue
+        leg = parse_leg(value)
+        account = leg.account if leg else (value.get("account", "") if isinstance(value, dict) else "")
+        role = accounts.get(account)
         if role is None or role not in expected:
             continue
-        if leg.get("state") not in ("filled", "cancelled", "failed"):
+        if leg is None or not leg.state.final:
             expected.pop(role)  # outcome unknown to the record: the venue read is all there is
             continue
-        expected[role] += Decimal(str(leg.get("filled") or 0)) * (1 if leg.get("side") == "buy" else -1)
+        expected[role] += leg.signed_fill
     for key in reported:
         for role, result in results_by_role(data[key] or [], accounts).items():
             for order in result.get("orders") or []:

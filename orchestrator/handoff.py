@@ -21,6 +21,7 @@ import redis
 from xtb_tasks.core import keys
 from xtb_tasks.core.cycle_record import CycleRecord
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.legs import Leg, parse_leg
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +35,13 @@ class EntryNotFilled(XtbError, RuntimeError):
     """The entry leg failed, was cancelled or did not finish before the hedge's deadline."""
 
 
-def announce_outcome(pipe: Any, cycle_id: str, leg: str, outcome: dict[str, Any]) -> None:
+def announce_outcome(pipe: Any, cycle_id: str, leg_name: str, leg: Leg) -> None:
     """Queue the leg's final outcome for its armed hedge on ``pipe`` (a pipeline or a client)."""
-    key = keys.leg_outcome(cycle_id, leg)
+    _push(pipe, cycle_id, leg_name, leg.to_json())
+
+
+def _push(pipe: Any, cycle_id: str, leg_name: str, outcome: dict[str, Any]) -> None:
+    key = keys.leg_outcome(cycle_id, leg_name)
     pipe.rpush(key, json.dumps(outcome))
     pipe.expire(key, OUTCOME_TTL_SECS)
 
@@ -44,29 +49,25 @@ def announce_outcome(pipe: Any, cycle_id: str, leg: str, outcome: dict[str, Any]
 def announce_failure(client: redis.Redis, cycle_id: str, leg: str, reason: str) -> None:
     """The entry will not fill: release its armed hedge now instead of at its deadline."""
     pipe = client.pipeline(transaction=False)
-    announce_outcome(pipe, cycle_id, leg, {"filled": "0", "state": "failed", "reason": reason[:300]})
+    # Not a leg: the hedge reads "failed" (no account) as the entry's refusal to fill.
+    _push(pipe, cycle_id, leg, {"filled": "0", "state": "failed", "reason": reason[:300]})
     pipe.execute()
     log.info("cycle=%s leg=%s announced failure to its hedge: %s", cycle_id, leg, reason[:200])
 
 
-def is_final(leg_record: dict[str, Any] | None) -> bool:
-    # ``filled_at`` is written only with a venue's final report (venue_ops._finish).
-    return bool(leg_record) and "filled_at" in (leg_record or {})
-
-
-def await_outcome(client: redis.Redis, cycle_id: str, leg: str, deadline: float) -> dict[str, Any]:
-    """Block until ``leg``'s outcome is announced; the outcome dict (``filled`` "0" when it failed)."""
+def await_outcome(client: redis.Redis, cycle_id: str, leg: str, deadline: float) -> Leg | None:
+    """Block until ``leg``'s outcome is announced: its settled leg, or None when the entry
+    announced that it will not fill."""
     key = keys.leg_outcome(cycle_id, leg)
     record = CycleRecord(client, cycle_id)
     while True:
         popped = client.blpop([key], timeout=WAIT_SLICE_SECS)
         if popped:
-            outcome: dict[str, Any] = json.loads(popped[1])
-            return outcome
+            return parse_leg(json.loads(popped[1]))
         if record.cancel_requested():
             raise EntryNotFilled(f"cycle {cycle_id} was cancelled while waiting for {leg}")
-        leg_record = record.leg(leg)
-        if is_final(leg_record):
-            return leg_record or {}
+        recorded = parse_leg(record.leg(leg))
+        if recorded is not None and recorded.settled:
+            return recorded
         if time.time() >= deadline:
             raise EntryNotFilled(f"{leg} of cycle {cycle_id} not final by the hedge's deadline")

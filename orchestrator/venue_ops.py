@@ -33,6 +33,7 @@ from xtb_tasks.core import keys
 from xtb_tasks.core.client_ids import IntentStatus, mark_intent, record_intent
 from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.legs import Leg, LegState, parse_leg
 
 log = logging.getLogger(__name__)
 
@@ -88,13 +89,12 @@ def read_position(client: redis.Redis, connector: VenueConnector, symbol: str, c
     return reading
 
 
-def _resolve_quantity(connector: VenueConnector, req: OrderRequest, prior_leg: dict[str, Any] | None) -> Decimal:
+def _resolve_quantity(connector: VenueConnector, req: OrderRequest, prior_leg: Leg | None) -> Decimal:
     rules = connector.market_rules(req.symbol)
     if req.quantity_from_leg is None:
         assert req.quantity is not None
         return rules.quantize_size(req.quantity)
-    prior = prior_leg or {}
-    filled = Decimal(str(prior.get("filled") or "0"))
+    filled = prior_leg.filled if prior_leg is not None else Decimal(0)
     if filled <= 0:
         raise LegFailed(f"{req.quantity_from_leg} filled nothing; {req.leg} has nothing to hedge")
     return mirror_quantity(rules, filled)
@@ -120,7 +120,7 @@ class Prefetch:
     cancelled: bool
     stage: str | None
     intents: dict[int, dict[str, str]]
-    prior_leg: dict[str, Any] | None
+    prior_leg: Leg | None
     #: The client id this run recorded as ARMED itself (it may send it without another write).
     armed_id: int | None = None
 
@@ -137,7 +137,7 @@ def prefetch(client: redis.Redis, req: OrderRequest) -> Prefetch:
     results: list[Any] = pipe.execute()
     head: list[Any] = results[:3] if cycle_key else [0, None, None]
     intents = results[3:] if cycle_key else results
-    prior = json.loads(head[2]) if head[2] else None
+    prior = parse_leg(json.loads(head[2])) if head[2] else None
     stage = json.loads(head[1]) if head[1] else None
     return Prefetch(bool(head[0]), stage, dict(zip(req.client_ids, intents, strict=True)), prior)
 
@@ -174,7 +174,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
         if not settles_leg(report):
             mark_intent(client, req.account, client_id, IntentStatus.REJECTED, report=report.to_json())
             if req.leg and record:
-                record.record_leg(req.leg, report.to_json())
+                record.record_leg(req.leg, Leg.from_report(req.account, report, settled=False).to_json())
             if client_id != req.client_ids[-1]:
                 raise RetryLater(f"{req.leg or 'order'} {client_id} rejected: {report.reason}", req.retry_delay_secs)
             continue
@@ -245,15 +245,13 @@ def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderR
         writer = CycleRecord(pipe, record.cycle_id)
         if enter is not None:
             writer.set_stage(enter, deadline=time.time() + STEP_GRACE_SECS)
-        writer.record_leg(req.leg, leg_in_flight(req, client_id, quantity, "submitting"))
+        writer.record_leg(req.leg, leg_in_flight(req, client_id, quantity).to_json())
     pipe.execute()
 
 
-def leg_in_flight(req: OrderRequest, client_id: int, quantity: Decimal | str, state: str) -> dict[str, Any]:
-    """The leg record of an order that is not final yet (``armed``, ``submitting``, or ``failed``
-    with nothing sent): an exit's fill ledger leaves such a leg to the venue's read."""
-    return {"account": req.account, "symbol": req.symbol, "side": req.side.value, "client_id": client_id,
-            "requested": str(quantity), "filled": "0", "state": state}
+def leg_in_flight(req: OrderRequest, client_id: int, quantity: Decimal,
+                  state: LegState = LegState.SUBMITTING, reason: str | None = None) -> Leg:
+    return Leg.in_flight(req.account, req.symbol, req.side, client_id, quantity, state, reason)
 
 
 def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
@@ -262,10 +260,10 @@ def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, 
     pipe = client.pipeline(transaction=False)
     mark_intent(pipe, req.account, client_id, IntentStatus.DONE, report=report.to_json())
     if req.leg and record:
-        leg_report = {**report.to_json(), "account": req.account, "filled_at": time.time()}
-        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, leg_report)
+        leg = Leg.from_report(req.account, report)
+        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, leg.to_json())
         if req.announce_fill and settles_leg(report):  # a failed attempt moves on to the next client id
-            announce_outcome(pipe, record.cycle_id, req.leg, leg_report)
+            announce_outcome(pipe, record.cycle_id, req.leg, leg)
     if latency_ms is not None:
         note_account_state(pipe, req.account, latency_ms=latency_ms)
     pipe.execute()

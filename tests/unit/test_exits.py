@@ -17,8 +17,10 @@ from orchestrator.exits import (
     next_cycle,
     results_by_role,
 )
+from venues.base import Side
 from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Settings
 from xtb_tasks.core.cycle_record import ExitReason
+from xtb_tasks.core.legs import Leg, LegState
 
 ACCOUNTS = {"bp": "BP", "l1": "L1", "l2": "L2"}
 STEPS = {"BP": Decimal("0.001"), "L1": Decimal("0.0001"), "L2": Decimal("0.0001")}
@@ -73,7 +75,7 @@ def test_next_cycle_stops_at_max_cycles_and_flips_only_after_a_timeout(
 
 
 def leg(account: str, side: str, filled: str, state: str = "filled") -> dict[str, Any]:
-    return {"account": account, "side": side, "filled": filled, "state": state}
+    return Leg(account, "ETH", Side(side), 1, Decimal(filled), Decimal(filled), LegState(state)).to_json()
 
 
 def cycle(baselines: dict[str, str] | None = None, **fields: Any) -> dict[str, Any]:
@@ -93,7 +95,14 @@ def test_expected_positions_add_the_signed_legs_and_flatten_orders_to_the_baseli
 
 
 def test_a_leg_in_flight_leaves_its_role_out() -> None:
-    data = cycle(**{"leg:bp_entry": leg("bp", "buy", "1"), "leg:l1_hedge": leg("l1", "sell", "0", "sending")})
+    for state in ("armed", "submitting", "open", "partially_filled"):
+        data = cycle(**{"leg:bp_entry": leg("bp", "buy", "1"), "leg:l1_hedge": leg("l1", "sell", "0", state)})
+        assert expected_positions(data, ACCOUNTS) == {"BP": Decimal(1), "L2": Decimal(0)}, state
+
+
+def test_a_leg_record_that_does_not_parse_leaves_its_role_out() -> None:
+    unknown = {**leg("l1", "sell", "1"), "state": "sending"}  # no such state: unknown, never zero
+    data = cycle(**{"leg:bp_entry": leg("bp", "buy", "1"), "leg:l1_hedge": unknown})
     assert expected_positions(data, ACCOUNTS) == {"BP": Decimal(1), "L2": Decimal(0)}
 
 

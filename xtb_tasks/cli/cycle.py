@@ -15,6 +15,7 @@ from xtb_tasks.cli import UserError
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import Role, Settings, load_settings
 from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
+from xtb_tasks.core.legs import LegState, parse_leg
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 
@@ -120,6 +121,10 @@ def follow_cycle(client: redis.Redis, cycle_id: str, emit: Callable[[str], None]
     raise UserError(f"cycle {cycle_id} still at stage {record.get('stage')} after {timeout:.0f}s")
 
 
+#: A leg is shown once the venue has answered for it (or it failed before anything was sent).
+_NOT_YET_SHOWN = (LegState.ARMED, LegState.SUBMITTING)
+
+
 def _new_events(data: dict[str, Any], shown: set[str]) -> list[tuple[float, str, str]]:
     events = []
     for key, value in data.items():
@@ -127,13 +132,13 @@ def _new_events(data: dict[str, Any], shown: set[str]) -> list[tuple[float, str,
             stage = key.removeprefix("t:")
             extra = f" reason={data.get('reason')}" if stage in ("emergency_exit", "done") and data.get("reason") else ""
             events.append((float(value), key, f"stage {stage}{extra}"))
-        elif key.startswith("leg:") and isinstance(value, dict) and value.get("state") not in (None, "submitting"):
-            marker = f"{key}:{value.get('state')}:{value.get('filled')}"
+        elif key.startswith("leg:") and (leg := parse_leg(value)) is not None and leg.state not in _NOT_YET_SHOWN:
+            marker = f"{key}:{leg.state.value}:{leg.filled}"
             if marker not in shown:
-                when = float(value.get("filled_at") or data.get("updated_at") or 0)
-                events.append((when, marker, f"  {key.removeprefix('leg:')}: {value.get('side')} {value.get('filled')}/"
-                                             f"{value.get('requested')} on {value.get('account')} ({value.get('state')}, "
-                                             f"avg {value.get('avg_price')})"))
+                when = leg.filled_at or float(data.get("updated_at") or 0)
+                events.append((when, marker, f"  {key.removeprefix('leg:')}: {leg.side.value} {leg.filled}/"
+                                             f"{leg.requested} on {leg.account} ({leg.state.value}, "
+                                             f"avg {leg.avg_price})"))
         elif key.startswith("positions:") and isinstance(value, dict) and key not in shown:
             p = value
             net = p.get("net", "-")

@@ -18,7 +18,7 @@ from celery import Task
 from celery.exceptions import Retry
 
 from orchestrator.armed import arm_hedge, await_entry
-from orchestrator.handoff import announce_failure, is_final
+from orchestrator.handoff import announce_failure
 from orchestrator.venue_ops import (
     LegFailed,
     OrderRequest,
@@ -34,6 +34,7 @@ from venues.base import OrderReport, Side, VenueError
 from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.legs import parse_leg
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.connectors import get_connector
@@ -99,9 +100,10 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
     fetched = prefetch(client, request)
     if fetched.cancelled and not request.reduce_only:
         raise RuntimeError(f"cycle {request.cycle_id} was cancelled; {request.leg} not sent")
-    if armed and request.cycle_id and request.quantity_from_leg and not is_final(fetched.prior_leg):
+    entry_settled = fetched.prior_leg is not None and fetched.prior_leg.settled
+    if armed and request.cycle_id and request.quantity_from_leg and not entry_settled:
         fetched = arm_hedge(client, connector, request, fetched, expected_quantity)
-        fetched = replace(fetched, prior_leg=await_entry(client, request, fetched.armed_id))
+        fetched = replace(fetched, prior_leg=await_entry(client, request, fetched))
     try:
         return submit_order(client, connector, request, fetched, LEG_STAGES.get(request.leg or ""))
     except RetryLater as exc:
@@ -139,7 +141,8 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
     client = redis_client()
     record = CycleRecord(client, cycle_id) if cycle_id else None
     if requested is None and record and leg:
-        requested = (record.leg(leg) or {}).get("requested") or "0"
+        recorded = parse_leg(record.leg(leg))
+        requested = str(recorded.requested) if recorded else "0"
     # The account state, the cancel flag and the stage travel in one round trip after the read.
     pipe = client.pipeline(transaction=False)
     reading = read_position(pipe, get_connector(account), symbol, cycle_id)
