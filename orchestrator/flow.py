@@ -79,9 +79,7 @@ def rebalance_step(positions: Positions, bp_rules: MarketRules) -> RebalanceStep
 
 
 def bp_rules_from_record(record: CycleRecord | CycleView) -> MarketRules:
-    rules = record.get("bp_rules") or {}
-    return MarketRules(symbol=rules["symbol"], tick_size=Decimal(rules["tick_size"]),
-                       step_size=Decimal(rules["step_size"]), min_quantity=Decimal(rules["min_quantity"]))
+    return MarketRules.from_json(record.get("bp_rules") or {})
 
 
 def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: Decimal) -> dict[str, int]:

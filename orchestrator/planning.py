@@ -40,12 +40,9 @@ class AccountSnapshot:
         def dec(value: Any) -> Decimal | None:
             return None if value in (None, "") else Decimal(str(value))
 
-        rules = data["rules"]
         return cls(
             account=data["account"],
-            rules=MarketRules(symbol=rules["symbol"], tick_size=Decimal(rules["tick_size"]),
-                              step_size=Decimal(rules["step_size"]), min_quantity=Decimal(rules["min_quantity"]),
-                              min_notional=Decimal(rules.get("min_notional") or 0), market_id=rules.get("market_id")),
+            rules=MarketRules.from_json(data["rules"]),
             bid=dec(data.get("bid")), ask=dec(data.get("ask")), equity=dec(data.get("equity")),
             collateral=dec(data.get("collateral")), available=dec(data.get("available")),
             position=dec(data.get("position")),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from enum import Enum
@@ -111,6 +111,25 @@ class MarketRules:
     min_notional: Decimal = Decimal(0)
     #: Venue market id (Lighter ``market_id``); None on Backpack.
     market_id: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Every field, amounts as strings: the one shape rules cross processes and the cycle record in."""
+        return {"symbol": self.symbol, "tick_size": str(self.tick_size), "step_size": str(self.step_size),
+                "min_quantity": str(self.min_quantity), "min_notional": str(self.min_notional),
+                "market_id": self.market_id}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MarketRules:
+        """The inverse of :meth:`to_json`.
+
+        Records written before ``to_json`` existed carry no ``min_notional`` or ``market_id``; they
+        read as the defaults, so a cycle in flight across an upgrade still finishes.
+        """
+        market_id = data.get("market_id")
+        return cls(symbol=str(data["symbol"]), tick_size=Decimal(str(data["tick_size"])),
+                   step_size=Decimal(str(data["step_size"])), min_quantity=Decimal(str(data["min_quantity"])),
+                   min_notional=Decimal(str(data.get("min_notional") or 0)),
+                   market_id=None if market_id is None else int(market_id))
 
     @property
     def price_decimals(self) -> int:

@@ -142,11 +142,8 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     # Intents, plan and alert in one transaction, before the entry chain is published.
     pipe = redis_client().pipeline(transaction=True)
     ids = _allocate(pipe, grp, params, cycle_id)
-    bp_rules = snaps[canvas.Role.BP].rules
     start = {**{k: str(v) for k, v in cycle_plan.baselines.items()}, "read_at": time.time()}
-    record.update(via=pipe, plan=cycle_plan.to_json(), client_ids=ids,
-                  bp_rules={"symbol": bp_rules.symbol, "tick_size": str(bp_rules.tick_size),
-                            "step_size": str(bp_rules.step_size), "min_quantity": str(bp_rules.min_quantity)},
+    record.update(via=pipe, plan=cycle_plan.to_json(), client_ids=ids, bp_rules=snaps[canvas.Role.BP].rules.to_json(),
                   l_step=str(snaps[canvas.Role.L1].rules.step_size), **positions_fields("start", start))
     queue_alert(pipe, AlertKind.CYCLE_STARTED,
                 format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),

@@ -230,9 +230,7 @@ def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | N
 
     return {
         "account": account,
-        "rules": {"symbol": rules.symbol, "tick_size": str(rules.tick_size), "step_size": str(rules.step_size),
-                  "min_quantity": str(rules.min_quantity), "min_notional": str(rules.min_notional),
-                  "market_id": rules.market_id},
+        "rules": rules.to_json(),
         "bid": text(top.bid), "ask": text(top.ask), "equity": text(balance.equity),
         "collateral": text(balance.collateral), "available": text(balance.available),
         "position": text(reading.quantity), "position_error": reading.error,

@@ -1,0 +1,91 @@
+"""MarketRules.to_json / from_json: the one shape rules take in snapshots and the cycle record.
+
+The rules leave the venue worker as JSON (the account snapshot) and come back from Redis (the
+cycle record's ``bp_rules``); every field must survive both, and records written before the shape
+carried ``min_notional`` and ``market_id`` must still read.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.flow import bp_rules_from_record
+from orchestrator.planning import AccountSnapshot
+from tests.helpers.fixtures import fixture_path
+from venues.backpack.parsing import parse_market
+from venues.base import MarketRules
+from venues.lighter import parsing as lighter_parsing
+from venues.lighter.rest import decode_json
+
+
+def _through_json(rules: MarketRules) -> MarketRules:
+    # As it travels: serialised to text (Celery result, Redis hash field) and parsed back.
+    return MarketRules.from_json(json.loads(json.dumps(rules.to_json())))
+
+
+def _backpack_rules() -> MarketRules:
+    raw = json.loads(fixture_path("backpack.json").read_text(), parse_float=Decimal)
+    return parse_market(raw["market_perp_SOL_USDC_PERP_official_client"]["body"])
+
+
+def _lighter_rules() -> MarketRules:
+    raw = decode_json(fixture_path("lighter.json").read_text())
+    return lighter_parsing.parse_market_rules(raw["orderBookDetails_ETH_ccxt_static"]["body"], "ETH")
+
+
+@pytest.mark.parametrize("make", [_backpack_rules, _lighter_rules], ids=["backpack", "lighter"])
+def test_both_venues_rules_round_trip_with_every_field(make: Any) -> None:
+    rules = make()
+    back = _through_json(rules)
+    assert back == rules
+    # The amounts' text is kept too: quantizing uses the tick's and step's exponent.
+    assert back.to_json() == rules.to_json()
+    assert (back.price_decimals, back.size_decimals) == (rules.price_decimals, rules.size_decimals)
+
+
+def test_lighter_market_id_zero_is_kept_not_dropped() -> None:
+    # ETH is market 0 on Lighter: a falsy id that a careless `or None` would lose.
+    rules = _lighter_rules()
+    assert rules.market_id == 0 and rules.min_notional == Decimal(10)
+    assert _through_json(rules).market_id == 0
+
+
+_amount = st.decimals(min_value=Decimal("1e-12"), max_value=Decimal("1e9"), allow_nan=False, allow_infinity=False)
+
+
+@given(symbol=st.text(min_size=1, max_size=20), tick=_amount, step=_amount, min_qty=_amount,
+       min_notional=st.one_of(st.just(Decimal(0)), _amount),
+       market_id=st.one_of(st.none(), st.integers(min_value=0, max_value=2**31)))
+def test_any_rules_round_trip(symbol: str, tick: Decimal, step: Decimal, min_qty: Decimal, min_notional: Decimal,
+                              market_id: int | None) -> None:
+    rules = MarketRules(symbol=symbol, tick_size=tick, step_size=step, min_quantity=min_qty,
+                        min_notional=min_notional, market_id=market_id)
+    assert _through_json(rules) == rules
+    assert _through_json(rules).to_json() == rules.to_json()
+
+
+# What hedge_tasks.plan stored as bp_rules before to_json: no min_notional, no market_id.
+OLD_BP_RULES = {"symbol": "ETH_USDC_PERP", "tick_size": "0.01", "step_size": "0.0001", "min_quantity": "0.0001"}
+
+
+def test_a_cycle_record_written_by_the_old_shape_still_reads() -> None:
+    rules = bp_rules_from_record({"bp_rules": OLD_BP_RULES})  # type: ignore[arg-type]
+    assert rules == MarketRules(symbol="ETH_USDC_PERP", tick_size=Decimal("0.01"), step_size=Decimal("0.0001"),
+                                min_quantity=Decimal("0.0001"), min_notional=Decimal(0), market_id=None)
+
+
+def test_snapshots_read_old_and_new_rules() -> None:
+    snapshot = {"account": "lighter1", "bid": "100", "ask": "100.1", "equity": "50", "collateral": "50",
+                "available": "50", "position": "0", "position_error": None}
+    # An empty or null min_notional (older snapshots) is no minimum.
+    for old in (OLD_BP_RULES, {**OLD_BP_RULES, "min_notional": None, "market_id": None},
+                {**OLD_BP_RULES, "min_notional": ""}):
+        assert AccountSnapshot.from_json({**snapshot, "rules": old}).rules.min_notional == Decimal(0)
+    rules = _lighter_rules()
+    assert AccountSnapshot.from_json({**snapshot, "rules": rules.to_json()}).rules == rules
