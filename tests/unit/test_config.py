@@ -28,7 +28,7 @@ from xtb_tasks.core.config import (
     load_settings,
     parse_settings,
 )
-from xtb_tasks.core.config_schema import field_info
+from xtb_tasks.core.config_decode import field_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo.toml"

@@ -1,8 +1,9 @@
 """Typed, strictly validated configuration loaded from one TOML file.
 
 Pure module (no Celery import), so venues-free tools such as the dashboard can read it. The
-structures and their fields live in :mod:`xtb_tasks.core.config_schema`; this module loads the file
-and checks what spans tables (group roles against accounts, schedules against groups).
+structures and their fields live in :mod:`xtb_tasks.core.config_schema`, how a table is decoded into
+one in :mod:`xtb_tasks.core.config_decode`; this module loads the file and checks what spans tables
+(group roles against accounts, schedules against groups).
 Every validation failure is a :class:`ConfigError` that renders as one line naming the file,
 the key and what is expected; the CLI turns it into exit status 2.
 """
@@ -18,10 +19,9 @@ from typing import Annotated, Any
 import msgspec
 
 from xtb_tasks.core import policies
+from xtb_tasks.core.config_decode import DECIMAL_LIMIT, ConfigError, decode_table, field_info, parse_decimal
 from xtb_tasks.core.config_schema import (
-    DECIMAL_LIMIT,
     AccountConfig,
-    ConfigError,
     DashboardConfig,
     Direction,
     GroupConfig,
@@ -31,9 +31,6 @@ from xtb_tasks.core.config_schema import (
     TelegramConfig,
     TelemetryConfig,
     Venue,
-    decode_table,
-    field_info,
-    parse_decimal,
 )
 
 __all__ = [
