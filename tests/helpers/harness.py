@@ -59,6 +59,8 @@ class Deployment:
 
     @property
     def app(self) -> Any:
+        """The process-wide Celery app. It is built once, by whichever test imports it first (often
+        with no config at all), so its queue definitions need not be this deployment's."""
         os.environ["XTB_CONFIG"] = str(self.config)
         os.environ["REDIS_URL"] = self.redis_url
         from xtb_tasks.worker.celery_app import app

@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from xtb_tasks.core.config import ConfigError, Settings, config_path, load_settings
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, WATCHDOG_INTERVAL_SECS
@@ -52,7 +52,12 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
         "result_accept_content": ["json"],
         "result_extended": True,
         "result_expires": 7 * 86400,
-        "task_queues": [Queue(name, routing_key=name) for name in [*accounts, ORCHESTRATOR_QUEUE]],
+        # Each queue on its own direct exchange, as Celery creates a queue it was not told about: a
+        # process without this config (or with another one) then publishes to the same exchange and
+        # binding as the worker. With the default exchange (task_default_queue) a publish through
+        # queues[name].exchange found no binding and kombu dropped the message without a word.
+        "task_queues": [Queue(name, Exchange(name, type="direct"), routing_key=name)
+                        for name in [*accounts, ORCHESTRATOR_QUEUE]],
         "task_default_queue": ORCHESTRATOR_QUEUE,
         "task_routes": (route_task,),
         "task_create_missing_queues": True,
