@@ -1,29 +1,109 @@
-"""The cycle record stores JSON always and reads every field back as the type it was written."""
+"""The cycle record stores JSON always, reads every field back as its declared type, and refuses
+what its schema (``xtb_tasks/core/cycle_fields.py``) does not declare."""
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
+import pytest
 import redis
 
-from xtb_tasks.core.cycle_record import CycleRecord, Stage, create_cycle
+from xtb_tasks.core import keys
+from xtb_tasks.core.cycle_fields import CycleFieldTypeError, UndeclaredCycleField
+from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome, Stage, create_cycle
 
 
-def test_text_that_looks_like_a_number_reads_back_as_text(redis_url: str) -> None:
+@pytest.fixture
+def client(redis_url: str) -> redis.Redis:
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def test_text_that_looks_like_a_number_reads_back_as_text(client: redis.Redis) -> None:
     # A group named "123" used to come back as the int 123 and fail every cycle at planning.
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    record = create_cycle(client, "c-123", "123", reason="42")
+    record = create_cycle(client, "c-123", "123", trigger_task="42")
     assert record.get("group") == "123"
-    assert record.all()["reason"] == "42"
+    assert record.all()["trigger_task"] == "42"
     assert record.view("group").get("group") == "123"
 
 
-def test_values_keep_their_types(redis_url: str) -> None:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+def test_values_keep_their_types(client: redis.Redis) -> None:
     record = CycleRecord(client, "c-types")
-    record.update({"leg:bp_entry": {"filled": "1.5"}}, attempts=3, size=Decimal("1.50"), flag=True, note="true")
+    record.update({"leg:bp_entry": {"filled": "1.5"}}, exit_attempts=3, pnl={"BP": Decimal("1.50")}, net_delta="0",
+                  cycle_index=0, events=[])
     record.set_stage(Stage.MONITORING)
     assert record.leg("bp_entry") == {"filled": "1.5"}
-    assert (record.get("attempts"), record.get("flag"), record.get("note")) == (3, True, "true")
-    assert record.get("size") == "1.50"  # Decimals travel as text, quantized as written
+    assert (record.get("exit_attempts"), record.get("net_delta"), record.get("events")) == (3, "0", [])
+    assert record.get("pnl") == {"BP": "1.50"}  # Decimals inside a value travel as text, quantized as written
     assert record.stage is Stage.MONITORING and record.view().stage is Stage.MONITORING
+    # set_stage writes ``deadline or 0``: a JSON int, read back as the number type it is declared with.
+    assert record.get("next_deadline") == 0.0 and type(record.get("next_deadline")) is float
+
+
+def test_a_finished_record_reads_back_whole(client: redis.Redis) -> None:
+    record = create_cycle(client, "c-done", "main", overrides={"size": "0.01"}, cycle_index=1,
+                          direction="long_backpack", params={}, next_deadline=0.0, trigger_task="")
+    record.set_stage(Stage.EMERGENCY_EXIT, reason=ExitReason.TIMEOUT.value, exit_attempts=1,
+                     **{"exit_ids:0": {"BP": [1]}})
+    record.update({"exit_results:0": [{"account": "bp", "flat": True}]})
+    record.record_positions("exit", {"BP": "0", "L1": None, "L2": "0"})
+    record.add_event("exit confirmed")
+    record.touch_deadline(0)
+    record.finish(Outcome.FLAT, ExitReason.TIMEOUT.value)
+    data = record.all()
+    assert (data["stage"], data["outcome"], data["reason"]) == ("done", "flat", "timeout")
+    assert data["positions:exit"] == data["positions"] == {"BP": "0", "L1": None, "L2": "0"}
+    assert {"t:planning", "t:emergency_exit", "t:done", "exit_ids:0", "exit_results:0"} <= set(data)
+    assert not client.sismember(keys.CYCLES_ACTIVE, "c-done")
+
+
+def test_an_undeclared_field_is_refused_and_nothing_is_written(client: redis.Redis) -> None:
+    record = create_cycle(client, "c-strict", "main")
+    before = client.hgetall(record.key)
+    with pytest.raises(UndeclaredCycleField, match="'attempts' is not a cycle record field"):
+        record.update(stage=Stage.BP_ENTRY.value, attempts=3)
+    with pytest.raises(UndeclaredCycleField, match="'leg:bp_entyr'"):
+        record.record_leg("bp_entyr", {"filled": "1"})
+    with pytest.raises(CycleFieldTypeError, match="'net_delta' must be a string, not Decimal"):
+        record.update(net_delta=Decimal("0.5"))
+    with pytest.raises(CycleFieldTypeError, match="'next_deadline' must be a number"):
+        record.touch_deadline("soon")  # type: ignore[arg-type]
+    with pytest.raises(CycleFieldTypeError, match="'stage' must be one of"):
+        record.update(stage="finished")
+    pipe = client.pipeline(transaction=False)
+    with pytest.raises(UndeclaredCycleField):
+        record.update(via=pipe, bogus=1)
+    assert len(pipe) == 0  # nothing queued either
+    assert client.hgetall(record.key) == before  # not even updated_at moved
+
+
+def test_create_cycle_refuses_an_undeclared_field_and_creates_nothing(client: redis.Redis) -> None:
+    with pytest.raises(UndeclaredCycleField, match="'size'"):
+        create_cycle(client, "c-bad", "main", size="1")
+    assert not client.exists(keys.cycle("c-bad"))
+    assert not client.sismember(keys.CYCLES_ACTIVE, "c-bad")
+    assert "c-bad" not in client.lrange(keys.cycle_history("main"), 0, -1)
+
+
+def test_a_stored_value_of_the_wrong_type_is_an_error_on_read(client: redis.Redis) -> None:
+    record = create_cycle(client, "c-raw", "main")
+    client.hset(record.key, "exit_attempts", json.dumps("1"))  # written around the schema
+    for read in (lambda: record.get("exit_attempts"), record.all, lambda: record.view("exit_attempts")):
+        with pytest.raises(CycleFieldTypeError, match="xtb:cycle:c-raw field 'exit_attempts' holds str '1'; "
+                                                      "expected an integer"):
+            read()
+    client.hset(record.key, "exit_attempts", "not json")
+    with pytest.raises(CycleFieldTypeError, match="not JSON"):
+        record.get("exit_attempts")
+    client.hdel(record.key, "exit_attempts")
+    client.hset(record.key, "mystery", json.dumps(1))
+    with pytest.raises(UndeclaredCycleField, match="'mystery'"):
+        record.all()
+
+
+def test_reading_an_undeclared_name_is_refused_before_any_round_trip(client: redis.Redis) -> None:
+    record = create_cycle(client, "c-read", "main")
+    with pytest.raises(UndeclaredCycleField, match="'grop'"):
+        record.get("grop")
+    with pytest.raises(UndeclaredCycleField, match="'grop'"):
+        record.view("group", "grop")

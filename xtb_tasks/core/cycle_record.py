@@ -2,8 +2,9 @@
 
 Every step records its intent before it touches a venue and its outcome after, so a restarted
 worker, the watchdog or ``xtb recover`` can always tell what was sent. Values are JSON strings
-in one hash; ``xtb:cycles:active`` lists cycles not yet finished, ``xtb:cycles:<group>`` the
-history (newest first).
+in one hash, each field declared with its type in ``cycle_fields.py``: a write of anything else
+is refused and every value read is checked; ``xtb:cycles:active`` lists cycles not yet finished,
+``xtb:cycles:<group>`` the history (newest first).
 """
 
 from __future__ import annotations
@@ -12,62 +13,32 @@ import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 from typing import Any, cast
 
 import redis
 
 from xtb_tasks.core import keys
+from xtb_tasks.core.cycle_fields import (
+    CycleFieldTypeError,
+    ExitReason,
+    Kind,
+    Outcome,
+    Stage,
+    check,
+    check_fields,
+    checked,
+    kind_of,
+)
+
+# Stage, Outcome and ExitReason are defined with the schema (cycle_fields.py) and imported from
+# here by every caller, as before.
+__all__ = [
+    "FINAL_REASON_BY_STAGE", "HISTORY_LENGTH", "STEP_GRACE_SECS", "CycleRecord", "CycleView", "ExitReason",
+    "Outcome", "Stage", "active_cycle_ids", "create_cycle", "positions_fields", "recent_cycle_ids",
+    "stage_deadline", "with_event",
+]
 
 HISTORY_LENGTH = 200
-
-
-class Stage(str, Enum):
-    """Cycle stages, in order; ``emergency_exit`` can follow any of them."""
-
-    #: Validating, sizing, allocating client ids.
-    PLANNING = "planning"
-    #: Backpack market entry.
-    BP_ENTRY = "bp_entry"
-    #: Lighter1 opposite-side hedge and its confirmation.
-    L1_HEDGE = "l1_hedge"
-    #: The random wait before Lighter2 (a countdown on the Lighter2 entry).
-    WAIT = "wait"
-    #: Lighter2 same-side entry and its confirmation.
-    L2_ENTRY = "l2_entry"
-    #: Reading all three positions and driving Backpack to -(l1 + l2).
-    REBALANCE = "rebalance"
-    #: Self-rescheduling checks until a leg is liquidated or the cycle times out.
-    MONITORING = "monitoring"
-    #: Flattening all three accounts.
-    EMERGENCY_EXIT = "emergency_exit"
-    #: Finished (see ``outcome`` and ``reason``).
-    DONE = "done"
-
-
-class Outcome(str, Enum):
-    """How a finished cycle ended."""
-
-    #: All three accounts confirmed flat after an emergency exit or cancel.
-    FLAT = "flat"
-    #: Hedged (net delta within one step) when the cycle stopped monitoring.
-    HEDGED = "hedged"
-    #: The exit could not confirm flat on every account: an operator must look (alerted).
-    UNRESOLVED = "unresolved"
-
-
-class ExitReason(str, Enum):
-    """Why an emergency exit ran (the original's reasons plus the failure paths it ignored)."""
-
-    BP_ENTRY_FAILED = "bp_entry_failed"
-    LIGHTER1_HEDGE_FAILED = "lighter1_hedge_failed"
-    LIGHTER2_ENTRY_FAILED = "lighter2_entry_failed"
-    REBALANCE_FAILED = "rebalance_failed"
-    LIGHTER1_ZERO = "lighter1_zero"
-    LIGHTER2_ZERO = "lighter2_zero"
-    TIMEOUT = "timeout"
-    CANCELLED = "cancelled"
-    RECOVERED_UNWIND = "recovered_unwind"
 
 
 FINAL_REASON_BY_STAGE = {
@@ -87,8 +58,13 @@ def _dump(value: Any) -> str:
     return json.dumps(value, default=str)
 
 
-def _load(raw: str | None) -> Any:
-    return None if raw is None else json.loads(raw)
+def _decode(key: str, name: str, kind: Kind, raw: str) -> Any:
+    # Every stored value must be JSON of its field's type (see cycle_fields.checked).
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise CycleFieldTypeError(f"{key} field {name!r} holds text that is not JSON: {raw[:80]!r}") from None
+    return checked(name, value, kind, key)
 
 
 def positions_fields(label: str, positions: dict[str, Any]) -> dict[str, Any]:
@@ -132,10 +108,15 @@ class CycleRecord:
         return bool(self.client.exists(self.key))
 
     def get(self, field: str) -> Any:
-        return _load(cast(str | None, self.client.hget(self.key, field)))
+        """Field ``field`` as its declared type, None when absent (an undeclared name is refused)."""
+        kind = kind_of(field)
+        raw = cast(str | None, self.client.hget(self.key, field))
+        return None if raw is None else _decode(self.key, field, kind, raw)
 
     def all(self) -> dict[str, Any]:
-        return {k: _load(v) for k, v in cast(dict[str, str], self.client.hgetall(self.key)).items()}
+        """Every field, each as its declared type; a stored field the schema does not declare is an error."""
+        key = self.key
+        return {k: _decode(key, k, kind_of(k), v) for k, v in cast(dict[str, str], self.client.hgetall(key)).items()}
 
     def view(self, *fields: str, after: redis.client.Pipeline | None = None) -> CycleView:
         """``stage`` and ``fields`` with the cancel flag: a step's reads in one round trip.
@@ -143,23 +124,30 @@ class CycleRecord:
         ``after`` is a pipeline of the caller's own writes, sent in the same round trip.
         """
         names = ["stage", *fields]
+        kinds = [kind_of(n) for n in names]  # an undeclared name is refused before anything is sent
         pipe = after if after is not None else self.client.pipeline(transaction=False)
         pipe.hmget(self.key, names)
         pipe.exists(keys.cycle_cancel(self.cycle_id))
         *_, values, cancel = pipe.execute()
-        return CycleView({n: _load(v) for n, v in zip(names, values, strict=True) if v is not None}, bool(cancel))
+        return CycleView({n: _decode(self.key, n, k, v) for n, k, v in zip(names, kinds, values, strict=True)
+                          if v is not None}, bool(cancel))
 
     def update(self, named: Mapping[str, Any] | None = None, /, *, via: redis.client.Pipeline | None = None,
                **fields: Any) -> None:
         """Write ``named`` (fields whose names are built, e.g. ``leg:<name>``) and ``fields``; ``via``
-        queues the write in the caller's pipeline instead."""
+        queues the write in the caller's pipeline instead.
+
+        Every field must be declared in ``cycle_fields`` with the type of its value, or nothing is
+        written (:class:`~xtb_tasks.core.cycle_fields.CycleFieldError`).
+        """
         fields = {**(named or {}), **fields, "updated_at": time.time()}
+        check_fields(fields)  # before the write: a refused field or value writes nothing of this call
         (via if via is not None else self.client).hset(self.key, mapping={k: _dump(v) for k, v in fields.items()})
 
     @property
     def stage(self) -> Stage | None:
-        raw = cast(str | None, self.client.hget(self.key, "stage"))
-        return Stage(_load(raw)) if raw else None
+        raw = self.get("stage")
+        return Stage(raw) if raw else None
 
     def set_stage(self, stage: Stage, *, deadline: float | None = None,
                   via: redis.client.Pipeline | None = None, **fields: Any) -> None:
@@ -169,6 +157,8 @@ class CycleRecord:
                     **{f"t:{stage.value}": now}, **fields)
 
     def touch_deadline(self, deadline: float) -> None:
+        # A raw write of the one field (``updated_at`` is left alone), checked like any other.
+        check("next_deadline", deadline)
         self.client.hset(self.key, "next_deadline", _dump(deadline))
 
     def record_leg(self, leg: str, report: dict[str, Any]) -> None:
@@ -209,12 +199,14 @@ def stage_deadline(stage: Stage, plan: dict[str, Any] | None) -> float:
 
 
 def create_cycle(client: redis.Redis, cycle_id: str, group: str, **fields: Any) -> CycleRecord:
+    """Write a new record (in stage ``planning``) with ``fields``, and list it active and in its group's history."""
     record = CycleRecord(client, cycle_id)
     pipe = client.pipeline()
     now = time.time()
-    pipe.hset(record.key, mapping={k: _dump(v) for k, v in {
-        "cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value, "created_at": now,
-        "updated_at": now, "t:planning": now, **fields}.items()})
+    values = {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value, "created_at": now,
+              "updated_at": now, "t:planning": now, **fields}
+    check_fields(values)  # before the pipeline: a refused field creates no record at all
+    pipe.hset(record.key, mapping={k: _dump(v) for k, v in values.items()})
     pipe.sadd(keys.CYCLES_ACTIVE, cycle_id)
     pipe.lpush(keys.cycle_history(group), cycle_id)
     pipe.ltrim(keys.cycle_history(group), 0, HISTORY_LENGTH - 1)
