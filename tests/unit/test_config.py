@@ -152,22 +152,110 @@ def test_every_field_is_documented_and_the_readme_defaults_agree() -> None:
     assert readme_defaults["window_ms"] == str(window.default)
 
 
-def test_account_in_two_groups_with_conflicting_roles_is_rejected(tmp_path: Path) -> None:
-    text = _demo_text_with("[telegram]", """[accounts.lighter3]
+SECOND_GROUP = """[accounts.backpack2]
+venue = "backpack"
+base_url = "http://127.0.0.1:18080"
+api_key_env = "BP2_KEY"
+api_secret_env = "BP2_SECRET"
+
+[accounts.lighter3]
 venue = "lighter"
 base_url = "http://127.0.0.1:18081"
 account_index = 103
 private_key_env = "L3_KEY"
 
-[groups.second]
-backpack = "backpack"
-lighter1 = "lighter2"
-lighter2 = "lighter3"
+[accounts.lighter4]
+venue = "lighter"
+base_url = "http://127.0.0.1:18081"
+account_index = 104
+private_key_env = "L4_KEY"
 
-[telegram]""", tmp_path / "keys")
-    result = run_xtb("check-config", str(_write(tmp_path, text)))
-    assert result.returncode == 2
-    assert "groups.second.lighter1" in result.stderr and "already lighter2" in result.stderr
+[groups.second]
+backpack = "{backpack}"
+lighter1 = "{lighter1}"
+lighter2 = "{lighter2}"
+
+[telegram]"""
+
+
+# One account, one group (issue 16 item 12): two groups sharing an account would run two cycles
+# on one position, each hedging and unwinding the other's legs. The second group to name it is
+# the one reported, with the first group, so the operator sees both ends of the conflict.
+SHARED = [
+    ("same role", ("backpack", "lighter3", "lighter4"), "groups.second.backpack",
+     "account 'backpack' is already backpack of group 'main'"),
+    ("same lighter role", ("backpack2", "lighter1", "lighter4"), "groups.second.lighter1",
+     "account 'lighter1' is already lighter1 of group 'main'"),
+    ("another role", ("backpack2", "lighter2", "lighter3"), "groups.second.lighter1",
+     "account 'lighter2' is already lighter2 of group 'main'"),
+]
+
+
+@pytest.mark.parametrize(("case", "accounts", "key", "says"), SHARED, ids=[c[0] for c in SHARED])
+def test_an_account_in_two_groups_exits_2_naming_both_groups(tmp_path: Path, case: str, accounts: tuple[str, ...],
+                                                              key: str, says: str) -> None:
+    second = SECOND_GROUP.format(**dict(zip(("backpack", "lighter1", "lighter2"), accounts, strict=True)))
+    path = _write(tmp_path, _demo_text_with("[telegram]", second, tmp_path / "keys"))
+    result = run_xtb("check-config", str(path))
+    assert result.returncode == 2, (case, result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].endswith(f"{path}: {key}: {says}; an account belongs to one group"), lines[0]
+
+
+def test_two_groups_on_their_own_accounts_load(tmp_path: Path) -> None:
+    second = SECOND_GROUP.format(backpack="backpack2", lighter1="lighter3", lighter2="lighter4")
+    path = _write(tmp_path, _demo_text_with("[telegram]", second, tmp_path / "keys"))
+    settings = load_settings(path)
+    assert list(settings.groups) == ["main", "second"]
+    assert settings.role_of("lighter3") == ("second", Role.L1)
+    assert run_xtb("check-config", str(path)).returncode == 0
+
+
+_BP_POOL = ["backpack", "bp_b", "bp_c"]
+_L_POOL = ["lighter1", "lighter2", "l_c", "l_d", "l_e", "l_f"]
+
+
+def _pool_doc() -> dict:
+    doc = demo_doc()
+    for name in _BP_POOL[1:]:
+        doc["accounts"][name] = {"venue": "backpack", "base_url": "http://127.0.0.1:18080",
+                                 "api_key_env": "K", "api_secret_env": "S"}
+    for n, name in enumerate(_L_POOL[2:]):
+        doc["accounts"][name] = {"venue": "lighter", "base_url": "http://127.0.0.1:18081",
+                                 "account_index": 200 + n, "private_key_env": "K"}
+    return doc
+
+
+triads = st.tuples(st.sampled_from(_BP_POOL), st.lists(st.sampled_from(_L_POOL), min_size=2, max_size=2, unique=True))
+
+
+@settings(max_examples=200, deadline=None)
+@given(extra=st.lists(triads, min_size=1, max_size=3))
+def test_groups_load_exactly_when_no_account_is_in_two(extra: list[tuple[str, list[str]]]) -> None:
+    doc = _pool_doc()
+    for n, (bp, (l1, l2)) in enumerate(extra):
+        doc["groups"][f"g{n}"] = {"backpack": bp, "lighter1": l1, "lighter2": l2}
+    members = [(name, account) for name, g in doc["groups"].items()
+               for account in (g["backpack"], g["lighter1"], g["lighter2"])]
+    owners: dict[str, list[str]] = {}
+    for group, account in members:
+        owners.setdefault(account, []).append(group)
+    shared = {a: gs for a, gs in owners.items() if len(gs) > 1}
+    try:
+        settings = parse_settings(doc, DEMO.resolve())
+    except ConfigError as exc:
+        assert shared, str(exc)
+        text = exc.render()
+        # The first clash in file order: its account and both of its groups are named.
+        assert any(f"account {a!r}" in text and f"group {gs[0]!r}" in text and text.startswith(f"groups.{gs[1]}.")
+                   for a, gs in shared.items()), text
+        assert "\n" not in text
+    else:
+        assert not shared, shared
+        for group in settings.groups.values():
+            for role in Role:
+                assert settings.role_of(group.account_for(role)) == (group.name, role)
 
 
 def test_missing_config_file_and_invalid_toml(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@
 Pure module (no Celery import), so venues-free tools such as the dashboard can read it. The
 structures and their fields live in :mod:`xtb_tasks.core.config_schema`, how a table is decoded into
 one in :mod:`xtb_tasks.core.config_decode`; this module loads the file and checks what spans tables
-(group roles against accounts, schedules against groups).
+(group roles against accounts, one group per account, schedules against groups).
 Every validation failure is a :class:`ConfigError` that renders as one line naming the file,
 the key and what is expected; the CLI turns it into exit status 2.
 """
@@ -72,7 +72,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
             raise ConfigError("group", f"unknown group {name!r}; configured: {', '.join(self.groups) or 'none'}") from None
 
     def role_of(self, account: str) -> tuple[str, Role] | None:
-        """The first (group, role) an account plays, for heartbeats and the dashboard."""
+        """The (group, role) an account plays (at most one: the loader refuses an account in two
+        groups), for heartbeats and the dashboard."""
         for group in self.groups.values():
             for role in Role:
                 if group.account_for(role) == account:
@@ -157,19 +158,21 @@ def _parse_schedule(name: str, table: Any, groups: dict[str, GroupConfig]) -> Sc
     return schedule
 
 
-def _check_roles_consistent(groups: dict[str, GroupConfig]) -> None:
+def _check_one_group_per_account(groups: dict[str, GroupConfig]) -> None:
+    # Two groups on one account would run two cycles on one venue position: each would read the
+    # other's legs as its own, rebalance against them and unwind them at its exit.
     seen: dict[str, tuple[str, Role]] = {}
     for group in groups.values():
         for role in Role:
             account = group.account_for(role)
-            if account in seen and seen[account][1] is not role:
+            if account in seen:
                 other_group, other_role = seen[account]
                 raise ConfigError(
                     f"groups.{group.name}.{role.value}",
                     f"account {account!r} is already {other_role.value} of group {other_group!r}; "
-                    "an account plays one role",
+                    "an account belongs to one group",
                 )
-            seen.setdefault(account, (group.name, role))
+            seen[account] = (group.name, role)
 
 
 def _redis_url(table: dict[str, Any]) -> str | None:
@@ -185,7 +188,7 @@ def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings
     top = decode_table(_Document, doc)
     accounts = {name: _parse_account(name, table, base_dir) for name, table in top.accounts.items()}
     groups = {name: _parse_group(name, table, accounts) for name, table in top.groups.items()}
-    _check_roles_consistent(groups)
+    _check_one_group_per_account(groups)
     schedules = {name: _parse_schedule(name, table, groups) for name, table in top.schedules.items()}
     return Settings(
         path=path, redis_url=_redis_url(top.redis), accounts=accounts, groups=groups, schedules=schedules,
