@@ -60,7 +60,7 @@ def _record_armed(client: Any, request: OrderRequest, intent: dict[str, Any], le
     pipe = client.pipeline(transaction=False)
     record_intent(pipe, request.account, leg.client_id, **intent)
     if request.cycle_id and request.leg:
-        CycleRecord(pipe, request.cycle_id).record_leg(request.leg, leg.to_json())
+        CycleRecord(pipe, request.cycle_id).record_leg(request.leg, leg)
     pipe.execute()
 
 

@@ -66,7 +66,7 @@ def await_outcome(client: redis.Redis, cycle_id: str, leg: str, deadline: float)
             return parse_leg(json.loads(popped[1]))
         if record.cancel_requested():
             raise EntryNotFilled(f"cycle {cycle_id} was cancelled while waiting for {leg}")
-        recorded = parse_leg(record.leg(leg))
+        recorded = record.leg(leg)
         if recorded is not None and recorded.settled:
             return recorded
         if time.time() >= deadline:

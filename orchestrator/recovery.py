@@ -17,6 +17,7 @@ import redis
 from orchestrator import canvas
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import Settings
+from xtb_tasks.core.cycle_fields import CycleFieldError
 from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord, ExitReason, Stage, active_cycle_ids
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,14 @@ def sweep(client: redis.Redis, settings: Settings, *, grace: float = STEP_GRACE_
     actions = []
     for cycle_id in active_cycle_ids(client):
         record = CycleRecord(client, cycle_id)
-        data = record.all()
+        try:
+            data = record.all()
+        except CycleFieldError as exc:
+            # One record that does not read (written around the schema) must not stop the sweep of
+            # the others; it stays active and is reported every sweep until an operator fixes it.
+            log.error("cycle=%s record unreadable, not resolved: %s", cycle_id, exc)
+            actions.append({"cycle_id": cycle_id, "action": "unreadable", "error": str(exc)})
+            continue
         if not data:
             client.srem(keys.CYCLES_ACTIVE, cycle_id)
             continue

@@ -174,7 +174,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
         if not settles_leg(report):
             mark_intent(client, req.account, client_id, IntentStatus.REJECTED, report=report.to_json())
             if req.leg and record:
-                record.record_leg(req.leg, Leg.from_report(req.account, report, settled=False).to_json())
+                record.record_leg(req.leg, Leg.from_report(req.account, report, settled=False))
             if client_id != req.client_ids[-1]:
                 raise RetryLater(f"{req.leg or 'order'} {client_id} rejected: {report.reason}", req.retry_delay_secs)
             continue
@@ -245,7 +245,7 @@ def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderR
         writer = CycleRecord(pipe, record.cycle_id)
         if enter is not None:
             writer.set_stage(enter, deadline=time.time() + STEP_GRACE_SECS)
-        writer.record_leg(req.leg, leg_in_flight(req, client_id, quantity).to_json())
+        writer.record_leg(req.leg, leg_in_flight(req, client_id, quantity))
     pipe.execute()
 
 
@@ -261,7 +261,7 @@ def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, 
     mark_intent(pipe, req.account, client_id, IntentStatus.DONE, report=report.to_json())
     if req.leg and record:
         leg = Leg.from_report(req.account, report)
-        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, leg.to_json())
+        CycleRecord(pipe, record.cycle_id).record_leg(req.leg, leg)
         if req.announce_fill and settles_leg(report):  # a failed attempt moves on to the next client id
             announce_outcome(pipe, record.cycle_id, req.leg, leg)
     if latency_ms is not None:

@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import json
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 import redis
 
+from orchestrator.recovery import sweep
+from tests.helpers.support import write_config
+from venues.base import Side
 from xtb_tasks.core import keys
+from xtb_tasks.core.config import load_settings
 from xtb_tasks.core.cycle_fields import CycleFieldTypeError, UndeclaredCycleField
 from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome, Stage, create_cycle
+from xtb_tasks.core.legs import Leg, LegState
 
 
 @pytest.fixture
@@ -29,10 +35,12 @@ def test_text_that_looks_like_a_number_reads_back_as_text(client: redis.Redis) -
 
 def test_values_keep_their_types(client: redis.Redis) -> None:
     record = CycleRecord(client, "c-types")
-    record.update({"leg:bp_entry": {"filled": "1.5"}}, exit_attempts=3, pnl={"BP": Decimal("1.50")}, net_delta="0",
-                  cycle_index=0, events=[])
+    leg = Leg("backpack1", "ETH_USDC_PERP", Side.BUY, 7, Decimal("1.5"), Decimal("1.5"), LegState.FILLED,
+              avg_price=Decimal("2500.5"), filled_at=1.0e9)
+    record.update(exit_attempts=3, pnl={"BP": Decimal("1.50")}, net_delta="0", cycle_index=0, events=[])
+    record.record_leg("bp_entry", leg)
     record.set_stage(Stage.MONITORING)
-    assert record.leg("bp_entry") == {"filled": "1.5"}
+    assert record.leg("bp_entry") == leg
     assert (record.get("exit_attempts"), record.get("net_delta"), record.get("events")) == (3, "0", [])
     assert record.get("pnl") == {"BP": "1.50"}  # Decimals inside a value travel as text, quantized as written
     assert record.stage is Stage.MONITORING and record.view().stage is Stage.MONITORING
@@ -63,7 +71,9 @@ def test_an_undeclared_field_is_refused_and_nothing_is_written(client: redis.Red
     with pytest.raises(UndeclaredCycleField, match="'attempts' is not a cycle record field"):
         record.update(stage=Stage.BP_ENTRY.value, attempts=3)
     with pytest.raises(UndeclaredCycleField, match="'leg:bp_entyr'"):
-        record.record_leg("bp_entyr", {"filled": "1"})
+        record.record_leg("bp_entyr", Leg.in_flight("backpack1", "ETH_USDC_PERP", Side.BUY, 1, Decimal(1)))
+    with pytest.raises(CycleFieldTypeError, match="'leg:bp_entry' must be a leg record"):
+        record.update({"leg:bp_entry": {"filled": "1", "state": "sending"}})
     with pytest.raises(CycleFieldTypeError, match="'net_delta' must be a string, not Decimal"):
         record.update(net_delta=Decimal("0.5"))
     with pytest.raises(CycleFieldTypeError, match="'next_deadline' must be a number"):
@@ -107,3 +117,20 @@ def test_reading_an_undeclared_name_is_refused_before_any_round_trip(client: red
         record.get("grop")
     with pytest.raises(UndeclaredCycleField, match="'grop'"):
         record.view("group", "grop")
+
+
+def test_the_watchdog_reports_an_unreadable_record_and_goes_on_with_the_others(client: redis.Redis,
+                                                                              tmp_path: Path) -> None:
+    urls = {k: "http://127.0.0.1:9" for k in ("backpack", "lighter")} | {k: "ws://127.0.0.1:9" for k in
+                                                                         ("backpack_ws", "lighter_ws")}
+    settings = load_settings(write_config(tmp_path / "xtb.toml", urls))
+    client.delete(keys.CYCLES_ACTIVE)
+    broken = create_cycle(client, "c-broken", "main")
+    client.hset(broken.key, "exit_attempts", json.dumps("1"))  # written around the schema
+    fine = create_cycle(client, "c-fine", "main")
+    fine.set_stage(Stage.DONE)
+    client.hset(fine.key, "next_deadline", json.dumps(1.0))  # overdue; resolving a finished cycle forgets it
+    actions = sweep(client, settings, force=True)
+    assert [a["action"] for a in actions] == ["unreadable", "forgotten"], actions
+    assert "'exit_attempts' holds str" in actions[0]["error"]
+    assert client.smembers(keys.CYCLES_ACTIVE) == {"c-broken"}  # left for an operator, not dropped

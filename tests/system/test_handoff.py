@@ -72,8 +72,9 @@ def test_armed_hedge_waits_for_the_entry_then_mirrors_its_fill(dep: Deployment) 
     assert Decimal(bp["filled"]) == Decimal("0.02")
     assert hedge["state"] == "filled" and Decimal(hedge["filled"]) == Decimal("0.02"), hedge
     (order,) = lighter_orders(dep, ids)
-    filled_at = CycleRecord(dep.client, cycle_id).leg("bp_entry")["filled_at"]
-    assert order["ts"] >= filled_at  # sent after the fill was known, never before
+    recorded = CycleRecord(dep.client, cycle_id).leg("bp_entry")
+    assert recorded is not None and recorded.filled_at is not None
+    assert order["ts"] >= recorded.filled_at  # sent after the fill was known, never before
     assert sent_presigned(dep, ids[0])  # signed while waiting: the fill matched the expected size
 
 

@@ -9,12 +9,14 @@ from typing import Any
 
 import pytest
 
+from venues.base import Side
 from xtb_tasks.core.cycle_fields import (
     BOOL,
     FAMILIES,
     FIELDS,
     FLOAT,
     INT,
+    LEG,
     LIST,
     OBJECT,
     STR,
@@ -30,15 +32,17 @@ from xtb_tasks.core.cycle_fields import (
     kind_of,
 )
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.legs import Leg
 
 ROOT = Path(__file__).resolve().parents[2]
+A_LEG = Leg.in_flight("lighter1", "ETH", Side.SELL, 9, Decimal("0.5")).to_json()
 
 
 def good(kind: Kind) -> Any:
     """A value of ``kind``."""
     if kind.choices is not None:
         return sorted(kind.choices)[-1]
-    return {STR: "text", FLOAT: 1.5, INT: 3, BOOL: True, OBJECT: {"a": 1}, LIST: [1]}[kind]
+    return {STR: "text", FLOAT: 1.5, INT: 3, BOOL: True, OBJECT: {"a": 1}, LIST: [1], LEG: A_LEG}[kind]
 
 
 def bad(kind: Kind) -> list[Any]:
@@ -47,6 +51,7 @@ def bad(kind: Kind) -> list[Any]:
         return ["not-a-choice", 1, None]
     return {STR: [1, Decimal("1.5"), None, {"a": 1}], FLOAT: ["1.5", True, None, Decimal("1.5")],
             INT: [1.5, "3", True, None], BOOL: [1, "true", None], OBJECT: [[1], "{}", None],
+            LEG: [[1], None, {"a": 1}, {**A_LEG, "state": "sending"}, {k: v for k, v in A_LEG.items() if k != "side"}],
             LIST: [{"a": 1}, (1,), "[]", None]}[kind]
 
 
@@ -143,5 +148,5 @@ def test_the_legs_the_canvas_names_are_declared() -> None:
                                                                                   source))
     assert legs, "no leg names found in orchestrator/canvas.py"
     for leg in legs:
-        check(f"leg:{leg}", {})
+        check(f"leg:{leg}", A_LEG)
         check(f"confirm:{leg}", {})

@@ -9,20 +9,21 @@ write against this table and every value it reads back, so such a mistake fails 
 Fields whose names are built (``leg:<leg>``, ``t:<stage>``, ...) are declared as families by the
 prefix before the colon, with the suffixes they take. Value types are JSON-level: text, number
 (an int is accepted and reads back as a float), integer, boolean, object, list, or one of an
-enum's values. Nested content is not checked here (``xtb_tasks.core.legs`` types the legs).
+enum's values. Nested content is not checked, except that a leg written must parse as a ``Leg``.
 
 Pure: no Celery, no Redis.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 from xtb_tasks.core.config_schema import Direction
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.legs import parse_leg
 
 # The stage, outcome and exit-reason enums live here, not in cycle_record.py, because the schema
 # needs their values and cycle_record imports the schema; cycle_record re-exports them.
@@ -108,8 +109,15 @@ class Kind:
     choices: frozenset[str] | None = None
     #: An int is a JSON number too; it is accepted and read back as a float.
     number: bool = False
+    #: A check of the content, on writes only: a reader of such a field copes with what an older
+    #: version wrote (a leg that does not parse is unknown to the exit's ledger, never zero).
+    content: Callable[[Any], bool] | None = None
 
     def accepts(self, value: Any) -> bool:
+        return self.holds(value) and (self.content is None or self.content(value))
+
+    def holds(self, value: Any) -> bool:
+        """Whether a stored value is of this kind (the content check aside)."""
         # bool is an int in Python but not a number in JSON: refused where numbers are wanted.
         if not isinstance(value, self.types) or (value.__class__ is bool and bool not in self.types):
             return False
@@ -122,6 +130,7 @@ INT = Kind("an integer", (int,))
 BOOL = Kind("true or false", (bool,))
 OBJECT = Kind("a JSON object (dict)", (dict,))
 LIST = Kind("a JSON list", (list,))
+LEG = Kind("a leg record (xtb_tasks.core.legs.Leg.to_json())", (dict,), content=lambda v: parse_leg(v) is not None)
 
 
 def one_of(values: Iterable[str] | type[Enum], *extra: str) -> Kind:
@@ -210,7 +219,7 @@ FIELDS: dict[str, Field] = {
 
 FAMILIES: dict[str, Family] = {
     "t": Family(FLOAT, "when the cycle entered stage <suffix>", names=frozenset(s.value for s in Stage)),
-    "leg": Family(OBJECT, "a leg's order: in flight, then the venue's answer (xtb_tasks.core.legs)",
+    "leg": Family(LEG, "a leg's order: in flight, then the venue's answer (xtb_tasks.core.legs)",
                   names=LEG_NAMES, numbered=LEG_NUMBERED),
     "confirm": Family(OBJECT, "a leg's position confirmation (confirmed, position, delta, polls)",
                       names=LEG_NAMES, numbered=LEG_NUMBERED),
@@ -271,6 +280,6 @@ def checked(name: str, value: Any, kind: Kind, where: str) -> Any:
     A stored value of another type is an error, not passed through: something wrote around the
     schema, and its reader would otherwise fail later and further from the cause.
     """
-    if not kind.accepts(value):
+    if not kind.holds(value):
         raise CycleFieldTypeError(f"{where} field {name!r} holds {_shown(value)}; expected {kind.expected}")
     return float(value) if kind.number and value.__class__ is int else value

@@ -29,6 +29,7 @@ from xtb_tasks.core.cycle_fields import (
     checked,
     kind_of,
 )
+from xtb_tasks.core.legs import Leg, parse_leg
 
 # Stage, Outcome and ExitReason are defined with the schema (cycle_fields.py) and imported from
 # here by every caller, as before.
@@ -161,15 +162,12 @@ class CycleRecord:
         check("next_deadline", deadline)
         self.client.hset(self.key, "next_deadline", _dump(deadline))
 
-    def record_leg(self, leg: str, report: dict[str, Any]) -> None:
-        self.update({f"leg:{leg}": report})
+    def record_leg(self, name: str, leg: Leg) -> None:
+        self.update({f"leg:{name}": leg.to_json()})
 
-    def leg(self, leg: str) -> dict[str, Any] | None:
-        value = self.get(f"leg:{leg}")
-        return value if isinstance(value, dict) else None
-
-    def legs(self) -> dict[str, dict[str, Any]]:
-        return {k.removeprefix("leg:"): v for k, v in self.all().items() if k.startswith("leg:")}
+    def leg(self, name: str) -> Leg | None:
+        """The leg ``name``; None when it is not recorded or its record does not parse (unknown)."""
+        return parse_leg(self.get(f"leg:{name}"))
 
     def record_positions(self, label: str, positions: dict[str, Any]) -> None:
         self.update(**positions_fields(label, positions))

@@ -34,7 +34,6 @@ from venues.base import OrderReport, Side, VenueError
 from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
 from xtb_tasks.core.errors import XtbError
-from xtb_tasks.core.legs import parse_leg
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.connectors import get_connector
@@ -141,7 +140,7 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
     client = redis_client()
     record = CycleRecord(client, cycle_id) if cycle_id else None
     if requested is None and record and leg:
-        recorded = parse_leg(record.leg(leg))
+        recorded = record.leg(leg)
         requested = str(recorded.requested) if recorded else "0"
     # The account state, the cancel flag and the stage travel in one round trip after the read.
     pipe = client.pipeline(transaction=False)
