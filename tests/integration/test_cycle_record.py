@@ -134,3 +134,16 @@ def test_the_watchdog_reports_an_unreadable_record_and_goes_on_with_the_others(c
     assert [a["action"] for a in actions] == ["unreadable", "forgotten"], actions
     assert "'exit_attempts' holds str" in actions[0]["error"]
     assert client.smembers(keys.CYCLES_ACTIVE) == {"c-broken"}  # left for an operator, not dropped
+
+
+def test_a_claim_is_taken_once_and_counters_count(client: redis.Redis) -> None:
+    record = create_cycle(client, "c-claim", "main")
+    assert record.claim("exit_attempt:0") and not record.claim("exit_attempt:0")
+    assert isinstance(record.get("exit_attempt:0"), float)
+    assert [record.increment("rebalances") for _ in range(2)] == [1, 2] and record.get("rebalances") == 2
+    with pytest.raises(UndeclaredCycleField):
+        record.claim("exit_attempt:first")
+    with pytest.raises(CycleFieldTypeError, match="'group' must be a string"):
+        record.claim("group")
+    with pytest.raises(CycleFieldTypeError, match="'created_at' is not an integer counter"):
+        record.increment("created_at")

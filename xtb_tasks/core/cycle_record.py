@@ -19,6 +19,7 @@ import redis
 
 from xtb_tasks.core import keys
 from xtb_tasks.core.cycle_fields import (
+    INT,
     CycleFieldTypeError,
     ExitReason,
     Kind,
@@ -161,6 +162,21 @@ class CycleRecord:
         # A raw write of the one field (``updated_at`` is left alone), checked like any other.
         check("next_deadline", deadline)
         self.client.hset(self.key, "next_deadline", _dump(deadline))
+
+    def claim(self, field: str) -> bool:
+        """Set ``field`` to now unless it is set (HSETNX): True for the one caller that set it.
+
+        A duplicated delivery of a step stops at its claim (the plan, an exit attempt, the exit report).
+        """
+        now = time.time()
+        check(field, now)
+        return bool(self.client.hsetnx(self.key, field, _dump(now)))
+
+    def increment(self, field: str, *, via: redis.client.Pipeline | None = None) -> Any:
+        """Add one to the integer counter ``field`` (HINCRBY); the new count, or the queued command."""
+        if kind_of(field) is not INT:
+            raise CycleFieldTypeError(f"cycle record field {field!r} is not an integer counter")
+        return (via if via is not None else self.client).hincrby(self.key, field, 1)
 
     def record_leg(self, name: str, leg: Leg) -> None:
         self.update({f"leg:{name}": leg.to_json()})
