@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import ROUND_HALF_DOWN, Decimal
 from typing import Any, cast
 
 import redis
@@ -59,7 +59,9 @@ class Positions:
 
 @dataclass(frozen=True)
 class RebalanceStep:
-    """A Backpack order that moves ``bp`` to ``-(l1 + l2)``, or None when already within one step."""
+    """A Backpack order that moves ``bp`` toward ``-(l1 + l2)``; None when no order strictly
+    reduces the drift (within half a Backpack step, or below the venue minimum): as hedged as the
+    Backpack grid allows."""
 
     side: Side
     quantity: Decimal
@@ -70,10 +72,13 @@ def rebalance_step(positions: Positions, bp_rules: MarketRules) -> RebalanceStep
     assert positions.known
     target = -(positions.l1 + positions.l2)  # type: ignore[operator]
     delta = target - positions.bp  # type: ignore[operator]
-    quantity = bp_rules.quantize_size(abs(delta), rounding=ROUND_HALF_UP)
-    # Within one step is hedged; below the venue minimum nothing can be traded (original bug §8.6
-    # used 1e-9 and oscillated).
-    if quantity < bp_rules.step_size or quantity < bp_rules.min_quantity:
+    # The grid point nearest the target, a tie staying put: Lighter's step can be finer than
+    # Backpack's, and rounding half a step up would overshoot by half a step, which rounds up the
+    # other way next time: sell, buy, sell until rebalance_failed (issue 16 item 9).
+    quantity = bp_rules.quantize_size(abs(delta), rounding=ROUND_HALF_DOWN)
+    # Trade only when the order strictly reduces |drift|; below the venue minimum nothing can be
+    # traded (original bug §8.6 used 1e-9 and oscillated).
+    if quantity < bp_rules.step_size or quantity < bp_rules.min_quantity or abs(abs(delta) - quantity) >= abs(delta):
         return None
     return RebalanceStep(Side.BUY if delta > 0 else Side.SELL, quantity, target)
 
