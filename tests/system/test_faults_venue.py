@@ -322,3 +322,43 @@ def test_stale_zero_reads_never_make_an_open_leg_count_as_flat(clean: Deployment
     finally:
         if not venue_flat(dep):
             _flatten_account(dep, "backpack")
+
+
+def _xtb(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "REDIS_URL": dep.redis_url, "XTB_CONFIG": str(dep.config), "PYTHONPATH": str(ROOT),
+           "NO_PROXY": "127.0.0.1,localhost"}
+    return subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "--config", str(dep.config), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_failed_balance_read_while_planning_ends_not_started_and_touches_nothing(clean: Deployment) -> None:
+    """Issue 16 item 5: one HTTP 500 on Backpack's balance read during planning ends the cycle
+    ``not_started``; the Backpack position held before the cycle is not the cycle's to close."""
+    dep = clean
+    opened = _xtb(dep, "order", "--account", "backpack", "--side", "buy", "--size", "0.5")
+    assert opened.returncode == 0, opened.stderr[-2000:]
+    held = dep.positions()
+    assert held["backpack"] == Decimal("0.5"), held
+    orders_before = len(dep.audit())
+    alerts_before = len(dep.alerts())
+    dep.arm_fault("backpack", "http_500", count=1, op="collateral")
+    try:
+        cycle_id = dep.start_cycle()
+        done = dep.wait_done(cycle_id, timeout=60)
+        assert not dep.sim.exchange.faults, "the armed fault never fired"
+        assert (done["outcome"], done["reason"]) == ("flat", "not_started"), (done.get("reason"), done.get("error"))
+        after = dep.positions()
+        assert after["backpack"] == held["backpack"], f"the cycle touched a position it did not open: {after}"
+        assert all(after.get(a, Decimal(0)) == 0 for a in ("lighter1", "lighter2")), after
+        assert dep.audit()[orders_before:] == [], "an order was sent although planning failed"
+        assert not dep.client.exists("xtb:lock:group:main"), "the group lock was not released"
+        texts = [a.get("text", "") for a in cycle_alerts(dep, cycle_id)]
+        assert not cycle_alerts(dep, cycle_id, "emergency_exit"), texts
+        not_started = [t for t in texts if "not started" in t]
+        assert not_started, texts
+        assert "account_snapshot on backpack" in not_started[0] and "500" in not_started[0], not_started
+        assert "ChordError" not in " ".join(texts), texts
+        assert len(dep.alerts()) > alerts_before
+    finally:
+        dep.sim.exchange.clear_faults()
+        _flatten_account(dep, "backpack")

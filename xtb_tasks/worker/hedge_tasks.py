@@ -21,6 +21,7 @@ from celery.signals import worker_ready, worker_shutdown
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
 from orchestrator.exits import exit_is_flat, fills_disagree, finish_exit, results_by_role
+from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import (
     Positions,
     bp_rules_from_record,
@@ -51,6 +52,10 @@ from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
 
 log = logging.getLogger(__name__)
+
+
+#: How long an errback waits for the failed step's stored result (it is sent before it is stored).
+FAILURE_STORED_WAIT_SECS = 2.0
 
 
 class InvalidCycleRequest(XtbError, ValueError):
@@ -287,18 +292,55 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
 
 @app.task(name="xtb.hedge.on_step_failed", ignore_result=True)
 def on_step_failed(failed_task_id: str | None = None, *, cycle_id: str) -> None:
-    """Chain and chord errback: any failed step ends in an emergency exit with the stage's reason."""
+    """Chain and chord errback: a failed step ends in an emergency exit with the stage's reason, or,
+    when it failed before any order was sent, ends the cycle ``not_started`` touching no venue."""
     record = _record(cycle_id)
     stage = record.stage
     if stage in (Stage.EMERGENCY_EXIT, Stage.DONE, None):
         return
-    failed = app.AsyncResult(failed_task_id) if failed_task_id else None
-    error = f"{failed.name if failed else 'step'}: {failed.result!r}" if failed else "unknown failure"
+    error = _failure_text(failed_task_id)
+    if stage is Stage.PLANNING and _claim_before_any_order(record):
+        # Nothing was sent: an exit would only flatten positions the cycle never opened (issue 16 item 5).
+        log.error("cycle=%s stage=%s failed before any order (%s); not started", cycle_id, stage.value, error)
+        finish_not_started(record, str(record.get("group") or ""), error)
+        return
     reason = ExitReason.CANCELLED if record.cancel_requested() else FINAL_REASON_BY_STAGE.get(
         stage, ExitReason.RECOVERED_UNWIND)
     log.error("cycle=%s stage=%s failed (%s); emergency exit %s", cycle_id, stage.value, error, reason.value)
     record.update(error=error[:500])
     emergency_exit.delay(cycle_id=cycle_id, reason=reason.value)
+
+
+def _failure_text(failed_task_id: str | None) -> str:
+    """The failed step, its account and its error; a chord's failure is traced to the header task
+    that raised (its own result is a ChordError that names neither)."""
+    if not failed_task_id:
+        return "unknown failure"
+    failed = _stored_result(failed_task_id)
+    dependency = chord_dependency(failed.result)
+    if dependency:
+        failed = _stored_result(dependency)
+    kwargs = failed.kwargs  # stored with the result (result_extended)
+    return describe_step_failure(failed.name, kwargs if isinstance(kwargs, dict) else None, failed.result)
+
+
+def _stored_result(task_id: str) -> Any:
+    # Celery sends a chord's errback just before it stores the body's ChordError, so the errback
+    # can run first: wait a moment for the failure instead of reading "no result yet".
+    result = app.AsyncResult(task_id)
+    deadline = time.monotonic() + FAILURE_STORED_WAIT_SECS
+    while not result.ready() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return result
+
+
+def _claim_before_any_order(record: CycleRecord) -> bool:
+    """True when no order was or will be sent for this cycle: the plan step never claimed it (the
+    claim taken here stops a late or duplicated plan at its HSETNX), or it failed before recording
+    its plan and intents."""
+    if record.claim("plan_claimed_at"):
+        return True
+    return before_any_order(record.all())
 
 
 @app.task(name="xtb.hedge.emergency_exit", ignore_result=True)
