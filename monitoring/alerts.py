@@ -54,6 +54,10 @@ class AlertKind(StrEnum):
     HEARTBEAT_BACK = "heartbeat_back"
     #: A worker process or task died unexpectedly and needs a look.
     WORKER_CRASH = "worker_crash"
+    #: Kill switch: a group is stopped after an unresolved exit (and each cycle start refused meanwhile).
+    GROUP_STOPPED = "group_stopped"
+    #: An operator resumed a stopped group once its accounts read flat.
+    GROUP_RESUMED = "group_resumed"
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,16 @@ def format_emergency_exit(group: str, cycle_id: str, reason: str, pnl: Mapping[s
                           positions: Mapping[str, Amount]) -> str:
     return (f"EMERGENCY EXIT of cycle {cycle_id} ({group}): {reason}; "
             f"PnL {_per_venue(pnl, signed=True)}; positions {_per_venue(positions, signed=True)}.")
+
+
+def format_group_stopped(group: str, cycle_id: str, reason: str) -> str:
+    return (f"Group {group} STOPPED: cycle {cycle_id} ended unresolved ({reason}); no cycle starts until an "
+            f"operator checks `xtb status`, flattens the accounts and runs `xtb group resume {group}`.")
+
+
+def format_group_resumed(group: str, cycle_id: str, positions: Mapping[str, Amount]) -> str:
+    return (f"Group {group} resumed by an operator after cycle {cycle_id}; positions read "
+            f"{_per_venue(positions, signed=True)}.")
 
 
 def format_heartbeat_missing(bot: str, silent_secs: float, interval_secs: float) -> str:

@@ -1,4 +1,5 @@
-"""The end of an emergency exit: confirm flat, per-venue PnL, record, alert, release the group.
+"""The end of an emergency exit: confirm flat, per-venue PnL, record, alert, release the group
+(or, when the exit ends unresolved, stop it: ``orchestrator.kill_switch``).
 
 PnL is each account's equity after the exit minus its equity at planning (the original read
 Backpack's collateral list as a number and always reported 0, bug §8.10).
@@ -13,8 +14,9 @@ from typing import Any
 
 import redis
 
-from monitoring.alerts import AlertKind, format_cycle_finished, format_emergency_exit, raise_alert
+from monitoring.alerts import AlertKind, format_cycle_finished, format_emergency_exit, format_group_stopped, raise_alert
 from orchestrator.flow import pnl, release_group_lock
+from orchestrator.kill_switch import stop_group
 from xtb_tasks.core.config import Settings
 from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome
 from xtb_tasks.core.legs import parse_leg
@@ -64,6 +66,10 @@ def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, by
     outcome = Outcome.FLAT if flat else Outcome.UNRESOLVED
     record.record_positions("exit", finals)
     record.update(pnl=per_venue, net_delta="0" if flat else "")
+    if not flat:
+        # Kill switch, set before the cycle leaves the active set and its lock is released: a start
+        # that takes the lock from then on finds the group stopped (start_cycle checks after the lock).
+        stop_group(client, group, record.cycle_id, reason)
     record.finish(outcome, reason)
     release_group_lock(client, group, record.cycle_id)
     started = float(data.get("created_at") or time.time())
@@ -71,12 +77,18 @@ def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, by
     if doubts:
         text += f" Venue reads and recorded fills disagree ({'; '.join(doubts)})."
     if not flat:
-        text += " NOT FLAT: check the accounts now (xtb status, xtb flatten --group)."
+        text += (f" NOT FLAT: check the accounts now (xtb status, xtb flatten --group {group}); the group is "
+                 f"stopped until `xtb group resume {group}`.")
     raise_alert(client, AlertKind.EMERGENCY_EXIT, text, cycle_id=record.cycle_id, group=group, reason=reason,
                 outcome=outcome.value)
     raise_alert(client, AlertKind.CYCLE_FINISHED,
                 format_cycle_finished(group, record.cycle_id, outcome.value, per_venue, time.time() - started),
                 cycle_id=record.cycle_id, group=group, outcome=outcome.value)
+    if not flat:
+        raise_alert(client, AlertKind.GROUP_STOPPED, format_group_stopped(group, record.cycle_id, reason),
+                    cycle_id=record.cycle_id, group=group, reason=reason)
+        log.error("cycle=%s group=%s stopped: exit unresolved (%s); resume with xtb group resume %s",
+                  record.cycle_id, group, reason, group)
     log.warning("cycle=%s finished outcome=%s reason=%s pnl=%s", record.cycle_id, outcome.value, reason, per_venue)
     summary: dict[str, Any] = {"cycle_id": record.cycle_id, "outcome": outcome.value, "reason": reason,
                                "pnl": per_venue, "positions": finals}

@@ -32,6 +32,7 @@ SUBCOMMANDS: dict[str, str] = {
     "diag": "xtb_tasks.cli.diag:diag",
     "cycle": "xtb_tasks.cli.cycle:cycle",
     "recover": "xtb_tasks.cli.cycle:recover",
+    "group": "xtb_tasks.cli.group:group",
     "status": "xtb_tasks.cli.cycle:status",
     "alerts": "xtb_tasks.cli.monitoring:alerts",
     "dashboard": "xtb_tasks.cli.monitoring:dashboard",

@@ -239,12 +239,14 @@ def account_status(client: redis.Redis, settings: Settings, account: str) -> dic
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Per group: accounts, positions, heartbeats, net delta, active cycle, queues, pending alerts.
+    """Per group: accounts, positions, heartbeats, net delta, active cycle, stopped or not, queues, pending alerts.
 
     \b
     Example:
       xtb --config examples/demo.toml status --json
     """
+    from orchestrator.kill_switch import group_stop
+
     settings, client = _context(ctx)
     active = {CycleRecord(client, c).get("group"): c for c in active_cycle_ids(client)}
     groups: list[dict[str, Any]] = []
@@ -253,8 +255,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         positions = [a["position"] for a in accounts.values()]
         net = None if None in positions else str(sum(Decimal(p) for p in positions))
         cycle_id = active.get(name)
+        stop = group_stop(client, name)
         groups.append({"group": name, "accounts": accounts, "net_delta": net, "active_cycle": cycle_id,
-                       "stage": CycleRecord(client, cycle_id).get("stage") if cycle_id else None})
+                       "stage": CycleRecord(client, cycle_id).get("stage") if cycle_id else None,
+                       "stopped": stop.to_json() if stop else None})
     pending = client.xlen(keys.ALERTS_OUTBOX) - client.scard(keys.ALERTS_DELIVERED) if client.exists(
         keys.ALERTS_OUTBOX) else 0
     report = {"groups": groups, "alerts_pending": max(0, pending),
@@ -264,6 +268,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         return
     for g in groups:
         click.echo(f"group {g['group']}: net delta {g['net_delta']}  cycle {g['active_cycle'] or '-'} ({g['stage'] or '-'})")
+        if g["stopped"]:
+            stopped = g["stopped"]
+            click.echo(f"  STOPPED since cycle {stopped['cycle_id']} ended unresolved ({stopped['reason']}): no cycle "
+                       f"starts; once the accounts below are flat: xtb group resume {g['group']}")
         for role, a in g["accounts"].items():
             online = "online" if a["online"] else "OFFLINE"
             click.echo(f"  {role} {a['account']:<12} position {a['position']}  balance {a['balance']}  "

@@ -31,6 +31,12 @@ def group_lock(group: str) -> str:
     return f"{PREFIX}:lock:group:{group}"
 
 
+def group_stopped(group: str) -> str:
+    """The kill switch: JSON {cycle_id, reason, stopped_at} of the unresolved exit that stopped the
+    group; no TTL, only ``xtb group resume`` clears it (start_cycle refuses while it exists)."""
+    return f"{PREFIX}:group:{group}:stopped"
+
+
 def client_order_counter(account: str) -> str:
     return f"{PREFIX}:coi:{account}"
 

@@ -31,6 +31,7 @@ from orchestrator.flow import (
     take_group_lock,
     zero_streaks,
 )
+from orchestrator.kill_switch import group_stop
 from orchestrator.planning import AccountSnapshot, PlanRefused, plan_cycle
 from orchestrator.recovery import sweep
 from xtb_tasks.core.client_ids import allocate_client_ids, allocate_id_blocks, record_intent
@@ -68,6 +69,12 @@ class CycleAlreadyActive(XtbError, RuntimeError):
     """The group already has an active cycle (one active cycle per group)."""
 
 
+class GroupStopped(XtbError, RuntimeError):
+    """The group is stopped by an unresolved exit until an operator runs ``xtb group resume``."""
+
+    reason = "group_stopped"
+
+
 def settings() -> Settings:
     return getattr(app, "xtb_settings", None) or load_settings()
 
@@ -90,7 +97,7 @@ def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, H
 
 @app.task(name="xtb.hedge.start_cycle", bind=True)
 def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **overrides: Any) -> dict[str, Any]:
-    """Validate, take the group lease, write the cycle record and launch planning."""
+    """Validate, take the group lease, refuse a stopped group, write the cycle record and launch planning."""
     cfg, params = validate_request(group, overrides)
     assert group is not None
     cycle_id = f"{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
@@ -100,6 +107,15 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
         text = f"Cycle start refused for group {group}: cycle {holder} is still active."
         raise_alert(client, AlertKind.CYCLE_FINISHED, text, group=group, refused=True, active_cycle=holder)
         raise CycleAlreadyActive(text)
+    # Checked with the lock held: finish_exit stops a group before it releases the lock (kill switch).
+    stop = group_stop(client, group)
+    if stop is not None:
+        release_group_lock(client, group, cycle_id)
+        text = stop.refusal()
+        log.error("group=%s start refused: stopped since cycle=%s (%s)", group, stop.cycle_id, stop.reason)
+        raise_alert(client, AlertKind.GROUP_STOPPED, text, group=group, refused=True, stopped_cycle=stop.cycle_id,
+                    trigger_task=self.request.id or "")
+        raise GroupStopped(text)
     create_cycle(client, cycle_id, group, overrides=overrides, cycle_index=cycle_index,
                  direction=params.direction.value, params=params.to_json(),
                  next_deadline=time.time() + STEP_GRACE_SECS, trigger_task=self.request.id or "")

@@ -1,0 +1,104 @@
+"""The kill switch: a group whose exit ended ``unresolved`` stays stopped until an operator resumes it.
+
+An unresolved exit means the cycle could not confirm its three accounts flat; starting the next
+cycle on top of that (beat does it a second later) would stack a new position on an open one
+(issue 16 item 4). ``finish_exit`` stops the group (``xtb:group:<group>:stopped``, no TTL) before it
+releases the group lock; ``xtb.hedge.start_cycle`` refuses while the stop is there, whoever
+triggers it (CLI, beat, Flower); ``xtb group resume G`` clears it only once fresh reads of the
+group's three accounts all say flat.
+
+The stop and the decision are here; reading the venues is the caller's (the CLI reads through the
+account workers, as ``xtb position`` does).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, cast
+
+import redis
+
+from xtb_tasks.core import keys
+
+#: Deletes the stop only if it still names the cycle the operator resumed (not a newer stop).
+_CLEAR_IF_CYCLE = """
+local raw = redis.call('GET', KEYS[1])
+if not raw then return 0 end
+local ok, stop = pcall(cjson.decode, raw)
+if ok and type(stop) == 'table' and stop['cycle_id'] == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return -1
+"""
+
+
+@dataclass(frozen=True)
+class GroupStop:
+    """Why a group is stopped: the cycle whose exit ended unresolved, its reason, and when."""
+
+    group: str
+    cycle_id: str
+    reason: str
+    stopped_at: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"group": self.group, "cycle_id": self.cycle_id, "reason": self.reason, "stopped_at": self.stopped_at}
+
+    @classmethod
+    def from_json(cls, group: str, raw: str) -> GroupStop:
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            # Someone set the key by hand: still a stop (the key is what counts), with what it holds.
+            return cls(group, str(raw), "set by hand", 0.0)
+        return cls(group, str(data.get("cycle_id") or "?"), str(data.get("reason") or "?"),
+                   float(data.get("stopped_at") or 0.0))
+
+    def refusal(self) -> str:
+        """The one line a refused start says: the group, the stopped cycle, and how to resume."""
+        return (f"Cycle start refused for group {self.group}: the group is stopped since cycle {self.cycle_id} "
+                f"ended unresolved ({self.reason}); check the accounts with `xtb status`, flatten them "
+                f"(`xtb flatten --group {self.group}`), then run `xtb group resume {self.group}`.")
+
+
+def stop_group(client: redis.Redis | redis.client.Pipeline, group: str, cycle_id: str, reason: str) -> GroupStop:
+    """Stop ``group`` because ``cycle_id`` ended unresolved (no TTL: only an operator clears it)."""
+    stop = GroupStop(group, cycle_id, reason, time.time())
+    client.set(keys.group_stopped(group), json.dumps(stop.to_json()))
+    return stop
+
+
+def group_stop(client: redis.Redis, group: str) -> GroupStop | None:
+    raw = cast(str | None, client.get(keys.group_stopped(group)))
+    return None if raw is None else GroupStop.from_json(group, raw)
+
+
+def clear_stop(client: redis.Redis, stop: GroupStop) -> bool:
+    """Clear ``stop`` if it is still the group's stop; False when another cycle stopped it since."""
+    return int(cast(int, client.eval(_CLEAR_IF_CYCLE, 1, keys.group_stopped(stop.group), stop.cycle_id))) >= 0
+
+
+@dataclass(frozen=True)
+class AccountReading:
+    """One account's fresh position for the resume check; ``quantity`` None when it could not be read."""
+
+    role: str
+    account: str
+    quantity: Decimal | None
+    error: str = ""
+
+    def describe(self) -> str:
+        if self.quantity is None:
+            return f"{self.role} {self.account} unknown ({self.error or 'no reading'})"
+        return f"{self.role} {self.account} {self.quantity.normalize() if self.quantity else 0}"
+
+
+def resume_blockers(readings: list[AccountReading]) -> list[AccountReading]:
+    """The accounts that keep a stopped group stopped: any position that is not zero, or unknown
+    (unknown is not zero). An empty list, from at least one reading, means the group may resume."""
+    return [r for r in readings if r.quantity is None or r.quantity != 0]
