@@ -54,7 +54,7 @@ def exit_is_flat(by_role: dict[str, dict[str, Any]]) -> bool:
 def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, by_role: dict[str, dict[str, Any]],
                 reason: str, *, unresolved: bool = False, doubts: list[str] | None = None) -> dict[str, Any]:
     # Several exit attempts (watchdog retries) may all report; the first one finishes the cycle.
-    if not client.hsetnx(record.key, "exit_reported_at", time.time()):
+    if not record.claim("exit_reported_at"):
         return {"cycle_id": record.cycle_id, "duplicate_report": True}
     data = record.all()
     group = data.get("group", "")

@@ -143,7 +143,7 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     """Size the cycle from fresh snapshots, allocate every client id, launch the entry chain."""
     record = _record(cycle_id)
     # A duplicated delivery of this step must not allocate new ids and launch a second entry chain.
-    if not redis_client().hsetnx(record.key, "plan_claimed_at", time.time()):
+    if not record.claim("plan_claimed_at"):
         return {"cycle_id": cycle_id, "duplicate": True}
     view = record.view("group", "overrides")
     grp, params = group_and_params(settings(), view)
@@ -230,7 +230,7 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
     client = redis_client()
     client_id = allocate_client_ids(client, grp.backpack, "backpack", 1)[0]
     pipe = client.pipeline(transaction=False)
-    pipe.hincrby(record.key, "rebalances", 1)
+    record.increment("rebalances", via=pipe)
     record.update(via=pipe, **reading, events=with_event(
         view.get("events"), f"rebalance {step.side.value} {step.quantity} toward Backpack target {step.target}"))
     leg = f"bp_rebalance_{pipe.execute()[0]}"
@@ -364,7 +364,7 @@ def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str,
     """Flatten all three accounts in parallel; once per attempt, however often it is triggered."""
     record = _record(cycle_id)
     view = record.view("group", "overrides")
-    if view.stage is Stage.DONE or not redis_client().hsetnx(record.key, f"exit_attempt:{attempt}", time.time()):
+    if view.stage is Stage.DONE or not record.claim(f"exit_attempt:{attempt}"):
         return {"skipped": True}
     grp, params = group_and_params(settings(), view)
     log.warning("cycle=%s emergency exit reason=%s attempt=%s", cycle_id, reason, attempt)
