@@ -74,7 +74,7 @@ def test_second_trigger_is_refused_and_cancel_ends_flat(dep: Deployment) -> None
         dep.start_cycle()
     dep.wait_stage(cycle_id, "wait", timeout=30)
     dep.client.set(f"xtb:cycle:{cycle_id}:cancel", "1")
-    from xtb_tasks.worker.hedge_tasks import emergency_exit
+    from xtb_tasks.worker.exit_tasks import emergency_exit
 
     emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": "cancelled"}, queue="orchestrator")
     done = dep.wait_done(cycle_id, timeout=60)

@@ -196,7 +196,7 @@ def cycle_cancel(ctx: click.Context, cycle_id: str) -> None:
     if record.stage is Stage.DONE:
         raise UserError(f"cycle {cycle_id} already finished ({record.get('outcome')}, {record.get('reason')})")
     record.request_cancel()
-    from xtb_tasks.worker.hedge_tasks import emergency_exit
+    from xtb_tasks.worker.exit_tasks import emergency_exit
 
     emergency_exit.delay(cycle_id=cycle_id, reason="cancelled")
     click.echo(f"cycle {cycle_id}: cancel requested; flattening all three accounts")

@@ -1,4 +1,4 @@
-"""Hedge-cycle tasks on the ``orchestrator`` queue: start, plan, rebalance, monitor, exit, watchdog.
+"""Hedge-cycle tasks on the ``orchestrator`` queue: start, plan, rebalance, monitor, watchdog (exits: exit_tasks).
 
 Each task reads the cycle record, decides (``orchestrator.flow``), records the decision, then
 publishes the next canvas (``orchestrator.canvas``). None of them calls a venue or waits on a
@@ -20,8 +20,6 @@ from celery.signals import worker_ready, worker_shutdown
 
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
-from orchestrator.exits import exit_is_flat, fills_disagree, finish_exit, results_by_role
-from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import (
     Positions,
     bp_rules_from_record,
@@ -37,7 +35,6 @@ from orchestrator.recovery import sweep
 from xtb_tasks.core.client_ids import allocate_client_ids, allocate_id_blocks, record_intent
 from xtb_tasks.core.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
 from xtb_tasks.core.cycle_record import (
-    FINAL_REASON_BY_STAGE,
     STEP_GRACE_SECS,
     CycleRecord,
     ExitReason,
@@ -48,15 +45,11 @@ from xtb_tasks.core.cycle_record import (
     with_event,
 )
 from xtb_tasks.core.errors import EXIT_USAGE, XtbError
-from xtb_tasks.core.policies import EMERGENCY_EXIT, WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
+from xtb_tasks.core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
 
 log = logging.getLogger(__name__)
-
-
-#: How long an errback waits for the failed step's stored result (it is sent before it is stored).
-FAILURE_STORED_WAIT_SECS = 2.0
 
 
 class InvalidCycleRequest(XtbError, ValueError):
@@ -79,7 +72,7 @@ def settings() -> Settings:
     return getattr(app, "xtb_settings", None) or load_settings()
 
 
-def _record(cycle_id: str) -> CycleRecord:
+def record_of(cycle_id: str) -> CycleRecord:
     return CycleRecord(redis_client(), cycle_id)
 
 
@@ -141,7 +134,7 @@ def _allocate(pipe: redis.client.Pipeline, grp: GroupConfig, params: HedgeParams
 @app.task(name="xtb.hedge.plan", ignore_result=True)
 def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     """Size the cycle from fresh snapshots, allocate every client id, launch the entry chain."""
-    record = _record(cycle_id)
+    record = record_of(cycle_id)
     # A duplicated delivery of this step must not allocate new ids and launch a second entry chain.
     if not record.claim("plan_claimed_at"):
         return {"cycle_id": cycle_id, "duplicate": True}
@@ -189,12 +182,12 @@ def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, A
 @app.task(name="xtb.hedge.rebalance", ignore_result=True)
 def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
     """Read all three positions in parallel, then drive Backpack to -(l1 + l2)."""
-    record = _record(cycle_id)
+    record = record_of(cycle_id)
     view = record.view("group", "overrides")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return
     if view.cancel_requested:
-        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.CANCELLED.value)
+        canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.CANCELLED.value).apply_async()
         return
     if then == "hedge":
         record.set_stage(Stage.REBALANCE, deadline=time.time() + STEP_GRACE_SECS)
@@ -205,7 +198,7 @@ def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
 
 @app.task(name="xtb.hedge.rebalance_decide", ignore_result=True)
 def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str) -> dict[str, Any]:
-    record = _record(cycle_id)
+    record = record_of(cycle_id)
     view = record.view("group", "overrides", "bp_rules", "events")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
@@ -220,7 +213,7 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
         why = "positions unknown" if step is None else f"Backpack still {positions.bp} vs target {step.target}"
         record.update(**reading, events=with_event(view.get("events"),
                                                    f"rebalance gave up after {attempt} attempts: {why}"))
-        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.REBALANCE_FAILED.value)
+        canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.REBALANCE_FAILED.value).apply_async()
         return {"hedged": False}
     if step is None:  # unknown positions: read again shortly
         record.update(**reading)
@@ -262,18 +255,18 @@ def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Pos
 @app.task(name="xtb.hedge.monitor_tick", ignore_result=True)
 def monitor_tick(*, cycle_id: str) -> None:
     """One short check; the next one is scheduled by :func:`monitor_decide` (never a long countdown)."""
-    record = _record(cycle_id)
+    record = record_of(cycle_id)
     view = record.view("group", "overrides", "monitoring_started_at")
     if view.stage is not Stage.MONITORING:
         return
     grp, params = group_and_params(settings(), view)
     if view.cancel_requested:
-        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.CANCELLED.value)
+        canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.CANCELLED.value).apply_async()
         return
     started = float(view.get("monitoring_started_at") or time.time())
     if time.time() - started >= params.timeout_secs:
         log.warning("cycle=%s timeout reached after %.0fs; unwinding", cycle_id, time.time() - started)
-        emergency_exit.delay(cycle_id=cycle_id, reason=ExitReason.TIMEOUT.value)
+        canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.TIMEOUT.value).apply_async()
         return
     record.touch_deadline(time.time() + params.poll_interval_secs + STEP_GRACE_SECS)
     canvas.read_positions(grp, cycle_id, canvas.hedge("monitor_decide", immutable=False,
@@ -282,7 +275,7 @@ def monitor_tick(*, cycle_id: str) -> None:
 
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
-    record = _record(cycle_id)
+    record = record_of(cycle_id)
     view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
@@ -294,7 +287,7 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
     for role, reason in (("L1", ExitReason.LIGHTER1_ZERO), ("L2", ExitReason.LIGHTER2_ZERO)):
         if streaks.get(role, 0) >= params.zero_confirmations:
             log.warning("cycle=%s %s returned to zero on %s fresh reads", cycle_id, role, streaks[role])
-            emergency_exit.delay(cycle_id=cycle_id, reason=reason.value)
+            canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=reason.value).apply_async()
             return {"exit": reason.value}
     if positions.known:
         step = rebalance_step(positions, bp_rules_from_record(view))
@@ -304,125 +297,6 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
             return {"rebalance": str(drift)}
     monitor_tick.apply_async(kwargs={"cycle_id": cycle_id}, countdown=params.poll_interval_secs)
     return {"positions": positions.to_json()}
-
-
-@app.task(name="xtb.hedge.on_step_failed", ignore_result=True)
-def on_step_failed(failed_task_id: str | None = None, *, cycle_id: str) -> None:
-    """Chain and chord errback: a failed step ends in an emergency exit with the stage's reason, or,
-    when it failed before any order was sent, ends the cycle ``not_started`` touching no venue."""
-    record = _record(cycle_id)
-    stage = record.stage
-    if stage in (Stage.EMERGENCY_EXIT, Stage.DONE, None):
-        return
-    error = _failure_text(failed_task_id)
-    if stage is Stage.PLANNING and _claim_before_any_order(record):
-        # Nothing was sent: an exit would only flatten positions the cycle never opened (issue 16 item 5).
-        log.error("cycle=%s stage=%s failed before any order (%s); not started", cycle_id, stage.value, error)
-        finish_not_started(record, str(record.get("group") or ""), error)
-        return
-    reason = ExitReason.CANCELLED if record.cancel_requested() else FINAL_REASON_BY_STAGE.get(
-        stage, ExitReason.RECOVERED_UNWIND)
-    log.error("cycle=%s stage=%s failed (%s); emergency exit %s", cycle_id, stage.value, error, reason.value)
-    record.update(error=error[:500])
-    emergency_exit.delay(cycle_id=cycle_id, reason=reason.value)
-
-
-def _failure_text(failed_task_id: str | None) -> str:
-    """The failed step, its account and its error; a chord's failure is traced to the header task
-    that raised (its own result is a ChordError that names neither)."""
-    if not failed_task_id:
-        return "unknown failure"
-    failed = _stored_result(failed_task_id)
-    dependency = chord_dependency(failed.result)
-    if dependency:
-        failed = _stored_result(dependency)
-    kwargs = failed.kwargs  # stored with the result (result_extended)
-    return describe_step_failure(failed.name, kwargs if isinstance(kwargs, dict) else None, failed.result)
-
-
-def _stored_result(task_id: str) -> Any:
-    # Celery sends a chord's errback just before it stores the body's ChordError, so the errback
-    # can run first: wait a moment for the failure instead of reading "no result yet".
-    result = app.AsyncResult(task_id)
-    deadline = time.monotonic() + FAILURE_STORED_WAIT_SECS
-    while not result.ready() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return result
-
-
-def _claim_before_any_order(record: CycleRecord) -> bool:
-    """True when no order was or will be sent for this cycle: the plan step never claimed it (the
-    claim taken here stops a late or duplicated plan at its HSETNX), or it failed before recording
-    its plan and intents."""
-    if record.claim("plan_claimed_at"):
-        return True
-    return before_any_order(record.all())
-
-
-@app.task(name="xtb.hedge.emergency_exit", ignore_result=True)
-def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str, Any]:
-    """Flatten all three accounts in parallel; once per attempt, however often it is triggered."""
-    record = _record(cycle_id)
-    view = record.view("group", "overrides")
-    if view.stage is Stage.DONE or not record.claim(f"exit_attempt:{attempt}"):
-        return {"skipped": True}
-    grp, params = group_and_params(settings(), view)
-    log.warning("cycle=%s emergency exit reason=%s attempt=%s", cycle_id, reason, attempt)
-    blocks = allocate_id_blocks(redis_client(), [(grp.account_for(role), role.venue.value,
-                                                  params.backpack_entry_max_attempts) for role in canvas.ROLES])
-    ids = {role.short: block for role, block in zip(canvas.ROLES, blocks, strict=True)}
-    pipe = redis_client().pipeline(transaction=False)
-    record.request_cancel(via=pipe)  # entry steps still queued must not send anything now
-    fields: dict[str, Any] = {"exit_attempts": attempt + 1, f"exit_ids:{attempt}": ids}
-    if view.stage is not Stage.EMERGENCY_EXIT:
-        record.set_stage(Stage.EMERGENCY_EXIT, deadline=time.time() + STEP_GRACE_SECS, via=pipe, reason=reason,
-                         **fields)
-    else:
-        record.update(via=pipe, next_deadline=time.time() + STEP_GRACE_SECS, **fields)
-    pipe.execute()
-    canvas.flatten_all(grp, cycle_id, reason, attempt, ids).apply_async()
-    return {"cycle_id": cycle_id, "reason": reason, "attempt": attempt}
-
-
-@app.task(name="xtb.hedge.exit_report", ignore_result=True)
-def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int) -> dict[str, Any]:
-    """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle."""
-    record = _record(cycle_id)
-    record.update({f"exit_results:{attempt}": results})
-    accounts, steps = _ledger_inputs(record)
-    by_role = results_by_role(results, accounts)
-    flat = exit_is_flat(by_role)
-    doubts = fills_disagree(record.all(), accounts, steps, reason=reason) if flat else []
-    if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):
-        record.add_event(f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again")
-        emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
-                                   countdown=EMERGENCY_EXIT.delay(attempt))
-        return {"retrying": True}
-    summary = finish_exit(redis_client(), record, settings(), by_role, reason, unresolved=bool(doubts),
-                          doubts=doubts)
-    nxt = summary.get("next_cycle")
-    if nxt:
-        start_cycle.apply_async(kwargs=nxt, queue=ORCHESTRATOR_QUEUE)
-    return summary
-
-
-def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decimal]]:
-    grp, _ = group_and_params(settings(), record)
-    accounts = {grp.account_for(role): role.short for role in canvas.ROLES}
-    step_bp = Decimal((record.get("bp_rules") or {}).get("step_size") or "0.0001")
-    step_l = Decimal(str(record.get("l_step") or "0.0001"))
-    return accounts, {"BP": step_bp, "L1": step_l, "L2": step_l}
-
-
-@app.task(name="xtb.hedge.exit_failed", ignore_result=True)
-def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str, attempt: int) -> None:
-    record = _record(cycle_id)
-    record.add_event(f"exit attempt {attempt} failed in a flatten task ({failed_task_id})")
-    if not EMERGENCY_EXIT.exhausted(attempt):
-        emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
-                                   countdown=EMERGENCY_EXIT.delay(attempt))
-        return
-    finish_exit(redis_client(), record, settings(), {}, reason, unresolved=True)
 
 
 @app.task(name="xtb.hedge.watchdog", ignore_result=True)
