@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -16,6 +19,7 @@ from typing import Any, cast
 
 import redis
 
+from tests.helpers.services import ROOT, RedisServer, start_worker, worker_env
 from tests.helpers.support import wait_until, write_config
 
 ROLES = ("backpack", "lighter1", "lighter2")
@@ -168,6 +172,22 @@ def teardown(dep: Deployment) -> None:
     dep.stop()
     with contextlib.suppress(Exception):
         dep.sim.stop()
+
+
+def running_deployment(redis_server: RedisServer, tmp: Path) -> Iterator[Deployment]:
+    """A test module's deployment on a flushed Redis with its workers up (the body of a module
+    fixture: ``yield from``); stopped when the fixture is torn down."""
+    redis_server.client().flushall()
+    deployment = make_deployment(tmp, redis_server.url, start_worker)
+    deployment.start_workers()
+    yield deployment
+    teardown(deployment)
+
+
+def run_xtb(dep: Deployment, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``xtb --config <the deployment's> ARGS`` in a subprocess, as an operator runs it."""
+    return subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "--config", str(dep.config), *args], cwd=ROOT,
+                          env=worker_env(dep.config, dep.redis_url), capture_output=True, text=True, timeout=timeout)
 
 
 def net_is_hedged(positions: dict[str, Decimal], step: Decimal = Decimal("0.0001")) -> bool:

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from tests.helpers.faults import CrashCell, cycle_alerts, kill_and_restart, matrix_lines, poll, safe_state
-from tests.helpers.harness import Deployment, make_deployment, teardown
-from tests.helpers.services import RedisServer, start_worker
+from tests.helpers.harness import Deployment, running_deployment
+from tests.helpers.services import RedisServer
 
 # The matrix fixture runs all ten boundaries (~5 min) inside the first test that asks for it.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
@@ -37,11 +37,7 @@ SHARED: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    redis_server.client().flushall()
-    deployment = make_deployment(tmp_path_factory.mktemp("crash"), redis_server.url, start_worker)
-    deployment.start_workers()
-    yield deployment
-    teardown(deployment)
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("crash"))
 
 
 def _orders(dep: Deployment, venue: str, account: str | None = None) -> int:

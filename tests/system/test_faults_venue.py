@@ -22,7 +22,7 @@ import redis
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.relay import pending_delivery
 from tests.helpers.faults import STEP, cycle_alerts, venue_flat, venue_hedged
-from tests.helpers.harness import Deployment, make_deployment, teardown
+from tests.helpers.harness import Deployment, make_deployment, running_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import free_port, wait_until
 from venues.simulator.telegram import TelegramServer, TelegramState
@@ -34,11 +34,7 @@ LEG_TARGET = {"bp_entry": ("backpack", None), "l1_hedge": ("lighter", "101"), "l
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    redis_server.client().flushall()
-    deployment = make_deployment(tmp_path_factory.mktemp("vfault"), redis_server.url, start_worker)
-    deployment.start_workers()
-    yield deployment
-    teardown(deployment)
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("vfault"))
 
 
 @pytest.fixture

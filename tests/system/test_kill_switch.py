@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from tests.helpers.faults import STEP, venue_flat
-from tests.helpers.harness import Deployment, make_deployment, teardown
-from tests.helpers.services import ROOT, RedisServer, start_worker, worker_env
+from tests.helpers.harness import Deployment, run_xtb, running_deployment
+from tests.helpers.services import ROOT, RedisServer, worker_env
 from tests.helpers.support import wait_until
 from xtb_tasks.worker.results import TaskFailed
 
@@ -27,16 +27,9 @@ STOP_KEY = "xtb:group:main:stopped"
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    redis_server.client().flushall()
-    deployment = make_deployment(tmp_path_factory.mktemp("killswitch"), redis_server.url, start_worker)
-    deployment.start_workers()
-    yield deployment
-    teardown(deployment)
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("killswitch"))
 
 
-def xtb(dep: Deployment, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "--config", str(dep.config), *args], cwd=ROOT,
-                          env=worker_env(dep.config, dep.redis_url), capture_output=True, text=True, timeout=timeout)
 
 
 def kinds(dep: Deployment, kind: str) -> list[dict[str, object]]:
@@ -58,7 +51,7 @@ def end_unresolved(dep: Deployment) -> str:
     dep.wait_stage(cycle_id, "monitoring", timeout=60)
     dep.admin("lighter", "fault", {"venue": "lighter", "kind": "http_500", "count": 100_000, "op": "order",
                                    "account": "101", "params": {}})
-    cancelled = xtb(dep, "cycle", "cancel", cycle_id)
+    cancelled = run_xtb(dep, "cycle", "cancel", cycle_id)
     assert cancelled.returncode == 0, cancelled.stderr[-2000:]
     done = dep.wait_done(cycle_id, timeout=90)
     assert done["outcome"] == "unresolved", (done.get("outcome"), done.get("reason"), done.get("events"))
@@ -83,7 +76,7 @@ def test_unresolved_exit_stops_the_group_until_an_operator_resumes_it(dep: Deplo
         assert refusals and refusals[-1]["stopped_cycle"] == stopped and "xtb group resume main" in str(
             refusals[-1]["text"]), refusals
 
-        cli = xtb(dep, "cycle", "start", "--group", "main")
+        cli = run_xtb(dep, "cycle", "start", "--group", "main")
         assert cli.returncode != 0 and len(cli.stderr.strip().splitlines()) == 1, (cli.returncode, cli.stderr)
         assert "stopped" in cli.stderr and "xtb group resume main" in cli.stderr, cli.stderr
 
@@ -104,14 +97,14 @@ def test_unresolved_exit_stops_the_group_until_an_operator_resumes_it(dep: Deplo
             beat.wait(20)
         assert latest_cycle(dep) == stopped, "beat started a cycle on a stopped group"
 
-        status = xtb(dep, "status", "--json")
+        status = run_xtb(dep, "status", "--json")
         assert status.returncode == 0, status.stderr
         group = json.loads(status.stdout)["groups"][0]
         assert group["stopped"]["cycle_id"] == stopped, group
-        assert f"STOPPED since cycle {stopped}" in xtb(dep, "status").stdout
+        assert f"STOPPED since cycle {stopped}" in run_xtb(dep, "status").stdout
 
         # Resume refuses while Lighter1 is still open, and says what it read.
-        refused_resume = xtb(dep, "group", "resume", "main")
+        refused_resume = run_xtb(dep, "group", "resume", "main")
         assert refused_resume.returncode == 1, (refused_resume.stdout, refused_resume.stderr)
         assert len(refused_resume.stderr.strip().splitlines()) == 1, refused_resume.stderr
         held = dep.positions()["lighter1"]
@@ -120,17 +113,17 @@ def test_unresolved_exit_stops_the_group_until_an_operator_resumes_it(dep: Deplo
         assert dep.client.exists(STOP_KEY)
 
         dep.sim.exchange.clear_faults()
-        flattened = xtb(dep, "flatten", "--group", "main")
+        flattened = run_xtb(dep, "flatten", "--group", "main")
         assert flattened.returncode == 0, flattened.stderr[-2000:]
         assert venue_flat(dep), dep.positions()
 
         # Flat, but a read that fails is unknown, not zero: still refused.
         dep.arm_fault("backpack", "http_500", count=1, op="position")
-        unknown = xtb(dep, "group", "resume", "main")
+        unknown = run_xtb(dep, "group", "resume", "main")
         assert unknown.returncode == 1 and "backpack unknown" in unknown.stderr, unknown.stderr
         assert dep.client.exists(STOP_KEY)
 
-        resumed = xtb(dep, "group", "resume", "main")
+        resumed = run_xtb(dep, "group", "resume", "main")
         assert resumed.returncode == 0, resumed.stderr
         assert "resumed" in resumed.stdout, resumed.stdout
         assert not dep.client.exists(STOP_KEY)
@@ -138,21 +131,21 @@ def test_unresolved_exit_stops_the_group_until_an_operator_resumes_it(dep: Deplo
 
         again = dep.start_cycle()
         dep.wait_stage(again, "monitoring", timeout=60)
-        assert xtb(dep, "cycle", "cancel", again).returncode == 0
+        assert run_xtb(dep, "cycle", "cancel", again).returncode == 0
         assert dep.wait_done(again, timeout=60)["outcome"] == "flat"
     finally:
         dep.sim.exchange.clear_faults()
         dep.unwind_leftovers(timeout=90)
         if not venue_flat(dep):
-            xtb(dep, "flatten", "--group", "main")
+            run_xtb(dep, "flatten", "--group", "main")
         dep.client.delete(STOP_KEY)
 
 
 def test_resume_of_a_group_that_is_not_stopped_or_unknown(dep: Deployment) -> None:
     assert not dep.client.exists(STOP_KEY)
-    fine = xtb(dep, "group", "resume", "main")
+    fine = run_xtb(dep, "group", "resume", "main")
     assert fine.returncode == 0 and "not stopped" in fine.stdout, (fine.stdout, fine.stderr)
-    unknown = xtb(dep, "group", "resume", "nope")
+    unknown = run_xtb(dep, "group", "resume", "nope")
     assert unknown.returncode == 2 and len(unknown.stderr.strip().splitlines()) == 1, unknown.stderr
     assert "nope" in unknown.stderr
 

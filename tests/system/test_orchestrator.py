@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.harness import Deployment, make_deployment, net_is_hedged, teardown
-from tests.helpers.services import RedisServer, start_worker
+from tests.helpers.harness import Deployment, net_is_hedged, running_deployment
+from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
 from xtb_tasks.worker.results import TaskFailed
 
@@ -23,11 +23,7 @@ STEP = Decimal("0.0001")
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    redis_server.client().flushall()
-    deployment = make_deployment(tmp_path_factory.mktemp("orch"), redis_server.url, start_worker)
-    deployment.start_workers()
-    yield deployment
-    teardown(deployment)
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("orch"))
 
 
 @pytest.fixture(autouse=True)

@@ -9,23 +9,16 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from tests.helpers.harness import Deployment, make_deployment, teardown
-from tests.helpers.services import ROOT, RedisServer, start_worker, worker_env
+from tests.helpers.harness import Deployment, run_xtb, running_deployment
+from tests.helpers.services import ROOT, RedisServer, worker_env
 from tests.helpers.support import free_port, wait_until
 
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    redis_server.client().flushall()
-    deployment = make_deployment(tmp_path_factory.mktemp("triggers"), redis_server.url, start_worker)
-    deployment.start_workers()
-    yield deployment
-    teardown(deployment)
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("triggers"))
 
 
-def xtb(dep: Deployment, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "--config", str(dep.config), *args], cwd=ROOT,
-                          env=worker_env(dep.config, dep.redis_url), capture_output=True, text=True, timeout=timeout)
 
 
 def latest_cycle(dep: Deployment) -> str | None:
@@ -34,14 +27,14 @@ def latest_cycle(dep: Deployment) -> str | None:
 
 
 def cancel_and_wait_flat(dep: Deployment, cycle_id: str) -> None:
-    result = xtb(dep, "cycle", "cancel", cycle_id)
+    result = run_xtb(dep, "cycle", "cancel", cycle_id)
     assert result.returncode == 0, result.stderr
     done = dep.wait_done(cycle_id, timeout=60)
     assert (done["outcome"], done["reason"]) == ("flat", "cancelled")
 
 
 def test_cycle_from_the_cli_with_live_progress(dep: Deployment) -> None:
-    result = xtb(dep, "cycle", "start", "--group", "main", "--follow", "--until", "monitoring")
+    result = run_xtb(dep, "cycle", "start", "--group", "main", "--follow", "--until", "monitoring")
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     for stage in ("planning", "bp_entry", "l1_hedge", "wait", "l2_entry", "rebalance", "monitoring"):
@@ -49,7 +42,7 @@ def test_cycle_from_the_cli_with_live_progress(dep: Deployment) -> None:
     assert any("bp_entry: buy" in line for line in lines)
     cycle_id = latest_cycle(dep)
     assert cycle_id
-    status = xtb(dep, "cycle", "status", cycle_id, "--json")
+    status = run_xtb(dep, "cycle", "status", cycle_id, "--json")
     assert '"stage": "monitoring"' in status.stdout and '"net_delta"' in status.stdout
     cancel_and_wait_flat(dep, cycle_id)
 
