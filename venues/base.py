@@ -251,6 +251,11 @@ class OrderState(str, Enum):
         return self in (OrderState.FILLED, OrderState.CANCELLED, OrderState.FAILED)
 
 
+def average_price_text(price: Decimal | None) -> str | None:
+    """An average fill price as JSON text: a quotient, so 8 decimals (beyond every venue's tick)."""
+    return None if price is None else f"{price.quantize(Decimal('1e-8')):f}"
+
+
 @dataclass(frozen=True)
 class OrderReport:
     """What the venue says about one order, looked up or returned by a submit."""
@@ -285,8 +290,7 @@ class OrderReport:
             "filled": str(self.filled),
             "state": self.state.value,
             "venue_order_id": self.venue_order_id,
-            # An average is a quotient; 8 decimals is beyond every venue's tick and keeps reports readable.
-            "avg_price": None if self.avg_price is None else f"{self.avg_price.quantize(Decimal('1e-8')):f}",
+            "avg_price": average_price_text(self.avg_price),
             "reduce_only": self.reduce_only,
             "reason": self.reason,
             "existing": self.existing,

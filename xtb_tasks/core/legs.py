@@ -14,7 +14,7 @@ from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from venues.base import OrderReport, OrderState, Side
+from venues.base import OrderReport, OrderState, Side, average_price_text
 
 
 class LegState(str, Enum):
@@ -97,8 +97,7 @@ class Leg:
         data: dict[str, Any] = {
             "account": self.account, "symbol": self.symbol, "side": self.side.value, "client_id": self.client_id,
             "requested": str(self.requested), "filled": str(self.filled), "state": self.state.value,
-            # An average is a quotient; 8 decimals is beyond every venue's tick and keeps records readable.
-            "avg_price": None if self.avg_price is None else f"{self.avg_price.quantize(Decimal('1e-8')):f}",
+            "avg_price": average_price_text(self.avg_price),
             "venue_order_id": self.venue_order_id, "reduce_only": self.reduce_only, "reason": self.reason,
             "existing": self.existing,
         }
