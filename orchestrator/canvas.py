@@ -15,10 +15,21 @@ from celery.canvas import Signature
 
 from orchestrator.planning import CyclePlan
 from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
+from xtb_tasks.core.cycle_fields import Stage
+from xtb_tasks.core.fencing import Fence
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 ORCHESTRATOR = ORCHESTRATOR_QUEUE
 ROLES = (Role.BP, Role.L1, Role.L2)
+
+# Where the cycle may be while each entry step runs: the two first legs run side by side, each
+# entering its stage as it sends; a confirmation moves the cycle on, so its copy must not run again.
+FIRST_LEGS = Fence((Stage.PLANNING, Stage.BP_ENTRY, Stage.L1_HEDGE)).to_json()
+L1_CONFIRMATION = Fence((Stage.BP_ENTRY, Stage.L1_HEDGE)).to_json()
+L2_LEG = Fence((Stage.WAIT, Stage.L2_ENTRY)).to_json()
+L2_CONFIRMATION = Fence((Stage.L2_ENTRY,)).to_json()
+#: The control loop's stages: a rebalance order is issued under the loop's token (``step_seq``).
+LOOP_STAGES = (Stage.REBALANCE, Stage.MONITORING)
 
 
 def venue(task: str, account: str, **kwargs: Any) -> Signature:
@@ -64,22 +75,22 @@ def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id
             venue("submit_market_order", grp.lighter1, symbol=grp.lighter_symbol, side=plan.l1_side.value,
                   client_ids=ids["l1_hedge"], quantity_from_leg="bp_entry", armed=True,
                   expected_quantity=str(plan.bp_size), max_slippage=slippage, cycle_id=cycle_id, leg="l1_hedge",
-                  retry_delay_secs=params.lighter_retry_delay_secs),
+                  retry_delay_secs=params.lighter_retry_delay_secs, fence=FIRST_LEGS),
             venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=plan.bp_side.value,
                   client_ids=ids["bp_entry"], quantity=str(plan.bp_size), cycle_id=cycle_id, leg="bp_entry",
-                  retry_delay_secs=params.backpack_retry_delay_secs, announce_fill=True),
+                  retry_delay_secs=params.backpack_retry_delay_secs, announce_fill=True, fence=FIRST_LEGS),
         ),
         unread(venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol,
                      baseline=str(plan.baselines["L1"]), expected_sign=plan.l1_side.sign, leg="l1_hedge",
-                     next_stage="wait", **confirm)),
+                     next_stage="wait", fence=L1_CONFIRMATION, **confirm)),
         unread(venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=plan.l2_side.value,
                      client_ids=ids["l2_entry"], quantity_from_leg="bp_entry", max_slippage=slippage,
                      cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
-                     ).set(**wait_option(plan.wait_secs))),
+                     fence=L2_LEG).set(**wait_option(plan.wait_secs))),
         unread(venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol,
                      baseline=str(plan.baselines["L2"]), expected_sign=plan.l2_side.sign, leg="l2_entry",
-                     next_stage="rebalance", **confirm)),
-        hedge("rebalance", cycle_id=cycle_id, attempt=0),
+                     next_stage="rebalance", fence=L2_CONFIRMATION, **confirm)),
+        hedge("rebalance", cycle_id=cycle_id, attempt=0, step=0),
     )
     return steps.on_error(on_failure(cycle_id))
 
@@ -92,17 +103,24 @@ def read_positions(grp: GroupConfig, cycle_id: str, then: Signature) -> chord:
 
 
 def rebalance_order(grp: GroupConfig, cycle_id: str, side: str, quantity: Decimal, client_id: int,
-                    leg: str, then: Signature) -> chain:
+                    leg: str, step: int, then: Signature) -> chain:
+    """The Backpack order of one rebalance decision, issued under the loop token ``step``."""
     return chain(
         unread(venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=side,
-                     client_ids=[client_id], quantity=str(quantity), cycle_id=cycle_id, leg=leg)),
+                     client_ids=[client_id], quantity=str(quantity), cycle_id=cycle_id, leg=leg,
+                     fence=Fence(LOOP_STAGES, step=step).to_json())),
         then,
     ).on_error(on_failure(cycle_id))
 
 
+def flatten(grp: GroupConfig, role: Role, cycle_id: str, attempt: int, client_ids: list[int]) -> Signature:
+    """One account's flatten of exit attempt ``attempt``; a copy of it refuses once another attempt is current."""
+    return venue("flatten", grp.account_for(role), symbol=grp.symbol_for(role), client_ids=client_ids,
+                 cycle_id=cycle_id, fence=Fence((Stage.EMERGENCY_EXIT,), exit_attempt=attempt).to_json())
+
+
 def flatten_all(grp: GroupConfig, cycle_id: str, reason: str, attempt: int, ids: dict[str, list[int]]) -> chord:
-    header = group(venue("flatten", grp.account_for(r), symbol=grp.symbol_for(r), client_ids=ids[r.short],
-                         cycle_id=cycle_id) for r in ROLES)
+    header = group(flatten(grp, r, cycle_id, attempt, ids[r.short]) for r in ROLES)
     body = hedge("exit_report", immutable=False, cycle_id=cycle_id, reason=reason, attempt=attempt)
     return chord(header, body.on_error(hedge("exit_failed", immutable=False, cycle_id=cycle_id, reason=reason,
                                              attempt=attempt)))

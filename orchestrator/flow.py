@@ -97,6 +97,20 @@ def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: 
     return streaks
 
 
+def zero_legs(positions: Positions, l_step: Decimal) -> list[str]:
+    """The Lighter roles whose known position reads zero (a liquidation, until re-reads confirm it)."""
+    return [role for role, streak in zero_streaks(None, positions, l_step).items() if streak]
+
+
+def confirming_zero(streaks: dict[str, int]) -> bool:
+    """A Lighter leg read zero and is not confirmed either way yet: re-read it fast, trade nothing.
+
+    Rebalancing Backpack to a liquidated leg's zero only to sell it back in the exit a moment later
+    costs two taker fees and the spread on the whole size (issue 16 item 2).
+    """
+    return any(streaks.get(role, 0) > 0 for role in ("L1", "L2"))
+
+
 def group_and_params(settings: Settings, record: CycleRecord | CycleView) -> tuple[GroupConfig, HedgeParams]:
     grp = settings.group(record.get("group"))
     params = HedgeParams.from_mapping(record.get("overrides") or {}, base=grp.params)

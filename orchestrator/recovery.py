@@ -40,12 +40,15 @@ def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> d
     if stage is Stage.DONE:
         client.srem(keys.CYCLES_ACTIVE, cycle_id)
         return {"cycle_id": cycle_id, "action": "forgotten"}
+    # Resumed under the loop's current token: if the loop was only slow, not lost, the two copies
+    # meet at its compare-and-set and one of them stops (xtb_tasks.core.fencing).
+    step = int(data.get("step_seq") or 0)
     if stage is Stage.MONITORING:
         action = "resume_monitoring"
-        canvas.hedge("monitor_tick", cycle_id=cycle_id).apply_async()
+        canvas.hedge("monitor_tick", cycle_id=cycle_id, step=step).apply_async()
     elif stage is Stage.REBALANCE:
         action = "resume_rebalance"
-        canvas.hedge("rebalance", cycle_id=cycle_id, attempt=0, then="hedge").apply_async()
+        canvas.hedge("rebalance", cycle_id=cycle_id, attempt=0, then="hedge", step=step).apply_async()
     elif stage is Stage.EMERGENCY_EXIT:
         action = "retry_exit"
         attempt = int(data.get("exit_attempts") or 1)

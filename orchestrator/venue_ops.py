@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -33,6 +33,7 @@ from xtb_tasks.core import keys
 from xtb_tasks.core.client_ids import IntentStatus, mark_intent, record_intent
 from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.fencing import FENCE_FIELDS
 from xtb_tasks.core.legs import Leg, LegState, parse_leg
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class Prefetch:
     prior_leg: Leg | None
     #: The client id this run recorded as ARMED itself (it may send it without another write).
     armed_id: int | None = None
+    #: The record's fencing fields (``xtb_tasks.core.fencing.FENCE_FIELDS``), decoded; empty without a cycle.
+    fence_fields: dict[str, Any] = field(default_factory=dict)
 
 
 def prefetch(client: redis.Redis, req: OrderRequest) -> Prefetch:
@@ -130,16 +133,17 @@ def prefetch(client: redis.Redis, req: OrderRequest) -> Prefetch:
     cycle_key = keys.cycle(req.cycle_id) if req.cycle_id else None
     if cycle_key:
         pipe.exists(keys.cycle_cancel(req.cycle_id or ""))
-        pipe.hget(cycle_key, "stage")
+        pipe.hmget(cycle_key, FENCE_FIELDS)
         pipe.hget(cycle_key, f"leg:{req.quantity_from_leg}")
     for client_id in req.client_ids:
         pipe.hgetall(keys.intent(req.account, client_id))
     results: list[Any] = pipe.execute()
-    head: list[Any] = results[:3] if cycle_key else [0, None, None]
+    head: list[Any] = results[:3] if cycle_key else [0, [], None]
     intents = results[3:] if cycle_key else results
     prior = parse_leg(json.loads(head[2])) if head[2] else None
-    stage = json.loads(head[1]) if head[1] else None
-    return Prefetch(bool(head[0]), stage, dict(zip(req.client_ids, intents, strict=True)), prior)
+    fence_fields = {name: json.loads(raw) for name, raw in zip(FENCE_FIELDS, head[1], strict=False) if raw}
+    return Prefetch(bool(head[0]), fence_fields.get("stage"), dict(zip(req.client_ids, intents, strict=True)),
+                    prior, fence_fields=fence_fields)
 
 
 def settles_leg(report: OrderReport) -> bool:

@@ -158,13 +158,14 @@ class Deployment:
         return [cast(dict[str, str], fields) for _, fields in self.client.xrange("xtb:alerts:outbox") or []]
 
 
-def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *,
-                    params: dict[str, object] | None = None) -> Deployment:
+def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: dict[str, object] | None = None,
+                    redis_options: dict[str, int] | None = None) -> Deployment:
     from venues.simulator.server import SimulatorServer
 
     sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None)
     urls = sim.start()
-    config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})})
+    config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})},
+                          redis_options=redis_options)
     return Deployment(tmp=tmp, redis_url=redis_url, sim=sim, config=config, start_worker_fn=start_worker_fn)
 
 
@@ -174,14 +175,25 @@ def teardown(dep: Deployment) -> None:
         dep.sim.stop()
 
 
-def running_deployment(redis_server: RedisServer, tmp: Path) -> Iterator[Deployment]:
+def running_deployment(redis_server: RedisServer, tmp: Path, *,
+                       redis_options: dict[str, int] | None = None) -> Iterator[Deployment]:
     """A test module's deployment on a flushed Redis with its workers up (the body of a module
     fixture: ``yield from``); stopped when the fixture is torn down."""
     redis_server.client().flushall()
-    deployment = make_deployment(tmp, redis_server.url, start_worker)
+    deployment = make_deployment(tmp, redis_server.url, start_worker, redis_options=redis_options)
     deployment.start_workers()
     yield deployment
     teardown(deployment)
+
+
+def each_test_clean(dep: Deployment) -> Iterator[None]:
+    """The body of an autouse fixture (``yield from``): no fault armed before or after the test, what
+    it left active unwound, and no client id that produced two venue orders."""
+    dep.sim.exchange.clear_faults()
+    yield
+    dep.sim.exchange.clear_faults()
+    dep.unwind_leftovers()
+    assert dep.duplicate_client_ids() == [], "a client id produced two venue orders"
 
 
 def run_xtb(dep: Deployment, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -7,13 +7,14 @@ the audit log proving that no client id produced two venue orders.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 
-from tests.helpers.harness import Deployment, net_is_hedged, running_deployment
+from tests.helpers.harness import Deployment, each_test_clean, net_is_hedged, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
 from xtb_tasks.worker.results import TaskFailed
@@ -28,11 +29,7 @@ def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(autouse=True)
 def clean_slate(dep: Deployment) -> Iterator[None]:
-    dep.sim.exchange.clear_faults()
-    yield
-    dep.sim.exchange.clear_faults()
-    dep.unwind_leftovers()
-    assert dep.duplicate_client_ids() == [], "a client id produced two venue orders"
+    yield from each_test_clean(dep)
 
 
 def assert_flat(dep: Deployment) -> None:
@@ -62,6 +59,23 @@ def test_full_cycle_hedges_then_lighter2_liquidation_exits_flat(dep: Deployment)
     assert set(done["pnl"]) == {"BP", "L1", "L2"} and all(v is not None for v in done["pnl"].values())
     kinds = alert_kinds(dep, cycle_id)
     assert "cycle_started" in kinds and "cycle_hedged" in kinds and "emergency_exit" in kinds, kinds
+
+
+def test_a_liquidated_leg_is_confirmed_by_fast_re_reads_and_backpack_is_not_traded_meanwhile(dep: Deployment) -> None:
+    # Issue 16 item 2: the first zero read of Lighter2 used to rebalance Backpack by the whole size,
+    # which the exit sold back a second later (two taker fees and the spread on the whole size).
+    poll = 4.0
+    cycle_id = dep.start_cycle(poll_interval_secs=poll, zero_confirmations=3)
+    hedged = dep.wait_stage(cycle_id, "monitoring", timeout=60)
+    dep.liquidate_lighter(102)
+    liquidated_at = time.time()
+    done = dep.wait_done(cycle_id, timeout=60)
+    assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero")
+    assert done.get("rebalances") == hedged.get("rebalances"), "Backpack was rebalanced to the zero read"
+    # The first zero read comes with the next regular check; the two that confirm it follow 0.2 s
+    # apart, not two more poll intervals.
+    assert done["t:emergency_exit"] - liquidated_at < 2 * poll
+    assert_flat(dep)
 
 
 def test_second_trigger_is_refused_and_cancel_ends_flat(dep: Deployment) -> None:

@@ -320,3 +320,20 @@ def test_fuzzed_text_never_escapes_as_a_traceback(tmp_path_factory: pytest.TempP
         load_settings(path)
     except ConfigError as exc:
         assert exc.render().count("\n") <= 1 or "invalid TOML" in exc.render()
+
+
+def test_a_short_visibility_timeout_gets_a_sweep_to_match_and_a_too_short_one_is_refused() -> None:
+    from xtb_tasks.worker.celery_app import celery_settings
+
+    doc = demo_doc()
+    doc["redis"] = {"visibility_timeout_secs": 6}
+    options = celery_settings(parse_settings(doc, DEMO.resolve()), "redis://127.0.0.1:1/0")["broker_transport_options"]
+    # kombu's default sweep runs every ~100 s; a 6 s timeout would still redeliver after 100 s.
+    assert (options["visibility_timeout"], options["unacked_restore_interval"], options["unacked_restore_throttle"]) == (
+        6, 1, 1)
+    default = celery_settings(parse_settings(demo_doc(), DEMO.resolve()), "redis://127.0.0.1:1/0")
+    assert default["broker_transport_options"]["visibility_timeout"] == 3600
+    assert "unacked_restore_interval" not in default["broker_transport_options"]
+    doc["redis"] = {"visibility_timeout_secs": 2}
+    with pytest.raises(ConfigError, match=r"redis\.visibility_timeout_secs"):
+        parse_settings(doc, DEMO.resolve())

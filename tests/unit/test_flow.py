@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.flow import Positions, rebalance_step, zero_streaks
+from orchestrator.flow import Positions, confirming_zero, rebalance_step, zero_legs, zero_streaks
 from venues.base import MarketRules, Side
 from xtb_tasks.core.config import GroupConfig, HedgeParams
 
@@ -148,3 +148,14 @@ def test_no_order_means_hedged_as_the_backpack_grid_allows(bp: Decimal, l1: Deci
     order = rebalance_step(Positions(bp, l1, l2), r)
     after = bp if order is None else bp + (order.quantity if order.side is Side.BUY else -order.quantity)
     assert abs(target - after) <= r.step_size / 2
+
+
+def test_a_lighter_leg_reading_zero_is_named_and_held_for_confirmation() -> None:
+    positions = Positions(Decimal("-2"), Decimal("1"), Decimal("0.00001"))
+    assert zero_legs(positions, L_STEP) == ["L2"]
+    assert zero_legs(Positions(Decimal("-2"), Decimal("1"), None), L_STEP) == []  # unknown is not zero
+    streaks = zero_streaks(None, positions, L_STEP)
+    assert confirming_zero(streaks)
+    assert not confirming_zero(zero_streaks(streaks, Positions(Decimal("-2"), Decimal("1"), Decimal("1")), L_STEP))
+    # An unknown read in between keeps the confirmation going: it neither counts nor resets.
+    assert confirming_zero(zero_streaks(streaks, Positions(None, None, None), L_STEP))

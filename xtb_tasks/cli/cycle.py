@@ -215,6 +215,11 @@ def recover(ctx: click.Context, force: bool, unwind: bool) -> None:
     """
     settings, client = _context(ctx)
     from orchestrator.recovery import sweep, unwind_all
+    from xtb_tasks.worker.celery_app import app
+
+    # The sweep's canvases publish through the current app. Without this it was Celery's default
+    # (amqp://localhost): the resumed step went to whatever listened there, or nowhere, silently.
+    app.set_current()
 
     if unwind:
         ids = unwind_all(client)

@@ -48,6 +48,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
     path: Annotated[Path | None, msgspec.Meta(description="the file it was read from")]
     redis_url: Annotated[str | None, msgspec.Meta(description="[redis] url; $REDIS_URL wins")]
+    visibility_timeout_secs: Annotated[int, msgspec.Meta(description="[redis] visibility_timeout_secs")] = 3600
     accounts: dict[str, AccountConfig]
     groups: dict[str, GroupConfig]
     schedules: dict[str, ScheduleConfig] = {}
@@ -83,6 +84,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 class _Redis(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     url: Annotated[str | None, msgspec.Meta(description="a redis, rediss or unix URL")] = None
+    # Production keeps the hour (celery-redis.md §1.2): below the task time limit a slow task is
+    # delivered twice. Short values exist to test exactly that (the fencing tokens refuse the stale copy).
+    visibility_timeout_secs: Annotated[int, msgspec.Meta(ge=5, le=86400), msgspec.Meta(
+        description="seconds before the broker redelivers an unacknowledged message")] = 3600
 
 
 # The file's top-level tables, each decoded on its own so that errors name the table's keys
@@ -175,8 +180,8 @@ def _check_one_group_per_account(groups: dict[str, GroupConfig]) -> None:
             seen[account] = (group.name, role)
 
 
-def _redis_url(table: dict[str, Any]) -> str | None:
-    url = decode_table(_Redis, table, "redis").url
+def _redis_url(table: _Redis) -> str | None:
+    url = table.url
     if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError("redis.url", f"expected a redis/rediss/unix URL, got {url!r}")
     return url.rstrip("/") if url is not None else None
@@ -190,8 +195,10 @@ def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings
     groups = {name: _parse_group(name, table, accounts) for name, table in top.groups.items()}
     _check_one_group_per_account(groups)
     schedules = {name: _parse_schedule(name, table, groups) for name, table in top.schedules.items()}
+    redis_table = decode_table(_Redis, top.redis, "redis")
     return Settings(
-        path=path, redis_url=_redis_url(top.redis), accounts=accounts, groups=groups, schedules=schedules,
+        path=path, redis_url=_redis_url(redis_table), visibility_timeout_secs=redis_table.visibility_timeout_secs,
+        accounts=accounts, groups=groups, schedules=schedules,
         telegram=decode_table(TelegramConfig, top.telegram, "telegram", base_dir),
         telemetry=decode_table(TelemetryConfig, top.telemetry, "telemetry", base_dir),
         dashboard=decode_table(DashboardConfig, top.dashboard, "dashboard", base_dir),

@@ -20,7 +20,8 @@ from xtb_tasks.worker.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
 
 log = logging.getLogger(__name__)
 
-VISIBILITY_TIMEOUT = 3600
+#: Seconds of the broker's unacked-message sweep, as kombu 5.7 runs it by default (interval x throttle).
+DEFAULT_RESTORE_SWEEP_SECS = 100
 TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks", "xtb_tasks.worker.exit_tasks"]
 
 
@@ -41,8 +42,18 @@ def route_task(name: str, args: Any, kwargs: dict[str, Any], options: Any, task:
     return None
 
 
+def transport_options(visibility_timeout: int) -> dict[str, Any]:
+    """The broker's visibility settings; a short timeout (tests) gets a sweep to match, or the
+    redelivery would still wait for kombu's ~100 s sweep (celery-redis.md §1.1)."""
+    options: dict[str, Any] = {"visibility_timeout": visibility_timeout}
+    if visibility_timeout < 4 * DEFAULT_RESTORE_SWEEP_SECS:
+        options.update(unacked_restore_interval=max(1, visibility_timeout // 5), unacked_restore_throttle=1)
+    return options
+
+
 def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]:
     accounts = list(settings.accounts) if settings else []
+    visibility = settings.visibility_timeout_secs if settings else 3600
     return {
         "broker_url": redis_url,
         "result_backend": redis_url,
@@ -75,10 +86,10 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
         "task_track_started": False,
         "task_time_limit": TASK_TIME_LIMIT,
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
-        "broker_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT, "socket_timeout": 10,
+        "broker_transport_options": {**transport_options(visibility), "socket_timeout": 10,
                                      "health_check_interval": 25},
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT},
-        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "result_backend_transport_options": {"visibility_timeout": visibility},
+        "visibility_timeout": visibility,
         "redis_socket_timeout": 10,
         "redis_retry_on_timeout": True,
         "broker_connection_retry_on_startup": True,

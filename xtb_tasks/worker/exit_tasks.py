@@ -18,9 +18,11 @@ from orchestrator.failures import before_any_order, chord_dependency, describe_s
 from orchestrator.flow import group_and_params
 from xtb_tasks.core.client_ids import allocate_id_blocks
 from xtb_tasks.core.cycle_record import FINAL_REASON_BY_STAGE, STEP_GRACE_SECS, CycleRecord, ExitReason, Stage
+from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
 from xtb_tasks.core.policies import EMERGENCY_EXIT
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
+from xtb_tasks.worker.fences import enforce_fence
 from xtb_tasks.worker.hedge_tasks import finish_not_started, record_of, settings
 
 log = logging.getLogger(__name__)
@@ -109,8 +111,12 @@ def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str,
 
 @app.task(name="xtb.hedge.exit_report", ignore_result=True)
 def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int) -> dict[str, Any]:
-    """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle."""
+    """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle.
+
+    Only the current attempt's report acts: an older attempt's results are stale.
+    """
     record = record_of(cycle_id)
+    _current_attempt_only(record, attempt, "exit report")
     record.update({f"exit_results:{attempt}": results})
     accounts, steps = _ledger_inputs(record)
     by_role = results_by_role(results, accounts)
@@ -129,6 +135,11 @@ def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, at
     return summary
 
 
+def _current_attempt_only(record: CycleRecord, attempt: int, task: str) -> None:
+    fields = record.view(*FENCE_FIELDS[1:]).fields
+    enforce_fence(Fence((Stage.EMERGENCY_EXIT,), exit_attempt=attempt), fields, task=task, cycle_id=record.cycle_id)
+
+
 def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decimal]]:
     grp, _ = group_and_params(settings(), record)
     accounts = {grp.account_for(role): role.short for role in canvas.ROLES}
@@ -140,6 +151,7 @@ def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decim
 @app.task(name="xtb.hedge.exit_failed", ignore_result=True)
 def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str, attempt: int) -> None:
     record = record_of(cycle_id)
+    _current_attempt_only(record, attempt, "exit failure")
     record.add_event(f"exit attempt {attempt} failed in a flatten task ({failed_task_id})")
     if not EMERGENCY_EXIT.exhausted(attempt):
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},

@@ -20,13 +20,16 @@ from celery.signals import worker_ready, worker_shutdown
 
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
+from orchestrator.canvas import LOOP_STAGES
 from orchestrator.flow import (
     Positions,
     bp_rules_from_record,
+    confirming_zero,
     group_and_params,
     rebalance_step,
     release_group_lock,
     take_group_lock,
+    zero_legs,
     zero_streaks,
 )
 from orchestrator.kill_switch import group_stop
@@ -45,9 +48,11 @@ from xtb_tasks.core.cycle_record import (
     with_event,
 )
 from xtb_tasks.core.errors import EXIT_USAGE, XtbError
+from xtb_tasks.core.fencing import Fence, advance_step
 from xtb_tasks.core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
+from xtb_tasks.worker.fences import enforce_fence, refuse_stale
 
 log = logging.getLogger(__name__)
 
@@ -180,44 +185,63 @@ def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, A
 
 
 @app.task(name="xtb.hedge.rebalance", ignore_result=True)
-def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
-    """Read all three positions in parallel, then drive Backpack to -(l1 + l2)."""
+def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge", step: int = 0) -> None:
+    """Read all three positions in parallel, then drive Backpack to -(l1 + l2).
+
+    ``step`` is the control loop's token (``xtb_tasks.core.fencing``): a copy issued under an older
+    one refuses, and of two copies under the current one only the first decision goes on.
+    """
     record = record_of(cycle_id)
-    view = record.view("group", "overrides")
+    view = record.view("group", "overrides", "step_seq")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return
+    enforce_fence(Fence(LOOP_STAGES, step=step), view.fields, task="rebalance", cycle_id=cycle_id)
     if view.cancel_requested:
         canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.CANCELLED.value).apply_async()
         return
     if then == "hedge":
         record.set_stage(Stage.REBALANCE, deadline=time.time() + STEP_GRACE_SECS)
     grp, _ = group_and_params(settings(), view)
-    decide = canvas.hedge("rebalance_decide", immutable=False, cycle_id=cycle_id, attempt=attempt, then=then)
+    decide = canvas.hedge("rebalance_decide", immutable=False, cycle_id=cycle_id, attempt=attempt, then=then,
+                          step=step)
     canvas.read_positions(grp, cycle_id, decide).apply_async()
 
 
+def _take_step(cycle_id: str, step: int, task: str) -> int:
+    # The deciding step moves the loop token on before it acts; a copy that lost the race refuses.
+    if not advance_step(redis_client(), cycle_id, step):
+        refuse_stale(task, cycle_id, None, f"control step {step} was already decided")
+    return step + 1
+
+
 @app.task(name="xtb.hedge.rebalance_decide", ignore_result=True)
-def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str) -> dict[str, Any]:
+def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str,
+                     step: int = 0) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "bp_rules", "events")
+    view = record.view("group", "overrides", "bp_rules", "events", "l_step")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
+    token = _take_step(cycle_id, step, "rebalance decision")
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
     reading = positions_fields(f"rebalance_{attempt}", positions.to_json())
-    step = rebalance_step(positions, bp_rules_from_record(view)) if positions.known else None
-    if positions.known and step is None:
-        _hedged(record, grp.name, params, positions, then, reading)
+    zeros = zero_legs(positions, Decimal(view.get("l_step") or "0.0001")) if positions.known else []
+    if zeros:
+        _confirm_zero(record, params, then, reading, zeros, token)
+        return {"hedged": False, "zero": zeros}
+    step_order = rebalance_step(positions, bp_rules_from_record(view)) if positions.known else None
+    if positions.known and step_order is None:
+        _hedged(record, grp.name, params, positions, then, reading, token)
         return {"hedged": True, "positions": positions.to_json()}
     if attempt >= params.rebalance_max_attempts:
-        why = "positions unknown" if step is None else f"Backpack still {positions.bp} vs target {step.target}"
+        why = "positions unknown" if step_order is None else f"Backpack still {positions.bp} vs target {step_order.target}"
         record.update(**reading, events=with_event(view.get("events"),
                                                    f"rebalance gave up after {attempt} attempts: {why}"))
         canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.REBALANCE_FAILED.value).apply_async()
         return {"hedged": False}
-    if step is None:  # unknown positions: read again shortly
+    if step_order is None:  # unknown positions: read again shortly
         record.update(**reading)
-        rebalance.apply_async(kwargs={"cycle_id": cycle_id, "attempt": attempt + 1, "then": then},
+        rebalance.apply_async(kwargs={"cycle_id": cycle_id, "attempt": attempt + 1, "then": then, "step": token},
                               countdown=params.rebalance_retry_delay_secs)
         return {"hedged": False, "unknown": True}
     client = redis_client()
@@ -225,18 +249,20 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
     pipe = client.pipeline(transaction=False)
     record.increment("rebalances", via=pipe)
     record.update(via=pipe, **reading, events=with_event(
-        view.get("events"), f"rebalance {step.side.value} {step.quantity} toward Backpack target {step.target}"))
+        view.get("events"),
+        f"rebalance {step_order.side.value} {step_order.quantity} toward Backpack target {step_order.target}"))
     leg = f"bp_rebalance_{pipe.execute()[0]}"
     pipe = client.pipeline(transaction=False)
     record_intent(pipe, grp.backpack, client_id, cycle_id=cycle_id, leg=leg)
     pipe.execute()
-    nxt = canvas.hedge("rebalance", cycle_id=cycle_id, attempt=attempt + 1, then=then)
-    canvas.rebalance_order(grp, cycle_id, step.side.value, step.quantity, client_id, leg, nxt).apply_async()
-    return {"hedged": False, "order": {"side": step.side.value, "quantity": str(step.quantity)}}
+    nxt = canvas.hedge("rebalance", cycle_id=cycle_id, attempt=attempt + 1, then=then, step=token)
+    canvas.rebalance_order(grp, cycle_id, step_order.side.value, step_order.quantity, client_id, leg, token,
+                           nxt).apply_async()
+    return {"hedged": False, "order": {"side": step_order.side.value, "quantity": str(step_order.quantity)}}
 
 
 def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, then: str,
-            reading: dict[str, Any]) -> None:
+            reading: dict[str, Any], token: int) -> None:
     if then == "hedge":
         now = time.time()
         pipe = redis_client().pipeline(transaction=True)
@@ -249,16 +275,40 @@ def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Pos
         pipe.execute()
     else:
         record.update(**reading)
-    monitor_tick.apply_async(kwargs={"cycle_id": record.cycle_id}, countdown=params.poll_interval_secs)
+    _next_tick(record.cycle_id, token, params.poll_interval_secs)
+
+
+def _confirm_zero(record: CycleRecord, params: HedgeParams, then: str, reading: dict[str, Any], zeros: list[str],
+                  token: int) -> None:
+    # A Lighter leg read zero while rebalancing: no Backpack order toward it; the monitor re-reads it fast.
+    now = time.time()
+    note = f"{'/'.join(zeros)} read zero while rebalancing: no rebalance, confirming with fast re-reads"
+    log.warning("cycle=%s %s", record.cycle_id, note)
+    fields: dict[str, Any] = {**reading, "events": with_event(record.get("events"), note)}
+    if then == "hedge":
+        record.set_stage(Stage.MONITORING, deadline=now + params.zero_reread_secs + STEP_GRACE_SECS,
+                         monitoring_started_at=now, **fields)
+    else:
+        record.update(**fields)
+    _next_tick(record.cycle_id, token, params.zero_reread_secs)
+
+
+def _next_tick(cycle_id: str, token: int, countdown: float) -> None:
+    monitor_tick.apply_async(kwargs={"cycle_id": cycle_id, "step": token}, countdown=countdown)
 
 
 @app.task(name="xtb.hedge.monitor_tick", ignore_result=True)
-def monitor_tick(*, cycle_id: str) -> None:
-    """One short check; the next one is scheduled by :func:`monitor_decide` (never a long countdown)."""
+def monitor_tick(*, cycle_id: str, step: int = 0) -> None:
+    """One short check; the next one is scheduled by :func:`monitor_decide` (never a long countdown).
+
+    ``step`` is the loop token: a tick left behind by a dead orchestrator or resumed twice refuses,
+    so a cycle has exactly one monitoring loop.
+    """
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "monitoring_started_at")
+    view = record.view("group", "overrides", "monitoring_started_at", "step_seq")
     if view.stage is not Stage.MONITORING:
         return
+    enforce_fence(Fence((Stage.MONITORING,), step=step), view.fields, task="monitor tick", cycle_id=cycle_id)
     grp, params = group_and_params(settings(), view)
     if view.cancel_requested:
         canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.CANCELLED.value).apply_async()
@@ -269,16 +319,17 @@ def monitor_tick(*, cycle_id: str) -> None:
         canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.TIMEOUT.value).apply_async()
         return
     record.touch_deadline(time.time() + params.poll_interval_secs + STEP_GRACE_SECS)
-    canvas.read_positions(grp, cycle_id, canvas.hedge("monitor_decide", immutable=False,
-                                                      cycle_id=cycle_id)).apply_async()
+    canvas.read_positions(grp, cycle_id, canvas.hedge("monitor_decide", immutable=False, cycle_id=cycle_id,
+                                                      step=step)).apply_async()
 
 
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
-def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
+def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str, step: int = 0) -> dict[str, Any]:
     record = record_of(cycle_id)
     view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
+    token = _take_step(cycle_id, step, "monitor decision")
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
     streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"))
@@ -289,13 +340,16 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
             log.warning("cycle=%s %s returned to zero on %s fresh reads", cycle_id, role, streaks[role])
             canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=reason.value).apply_async()
             return {"exit": reason.value}
+    if confirming_zero(streaks):
+        _next_tick(cycle_id, token, params.zero_reread_secs)
+        return {"confirming_zero": streaks}
     if positions.known:
-        step = rebalance_step(positions, bp_rules_from_record(view))
-        drift = abs(step.target - positions.bp) if step else Decimal(0)  # type: ignore[operator]
-        if step is not None and drift > params.liquidation_tolerance:
-            rebalance.delay(cycle_id=cycle_id, attempt=0, then="monitor")
+        step_order = rebalance_step(positions, bp_rules_from_record(view))
+        drift = abs(step_order.target - positions.bp) if step_order else Decimal(0)  # type: ignore[operator]
+        if step_order is not None and drift > params.liquidation_tolerance:
+            rebalance.delay(cycle_id=cycle_id, attempt=0, then="monitor", step=token)
             return {"rebalance": str(drift)}
-    monitor_tick.apply_async(kwargs={"cycle_id": cycle_id}, countdown=params.poll_interval_secs)
+    _next_tick(cycle_id, token, params.poll_interval_secs)
     return {"positions": positions.to_json()}
 
 

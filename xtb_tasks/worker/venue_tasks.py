@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Retry
+from celery.exceptions import Ignore, Retry
 
 from orchestrator.armed import arm_hedge, await_entry
 from orchestrator.handoff import announce_failure
@@ -34,9 +34,11 @@ from venues.base import OrderReport, Side, VenueError
 from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.connectors import get_connector
+from xtb_tasks.worker.fences import enforce_fence
 from xtb_tasks.worker.lease import AccountLeaseTask
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ log = logging.getLogger(__name__)
 #: Re-runs of a submit beyond one per planned client id (uncertain outcomes are looked up, then resent).
 SUBMIT_EXTRA_RETRIES = 3
 
+
+#: The fence of a cycle's flatten sent without one (by an older version): the cycle must be in its exit.
+IN_EXIT = Fence((Stage.EMERGENCY_EXIT,))
 
 LEG_STAGES = {"bp_entry": Stage.BP_ENTRY, "l1_hedge": Stage.L1_HEDGE, "l2_entry": Stage.L2_ENTRY}
 
@@ -65,14 +70,16 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
                         max_slippage: float | None = None, cycle_id: str | None = None,
                         leg: str | None = None, quantity_from_leg: str | None = None,
                         retry_delay_secs: float = 0.5, reruns: int = 0, announce_fill: bool = False,
-                        armed: bool = False, expected_quantity: str | None = None) -> dict[str, Any]:
+                        armed: bool = False, expected_quantity: str | None = None,
+                        fence: dict[str, Any] | None = None) -> dict[str, Any]:
     """One market order through its planned client ids (a new id per attempt, each sent at most once).
 
     ``reruns`` counts re-runs after an uncertain outcome or a rejection; it is kept apart from
     Celery's retry counter, which lease waits also advance. ``announce_fill`` pushes the leg's
     final outcome to its armed hedge; ``armed`` (with ``quantity_from_leg``) starts before that
     leg is final and sends as soon as its outcome is announced (``orchestrator.handoff``); it primes
-    the order for ``expected_quantity`` (the entry's planned size) while it waits.
+    the order for ``expected_quantity`` (the entry's planned size) while it waits. ``fence``
+    (``xtb_tasks.core.fencing.Fence``) refuses a copy sent from a stage the cycle has left.
     """
     _guard_queue(self, account)
     request = OrderRequest(
@@ -82,8 +89,8 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
         retry_delay_secs=retry_delay_secs, announce_fill=announce_fill,
     )
     try:
-        report = _submit(self, request, reruns, armed, expected_quantity)
-    except Retry:
+        report = _submit(self, request, reruns, armed, expected_quantity, fence)
+    except (Retry, Ignore):
         raise
     except Exception as exc:
         if announce_fill and cycle_id and leg:
@@ -93,10 +100,12 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
 
 
 def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
-            expected_quantity: str | None = None) -> OrderReport:
+            expected_quantity: str | None, fence: dict[str, Any] | None) -> OrderReport:
     client = redis_client()
     connector = get_connector(request.account)
     fetched = prefetch(client, request)
+    enforce_fence(fence, fetched.fence_fields, task=f"{request.leg or 'order'} submit", cycle_id=request.cycle_id,
+                  account=request.account)
     if fetched.cancelled and not request.reduce_only:
         raise RuntimeError(f"cycle {request.cycle_id} was cancelled; {request.leg} not sent")
     entry_settled = fetched.prior_leg is not None and fetched.prior_leg.settled
@@ -128,10 +137,11 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
                      min_fraction: float, poll_secs: float, deadline: float | None = None,
                      timeout_secs: float | None = None, cycle_id: str | None = None, leg: str | None = None,
                      requested: str | None = None, fail_on_timeout: bool = False,
-                     next_stage: str | None = None) -> dict[str, Any]:
+                     next_stage: str | None = None, fence: dict[str, Any] | None = None) -> dict[str, Any]:
     """Poll until the position moved by more than ``min_fraction`` of the request, or the deadline.
 
-    The deadline is absolute, or ``timeout_secs`` from the first poll (kept across retries).
+    The deadline is absolute, or ``timeout_secs`` from the first poll (kept across retries). A copy
+    sent from a stage the cycle has left (``fence``) refuses: it would move the stage backwards.
     """
     _guard_queue(self, account)
     started = time.monotonic()
@@ -145,9 +155,11 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
     # The account state, the cancel flag and the stage travel in one round trip after the read.
     pipe = client.pipeline(transaction=False)
     reading = read_position(pipe, get_connector(account), symbol, cycle_id)
-    view = record.view("plan", after=pipe) if record else None
+    view = record.view("plan", *FENCE_FIELDS[1:], after=pipe) if record else None
     if view is None:
         pipe.execute()
+    else:
+        enforce_fence(fence, view.fields, task=f"{leg or 'position'} confirmation", cycle_id=cycle_id, account=account)
     result = confirmation(reading, Decimal(baseline), expected_sign, Decimal(requested or "0"),
                           Decimal(str(min_fraction)))
     result.update(account=account, polls=self.request.retries + 1)
@@ -192,11 +204,19 @@ def fresh_client_ids(client: Any, account: str, symbol: str, client_ids: list[in
 
 @app.task(name="xtb.venue.flatten", base=AccountLeaseTask, bind=True)
 def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], cycle_id: str | None = None,
-            max_attempts: int = 3) -> dict[str, Any]:
-    """Reduce-only market orders until a fresh read says flat."""
+            max_attempts: int = 3, fence: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Reduce-only market orders until a fresh read says flat.
+
+    A cycle's flatten acts only while its exit attempt is current (``fence``; without one, while the
+    cycle is in its exit): a copy redelivered later would close the next cycle's leg. An operator's
+    flatten (no ``cycle_id``) always acts.
+    """
     _guard_queue(self, account)
-    connector = get_connector(account)
     client = redis_client()
+    if cycle_id:
+        fields = CycleRecord(client, cycle_id).view(*FENCE_FIELDS[1:]).fields
+        enforce_fence(fence or IN_EXIT, fields, task="flatten", cycle_id=cycle_id, account=account)
+    connector = get_connector(account)
     report = connector.flatten(symbol, fresh_client_ids(client, account, symbol, client_ids, cycle_id),
                                max_attempts=max_attempts)
     final = report.final_position
