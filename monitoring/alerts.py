@@ -54,6 +54,8 @@ class AlertKind(StrEnum):
     HEARTBEAT_BACK = "heartbeat_back"
     #: A worker process or task died unexpectedly and needs a look.
     WORKER_CRASH = "worker_crash"
+    #: A cycle's monitor has read a position as unknown many times in a row (nothing is traded on unknown).
+    POSITIONS_UNKNOWN = "positions_unknown"
     #: Kill switch: a group is stopped after an unresolved exit (and each cycle start refused meanwhile).
     GROUP_STOPPED = "group_stopped"
     #: An operator resumed a stopped group once its accounts read flat.

@@ -7,7 +7,7 @@ writes the cycle record; nothing here talks to a venue.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_DOWN, Decimal
 from typing import Any, cast
 
@@ -81,6 +81,22 @@ def rebalance_step(positions: Positions, bp_rules: MarketRules) -> RebalanceStep
     if quantity < bp_rules.step_size or quantity < bp_rules.min_quantity or abs(abs(delta) - quantity) >= abs(delta):
         return None
     return RebalanceStep(Side.BUY if delta > 0 else Side.SELL, quantity, target)
+
+
+def backpack_from_fills(positions: Positions, from_fills: Decimal | None,
+                        bp_step: Decimal) -> tuple[Positions | None, str | None]:
+    """The positions to rebalance on: Backpack as the cycle's recorded fills put it, the read only
+    cross-checking it (a read can lag the last fill: the original's bug §8.6 ordered twice).
+
+    Returns (positions, None) to decide on, or (None, why) when the read and the fills disagree by a
+    step or more: read again rather than trade on either. Without a complete ledger (a leg still in
+    flight) the reads are all there is.
+    """
+    if from_fills is None:
+        return positions, None
+    if positions.bp is not None and abs(positions.bp - from_fills) >= bp_step:
+        return None, f"Backpack read {positions.bp} but the cycle's fills put it at {from_fills}"
+    return replace(positions, bp=from_fills), None
 
 
 def bp_rules_from_record(record: CycleRecord | CycleView) -> MarketRules:

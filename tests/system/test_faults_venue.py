@@ -103,6 +103,33 @@ def test_stale_and_failing_position_reads_never_fake_a_liquidation(clean: Deploy
     assert len(cycle_alerts(dep, cycle_id, "emergency_exit")) == 1
 
 
+def test_a_backpack_read_lagging_its_rebalance_fill_is_read_again_not_traded_on(clean: Deployment) -> None:
+    # Issue 16 item 11 (original bug §8.6): the entry's rebalance sells the Backpack entry, and the
+    # next read still shows it. Trading on that read sold it a second time.
+    dep = clean
+    cycle_id = dep.start_cycle(wait_min_secs=2.0, wait_max_secs=2.0)
+    dep.wait_stage(cycle_id, "wait", timeout=60)
+    dep.arm_fault("backpack", "stale_position", count=2, op="position")  # frozen at the entry's fill
+    record = dep.wait_stage(cycle_id, "monitoring", timeout=60)
+    assert record.get("rebalances") == 1, record.get("events")
+    assert venue_hedged(dep), dep.positions()
+    assert any("but the cycle's fills put it at" in e["text"] for e in record["events"]), record["events"]
+
+
+def test_unknown_reads_in_a_row_raise_an_alert_and_monitoring_goes_on(clean: Deployment) -> None:
+    dep = clean
+    cycle_id = dep.start_cycle(unknown_reads_alert=3)
+    dep.wait_stage(cycle_id, "monitoring", timeout=60)
+    dep.arm_fault("backpack", "http_500", count=1000, op="position")
+    wait_until(lambda: cycle_alerts(dep, cycle_id, "positions_unknown"), timeout=30,
+               what="a positions_unknown alert")
+    alert = cycle_alerts(dep, cycle_id, "positions_unknown")[0]
+    assert "BP position unknown on 3 monitor reads in a row" in alert["text"], alert["text"]
+    assert dep.record(cycle_id)["stage"] == "monitoring"
+    dep.sim.exchange.clear_faults()
+    wait_until(lambda: dep.record(cycle_id).get("unknown_reads") == 0, timeout=30, what="reads to heal")
+
+
 def monitor_reads(dep: Deployment, cycle_id: str, secs: float) -> list[dict[str, Any]]:
     """The distinct monitor readings (``positions``) the cycle record shows over ``secs`` seconds."""
     seen: dict[float, dict[str, Any]] = {}

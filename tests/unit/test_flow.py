@@ -8,7 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.flow import Positions, confirming_zero, rebalance_step, zero_legs, zero_streaks
+from orchestrator.flow import Positions, backpack_from_fills, confirming_zero, rebalance_step, zero_legs, zero_streaks
 from venues.base import MarketRules, Side
 from xtb_tasks.core.config import GroupConfig, HedgeParams
 
@@ -159,3 +159,17 @@ def test_a_lighter_leg_reading_zero_is_named_and_held_for_confirmation() -> None
     assert not confirming_zero(zero_streaks(streaks, Positions(Decimal("-2"), Decimal("1"), Decimal("1")), L_STEP))
     # An unknown read in between keeps the confirmation going: it neither counts nor resets.
     assert confirming_zero(zero_streaks(streaks, Positions(None, None, None), L_STEP))
+
+
+def test_backpack_is_decided_from_the_cycles_fills_and_a_disagreeing_read_is_read_again() -> None:
+    read = Positions(Decimal("9.5"), Decimal("-9.5"), Decimal("9.5"))
+    # The read still shows the entry a rebalance just sold: read again, trade on neither.
+    positions, why = backpack_from_fills(read, Decimal("0"), Decimal("0.01"))
+    assert positions is None and why == "Backpack read 9.5 but the cycle's fills put it at 0"
+    # Within a step the fills decide; an unknown Backpack read is known from the fills.
+    assert backpack_from_fills(read, Decimal("9.495"), Decimal("0.01"))[0] == Positions(
+        Decimal("9.495"), Decimal("-9.5"), Decimal("9.5"))
+    assert backpack_from_fills(Positions(None, Decimal(1), Decimal(1)), Decimal(-2), Decimal("0.01"))[0] == Positions(
+        Decimal(-2), Decimal(1), Decimal(1))
+    # No complete ledger (a leg in flight): the reads are all there is.
+    assert backpack_from_fills(read, None, Decimal("0.01")) == (read, None)

@@ -206,6 +206,7 @@ FIELDS: dict[str, Field] = {
     "rebalances": Field(INT, "how many rebalance orders were placed (HINCRBY; numbers bp_rebalance_<n>)"),
     "monitoring_started_at": Field(FLOAT, "when monitoring began (the cycle timeout counts from it)"),
     "zero_streaks": Field(OBJECT, "consecutive fresh zero reads per Lighter role"),
+    "unknown_reads": Field(INT, "consecutive monitor reads with a position unknown (alerted every unknown_reads_alert)"),
     "step_seq": Field(INT, "the control loop's fencing token: only a rebalance or monitor step issued under "
                            "this value may act; the step that acts moves it on (xtb_tasks.core.fencing)"),
     "events": Field(LIST, "the last 100 events ({'t': epoch seconds, 'text': ...})"),

@@ -21,8 +21,11 @@ from celery.signals import worker_ready, worker_shutdown
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
 from orchestrator.canvas import LOOP_STAGES
+from orchestrator.exits import expected_positions
 from orchestrator.flow import (
     Positions,
+    RebalanceStep,
+    backpack_from_fills,
     bp_rules_from_record,
     confirming_zero,
     group_and_params,
@@ -40,6 +43,7 @@ from xtb_tasks.core.config import ConfigError, GroupConfig, HedgeParams, Setting
 from xtb_tasks.core.cycle_record import (
     STEP_GRACE_SECS,
     CycleRecord,
+    CycleView,
     ExitReason,
     Outcome,
     Stage,
@@ -223,42 +227,57 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
         return {"skipped": True}
     token = _take_step(cycle_id, step, "rebalance decision")
     grp, params = group_and_params(settings(), view)
-    positions = Positions.from_readings(readings, grp)
-    reading = positions_fields(f"rebalance_{attempt}", positions.to_json())
-    zeros = zero_legs(positions, Decimal(view.get("l_step") or "0.0001")) if positions.known else []
+    read = Positions.from_readings(readings, grp)
+    reading = positions_fields(f"rebalance_{attempt}", read.to_json())
+    zeros = zero_legs(read, Decimal(view.get("l_step") or "0.0001")) if read.known else []
     if zeros:
         _confirm_zero(record, params, then, reading, zeros, token)
         return {"hedged": False, "zero": zeros}
-    step_order = rebalance_step(positions, bp_rules_from_record(view)) if positions.known else None
-    if positions.known and step_order is None:
-        _hedged(record, grp.name, params, positions, then, reading, token)
-        return {"hedged": True, "positions": positions.to_json()}
+    bp_rules = bp_rules_from_record(view)
+    positions, doubt = backpack_from_fills(read, _backpack_from_fills(record, grp), bp_rules.step_size)
+    step_order = None
+    if positions is not None and positions.known:
+        step_order = rebalance_step(positions, bp_rules)
+        if step_order is None:
+            _hedged(record, grp.name, params, positions, then, reading, token)
+            return {"hedged": True, "positions": positions.to_json()}
     if attempt >= params.rebalance_max_attempts:
-        why = "positions unknown" if step_order is None else f"Backpack still {positions.bp} vs target {step_order.target}"
+        why = doubt or ("positions unknown" if step_order is None else
+                        f"Backpack still {read.bp} vs target {step_order.target}")
         record.update(**reading, events=with_event(view.get("events"),
                                                    f"rebalance gave up after {attempt} attempts: {why}"))
         canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.REBALANCE_FAILED.value).apply_async()
         return {"hedged": False}
-    if step_order is None:  # unknown positions: read again shortly
-        record.update(**reading)
+    if step_order is None:  # unknown, or a read that disagrees with the fills: read again shortly
+        events = with_event(view.get("events"), f"rebalance read again: {doubt}") if doubt else view.get("events")
+        record.update(**reading, events=events or [])
         rebalance.apply_async(kwargs={"cycle_id": cycle_id, "attempt": attempt + 1, "then": then, "step": token},
                               countdown=params.rebalance_retry_delay_secs)
-        return {"hedged": False, "unknown": True}
+        return {"hedged": False, "unknown": True, "doubt": doubt}
+    _send_rebalance(record, grp, view, step_order, reading, attempt, then, token)
+    return {"hedged": False, "order": {"side": step_order.side.value, "quantity": str(step_order.quantity)}}
+
+
+def _backpack_from_fills(record: CycleRecord, grp: GroupConfig) -> Decimal | None:
+    return expected_positions(record.all(), {grp.account_for(role): role.short for role in canvas.ROLES}).get("BP")
+
+
+def _send_rebalance(record: CycleRecord, grp: GroupConfig, view: CycleView, order: RebalanceStep,
+                    reading: dict[str, Any], attempt: int, then: str, token: int) -> None:
+    # The order's id and intent are recorded before the order task is published.
     client = redis_client()
     client_id = allocate_client_ids(client, grp.backpack, "backpack", 1)[0]
     pipe = client.pipeline(transaction=False)
     record.increment("rebalances", via=pipe)
     record.update(via=pipe, **reading, events=with_event(
-        view.get("events"),
-        f"rebalance {step_order.side.value} {step_order.quantity} toward Backpack target {step_order.target}"))
+        view.get("events"), f"rebalance {order.side.value} {order.quantity} toward Backpack target {order.target}"))
     leg = f"bp_rebalance_{pipe.execute()[0]}"
     pipe = client.pipeline(transaction=False)
-    record_intent(pipe, grp.backpack, client_id, cycle_id=cycle_id, leg=leg)
+    record_intent(pipe, grp.backpack, client_id, cycle_id=record.cycle_id, leg=leg)
     pipe.execute()
-    nxt = canvas.hedge("rebalance", cycle_id=cycle_id, attempt=attempt + 1, then=then, step=token)
-    canvas.rebalance_order(grp, cycle_id, step_order.side.value, step_order.quantity, client_id, leg, token,
+    nxt = canvas.hedge("rebalance", cycle_id=record.cycle_id, attempt=attempt + 1, then=then, step=token)
+    canvas.rebalance_order(grp, record.cycle_id, order.side.value, order.quantity, client_id, leg, token,
                            nxt).apply_async()
-    return {"hedged": False, "order": {"side": step_order.side.value, "quantity": str(step_order.quantity)}}
 
 
 def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, then: str,
@@ -326,15 +345,18 @@ def monitor_tick(*, cycle_id: str, step: int = 0) -> None:
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str, step: int = 0) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules")
+    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules", "unknown_reads")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
     token = _take_step(cycle_id, step, "monitor decision")
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
     streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"))
+    unknown = 0 if positions.known else int(view.get("unknown_reads") or 0) + 1
     record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "",
-                  zero_streaks=streaks)
+                  zero_streaks=streaks, unknown_reads=unknown)
+    if unknown and unknown % params.unknown_reads_alert == 0:
+        _alert_unknown(cycle_id, grp.name, positions, unknown)
     for role, reason in (("L1", ExitReason.LIGHTER1_ZERO), ("L2", ExitReason.LIGHTER2_ZERO)):
         if streaks.get(role, 0) >= params.zero_confirmations:
             log.warning("cycle=%s %s returned to zero on %s fresh reads", cycle_id, role, streaks[role])
@@ -351,6 +373,18 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str, step: int =
             return {"rebalance": str(drift)}
     _next_tick(cycle_id, token, params.poll_interval_secs)
     return {"positions": positions.to_json()}
+
+
+def _alert_unknown(cycle_id: str, group: str, positions: Positions, count: int) -> None:
+    # Unknown is never traded on, so a venue whose reads keep failing leaves the cycle silently
+    # unwatched: say so every unknown_reads_alert reads instead of staying quiet for hours.
+    roles = [role for role, value in (("BP", positions.bp), ("L1", positions.l1), ("L2", positions.l2))
+             if value is None]
+    text = (f"Cycle {cycle_id} ({group}): {'/'.join(roles)} position unknown on {count} monitor reads in a row; "
+            "nothing is traded on unknown reads. Check the venue and the worker (xtb status).")
+    log.error("cycle=%s group=%s %s", cycle_id, group, text)
+    raise_alert(redis_client(), AlertKind.POSITIONS_UNKNOWN, text, cycle_id=cycle_id, group=group,
+                unknown_reads=count, roles=roles)
 
 
 @app.task(name="xtb.hedge.watchdog", ignore_result=True)
