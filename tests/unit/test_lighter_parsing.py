@@ -94,6 +94,16 @@ def test_market_rules_from_details_and_order_books(fx: dict[str, Any]) -> None:
     assert err.value.reason is ReasonCode.UNKNOWN_MARKET
 
 
+def test_market_rules_carry_the_initial_margin_fraction_in_basis_points(fx: dict[str, Any]) -> None:
+    # default_initial_margin_fraction 500 (5 %, 20x) and min_initial_margin_fraction 200 (2 %, 50x).
+    rules = p.parse_market_rules(fx["orderBookDetails_ETH_mainnet_capture_nautilus"], "ETH")
+    assert rules.initial_margin is not None
+    assert (rules.initial_margin.base, rules.initial_margin.lowest) == (Decimal("0.05"), Decimal("0.02"))
+    assert rules.initial_margin.requirement(Decimal("2"), Decimal("3000")) == Decimal("300")
+    # orderBooks carries no margin fractions: unknown, not zero.
+    assert p.parse_market_rules(fx["orderBooks_ETH_mainnet_capture_nautilus"], "ETH").initial_margin is None
+
+
 def test_top_of_book(fx: dict[str, Any]) -> None:
     tob = p.parse_top_of_book(fx["orderBookOrders_ETH_mainnet_capture_nautilus"], "ETH", 1.0)
     assert (tob.bid, tob.ask, tob.read_at) == (Decimal("2361.17"), Decimal("2361.32"), 1.0)
