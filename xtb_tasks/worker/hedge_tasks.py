@@ -181,7 +181,8 @@ def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, A
 
 @app.task(name="xtb.hedge.rebalance", ignore_result=True)
 def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
-    """Read all three positions in parallel, then drive Backpack to -(l1 + l2)."""
+    """Read all three positions in parallel, then drive Backpack to its own-delta target
+    (``-(l1 + l2)`` from flat accounts; ``orchestrator.flow.backpack_target``)."""
     record = record_of(cycle_id)
     view = record.view("group", "overrides")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
@@ -199,15 +200,16 @@ def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
 @app.task(name="xtb.hedge.rebalance_decide", ignore_result=True)
 def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "bp_rules", "events")
+    view = record.view("group", "overrides", "bp_rules", "events", "plan")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
+    baselines = Positions.baselines_of(view.get("plan"))
     reading = positions_fields(f"rebalance_{attempt}", positions.to_json())
-    step = rebalance_step(positions, bp_rules_from_record(view)) if positions.known else None
+    step = rebalance_step(positions, bp_rules_from_record(view), baselines) if positions.known else None
     if positions.known and step is None:
-        _hedged(record, grp.name, params, positions, then, reading)
+        _hedged(record, grp.name, params, positions, baselines, then, reading)
         return {"hedged": True, "positions": positions.to_json()}
     if attempt >= params.rebalance_max_attempts:
         why = "positions unknown" if step is None else f"Backpack still {positions.bp} vs target {step.target}"
@@ -235,13 +237,13 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
     return {"hedged": False, "order": {"side": step.side.value, "quantity": str(step.quantity)}}
 
 
-def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, then: str,
-            reading: dict[str, Any]) -> None:
+def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, baselines: Positions,
+            then: str, reading: dict[str, Any]) -> None:
     if then == "hedge":
         now = time.time()
         pipe = redis_client().pipeline(transaction=True)
         record.set_stage(Stage.MONITORING, deadline=now + params.poll_interval_secs + STEP_GRACE_SECS, via=pipe,
-                         monitoring_started_at=now, net_delta=str(positions.net), **reading)
+                         monitoring_started_at=now, net_delta=str(positions.own(baselines).net), **reading)
         queue_alert(pipe, AlertKind.CYCLE_HEDGED,
                     format_cycle_hedged(group, record.cycle_id, {"BP": positions.bp, "L1": positions.l1,
                                                                  "L2": positions.l2}),
@@ -276,13 +278,16 @@ def monitor_tick(*, cycle_id: str) -> None:
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules")
+    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules", "plan")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
-    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"))
-    record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "",
+    # Relative to the baselines: a leg is liquidated when the cycle's own delta on it is back to zero.
+    baselines = Positions.baselines_of(view.get("plan"))
+    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"), baselines)
+    own = positions.own(baselines)
+    record.update(positions=positions.to_json(), net_delta=str(own.net) if own.known else "",
                   zero_streaks=streaks)
     for role, reason in (("L1", ExitReason.LIGHTER1_ZERO), ("L2", ExitReason.LIGHTER2_ZERO)):
         if streaks.get(role, 0) >= params.zero_confirmations:
@@ -290,7 +295,7 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
             canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=reason.value).apply_async()
             return {"exit": reason.value}
     if positions.known:
-        step = rebalance_step(positions, bp_rules_from_record(view))
+        step = rebalance_step(positions, bp_rules_from_record(view), baselines)
         drift = abs(step.target - positions.bp) if step else Decimal(0)  # type: ignore[operator]
         if step is not None and drift > params.liquidation_tolerance:
             rebalance.delay(cycle_id=cycle_id, attempt=0, then="monitor")
