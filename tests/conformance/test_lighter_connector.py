@@ -77,6 +77,12 @@ def buy(conn: LighterConnector, quantity: str, **kwargs: Any) -> tuple[int, Any]
     return cid, conn.submit_market_order(SYMBOL, cid, Side.BUY, Decimal(quantity), **kwargs)
 
 
+def test_market_rules_carry_the_initial_margin_fractions(make: Factory, simulator: Any) -> None:
+    # orderBookDetails' default 500 bp (what an account trades at until its leverage is raised) and min 200 bp.
+    imf = make().market_rules(SYMBOL).initial_margin
+    assert imf is not None and (imf.base, imf.lowest) == (Decimal("0.05"), Decimal("0.02"))
+
+
 def test_market_order_reports_the_venue_fill(make: Factory, simulator: Any) -> None:
     conn = make()
     events: list[ConnectorEvent] = []
