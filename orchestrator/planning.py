@@ -10,12 +10,14 @@ does a held one unless ``allow_existing_positions``: a cycle trades only what it
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from venues.base import MarketRules, Side
+from venues.margin import InitialMargin
 from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Role
 from xtb_tasks.core.errors import XtbError
 
@@ -36,6 +38,8 @@ class AccountSnapshot:
     collateral: Decimal | None
     available: Decimal | None
     position: Decimal | None
+    #: The account's own initial-margin fraction on the market (Lighter's leverage setting); None: the default.
+    account_margin_fraction: Decimal | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AccountSnapshot:
@@ -47,12 +51,20 @@ class AccountSnapshot:
             rules=MarketRules.from_json(data["rules"]),
             bid=dec(data.get("bid")), ask=dec(data.get("ask")), equity=dec(data.get("equity")),
             collateral=dec(data.get("collateral")), available=dec(data.get("available")),
-            position=dec(data.get("position")),
+            position=dec(data.get("position")), account_margin_fraction=dec(data.get("initial_margin_fraction")),
         )
 
     def price_for(self, side: Side) -> Decimal | None:
         """The top-of-book price an order on ``side`` takes first; None when that side is empty."""
         return self.ask if side is Side.BUY else self.bid
+
+    def margin_rule(self) -> InitialMargin | None:
+        """The market's initial-margin rule at the account's own fraction where the venue reported one
+        (a Lighter account whose leverage was raised trades at that, not at the market default)."""
+        rule = self.rules.initial_margin
+        if rule is None or self.account_margin_fraction is None:
+            return rule
+        return dataclasses.replace(rule, base=self.account_margin_fraction)
 
 
 @dataclass(frozen=True)
@@ -160,7 +172,7 @@ def margin_needed(role: Role, snap: AccountSnapshot, size: Decimal, price: Decim
     The requirement is the planned size's alone, against what the venue says is available (which
     already holds the margin of any position the account has): conservative when an existing
     position is on the other side."""
-    rule = snap.rules.initial_margin
+    rule = snap.margin_rule()
     if rule is None:
         return None
     return rule.requirement(size, price) + 2 * abs(size) * price * taker_fee(role, params)
@@ -176,12 +188,12 @@ def check_margin(role: Role, snap: AccountSnapshot, size: Decimal, price: Decima
     if available is None:
         raise PlanRefused(f"{name} available margin is unknown; refusing to start")
     if available < needed:
-        rule = snap.rules.initial_margin
+        rule = snap.margin_rule()
         assert rule is not None
         fraction = rule.fraction(size)
-        # Lighter accounts trade at the market's default fraction until their leverage is raised.
-        raisable = (f"; the venue allows {rule.lowest:.2%} once the account leverage is raised, which the "
-                    f"bot does not do" if rule.lowest is not None and rule.lowest < fraction else "")
+        # A Lighter account trades at its own fraction (the market default until its leverage is raised).
+        raisable = (f"; the venue allows {rule.lowest:.2%} once the account leverage is raised on the venue "
+                    f"(the bot does not set it)" if rule.lowest is not None and rule.lowest < fraction else "")
         raise PlanRefused(f"{name} available margin {available} cannot carry {size} at {price}: needs "
                           f"{needed:.2f} (initial margin {fraction:.2%}, {1 / fraction:.0f}x, plus entry "
                           f"and exit fees){raisable}; add collateral or lower the size")

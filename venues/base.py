@@ -232,6 +232,9 @@ class AccountReading:
     top: TopOfBook
     balance: Balance
     position: PositionReading
+    #: The account's own initial-margin fraction on the market where the venue reports one (Lighter's
+    #: per-market leverage setting, ``positions[].initial_margin_fraction``); None: the market's default.
+    initial_margin_fraction: Decimal | None = None
 
 
 class OrderState(str, Enum):

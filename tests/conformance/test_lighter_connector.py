@@ -238,6 +238,8 @@ def test_planning_read_takes_balance_and_position_from_one_account_read(make: Fa
     assert read.position.quantity == conn.get_position(SYMBOL).quantity == Decimal("0.03")
     assert read.balance.collateral == conn.get_balance().collateral is not None
     assert read.top.ask == conn.top_of_book(SYMBOL).ask is not None
+    # The account's own fraction on the market, in percent on the wire ("5.00": the default 20x).
+    assert read.initial_margin_fraction == Decimal("0.05")
     arm(simulator, conn, FaultKind.HTTP_500, "position")
     with pytest.raises(VenueError):  # balance and position share the read: no balance, no plan
         conn.read_account(SYMBOL)

@@ -104,6 +104,15 @@ def test_market_rules_carry_the_initial_margin_fraction_in_basis_points(fx: dict
     assert p.parse_market_rules(fx["orderBooks_ETH_mainnet_capture_nautilus"], "ETH").initial_margin is None
 
 
+def test_the_accounts_own_initial_margin_fraction_is_read_in_percent(fx: dict[str, Any]) -> None:
+    # "5.00" on an 18 ETH position (the default 20x); "10.00" listed at position 0 on market 1 (10x).
+    assert p.parse_initial_margin_fraction(
+        p.find_account(fx["account_by_index_long_position_testnet_ccxt_static"], 1077), 0) == Decimal("0.05")
+    newer = p.find_account(fx["account_by_index_newer_fields_nautilus"], 123456)
+    assert p.parse_initial_margin_fraction(newer, 1) == Decimal("0.1")
+    assert p.parse_initial_margin_fraction(newer, 0) is None  # no entry: the market's default applies
+
+
 def test_top_of_book(fx: dict[str, Any]) -> None:
     tob = p.parse_top_of_book(fx["orderBookOrders_ETH_mainnet_capture_nautilus"], "ETH", 1.0)
     assert (tob.bid, tob.ask, tob.read_at) == (Decimal("2361.17"), Decimal("2361.32"), 1.0)

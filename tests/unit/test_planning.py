@@ -3,6 +3,7 @@ starts only on flat accounts (or with allow_existing_positions) that can carry i
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from decimal import Decimal
 
@@ -101,6 +102,22 @@ def test_lighter2_margin_is_checked_by_its_own_venue_rule() -> None:
     with pytest.raises(PlanRefused, match=r"lighter2 \(l2\) available margin 50 cannot carry 1.000 at 2001: "
                                           r"needs 101.17 .*5.00%, 20x.* allows 2.00% once the account leverage"):
         plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l2=snap("l2", available=Decimal("50"), imf=LIGHTER_ETH)))
+
+
+def test_a_lighter_account_checks_at_its_own_leverage_setting_where_the_venue_reports_it() -> None:
+    raised = dataclasses.replace(snap("l2", available=Decimal("50"), imf=LIGHTER_ETH),
+                                 account_margin_fraction=Decimal("0.02"))
+    # 1 ETH at 2 % = 40.02 + fees 1.12: carried at 50x where the market's default 5 % was not.
+    plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l2=raised))
+    lowered = dataclasses.replace(snap("l1", available=Decimal("150"), imf=LIGHTER_ETH),
+                                  account_margin_fraction=Decimal("0.1"))
+    with pytest.raises(PlanRefused, match=r"lighter1 \(l1\) .*needs 201.1[0-9] \(initial margin 10.00%, 10x"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l1=lowered))
+    data = {"account": "l1", "rules": MarketRules("ETH", Decimal("0.01"), Decimal("0.0001"), Decimal("0.005"),
+                                                  initial_margin=LIGHTER_ETH).to_json(),
+            "initial_margin_fraction": "0.1"}
+    assert AccountSnapshot.from_json(data).margin_rule() == InitialMargin(Decimal("0.1"), lowest=Decimal("0.02"))
+    assert AccountSnapshot.from_json({**data, "initial_margin_fraction": None}).margin_rule() == LIGHTER_ETH
 
 
 def test_the_fee_allowance_refuses_an_account_that_only_carries_the_margin() -> None:

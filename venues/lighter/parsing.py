@@ -266,6 +266,18 @@ def parse_position(acct: Mapping[str, Any], market_id: int) -> tuple[Decimal, De
     return Decimal(0), None
 
 
+def parse_initial_margin_fraction(acct: Mapping[str, Any], market_id: int) -> Decimal | None:
+    """The account's own initial-margin fraction on ``market_id``: REST ``AccountPosition``
+    ``initial_margin_fraction`` is in percent ("5.00" at the default 20x, "10.00" at 10x; captured
+    accounts list it even at position 0). None when the account has no entry for the market: it
+    trades at the market's ``default_initial_margin_fraction``."""
+    for entry in _positions(acct):
+        if _int(entry.get("market_id"), "market_id") == market_id:
+            percent = opt_decimal(entry.get("initial_margin_fraction"), "initial_margin_fraction")
+            return None if percent is None or percent <= 0 else percent / 100
+    return None
+
+
 def parse_balance(acct: Mapping[str, Any], account: str, read_at: float) -> Balance:
     """Equity is ``total_asset_value`` (collateral + unrealised PnL), not collateral (bug §8.10)."""
     return Balance(
