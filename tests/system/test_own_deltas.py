@@ -113,8 +113,8 @@ def test_the_exit_leaves_the_position_held_before_the_cycle(clean: Deployment) -
     _open(dep, "backpack", "buy", HELD)
     cycle_id = dep.start_cycle(allow_existing_positions=True, size="0.3")
     assert dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)["stage"] == "monitoring"
-    _cancel(dep, cycle_id)
-    assert dep.positions()["backpack"] == HELD, dep.positions()
+    done = _cancel(dep, cycle_id)
+    assert dep.positions()["backpack"] == HELD, (dep.positions(), done.get("outcome"), done.get("events"))
 
 
 @contextlib.contextmanager
