@@ -180,7 +180,10 @@ def margin_needed(role: Role, snap: AccountSnapshot, size: Decimal, price: Decim
 
 def check_margin(role: Role, snap: AccountSnapshot, size: Decimal, price: Decimal, params: HedgeParams) -> None:
     needed = margin_needed(role, snap, size, price, params)
-    available = snap.available if snap.available is not None else snap.equity
+    # Equity stands in for an unreported available margin only on a flat account: a held
+    # position's margin is part of the equity but not available.
+    flat = snap.position is not None and abs(snap.position) < snap.rules.step_size
+    available = snap.available if snap.available is not None or not flat else snap.equity
     name = f"{role.value} ({snap.account})"
     if needed is None:
         raise PlanRefused(f"{name}: the venue published no initial-margin rule for {snap.rules.symbol}; "

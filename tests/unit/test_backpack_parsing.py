@@ -245,6 +245,8 @@ def test_markets_carry_the_imf_function() -> None:
     market = body("market_perp_SOL_USDC_PERP_official_client")
     assert parse_market({**market, "imfFunction": None}).initial_margin is None
     assert parse_market({**market, "imfFunction": {"base": "0.1", "factor": "1", "type": "linear"}}).initial_margin is None
+    # A zero base would make every size free to carry: unknown, not zero.
+    assert parse_market({**market, "imfFunction": {"base": "0", "factor": "0", "type": "sqrt"}}).initial_margin is None
 
 
 def test_depth_best_bid_is_last_and_zero_levels_skipped() -> None:

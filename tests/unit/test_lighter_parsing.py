@@ -102,6 +102,9 @@ def test_market_rules_carry_the_initial_margin_fraction_in_basis_points(fx: dict
     assert rules.initial_margin.requirement(Decimal("2"), Decimal("3000")) == Decimal("300")
     # orderBooks carries no margin fractions: unknown, not zero.
     assert p.parse_market_rules(fx["orderBooks_ETH_mainnet_capture_nautilus"], "ETH").initial_margin is None
+    body = fx["orderBookDetails_ETH_mainnet_capture_nautilus"]
+    zero = {**body, "order_book_details": [{**body["order_book_details"][0], "default_initial_margin_fraction": 0}]}
+    assert p.parse_market_rules(zero, "ETH").initial_margin is None
 
 
 def test_the_accounts_own_initial_margin_fraction_is_read_in_percent(fx: dict[str, Any]) -> None:

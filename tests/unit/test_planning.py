@@ -133,6 +133,11 @@ def test_an_unpublished_margin_rule_or_unknown_margin_refuses() -> None:
         plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l2=snap("l2", imf=None)))
     with pytest.raises(PlanRefused, match=r"lighter1 \(l1\) available margin is unknown"):
         plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l1=snap("l1", available=None, collateral=None)))
+    # Equity stands in for an unreported available margin only while the account is flat.
+    plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l1=snap("l1", available=None)))
+    held = snap("l1", available=None, position=Decimal("1"))
+    with pytest.raises(PlanRefused, match=r"lighter1 \(l1\) available margin is unknown"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1"), allow_existing_positions=True), snaps(l1=held))
 
 
 def test_backpack_imf_function_grows_with_the_square_root_of_the_size() -> None:

@@ -133,8 +133,9 @@ def _imf_function(raw: Any, symbol: str) -> InitialMargin | None:
     function = obj(raw, f"market {symbol} imfFunction")
     if function.get("type") != "sqrt":
         return None
-    return InitialMargin(base=dec(function.get("base"), "imfFunction.base"),
+    rule = InitialMargin(base=dec(function.get("base"), "imfFunction.base"),
                          factor=dec(function.get("factor", 0), "imfFunction.factor"))
+    return rule if rule.base > 0 else None
 
 
 def parse_markets(body: Any) -> dict[str, MarketRules]:

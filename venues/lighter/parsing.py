@@ -205,7 +205,7 @@ def parse_market_rules(body: Any, symbol: str) -> MarketRules:
 def _initial_margin(row: Mapping[str, Any]) -> InitialMargin | None:
     # Basis points of notional; orderBooks (the fallback body) carries none: unknown, not zero.
     default = opt_decimal(row.get("default_initial_margin_fraction"), "default_initial_margin_fraction")
-    if default is None:
+    if default is None or default <= 0:
         return None
     lowest = opt_decimal(row.get("min_initial_margin_fraction"), "min_initial_margin_fraction")
     return InitialMargin(base=default / LIGHTER_FRACTION_UNITS,
