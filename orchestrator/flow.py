@@ -50,6 +50,24 @@ class Positions:
     def net(self) -> Decimal | None:
         return self.bp + self.l1 + self.l2 if self.known else None  # type: ignore[operator]
 
+    @classmethod
+    def baselines_of(cls, plan: dict[str, Any] | None) -> Positions:
+        """The positions the accounts held before the cycle (``CyclePlan.baselines``); zero where the
+        plan recorded none, which is what a plan that refuses non-flat accounts records as well."""
+        recorded = (plan or {}).get("baselines") or {}
+
+        def value(role: str) -> Decimal:
+            return Decimal(str(recorded.get(role) or 0))
+
+        return cls(value("BP"), value("L1"), value("L2"))
+
+    def own(self, baselines: Positions) -> Positions:
+        """The cycle's own deltas: each known position less the baseline it started from."""
+        def less(x: Decimal | None, base: Decimal | None) -> Decimal | None:
+            return None if x is None else x - (base or Decimal(0))
+
+        return Positions(less(self.bp, baselines.bp), less(self.l1, baselines.l1), less(self.l2, baselines.l2))
+
     def to_json(self) -> dict[str, Any]:
         def s(x: Decimal | None) -> str | None:
             return None if x is None else str(x)
@@ -59,7 +77,7 @@ class Positions:
 
 @dataclass(frozen=True)
 class RebalanceStep:
-    """A Backpack order that moves ``bp`` toward ``-(l1 + l2)``; None when no order strictly
+    """A Backpack order that moves ``bp`` toward its own-delta target; None when no order strictly
     reduces the drift (within half a Backpack step, or below the venue minimum): as hedged as the
     Backpack grid allows."""
 
@@ -68,9 +86,19 @@ class RebalanceStep:
     target: Decimal
 
 
-def rebalance_step(positions: Positions, bp_rules: MarketRules) -> RebalanceStep | None:
+def backpack_target(positions: Positions, baselines: Positions | None = None) -> Decimal:
+    """Where Backpack must stand so the cycle's own deltas sum to zero:
+    ``base_bp - ((l1 - base_l1) + (l2 - base_l2))``; ``-(l1 + l2)`` from flat accounts. A position
+    held before the cycle (``allow_existing_positions``) is neither hedged nor sold."""
     assert positions.known
-    target = -(positions.l1 + positions.l2)  # type: ignore[operator]
+    base = baselines or Positions(Decimal(0), Decimal(0), Decimal(0))
+    own = positions.own(base)
+    return (base.bp or Decimal(0)) - (own.l1 + own.l2)  # type: ignore[operator]
+
+
+def rebalance_step(positions: Positions, bp_rules: MarketRules,
+                   baselines: Positions | None = None) -> RebalanceStep | None:
+    target = backpack_target(positions, baselines)
     delta = target - positions.bp  # type: ignore[operator]
     # The grid point nearest the target, a tie staying put: Lighter's step can be finer than
     # Backpack's, and rounding half a step up would overshoot by half a step, which rounds up the
@@ -103,19 +131,22 @@ def bp_rules_from_record(record: CycleRecord | CycleView) -> MarketRules:
     return MarketRules.from_json(record.get("bp_rules") or {})
 
 
-def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: Decimal) -> dict[str, int]:
-    """Consecutive fresh zero readings per Lighter leg; an unknown read neither counts nor resets."""
+def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: Decimal,
+                 baselines: Positions | None = None) -> dict[str, int]:
+    """Consecutive fresh readings per Lighter leg where the cycle's own delta (the position less its
+    baseline) is back to zero; an unknown read neither counts nor resets."""
+    own = positions.own(baselines) if baselines is not None else positions
     streaks = dict(previous or {"L1": 0, "L2": 0})
-    for role, value in (("L1", positions.l1), ("L2", positions.l2)):
+    for role, value in (("L1", own.l1), ("L2", own.l2)):
         if value is None:
             continue
         streaks[role] = streaks.get(role, 0) + 1 if abs(value) < l_step else 0
     return streaks
 
 
-def zero_legs(positions: Positions, l_step: Decimal) -> list[str]:
-    """The Lighter roles whose known position reads zero (a liquidation, until re-reads confirm it)."""
-    return [role for role, streak in zero_streaks(None, positions, l_step).items() if streak]
+def zero_legs(positions: Positions, l_step: Decimal, baselines: Positions | None = None) -> list[str]:
+    """The Lighter roles whose known own delta reads zero (a liquidation, until re-reads confirm it)."""
+    return [role for role, streak in zero_streaks(None, positions, l_step, baselines).items() if streak]
 
 
 def confirming_zero(streaks: dict[str, int]) -> bool:

@@ -1,19 +1,23 @@
 """Cycle planning: sides, sizes and the random wait, from fresh venue snapshots (pure functions).
 
 Sizing follows the original (§1.4): Lighter1 collateral × buffer × leverage at the top of book,
-or an explicit size. Unlike the original (bug §8.9) the Backpack margin is checked too, every
-venue's own minimum quantity and minimum notional apply, and sizes are Decimal on each venue's
-step. An unknown starting position refuses the cycle: unknown is not zero.
+or an explicit size. Unlike the original (bug §8.9) every account's available margin is checked
+against its own venue's initial-margin rule for the planned size plus the taker fees of the entry
+and the exit, every venue's own minimum quantity and minimum notional apply, and sizes are Decimal
+on each venue's step. An unknown starting position refuses the cycle (unknown is not zero), and so
+does a held one unless ``allow_existing_positions``: a cycle trades only what it opens.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 from venues.base import MarketRules, Side
+from venues.margin import InitialMargin
 from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Role
 from xtb_tasks.core.errors import XtbError
 
@@ -34,6 +38,8 @@ class AccountSnapshot:
     collateral: Decimal | None
     available: Decimal | None
     position: Decimal | None
+    #: The account's own initial-margin fraction on the market (Lighter's leverage setting); None: the default.
+    account_margin_fraction: Decimal | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AccountSnapshot:
@@ -45,8 +51,20 @@ class AccountSnapshot:
             rules=MarketRules.from_json(data["rules"]),
             bid=dec(data.get("bid")), ask=dec(data.get("ask")), equity=dec(data.get("equity")),
             collateral=dec(data.get("collateral")), available=dec(data.get("available")),
-            position=dec(data.get("position")),
+            position=dec(data.get("position")), account_margin_fraction=dec(data.get("initial_margin_fraction")),
         )
+
+    def price_for(self, side: Side) -> Decimal | None:
+        """The top-of-book price an order on ``side`` takes first; None when that side is empty."""
+        return self.ask if side is Side.BUY else self.bid
+
+    def margin_rule(self) -> InitialMargin | None:
+        """The market's initial-margin rule at the account's own fraction where the venue reported one
+        (a Lighter account whose leverage was raised trades at that, not at the market default)."""
+        rule = self.rules.initial_margin
+        if rule is None or self.account_margin_fraction is None:
+            return rule
+        return dataclasses.replace(rule, base=self.account_margin_fraction)
 
 
 @dataclass(frozen=True)
@@ -102,9 +120,7 @@ def plan_cycle(group: GroupConfig, params: HedgeParams, snaps: dict[Role, Accoun
                rng: random.Random | None = None) -> CyclePlan:
     """Size the cycle or raise :class:`PlanRefused`."""
     bp_side, l1_side, l2_side = sides_for(params.direction)
-    for role, snap in snaps.items():
-        if snap.position is None:
-            raise PlanRefused(f"{role.short} ({snap.account}) position is unknown; refusing to start")
+    check_starting_positions(params, snaps)
     l1 = snaps[Role.L1]
     # The original prices both Lighter legs from one side of Lighter1's book (ask when long).
     price = l1.ask if bp_side is Side.BUY else l1.bid
@@ -114,19 +130,73 @@ def plan_cycle(group: GroupConfig, params: HedgeParams, snaps: dict[Role, Accoun
     base = _base_size(params, snaps, price)
     bp = snaps[Role.BP]
     bp_size = bp.rules.quantize_size(base)
+    sides = {Role.BP: bp_side, Role.L1: l1_side, Role.L2: l2_side}
     for role, snap in snaps.items():
         size = snap.rules.quantize_size(base)
         if size < snap.rules.min_quantity or size * price < snap.rules.min_notional:
             raise PlanRefused(f"size {base:.8f} is below {role.short} ({snap.account}) minimum "
                               f"{snap.rules.min_quantity} / notional {snap.rules.min_notional}")
-    bp_margin = bp.available if bp.available is not None else bp.equity
-    needed = bp_size * price / Decimal(str(params.leverage))
-    if bp_margin is None or bp_margin < needed:
-        raise PlanRefused(f"Backpack ({bp.account}) margin {bp_margin} cannot carry {bp_size} at {params.leverage}x "
-                          f"(needs {needed:.2f})")
+        check_margin(role, snap, size, snap.price_for(sides[role]) or price, params)
     return CyclePlan(
         direction=params.direction, bp_side=bp_side, l1_side=l1_side, l2_side=l2_side, bp_size=bp_size,
         reference_price=price, wait_secs=draw_wait(params, rng),
         baselines={r.short: s.position for r, s in snaps.items() if s.position is not None},
         start_equity={r.short: s.equity for r, s in snaps.items()},
     )
+
+
+def check_starting_positions(params: HedgeParams, snaps: dict[Role, AccountSnapshot]) -> None:
+    """Refuse an unknown position always, and a held one (one step or more) unless
+    ``allow_existing_positions``: the exit and the rebalance would otherwise trade it as the cycle's."""
+    for role, snap in snaps.items():
+        if snap.position is None:
+            raise PlanRefused(f"{role.short} ({snap.account}) position is unknown; refusing to start")
+    if params.allow_existing_positions:
+        return
+    for role, snap in snaps.items():
+        assert snap.position is not None
+        if abs(snap.position) >= snap.rules.step_size:
+            raise PlanRefused(f"{role.value} ({snap.account}) already holds a position of {snap.position}; "
+                              f"flatten it or set allow_existing_positions = true")
+
+
+def taker_fee(role: Role, params: HedgeParams) -> Decimal:
+    return params.backpack_taker_fee if role is Role.BP else params.lighter_taker_fee
+
+
+def margin_needed(role: Role, snap: AccountSnapshot, size: Decimal, price: Decimal,
+                  params: HedgeParams) -> Decimal | None:
+    """Initial margin of ``size`` at ``price`` by the account's own venue rule, plus the taker fee
+    of the entry and of the exit; None when the venue published no rule (unknown, not zero).
+
+    The requirement is the planned size's alone, against what the venue says is available (which
+    already holds the margin of any position the account has): conservative when an existing
+    position is on the other side."""
+    rule = snap.margin_rule()
+    if rule is None:
+        return None
+    return rule.requirement(size, price) + 2 * abs(size) * price * taker_fee(role, params)
+
+
+def check_margin(role: Role, snap: AccountSnapshot, size: Decimal, price: Decimal, params: HedgeParams) -> None:
+    needed = margin_needed(role, snap, size, price, params)
+    # Equity stands in for an unreported available margin only on a flat account: a held
+    # position's margin is part of the equity but not available.
+    flat = snap.position is not None and abs(snap.position) < snap.rules.step_size
+    available = snap.available if snap.available is not None or not flat else snap.equity
+    name = f"{role.value} ({snap.account})"
+    if needed is None:
+        raise PlanRefused(f"{name}: the venue published no initial-margin rule for {snap.rules.symbol}; "
+                          f"refusing to start")
+    if available is None:
+        raise PlanRefused(f"{name} available margin is unknown; refusing to start")
+    if available < needed:
+        rule = snap.margin_rule()
+        assert rule is not None
+        fraction = rule.fraction(size)
+        # A Lighter account trades at its own fraction (the market default until its leverage is raised).
+        raisable = (f"; the venue allows {rule.lowest:.2%} once the account leverage is raised on the venue "
+                    f"(the bot does not set it)" if rule.lowest is not None and rule.lowest < fraction else "")
+        raise PlanRefused(f"{name} available margin {available} cannot carry {size} at {price}: needs "
+                          f"{needed:.2f} (initial margin {fraction:.2%}, {1 / fraction:.0f}x, plus entry "
+                          f"and exit fees){raisable}; add collateral or lower the size")

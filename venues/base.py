@@ -17,6 +17,8 @@ from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from enum import Enum
 from typing import Any
 
+from venues.margin import InitialMargin
+
 log = logging.getLogger(__name__)
 
 
@@ -111,12 +113,15 @@ class MarketRules:
     min_notional: Decimal = Decimal(0)
     #: Venue market id (Lighter ``market_id``); None on Backpack.
     market_id: int | None = None
+    #: The market's initial-margin rule; None when the venue did not publish one (unknown, not zero).
+    initial_margin: InitialMargin | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Every field, amounts as strings: the one shape rules cross processes and the cycle record in."""
         return {"symbol": self.symbol, "tick_size": str(self.tick_size), "step_size": str(self.step_size),
                 "min_quantity": str(self.min_quantity), "min_notional": str(self.min_notional),
-                "market_id": self.market_id}
+                "market_id": self.market_id,
+                "initial_margin": None if self.initial_margin is None else self.initial_margin.to_json()}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MarketRules:
@@ -129,7 +134,8 @@ class MarketRules:
         return cls(symbol=str(data["symbol"]), tick_size=Decimal(str(data["tick_size"])),
                    step_size=Decimal(str(data["step_size"])), min_quantity=Decimal(str(data["min_quantity"])),
                    min_notional=Decimal(str(data.get("min_notional") or 0)),
-                   market_id=None if market_id is None else int(market_id))
+                   market_id=None if market_id is None else int(market_id),
+                   initial_margin=InitialMargin.from_json(data.get("initial_margin")))
 
     @property
     def price_decimals(self) -> int:
@@ -226,6 +232,9 @@ class AccountReading:
     top: TopOfBook
     balance: Balance
     position: PositionReading
+    #: The account's own initial-margin fraction on the market where the venue reports one (Lighter's
+    #: per-market leverage setting, ``positions[].initial_margin_fraction``); None: the market's default.
+    initial_margin_fraction: Decimal | None = None
 
 
 class OrderState(str, Enum):

@@ -79,6 +79,12 @@ class Events:
                     and all(e.payload.get(k) == v for k, v in match.items())]
 
 
+def test_market_rules_carry_the_markets_imf_function(connector: Factory, simulator: Any) -> None:
+    # What planning checks Backpack's margin with (the simulator serves the captured ETH function).
+    imf = connector().market_rules(SYMBOL).initial_margin
+    assert imf is not None and (imf.base, imf.factor) == (Decimal("0.02"), Decimal("0.0000935"))
+
+
 # ---- orders ---------------------------------------------------------------------------------
 def test_market_order_fills_with_executed_quantity(connector: Factory, simulator: Any) -> None:
     conn = connector()

@@ -77,6 +77,12 @@ def buy(conn: LighterConnector, quantity: str, **kwargs: Any) -> tuple[int, Any]
     return cid, conn.submit_market_order(SYMBOL, cid, Side.BUY, Decimal(quantity), **kwargs)
 
 
+def test_market_rules_carry_the_initial_margin_fractions(make: Factory, simulator: Any) -> None:
+    # orderBookDetails' default 500 bp (what an account trades at until its leverage is raised) and min 200 bp.
+    imf = make().market_rules(SYMBOL).initial_margin
+    assert imf is not None and (imf.base, imf.lowest) == (Decimal("0.05"), Decimal("0.02"))
+
+
 def test_market_order_reports_the_venue_fill(make: Factory, simulator: Any) -> None:
     conn = make()
     events: list[ConnectorEvent] = []
@@ -232,6 +238,8 @@ def test_planning_read_takes_balance_and_position_from_one_account_read(make: Fa
     assert read.position.quantity == conn.get_position(SYMBOL).quantity == Decimal("0.03")
     assert read.balance.collateral == conn.get_balance().collateral is not None
     assert read.top.ask == conn.top_of_book(SYMBOL).ask is not None
+    # The account's own fraction on the market, in percent on the wire ("5.00": the default 20x).
+    assert read.initial_margin_fraction == Decimal("0.05")
     arm(simulator, conn, FaultKind.HTTP_500, "position")
     with pytest.raises(VenueError):  # balance and position share the read: no balance, no plan
         conn.read_account(SYMBOL)

@@ -235,6 +235,20 @@ def test_markets_give_decimal_rules() -> None:
     assert info.value.reason is ReasonCode.BAD_RESPONSE
 
 
+def test_markets_carry_the_imf_function() -> None:
+    rules = parse_market(body("market_perp_SOL_USDC_PERP_official_client"))
+    assert rules.initial_margin is not None
+    assert (rules.initial_margin.base, rules.initial_margin.factor) == (Decimal("0.02"), Decimal("0.00006"))
+    # max(0.02, 0.00006 × √250000 = 0.03)
+    assert rules.initial_margin.fraction(Decimal("250000")) == Decimal("0.03")
+    assert rules.initial_margin.fraction(Decimal("-4")) == Decimal("0.02")
+    market = body("market_perp_SOL_USDC_PERP_official_client")
+    assert parse_market({**market, "imfFunction": None}).initial_margin is None
+    assert parse_market({**market, "imfFunction": {"base": "0.1", "factor": "1", "type": "linear"}}).initial_margin is None
+    # A zero base would make every size free to carry: unknown, not zero.
+    assert parse_market({**market, "imfFunction": {"base": "0", "factor": "0", "type": "sqrt"}}).initial_margin is None
+
+
 def test_depth_best_bid_is_last_and_zero_levels_skipped() -> None:
     book = parse_depth("BTC_USDC", body("depth_rest_ccxt"), 1.0)
     assert book.bid == Decimal("12.9") and book.ask == Decimal("118318.3")

@@ -8,7 +8,15 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.flow import Positions, backpack_from_fills, confirming_zero, rebalance_step, zero_legs, zero_streaks
+from orchestrator.flow import (
+    Positions,
+    backpack_from_fills,
+    backpack_target,
+    confirming_zero,
+    rebalance_step,
+    zero_legs,
+    zero_streaks,
+)
 from venues.base import MarketRules, Side
 from xtb_tasks.core.config import GroupConfig, HedgeParams
 
@@ -173,3 +181,63 @@ def test_backpack_is_decided_from_the_cycles_fills_and_a_disagreeing_read_is_rea
         Decimal(-2), Decimal(1), Decimal(1))
     # No complete ledger (a leg in flight): the reads are all there is.
     assert backpack_from_fills(read, None, Decimal("0.01")) == (read, None)
+
+
+# ---- own deltas: targets relative to the baselines the plan recorded (issue 16 item 5) ----------------
+
+def test_a_backpack_position_held_before_the_cycle_is_not_sold() -> None:
+    """Backpack held 0.5 before; the cycle bought 1, Lighter1 sold 1, Lighter2 bought 1: Backpack's
+    target is base_bp - ((l1 - base_l1) + (l2 - base_l2)) = 0.5 - (-1 + 1) = 0.5: sell the cycle's 1, keep the 0.5."""
+    baselines = Positions(Decimal("0.5"), Decimal(0), Decimal(0))
+    positions = Positions(Decimal("1.5"), Decimal("-1"), Decimal("1"))
+    step = rebalance_step(positions, rules(), baselines)
+    assert step is not None and (step.side, step.quantity, step.target) == (Side.SELL, Decimal("1.000"), Decimal("0.5"))
+    # The absolute rule would sell the held 0.5 as well.
+    absolute = rebalance_step(positions, rules())
+    assert absolute is not None and absolute.quantity == Decimal("1.500")
+    assert rebalance_step(Positions(Decimal("0.5"), Decimal("-1"), Decimal("1")), rules(), baselines) is None
+
+
+def test_lighter_baselines_move_the_target_by_the_cycles_own_deltas_only() -> None:
+    baselines = Positions(Decimal(0), Decimal("2"), Decimal("-3"))
+    positions = Positions(Decimal("0"), Decimal("1"), Decimal("-2"))  # own deltas L1 -1, L2 +1
+    assert backpack_target(positions, baselines) == Decimal(0)
+    assert rebalance_step(positions, rules(), baselines) is None
+
+
+def test_zero_baselines_are_the_absolute_rule() -> None:
+    positions = Positions(Decimal("1"), Decimal("-1"), Decimal("0.5"))
+    assert backpack_target(positions, Positions(Decimal(0), Decimal(0), Decimal(0))) == backpack_target(positions)
+    assert Positions.baselines_of(None) == Positions(Decimal(0), Decimal(0), Decimal(0))
+    plan = {"baselines": {"BP": "0.5", "L1": "0", "L2": "-1.25"}}
+    assert Positions.baselines_of(plan) == Positions(Decimal("0.5"), Decimal(0), Decimal("-1.25"))
+
+
+def test_a_lighter_leg_counts_as_liquidated_when_its_own_delta_returns_to_zero() -> None:
+    baselines = Positions(Decimal(0), Decimal("2"), Decimal(0))
+    # Lighter1 held 2 before and the cycle sold 1: reading 1 is the open hedge, reading 2 its own zero.
+    assert zero_streaks(None, Positions(Decimal(0), Decimal("1"), Decimal("1")), L_STEP, baselines)["L1"] == 0
+    assert zero_streaks(None, Positions(Decimal(0), Decimal("2"), Decimal("1")), L_STEP, baselines)["L1"] == 1
+    # A flat reading of a leg that held 2 is not the cycle's zero (its own delta is -2).
+    assert zero_streaks({"L1": 1, "L2": 0}, Positions(Decimal(0), Decimal(0), Decimal("1")), L_STEP, baselines)["L1"] == 0
+    assert zero_streaks({"L1": 1, "L2": 0}, Positions(Decimal(0), None, Decimal("1")), L_STEP, baselines)["L1"] == 1
+
+
+@settings(max_examples=500, deadline=None)
+@given(bp=lots, l1=lots, l2=lots, base_bp=lots, base_l1=lots, base_l2=lots,
+       step=st.sampled_from(["0.0001", "0.001", "0.01", "0.1"]))
+def test_a_relative_rebalance_never_trades_the_baselines(bp: Decimal, l1: Decimal, l2: Decimal, base_bp: Decimal,
+                                                         base_l1: Decimal, base_l2: Decimal, step: str) -> None:
+    """After the order the cycle's own net (positions less baselines) is smaller, whatever was held before;
+    with no order it is within half a Backpack step (or below the minimum)."""
+    r = rules(step)
+    baselines = Positions(base_bp, base_l1, base_l2)
+    positions = Positions(bp, l1, l2)
+    own_net = (bp - base_bp) + (l1 - base_l1) + (l2 - base_l2)
+    order = rebalance_step(positions, r, baselines)
+    if order is None:
+        assert abs(own_net) <= r.step_size / 2 or abs(own_net) < r.min_quantity + r.step_size
+        return
+    assert order.target == base_bp - ((l1 - base_l1) + (l2 - base_l2))
+    signed = order.quantity if order.side is Side.BUY else -order.quantity
+    assert abs(own_net + signed) < abs(own_net)

@@ -94,6 +94,28 @@ def test_market_rules_from_details_and_order_books(fx: dict[str, Any]) -> None:
     assert err.value.reason is ReasonCode.UNKNOWN_MARKET
 
 
+def test_market_rules_carry_the_initial_margin_fraction_in_basis_points(fx: dict[str, Any]) -> None:
+    # default_initial_margin_fraction 500 (5 %, 20x) and min_initial_margin_fraction 200 (2 %, 50x).
+    rules = p.parse_market_rules(fx["orderBookDetails_ETH_mainnet_capture_nautilus"], "ETH")
+    assert rules.initial_margin is not None
+    assert (rules.initial_margin.base, rules.initial_margin.lowest) == (Decimal("0.05"), Decimal("0.02"))
+    assert rules.initial_margin.requirement(Decimal("2"), Decimal("3000")) == Decimal("300")
+    # orderBooks carries no margin fractions: unknown, not zero.
+    assert p.parse_market_rules(fx["orderBooks_ETH_mainnet_capture_nautilus"], "ETH").initial_margin is None
+    body = fx["orderBookDetails_ETH_mainnet_capture_nautilus"]
+    zero = {**body, "order_book_details": [{**body["order_book_details"][0], "default_initial_margin_fraction": 0}]}
+    assert p.parse_market_rules(zero, "ETH").initial_margin is None
+
+
+def test_the_accounts_own_initial_margin_fraction_is_read_in_percent(fx: dict[str, Any]) -> None:
+    # "5.00" on an 18 ETH position (the default 20x); "10.00" listed at position 0 on market 1 (10x).
+    assert p.parse_initial_margin_fraction(
+        p.find_account(fx["account_by_index_long_position_testnet_ccxt_static"], 1077), 0) == Decimal("0.05")
+    newer = p.find_account(fx["account_by_index_newer_fields_nautilus"], 123456)
+    assert p.parse_initial_margin_fraction(newer, 1) == Decimal("0.1")
+    assert p.parse_initial_margin_fraction(newer, 0) is None  # no entry: the market's default applies
+
+
 def test_top_of_book(fx: dict[str, Any]) -> None:
     tob = p.parse_top_of_book(fx["orderBookOrders_ETH_mainnet_capture_nautilus"], "ETH", 1.0)
     assert (tob.bid, tob.ask, tob.read_at) == (Decimal("2361.17"), Decimal("2361.32"), 1.0)

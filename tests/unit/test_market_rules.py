@@ -49,6 +49,14 @@ def test_both_venues_rules_round_trip_with_every_field(make: Any) -> None:
     assert (back.price_decimals, back.size_decimals) == (rules.price_decimals, rules.size_decimals)
 
 
+def test_the_initial_margin_rule_travels_and_old_records_read_it_as_unknown() -> None:
+    for rules in (_backpack_rules(), _lighter_rules()):
+        assert rules.initial_margin is not None
+        assert _through_json(rules).initial_margin == rules.initial_margin
+    old = {k: v for k, v in _lighter_rules().to_json().items() if k != "initial_margin"}
+    assert MarketRules.from_json(old).initial_margin is None
+
+
 def test_lighter_market_id_zero_is_kept_not_dropped() -> None:
     # ETH is market 0 on Lighter: a falsy id that a careless `or None` would lose.
     rules = _lighter_rules()

@@ -1,7 +1,9 @@
-"""plan_cycle and sides_for: sides follow Direction; sizes sit on every venue's step and minimums."""
+"""plan_cycle and sides_for: sides follow Direction; sizes sit on every venue's step and minimums; a cycle
+starts only on flat accounts (or with allow_existing_positions) that can carry it by their own venue's margin."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from decimal import Decimal
 
@@ -9,20 +11,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.planning import AccountSnapshot, PlanRefused, plan_cycle, sides_for
+from orchestrator.planning import AccountSnapshot, PlanRefused, margin_needed, plan_cycle, sides_for
 from venues.base import MarketRules, Side
+from venues.margin import InitialMargin
 from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Role
 
 GROUP = GroupConfig(name="g", backpack="bp", lighter1="l1", lighter2="l2")
 STEPS = [Decimal("0.0001"), Decimal("0.001"), Decimal("0.01"), Decimal("0.1")]
+TWO_PERCENT = InitialMargin(Decimal("0.02"))
+#: The captured Lighter ETH market: default 500 bp (20x), the account may go down to 200 bp (50x).
+LIGHTER_ETH = InitialMargin(Decimal("0.05"), lowest=Decimal("0.02"))
+#: The captured Backpack ETH_USDC_PERP imfFunction.
+BACKPACK_ETH = InitialMargin(Decimal("0.02"), Decimal("0.0000935"))
+NO_FEES = {"backpack_taker_fee": Decimal(0), "lighter_taker_fee": Decimal(0)}
 
 
 def snap(account: str, step: Decimal = Decimal("0.001"), *, min_qty: Decimal | None = None,
          min_notional: Decimal = Decimal(0), bid: Decimal | None = Decimal("2000"),
          ask: Decimal | None = Decimal("2001"), collateral: Decimal | None = Decimal("100"),
-         available: Decimal | None = Decimal("1000000"), position: Decimal | None = Decimal(0)) -> AccountSnapshot:
+         available: Decimal | None = Decimal("1000000"), position: Decimal | None = Decimal(0),
+         imf: InitialMargin | None = TWO_PERCENT) -> AccountSnapshot:
     rules = MarketRules(symbol="ETH", tick_size=Decimal("0.01"), step_size=step,
-                        min_quantity=step if min_qty is None else min_qty, min_notional=min_notional)
+                        min_quantity=step if min_qty is None else min_qty, min_notional=min_notional,
+                        initial_margin=imf)
     return AccountSnapshot(account=account, rules=rules, bid=bid, ask=ask, equity=collateral,
                            collateral=collateral, available=available, position=position)
 
@@ -80,8 +91,81 @@ def test_a_size_below_any_venue_minimum_refuses() -> None:
 
 
 def test_backpack_margin_that_cannot_carry_the_size_refuses() -> None:
-    with pytest.raises(PlanRefused, match="margin"):
-        plan_cycle(GROUP, HedgeParams(size=Decimal("1"), leverage=10.0), snaps(bp=snap("bp", available=Decimal("100"))))
+    # 1 ETH at 2001 by Backpack's imfFunction (2 %) = 40.02, plus 2 × 0.05 % taker = 2.001.
+    with pytest.raises(PlanRefused, match=r"backpack \(bp\) available margin 40 cannot carry 1.000 at 2001: "
+                                          r"needs 42.02 \(initial margin 2.00%, 50x"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(bp=snap("bp", available=Decimal("40"), imf=BACKPACK_ETH)))
+
+
+def test_lighter2_margin_is_checked_by_its_own_venue_rule() -> None:
+    """Issue 16 item 7: Lighter2 was never checked. 1 ETH at 5 % (the market's default, 20x) = 100.05, plus 2 × 0.028 % taker."""
+    with pytest.raises(PlanRefused, match=r"lighter2 \(l2\) available margin 50 cannot carry 1.000 at 2001: "
+                                          r"needs 101.17 .*5.00%, 20x.* allows 2.00% once the account leverage"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l2=snap("l2", available=Decimal("50"), imf=LIGHTER_ETH)))
+
+
+def test_a_lighter_account_checks_at_its_own_leverage_setting_where_the_venue_reports_it() -> None:
+    raised = dataclasses.replace(snap("l2", available=Decimal("50"), imf=LIGHTER_ETH),
+                                 account_margin_fraction=Decimal("0.02"))
+    # 1 ETH at 2 % = 40.02 + fees 1.12: carried at 50x where the market's default 5 % was not.
+    plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l2=raised))
+    lowered = dataclasses.replace(snap("l1", available=Decimal("150"), imf=LIGHTER_ETH),
+                                  account_margin_fraction=Decimal("0.1"))
+    with pytest.raises(PlanRefused, match=r"lighter1 \(l1\) .*needs 201.1[0-9] \(initial margin 10.00%, 10x"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l1=lowered))
+    data = {"account": "l1", "rules": MarketRules("ETH", Decimal("0.01"), Decimal("0.0001"), Decimal("0.005"),
+                                                  initial_margin=LIGHTER_ETH).to_json(),
+            "initial_margin_fraction": "0.1"}
+    assert AccountSnapshot.from_json(data).margin_rule() == InitialMargin(Decimal("0.1"), lowest=Decimal("0.02"))
+    assert AccountSnapshot.from_json({**data, "initial_margin_fraction": None}).margin_rule() == LIGHTER_ETH
+
+
+def test_the_fee_allowance_refuses_an_account_that_only_carries_the_margin() -> None:
+    exact = Decimal("1") * Decimal("2001") * Decimal("0.05")
+    accounts = snaps(l1=snap("l1", available=exact, imf=LIGHTER_ETH))
+    plan_cycle(GROUP, HedgeParams(size=Decimal("1"), **NO_FEES), accounts)
+    with pytest.raises(PlanRefused, match=r"lighter1 \(l1\).*plus entry and exit fees"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1")), accounts)
+
+
+def test_an_unpublished_margin_rule_or_unknown_margin_refuses() -> None:
+    with pytest.raises(PlanRefused, match="published no initial-margin rule"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l2=snap("l2", imf=None)))
+    with pytest.raises(PlanRefused, match=r"lighter1 \(l1\) available margin is unknown"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l1=snap("l1", available=None, collateral=None)))
+    # Equity stands in for an unreported available margin only while the account is flat.
+    plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l1=snap("l1", available=None)))
+    held = snap("l1", available=None, position=Decimal("1"))
+    with pytest.raises(PlanRefused, match=r"lighter1 \(l1\) available margin is unknown"):
+        plan_cycle(GROUP, HedgeParams(size=Decimal("1"), allow_existing_positions=True), snaps(l1=held))
+
+
+def test_backpack_imf_function_grows_with_the_square_root_of_the_size() -> None:
+    small = margin_needed(Role.BP, snap("bp", imf=BACKPACK_ETH), Decimal("1"), Decimal("2000"), HedgeParams(**NO_FEES))
+    # 0.0000935 × √100000 = 0.0296 > 0.02
+    large = margin_needed(Role.BP, snap("bp", imf=BACKPACK_ETH), Decimal("100000"), Decimal("2000"),
+                          HedgeParams(**NO_FEES))
+    assert small == Decimal("40.00")
+    assert large is not None and large / (Decimal("100000") * 2000) > Decimal("0.0295")
+
+
+@pytest.mark.parametrize("role", ["bp", "l1", "l2"])
+def test_an_account_holding_a_position_refuses_the_cycle(role: str) -> None:
+    """Issue 16 item 5: the cycle would rebalance or flatten a position it never opened."""
+    name = Role[role.upper()].value
+    with pytest.raises(PlanRefused, match=rf"^{name} \({role}\) already holds a position of -0.005; flatten it or "
+                                          r"set allow_existing_positions = true$"):
+        plan_cycle(GROUP, HedgeParams(), snaps(**{role: snap(role, position=Decimal("-0.005"))}))
+
+
+def test_less_than_one_step_is_flat_and_allow_existing_positions_records_the_baselines() -> None:
+    plan = plan_cycle(GROUP, HedgeParams(), snaps(bp=snap("bp", position=Decimal("0.0009"))))
+    assert plan.baselines["BP"] == Decimal("0.0009")
+    held = snaps(bp=snap("bp", position=Decimal("0.5")), l2=snap("l2", position=Decimal("-1.25")))
+    plan = plan_cycle(GROUP, HedgeParams(allow_existing_positions=True), held)
+    assert plan.baselines == {"BP": Decimal("0.5"), "L1": Decimal(0), "L2": Decimal("-1.25")}
+    with pytest.raises(PlanRefused, match="position is unknown"):
+        plan_cycle(GROUP, HedgeParams(allow_existing_positions=True), snaps(l1=snap("l1", position=None)))
 
 
 def test_test_mode_sizes_at_the_largest_minimum_in_base_units() -> None:
@@ -106,8 +190,8 @@ def test_a_plan_respects_step_minimums_collateral_and_margin(
         bp_step: Decimal, l_step: Decimal, bp_margin: Decimal, seed: int) -> None:
     params = HedgeParams(direction=direction, collateral_buffer=buffer, leverage=float(leverage))
     book = {"bid": price, "ask": price + Decimal("0.01")}
-    s = snaps(bp=snap("bp", bp_step, available=bp_margin, **book), l1=snap("l1", l_step, collateral=collateral, **book),
-              l2=snap("l2", l_step, **book))
+    s = snaps(bp=snap("bp", bp_step, available=bp_margin, imf=BACKPACK_ETH, **book),
+              l1=snap("l1", l_step, collateral=collateral, **book), l2=snap("l2", l_step, **book))
     try:
         plan = plan_cycle(GROUP, params, s, random.Random(seed))
     except PlanRefused:
@@ -118,7 +202,40 @@ def test_a_plan_respects_step_minimums_collateral_and_margin(
     assert plan.bp_size >= bp_step
     budget = collateral * buffer * leverage / ref
     assert plan.bp_size <= budget < plan.bp_size + bp_step  # rounded down, by less than one step
-    assert plan.bp_size * ref / leverage <= bp_margin
+    assert plan.bp_size * ref * BACKPACK_ETH.fraction(plan.bp_size) <= bp_margin
     assert (plan.bp_side, plan.l1_side, plan.l2_side) == sides_for(direction)
     assert params.wait_min_secs <= plan.wait_secs <= params.wait_max_secs
     assert plan.baselines == {"BP": Decimal(0), "L1": Decimal(0), "L2": Decimal(0)}
+
+
+fractions = st.decimals(min_value=Decimal("0.005"), max_value=Decimal("1"), places=4)
+fee_rates = st.decimals(min_value=Decimal(0), max_value=Decimal("0.01"), places=5)
+margins = st.decimals(min_value=Decimal(0), max_value=Decimal("1000000"), places=2)
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.decimals(min_value=Decimal("0.001"), max_value=Decimal("1000"), places=3),
+       price=st.decimals(min_value=Decimal("1"), max_value=Decimal("100000"), places=2),
+       imfs=st.tuples(fractions, fractions, fractions), factor=st.sampled_from([Decimal(0), Decimal("0.0001")]),
+       available=st.tuples(margins, margins, margins), fees=st.tuples(fee_rates, fee_rates),
+       direction=st.sampled_from(list(Direction)))
+def test_a_plan_never_exceeds_any_accounts_available_margin(
+        size: Decimal, price: Decimal, imfs: tuple[Decimal, ...], factor: Decimal, available: tuple[Decimal, ...],
+        fees: tuple[Decimal, Decimal], direction: Direction) -> None:
+    params = HedgeParams(size=size, direction=direction, backpack_taker_fee=fees[0], lighter_taker_fee=fees[1])
+    book = {"bid": price, "ask": price + Decimal("0.01")}
+    accounts = {role: snap(role.short.lower(), available=avail, imf=InitialMargin(imf, factor), **book)
+                for role, imf, avail in zip((Role.BP, Role.L1, Role.L2), imfs, available, strict=True)}
+    try:
+        plan = plan_cycle(GROUP, params, accounts)
+    except PlanRefused as refused:
+        assert "available margin" in str(refused) or "below" in str(refused)
+        return
+    sides = dict(zip((Role.BP, Role.L1, Role.L2), (plan.bp_side, plan.l1_side, plan.l2_side), strict=True))
+    for role, account in accounts.items():
+        quantity = account.rules.quantize_size(size)
+        taken = account.price_for(sides[role])
+        assert taken is not None and account.available is not None and account.rules.initial_margin is not None
+        fee = params.backpack_taker_fee if role is Role.BP else params.lighter_taker_fee
+        entry_and_exit = quantity * taken * (account.rules.initial_margin.fraction(quantity) + 2 * fee)
+        assert entry_and_exit <= account.available, role

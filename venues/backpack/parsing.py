@@ -22,6 +22,7 @@ from venues.base import (
     TopOfBook,
     VenueError,
 )
+from venues.margin import InitialMargin
 
 _SIDES = {"Bid": Side.BUY, "Ask": Side.SELL}
 SIDE_TO_WIRE = {Side.BUY: "Bid", Side.SELL: "Ask"}
@@ -120,7 +121,21 @@ def parse_market(body: Any) -> MarketRules:
     if tick <= 0 or step <= 0:
         raise bad(f"market {symbol}: non-positive tick or step")
     min_qty = dec(quantity.get("minQuantity", step), "minQuantity")
-    return MarketRules(symbol=symbol, tick_size=tick, step_size=step, min_quantity=min_qty)
+    return MarketRules(symbol=symbol, tick_size=tick, step_size=step, min_quantity=min_qty,
+                       initial_margin=_imf_function(market.get("imfFunction"), symbol))
+
+
+def _imf_function(raw: Any, symbol: str) -> InitialMargin | None:
+    # A perp's is ``{"base", "factor", "type": "sqrt"}``; none (spot) or another type is unknown, not zero:
+    # planning refuses rather than guess.
+    if raw is None:
+        return None
+    function = obj(raw, f"market {symbol} imfFunction")
+    if function.get("type") != "sqrt":
+        return None
+    rule = InitialMargin(base=dec(function.get("base"), "imfFunction.base"),
+                         factor=dec(function.get("factor", 0), "imfFunction.factor"))
+    return rule if rule.base > 0 else None
 
 
 def parse_markets(body: Any) -> dict[str, MarketRules]:

@@ -44,6 +44,7 @@ from venues.lighter.parsing import (
     find_account,
     order_index,
     parse_balance,
+    parse_initial_margin_fraction,
     parse_market_rules,
     parse_order,
     parse_orders,
@@ -195,7 +196,15 @@ class LighterConnector(VenueConnector):
             reading = PositionReading(self.account, symbol, None, read_at, error=str(exc))
         else:
             self.orders.emit(EventKind.POSITION, reading.to_json())
-        return AccountReading(top, parse_balance(acct, self.account, read_at), reading)
+        return AccountReading(top, parse_balance(acct, self.account, read_at), reading,
+                              self._own_fraction(acct, symbol))
+
+    def _own_fraction(self, acct: dict[str, Any], symbol: str) -> Decimal | None:
+        # A malformed entry leaves the market's default in force; the position read reports the error.
+        try:
+            return parse_initial_margin_fraction(acct, int(self._rules[symbol].market_id or 0))
+        except VenueError:
+            return None
 
     async def _book_and_account(self, symbol: str) -> tuple[TopOfBook, dict[str, Any]]:
         await self._market_rules(symbol)

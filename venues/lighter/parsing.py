@@ -22,6 +22,7 @@ from venues.base import (
     TopOfBook,
     VenueError,
 )
+from venues.margin import LIGHTER_FRACTION_UNITS, InitialMargin
 
 CODE_OK = 200
 CODE_ACCOUNT_NOT_FOUND = 21100
@@ -196,8 +197,19 @@ def parse_market_rules(body: Any, symbol: str) -> MarketRules:
         min_base = opt_decimal(row.get("min_base_amount"), "min_base_amount") or step
         min_quote = opt_decimal(row.get("min_quote_amount"), "min_quote_amount") or Decimal(0)
         return MarketRules(symbol=symbol, tick_size=tick, step_size=step, min_quantity=min_base,
-                           min_notional=min_quote, market_id=_int(row.get("market_id"), "market_id"))
+                           min_notional=min_quote, market_id=_int(row.get("market_id"), "market_id"),
+                           initial_margin=_initial_margin(row))
     raise VenueError(ReasonCode.UNKNOWN_MARKET, f"no Lighter perp market {symbol!r}")
+
+
+def _initial_margin(row: Mapping[str, Any]) -> InitialMargin | None:
+    # Basis points of notional; orderBooks (the fallback body) carries none: unknown, not zero.
+    default = opt_decimal(row.get("default_initial_margin_fraction"), "default_initial_margin_fraction")
+    if default is None or default <= 0:
+        return None
+    lowest = opt_decimal(row.get("min_initial_margin_fraction"), "min_initial_margin_fraction")
+    return InitialMargin(base=default / LIGHTER_FRACTION_UNITS,
+                         lowest=None if lowest is None else lowest / LIGHTER_FRACTION_UNITS)
 
 
 def _best(levels: Any, what: str) -> Decimal | None:
@@ -252,6 +264,18 @@ def parse_position(acct: Mapping[str, Any], market_id: int) -> tuple[Decimal, De
             entry_price = opt_decimal(entry.get("avg_entry_price"), "avg_entry_price")
             return qty, (entry_price if qty else None)
     return Decimal(0), None
+
+
+def parse_initial_margin_fraction(acct: Mapping[str, Any], market_id: int) -> Decimal | None:
+    """The account's own initial-margin fraction on ``market_id``: REST ``AccountPosition``
+    ``initial_margin_fraction`` is in percent ("5.00" at the default 20x, "10.00" at 10x; captured
+    accounts list it even at position 0). None when the account has no entry for the market: it
+    trades at the market's ``default_initial_margin_fraction``."""
+    for entry in _positions(acct):
+        if _int(entry.get("market_id"), "market_id") == market_id:
+            percent = opt_decimal(entry.get("initial_margin_fraction"), "initial_margin_fraction")
+            return None if percent is None or percent <= 0 else percent / 100
+    return None
 
 
 def parse_balance(acct: Mapping[str, Any], account: str, read_at: float) -> Balance:

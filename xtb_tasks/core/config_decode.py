@@ -68,7 +68,7 @@ def parse_decimal(text: str) -> Decimal | None:
 
 
 def doc(description: str, **extra: Any) -> Meta:
-    """A field's description, and bounds msgspec cannot check (``gt``/``ge`` on Decimals, ``venue``)."""
+    """A field's description, and bounds msgspec cannot check (``gt``/``ge``/``le`` on Decimals, ``venue``)."""
     return Meta(description=description, extra=extra or None)
 
 
@@ -117,6 +117,8 @@ def check_amounts(obj: msgspec.Struct) -> None:
             raise ConfigError(name, f"expected a decimal number > {extra['gt']}, got {value}")
         if "ge" in extra and not value >= extra["ge"]:
             raise ConfigError(name, f"expected a decimal number >= {extra['ge']}, got {value}")
+        if "le" in extra and not value <= extra["le"]:
+            raise ConfigError(name, f"expected a decimal number <= {extra['le']}, got {value}")
 
 
 def check_url(key: str, value: str | None, schemes: tuple[str, ...]) -> str | None:

@@ -85,7 +85,8 @@ class HedgeParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         "monitoring deadline; reaching it is an emergency exit with reason timeout")] = 86400.0
     poll_interval_secs: Annotated[float, Meta(ge=0.1, le=600.0), doc("interval of the monitor's checks")] = 5.0
     liquidation_tolerance: Annotated[Decimal, doc(
-        "Backpack drift from -(l1 + l2) beyond which the monitor rebalances", gt=0)] = Decimal("0.0001")
+        "Backpack drift from its own-delta target (-(l1 + l2) from flat accounts) beyond which the monitor "
+        "rebalances", gt=0)] = Decimal("0.0001")
     zero_confirmations: Annotated[int, Meta(ge=1, le=100), doc(
         "consecutive fresh zero readings of a Lighter leg before it counts as liquidated")] = 2
     unknown_reads_alert: Annotated[int, Meta(ge=1, le=10_000), doc(
@@ -111,6 +112,15 @@ class HedgeParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     rebalance_max_attempts: Annotated[Attempts, doc("Backpack rebalance attempts")] = 3
     rebalance_retry_delay_secs: Annotated[float, Meta(ge=0.0, le=60.0), doc("delay between rebalance attempts")] = 0.5
     test_mode: Annotated[bool, doc("size every leg at the largest venue minimum instead of from collateral")] = False
+    allow_existing_positions: Annotated[bool, doc(
+        "start on accounts that already hold a position: they become the cycle's baselines, and the "
+        "hedge trades only its own deltas from them; false refuses to start unless all three are flat")] = False
+    backpack_taker_fee: Annotated[Decimal, doc(
+        "Backpack taker fee rate reserved twice (entry and exit) in the margin check; Tier 1 futures 0.05 %",
+        ge=0, le=Decimal("0.01"))] = Decimal("0.0005")
+    lighter_taker_fee: Annotated[Decimal, doc(
+        "Lighter taker fee rate reserved twice (entry and exit) in the margin check; Premium 0.028 % "
+        "(Standard accounts pay 0)", ge=0, le=Decimal("0.01"))] = Decimal("0.00028")
 
     def __post_init__(self) -> None:
         check_amounts(self)

@@ -42,7 +42,7 @@ class Stage(str, Enum):
     WAIT = "wait"
     #: Lighter2 same-side entry and its confirmation.
     L2_ENTRY = "l2_entry"
-    #: Reading all three positions and driving Backpack to -(l1 + l2).
+    #: Reading all three positions and driving Backpack to its own-delta target (-(l1 + l2) from flat).
     REBALANCE = "rebalance"
     #: Self-rescheduling checks until a leg is liquidated or the cycle times out.
     MONITORING = "monitoring"
@@ -202,7 +202,8 @@ FIELDS: dict[str, Field] = {
     "l_step": Field(STR, "Lighter's size step at planning (decimal text)"),
     # Rebalancing and monitoring.
     "positions": Field(OBJECT, "the latest reading of the three positions"),
-    "net_delta": Field(STR, "the latest net position as decimal text ('' when unknown)"),
+    "net_delta": Field(STR, "the latest net of the cycle's own deltas (positions less the plan's "
+                            "baselines) as decimal text ('' when unknown)"),
     "rebalances": Field(INT, "how many rebalance orders were placed (HINCRBY; numbers bp_rebalance_<n>)"),
     "monitoring_started_at": Field(FLOAT, "when monitoring began (the cycle timeout counts from it)"),
     "zero_streaks": Field(OBJECT, "consecutive fresh zero reads per Lighter role"),

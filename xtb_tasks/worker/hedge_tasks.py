@@ -190,7 +190,8 @@ def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, A
 
 @app.task(name="xtb.hedge.rebalance", ignore_result=True)
 def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge", step: int = 0) -> None:
-    """Read all three positions in parallel, then drive Backpack to -(l1 + l2).
+    """Read all three positions in parallel, then drive Backpack to its own-delta target
+    (``-(l1 + l2)`` from flat accounts; ``orchestrator.flow.backpack_target``).
 
     ``step`` is the control loop's token (``xtb_tasks.core.fencing``): a copy issued under an older
     one refuses, and of two copies under the current one only the first decision goes on.
@@ -222,14 +223,15 @@ def _take_step(cycle_id: str, step: int, task: str) -> int:
 def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str,
                      step: int = 0) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "bp_rules", "events", "l_step")
+    view = record.view("group", "overrides", "bp_rules", "events", "l_step", "plan")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
     token = _take_step(cycle_id, step, "rebalance decision")
     grp, params = group_and_params(settings(), view)
     read = Positions.from_readings(readings, grp)
+    baselines = Positions.baselines_of(view.get("plan"))
     reading = positions_fields(f"rebalance_{attempt}", read.to_json())
-    zeros = zero_legs(read, Decimal(view.get("l_step") or "0.0001")) if read.known else []
+    zeros = zero_legs(read, Decimal(view.get("l_step") or "0.0001"), baselines) if read.known else []
     if zeros:
         _confirm_zero(record, params, then, reading, zeros, token)
         return {"hedged": False, "zero": zeros}
@@ -237,9 +239,9 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
     positions, doubt = backpack_from_fills(read, _backpack_from_fills(record, grp), bp_rules.step_size)
     step_order = None
     if positions is not None and positions.known:
-        step_order = rebalance_step(positions, bp_rules)
+        step_order = rebalance_step(positions, bp_rules, baselines)
         if step_order is None:
-            _hedged(record, grp.name, params, positions, then, reading, token)
+            _hedged(record, grp.name, params, positions, baselines, then, reading, token)
             return {"hedged": True, "positions": positions.to_json()}
     if attempt >= params.rebalance_max_attempts:
         why = doubt or ("positions unknown" if step_order is None else
@@ -280,13 +282,13 @@ def _send_rebalance(record: CycleRecord, grp: GroupConfig, view: CycleView, orde
                            nxt).apply_async()
 
 
-def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, then: str,
-            reading: dict[str, Any], token: int) -> None:
+def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, baselines: Positions,
+            then: str, reading: dict[str, Any], token: int) -> None:
     if then == "hedge":
         now = time.time()
         pipe = redis_client().pipeline(transaction=True)
         record.set_stage(Stage.MONITORING, deadline=now + params.poll_interval_secs + STEP_GRACE_SECS, via=pipe,
-                         monitoring_started_at=now, net_delta=str(positions.net), **reading)
+                         monitoring_started_at=now, net_delta=str(positions.own(baselines).net), **reading)
         queue_alert(pipe, AlertKind.CYCLE_HEDGED,
                     format_cycle_hedged(group, record.cycle_id, {"BP": positions.bp, "L1": positions.l1,
                                                                  "L2": positions.l2}),
@@ -345,15 +347,18 @@ def monitor_tick(*, cycle_id: str, step: int = 0) -> None:
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str, step: int = 0) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules", "unknown_reads")
+    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules", "plan", "unknown_reads")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
     token = _take_step(cycle_id, step, "monitor decision")
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
-    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"))
+    # Relative to the baselines: a leg is liquidated when the cycle's own delta on it is back to zero.
+    baselines = Positions.baselines_of(view.get("plan"))
+    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"), baselines)
+    own = positions.own(baselines)
     unknown = 0 if positions.known else int(view.get("unknown_reads") or 0) + 1
-    record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "",
+    record.update(positions=positions.to_json(), net_delta=str(own.net) if own.known else "",
                   zero_streaks=streaks, unknown_reads=unknown)
     if unknown and unknown % params.unknown_reads_alert == 0:
         _alert_unknown(cycle_id, grp.name, positions, unknown)
@@ -366,7 +371,7 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str, step: int =
         _next_tick(cycle_id, token, params.zero_reread_secs)
         return {"confirming_zero": streaks}
     if positions.known:
-        step_order = rebalance_step(positions, bp_rules_from_record(view))
+        step_order = rebalance_step(positions, bp_rules_from_record(view), baselines)
         drift = abs(step_order.target - positions.bp) if step_order else Decimal(0)  # type: ignore[operator]
         if step_order is not None and drift > params.liquidation_tolerance:
             rebalance.delay(cycle_id=cycle_id, attempt=0, then="monitor", step=token)

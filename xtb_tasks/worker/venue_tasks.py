@@ -253,4 +253,5 @@ def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | N
         "bid": text(top.bid), "ask": text(top.ask), "equity": text(balance.equity),
         "collateral": text(balance.collateral), "available": text(balance.available),
         "position": text(reading.quantity), "position_error": reading.error,
+        "initial_margin_fraction": text(read.initial_margin_fraction),
     }
