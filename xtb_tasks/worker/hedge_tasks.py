@@ -231,7 +231,8 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
     record_intent(pipe, grp.backpack, client_id, cycle_id=cycle_id, leg=leg)
     pipe.execute()
     nxt = canvas.hedge("rebalance", cycle_id=cycle_id, attempt=attempt + 1, then=then)
-    canvas.rebalance_order(grp, cycle_id, step.side.value, step.quantity, client_id, leg, nxt).apply_async()
+    canvas.rebalance_order(grp, cycle_id, step.side.value, step.quantity, client_id, leg, nxt,
+                           max_slippage=params.backpack_max_slippage or None).apply_async()
     return {"hedged": False, "order": {"side": step.side.value, "quantity": str(step.quantity)}}
 
 

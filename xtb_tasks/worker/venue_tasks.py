@@ -212,6 +212,24 @@ def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], cyc
     return {**report.to_json(), "equity": None if equity is None else str(equity)}
 
 
+@app.task(name="xtb.venue.exit_reading", base=AccountLeaseTask, bind=True, exclusive=False)
+def exit_reading(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
+    """A fresh position, the market rules and the equity for the next exit step; the equity is None
+    when the balance cannot be read (the exit goes on: PnL is then unknown, never zero)."""
+    _guard_queue(self, account)
+    connector = get_connector(account)
+    rules = connector.market_rules(symbol)
+    reading = read_position(redis_client(), connector, symbol, cycle_id)
+    try:
+        equity: Decimal | None = connector.get_balance().equity
+    except VenueError as exc:
+        log.warning("account=%s cycle=%s balance during the exit unknown: %s", account, cycle_id, exc)
+        equity = None
+    return {"account": account, "rules": rules.to_json(), "read_at": reading.read_at,
+            "position": None if reading.quantity is None else str(reading.quantity),
+            "position_error": reading.error, "equity": None if equity is None else str(equity)}
+
+
 @app.task(name="xtb.venue.account_snapshot", base=AccountLeaseTask, bind=True, exclusive=False)
 def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
     """Rules, top of book, balance and a fresh position in one round trip (cycle planning)."""
