@@ -474,6 +474,14 @@ def test_partial_fill_fault(url: str, client: Client) -> None:
     order = client.order(side="Bid", quantity="0.04").json()
     assert order["status"] == "Expired" and order["executedQuantity"] == "0.01"
     assert client.position() == Decimal("0.01")
+    # A resting Limit order leaves the fault armed; a Limit IOC (it takes at once, like Market) uses it.
+    admin(url, "fault", {"venue": "backpack", "kind": "partial_fill", "params": {"fraction": 0.5}})
+    resting = client.order(orderType="Limit", side="Bid", quantity="0.02", price="2900").json()
+    assert resting["status"] == "New"
+    ioc = client.order(orderType="Limit", side="Bid", quantity="0.04", price="3100", timeInForce="IOC").json()
+    assert (ioc["status"], ioc["executedQuantity"]) == ("Expired", "0.02")
+    assert client.position() == Decimal("0.03")
+    client.call("DELETE", "/api/v1/orders", "orderCancelAll", {"symbol": ETH})
 
 
 def test_stale_position_fault(url: str, client: Client) -> None:
