@@ -21,6 +21,7 @@ from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 ORCHESTRATOR = ORCHESTRATOR_QUEUE
 ROLES = (Role.BP, Role.L1, Role.L2)
+ROLE_SHORTS = tuple(role.short for role in ROLES)
 
 # Where the cycle may be while each entry step runs: the two first legs run side by side, each
 # entering its stage as it sends; a confirmation moves the cycle on, so its copy must not run again.
@@ -78,6 +79,7 @@ def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id
                   retry_delay_secs=params.lighter_retry_delay_secs, fence=FIRST_LEGS),
             venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=plan.bp_side.value,
                   client_ids=ids["bp_entry"], quantity=str(plan.bp_size), cycle_id=cycle_id, leg="bp_entry",
+                  max_slippage=params.backpack_max_slippage or None,
                   retry_delay_secs=params.backpack_retry_delay_secs, announce_fill=True, fence=FIRST_LEGS),
         ),
         unread(venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol,
@@ -103,24 +105,48 @@ def read_positions(grp: GroupConfig, cycle_id: str, then: Signature) -> chord:
 
 
 def rebalance_order(grp: GroupConfig, cycle_id: str, side: str, quantity: Decimal, client_id: int,
-                    leg: str, step: int, then: Signature) -> chain:
+                    leg: str, step: int, then: Signature, max_slippage: float | None = None) -> chain:
     """The Backpack order of one rebalance decision, issued under the loop token ``step``."""
     return chain(
         unread(venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=side,
                      client_ids=[client_id], quantity=str(quantity), cycle_id=cycle_id, leg=leg,
-                     fence=Fence(LOOP_STAGES, step=step).to_json())),
+                     max_slippage=max_slippage, fence=Fence(LOOP_STAGES, step=step).to_json())),
         then,
     ).on_error(on_failure(cycle_id))
 
 
-def flatten(grp: GroupConfig, role: Role, cycle_id: str, attempt: int, client_ids: list[int]) -> Signature:
-    """One account's flatten of exit attempt ``attempt``; a copy of it refuses once another attempt is current."""
-    return venue("flatten", grp.account_for(role), symbol=grp.symbol_for(role), client_ids=client_ids,
-                 cycle_id=cycle_id, fence=Fence((Stage.EMERGENCY_EXIT,), exit_attempt=attempt).to_json())
+# ---- the emergency exit, in steps (orchestrator.exit_steps; tasks in xtb_tasks.worker.exit_step_tasks) ----
+def exit_failed(cycle_id: str, reason: str, attempt: int) -> Signature:
+    return hedge("exit_failed", immutable=False, cycle_id=cycle_id, reason=reason, attempt=attempt)
 
 
-def flatten_all(grp: GroupConfig, cycle_id: str, reason: str, attempt: int, ids: dict[str, list[int]]) -> chord:
-    header = group(flatten(grp, r, cycle_id, attempt, ids[r.short]) for r in ROLES)
-    body = hedge("exit_report", immutable=False, cycle_id=cycle_id, reason=reason, attempt=attempt)
-    return chord(header, body.on_error(hedge("exit_failed", immutable=False, cycle_id=cycle_id, reason=reason,
-                                             attempt=attempt)))
+def exit_read(grp: GroupConfig, cycle_id: str, reason: str, attempt: int, step: int) -> chord:
+    """A fresh read of the three accounts, then ``exit_decide`` picks step ``step``'s orders."""
+    header = group(venue("exit_reading", grp.account_for(r), symbol=grp.symbol_for(r), cycle_id=cycle_id)
+                   for r in ROLES)
+    body = hedge("exit_decide", immutable=False, cycle_id=cycle_id, reason=reason, attempt=attempt, step=step)
+    return chord(header, body.on_error(exit_failed(cycle_id, reason, attempt)))
+
+
+def exit_order(grp: GroupConfig, role: Role, cycle_id: str, side: str, quantity: Decimal, client_ids: list[int],
+               leg: str, max_slippage: float | None, retry_delay_secs: float, attempt: int) -> Signature:
+    """One reduce-only, price-capped order of an exit step (a Limit IOC on Backpack, an IOC on Lighter).
+
+    A copy of it refuses once another exit attempt is current or the cycle has ended: reduce-only
+    passes the cancel flag, and a spare client id would close the next cycle's leg.
+    """
+    return venue("submit_market_order", grp.account_for(role), symbol=grp.symbol_for(role), side=side,
+                 client_ids=client_ids, quantity=str(quantity), reduce_only=True, max_slippage=max_slippage,
+                 cycle_id=cycle_id, leg=leg, retry_delay_secs=retry_delay_secs,
+                 fence=Fence((Stage.EMERGENCY_EXIT,), exit_attempt=attempt).to_json())
+
+
+def exit_orders_then(orders: list[Signature], then: Signature, cycle_id: str, reason: str, attempt: int) -> chord:
+    """Send a step's orders in parallel, then ``then`` with their reports."""
+    return chord(group(orders), then.on_error(exit_failed(cycle_id, reason, attempt)))
+
+
+def exit_order_then_read(order: Signature, grp: GroupConfig, cycle_id: str, reason: str, attempt: int,
+                         step: int) -> chain:
+    return chain(unread(order), exit_read(grp, cycle_id, reason, attempt, step)).on_error(
+        exit_failed(cycle_id, reason, attempt))

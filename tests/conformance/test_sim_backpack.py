@@ -352,6 +352,45 @@ def test_time_in_force_and_duplicate_open_client_id(client: Client) -> None:
     assert [o["clientId"] for o in cancelled] == [31] and cancelled[0]["status"] == "Cancelled"
 
 
+def test_limit_ioc_fills_up_to_its_price_and_expires_the_rest(client: Client) -> None:
+    # backpack-api.md §2.2 (timeInForce IOC), §2.3 (Expired keeps its executedQuantity; history adds
+    # expiryReason ImmediateOrCancel) and §3.3 (IOC rejects end Expired): what the hedge's price-capped
+    # orders rely on (issue 16 item 10). Asks rest 5 ETH a level at 3000.60, 3000.90, 3001.20, ...
+    body = client.order(orderType="Limit", side="Bid", quantity="50", price="3001.20", timeInForce="IOC",
+                        clientId=77).json()
+    assert set(body) == LIMIT_ORDER_KEYS and (body["status"], body["timeInForce"]) == ("Expired", "IOC")
+    assert Decimal(body["executedQuantity"]) == 15 and Decimal(body["quantity"]) == 50
+    assert Decimal(body["executedQuoteQuantity"]) == 5 * (Decimal("3000.6") + Decimal("3000.9") + Decimal("3001.2"))
+    assert client.position() == 15
+    [row] = client.history()
+    assert set(row) == HISTORY_LIMIT_KEYS and (row["status"], row["expiryReason"]) == ("Expired", "ImmediateOrCancel")
+    # Reduce-only, as the exit sends it: bids rest at 2999.40, 2999.10, ...; only the first is at or above the cap.
+    sell = client.order(orderType="Limit", side="Ask", quantity="50", price="2999.40", timeInForce="IOC",
+                        reduceOnly=True, clientId=78).json()
+    assert (sell["status"], Decimal(sell["executedQuantity"]), sell["reduceOnly"]) == ("Expired", 5, True)
+    assert client.position() == 10
+    assert [h["expiryReason"] for h in client.history()] == ["ImmediateOrCancel", "ImmediateOrCancel"]
+
+
+def test_admin_depth_thins_one_venue_book_and_resets(url: str, client: Client) -> None:
+    def asks(venue_url: str) -> list[list[str]]:
+        return requests.get(venue_url + "/api/v1/depth", params={"symbol": ETH}, timeout=5).json()["asks"]
+
+    try:
+        shown = admin(url, "depth", {"venue": "lighter", "levels": 3, "level_size": "0.5"})
+        assert shown["depth"]["levels"] == "3" and shown["depth"]["level_size"] == "0.5"
+        assert len(asks(url)) == 20  # Backpack's book is untouched
+        admin(url, "depth", {"venue": "backpack", "levels": 2, "level_size": "1"})
+        assert [Decimal(q) for _, q in asks(url)] == [1, 1]
+        ioc = client.order(orderType="Limit", side="Bid", quantity="5", price="3100", timeInForce="IOC").json()
+        assert (ioc["status"], Decimal(ioc["executedQuantity"])) == ("Expired", 2)  # the book ends after 2 ETH
+        response = requests.post(url + "/_sim/depth", json={"venue": "lighter", "levels": 0}, timeout=5)
+        assert response.status_code == 400
+    finally:
+        admin(url, "depth", {"reset": True})
+    assert len(asks(url)) == 20
+
+
 def test_admin_collateral_limits_margin(url: str, client: Client) -> None:
     admin(url, "collateral", {"venue": "backpack", "account": client.key, "amount": "10"})
     response = client.order(side="Bid", quantity="1")  # 3000 notional on 10 USDC is beyond 50x
@@ -435,6 +474,14 @@ def test_partial_fill_fault(url: str, client: Client) -> None:
     order = client.order(side="Bid", quantity="0.04").json()
     assert order["status"] == "Expired" and order["executedQuantity"] == "0.01"
     assert client.position() == Decimal("0.01")
+    # A resting Limit order leaves the fault armed; a Limit IOC (it takes at once, like Market) uses it.
+    admin(url, "fault", {"venue": "backpack", "kind": "partial_fill", "params": {"fraction": 0.5}})
+    resting = client.order(orderType="Limit", side="Bid", quantity="0.02", price="2900").json()
+    assert resting["status"] == "New"
+    ioc = client.order(orderType="Limit", side="Bid", quantity="0.04", price="3100", timeInForce="IOC").json()
+    assert (ioc["status"], ioc["executedQuantity"]) == ("Expired", "0.02")
+    assert client.position() == Decimal("0.03")
+    client.call("DELETE", "/api/v1/orders", "orderCancelAll", {"symbol": ETH})
 
 
 def test_stale_position_fault(url: str, client: Client) -> None:

@@ -1,5 +1,5 @@
-"""Stale tasks refuse to act (issue 16 item 3): an earlier cycle's flatten delivered again while a
-later cycle is open, and a monitor tick left behind by a SIGKILLed orchestrator.
+"""Stale tasks refuse to act (issue 16 item 3): an earlier cycle's exit order delivered again while
+a later cycle is open, and a monitor tick left behind by a SIGKILLed orchestrator.
 
 The deployment runs with a 6 s broker visibility timeout (``[redis] visibility_timeout_secs``),
 so a message held by a dead worker really comes back here, as it does after an hour in production.
@@ -38,28 +38,32 @@ def refusals(dep: Deployment, cycle_id: str, task: str) -> list[str]:
     return [e["text"] for e in dep.record(cycle_id).get("events") or [] if f"refused a stale {task}" in e["text"]]
 
 
-def test_an_earlier_cycles_flatten_delivered_again_leaves_the_next_cycle_alone(dep: Deployment) -> None:
+def test_an_earlier_cycles_exit_order_delivered_again_leaves_the_next_cycle_alone(dep: Deployment) -> None:
     first = dep.start_cycle()
     dep.wait_stage(first, "monitoring", timeout=60)
     dep.liquidate_lighter(102)
     done = dep.wait_done(first, timeout=60)
     assert done["outcome"] == "flat", done
     attempt = int(done["exit_attempts"]) - 1
-    unused_ids = done[f"exit_ids:{attempt}"]["L1"]
+    # The first exit's Lighter1 close as it was sent: it carries a spare client id, never used.
+    sent = next(order for key, claim in done.items() if key.startswith("exit_step:") and isinstance(claim, dict)
+                for order in claim.get("orders") or [] if order["role"] == "L1")
 
     second = dep.start_cycle()
     dep.wait_stage(second, "monitoring", timeout=60)
     held = dep.positions()
     assert held["lighter1"] < 0 and net_is_hedged(held), held
-    # The first exit's message to Lighter1, delivered again (a redelivery after a worker crash is
-    # the same message), and the same message as a version without fences sent it.
+    # Delivered again (a redelivery after a worker crash is the same message), and once more as a
+    # version without fences sent it.
     grp = load_settings(dep.config).group("main")
-    sent = canvas.flatten(grp, Role.L1, first, attempt, unused_ids)
-    dep.app.send_task(sent.task, kwargs=dict(sent.kwargs), queue=grp.lighter1)
-    unfenced = {k: v for k, v in sent.kwargs.items() if k != "fence"}
-    dep.app.send_task(sent.task, kwargs=unfenced, queue=grp.lighter1)
+    order = canvas.exit_order(grp, Role.L1, first, sent["side"], Decimal(sent["quantity"]), sent["client_ids"],
+                              sent["leg"], sent.get("max_slippage"), 0.1, attempt)
+    dep.app.send_task(order.task, kwargs=dict(order.kwargs), queue=grp.lighter1)
+    unfenced = {k: v for k, v in order.kwargs.items() if k != "fence"}
+    dep.app.send_task(order.task, kwargs=unfenced, queue=grp.lighter1)
 
-    wait_until(lambda: len(refusals(dep, first, "flatten")) == 2, timeout=30, what="both copies to refuse")
+    wait_until(lambda: len(refusals(dep, first, f"{sent['leg']} submit")) == 2, timeout=30,
+               what="both copies to refuse")
     assert dep.positions() == held
     assert dep.record(second)["stage"] == "monitoring"
     dep.liquidate_lighter(101)

@@ -29,6 +29,11 @@ Routes
     ``timeout_after_accept``, ``fraction`` for ``partial_fill``. Answers ``{"armed": {...}}``.
 ``POST /_sim/faults/clear``
     Disarms every fault (and unfreezes stale positions). Answers ``{"cleared": n}``.
+``POST /_sim/depth``
+    ``{"venue": "lighter", "levels": 3, "level_size": "0.5", ...}`` replaces that venue's order book
+    shape (``profile.DepthProfile`` fields; those not given keep the profile's value); without
+    ``venue`` both books change; ``{"venue": "lighter", "reset": true}`` restores the profile's book.
+    Answers ``{"venue", "depth": {...}}``.
 ``POST /_sim/collateral``
     ``{"venue", "account", "amount"}`` sets an account's collateral (creating the account).
     Answers ``{"venue", "account", "collateral"}``.
@@ -43,6 +48,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -201,6 +207,34 @@ class AdminApi:
             self.exchange.clear_faults()
         return web.json_response({"cleared": n})
 
+    async def depth(self, request: web.Request) -> web.Response:
+        data = await _body(request)
+        venue = data.get("venue")
+        if venue is not None and venue not in VENUES:
+            raise AdminError(f"venue must be one of {', '.join(VENUES)}")
+        base = self.exchange.profile.depth
+        changes: dict[str, Any] = {}
+        for name in ("levels", "seed"):
+            if name in data:
+                changes[name] = int(_decimal(data[name], name))
+        for name in ("level_size", "size_growth", "size_jitter", "level_step", "half_spread"):
+            if name in data:
+                changes[name] = _decimal(data[name], name)
+        try:
+            depth = replace(base, **changes)
+        except ValueError as exc:
+            raise AdminError(str(exc)) from None
+        with self.exchange.lock:
+            for model in self.exchange.prices.values():
+                for name in ((venue,) if venue else VENUES):
+                    if data.get("reset"):
+                        model.venue_depth.pop(name, None)
+                    else:
+                        model.venue_depth[name] = depth
+        logger.info("sim depth %s -> %s", venue or "both", depth)
+        shown = {k: str(v) for k, v in asdict(depth).items()}
+        return web.json_response({"venue": venue, "depth": shown})
+
     async def collateral(self, request: web.Request) -> web.Response:
         data = await _body(request)
         venue, account = _venue(data), _account(data)
@@ -222,6 +256,7 @@ def admin_routes(exchange: Exchange, hooks: list[PositionHook] | None = None) ->
         web.post(PREFIX + "fault", _guard(api.fault)),
         web.post(PREFIX + "faults/clear", _guard(api.clear)),
         web.post(PREFIX + "collateral", _guard(api.collateral)),
+        web.post(PREFIX + "depth", _guard(api.depth)),
     ]
 
 

@@ -195,8 +195,10 @@ class BackpackApi:
     async def order_execute(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "order", "OrderExecutePayload")
         req = parse_order(params, self.engine.markets)
-        # partial_fill is a Market-order fault; a Limit order must not use it up.
-        kinds = (FaultKind.TIMEOUT_AFTER_ACCEPT,) + ((FaultKind.PARTIAL_FILL,) if req.order_type == "Market" else ())
+        # partial_fill is a fault of orders that take at once (Market, Limit IOC: the hedge's price-capped
+        # orders), as on the Lighter simulator; a resting Limit order must not use it up.
+        taker = req.order_type == "Market" or req.time_in_force == "IOC"
+        kinds = (FaultKind.TIMEOUT_AFTER_ACCEPT,) + ((FaultKind.PARTIAL_FILL,) if taker else ())
         fault = self.exchange.take_fault(VENUE, "order", account, kinds=kinds)
         fraction = None
         if fault is not None and fault.kind is FaultKind.PARTIAL_FILL:

@@ -37,14 +37,16 @@ class PriceModel:
     depth: DepthProfile = field(default_factory=DepthProfile)
     #: Lighter quotes at ``mid × (1 + lighter_offset)``: a spread between the venues.
     lighter_offset: Decimal = Decimal("0.0003")
-    _sizes: tuple[Decimal, ...] = ()
-
-    def __post_init__(self) -> None:
-        self._sizes = level_sizes(self.depth, self.base)
+    #: A venue whose book differs from ``depth`` (a thin Lighter book, set through ``/_sim/depth``).
+    venue_depth: dict[str, DepthProfile] = field(default_factory=dict)
+    _sizes: dict[DepthProfile, tuple[Decimal, ...]] = field(default_factory=dict)
 
     @property
     def half_spread(self) -> Decimal:
         return self.depth.half_spread
+
+    def depth_of(self, venue: str) -> DepthProfile:
+        return self.venue_depth.get(venue, self.depth)
 
     def venue_mid(self, venue: str) -> Decimal:
         return self.mid * (1 + self.lighter_offset) if venue == "lighter" else self.mid
@@ -52,9 +54,13 @@ class PriceModel:
     def book(self, venue: str) -> tuple[list[Level], list[Level]]:
         """(bids best-first, asks best-first) as (price, size)."""
         mid = self.venue_mid(venue)
+        depth = self.depth_of(venue)
+        sizes = self._sizes.get(depth)
+        if sizes is None:
+            sizes = self._sizes[depth] = level_sizes(depth, self.base)
         bids, asks = [], []
-        for i, size in enumerate(self._sizes):
-            off = self.depth.half_spread + self.depth.level_step * i
+        for i, size in enumerate(sizes):
+            off = depth.half_spread + depth.level_step * i
             bids.append((mid * (1 - off), size))
             asks.append((mid * (1 + off), size))
         return bids, asks

@@ -101,6 +101,18 @@ class HedgeParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         "delay between Backpack entry attempts")] = 0.5
     lighter_max_slippage: Annotated[float, Meta(ge=0.0, le=0.5), doc(
         "worst acceptable price distance from the top of book for Lighter market orders")] = 0.001
+    backpack_max_slippage: Annotated[float, Meta(ge=0.0, le=0.5), doc(
+        "worst acceptable price distance from the top of book for Backpack entry and rebalance orders "
+        "(sent as a Limit IOC at that price; 0 sends plain market orders)")] = 0.005
+    exit_start_slippage: Annotated[float, Meta(ge=0.0, le=0.5), doc(
+        "price cap of the emergency exit's first Lighter close (a reduce-only IOC), as a fraction from "
+        "the top of book; 0 is the best price itself")] = 0.001
+    exit_slippage_step: Annotated[float, Meta(ge=0.0, le=0.5), doc(
+        "how much each further exit step widens the Lighter and Backpack price caps")] = 0.001
+    exit_max_slippage: Annotated[float, Meta(ge=0.0, le=0.5), doc(
+        "the widest price cap the exit uses on either venue (at least the starting caps)")] = 0.01
+    exit_max_steps: Annotated[int, Meta(ge=1, le=500), doc(
+        "exit steps (fresh read, then orders) per exit attempt before it reports the accounts not flat")] = 40
     lighter_hedge_max_attempts: Annotated[Attempts, doc("Lighter order attempts, a new client id each")] = 3
     lighter_retry_delay_secs: Annotated[float, Meta(ge=0.0, le=60.0), doc("delay between Lighter attempts")] = 0.5
     wait_min_secs: Annotated[Secs, doc("shortest random wait before the Lighter2 entry, drawn at plan time")] = 2.0

@@ -173,9 +173,10 @@ class Family:
 
 
 #: The cycle's legs (``orchestrator/canvas.py``): the entry chain's three and each rebalance order
-#: (``bp_rebalance_<n>``, numbered by the record's ``rebalances`` counter in ``hedge_tasks``).
+#: (``bp_rebalance_<n>``, numbered by the record's ``rebalances`` counter in ``hedge_tasks``) and each
+#: exit order (``exit_<role>_<n>``, numbered by ``exit_orders`` in ``exit_step_tasks``).
 LEG_NAMES = frozenset({"bp_entry", "l1_hedge", "l2_entry"})
-LEG_NUMBERED = ("bp_rebalance_",)
+LEG_NUMBERED = ("bp_rebalance_", "exit_bp_", "exit_l1_", "exit_l2_")
 
 STAGE = one_of(Stage)
 
@@ -215,6 +216,9 @@ FIELDS: dict[str, Field] = {
     # Emergency exit and the end.
     "reason": Field(one_of(ExitReason, NOT_STARTED, ""), "why the exit ran or the cycle ended ('' if none)"),
     "exit_attempts": Field(INT, "how many emergency exit attempts were launched"),
+    "exit_orders": Field(INT, "how many exit orders were planned (HINCRBY; numbers exit_<role>_<n>)"),
+    "exit_worst_net": Field(STR, "the largest |net| (bp + l1 + l2 less the baselines) a read of the exit saw"),
+    "exit_worst_net_at": Field(FLOAT, "when the exit read exit_worst_net (epoch seconds)"),
     "exit_reported_at": Field(FLOAT, "when an exit report finished the cycle (HSETNX: later reports stop)"),
     "pnl": Field(OBJECT, "per-venue PnL after the exit (role -> decimal text or null)"),
     "outcome": Field(one_of(Outcome), "how the cycle ended"),
@@ -228,10 +232,13 @@ FAMILIES: dict[str, Family] = {
     "confirm": Family(OBJECT, "a leg's position confirmation (confirmed, position, delta, polls)",
                       names=LEG_NAMES, numbered=LEG_NUMBERED),
     "positions": Family(OBJECT, "the three positions read at start, each rebalance attempt, and the exit",
-                        names=frozenset({"start", "exit"}), numbered=("rebalance_",)),
+                        names=frozenset({"start", "exit"}), numbered=("rebalance_", "exit_")),
     "exit_attempt": Family(FLOAT, "when exit attempt <n> was claimed (HSETNX: once per attempt)", numbered=("",)),
     "exit_ids": Family(OBJECT, "exit attempt <n>'s client ids per role", numbered=("",)),
-    "exit_results": Family(LIST, "exit attempt <n>'s flatten results", numbered=("",)),
+    "exit_results": Family(LIST, "exit attempt <n>'s per-role results", numbered=("",)),
+    "exit_step": Family(OBJECT, "exit step <k> (attempt × 1000 + step): its read and its orders; written "
+                                "once (HSETNX: a duplicate delivery stops)", numbered=("",)),
+    "exit_match": Family(FLOAT, "when exit step <k>'s Backpack match was claimed (HSETNX)", numbered=("",)),
 }
 
 # Resolved names -> kinds: the exact fields up front, family members as they are first seen (their

@@ -163,14 +163,15 @@ class CycleRecord:
         check("next_deadline", deadline)
         self.client.hset(self.key, "next_deadline", _dump(deadline))
 
-    def claim(self, field: str) -> bool:
-        """Set ``field`` to now unless it is set (HSETNX): True for the one caller that set it.
+    def claim(self, field: str, value: Any = None) -> bool:
+        """Set ``field`` to ``value`` (default: now) unless it is set (HSETNX): True for the one caller
+        that set it.
 
-        A duplicated delivery of a step stops at its claim (the plan, an exit attempt, the exit report).
+        A duplicated delivery of a step stops at its claim (the plan, an exit attempt or step, the exit report).
         """
-        now = time.time()
-        check(field, now)
-        return bool(self.client.hsetnx(self.key, field, _dump(now)))
+        value = time.time() if value is None else value
+        check(field, value)
+        return bool(self.client.hsetnx(self.key, field, _dump(value)))
 
     def increment(self, field: str, *, via: redis.client.Pipeline | None = None) -> Any:
         """Add one to the integer counter ``field`` (HINCRBY); the new count, or the queued command."""

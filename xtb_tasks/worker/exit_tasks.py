@@ -1,8 +1,9 @@
 """Hedge-cycle tasks for the failure paths: a failed step's errback, the emergency exit and its report.
 
 A step that fails before any order ends the cycle ``not_started``; any later failure, a
-liquidation, a timeout or a cancel flattens all three accounts (``canvas.flatten_all``) and the
-report confirms flat, or tries again, or ends the cycle ``unresolved`` (the group stays stopped).
+liquidation, a timeout or a cancel unwinds the three accounts to their baselines in steps
+(``exit_step_tasks``: the group's net stays within one Backpack step) and the report confirms flat,
+or tries again, or ends the cycle ``unresolved`` (the group stays stopped).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from orchestrator import canvas
 from orchestrator.exits import exit_is_flat, fills_disagree, finish_exit, results_by_role
 from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import group_and_params
-from xtb_tasks.core.client_ids import allocate_id_blocks
 from xtb_tasks.core.cycle_record import FINAL_REASON_BY_STAGE, STEP_GRACE_SECS, CycleRecord, ExitReason, Stage
 from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
 from xtb_tasks.core.policies import EMERGENCY_EXIT
@@ -86,37 +86,31 @@ def _claim_before_any_order(record: CycleRecord) -> bool:
 
 @app.task(name="xtb.hedge.emergency_exit", ignore_result=True)
 def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str, Any]:
-    """Flatten all three accounts in parallel; once per attempt, however often it is triggered."""
+    """Unwind all three accounts in steps (``exit_step_tasks``); once per attempt, however often it is triggered."""
     record = record_of(cycle_id)
     view = record.view("group", "overrides")
     if view.stage is Stage.DONE or not record.claim(f"exit_attempt:{attempt}"):
         return {"skipped": True}
-    grp, params = group_and_params(settings(), view)
+    grp, _ = group_and_params(settings(), view)
     log.warning("cycle=%s emergency exit reason=%s attempt=%s", cycle_id, reason, attempt)
-    blocks = allocate_id_blocks(redis_client(), [(grp.account_for(role), role.venue.value,
-                                                  params.backpack_entry_max_attempts) for role in canvas.ROLES])
-    ids = {role.short: block for role, block in zip(canvas.ROLES, blocks, strict=True)}
     pipe = redis_client().pipeline(transaction=False)
     record.request_cancel(via=pipe)  # entry steps still queued must not send anything now
-    fields: dict[str, Any] = {"exit_attempts": attempt + 1, f"exit_ids:{attempt}": ids}
+    # exit_attempts names the current attempt: steps of an earlier one stop at their next hop.
+    fields: dict[str, Any] = {"exit_attempts": attempt + 1}
     if view.stage is not Stage.EMERGENCY_EXIT:
         record.set_stage(Stage.EMERGENCY_EXIT, deadline=time.time() + STEP_GRACE_SECS, via=pipe, reason=reason,
                          **fields)
     else:
         record.update(via=pipe, next_deadline=time.time() + STEP_GRACE_SECS, **fields)
     pipe.execute()
-    canvas.flatten_all(grp, cycle_id, reason, attempt, ids).apply_async()
+    canvas.exit_read(grp, cycle_id, reason, attempt, 0).apply_async()
     return {"cycle_id": cycle_id, "reason": reason, "attempt": attempt}
 
 
-@app.task(name="xtb.hedge.exit_report", ignore_result=True)
-def exit_report(results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int) -> dict[str, Any]:
-    """Confirm flat, compute per-venue PnL, record, alert, release the group, maybe start the next cycle.
-
-    Only the current attempt's report acts: an older attempt's results are stale.
-    """
-    record = record_of(cycle_id)
-    _current_attempt_only(record, attempt, "exit report")
+def report_exit(record: CycleRecord, results: list[dict[str, Any]], *, reason: str, attempt: int) -> dict[str, Any]:
+    """Confirm flat (fresh reads and the cycle's own fills), compute per-venue PnL, record, alert,
+    release the group, maybe start the next cycle; or start the next attempt."""
+    cycle_id = record.cycle_id
     record.update({f"exit_results:{attempt}": results})
     accounts, steps = _ledger_inputs(record)
     by_role = results_by_role(results, accounts)
@@ -152,7 +146,7 @@ def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decim
 def exit_failed(failed_task_id: str | None = None, *, cycle_id: str, reason: str, attempt: int) -> None:
     record = record_of(cycle_id)
     _current_attempt_only(record, attempt, "exit failure")
-    record.add_event(f"exit attempt {attempt} failed in a flatten task ({failed_task_id})")
+    record.add_event(f"exit attempt {attempt} failed in an exit step ({failed_task_id})")
     if not EMERGENCY_EXIT.exhausted(attempt):
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},
                                    countdown=EMERGENCY_EXIT.delay(attempt))

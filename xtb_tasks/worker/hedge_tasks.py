@@ -256,7 +256,7 @@ def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: 
         rebalance.apply_async(kwargs={"cycle_id": cycle_id, "attempt": attempt + 1, "then": then, "step": token},
                               countdown=params.rebalance_retry_delay_secs)
         return {"hedged": False, "unknown": True, "doubt": doubt}
-    _send_rebalance(record, grp, view, step_order, reading, attempt, then, token)
+    _send_rebalance(record, grp, params, view, step_order, reading, attempt, then, token)
     return {"hedged": False, "order": {"side": step_order.side.value, "quantity": str(step_order.quantity)}}
 
 
@@ -264,7 +264,7 @@ def _backpack_from_fills(record: CycleRecord, grp: GroupConfig) -> Decimal | Non
     return expected_positions(record.all(), {grp.account_for(role): role.short for role in canvas.ROLES}).get("BP")
 
 
-def _send_rebalance(record: CycleRecord, grp: GroupConfig, view: CycleView, order: RebalanceStep,
+def _send_rebalance(record: CycleRecord, grp: GroupConfig, params: HedgeParams, view: CycleView, order: RebalanceStep,
                     reading: dict[str, Any], attempt: int, then: str, token: int) -> None:
     # The order's id and intent are recorded before the order task is published.
     client = redis_client()
@@ -279,7 +279,7 @@ def _send_rebalance(record: CycleRecord, grp: GroupConfig, view: CycleView, orde
     pipe.execute()
     nxt = canvas.hedge("rebalance", cycle_id=record.cycle_id, attempt=attempt + 1, then=then, step=token)
     canvas.rebalance_order(grp, record.cycle_id, order.side.value, order.quantity, client_id, leg, token,
-                           nxt).apply_async()
+                           nxt, max_slippage=params.backpack_max_slippage or None).apply_async()
 
 
 def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Positions, baselines: Positions,

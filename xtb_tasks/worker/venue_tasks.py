@@ -47,8 +47,10 @@ log = logging.getLogger(__name__)
 SUBMIT_EXTRA_RETRIES = 3
 
 
-#: The fence of a cycle's flatten sent without one (by an older version): the cycle must be in its exit.
+#: The fences of a cycle's task sent without one (by an older version): a flatten acts only while
+#: its cycle is in its exit, an order only while its cycle is not finished.
 IN_EXIT = Fence((Stage.EMERGENCY_EXIT,))
+UNFINISHED = Fence(tuple(stage for stage in Stage if stage is not Stage.DONE))
 
 LEG_STAGES = {"bp_entry": Stage.BP_ENTRY, "l1_hedge": Stage.L1_HEDGE, "l2_entry": Stage.L2_ENTRY}
 
@@ -104,8 +106,8 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
     client = redis_client()
     connector = get_connector(request.account)
     fetched = prefetch(client, request)
-    enforce_fence(fence, fetched.fence_fields, task=f"{request.leg or 'order'} submit", cycle_id=request.cycle_id,
-                  account=request.account)
+    enforce_fence(fence or UNFINISHED, fetched.fence_fields, task=f"{request.leg or 'order'} submit",
+                  cycle_id=request.cycle_id, account=request.account)
     if fetched.cancelled and not request.reduce_only:
         raise RuntimeError(f"cycle {request.cycle_id} was cancelled; {request.leg} not sent")
     entry_settled = fetched.prior_leg is not None and fetched.prior_leg.settled
@@ -230,6 +232,24 @@ def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], cyc
         log.warning("account=%s cycle=%s balance after flatten unknown: %s", account, cycle_id, exc)
         equity = None
     return {**report.to_json(), "equity": None if equity is None else str(equity)}
+
+
+@app.task(name="xtb.venue.exit_reading", base=AccountLeaseTask, bind=True, exclusive=False)
+def exit_reading(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
+    """A fresh position, the market rules and the equity for the next exit step; the equity is None
+    when the balance cannot be read (the exit goes on: PnL is then unknown, never zero)."""
+    _guard_queue(self, account)
+    connector = get_connector(account)
+    rules = connector.market_rules(symbol)
+    reading = read_position(redis_client(), connector, symbol, cycle_id)
+    try:
+        equity: Decimal | None = connector.get_balance().equity
+    except VenueError as exc:
+        log.warning("account=%s cycle=%s balance during the exit unknown: %s", account, cycle_id, exc)
+        equity = None
+    return {"account": account, "rules": rules.to_json(), "read_at": reading.read_at,
+            "position": None if reading.quantity is None else str(reading.quantity),
+            "position_error": reading.error, "equity": None if equity is None else str(equity)}
 
 
 @app.task(name="xtb.venue.account_snapshot", base=AccountLeaseTask, bind=True, exclusive=False)

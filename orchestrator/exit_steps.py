@@ -1,0 +1,175 @@
+"""The exit in step: which orders the next step of an emergency exit sends (pure functions).
+
+Today's failure (issue 16 item 1): the exit sold Backpack in one order while a thin Lighter book let
+the surviving Lighter leg close a few ETH per try, so the group was naked for seconds. Here every
+step starts from a fresh read of the three positions, taken relative to the cycle's recorded
+baselines (its own deltas), and sends one of two things:
+
+* **catch-up**: when the group's net is a whole Backpack step or more off zero, reduce the legs on
+  the net's side by the net (Backpack first: it holds the part no Lighter leg hedges any more, the
+  exposure a liquidation left; a Lighter leg when Backpack has nothing to give);
+* **Lighter close**: otherwise close every open Lighter leg with a reduce-only IOC capped at
+  ``cap(step)`` from the top of book; the step after it takes what they filled back off the net
+  (:func:`catch_up` on the deltas plus those fills, before any read): on Backpack, or on the other
+  Lighter leg when the two legs hedge each other and closed unevenly.
+
+So Backpack is only ever reduced in step with Lighter fills, and a Backpack order never takes the
+net beyond one step (it is at most the net, rounded down to Backpack's grid). A Lighter leg that
+reads zero (liquidated) is not traded. Nothing to send means the step is the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from venues.base import MarketRules, Side
+
+ROLES = ("BP", "L1", "L2")
+LIGHTER_ROLES = ("L1", "L2")
+
+
+@dataclass(frozen=True)
+class SlippageLadder:
+    """Price caps (fractions from the top of book) that widen by ``step`` per exit step up to ``maximum``."""
+
+    start: float
+    step: float
+    maximum: float
+
+    def cap(self, step_number: int) -> float:
+        return min(self.start + self.step * max(step_number, 0), max(self.maximum, self.start))
+
+
+@dataclass(frozen=True)
+class ExitOrder:
+    """One reduce-only order of an exit step."""
+
+    role: str
+    side: Side
+    quantity: Decimal
+    max_slippage: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"role": self.role, "side": self.side.value, "quantity": str(self.quantity),
+                "max_slippage": self.max_slippage}
+
+
+@dataclass(frozen=True)
+class ExitState:
+    """The three roles' positions (venue truth) and the cycle's baselines, with each venue's rules."""
+
+    positions: dict[str, Decimal]
+    baselines: dict[str, Decimal]
+    rules: dict[str, MarketRules]
+
+    def delta(self, role: str) -> Decimal:
+        return self.positions[role] - self.baselines.get(role, Decimal(0))
+
+    @property
+    def net(self) -> Decimal:
+        return sum((self.delta(role) for role in ROLES), Decimal(0))
+
+    def with_fills(self, fills: dict[str, Decimal]) -> ExitState:
+        """The state after signed ``fills`` per role (what a step's orders reported, before a read)."""
+        moved = {role: q + fills.get(role, Decimal(0)) for role, q in self.positions.items()}
+        return ExitState(moved, self.baselines, self.rules)
+
+    def reducible(self, role: str) -> Decimal:
+        """How much of ``role``'s own delta a reduce-only order can take back (0 when none can):
+        the delta toward the baseline, never more than the position itself (no flip through zero)."""
+        position, delta = self.positions[role], self.delta(role)
+        if position == 0 or delta == 0 or (position > 0) != (delta > 0):
+            return Decimal(0)
+        return min(abs(position), abs(delta))
+
+    def tradable(self, role: str, quantity: Decimal) -> Decimal:
+        """``quantity`` on ``role``'s grid (rounded down); 0 below its step or venue minimum."""
+        rules = self.rules[role]
+        size = rules.quantize_size(quantity)
+        return size if size >= rules.step_size and size >= rules.min_quantity else Decimal(0)
+
+    def at_target(self, role: str) -> bool:
+        """Whether ``role`` is back at its baseline within one of its steps."""
+        return abs(self.delta(role)) < self.rules[role].step_size
+
+
+def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float) -> ExitOrder | None:
+    """The order that brings the net back within one Backpack step, or None when it is within.
+
+    The leg reduced is one whose own delta lies on the net's side, so reducing it by at most the
+    net (rounded down to its grid) moves the net toward zero and never past it.
+    """
+    net = state.net
+    if abs(net) < state.rules["BP"].step_size:
+        return None
+    for role in ROLES:
+        delta = state.delta(role)
+        if delta == 0 or (delta > 0) != (net > 0):
+            continue
+        quantity = state.tradable(role, min(abs(net), state.reducible(role)))
+        if quantity > 0:
+            slippage = bp_slippage if role == "BP" else lighter_slippage
+            return ExitOrder(role, Side.to_reduce(delta), quantity, slippage)
+    return None
+
+
+def lighter_closes(state: ExitState, slippage: float) -> list[ExitOrder]:
+    """A capped reduce-only close of every Lighter leg still open (a liquidated one reads zero: skipped)."""
+    orders = []
+    for role in LIGHTER_ROLES:
+        quantity = state.tradable(role, state.reducible(role))
+        if quantity > 0:
+            orders.append(ExitOrder(role, Side.to_reduce(state.delta(role)), quantity, slippage))
+    return orders
+
+
+@dataclass(frozen=True)
+class ExitStep:
+    """What one step sends: a catch-up order, Lighter closes, or nothing (``done``)."""
+
+    kind: str
+    orders: tuple[ExitOrder, ...]
+
+    @property
+    def done(self) -> bool:
+        return not self.orders
+
+
+def next_step(state: ExitState, step_number: int, lighter: SlippageLadder, backpack: SlippageLadder) -> ExitStep:
+    """The next step of the exit from a fresh read (see the module docstring)."""
+    lighter_cap, bp_cap = lighter.cap(step_number), backpack.cap(step_number)
+    order = catch_up(state, bp_cap, lighter_cap)
+    if order is not None:
+        return ExitStep("catch_up", (order,))
+    closes = lighter_closes(state, lighter_cap)
+    if closes:
+        return ExitStep("lighter_close", tuple(closes))
+    # With every Lighter leg closed the net is Backpack's own delta, which catch-up took above; what
+    # is left is within one step, or dust no order can take (the report says so).
+    return ExitStep("done", ())
+
+
+def signed_fills(results: list[dict[str, Any]], roles_by_account: dict[str, str]) -> dict[str, Decimal]:
+    """Signed fill per role from a step's order results (``submit_market_order`` answers)."""
+    fills: dict[str, Decimal] = {}
+    for result in results:
+        role = roles_by_account.get(str(result.get("account", "")))
+        if role is None:
+            continue
+        sign = 1 if result.get("side") == Side.BUY.value else -1
+        fills[role] = fills.get(role, Decimal(0)) + sign * Decimal(str(result.get("filled") or "0"))
+    return fills
+
+
+def state_to_json(state: ExitState) -> dict[str, Any]:
+    return {"positions": {r: str(q) for r, q in state.positions.items()},
+            "baselines": {r: str(q) for r, q in state.baselines.items()},
+            "rules": {r: rules.to_json() for r, rules in state.rules.items()}}
+
+
+def state_from_json(data: dict[str, Any]) -> ExitState:
+    return ExitState({r: Decimal(q) for r, q in data["positions"].items()},
+                     {r: Decimal(q) for r, q in data["baselines"].items()},
+                     {r: MarketRules.from_json(v) for r, v in data["rules"].items()})
