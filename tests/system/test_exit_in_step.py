@@ -7,6 +7,7 @@ net the group carried between the exit's own reads is measured too, not only wha
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -99,6 +100,29 @@ def test_exit_after_a_liquidation_on_a_thin_lighter_book_stays_in_step(clean: De
     # Within one step of what the exit started from (the liquidation's own gap, if any: issue 16 item 2).
     assert worst <= max(STEP, start), (worst, start, [r["net"] for r in reads])
     assert isinstance(done["exit_worst_net_at"], float)
+    # The monitor no longer rebalances Backpack onto the liquidation (issue 16 item 2), so the exit
+    # starts with Lighter1's 50 ETH unhedged and closes it step by step: the net only ever shrinks.
+    nets = [abs(Decimal(r["net"])) for r in reads]
+    assert all(later <= earlier + STEP for earlier, later in itertools.pairwise(nets)), nets
+
+
+def test_exit_during_the_wait_on_a_thin_lighter_book_reduces_backpack_in_step(clean: Deployment) -> None:
+    # During the random wait Backpack holds the entry against Lighter1: the net is zero, and the exit
+    # must keep it so while Lighter1 closes 8 ETH at a time (issue 16 item 1).
+    dep = clean
+    cycle_id = dep.start_cycle(**BIG, wait_min_secs=5.0, wait_max_secs=5.0)
+    dep.wait_stage(cycle_id, "wait", timeout=60)
+    dep.admin("lighter", "depth", {"venue": "lighter", "levels": 4, "level_size": "2"})
+    dep.client.set(f"xtb:cycle:{cycle_id}:cancel", "1")
+    with NetSampler(dep) as sampler:
+        dep.app.send_task("xtb.hedge.emergency_exit", kwargs={"cycle_id": cycle_id, "reason": "cancelled"},
+                          queue="orchestrator")
+        done = dep.wait_done(cycle_id, timeout=120)
+    print(f"exit: sampled worst net={sampler.worst} off by more than a step={sampler.off_secs:.3f}s "
+          f"worst read net={done.get('exit_worst_net')}")
+    assert (done["outcome"], done["reason"]) == ("flat", "cancelled"), (done.get("error"), done.get("events"))
+    assert venue_flat(dep), dep.positions()
+    assert Decimal(done["exit_worst_net"]) <= STEP, [r["net"] for r in exit_reads(done)]
     backpack_orders = [k for k in done if k.startswith("leg:exit_bp_")]
     assert len(backpack_orders) > 3, backpack_orders  # Backpack followed the Lighter fills, not one order
 

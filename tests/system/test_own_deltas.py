@@ -105,9 +105,6 @@ def test_allow_existing_positions_hedges_only_the_cycles_own_delta(clean: Deploy
     _cancel(dep, cycle_id)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the exit still flattens every account to zero; unwinding each role to its recorded baseline is "
-    "another engineer's part of issue 16 item 5 (venue_tasks.flatten, exit_tasks, exits.py)"))
 def test_the_exit_leaves_the_position_held_before_the_cycle(clean: Deployment) -> None:
     dep = clean
     _open(dep, "backpack", "buy", HELD)
