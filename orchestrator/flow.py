@@ -87,14 +87,29 @@ def bp_rules_from_record(record: CycleRecord | CycleView) -> MarketRules:
     return MarketRules.from_json(record.get("bp_rules") or {})
 
 
-def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: Decimal) -> dict[str, int]:
-    """Consecutive fresh zero readings per Lighter leg; an unknown read neither counts nor resets."""
+def liquidated_below(l_step: Decimal, l_minimum: Decimal = Decimal(0)) -> Decimal:
+    """The |position| under which a Lighter leg counts as liquidated: below one step, or below the
+    venue's minimum order size, since a leftover that small can neither be traded nor closed (dust,
+    issue 16 item 8); a partial liquidation that leaves it has done what a full one does."""
+    return max(l_step, l_minimum)
+
+
+def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: Decimal,
+                 l_minimum: Decimal = Decimal(0)) -> dict[str, int]:
+    """Consecutive fresh zero (or dust) readings per Lighter leg; an unknown read neither counts nor resets."""
+    threshold = liquidated_below(l_step, l_minimum)
     streaks = dict(previous or {"L1": 0, "L2": 0})
     for role, value in (("L1", positions.l1), ("L2", positions.l2)):
         if value is None:
             continue
-        streaks[role] = streaks.get(role, 0) + 1 if abs(value) < l_step else 0
+        streaks[role] = streaks.get(role, 0) + 1 if abs(value) < threshold else 0
     return streaks
+
+
+def l_minimum_from_record(record: CycleRecord | CycleView) -> Decimal:
+    # Cycles planned before ``l_rules`` was recorded have only the step: no dust rule for them.
+    rules = record.get("l_rules") or {}
+    return Decimal(str(rules.get("min_quantity") or 0))
 
 
 def group_and_params(settings: Settings, record: CycleRecord | CycleView) -> tuple[GroupConfig, HedgeParams]:

@@ -21,7 +21,8 @@ from xtb_tasks.worker.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
 log = logging.getLogger(__name__)
 
 VISIBILITY_TIMEOUT = 3600
-TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks", "xtb_tasks.worker.exit_tasks"]
+TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks", "xtb_tasks.worker.exit_tasks",
+                "xtb_tasks.worker.report_tasks"]
 
 
 def load_app_settings() -> Settings | None:

@@ -20,10 +20,12 @@ from celery.signals import worker_ready, worker_shutdown
 
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
+from orchestrator.exposure import NetExposure, own_net
 from orchestrator.flow import (
     Positions,
     bp_rules_from_record,
     group_and_params,
+    l_minimum_from_record,
     rebalance_step,
     release_group_lock,
     take_group_lock,
@@ -37,6 +39,7 @@ from xtb_tasks.core.config import ConfigError, GroupConfig, HedgeParams, Setting
 from xtb_tasks.core.cycle_record import (
     STEP_GRACE_SECS,
     CycleRecord,
+    CycleView,
     ExitReason,
     Outcome,
     Stage,
@@ -158,7 +161,8 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     ids = _allocate(pipe, grp, params, cycle_id)
     start = {**{k: str(v) for k, v in cycle_plan.baselines.items()}, "read_at": time.time()}
     record.update(via=pipe, plan=cycle_plan.to_json(), client_ids=ids, bp_rules=snaps[canvas.Role.BP].rules.to_json(),
-                  l_step=str(snaps[canvas.Role.L1].rules.step_size), **positions_fields("start", start))
+                  l_step=str(snaps[canvas.Role.L1].rules.step_size), l_rules=snaps[canvas.Role.L1].rules.to_json(),
+                  **positions_fields("start", start))
     queue_alert(pipe, AlertKind.CYCLE_STARTED,
                 format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),
                 cycle_id=cycle_id, group=grp.name)
@@ -199,12 +203,12 @@ def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge") -> None:
 @app.task(name="xtb.hedge.rebalance_decide", ignore_result=True)
 def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "bp_rules", "events")
+    view = record.view("group", "overrides", "bp_rules", "events", "plan", "net_exposure")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
-    reading = positions_fields(f"rebalance_{attempt}", positions.to_json())
+    reading = {**positions_fields(f"rebalance_{attempt}", positions.to_json()), **exposure_fields(view, positions)}
     step = rebalance_step(positions, bp_rules_from_record(view)) if positions.known else None
     if positions.known and step is None:
         _hedged(record, grp.name, params, positions, then, reading)
@@ -276,14 +280,15 @@ def monitor_tick(*, cycle_id: str) -> None:
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules")
+    view = record.view("group", "overrides", "zero_streaks", "l_step", "l_rules", "bp_rules", "plan", "net_exposure")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
-    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"))
+    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"),
+                           l_minimum_from_record(view))
     record.update(positions=positions.to_json(), net_delta=str(positions.net) if positions.known else "",
-                  zero_streaks=streaks)
+                  zero_streaks=streaks, **exposure_fields(view, positions))
     for role, reason in (("L1", ExitReason.LIGHTER1_ZERO), ("L2", ExitReason.LIGHTER2_ZERO)):
         if streaks.get(role, 0) >= params.zero_confirmations:
             log.warning("cycle=%s %s returned to zero on %s fresh reads", cycle_id, role, streaks[role])
@@ -297,6 +302,16 @@ def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str) -> dict[str
             return {"rebalance": str(drift)}
     monitor_tick.apply_async(kwargs={"cycle_id": cycle_id}, countdown=params.poll_interval_secs)
     return {"positions": positions.to_json()}
+
+
+def exposure_fields(view: CycleView, positions: Positions) -> dict[str, Any]:
+    # The worst own net and the time beyond one Backpack step, from every fully known read.
+    net = own_net(positions, (view.get("plan") or {}).get("baselines") or {})
+    if net is None:
+        return {}
+    step = bp_rules_from_record(view).step_size if view.get("bp_rules") else Decimal("0.0001")
+    seen = NetExposure.from_json(view.get("net_exposure")).observe(net, step, time.time())
+    return {"net_exposure": seen.to_json()}
 
 
 @app.task(name="xtb.hedge.watchdog", ignore_result=True)
