@@ -7,6 +7,7 @@ writes the cycle record; nothing here talks to a venue.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_DOWN, Decimal
 from typing import Any, cast
@@ -110,6 +111,15 @@ def l_minimum_from_record(record: CycleRecord | CycleView) -> Decimal:
     # Cycles planned before ``l_rules`` was recorded have only the step: no dust rule for them.
     rules = record.get("l_rules") or {}
     return Decimal(str(rules.get("min_quantity") or 0))
+
+
+def own_net(positions: Positions, baselines: Mapping[str, Any]) -> Decimal | None:
+    """bp + l1 + l2 relative to the recorded baselines; None while any position is unknown."""
+    if not positions.known:
+        return None
+    values = {"BP": positions.bp, "L1": positions.l1, "L2": positions.l2}
+    return sum((v - Decimal(str(baselines.get(role) or 0)) for role, v in values.items()),  # type: ignore[operator]
+               Decimal(0))
 
 
 def group_and_params(settings: Settings, record: CycleRecord | CycleView) -> tuple[GroupConfig, HedgeParams]:

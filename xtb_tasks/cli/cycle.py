@@ -11,11 +11,11 @@ from typing import Any
 import click
 import redis
 
-from orchestrator.exposure import worst_net_report
 from xtb_tasks.cli import UserError
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import Role, Settings, load_settings
 from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
+from xtb_tasks.core.exposure import worst_net_report
 from xtb_tasks.core.legs import LegState, parse_leg
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 

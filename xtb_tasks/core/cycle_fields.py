@@ -208,7 +208,7 @@ FIELDS: dict[str, Field] = {
     "monitoring_started_at": Field(FLOAT, "when monitoring began (the cycle timeout counts from it)"),
     "zero_streaks": Field(OBJECT, "consecutive fresh zero (or below-minimum) reads per Lighter role"),
     "net_exposure": Field(OBJECT, "worst |bp + l1 + l2| relative to the baselines seen by the rebalance and "
-                                  "monitor reads, when, and seconds beyond one Backpack step (orchestrator.exposure)"),
+                                  "monitor reads, when, and seconds beyond one Backpack step (xtb_tasks.core.exposure)"),
     "events": Field(LIST, "the last 100 events ({'t': epoch seconds, 'text': ...})"),
     "error": Field(STR, "why the cycle failed or was not started"),
     # Emergency exit and the end.

@@ -20,12 +20,12 @@ from celery.signals import worker_ready, worker_shutdown
 
 from monitoring.alerts import AlertKind, format_cycle_hedged, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
-from orchestrator.exposure import NetExposure, own_net
 from orchestrator.flow import (
     Positions,
     bp_rules_from_record,
     group_and_params,
     l_minimum_from_record,
+    own_net,
     rebalance_step,
     release_group_lock,
     take_group_lock,
@@ -48,6 +48,7 @@ from xtb_tasks.core.cycle_record import (
     with_event,
 )
 from xtb_tasks.core.errors import EXIT_USAGE, XtbError
+from xtb_tasks.core.exposure import NetExposure
 from xtb_tasks.core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app

@@ -1,9 +1,9 @@
 """The worst net exposure of a cycle and how long it stayed beyond one Backpack step (issue 16 item 13).
 
-Pure: the rebalance and monitor decisions feed every fully known read of the three positions to
-:meth:`NetExposure.observe`; the record keeps the result as ``net_exposure``. The net is the cycle's
-own: each position relative to the baseline recorded at planning, so a position held before the cycle
-is not exposure the cycle created.
+Pure: the rebalance and monitor decisions feed the cycle's own net (``orchestrator.flow.own_net``: each
+position relative to the baseline recorded at planning) of every fully known read to
+:meth:`NetExposure.observe`; the record keeps the result as ``net_exposure``, and ``xtb cycle status``
+and the dashboard show :func:`worst_net_report`. Here, below both, because both read it.
 """
 
 from __future__ import annotations
@@ -12,17 +12,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import Decimal
 from typing import Any
-
-from orchestrator.flow import Positions
-
-
-def own_net(positions: Positions, baselines: Mapping[str, Any]) -> Decimal | None:
-    """bp + l1 + l2 relative to the recorded baselines; None while any position is unknown."""
-    if not positions.known:
-        return None
-    values = {"BP": positions.bp, "L1": positions.l1, "L2": positions.l2}
-    return sum((v - Decimal(str(baselines.get(role) or 0)) for role, v in values.items()),  # type: ignore[operator]
-               Decimal(0))
 
 
 @dataclass(frozen=True)
