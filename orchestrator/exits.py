@@ -1,8 +1,13 @@
-"""The end of an emergency exit: confirm flat, per-venue PnL, record, alert, release the group
-(or, when the exit ends unresolved, stop it: ``orchestrator.kill_switch``).
+"""The end of an exit: confirm flat, per-venue PnL, record, alert, release the group (or, when the
+exit ends unresolved, stop it: ``orchestrator.kill_switch``).
 
-PnL is each account's equity after the exit minus its equity at planning (the original read
-Backpack's collateral list as a number and always reported 0, bug §8.10).
+PnL here is each account's equity after the exit minus its equity at planning (the original read
+Backpack's collateral list as a number and always reported 0, bug §8.10); the realised split into
+trading, fees and funding follows from the venues' records (``canvas.history_reads`` →
+``pnl_report``, ``orchestrator.pnl_split``). A leftover below the venue's minimum order size is dust:
+flat for the outcome, reported as such (issue 16 item 8). The normal end (a liquidation or the
+timeout, then flat) alerts ``cycle_completed`` once the split is read; every other end alerts
+``emergency_exit`` at once.
 """
 
 from __future__ import annotations

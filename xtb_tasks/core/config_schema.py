@@ -87,7 +87,8 @@ class HedgeParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     liquidation_tolerance: Annotated[Decimal, doc(
         "Backpack drift from -(l1 + l2) beyond which the monitor rebalances", gt=0)] = Decimal("0.0001")
     zero_confirmations: Annotated[int, Meta(ge=1, le=100), doc(
-        "consecutive fresh zero readings of a Lighter leg before it counts as liquidated")] = 2
+        "consecutive fresh zero readings of a Lighter leg (below one step or below the venue's minimum "
+        "order size) before it counts as liquidated")] = 2
     reverse_on_timeout: Annotated[bool, doc("after a timeout exit, the next cycle flips the direction")] = True
     max_cycles: Annotated[int, Meta(ge=1, le=10_000), doc(
         "cycles run back to back by one trigger, each after the previous one ends flat")] = 1
