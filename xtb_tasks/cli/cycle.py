@@ -60,7 +60,7 @@ def report_lines(item: dict[str, Any]) -> list[str]:
     worst = item.get("worst_net") or {}
     if worst.get("reads") or worst.get("worst_net_source") == "exit":
         at = worst.get("worst_net_at")
-        when = f" at +{float(at) - float(item.get('created_at') or at):.1f}s" if at else ""
+        when = f" at +{float(at) - float(item['created_at']):.1f}s" if at and item.get("created_at") else ""
         beyond = worst.get("beyond_step_secs")
         lines.append(f"  worst net {worst.get('worst_net')}{when} ({worst.get('worst_net_source')}), "
                      f"{beyond if beyond is not None else 'unknown'}s beyond one step")

@@ -184,7 +184,8 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
                                        key=lambda item: float(item[1].get("filled_at") or 0))
                   if isinstance(v, dict)},
         "positions_when_hedged": hedged_positions, "net_delta_when_hedged": net_after_entry,
-        "positions_after_exit": final_positions, "pnl": final.get("pnl"),
+        "positions_after_exit": final_positions, "pnl": final.get("pnl"), "pnl_split": final.get("pnl_split"),
+        "worst_net": final.get("worst_net"),
         "stage_times": final.get("stage_times"), "telegram_messages": texts,
         "dashboard_url": f"http://{demo.settings.dashboard.host}:{demo.settings.dashboard.port}/",
         "dashboard_bots_online": demo.online_bots,
@@ -201,6 +202,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     click.echo(f"positions when hedged: {summary['positions_when_hedged']}")
     click.echo(f"positions after exit:  {summary['positions_after_exit']}")
     click.echo(f"per-venue PnL: {summary['pnl']}")
+    from xtb_tasks.cli.cycle import report_lines
+
+    for line in report_lines({"pnl": summary["pnl"], "pnl_split": summary.get("pnl_split"),
+                              "worst_net": summary.get("worst_net")}):
+        click.echo(line)
     click.echo("Telegram (stand-in) received:")
     for text in summary["telegram_messages"]:
         click.echo(f"  - {text}")
