@@ -11,6 +11,7 @@ and ``GET /api/v1/positionFunding`` (lighter-sdk 1.1.8 ``AccountApi.position_fun
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from venues.base import Side
 from venues.ledger import iso_utc_ms
 from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import generate_lighter_keys
-from venues.lighter.history import parse_trade
+from venues.lighter.history import parse_trade, read_history
 from venues.simulator.profile import LIGHTER_PREMIUM, SimProfile
 from venues.simulator.server import SimulatorServer
 
@@ -150,3 +151,23 @@ def test_backpack_fill_and_funding_rows_parse_as_documented() -> None:
     payment = parse_funding({"fundingRate": "0.0000125", "intervalEndTimestamp": "2025-07-22T00:00:00",
                              "quantity": "-0.375", "subaccountId": None, "symbol": "ETH_USDC_PERP", "userId": 1})
     assert (payment.amount, payment.ts_ms) == (Decimal("-0.375"), 1753142400000)
+
+
+def test_lighter_trades_are_paged_newest_first_back_to_the_windows_start() -> None:
+    # Trades(next_cursor) pages: follow the cursor until a page reaches past the window's start.
+    def trade(n: int) -> dict[str, Any]:
+        return {**TESTNET_TRADE, "trade_id": n, "timestamp": 1000 * n, "bid_client_id": n}
+
+    pages = {None: [trade(9), trade(8)], "2": [trade(7), trade(3)], "4": [trade(2), trade(1)]}
+    asked: list[Any] = []
+
+    async def get(path: str, params: dict[str, Any]) -> Any:
+        asked.append((path, params.get("cursor")))
+        if path == "/api/v1/positionFunding":
+            return {"code": 200, "position_fundings": []}
+        cursor = params.get("cursor")
+        return {"code": 200, "trades": pages[cursor], "next_cursor": {None: "2", "2": "4"}.get(cursor)}
+
+    history = asyncio.run(read_history(get, "l1", 1077, 0, "ETH", 4000, 8000))
+    assert [f.client_id for f in history.fills] == [7, 8]  # oldest first, inside the window only
+    assert ("/api/v1/trades", "4") not in asked  # the page reaching 3 s was the last one asked

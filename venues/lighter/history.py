@@ -58,16 +58,18 @@ def parse_funding(row: dict[str, Any]) -> FundingRecord:
 Fetch = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
-async def _pages(fetch: Fetch, params: dict[str, Any], items: str) -> list[dict[str, Any]]:
+async def _pages(fetch: Fetch, params: dict[str, Any], items: str, older_than: int = 0) -> list[dict[str, Any]]:
+    # Newest first where the endpoint sorts: paging stops once a page reaches back past ``older_than``.
     rows: list[dict[str, Any]] = []
     cursor: str | None = None
     for _ in range(MAX_PAGES):
         body = await fetch({**params, "cursor": cursor})
         if not isinstance(body, dict) or body.get("code", 200) != 200 or not isinstance(body.get(items), list):
             raise VenueError(ReasonCode.BAD_RESPONSE, f"{items}: unexpected answer {str(body)[:120]!r}")
-        rows.extend(r for r in body[items] if isinstance(r, dict))
+        page = [r for r in body[items] if isinstance(r, dict)]
+        rows.extend(page)
         cursor = body.get("next_cursor")
-        if not cursor or not body[items]:
+        if not cursor or not page or (older_than and int(page[-1].get("timestamp") or 0) < older_than):
             return rows
     raise VenueError(ReasonCode.BAD_RESPONSE, f"{items}: more than {MAX_PAGES * PAGE} rows in the window")
 
@@ -75,12 +77,14 @@ async def _pages(fetch: Fetch, params: dict[str, Any], items: str) -> list[dict[
 async def read_history(get: Callable[[str, dict[str, Any]], Awaitable[Any]], account: str, account_index: int,
                        market_id: int, symbol: str, since_ms: int, until_ms: int) -> AccountHistory:
     """``get(path, params)`` sends one authenticated GET (the connector adds the auth header)."""
+    # Newest first, back to the window's start: what the trades endpoint's ``from`` means is not
+    # documented (a time or a trade index), so it is not sent and the window is applied here.
     trades = await _pages(lambda p: get("/api/v1/trades", p),
                           {"account_index": account_index, "market_id": market_id, "sort_by": "timestamp",
-                           "sort_dir": "asc", "limit": PAGE, "from": since_ms}, "trades")
+                           "sort_dir": "desc", "limit": PAGE}, "trades", older_than=since_ms)
     funding = await _pages(lambda p: get("/api/v1/positionFunding", p),
                            {"account_index": account_index, "market_id": market_id, "limit": PAGE,
                             "start_timestamp": since_ms, "end_timestamp": until_ms}, "position_fundings")
-    fills = tuple(f for f in (parse_trade(t, account_index) for t in trades) if since_ms <= f.ts_ms <= until_ms)
+    fills = tuple(f for f in (parse_trade(t, account_index) for t in reversed(trades)) if since_ms <= f.ts_ms <= until_ms)
     payments = tuple(p for p in map(parse_funding, funding) if since_ms <= p.ts_ms <= until_ms)
     return AccountHistory(account, symbol, since_ms, until_ms, fills, payments)
