@@ -53,12 +53,12 @@ def parse_funding(row: Any) -> FundingRecord:
     return FundingRecord(dec(payment.get("quantity"), "quantity"), iso_utc_ms(when))
 
 
-def _pages(fetch: Callable[[int], Any], what: str) -> list[Any]:
+def _pages(fetch: Callable[[int], Any], what: str, done: Callable[[list[Any]], bool] = lambda _: False) -> list[Any]:
     rows: list[Any] = []
     for page in range(MAX_PAGES):
         batch = arr(fetch(page * PAGE), what)
         rows.extend(batch)
-        if len(batch) < PAGE:
+        if len(batch) < PAGE or done(batch):
             return rows
     raise bad(f"{what}: more than {MAX_PAGES * PAGE} rows in the window")
 
@@ -73,13 +73,15 @@ def read_history(rest: BackpackRest, account: str, symbol: str, since_ms: int, u
 
     def funding(offset: int) -> Any:
         return rest.signed("GET", "/wapi/v1/history/funding", "fundingHistoryQueryAll",
-                           {"symbol": symbol, "limit": PAGE, "offset": offset, "sortDirection": "Asc"})
+                           {"symbol": symbol, "limit": PAGE, "offset": offset, "sortDirection": "Desc"})
 
-    fill_rows = [parse_fill(r, quote) for r in _pages(fills, "fill history")]
-    payments = [parse_funding(r) for r in _pages(funding, "funding history")]
     # intervalEndTimestamp is written in whole seconds: a payment in the window's first second reads
-    # as before it.
+    # as before it. Newest first, until a page reaches back past the window (no time filter here).
     funding_since = since_ms - since_ms % 1000
+    fill_rows = [parse_fill(r, quote) for r in _pages(fills, "fill history")]
+    payments = [parse_funding(r) for r in _pages(funding, "funding history",
+                                                 lambda page: parse_funding(page[-1]).ts_ms < funding_since)]
     return AccountHistory(account, symbol, since_ms, until_ms,
                           tuple(f for f in fill_rows if since_ms <= f.ts_ms <= until_ms),
-                          tuple(p for p in payments if funding_since <= p.ts_ms <= until_ms))
+                          tuple(sorted((p for p in payments if funding_since <= p.ts_ms <= until_ms),
+                                       key=lambda p: p.ts_ms)))
