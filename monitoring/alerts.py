@@ -19,7 +19,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Any, cast
 
@@ -46,7 +46,11 @@ class AlertKind(StrEnum):
     CYCLE_HEDGED = "cycle_hedged"
     #: A cycle ended (any outcome) and all legs are flat, with per-venue PnL.
     CYCLE_FINISHED = "cycle_finished"
-    #: Everything is being unwound (a leg was liquidated, timeout, failure or manual stop).
+    #: A cycle ended the normal way (a Lighter leg liquidated, or the timeout, then a flat exit): reason,
+    #: duration, per-venue realised PnL split into trading, fees and funding, dust, worst net exposure.
+    CYCLE_COMPLETED = "cycle_completed"
+    #: Everything was unwound after a failure, a cancel, or an exit not confirmed flat (the normal end is
+    #: ``cycle_completed``).
     EMERGENCY_EXIT = "emergency_exit"
     #: A bot (venue worker or orchestrator) stopped sending heartbeats.
     HEARTBEAT_MISSING = "heartbeat_missing"
@@ -165,7 +169,10 @@ def fmt_amount(value: Amount, *, signed: bool = False) -> str:
     """``unknown`` for None (unknown is not zero), otherwise the number without float noise."""
     if value is None:
         return "unknown"
-    number = value if isinstance(value, Decimal) else Decimal(str(value))
+    try:
+        number = value if isinstance(value, Decimal) else Decimal(str(value))
+    except InvalidOperation:
+        return str(value)  # already words ("flat, dust 0.003")
     text = format(number, "f")
     if "." in text:
         text = text.rstrip("0").rstrip(".")
@@ -202,6 +209,33 @@ def format_emergency_exit(group: str, cycle_id: str, reason: str, pnl: Mapping[s
                           positions: Mapping[str, Amount]) -> str:
     return (f"EMERGENCY EXIT of cycle {cycle_id} ({group}): {reason}; "
             f"PnL {_per_venue(pnl, signed=True)}; positions {_per_venue(positions, signed=True)}.")
+
+
+def _venue_split(role: str, equity_pnl: Amount, split: Mapping[str, Any] | None) -> str:
+    if not split or split.get("error"):
+        why = f"; split unknown: {split['error']}" if split and split.get("error") else ""
+        return f"{role} {fmt_amount(equity_pnl, signed=True)} (equity{why})"
+    parts = ", ".join(f"{part} {fmt_amount(split.get(part), signed=True)}" for part in ("trading", "fees", "funding"))
+    left = f", {fmt_amount(split['open'], signed=True)} still open" if split.get("open") else ""
+    return f"{role} {fmt_amount(split.get('net'), signed=True)} ({parts}{left})"
+
+
+def format_cycle_completed(group: str, cycle_id: str, reason: str, duration_secs: float | None,
+                           pnl: Mapping[str, Amount], split: Mapping[str, Mapping[str, Any]],
+                           positions: Mapping[str, Any], worst_net: Mapping[str, Any] | None = None) -> str:
+    """``pnl``: each venue's equity change; ``split``: role -> {trading, fees, funding, net} or {error}."""
+    took = f" after {_duration(duration_secs)}" if duration_secs is not None else ""
+    venues = "; ".join(_venue_split(role, pnl.get(role), split.get(role)) for role in pnl) or "unknown"
+    nets = [(split.get(role) or {}).get("net") for role in pnl]
+    total = _net(nets) if nets and all(not (split.get(r) or {}).get("error") for r in pnl) else None
+    shown = _per_venue(positions, signed=True)
+    text = (f"Cycle completed: {cycle_id} ({group}) ended {reason}{took}; PnL {venues}; "
+            f"total {fmt_amount(total, signed=True)}; positions {shown}.")
+    if worst_net and worst_net.get("worst_net") is not None:
+        beyond = worst_net.get("beyond_step_secs")
+        text += (f" Worst net {fmt_amount(worst_net['worst_net'])}"
+                 + (f", {_duration(float(beyond))} beyond one step." if beyond is not None else "."))
+    return text
 
 
 def format_group_stopped(group: str, cycle_id: str, reason: str) -> str:

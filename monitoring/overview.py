@@ -22,11 +22,14 @@ from monitoring.relay import pending_delivery
 from monitoring.watcher import MISSING_SET
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import HedgeParams, Role, Settings
+from xtb_tasks.core.exposure import worst_net_report
 
 ROLES = tuple(role.short for role in Role)  # ("BP", "L1", "L2")
 #: Cycle record fields the page may show (the record also holds plans and events it does not need).
 CYCLE_FIELDS = ("cycle_id", "group", "stage", "outcome", "reason", "created_at", "stage_started_at",
                 "finished_at", "updated_at", "direction")
+#: Object fields of the end-of-cycle report (``exit_worst_net*``: the exit's own worst net, when recorded).
+REPORT_FIELDS = ("pnl", "pnl_split", "dust", "net_exposure", "exit_worst_net", "exit_worst_net_at")
 
 
 @dataclass(frozen=True)
@@ -123,15 +126,31 @@ def load_cycles(r: redis.Redis, ids: Iterable[str]) -> list[dict[str, Any]]:
     ids = list(ids)
     pipe = r.pipeline(transaction=False)
     for cycle_id in ids:
-        pipe.hmget(keys.cycle(cycle_id), CYCLE_FIELDS)
+        pipe.hmget(keys.cycle(cycle_id), [*CYCLE_FIELDS, *REPORT_FIELDS])
     cycles = []
     for cycle_id, values in zip(ids, pipe.execute(), strict=True):
         if not any(values):
             continue
-        record = {name: _json_or_text(v) for name, v in zip(CYCLE_FIELDS, values, strict=True)}
+        record = {name: _json_or_text(v) for name, v in zip(CYCLE_FIELDS, values[:len(CYCLE_FIELDS)], strict=True)}
         record["cycle_id"] = record.get("cycle_id") or cycle_id
+        record["report"] = cycle_report(dict(zip(REPORT_FIELDS, values[len(CYCLE_FIELDS):], strict=True)),
+                                        record)
         cycles.append(record)
     return cycles
+
+
+def cycle_report(raw: Mapping[str, str | None], record: Mapping[str, Any]) -> dict[str, Any]:
+    """Realised PnL per venue (trading, fees, funding), dust and the worst net exposure of one cycle."""
+    data: dict[str, Any] = {"finished_at": record.get("finished_at"), "updated_at": record.get("updated_at")}
+    for name, text in raw.items():
+        try:
+            data[name] = json.loads(text) if text is not None else None
+        except ValueError:
+            data[name] = None
+    split = data.get("pnl_split") if isinstance(data.get("pnl_split"), dict) else None
+    live = None if record.get("finished_at") else time.time()
+    return {"pnl": data.get("pnl"), "pnl_split": split, "dust": data.get("dust") or {},
+            "worst_net": worst_net_report(data, live)}
 
 
 def _json_or_text(raw: str | None) -> Any:

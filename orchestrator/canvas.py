@@ -150,3 +150,14 @@ def exit_order_then_read(order: Signature, grp: GroupConfig, cycle_id: str, reas
                          step: int) -> chain:
     return chain(unread(order), exit_read(grp, cycle_id, reason, attempt, step)).on_error(
         exit_failed(cycle_id, reason, attempt))
+
+
+def history_reads(grp: GroupConfig, cycle_id: str, since_ms: int, until_ms: int, *, completed: bool) -> chord:
+    """Each account's fill and funding records over the cycle, then ``pnl_report`` (the realised split and,
+    for a ``completed`` cycle, its alert). The reads answer an error rather than fail, so the report
+    always runs; a chord that fails anyway still alerts (``pnl_report_failed``)."""
+    header = group(venue("account_history", grp.account_for(r), symbol=grp.symbol_for(r), cycle_id=cycle_id,
+                         since_ms=since_ms, until_ms=until_ms) for r in ROLES)
+    body = hedge("pnl_report", immutable=False, cycle_id=cycle_id, completed=completed)
+    return chord(header, body.on_error(hedge("pnl_report_failed", immutable=False, cycle_id=cycle_id,
+                                             completed=completed)))

@@ -7,6 +7,7 @@ writes the cycle record; nothing here talks to a venue.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from decimal import ROUND_HALF_DOWN, Decimal
 from typing import Any, cast
@@ -131,22 +132,31 @@ def bp_rules_from_record(record: CycleRecord | CycleView) -> MarketRules:
     return MarketRules.from_json(record.get("bp_rules") or {})
 
 
+def liquidated_below(l_step: Decimal, l_minimum: Decimal = Decimal(0)) -> Decimal:
+    """The |position| under which a Lighter leg counts as liquidated: below one step, or below the
+    venue's minimum order size, since a leftover that small can neither be traded nor closed (dust,
+    issue 16 item 8); a partial liquidation that leaves it has done what a full one does."""
+    return max(l_step, l_minimum)
+
+
 def zero_streaks(previous: dict[str, int] | None, positions: Positions, l_step: Decimal,
-                 baselines: Positions | None = None) -> dict[str, int]:
+                 baselines: Positions | None = None, l_minimum: Decimal = Decimal(0)) -> dict[str, int]:
     """Consecutive fresh readings per Lighter leg where the cycle's own delta (the position less its
-    baseline) is back to zero; an unknown read neither counts nor resets."""
+    baseline) is back to zero, or to dust below the venue minimum; an unknown read neither counts nor resets."""
     own = positions.own(baselines) if baselines is not None else positions
+    threshold = liquidated_below(l_step, l_minimum)
     streaks = dict(previous or {"L1": 0, "L2": 0})
     for role, value in (("L1", own.l1), ("L2", own.l2)):
         if value is None:
             continue
-        streaks[role] = streaks.get(role, 0) + 1 if abs(value) < l_step else 0
+        streaks[role] = streaks.get(role, 0) + 1 if abs(value) < threshold else 0
     return streaks
 
 
-def zero_legs(positions: Positions, l_step: Decimal, baselines: Positions | None = None) -> list[str]:
-    """The Lighter roles whose known own delta reads zero (a liquidation, until re-reads confirm it)."""
-    return [role for role, streak in zero_streaks(None, positions, l_step, baselines).items() if streak]
+def zero_legs(positions: Positions, l_step: Decimal, baselines: Positions | None = None,
+              l_minimum: Decimal = Decimal(0)) -> list[str]:
+    """The Lighter roles whose known own delta reads zero or dust (a liquidation, until re-reads confirm it)."""
+    return [role for role, streak in zero_streaks(None, positions, l_step, baselines, l_minimum).items() if streak]
 
 
 def confirming_zero(streaks: dict[str, int]) -> bool:
@@ -156,6 +166,17 @@ def confirming_zero(streaks: dict[str, int]) -> bool:
     costs two taker fees and the spread on the whole size (issue 16 item 2).
     """
     return any(streaks.get(role, 0) > 0 for role in ("L1", "L2"))
+
+
+def l_minimum_from_record(record: CycleRecord | CycleView) -> Decimal:
+    # Cycles planned before ``l_rules`` was recorded have only the step: no dust rule for them.
+    rules = record.get("l_rules") or {}
+    return Decimal(str(rules.get("min_quantity") or 0))
+
+
+def own_net(positions: Positions, baselines: Mapping[str, Any]) -> Decimal | None:
+    """bp + l1 + l2 relative to the recorded baselines; None while any position is unknown."""
+    return positions.own(Positions.baselines_of({"baselines": baselines})).net
 
 
 def group_and_params(settings: Settings, record: CycleRecord | CycleView) -> tuple[GroupConfig, HedgeParams]:

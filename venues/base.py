@@ -15,7 +15,10 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_DOWN, ROUND_HALF_UP, Decimal
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from venues.ledger import AccountHistory
 
 from venues.margin import InitialMargin
 
@@ -370,6 +373,9 @@ class VenueConnector(abc.ABC):
     venue: str
     #: Largest client id this venue accepts.
     max_client_id: int
+    #: Whether a reduce-only order below the venue's minimum size is sent (Backpack: the venue decides);
+    #: otherwise :meth:`flatten` stops at such a leftover and reports it (dust).
+    closes_below_minimum: bool = False
 
     @abc.abstractmethod
     def market_rules(self, symbol: str) -> MarketRules: ...
@@ -456,11 +462,21 @@ class VenueConnector(abc.ABC):
             size = rules.quantize_size(abs(reading.quantity))
             if size < rules.step_size:
                 return FlattenReport(self.account, symbol, True, tuple(orders), reading)
+            if size < rules.min_quantity and not self.closes_below_minimum:
+                # Dust: the venue refuses an order this small, so nothing can close it. Report the
+                # read instead of raising; the exit's report calls it dust (issue 16 item 8).
+                return FlattenReport(self.account, symbol, False, tuple(orders), reading)
             side = Side.to_reduce(reading.quantity)
             orders.append(self.submit_market_order(symbol, next(client_ids), side, size, reduce_only=True))
             reading = self.get_position(symbol)
         flat = reading.quantity is not None and rules.quantize_size(abs(reading.quantity)) < rules.step_size
         return FlattenReport(self.account, symbol, flat, tuple(orders), reading)
+
+    def account_history(self, symbol: str, since_ms: int, until_ms: int) -> AccountHistory:
+        """Every fill of ``symbol`` (own and the venue's system orders) and every funding payment on it
+        between the two times, from the venue's history endpoints (``venues.ledger``). Raises
+        :class:`VenueError` when they cannot be read in full (a partial history would be wrong PnL)."""
+        raise VenueError(ReasonCode.INVALID_REQUEST, f"{self.venue} connector has no fill/funding history reader")
 
     def close(self) -> None:  # noqa: B027 - optional hook; connectors without resources keep it
         """Release sessions, sockets and event loops."""

@@ -107,6 +107,30 @@ function historyList(cycles) {
   return list;
 }
 
+// The last finished cycle's report: realised PnL per venue (trading, fees, funding), dust, worst net.
+function reportLine(cycles) {
+  const last = (cycles || []).find((c) => c.report && (c.report.pnl_split || c.report.worst_net.reads));
+  const line = el("div", "report");
+  if (!last) return line;
+  const report = last.report;
+  append(line, el("span", "muted", "last cycle " + last.cycle_id + ":"));
+  for (const [role, part] of Object.entries(report.pnl_split || {})) {
+    const text = part.error ? role + " split unknown"
+      : role + " " + signed(part.net) + " (trading " + signed(part.trading) + ", fees "
+        + signed(part.fees) + ", funding " + signed(part.funding) + ")";
+    append(line, el("span", "report-venue " + signClass(part.net), text));
+  }
+  for (const [role, quantity] of Object.entries(report.dust || {})) {
+    append(line, el("span", "report-dust", role + " flat, dust " + quantity));
+  }
+  const worst = report.worst_net;
+  if (worst && worst.worst_net !== null) {
+    const beyond = worst.beyond_step_secs === null ? "" : ", " + worst.beyond_step_secs + "s beyond one step";
+    append(line, el("span", "report-net", "worst net " + worst.worst_net + beyond));
+  }
+  return line;
+}
+
 function groupCard(group, now) {
   const card = el("article", "group");
   const head = el("div", "group-head");
@@ -122,7 +146,8 @@ function groupCard(group, now) {
   for (const role of ["BP", "L1", "L2"]) {
     roles.appendChild(roleCard(role, group.roles[role], (group.accounts || {})[role]));
   }
-  append(card, head, delta, cycleLine(group.cycle, now), roles, historyList(group.recent_cycles));
+  append(card, head, delta, cycleLine(group.cycle, now), roles, historyList(group.recent_cycles),
+    reportLine(group.recent_cycles));
   if (state === "breach") card.classList.add("group-breach");
   return card;
 }

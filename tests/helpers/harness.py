@@ -159,10 +159,11 @@ class Deployment:
 
 
 def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: dict[str, object] | None = None,
-                    redis_options: dict[str, int] | None = None) -> Deployment:
+                    redis_options: dict[str, int] | None = None, profile: Any = None) -> Deployment:
+    """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults)."""
     from venues.simulator.server import SimulatorServer
 
-    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None)
+    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None, profile=profile)
     urls = sim.start()
     config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})},
                           redis_options=redis_options)
@@ -175,12 +176,13 @@ def teardown(dep: Deployment) -> None:
         dep.sim.stop()
 
 
-def running_deployment(redis_server: RedisServer, tmp: Path, *,
-                       redis_options: dict[str, int] | None = None) -> Iterator[Deployment]:
+def running_deployment(redis_server: RedisServer, tmp: Path, *, params: dict[str, object] | None = None,
+                       redis_options: dict[str, int] | None = None, profile: Any = None) -> Iterator[Deployment]:
     """A test module's deployment on a flushed Redis with its workers up (the body of a module
     fixture: ``yield from``); stopped when the fixture is torn down."""
     redis_server.client().flushall()
-    deployment = make_deployment(tmp, redis_server.url, start_worker, redis_options=redis_options)
+    deployment = make_deployment(tmp, redis_server.url, start_worker, params=params, redis_options=redis_options,
+                                 profile=profile)
     deployment.start_workers()
     yield deployment
     teardown(deployment)

@@ -328,3 +328,26 @@ def test_heartbeats_are_forwarded_to_an_ingest_server(start_dashboard: Callable[
     wrong.beat_once()
     wrong.stop()
     assert requests.get(f"{dash.url}/api/status", timeout=5).json()["bots"] == []
+
+
+def test_overview_shows_the_last_cycles_pnl_split_dust_and_worst_net(start_dashboard: Callable[..., Dashboard],
+                                                                      r: redis.Redis) -> None:
+    # Issue 16 item 13: the realised split per venue, dust, and the larger of the reads' and the exit's worst net.
+    split = {"BP": {"trading": "1.5", "fees": "-0.3", "funding": "0", "net": "1.2", "fills": 4},
+             "L1": {"trading": "-2", "fees": "-0.1", "funding": "0.05", "net": "-2.05", "fills": 3},
+             "L2": {"error": "unavailable: GET /api/v1/trades"}}
+    exposure = {"worst": "0.02", "worst_at": 105.0, "beyond_secs": 1.5, "beyond_since": None, "reads": 7}
+    r.hset(keys.cycle("c-9"), mapping={"cycle_id": '"c-9"', "group": '"main"', "stage": '"done"',
+                                       "outcome": '"flat"', "reason": '"lighter2_zero"', "finished_at": "110.0",
+                                       "pnl_split": json.dumps(split), "dust": json.dumps({"L2": "0.0030"}),
+                                       "net_exposure": json.dumps(exposure), "exit_worst_net": '"-0.05"',
+                                       "exit_worst_net_at": "108.0"})
+    r.lpush(keys.cycle_history("main"), "c-9")
+    dash = start_dashboard()
+    (group,) = requests.get(f"{dash.url}/api/overview", timeout=5).json()["groups"]
+    report = group["recent_cycles"][0]["report"]
+    assert report["pnl_split"] == split and report["dust"] == {"L2": "0.0030"}
+    assert report["worst_net"] == {"worst_net": "0.05", "worst_net_at": 108.0, "worst_net_source": "exit",
+                                   "beyond_step_secs": 1.5, "reads": 7}
+    page = requests.get(f"{dash.url}/static/dashboard.js", timeout=5)
+    assert page.status_code == 200 and "reportLine(group.recent_cycles)" in page.text

@@ -58,6 +58,10 @@ def _filled(dep: Deployment, cycle_id: str, leg: str) -> bool:
     return data.get("state") not in (None, "submitting") and Decimal(str(data.get("filled") or 0)) > 0
 
 
+def end_alerts(dep: Deployment, cycle_id: str) -> list[dict[str, str]]:
+    return cycle_alerts(dep, cycle_id, "emergency_exit") + cycle_alerts(dep, cycle_id, "cycle_completed")
+
+
 def crash_at(dep: Deployment, cycle_id: str, boundary: str, order: tuple[str, ...],
              expect: tuple[str, ...] = ("flat", "hedged")) -> list[CrashCell]:
     """Kill and restart each worker of ``order`` in turn, then wait for the cycle to end safe."""
@@ -76,8 +80,9 @@ def crash_at(dep: Deployment, cycle_id: str, boundary: str, order: tuple[str, ..
     resolved_at = time.monotonic() if outcome else None
     result = outcome[0] if outcome else f"stuck:{dep.record(cycle_id).get('stage')}"
     if result == "flat":
-        poll(lambda: cycle_alerts(dep, cycle_id, "emergency_exit"), timeout=3)
-        alert_ok = len(cycle_alerts(dep, cycle_id, "emergency_exit")) == 1
+        # One end alert: cycle_completed after a liquidation or timeout, emergency_exit otherwise.
+        poll(lambda: end_alerts(dep, cycle_id), timeout=10)
+        alert_ok = len(end_alerts(dep, cycle_id)) == 1
     elif result == "hedged":
         alert_ok = len(cycle_alerts(dep, cycle_id, "cycle_hedged")) == 1
     else:

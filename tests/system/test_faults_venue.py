@@ -21,7 +21,7 @@ import redis
 
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.relay import pending_delivery
-from tests.helpers.faults import STEP, cycle_alerts, venue_flat, venue_hedged
+from tests.helpers.faults import STEP, cycle_alerts, poll, venue_flat, venue_hedged
 from tests.helpers.harness import Deployment, make_deployment, running_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import free_port, wait_until
@@ -100,7 +100,9 @@ def test_stale_and_failing_position_reads_never_fake_a_liquidation(clean: Deploy
     dep.sim.exchange.clear_faults()
     done = dep.wait_done(cycle_id, timeout=60)
     assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), done.get("error")
-    assert len(cycle_alerts(dep, cycle_id, "emergency_exit")) == 1
+    assert poll(lambda: cycle_alerts(dep, cycle_id, "cycle_completed"), timeout=20)
+    assert len(cycle_alerts(dep, cycle_id, "cycle_completed")) == 1
+    assert not cycle_alerts(dep, cycle_id, "emergency_exit")
 
 
 def test_a_backpack_read_lagging_its_rebalance_fill_is_read_again_not_traded_on(clean: Deployment) -> None:
@@ -172,7 +174,11 @@ def test_lighter1_liquidated_during_the_random_wait(clean: Deployment) -> None:
     done = dep.wait_done(cycle_id, timeout=60)
     assert done["outcome"] == "flat", (done.get("reason"), done.get("error"))
     assert venue_flat(dep), dep.positions()
-    assert len(cycle_alerts(dep, cycle_id, "emergency_exit")) == 1
+    # One end alert: cycle_completed when the exit followed a liquidation, emergency_exit after a failure.
+    def ends() -> list[dict[str, str]]:
+        return cycle_alerts(dep, cycle_id, "cycle_completed") + cycle_alerts(dep, cycle_id, "emergency_exit")
+
+    assert poll(ends, timeout=20) and len(ends()) == 1, ends()
 
 
 # ---- Redis restart with AOF mid-cycle --------------------------------------------------------------

@@ -22,6 +22,7 @@ from typing import Any
 from venues.backpack.credentials import BackpackCredentials
 from venues.backpack.errors import is_no_position, is_not_found
 from venues.backpack.events import StreamState
+from venues.backpack.history import read_history
 from venues.backpack.parsing import (
     SIDE_TO_WIRE,
     ParsedOrder,
@@ -51,6 +52,7 @@ from venues.base import (
     VenueConnector,
     VenueError,
 )
+from venues.ledger import AccountHistory
 from venues.orders import EventKind, Listener, OrderBook, OrderTracker
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class BackpackConnector(VenueConnector):
 
     venue = "backpack"
     max_client_id = ClientOrderId.BACKPACK_MAX
+    closes_below_minimum = True  # reduce-only orders may close dust (see _order_size)
     #: A WS position this young (s), received after our last order on the symbol, stands in for REST.
     ws_position_max_age = 2.0
     #: Order history scan for :meth:`find_order`: page size (§2.1 max 1000) and pages.
@@ -154,6 +157,9 @@ class BackpackConnector(VenueConnector):
         read_at = time.time()
         body = self._rest.public_get("/api/v1/depth", {"symbol": symbol, "limit": 5})
         return parse_depth(symbol, body, read_at)
+
+    def account_history(self, symbol: str, since_ms: int, until_ms: int) -> AccountHistory:
+        return read_history(self._rest, self.account, symbol, since_ms, until_ms)
 
     # ---- account state --------------------------------------------------------------------------
     def get_position(self, symbol: str) -> PositionReading:

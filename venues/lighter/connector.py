@@ -38,7 +38,9 @@ from venues.base import (
     VenueConnector,
     VenueError,
 )
+from venues.ledger import AccountHistory
 from venues.lighter.credentials import LighterCredentials
+from venues.lighter.history import read_history
 from venues.lighter.loop import LoopThread
 from venues.lighter.parsing import (
     find_account,
@@ -210,6 +212,18 @@ class LighterConnector(VenueConnector):
         await self._market_rules(symbol)
         top, acct = await asyncio.gather(self._top_of_book(symbol), self._account())
         return top, acct
+
+    def account_history(self, symbol: str, since_ms: int, until_ms: int) -> AccountHistory:
+        return self._run(self._history(symbol, since_ms, until_ms), calls=6)
+
+    async def _history(self, symbol: str, since_ms: int, until_ms: int) -> AccountHistory:
+        rules = await self._market_rules(symbol)
+
+        async def get(path: str, params: dict[str, Any]) -> Any:
+            return await self._rest.get(path, params, {"authorization": self._signer.auth_token()})
+
+        return await read_history(get, self.account, self.account_index, market_index(rules), symbol,
+                                  since_ms, until_ms)
 
     # ---- order lookups -----------------------------------------------------------------------
     async def _lookup(self, client_id: int) -> dict[str, Any] | None:

@@ -19,7 +19,8 @@ Routes
 ``POST /_sim/liquidate``
     ``{"venue": "lighter", "account": "102", "base": "ETH"}`` forces the position to zero at the mark,
     with the venue's liquidation records (as the engine of ``margin.py`` writes them when the mark
-    breaches maintenance). Answers ``{"liquidated": "<signed quantity before>"}``.
+    breaches maintenance); ``"leave": "0.003"`` liquidates partially, down to that size on the same
+    side (a leftover below the venue minimum is dust). Answers ``{"liquidated": "<signed quantity before>"}``.
 ``POST /_sim/fault``
     ``{"venue": "backpack"|"lighter", "kind": <FaultKind value>, "count": 1, "op": "any",
     "account": null, "params": {}}`` arms a fault for the next ``count`` matching requests.
@@ -187,7 +188,8 @@ class AdminApi:
     async def liquidate(self, request: web.Request) -> web.Response:
         data = await _body(request)
         venue, account, base = _venue(data), _account(data), _base(self.exchange, data)
-        before = self.exchange.liquidate(venue, account, base)
+        leave = _decimal(data["leave"], "leave") if "leave" in data else Decimal(0)
+        before = self.exchange.liquidate(venue, account, base, leave=leave)
         logger.info("sim liquidate %s/%s %s (was %s)", venue, account, base, before)
         for hook in self.hooks:
             hook(venue, account, base)

@@ -30,7 +30,7 @@ class Liquidation:
     venue: str
     account: str
     base: str
-    #: Signed quantity before the close (what was taken away).
+    #: Signed quantity taken away (the whole position, or the closed part of a partial liquidation).
     quantity: Decimal
     price: Decimal
     ts_ms: int

@@ -246,17 +246,21 @@ class Exchange:
                 pos.cumulative_funding = pos.fees_paid = Decimal(0)
         pos.quantity = new
 
-    def liquidate(self, venue: str, key: str, base: str, cause: str = "admin") -> Decimal:
-        """Force the position to zero at the mark (what the hedge's monitor watches for); the venues
-        hear of it through :attr:`listeners` and write their liquidation records."""
+    def liquidate(self, venue: str, key: str, base: str, cause: str = "admin", leave: Decimal = Decimal(0)) -> Decimal:
+        """Force the position to zero at the mark (what the hedge's monitor watches for), or with
+        ``leave`` down to that size on the same side (a partial liquidation, as venues close only what
+        restores the margin); the venues hear of it through :attr:`listeners` and write their
+        liquidation records of the closed part."""
         with self.lock:
             acct = self.account(venue, key)
             pos = acct.position(base)
             before = pos.quantity
-            if before:
+            kept = min(abs(leave), abs(before)) * (1 if before > 0 else -1)
+            closed = before - kept
+            if closed:
                 price = self.mark(venue, base)
-                self._apply_fill(acct, pos, -before, price)
-                self._publish(Liquidation(venue, key, base, before, price, int(time.time() * 1000), cause))
+                self._apply_fill(acct, pos, -closed, price)
+                self._publish(Liquidation(venue, key, base, closed, price, int(time.time() * 1000), cause))
             self._stale.pop((venue, key, base), None)
             return before
 

@@ -15,6 +15,7 @@ from xtb_tasks.cli import UserError
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import Role, Settings, load_settings
 from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
+from xtb_tasks.core.exposure import worst_net_report
 from xtb_tasks.core.legs import LegState, parse_leg
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
@@ -35,8 +36,35 @@ def cycle_summary(record: CycleRecord) -> dict[str, Any]:
         "created_at": data.get("created_at"), "updated_at": data.get("updated_at"),
         "legs": {k.removeprefix("leg:"): v for k, v in data.items() if k.startswith("leg:")},
         "pnl": data.get("pnl"), "error": data.get("error"),
+        "pnl_split": data.get("pnl_split"), "dust": data.get("dust") or {},
+        "worst_net": worst_net_report(data, None if data.get("finished_at") else time.time()),
         "stage_times": {k.removeprefix("t:"): v for k, v in data.items() if k.startswith("t:")},
     }
+
+
+def report_lines(item: dict[str, Any]) -> list[str]:
+    """The end-of-cycle report under a cycle's line: realised PnL per venue, dust, worst net exposure."""
+    lines = []
+    equity = item.get("pnl") or {}
+    for role, part in (item.get("pnl_split") or {}).items():
+        if part.get("error"):
+            lines.append(f"  pnl {role}: split unknown ({part['error']}); equity {equity.get(role)}")
+            continue
+        open_text = f", open {part['open']}" if part.get("open") else ""
+        lines.append(f"  pnl {role}: net {part.get('net')} = trading {part.get('trading')}, fees {part.get('fees')}, "
+                     f"funding {part.get('funding')} ({part.get('fills')} fills{open_text}; equity {equity.get(role)})")
+    if not item.get("pnl_split") and equity:
+        lines.append(f"  pnl (equity): {', '.join(f'{r} {v}' for r, v in equity.items())}; split not recorded yet")
+    for role, quantity in (item.get("dust") or {}).items():
+        lines.append(f"  dust {role}: {quantity} (below the venue minimum: flat as far as anything can be traded)")
+    worst = item.get("worst_net") or {}
+    if worst.get("reads") or worst.get("worst_net_source") == "exit":
+        at = worst.get("worst_net_at")
+        when = f" at +{float(at) - float(item['created_at']):.1f}s" if at and item.get("created_at") else ""
+        beyond = worst.get("beyond_step_secs")
+        lines.append(f"  worst net {worst.get('worst_net')}{when} ({worst.get('worst_net_source')}), "
+                     f"{beyond if beyond is not None else 'unknown'}s beyond one step")
+    return lines
 
 
 @click.group("cycle")
@@ -175,6 +203,9 @@ def cycle_status(ctx: click.Context, cycle_id: str | None, as_json: bool) -> Non
     for item in items:
         click.echo(f"{item['cycle_id']}  group={item['group']}  stage={item['stage']}  "
                    f"net_delta={item['net_delta']}  outcome={item['outcome'] or '-'}  reason={item['reason'] or '-'}")
+        if cycle_id:
+            for line in report_lines(item):
+                click.echo(line)
     if not items:
         click.echo("no cycles yet")
 

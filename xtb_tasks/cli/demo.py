@@ -27,7 +27,9 @@ from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "examples" / "demo.toml"
-EXPECTED_ALERTS = ("cycle_started", "cycle_hedged", "emergency_exit", "cycle_finished")
+#: The normal end of a cycle is "Cycle completed" (cycle_completed), not an emergency exit (issue 16 item 13).
+EXPECTED_ALERTS = ("cycle_started", "cycle_hedged", "cycle_finished", "cycle_completed")
+COMPLETED_TEXT = "Cycle completed"
 
 
 def ensure_demo_telegram_keys(settings: Settings) -> None:
@@ -124,7 +126,7 @@ def wait_for_alerts(demo: Demo, cycle_id: str, timeout: float = 15.0) -> list[st
     texts: list[str] = []
     while time.monotonic() < deadline:
         texts = [t for t in demo.sim.telegram.texts() if cycle_id in t]
-        if sum(1 for t in texts if "EMERGENCY EXIT" in t) and len(texts) >= len(EXPECTED_ALERTS):
+        if any(t.startswith(COMPLETED_TEXT) for t in texts) and len(texts) >= len(EXPECTED_ALERTS):
             break
         time.sleep(0.2)
     return texts
@@ -172,7 +174,7 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
         "hedged_after_cycle": net_after_entry is not None and abs(Decimal(net_after_entry)) <= step,
         "flat_after_exit": final.get("outcome") == "flat" and all(Decimal(str(v or 0)) == 0 for v in final_positions.values()),
         "reason_is_lighter2_zero": final.get("reason") == "lighter2_zero",
-        "alerts_delivered": any("EMERGENCY EXIT" in t for t in texts) and len(texts) >= len(EXPECTED_ALERTS),
+        "alerts_delivered": any(t.startswith(COMPLETED_TEXT) for t in texts) and len(texts) >= len(EXPECTED_ALERTS),
         "bots_online_on_dashboard": len(demo.online_bots) >= len(demo.settings.accounts),
     }
     return {
@@ -182,7 +184,8 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
                                        key=lambda item: float(item[1].get("filled_at") or 0))
                   if isinstance(v, dict)},
         "positions_when_hedged": hedged_positions, "net_delta_when_hedged": net_after_entry,
-        "positions_after_exit": final_positions, "pnl": final.get("pnl"),
+        "positions_after_exit": final_positions, "pnl": final.get("pnl"), "pnl_split": final.get("pnl_split"),
+        "worst_net": final.get("worst_net"),
         "stage_times": final.get("stage_times"), "telegram_messages": texts,
         "dashboard_url": f"http://{demo.settings.dashboard.host}:{demo.settings.dashboard.port}/",
         "dashboard_bots_online": demo.online_bots,
@@ -199,6 +202,11 @@ def print_summary(summary: dict[str, Any]) -> None:
     click.echo(f"positions when hedged: {summary['positions_when_hedged']}")
     click.echo(f"positions after exit:  {summary['positions_after_exit']}")
     click.echo(f"per-venue PnL: {summary['pnl']}")
+    from xtb_tasks.cli.cycle import report_lines
+
+    for line in report_lines({"pnl": summary["pnl"], "pnl_split": summary.get("pnl_split"),
+                              "worst_net": summary.get("worst_net")}):
+        click.echo(line)
     click.echo("Telegram (stand-in) received:")
     for text in summary["telegram_messages"]:
         click.echo(f"  - {text}")

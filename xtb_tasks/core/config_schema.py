@@ -88,7 +88,8 @@ class HedgeParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         "Backpack drift from its own-delta target (-(l1 + l2) from flat accounts) beyond which the monitor "
         "rebalances", gt=0)] = Decimal("0.0001")
     zero_confirmations: Annotated[int, Meta(ge=1, le=100), doc(
-        "consecutive fresh zero readings of a Lighter leg before it counts as liquidated")] = 2
+        "consecutive fresh zero readings of a Lighter leg (below one step or below the venue's minimum "
+        "order size) before it counts as liquidated")] = 2
     unknown_reads_alert: Annotated[int, Meta(ge=1, le=10_000), doc(
         "monitor reads in a row with a position unknown before a positions_unknown alert (then every as many)")] = 12
     zero_reread_secs: Annotated[float, Meta(ge=0.05, le=60.0), doc(

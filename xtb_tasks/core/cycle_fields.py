@@ -201,13 +201,16 @@ FIELDS: dict[str, Field] = {
     "client_ids": Field(OBJECT, "each entry leg's planned client order ids (leg -> list of ints)"),
     "bp_rules": Field(OBJECT, "Backpack's market rules at planning (symbol, tick, step, minimum)"),
     "l_step": Field(STR, "Lighter's size step at planning (decimal text)"),
+    "l_rules": Field(OBJECT, "Lighter's market rules at planning (its minimum order size decides dust)"),
     # Rebalancing and monitoring.
     "positions": Field(OBJECT, "the latest reading of the three positions"),
     "net_delta": Field(STR, "the latest net of the cycle's own deltas (positions less the plan's "
                             "baselines) as decimal text ('' when unknown)"),
     "rebalances": Field(INT, "how many rebalance orders were placed (HINCRBY; numbers bp_rebalance_<n>)"),
     "monitoring_started_at": Field(FLOAT, "when monitoring began (the cycle timeout counts from it)"),
-    "zero_streaks": Field(OBJECT, "consecutive fresh zero reads per Lighter role"),
+    "zero_streaks": Field(OBJECT, "consecutive fresh zero (or below-minimum) reads per Lighter role"),
+    "net_exposure": Field(OBJECT, "worst |bp + l1 + l2| relative to the baselines seen by the rebalance and "
+                                  "monitor reads, when, and seconds beyond one Backpack step (xtb_tasks.core.exposure)"),
     "unknown_reads": Field(INT, "consecutive monitor reads with a position unknown (alerted every unknown_reads_alert)"),
     "step_seq": Field(INT, "the control loop's fencing token: only a rebalance or monitor step issued under "
                            "this value may act; the step that acts moves it on (xtb_tasks.core.fencing)"),
@@ -221,6 +224,11 @@ FIELDS: dict[str, Field] = {
     "exit_worst_net_at": Field(FLOAT, "when the exit read exit_worst_net (epoch seconds)"),
     "exit_reported_at": Field(FLOAT, "when an exit report finished the cycle (HSETNX: later reports stop)"),
     "pnl": Field(OBJECT, "per-venue PnL after the exit (role -> decimal text or null)"),
+    "dust": Field(OBJECT, "roles left after the exit with a position below the venue minimum (role -> decimal "
+                          "text): flat as far as anything can be traded, and reported as dust"),
+    "pnl_split_claimed_at": Field(FLOAT, "when a pnl_report step claimed the cycle (HSETNX: one split, one alert)"),
+    "pnl_split": Field(OBJECT, "per-venue realised PnL from the venues' fill and funding records: role -> "
+                               "{trading, fees, funding, net, fills, ...} (orchestrator.pnl_split)"),
     "outcome": Field(one_of(Outcome), "how the cycle ended"),
     "finished_at": Field(FLOAT, "when the cycle finished"),
 }

@@ -14,7 +14,7 @@ from decimal import Decimal
 from typing import Any
 
 from orchestrator import canvas
-from orchestrator.exits import exit_is_flat, fills_disagree, finish_exit, results_by_role
+from orchestrator.exits import exit_is_flat, exit_minimums, fills_disagree, finish_exit, results_by_role
 from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import group_and_params
 from xtb_tasks.core.cycle_record import FINAL_REASON_BY_STAGE, STEP_GRACE_SECS, CycleRecord, ExitReason, Stage
@@ -114,8 +114,13 @@ def report_exit(record: CycleRecord, results: list[dict[str, Any]], *, reason: s
     record.update({f"exit_results:{attempt}": results})
     accounts, steps = _ledger_inputs(record)
     by_role = results_by_role(results, accounts)
-    flat = exit_is_flat(by_role)
-    doubts = fills_disagree(record.all(), accounts, steps, reason=reason) if flat else []
+    data = record.all()
+    # Dust (a leftover below the venue minimum, which no order can close) is flat for the exit, and for
+    # the fill ledger that checks it: a role whose fills imply less than its minimum agrees with flat.
+    minimums = exit_minimums(data)
+    flat = exit_is_flat(by_role, minimums)
+    tolerance = {role: max(step, minimums.get(role, step)) for role, step in steps.items()}
+    doubts = fills_disagree(data, accounts, tolerance, reason=reason) if flat else []
     if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):
         record.add_event(f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again")
         emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": reason, "attempt": attempt + 1},

@@ -29,6 +29,8 @@ from orchestrator.flow import (
     bp_rules_from_record,
     confirming_zero,
     group_and_params,
+    l_minimum_from_record,
+    own_net,
     rebalance_step,
     release_group_lock,
     take_group_lock,
@@ -52,6 +54,7 @@ from xtb_tasks.core.cycle_record import (
     with_event,
 )
 from xtb_tasks.core.errors import EXIT_USAGE, XtbError
+from xtb_tasks.core.exposure import NetExposure
 from xtb_tasks.core.fencing import Fence, advance_step
 from xtb_tasks.core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import redis_client
@@ -167,7 +170,8 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     ids = _allocate(pipe, grp, params, cycle_id)
     start = {**{k: str(v) for k, v in cycle_plan.baselines.items()}, "read_at": time.time()}
     record.update(via=pipe, plan=cycle_plan.to_json(), client_ids=ids, bp_rules=snaps[canvas.Role.BP].rules.to_json(),
-                  l_step=str(snaps[canvas.Role.L1].rules.step_size), **positions_fields("start", start))
+                  l_step=str(snaps[canvas.Role.L1].rules.step_size), l_rules=snaps[canvas.Role.L1].rules.to_json(),
+                  **positions_fields("start", start))
     queue_alert(pipe, AlertKind.CYCLE_STARTED,
                 format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),
                 cycle_id=cycle_id, group=grp.name)
@@ -223,15 +227,16 @@ def _take_step(cycle_id: str, step: int, task: str) -> int:
 def rebalance_decide(readings: list[dict[str, Any]], *, cycle_id: str, attempt: int, then: str,
                      step: int = 0) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "bp_rules", "events", "l_step", "plan")
+    view = record.view("group", "overrides", "bp_rules", "events", "l_step", "l_rules", "plan", "net_exposure")
     if view.stage in (Stage.EMERGENCY_EXIT, Stage.DONE):
         return {"skipped": True}
     token = _take_step(cycle_id, step, "rebalance decision")
     grp, params = group_and_params(settings(), view)
     read = Positions.from_readings(readings, grp)
     baselines = Positions.baselines_of(view.get("plan"))
-    reading = positions_fields(f"rebalance_{attempt}", read.to_json())
-    zeros = zero_legs(read, Decimal(view.get("l_step") or "0.0001"), baselines) if read.known else []
+    reading = {**positions_fields(f"rebalance_{attempt}", read.to_json()), **exposure_fields(view, read)}
+    zeros = zero_legs(read, Decimal(view.get("l_step") or "0.0001"), baselines,
+                      l_minimum_from_record(view)) if read.known else []
     if zeros:
         _confirm_zero(record, params, then, reading, zeros, token)
         return {"hedged": False, "zero": zeros}
@@ -347,19 +352,21 @@ def monitor_tick(*, cycle_id: str, step: int = 0) -> None:
 @app.task(name="xtb.hedge.monitor_decide", ignore_result=True)
 def monitor_decide(readings: list[dict[str, Any]], *, cycle_id: str, step: int = 0) -> dict[str, Any]:
     record = record_of(cycle_id)
-    view = record.view("group", "overrides", "zero_streaks", "l_step", "bp_rules", "plan", "unknown_reads")
+    view = record.view("group", "overrides", "zero_streaks", "l_step", "l_rules", "bp_rules", "plan", "unknown_reads",
+                       "net_exposure")
     if view.stage is not Stage.MONITORING:
         return {"skipped": True}
     token = _take_step(cycle_id, step, "monitor decision")
     grp, params = group_and_params(settings(), view)
     positions = Positions.from_readings(readings, grp)
-    # Relative to the baselines: a leg is liquidated when the cycle's own delta on it is back to zero.
+    # Relative to the baselines: a leg is liquidated when the cycle's own delta on it is back to zero (or dust).
     baselines = Positions.baselines_of(view.get("plan"))
-    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"), baselines)
+    streaks = zero_streaks(view.get("zero_streaks"), positions, Decimal(view.get("l_step") or "0.0001"), baselines,
+                           l_minimum_from_record(view))
     own = positions.own(baselines)
     unknown = 0 if positions.known else int(view.get("unknown_reads") or 0) + 1
     record.update(positions=positions.to_json(), net_delta=str(own.net) if own.known else "",
-                  zero_streaks=streaks, unknown_reads=unknown)
+                  zero_streaks=streaks, unknown_reads=unknown, **exposure_fields(view, positions))
     if unknown and unknown % params.unknown_reads_alert == 0:
         _alert_unknown(cycle_id, grp.name, positions, unknown)
     for role, reason in (("L1", ExitReason.LIGHTER1_ZERO), ("L2", ExitReason.LIGHTER2_ZERO)):
@@ -390,6 +397,16 @@ def _alert_unknown(cycle_id: str, group: str, positions: Positions, count: int) 
     log.error("cycle=%s group=%s %s", cycle_id, group, text)
     raise_alert(redis_client(), AlertKind.POSITIONS_UNKNOWN, text, cycle_id=cycle_id, group=group,
                 unknown_reads=count, roles=roles)
+
+
+def exposure_fields(view: CycleView, positions: Positions) -> dict[str, Any]:
+    # The worst own net and the time beyond one Backpack step, from every fully known read.
+    net = own_net(positions, (view.get("plan") or {}).get("baselines") or {})
+    if net is None:
+        return {}
+    step = bp_rules_from_record(view).step_size if view.get("bp_rules") else Decimal("0.0001")
+    seen = NetExposure.from_json(view.get("net_exposure")).observe(net, step, time.time())
+    return {"net_exposure": seen.to_json()}
 
 
 @app.task(name="xtb.hedge.watchdog", ignore_result=True)

@@ -275,3 +275,21 @@ def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | N
         "position": text(reading.quantity), "position_error": reading.error,
         "initial_margin_fraction": text(read.initial_margin_fraction),
     }
+
+
+@app.task(name="xtb.venue.account_history", base=AccountLeaseTask, bind=True, exclusive=False)
+def account_history(self: Task, *, account: str, symbol: str, since_ms: int, until_ms: int,
+                    cycle_id: str | None = None) -> dict[str, Any]:
+    """The account's fill and funding records of ``symbol`` over a finished cycle (its PnL split).
+
+    A venue failure is answered, not raised: the report after it must run and say "unknown".
+    """
+    _guard_queue(self, account)
+    try:
+        history = get_connector(account).account_history(symbol, since_ms, until_ms)
+    except VenueError as exc:
+        log.warning("account=%s cycle=%s fill/funding history unknown: %s", account, cycle_id, exc)
+        return {"account": account, "symbol": symbol, "error": str(exc)[:300]}
+    log.info("account=%s cycle=%s history fills=%d funding=%d", account, cycle_id, len(history.fills),
+             len(history.funding))
+    return history.to_json()
