@@ -32,7 +32,7 @@ def result(account: str, quantity: str | None, flat: bool = False) -> dict[str, 
 # ---- dust -----------------------------------------------------------------------------------------
 
 def test_a_lighter_leg_below_the_venue_minimum_counts_as_liquidated() -> None:
-    streaks = zero_streaks(None, Positions(Decimal(0), Decimal("-1"), Decimal("0.003")), STEP, Decimal("0.005"))
+    streaks = zero_streaks(None, Positions(Decimal(0), Decimal("-1"), Decimal("0.003")), STEP, l_minimum=Decimal("0.005"))
     assert streaks == {"L1": 0, "L2": 1}
     # Without the minimum (a cycle planned before l_rules was recorded) only below one step counts.
     assert zero_streaks(None, Positions(Decimal(0), Decimal("-1"), Decimal("0.003")), STEP) == {"L1": 0, "L2": 0}
@@ -42,7 +42,7 @@ def test_a_lighter_leg_below_the_venue_minimum_counts_as_liquidated() -> None:
 @given(q=st.integers(min_value=-10**5, max_value=10**5).map(lambda n: Decimal(n) * STEP),
        minimum=st.sampled_from([Decimal("0.0001"), Decimal("0.005"), Decimal("0.02")]))
 def test_a_leg_counts_as_zero_exactly_when_below_max_of_step_and_minimum(q: Decimal, minimum: Decimal) -> None:
-    streaks = zero_streaks({"L1": 3, "L2": 0}, Positions(Decimal(0), q, None), STEP, minimum)
+    streaks = zero_streaks({"L1": 3, "L2": 0}, Positions(Decimal(0), q, None), STEP, l_minimum=minimum)
     assert streaks["L1"] == (4 if abs(q) < max(STEP, minimum) else 0)
     assert streaks["L2"] == 0  # unknown neither counts nor resets
 
