@@ -14,6 +14,7 @@ from celery import chain, chord, group
 from celery.canvas import Signature
 
 from orchestrator.planning import CyclePlan
+from venues.base import Side
 from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
 from xtb_tasks.core.cycle_fields import Stage
 from xtb_tasks.core.fencing import Fence
@@ -65,10 +66,9 @@ def wait_option(wait_secs: float) -> dict[str, float]:
 
 def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id: str,
                 ids: dict[str, list[int]]) -> chain:
-    """(Backpack entry ∥ armed Lighter1 hedge) → confirm → (random wait) Lighter2 entry → confirm → rebalance."""
+    """(Backpack entry ∥ armed Lighter1 hedge) → the entry's balance (``balance_entry``), which
+    publishes :func:`entry_rest` once Lighter1 hedges what Backpack holds."""
     slippage = params.lighter_max_slippage or None
-    confirm = {"min_fraction": params.confirmation_min_fraction, "timeout_secs": params.confirmation_timeout_secs,
-               "poll_secs": params.confirmation_poll_secs, "cycle_id": cycle_id, "fail_on_timeout": True}
     steps = chain(
         # The hedge is armed alongside the entry and sends the moment the fill is announced. It is
         # published first: arming (lease, book, signature) should be done before the fill arrives.
@@ -82,19 +82,44 @@ def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id
                   max_slippage=params.backpack_max_slippage or None,
                   retry_delay_secs=params.backpack_retry_delay_secs, announce_fill=True, fence=FIRST_LEGS),
         ),
-        unread(venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol,
-                     baseline=str(plan.baselines["L1"]), expected_sign=plan.l1_side.sign, leg="l1_hedge",
-                     next_stage="wait", fence=L1_CONFIRMATION, **confirm)),
-        unread(venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=plan.l2_side.value,
-                     client_ids=ids["l2_entry"], quantity_from_leg="bp_entry", max_slippage=slippage,
-                     cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
-                     fence=L2_LEG).set(**wait_option(plan.wait_secs))),
-        unread(venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol,
-                     baseline=str(plan.baselines["L2"]), expected_sign=plan.l2_side.sign, leg="l2_entry",
-                     next_stage="rebalance", fence=L2_CONFIRMATION, **confirm)),
-        hedge("rebalance", cycle_id=cycle_id, attempt=0, step=0),
+        hedge("balance_entry", cycle_id=cycle_id, balance_round=0),
     )
     return steps.on_error(on_failure(cycle_id))
+
+
+def balance_order(grp: GroupConfig, role: Role, cycle_id: str, side: str, quantity: Decimal, client_id: int,
+                  leg: str, params: HedgeParams, balance_round: int) -> chain:
+    """One order of the entry's balance (a Lighter1 top-up, or Backpack reduced to Lighter1), then the next round."""
+    reduce_only = role is Role.BP
+    slippage = (params.backpack_max_slippage if reduce_only else params.lighter_max_slippage) or None
+    return chain(
+        unread(venue("submit_market_order", grp.account_for(role), symbol=grp.symbol_for(role), side=side,
+                     client_ids=[client_id], quantity=str(quantity), reduce_only=reduce_only, max_slippage=slippage,
+                     cycle_id=cycle_id, leg=leg, fence=L1_CONFIRMATION)),
+        hedge("balance_entry", cycle_id=cycle_id, balance_round=balance_round + 1),
+    ).on_error(on_failure(cycle_id))
+
+
+def entry_rest(grp: GroupConfig, params: HedgeParams, plan: dict[str, Any], cycle_id: str, l2_ids: list[int],
+               l2_quantity: Decimal) -> chain:
+    """Confirm Lighter1 → (random wait) Lighter2 entry for Lighter1's actual fill → confirm → rebalance."""
+    confirm = {"min_fraction": params.confirmation_min_fraction, "timeout_secs": params.confirmation_timeout_secs,
+               "poll_secs": params.confirmation_poll_secs, "cycle_id": cycle_id, "fail_on_timeout": True}
+    baselines = plan.get("baselines") or {}
+    l1_side, l2_side = Side(plan["l1_side"]), Side(plan["l2_side"])
+    return chain(
+        unread(venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol,
+                     baseline=str(baselines.get("L1") or "0"), expected_sign=l1_side.sign, leg="l1_hedge",
+                     next_stage="wait", fence=L1_CONFIRMATION, **confirm)),
+        unread(venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=l2_side.value,
+                     client_ids=l2_ids, quantity=str(l2_quantity), max_slippage=params.lighter_max_slippage or None,
+                     cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
+                     fence=L2_LEG).set(**wait_option(float(plan.get("wait_secs") or 0)))),
+        unread(venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol,
+                     baseline=str(baselines.get("L2") or "0"), expected_sign=l2_side.sign, leg="l2_entry",
+                     next_stage="rebalance", fence=L2_CONFIRMATION, **confirm)),
+        hedge("rebalance", cycle_id=cycle_id, attempt=0, step=0),
+    ).on_error(on_failure(cycle_id))
 
 
 def read_positions(grp: GroupConfig, cycle_id: str, then: Signature) -> chord:

@@ -105,6 +105,26 @@ def test_stale_and_failing_position_reads_never_fake_a_liquidation(clean: Deploy
     assert not cycle_alerts(dep, cycle_id, "emergency_exit")
 
 
+def test_a_partial_lighter1_hedge_is_topped_up_and_backpack_and_lighter2_follow_its_fill(clean: Deployment) -> None:
+    # Issue 16 item 6: a 30 % Lighter1 fill was accepted as the hedge, the group stayed naked by the
+    # rest through the random wait, and Lighter2 was sized from the Backpack fill.
+    dep = clean
+    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "partial_fill", "count": 2, "op": "order",
+                                   "account": "101", "params": {"fraction": 0.3}})
+    cycle_id = dep.start_cycle(wait_min_secs=2.0, wait_max_secs=2.0)
+    record = dep.wait_stage(cycle_id, "wait", timeout=60)
+    during_wait = dep.positions()
+    filled = {name: Decimal(str((record.get(f"leg:{name}") or {}).get("filled") or 0))
+              for name in ("bp_entry", "l1_hedge", "l1_topup", "bp_balance")}
+    l1_total = filled["l1_hedge"] + filled["l1_topup"]
+    assert filled["l1_topup"] > 0 and l1_total < filled["bp_entry"] * Decimal("0.6"), filled  # 30 %, then 30 % of the rest
+    assert filled["bp_entry"] - filled["bp_balance"] - l1_total <= STEP, filled
+    assert abs(sum(during_wait.values(), Decimal(0))) <= STEP, during_wait  # hedged through the wait
+    record = end_hedged_then_cancel(dep, cycle_id)
+    assert Decimal(record["leg:l2_entry"]["filled"]) == l1_total, record["leg:l2_entry"]
+    assert not dep.sim.exchange.faults, "the armed fault never fired"
+
+
 def test_a_backpack_read_lagging_its_rebalance_fill_is_read_again_not_traded_on(clean: Deployment) -> None:
     # Issue 16 item 11 (original bug §8.6): the entry's rebalance sells the Backpack entry, and the
     # next read still shows it. Trading on that read sold it a second time.

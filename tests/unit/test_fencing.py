@@ -25,6 +25,10 @@ def test_a_task_from_a_stage_the_cycle_has_left_refuses() -> None:
     assert why == "cycle is in stage monitoring, the task was sent for bp_entry/l1_hedge"
     assert Fence((Stage.EMERGENCY_EXIT,)).refusal({"stage": "done"}) is not None
     assert Fence((Stage.PLANNING,)).refusal({}) is not None  # no record: nothing to act on
+    # ... unless the fence says so: the default of a task sent without one refuses only a cycle that
+    # exists and has moved on (an operator's or a probe's order may name an id that is no cycle).
+    assert Fence((Stage.EMERGENCY_EXIT,), missing_ok=True).refusal({}) is None
+    assert Fence((Stage.EMERGENCY_EXIT,), missing_ok=True).refusal({"stage": "done"}) is not None
 
 
 def test_a_task_under_an_older_loop_token_refuses() -> None:
@@ -44,11 +48,11 @@ def test_a_flatten_of_an_earlier_exit_attempt_or_a_reported_exit_refuses() -> No
 
 
 @given(st.lists(stages, min_size=1, max_size=4, unique=True), st.none() | st.integers(0, 5),
-       st.none() | st.integers(0, 3), stages, st.integers(0, 5), st.integers(0, 4), st.booleans())
+       st.none() | st.integers(0, 3), stages, st.integers(0, 5), st.integers(0, 4), st.booleans(), st.booleans())
 def test_a_task_acts_exactly_when_stage_token_and_attempt_all_match(
         allowed: list[Stage], step: int | None, attempt: int | None, stage: Stage, step_seq: int,
-        exit_attempts: int, reported: bool) -> None:
-    fence = Fence(tuple(allowed), step=step, exit_attempt=attempt)
+        exit_attempts: int, reported: bool, missing_ok: bool) -> None:
+    fence = Fence(tuple(allowed), step=step, exit_attempt=attempt, missing_ok=missing_ok)
     fields: dict[str, Any] = {"stage": stage.value, "step_seq": step_seq, "exit_attempts": exit_attempts}
     if reported:
         fields["exit_reported_at"] = 1.0

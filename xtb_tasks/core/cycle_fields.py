@@ -175,7 +175,7 @@ class Family:
 #: The cycle's legs (``orchestrator/canvas.py``): the entry chain's three and each rebalance order
 #: (``bp_rebalance_<n>``, numbered by the record's ``rebalances`` counter in ``hedge_tasks``) and each
 #: exit order (``exit_<role>_<n>``, numbered by ``exit_orders`` in ``exit_step_tasks``).
-LEG_NAMES = frozenset({"bp_entry", "l1_hedge", "l2_entry"})
+LEG_NAMES = frozenset({"bp_entry", "l1_hedge", "l1_topup", "bp_balance", "l2_entry"})
 LEG_NUMBERED = ("bp_rebalance_", "exit_bp_", "exit_l1_", "exit_l2_")
 
 STAGE = one_of(Stage)
@@ -242,6 +242,8 @@ FAMILIES: dict[str, Family] = {
     "positions": Family(OBJECT, "the three positions read at start, each rebalance attempt, and the exit",
                         names=frozenset({"start", "exit"}), numbered=("rebalance_", "exit_")),
     "exit_attempt": Family(FLOAT, "when exit attempt <n> was claimed (HSETNX: once per attempt)", numbered=("",)),
+    "entry_balance": Family(FLOAT, "when round <n> of the entry's balance was claimed (HSETNX: once per round)",
+                            numbered=("",)),
     "exit_ids": Family(OBJECT, "exit attempt <n>'s client ids per role", numbered=("",)),
     "exit_results": Family(LIST, "exit attempt <n>'s per-role results", numbered=("",)),
     "exit_step": Family(OBJECT, "exit step <k> (attempt × 1000 + step): its read and its orders; written "

@@ -49,23 +49,30 @@ class Fence:
       stages        the stages the cycle may be in (those of the step that sent the task)
       step          the control loop's token (``step_seq``) the task was issued under; None = not checked
       exit_attempt  the emergency-exit attempt a flatten belongs to; None = not checked
+      missing_ok    act when the cycle has no record at all (the defaults for tasks sent without a
+                    fence: an operator's or a probe's order naming an id that is no cycle)
     """
 
     stages: tuple[Stage, ...]
     step: int | None = None
     exit_attempt: int | None = None
+    missing_ok: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"stages": [s.value for s in self.stages], "step": self.step, "exit_attempt": self.exit_attempt}
+        return {"stages": [s.value for s in self.stages], "step": self.step, "exit_attempt": self.exit_attempt,
+                "missing_ok": self.missing_ok}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Fence:
-        return cls(tuple(Stage(s) for s in data.get("stages") or ()), data.get("step"), data.get("exit_attempt"))
+        return cls(tuple(Stage(s) for s in data.get("stages") or ()), data.get("step"), data.get("exit_attempt"),
+                   bool(data.get("missing_ok")))
 
     def refusal(self, fields: Mapping[str, Any]) -> str | None:
         """Why a task under this fence must not act on a record holding ``fields`` (decoded values of
         :data:`FENCE_FIELDS`); None when it may."""
         stage = fields.get("stage")
+        if stage is None and self.missing_ok:
+            return None
         if stage not in {s.value for s in self.stages}:
             return f"cycle is in stage {stage}, the task was sent for {'/'.join(s.value for s in self.stages)}"
         current_step = int(fields.get("step_seq") or 0)

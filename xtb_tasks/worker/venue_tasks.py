@@ -49,8 +49,8 @@ SUBMIT_EXTRA_RETRIES = 3
 
 #: The fences of a cycle's task sent without one (by an older version): a flatten acts only while
 #: its cycle is in its exit, an order only while its cycle is not finished.
-IN_EXIT = Fence((Stage.EMERGENCY_EXIT,))
-UNFINISHED = Fence(tuple(stage for stage in Stage if stage is not Stage.DONE))
+IN_EXIT = Fence((Stage.EMERGENCY_EXIT,), missing_ok=True)
+UNFINISHED = Fence(tuple(stage for stage in Stage if stage is not Stage.DONE), missing_ok=True)
 
 LEG_STAGES = {"bp_entry": Stage.BP_ENTRY, "l1_hedge": Stage.L1_HEDGE, "l2_entry": Stage.L2_ENTRY}
 
