@@ -13,7 +13,7 @@ from orchestrator.flow import bp_rules_from_record, group_and_params
 from orchestrator.venue_ops import mirror_quantity
 from venues.base import MarketRules, Side
 from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
-from xtb_tasks.core.config import Role
+from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
 from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Stage
 from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
 from xtb_tasks.core.legs import Leg, parse_leg
@@ -80,8 +80,8 @@ def _filled(leg: Leg | None) -> Decimal:
     return leg.filled if leg is not None else Decimal(0)
 
 
-def _send(record: CycleRecord, grp: Any, role: Role, side: Side, quantity: Decimal, leg: str, params: Any,
-          round_: int, note: str) -> None:
+def _send(record: CycleRecord, grp: GroupConfig, role: Role, side: Side, quantity: Decimal, leg: str,
+          params: HedgeParams, balance_round: int, note: str) -> None:
     # The order's id and intent are recorded before its task is published (intent before action).
     account = grp.account_for(role)
     client = redis_client()
@@ -90,4 +90,4 @@ def _send(record: CycleRecord, grp: Any, role: Role, side: Side, quantity: Decim
     record.add_event(note)
     log.warning("cycle=%s account=%s %s", record.cycle_id, account, note)
     canvas.balance_order(grp, role, record.cycle_id, side.value, quantity, client_id, leg, params,
-                         round_).apply_async()
+                         balance_round).apply_async()
