@@ -53,9 +53,16 @@ def on_failure(cycle_id: str) -> Signature:
     return hedge("on_step_failed", immutable=False, cycle_id=cycle_id)
 
 
-def snapshots(grp: GroupConfig, cycle_id: str) -> chord:
-    header = group(venue("account_snapshot", grp.account_for(r), symbol=grp.symbol_for(r), cycle_id=cycle_id)
-                   for r in ROLES)
+def snapshots(grp: GroupConfig, params: HedgeParams, cycle_id: str) -> chord:
+    """Every account's snapshot, then ``plan``; the Lighter accounts' leverage is raised first where
+    their own initial margin would not carry the cycle's sizing leverage."""
+    def snapshot(role: Role) -> Signature:
+        account, symbol = grp.account_for(role), grp.symbol_for(role)
+        if role is Role.BP:
+            return venue("account_snapshot", account, symbol=symbol, cycle_id=cycle_id)
+        return venue("leveraged_snapshot", account, symbol=symbol, leverage=str(params.leverage), cycle_id=cycle_id)
+
+    header = group(snapshot(r) for r in ROLES)
     return chord(header, hedge("plan", immutable=False, cycle_id=cycle_id).on_error(on_failure(cycle_id)))
 
 

@@ -194,9 +194,10 @@ def check_margin(role: Role, snap: AccountSnapshot, size: Decimal, price: Decima
         rule = snap.margin_rule()
         assert rule is not None
         fraction = rule.fraction(size)
-        # A Lighter account trades at its own fraction (the market default until its leverage is raised).
-        raisable = (f"; the venue allows {rule.lowest:.2%} once the account leverage is raised on the venue "
-                    f"(the bot does not set it)" if rule.lowest is not None and rule.lowest < fraction else "")
+        # The snapshot already raised a Lighter account's leverage as far as the sizing leverage asks
+        # (leveraged_snapshot); a lower fraction the venue offers needs a higher `leverage`.
+        raisable = (f"; the venue allows {rule.lowest:.2%} with a higher leverage setting"
+                    if rule.lowest is not None and rule.lowest < fraction else "")
         raise PlanRefused(f"{name} available margin {available} cannot carry {size} at {price}: needs "
                           f"{needed:.2f} (initial margin {fraction:.2%}, {1 / fraction:.0f}x, plus entry "
                           f"and exit fees){raisable}; add collateral or lower the size")

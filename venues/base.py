@@ -403,6 +403,12 @@ class VenueConnector(abc.ABC):
         is unknown, not raised, when only its read fails. Venues override it to read concurrently."""
         return AccountReading(self.top_of_book(symbol), self.get_balance(), self.get_position(symbol))
 
+    def set_initial_margin_fraction(self, symbol: str, fraction_bp: int) -> Decimal:
+        """Set the account's own initial-margin fraction on ``symbol`` (basis points; Lighter's
+        UpdateLeverage) and return it as the venue then reports it. Only venues whose rules publish
+        a lowest settable fraction (``InitialMargin.lowest``) have the setting."""
+        raise VenueError(ReasonCode.INVALID_REQUEST, f"{self.venue} has no per-market leverage setting")
+
     def prime_market_order(self, symbol: str, *, client_id: int | None = None, side: Side | None = None,
                            quantity: Decimal | None = None, reduce_only: bool = False,
                            max_slippage: float | None = None) -> None:

@@ -46,3 +46,26 @@ class InitialMargin:
 
 #: Lighter publishes margin fractions in basis points of notional.
 LIGHTER_FRACTION_UNITS = Decimal(10000)
+
+
+def leverage_fraction(leverage: Decimal) -> int:
+    """The initial-margin fraction, in basis points, lighter-sdk's ``update_leverage`` sends for
+    ``leverage``: ``int(10000 / leverage)`` (truncated, so 3x is 3333, slightly above 1/3)."""
+    return int(LIGHTER_FRACTION_UNITS / leverage)
+
+
+def leverage_update(rule: InitialMargin | None, account_fraction: Decimal | None, leverage: Decimal) -> int | None:
+    """The fraction (basis points) to set so an account can trade at ``leverage``, or None when it
+    already can or the venue has no per-account setting.
+
+    Only venues that publish a lowest settable fraction (Lighter's ``min_initial_margin_fraction``)
+    have one. The account trades at its own fraction where it reports one, else at the market's
+    default (``rule.base``). The bot only ever lowers the fraction (raises the leverage), never below
+    the market's lowest: a leverage the venue does not offer is set to its highest, and planning's
+    margin check then refuses what that cannot carry.
+    """
+    if rule is None or rule.lowest is None:
+        return None
+    current = rule.base if account_fraction is None else account_fraction
+    wanted = max(leverage_fraction(leverage), int(rule.lowest * LIGHTER_FRACTION_UNITS))
+    return wanted if wanted < current * LIGHTER_FRACTION_UNITS else None

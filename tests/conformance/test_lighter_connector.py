@@ -83,6 +83,28 @@ def test_market_rules_carry_the_initial_margin_fractions(make: Factory, simulato
     assert imf is not None and (imf.base, imf.lowest) == (Decimal("0.05"), Decimal("0.02"))
 
 
+def test_the_account_leverage_is_set_and_confirmed_by_the_accounts_own_report(make: Factory,
+                                                                             simulator: Any) -> None:
+    conn = make(fill_wait=1.0)
+    assert conn.read_account(SYMBOL).initial_margin_fraction is None  # untouched: the market's default
+    assert conn.set_initial_margin_fraction(SYMBOL, 200) == Decimal("0.02")
+    assert conn.read_account(SYMBOL).initial_margin_fraction == Decimal("0.02")  # listed while flat
+    # A 5xx on the send leaves the outcome open: the reads settle it (here: not executed), and the
+    # venue's error is what the caller sees.
+    arm(simulator, conn, FaultKind.HTTP_500, "order")
+    with pytest.raises(VenueError) as failed:
+        conn.set_initial_margin_fraction(SYMBOL, 300)
+    assert "500" in str(failed.value)
+    assert conn.read_account(SYMBOL).initial_margin_fraction == Decimal("0.02")
+    assert conn.set_initial_margin_fraction(SYMBOL, 300) == Decimal("0.03")  # the nonce was resynced
+    # Below the market's min_initial_margin_fraction (200 bp, 50x) nothing is signed or sent.
+    nonce = conn.nonce_state()
+    with pytest.raises(VenueError) as refused:
+        conn.set_initial_margin_fraction(SYMBOL, 100)
+    assert refused.value.reason is ReasonCode.INVALID_REQUEST and "200..10000" in str(refused.value)
+    assert conn.nonce_state() == nonce
+
+
 def test_market_order_reports_the_venue_fill(make: Factory, simulator: Any) -> None:
     conn = make()
     events: list[ConnectorEvent] = []

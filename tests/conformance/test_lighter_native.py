@@ -105,6 +105,7 @@ def test_library_path_and_constants_match_the_installed_sdk() -> None:
             native.DEFAULT_28_DAY_ORDER_EXPIRY, native.NIL_MARKET_INDEX, native.SKIP_NONCE_OFF) == (
         c.CANCEL_ALL_TIF_IMMEDIATE, c.NIL_TRIGGER_PRICE, c.DEFAULT_IOC_EXPIRY, c.DEFAULT_28_DAY_ORDER_EXPIRY,
         c.NIL_MARKET_INDEX, c.SKIP_NONCE_OFF)
+    assert (native.CROSS_MARGIN_MODE, native.ISOLATED_MARGIN_MODE) == (c.CROSS_MARGIN_MODE, c.ISOLATED_MARGIN_MODE)
     for url in ("https://mainnet.zklighter.elliot.ai", "https://testnet.zklighter.elliot.ai",
                 "https://api.rh.lighter.xyz", "https://api.rh-testnet.lighter.xyz", "http://127.0.0.1:1"):
         assert native.chain_id_for(url) == _sdk_chain_id(url), url
@@ -167,6 +168,10 @@ def test_native_signatures_carry_the_sdks_fields(creds: LighterCredentials) -> N
             _assert_same(ours, sdk.sign_cancel_all_orders(sdk.CANCEL_ALL_TIF_IMMEDIATE, 0,
                                                           cancel_all_market_index=0, **ids))
             assert json.loads(ours.tx_info)["L2TxAttributes"] == {"5": 0}  # the market rides here in 1.1.8
+            # UpdateLeverage (tx type 20) as update_leverage(market, CROSS, 50) signs it: int(10000 / 50).
+            ours = native.sign_update_leverage(0, 200, native.CROSS_MARGIN_MODE, account_index=account, **ids)
+            _assert_same(ours, sdk.sign_update_leverage(0, 200, sdk.CROSS_MARGIN_MODE, **ids))
+            assert ours.tx_type == 20 and json.loads(ours.tx_info)["InitialMarginFraction"] == 200
             # Signatures are randomised: the same inputs twice give different Sig (hence no byte compare).
             again = sdk.sign_cancel_order(0, 77, **ids)[1]
             assert json.loads(again)["Sig"] != json.loads(sdk.sign_cancel_order(0, 77, **ids)[1])["Sig"]

@@ -143,3 +143,54 @@ def test_lighter2_without_the_margin_for_its_leg_refuses_before_any_order(clean:
     # 1 ETH at ~3000 × 5 % (the market's default initial margin, 20x) ≈ 150, plus the taker fees.
     assert error.startswith("lighter2 (lighter2) available margin 50"), error
     assert "needs 15" in error and "initial margin 5.00%, 20x" in error, error
+
+
+@contextlib.contextmanager
+def _lighter_default_leverage(dep: Deployment) -> Iterator[None]:
+    # The module's deployment is shared: the accounts go back to the market's default fraction after.
+    try:
+        yield
+    finally:
+        with dep.sim.exchange.lock:
+            for index in ("101", "102"):
+                dep.sim.exchange.account("lighter", index).initial_fractions.clear()
+
+
+def test_the_lighter_leverage_is_raised_before_a_50x_cycle_and_it_enters(clean: Deployment) -> None:
+    """Item 7: with $100 on Lighter2 a 1 ETH leg needs ~$150 at the default 5 % (20x) and ~$60 at
+    2 % (50x). Before, the bot never set the leverage: planning refused (or, unchecked, the venue
+    refused Lighter2's orders). Now the snapshot raises both Lighter accounts to the sizing leverage
+    and the cycle enters."""
+    dep = clean
+    collateral = dep.sim.exchange.account("lighter", "102").collateral
+    dep.admin("lighter", "collateral", {"venue": "lighter", "account": "102", "amount": "100"})
+    try:
+        with _initial_margin_enforced(dep), _lighter_default_leverage(dep):
+            cycle_id = dep.start_cycle(size="1", leverage=50)
+            record = dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)
+            assert record["stage"] == "monitoring", (record.get("reason"), record.get("error"))
+            with dep.sim.exchange.lock:
+                fractions = {i: dep.sim.exchange.account("lighter", i).initial_fractions.get("ETH")
+                             for i in ("101", "102")}
+            assert fractions == {"101": Decimal("0.02"), "102": Decimal("0.02")}, fractions
+            events = " | ".join(str(e) for e in record.get("events") or [])
+            assert "lighter2 ETH initial margin fraction set to 200 bp" in events, events
+            positions = dep.positions()
+            assert {positions["lighter1"], positions["lighter2"]} == {Decimal(1), Decimal(-1)}, positions
+            _cancel(dep, cycle_id)
+    finally:
+        dep.admin("lighter", "collateral", {"venue": "lighter", "account": "102", "amount": str(collateral)})
+
+
+def test_a_failed_leverage_update_ends_the_cycle_not_started(clean: Deployment) -> None:
+    dep = clean
+    with _lighter_default_leverage(dep):
+        dep.arm_fault("lighter", "http_500", count=1, op="order")
+        try:
+            orders_before = len(dep.audit())
+            error = _not_started_touching_nothing(dep, dep.start_cycle(size="0.3", leverage=50), orders_before,
+                                                  _held(dep))
+            assert not dep.sim.exchange.faults, "the armed fault never fired"
+        finally:
+            dep.sim.exchange.clear_faults()
+    assert "leveraged_snapshot on lighter" in error and "500" in error, error

@@ -41,6 +41,7 @@ from venues.base import (
 from venues.ledger import AccountHistory
 from venues.lighter.credentials import LighterCredentials
 from venues.lighter.history import read_history
+from venues.lighter.leverage import update_fraction
 from venues.lighter.loop import LoopThread
 from venues.lighter.parsing import (
     find_account,
@@ -275,6 +276,16 @@ class LighterConnector(VenueConnector):
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             # Back off: a Standard account has 60 requests/min for reads and txs together (peers.md §1.1).
             delay = min(delay * 2, MAX_POLL_INTERVAL)
+
+    # ---- account settings --------------------------------------------------------------------
+    def set_initial_margin_fraction(self, symbol: str, fraction_bp: int) -> Decimal:
+        async def update() -> Decimal:
+            return await update_fraction(self._signer, self._account, await self._market_rules(symbol), int(fraction_bp),
+                                         wait=self.fill_wait, poll_interval=self.poll_interval, account=self.account)
+
+        # the send (one nonce retry), then the confirmation reads within fill_wait.
+        return self._loop.run(update(), self.timeout * 4 + self.fill_wait + 1.0)
+
 
     # ---- market orders -----------------------------------------------------------------------
     def submit_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal, *,

@@ -38,6 +38,8 @@ DEFAULT_IOC_EXPIRY = 0
 DEFAULT_28_DAY_ORDER_EXPIRY = -1
 NIL_MARKET_INDEX = 255
 SKIP_NONCE_OFF = 0
+CROSS_MARGIN_MODE = 0
+ISOLATED_MARGIN_MODE = 1
 #: ``create_auth_token_with_expiry`` default: 10 minutes from now.
 AUTH_TOKEN_SECS = 10 * 60
 
@@ -119,6 +121,8 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.SignCancelOrder.restype = _SignedTxResponse
     lib.SignCancelAllOrders.argtypes = [c_int, c_ll, c_ll, c_u8, c_ll, c_int, c_ll]
     lib.SignCancelAllOrders.restype = _SignedTxResponse
+    lib.SignUpdateLeverage.argtypes = [c_ll, c_int, c_int, c_u8, c_ll, c_int, c_ll]
+    lib.SignUpdateLeverage.restype = _SignedTxResponse
     lib.CreateAuthToken.argtypes = [c_ll, c_int, c_ll]
     lib.CreateAuthToken.restype = _StrOrErr
     lib.Free.argtypes = [ctypes.c_void_p]
@@ -225,6 +229,15 @@ def sign_cancel_all_orders(time_in_force: int, timestamp_ms: int, market_index: 
     lib = library()
     return _signed(lib, lib.SignCancelAllOrders(time_in_force, timestamp_ms, market_index, SKIP_NONCE_OFF, nonce,
                                                 api_key_index, account_index))
+
+
+def sign_update_leverage(market_index: int, initial_margin_fraction: int, margin_mode: int, *, nonce: int,
+                         api_key_index: int, account_index: int) -> SignedTx:
+    """``SignerClient.sign_update_leverage``: the fraction in basis points (``int(10000 / leverage)``
+    as ``update_leverage`` computes it), margin mode cross (0) or isolated (1)."""
+    lib = library()
+    return _signed(lib, lib.SignUpdateLeverage(market_index, initial_margin_fraction, margin_mode, SKIP_NONCE_OFF,
+                                               nonce, api_key_index, account_index))
 
 
 def generate_api_key() -> tuple[str, str]:

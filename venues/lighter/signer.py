@@ -197,6 +197,14 @@ class LighterSigner:
 
         return await self.send(what or f"cancel_all market={market_index}", sign)
 
+    async def send_update_leverage(self, market_index: int, fraction_bp: int, *, what: str) -> str | None:
+        """Set the account's initial-margin fraction on one market, cross margin; the tx hash."""
+        def sign(nonce: int) -> native.SignedTx:
+            return native.sign_update_leverage(market_index, fraction_bp, native.CROSS_MARGIN_MODE, nonce=nonce,
+                                               api_key_index=self.api_key_index, account_index=self.account_index)
+
+        return await self.send(what, sign)
+
     # ---- one tx ------------------------------------------------------------------------------
     async def send(self, what: str, sign: SignFn) -> str | None:
         """Sign and send one tx; on invalid nonce resync and retry ONCE (same arguments).

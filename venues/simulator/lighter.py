@@ -12,7 +12,8 @@ Choices where the real venue leaves room (documented for the connector):
   (21501 invalid tx info, 21505 unsupported tx type, 21602 market, 217xx fields). A wrong nonce is
   HTTP 400 ``{"code":21104,"message":"invalid nonce"}``, which is what triggers the SDK's own
   resync. A *well-formed tx refused because of venue state* is **HTTP 200** with the code in the
-  body: **21728** duplicate client_order_index, 21700/21709 cancel of an unknown/inactive order.
+  body: **21728** duplicate client_order_index, 21700/21709 cancel of an unknown/inactive order,
+  21508 an UpdateLeverage (tx type 20) that would leave open positions below initial margin.
   The SDK then returns ``(tx, RespSendTx(code=21728, message=...), None)`` so the connector reads
   a structured code, and in both cases the SDK rolls its optimistic nonce back, which is right
   because a rejected tx never consumes a nonce here.

@@ -219,7 +219,21 @@ class CancelAllTx:
     market: LighterMarket | None
 
 
-ParsedTx = CreateOrderTx | CancelOrderTx | CancelAllTx
+@dataclass(frozen=True)
+class UpdateLeverageTx:
+    """A validated UPDATE_LEVERAGE (tx_type 20): the account's initial-margin fraction on one market,
+    in basis points (``InitialMarginFraction = int(10000 / leverage)``, lighter-sdk.md §4)."""
+
+    account: int
+    api_key: int
+    nonce: int
+    expired_at: int
+    market: LighterMarket
+    fraction_bp: int
+    margin_mode: int
+
+
+ParsedTx = CreateOrderTx | CancelOrderTx | CancelAllTx | UpdateLeverageTx
 
 
 def auth_token_valid(token: str | None, account: int, now_s: int) -> bool:

@@ -18,6 +18,9 @@ Rules (see also the ``lighter`` module docstring):
 * Market and IOC orders fill against the synthetic book up to the tx's ``Price``, the worst
   acceptable price (lighter-sdk.md §4); the rest is canceled. Resting limit orders fill when the
   book crosses them (checked on every read and by the WebSocket ticker).
+* UpdateLeverage (tx type 20) sets the account's initial-margin fraction on one market; the
+  account then lists that market in ``positions`` even while flat (captured account fixtures list
+  ``initial_margin_fraction`` at position 0), and its margin is checked at that fraction.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from venues.simulator import margin
 from venues.simulator.lighter_model import (
     ASK_ORDER_BASE,
     BID_ORDER_BASE,
@@ -49,6 +53,7 @@ from venues.simulator.lighter_model import (
     LighterError,
     LighterOrder,
     ParsedTx,
+    UpdateLeverageTx,
     fmt,
 )
 from venues.simulator.lighter_money import fee_ppm
@@ -182,6 +187,13 @@ class LighterState:
                 raise LighterError(200, 21728, "client order index already exists")
         if isinstance(tx, CancelOrderTx):
             self._cancel_target(tx.account, tx.market.market_id, tx.index)
+        if isinstance(tx, UpdateLeverageTx):
+            with self.exchange.lock:
+                allowed = margin.leverage_allowed(self.exchange, self.ensure_account(tx.account), tx.market.base,
+                                                  Decimal(tx.fraction_bp) / 10000)
+            if not allowed:
+                # ccxt lighter.ts: 21508 "below initial margin".
+                raise LighterError(200, 21508, "account would be below initial margin at this leverage")
 
     def _apply(self, tx: ParsedTx, tx_type: int, info_text: str, fill_fraction: Decimal | None) -> str:
         self.nonce_book.use((tx.account, tx.api_key), tx.nonce)
@@ -196,6 +208,12 @@ class LighterState:
             order = self._create(tx, fill_fraction, tx_hash, now, trades)
             changed.append(order)
             event: dict[str, Any] = {"order_index": order.order_index, "status": order.status}
+        elif isinstance(tx, UpdateLeverageTx):
+            with self.exchange.lock:
+                acct = self.ensure_account(tx.account)
+                acct.initial_fractions[tx.market.base] = Decimal(tx.fraction_bp) / 10000
+                acct.position(tx.market.base)  # listed from now on, even flat
+            event = {"market_index": tx.market.market_id, "initial_margin_fraction": tx.fraction_bp}
         elif isinstance(tx, CancelOrderTx):
             target = self._cancel_target(tx.account, tx.market.market_id, tx.index, strict=False)
             if target is not None:  # a cancel earlier in the same batch may have taken it

@@ -20,6 +20,7 @@ from venues.simulator.lighter_model import (
     fmt,
 )
 from venues.simulator.lighter_state import LighterState, now_ms
+from venues.simulator.market import SimAccount
 
 USDC_ASSET_ID = 3
 #: Resting synthetic liquidity is shown with the 28-day expiry the SDK gives GTT orders.
@@ -52,7 +53,8 @@ def position_json(state: LighterState, account: int, market: LighterMarket) -> d
     liq = _liquidation_price(collateral, qty, entry, mmf)
     return {
         "market_id": market.market_id, "symbol": market.base,
-        "initial_margin_fraction": fmt(Decimal(market.default_imf) / 100, 2),
+        # Percent, as REST reports it ("5.00" at the default 20x; captured account fixtures).
+        "initial_margin_fraction": fmt(own_fraction(state, account, market) * 100, 2),
         "open_order_count": len(state.active_orders(account, market.market_id)),
         "pending_order_count": 0, "position_tied_order_count": 0,
         # A flat position reports sign 1 (captured account fixture: "sign": 1, "position": "0.00000").
@@ -78,10 +80,10 @@ def account_json(state: LighterState, account: int) -> dict[str, Any]:
     with ex.lock:
         acct = state.ensure_account(account)
         equity, collateral = ex.equity(acct), acct.collateral
-        margin = sum((abs(p.quantity) * ex.mark(VENUE, b) * _imf(state, b) for b, p in acct.positions.items()),
+        margin = sum((abs(p.quantity) * ex.mark(VENUE, b) * _imf(state, acct, b) for b, p in acct.positions.items()),
                      Decimal(0))
-    for order in state.active_orders(account):
-        margin += order.remaining * order.price * Decimal(order.market.default_imf) / 10000
+        for order in state.active_orders(account):
+            margin += order.remaining * order.price * _imf(state, acct, order.market.base)
     cancel_at = state.cancel_all_at.get(account, (0, None))[0]
     return {
         "code": 0, "account_type": 0, "index": account, "l1_address": state.l1_address(account),
@@ -100,7 +102,16 @@ def account_json(state: LighterState, account: int) -> dict[str, Any]:
     }
 
 
-def _imf(state: LighterState, base: str) -> Decimal:
+def own_fraction(state: LighterState, account: int, market: LighterMarket) -> Decimal:
+    """The account's initial-margin fraction on ``market``: its UpdateLeverage setting, else the default."""
+    with state.exchange.lock:
+        return _imf(state, state.ensure_account(account), market.base)
+
+
+def _imf(state: LighterState, acct: SimAccount, base: str) -> Decimal:
+    own = acct.initial_fractions.get(base)
+    if own is not None:
+        return own
     market = next((m for m in state.markets.values() if m.base == base), None)
     return Decimal(market.default_imf if market else 500) / 10000
 

@@ -38,12 +38,14 @@ class Liquidation:
     cause: str
 
 
-def initial_fraction(rules: MarginProfile, venue: str, quantity: Decimal) -> Decimal:
-    return rules.lighter_imf if venue == "lighter" else margin_fraction(IMF_FUNCTION, quantity)
+def initial_fraction(rules: MarginProfile, acct: SimAccount, base: str, quantity: Decimal) -> Decimal:
+    if acct.venue == "lighter":
+        return acct.initial_fractions.get(base, rules.lighter_imf)
+    return margin_fraction(IMF_FUNCTION, quantity)
 
 
-def maintenance_fraction(rules: MarginProfile, venue: str, quantity: Decimal) -> Decimal:
-    return rules.lighter_mmf if venue == "lighter" else margin_fraction(MMF_FUNCTION, quantity)
+def maintenance_fraction(rules: MarginProfile, acct: SimAccount, base: str, quantity: Decimal) -> Decimal:
+    return rules.lighter_mmf if acct.venue == "lighter" else margin_fraction(MMF_FUNCTION, quantity)
 
 
 def _requirement(exchange: Exchange, acct: SimAccount, initial: bool,
@@ -53,7 +55,7 @@ def _requirement(exchange: Exchange, acct: SimAccount, initial: bool,
     sizes = {base: pos.quantity for base, pos in acct.positions.items()}
     if override is not None:
         sizes[override[0]] = override[1]
-    return sum((abs(q) * exchange.mark(acct.venue, b) * fraction(rules, acct.venue, q)
+    return sum((abs(q) * exchange.mark(acct.venue, b) * fraction(rules, acct, b, q)
                 for b, q in sizes.items() if q), Decimal(0))
 
 
@@ -63,6 +65,18 @@ def order_allowed(exchange: Exchange, acct: SimAccount, base: str, new_quantity:
     if not exchange.profile.margin.enforce_initial:
         return abs(new_quantity) * exchange.mark(acct.venue, base) <= exchange.equity(acct) * LEGACY_MAX_LEVERAGE
     return _requirement(exchange, acct, True, (base, new_quantity)) <= equity
+
+
+def leverage_allowed(exchange: Exchange, acct: SimAccount, base: str, fraction: Decimal) -> bool:
+    """Whether the account's open positions still meet initial margin at ``fraction`` on ``base``
+    (lowering the leverage of a held position must not leave it under-margined)."""
+    if not exchange.profile.margin.enforce_initial:
+        return True
+    rules = exchange.profile.margin
+    needed = sum((abs(pos.quantity) * exchange.mark(acct.venue, b)
+                  * (fraction if b == base else initial_fraction(rules, acct, b, pos.quantity))
+                  for b, pos in acct.positions.items() if pos.quantity), Decimal(0))
+    return needed <= exchange.equity(acct)
 
 
 def below_maintenance(exchange: Exchange, acct: SimAccount) -> bool:

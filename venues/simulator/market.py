@@ -81,6 +81,9 @@ class SimAccount:
     key: str
     collateral: Decimal
     positions: dict[str, Position] = field(default_factory=dict)
+    #: Lighter: the account's own initial-margin fraction per base, set by UpdateLeverage (tx type 20);
+    #: a base without one trades at the profile's ``lighter_imf`` (the market default).
+    initial_fractions: dict[str, Decimal] = field(default_factory=dict)
 
     def position(self, base: str) -> Position:
         return self.positions.setdefault(base, Position())

@@ -125,7 +125,7 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
                  direction=params.direction.value, params=params.to_json(),
                  next_deadline=time.time() + STEP_GRACE_SECS, trigger_task=self.request.id or "")
     log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
-    canvas.snapshots(cfg.group(group), cycle_id).apply_async()
+    canvas.snapshots(cfg.group(group), params, cycle_id).apply_async()
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
 
 

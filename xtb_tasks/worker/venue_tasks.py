@@ -30,7 +30,8 @@ from orchestrator.venue_ops import (
     read_position,
     submit_order,
 )
-from venues.base import OrderReport, Side, VenueError
+from venues.base import AccountReading, MarketRules, OrderReport, Side, VenueConnector, VenueError
+from venues.margin import leverage_update
 from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
 from xtb_tasks.core.errors import XtbError
@@ -51,6 +52,9 @@ SUBMIT_EXTRA_RETRIES = 3
 #: its cycle is in its exit, an order only while its cycle is not finished.
 IN_EXIT = Fence((Stage.EMERGENCY_EXIT,), missing_ok=True)
 UNFINISHED = Fence(tuple(stage for stage in Stage if stage is not Stage.DONE), missing_ok=True)
+
+#: A leverage update is an account setting made while planning, before any order of its cycle.
+PLANNING = Fence((Stage.PLANNING,), missing_ok=True)
 
 LEG_STAGES = {"bp_entry": Stage.BP_ENTRY, "l1_hedge": Stage.L1_HEDGE, "l2_entry": Stage.L2_ENTRY}
 
@@ -259,7 +263,40 @@ def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | N
     connector = get_connector(account)
     started = time.perf_counter()
     rules = connector.market_rules(symbol)
+    return _snapshot_json(account, connector, rules, connector.read_account(symbol), started, cycle_id)
+
+
+@app.task(name="xtb.venue.leveraged_snapshot", base=AccountLeaseTask, bind=True)
+def leveraged_snapshot(self: Task, *, account: str, symbol: str, leverage: str,
+                       cycle_id: str | None = None) -> dict[str, Any]:
+    """:func:`account_snapshot` of an account whose venue has a per-market leverage setting (Lighter):
+    where the account's own initial-margin fraction would not let it trade at the cycle's sizing
+    ``leverage``, it is set first (``venues.margin.leverage_update``), under the account lease
+    because it is a signed tx. Only while the cycle is still planning: before any order."""
+    _guard_queue(self, account)
+    connector = get_connector(account)
+    started = time.perf_counter()
+    rules = connector.market_rules(symbol)
     read = connector.read_account(symbol)
+    fraction_bp = leverage_update(rules.initial_margin, read.initial_margin_fraction, Decimal(leverage))
+    if fraction_bp is not None:
+        if cycle_id:
+            record = CycleRecord(redis_client(), cycle_id)
+            enforce_fence(PLANNING, record.view(*FENCE_FIELDS[1:]).fields, task="leverage update",
+                          cycle_id=cycle_id, account=account)
+        before = read.initial_margin_fraction or (rules.initial_margin.base if rules.initial_margin else None)
+        connector.set_initial_margin_fraction(symbol, fraction_bp)
+        log.info("account=%s cycle=%s %s leverage raised: initial margin %s -> %s bp for %sx sizing", account,
+                 cycle_id, symbol, before, fraction_bp, leverage)
+        if cycle_id:
+            record.add_event(f"{account} {symbol} initial margin fraction set to {fraction_bp} bp "
+                             f"(was {before}) for {leverage}x sizing")
+        read = connector.read_account(symbol)
+    return _snapshot_json(account, connector, rules, read, started, cycle_id)
+
+
+def _snapshot_json(account: str, connector: VenueConnector, rules: MarketRules, read: AccountReading,
+                   started: float, cycle_id: str | None) -> dict[str, Any]:
     top, balance, reading = read.top, read.balance, read.position
     note_account_state(redis_client(), account, **position_state(connector, reading, started, cycle_id),
                        balance="" if balance.equity is None else balance.equity, balance_read_at=balance.read_at)
