@@ -7,7 +7,6 @@ hedge's submit task does with it (``xtb.venue.submit_market_order`` with ``armed
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -23,7 +22,7 @@ from orchestrator.venue_ops import (
 )
 from venues.base import VenueConnector, VenueError
 from xtb_tasks.core.client_ids import IntentStatus, record_intent
-from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
+from xtb_tasks.core.cycle_record import CycleRecord, grace_deadline
 from xtb_tasks.core.legs import Leg, LegState
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ def await_entry(client: Any, request: OrderRequest, fetched: Prefetch) -> Leg:
     assert request.cycle_id and request.quantity_from_leg
     try:
         entry = await_outcome(client, request.cycle_id, request.quantity_from_leg,
-                              deadline=time.time() + STEP_GRACE_SECS)
+                              deadline=grace_deadline())
         if entry is None or entry.filled <= 0:
             raise LegFailed(f"{request.quantity_from_leg} filled nothing; {request.leg} has nothing to hedge")
     except (EntryNotFilled, LegFailed) as exc:

@@ -18,7 +18,7 @@ from orchestrator import canvas
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import Settings
 from xtb_tasks.core.cycle_fields import CycleFieldError
-from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord, ExitReason, Stage, active_cycle_ids
+from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Stage, active_cycle_ids, grace_deadline, step_grace
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +34,9 @@ def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> d
     cycle_id = record.cycle_id
     # Several sweepers (the orchestrator's thread, beat, `xtb recover`) may see the same overdue
     # cycle; only the one that claims it acts, so monitoring is never resumed twice.
-    if not client.set(keys.cycle_resolving(cycle_id), "1", nx=True, ex=int(STEP_GRACE_SECS)):
+    if not client.set(keys.cycle_resolving(cycle_id), "1", nx=True, ex=int(step_grace())):
         return None
-    record.touch_deadline(time.time() + STEP_GRACE_SECS)
+    record.touch_deadline(grace_deadline())
     if stage is Stage.DONE:
         client.srem(keys.CYCLES_ACTIVE, cycle_id)
         return {"cycle_id": cycle_id, "action": "forgotten"}
@@ -62,10 +62,9 @@ def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> d
     return {"cycle_id": cycle_id, "stage": stage.value, "action": action}
 
 
-def sweep(client: redis.Redis, settings: Settings, *, grace: float = STEP_GRACE_SECS,
-          force: bool = False) -> list[dict[str, Any]]:
+def sweep(client: redis.Redis, settings: Settings, *, force: bool = False) -> list[dict[str, Any]]:
     """Resolve every active cycle that is overdue (or every active one with ``force``)."""
-    now = time.time()
+    now, grace = time.time(), step_grace()
     actions = []
     for cycle_id in active_cycle_ids(client):
         record = CycleRecord(client, cycle_id)

@@ -31,7 +31,7 @@ from venues.base import (
 )
 from xtb_tasks.core import keys
 from xtb_tasks.core.client_ids import IntentStatus, mark_intent, record_intent
-from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord
+from xtb_tasks.core.cycle_record import CycleRecord, grace_deadline
 from xtb_tasks.core.errors import XtbError
 from xtb_tasks.core.fencing import FENCE_FIELDS
 from xtb_tasks.core.legs import Leg, LegState, parse_leg
@@ -248,7 +248,7 @@ def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderR
     if req.leg and record:
         writer = CycleRecord(pipe, record.cycle_id)
         if enter is not None:
-            writer.set_stage(enter, deadline=time.time() + STEP_GRACE_SECS)
+            writer.set_stage(enter, deadline=grace_deadline())
         writer.record_leg(req.leg, leg_in_flight(req, client_id, quantity))
     pipe.execute()
 

@@ -159,14 +159,16 @@ class Deployment:
 
 
 def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: dict[str, object] | None = None,
-                    redis_options: dict[str, int] | None = None, profile: Any = None) -> Deployment:
-    """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults)."""
+                    redis_options: dict[str, int] | None = None, profile: Any = None,
+                    step_grace_secs: float | None = None) -> Deployment:
+    """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults);
+    ``step_grace_secs``: the config's ``[watchdog] step_grace_secs`` (None = the default 30 s)."""
     from venues.simulator.server import SimulatorServer
 
     sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None, profile=profile)
     urls = sim.start()
     config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})},
-                          redis_options=redis_options)
+                          redis_options=redis_options, step_grace_secs=step_grace_secs)
     return Deployment(tmp=tmp, redis_url=redis_url, sim=sim, config=config, start_worker_fn=start_worker_fn)
 
 
@@ -177,12 +179,13 @@ def teardown(dep: Deployment) -> None:
 
 
 def running_deployment(redis_server: RedisServer, tmp: Path, *, params: dict[str, object] | None = None,
-                       redis_options: dict[str, int] | None = None, profile: Any = None) -> Iterator[Deployment]:
+                       redis_options: dict[str, int] | None = None, profile: Any = None,
+                       step_grace_secs: float | None = None) -> Iterator[Deployment]:
     """A test module's deployment on a flushed Redis with its workers up (the body of a module
     fixture: ``yield from``); stopped when the fixture is torn down."""
     redis_server.client().flushall()
     deployment = make_deployment(tmp, redis_server.url, start_worker, params=params, redis_options=redis_options,
-                                 profile=profile)
+                                 profile=profile, step_grace_secs=step_grace_secs)
     deployment.start_workers()
     yield deployment
     teardown(deployment)

@@ -27,13 +27,16 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, what: str, in
 
 def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = None,
                  group_params: dict[str, object] | None = None, account_suffix: str = "",
-                 lighter_indexes: tuple[int, int] = (101, 102), redis_options: dict[str, int] | None = None) -> Path:
+                 lighter_indexes: tuple[int, int] = (101, 102), redis_options: dict[str, int] | None = None,
+                 step_grace_secs: float | None = None) -> Path:
     """A config for the three demo roles on the simulators, with fresh keys in ``path.parent``."""
     keys = path.parent / "keys"
     lines = []
     if redis_url or redis_options:
         lines += ["[redis]", *([f'url = "{redis_url}"'] if redis_url else []),
                   *(f"{key} = {value}" for key, value in (redis_options or {}).items()), ""]
+    if step_grace_secs is not None:
+        lines += ["[watchdog]", f"step_grace_secs = {step_grace_secs}", ""]
     lines += [
         f"[accounts.backpack{account_suffix}]", 'venue = "backpack"', f'base_url = "{urls["backpack"]}"',
         f'ws_url = "{urls["backpack_ws"]}"', f'keys_file = "{keys}/bp{account_suffix}.txt"',

@@ -31,13 +31,16 @@ from tests.helpers.services import RedisServer
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
 RESOLVE_SECS = 60.0
+STEP_GRACE_SECS = 10.0
 CELLS: list[CrashCell] = []
 SHARED: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    yield from running_deployment(redis_server, tmp_path_factory.mktemp("crash"))
+    # A stuck step is resolved after the watchdog's grace: 10 s here instead of 30 s (each boundary
+    # waits it out once), still above every healthy step of the fast parameters.
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("crash"), step_grace_secs=STEP_GRACE_SECS)
 
 
 def _orders(dep: Deployment, venue: str, account: str | None = None) -> int:

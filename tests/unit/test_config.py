@@ -337,3 +337,17 @@ def test_a_short_visibility_timeout_gets_a_sweep_to_match_and_a_too_short_one_is
     doc["redis"] = {"visibility_timeout_secs": 2}
     with pytest.raises(ConfigError, match=r"redis\.visibility_timeout_secs"):
         parse_settings(doc, DEMO.resolve())
+
+
+def test_the_watchdog_grace_is_configured_and_bounded() -> None:
+    assert parse_settings(demo_doc(), DEMO.resolve()).step_grace_secs == 30.0
+    doc = demo_doc()
+    doc["watchdog"] = {"step_grace_secs": 10}
+    assert parse_settings(doc, DEMO.resolve()).step_grace_secs == 10.0
+    for bad in (2, "ten", 7200):
+        doc["watchdog"] = {"step_grace_secs": bad}
+        with pytest.raises(ConfigError, match=r"watchdog\.step_grace_secs"):
+            parse_settings(doc, DEMO.resolve())
+    doc["watchdog"] = {"grace": 10}
+    with pytest.raises(ConfigError, match=r"watchdog"):
+        parse_settings(doc, DEMO.resolve())

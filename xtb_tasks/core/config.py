@@ -49,6 +49,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     path: Annotated[Path | None, msgspec.Meta(description="the file it was read from")]
     redis_url: Annotated[str | None, msgspec.Meta(description="[redis] url; $REDIS_URL wins")]
     visibility_timeout_secs: Annotated[int, msgspec.Meta(description="[redis] visibility_timeout_secs")] = 3600
+    step_grace_secs: Annotated[float, msgspec.Meta(description="[watchdog] step_grace_secs")] = (
+        policies.DEFAULT_STEP_GRACE_SECS)
     accounts: dict[str, AccountConfig]
     groups: dict[str, GroupConfig]
     schedules: dict[str, ScheduleConfig] = {}
@@ -90,10 +92,19 @@ class _Redis(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         description="seconds before the broker redelivers an unacknowledged message")] = 3600
 
 
+class _Watchdog(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    # Above the longest a healthy step takes (an order's confirmation, a hedge's fill wait), or the
+    # watchdog resolves cycles that are only slow. Short values exist for the crash tests.
+    step_grace_secs: Annotated[float, msgspec.Meta(ge=5, le=3600), msgspec.Meta(
+        description="seconds a cycle step may make no progress before the watchdog resolves it from venue truth")] = (
+        policies.DEFAULT_STEP_GRACE_SECS)
+
+
 # The file's top-level tables, each decoded on its own so that errors name the table's keys
 # (msgspec's paths show a dict key as [...]).
 class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     redis: dict[str, Any] = {}
+    watchdog: dict[str, Any] = {}
     accounts: dict[str, Any] = {}
     groups: dict[str, Any] = {}
     schedules: dict[str, Any] = {}
@@ -198,6 +209,7 @@ def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings
     redis_table = decode_table(_Redis, top.redis, "redis")
     return Settings(
         path=path, redis_url=_redis_url(redis_table), visibility_timeout_secs=redis_table.visibility_timeout_secs,
+        step_grace_secs=decode_table(_Watchdog, top.watchdog, "watchdog").step_grace_secs,
         accounts=accounts, groups=groups, schedules=schedules,
         telegram=decode_table(TelegramConfig, top.telegram, "telegram", base_dir),
         telemetry=decode_table(TelemetryConfig, top.telemetry, "telemetry", base_dir),

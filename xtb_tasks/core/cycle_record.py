@@ -31,13 +31,27 @@ from xtb_tasks.core.cycle_fields import (
     kind_of,
 )
 from xtb_tasks.core.legs import Leg, parse_leg
+from xtb_tasks.core.policies import DEFAULT_STEP_GRACE_SECS
 
 # Stage, Outcome and ExitReason are defined with the schema (cycle_fields.py) and imported from
 # here by every caller, as before.
 __all__ = [
-    "FINAL_REASON_BY_STAGE", "HISTORY_LENGTH", "STEP_GRACE_SECS", "CycleRecord", "CycleView", "ExitReason",
-    "Outcome", "Stage", "active_cycle_ids", "create_cycle", "positions_fields", "recent_cycle_ids",
-    "stage_deadline", "with_event",
+    "FINAL_REASON_BY_STAGE",
+    "HISTORY_LENGTH",
+    "CycleRecord",
+    "CycleView",
+    "ExitReason",
+    "Outcome",
+    "Stage",
+    "active_cycle_ids",
+    "create_cycle",
+    "grace_deadline",
+    "positions_fields",
+    "recent_cycle_ids",
+    "set_step_grace",
+    "stage_deadline",
+    "step_grace",
+    "with_event",
 ]
 
 HISTORY_LENGTH = 200
@@ -203,14 +217,27 @@ class CycleRecord:
         self.client.srem(keys.CYCLES_ACTIVE, self.cycle_id)
 
 
-#: How long a step may make no progress before the watchdog resolves the cycle from venue truth.
-STEP_GRACE_SECS = 30.0
+# The step grace of this process: the Celery app sets it from the config's ``[watchdog]`` table.
+_step_grace = DEFAULT_STEP_GRACE_SECS
+
+
+def set_step_grace(secs: float) -> None:
+    global _step_grace
+    _step_grace = float(secs)
+
+
+def step_grace() -> float:
+    return _step_grace
+
+
+def grace_deadline(extra: float = 0.0, *, now: float | None = None) -> float:
+    """When a step that may take ``extra`` seconds is overdue: then plus the step grace."""
+    return (time.time() if now is None else now) + extra + _step_grace
 
 
 def stage_deadline(stage: Stage, plan: dict[str, Any] | None) -> float:
     """When the watchdog considers ``stage`` overdue: the grace, plus the random wait for ``wait``."""
-    extra = float((plan or {}).get("wait_secs") or 0) if stage is Stage.WAIT else 0.0
-    return time.time() + extra + STEP_GRACE_SECS
+    return grace_deadline(float((plan or {}).get("wait_secs") or 0) if stage is Stage.WAIT else 0.0)
 
 
 def create_cycle(client: redis.Redis, cycle_id: str, group: str, **fields: Any) -> CycleRecord:

@@ -13,6 +13,10 @@ from dataclasses import dataclass
 #: The orchestrator worker's queue; account queues are the account names, so a config may not use it.
 ORCHESTRATOR_QUEUE = "orchestrator"
 
+#: How long a cycle step may make no progress before the watchdog resolves the cycle from venue
+#: truth, unless the config's ``[watchdog] step_grace_secs`` says otherwise.
+DEFAULT_STEP_GRACE_SECS = 30.0
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

@@ -14,6 +14,7 @@ from celery import Celery
 from kombu import Exchange, Queue
 
 from xtb_tasks.core.config import ConfigError, Settings, config_path, load_settings
+from xtb_tasks.core.cycle_record import set_step_grace
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import configured_url, embedded_url, ensure_embedded_redis
 from xtb_tasks.worker.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
@@ -136,6 +137,9 @@ def create_app() -> Celery:
     extra = [m for m in os.environ.get("XTB_TASK_MODULES", "").split(",") if m]
     celery_app.conf.include = [*TASK_MODULES, *extra]
     celery_app.xtb_settings = settings
+    if settings is not None:
+        # Every process that writes a step deadline or sweeps for overdue ones imports this app.
+        set_step_grace(settings.step_grace_secs)
     _install_hooks(celery_app)
     return celery_app
 

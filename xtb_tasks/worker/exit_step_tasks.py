@@ -33,7 +33,7 @@ from orchestrator.flow import group_and_params
 from venues.base import MarketRules
 from xtb_tasks.core.client_ids import allocate_id_blocks, record_intent
 from xtb_tasks.core.config import GroupConfig, HedgeParams
-from xtb_tasks.core.cycle_record import STEP_GRACE_SECS, CycleRecord, CycleView, Stage, positions_fields
+from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, grace_deadline, positions_fields
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.exit_tasks import report_exit
@@ -169,7 +169,7 @@ def _note_read(record: CycleRecord, view: CycleView, state: ExitState, key: int)
     net = abs(state.net)
     fields: dict[str, Any] = {**positions_fields(f"exit_{key}", {**state_to_json(state)["positions"],
                                                                 "net": str(state.net), "read_at": time.time()}),
-                              "next_deadline": time.time() + STEP_GRACE_SECS}
+                              "next_deadline": grace_deadline()}
     worst = view.get("exit_worst_net")
     if worst in (None, "") or net > Decimal(str(worst)):
         fields.update(exit_worst_net=str(net), exit_worst_net_at=time.time())

@@ -17,7 +17,7 @@ from orchestrator import canvas
 from orchestrator.exits import exit_is_flat, exit_minimums, fills_disagree, finish_exit, results_by_role
 from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import group_and_params
-from xtb_tasks.core.cycle_record import FINAL_REASON_BY_STAGE, STEP_GRACE_SECS, CycleRecord, ExitReason, Stage
+from xtb_tasks.core.cycle_record import FINAL_REASON_BY_STAGE, CycleRecord, ExitReason, Stage, grace_deadline
 from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
 from xtb_tasks.core.policies import EMERGENCY_EXIT
 from xtb_tasks.core.redis_conn import redis_client
@@ -98,10 +98,10 @@ def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str,
     # exit_attempts names the current attempt: steps of an earlier one stop at their next hop.
     fields: dict[str, Any] = {"exit_attempts": attempt + 1}
     if view.stage is not Stage.EMERGENCY_EXIT:
-        record.set_stage(Stage.EMERGENCY_EXIT, deadline=time.time() + STEP_GRACE_SECS, via=pipe, reason=reason,
+        record.set_stage(Stage.EMERGENCY_EXIT, deadline=grace_deadline(), via=pipe, reason=reason,
                          **fields)
     else:
-        record.update(via=pipe, next_deadline=time.time() + STEP_GRACE_SECS, **fields)
+        record.update(via=pipe, next_deadline=grace_deadline(), **fields)
     pipe.execute()
     canvas.exit_read(grp, cycle_id, reason, attempt, 0).apply_async()
     return {"cycle_id": cycle_id, "reason": reason, "attempt": attempt}

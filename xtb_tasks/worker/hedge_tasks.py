@@ -43,13 +43,13 @@ from orchestrator.recovery import sweep
 from xtb_tasks.core.client_ids import allocate_client_ids, allocate_id_blocks, record_intent
 from xtb_tasks.core.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
 from xtb_tasks.core.cycle_record import (
-    STEP_GRACE_SECS,
     CycleRecord,
     CycleView,
     ExitReason,
     Outcome,
     Stage,
     create_cycle,
+    grace_deadline,
     positions_fields,
     with_event,
 )
@@ -123,7 +123,7 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
         raise GroupStopped(text)
     create_cycle(client, cycle_id, group, overrides=overrides, cycle_index=cycle_index,
                  direction=params.direction.value, params=params.to_json(),
-                 next_deadline=time.time() + STEP_GRACE_SECS, trigger_task=self.request.id or "")
+                 next_deadline=grace_deadline(), trigger_task=self.request.id or "")
     log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
     canvas.snapshots(cfg.group(group), params, cycle_id).apply_async()
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
@@ -209,7 +209,7 @@ def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge", step: int
         canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.CANCELLED.value).apply_async()
         return
     if then == "hedge":
-        record.set_stage(Stage.REBALANCE, deadline=time.time() + STEP_GRACE_SECS)
+        record.set_stage(Stage.REBALANCE, deadline=grace_deadline())
     grp, _ = group_and_params(settings(), view)
     decide = canvas.hedge("rebalance_decide", immutable=False, cycle_id=cycle_id, attempt=attempt, then=then,
                           step=step)
@@ -292,7 +292,7 @@ def _hedged(record: CycleRecord, group: str, params: HedgeParams, positions: Pos
     if then == "hedge":
         now = time.time()
         pipe = redis_client().pipeline(transaction=True)
-        record.set_stage(Stage.MONITORING, deadline=now + params.poll_interval_secs + STEP_GRACE_SECS, via=pipe,
+        record.set_stage(Stage.MONITORING, deadline=grace_deadline(params.poll_interval_secs, now=now), via=pipe,
                          monitoring_started_at=now, net_delta=str(positions.own(baselines).net), **reading)
         queue_alert(pipe, AlertKind.CYCLE_HEDGED,
                     format_cycle_hedged(group, record.cycle_id, {"BP": positions.bp, "L1": positions.l1,
@@ -312,7 +312,7 @@ def _confirm_zero(record: CycleRecord, params: HedgeParams, then: str, reading: 
     log.warning("cycle=%s %s", record.cycle_id, note)
     fields: dict[str, Any] = {**reading, "events": with_event(record.get("events"), note)}
     if then == "hedge":
-        record.set_stage(Stage.MONITORING, deadline=now + params.zero_reread_secs + STEP_GRACE_SECS,
+        record.set_stage(Stage.MONITORING, deadline=grace_deadline(params.zero_reread_secs, now=now),
                          monitoring_started_at=now, **fields)
     else:
         record.update(**fields)
@@ -344,7 +344,7 @@ def monitor_tick(*, cycle_id: str, step: int = 0) -> None:
         log.warning("cycle=%s timeout reached after %.0fs; unwinding", cycle_id, time.time() - started)
         canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=ExitReason.TIMEOUT.value).apply_async()
         return
-    record.touch_deadline(time.time() + params.poll_interval_secs + STEP_GRACE_SECS)
+    record.touch_deadline(grace_deadline(params.poll_interval_secs))
     canvas.read_positions(grp, cycle_id, canvas.hedge("monitor_decide", immutable=False, cycle_id=cycle_id,
                                                       step=step)).apply_async()
 
