@@ -1,10 +1,12 @@
 """``xtb demo`` (``make demo``): the whole system on this machine against the simulators.
 
 Starts the embedded Redis, the simulators, one real worker per account plus the orchestrator,
-the alert relay and the dashboard; runs one hedge cycle with live progress; makes the simulator
-liquidate Lighter2 and shows the monitor's emergency exit; prints a summary; stops everything.
-Exit status 0 only when the outcome is right: hedged after the cycle, flat after the exit, and
-the expected alerts delivered to the Telegram stand-in.
+the alert relay and the dashboard; runs one hedge cycle with live progress on the demo market
+(:func:`demo_profile`: every venue rule on, a falling price path), waits for the market to
+liquidate Lighter2's long leg and shows the exit; prints a summary with the PnL split into
+trading, fees and funding; stops everything. Exit status 0 only when the outcome is right: hedged
+after the cycle, Lighter2 liquidated by the simulator's margin engine, flat after the exit, fees
+and funding in the PnL, and the expected alerts delivered to the Telegram stand-in.
 """
 
 from __future__ import annotations
@@ -30,6 +32,29 @@ DEMO_CONFIG = ROOT / "examples" / "demo.toml"
 #: The normal end of a cycle is "Cycle completed" (cycle_completed), not an emergency exit (issue 16 item 13).
 EXPECTED_ALERTS = ("cycle_started", "cycle_hedged", "cycle_finished", "cycle_completed")
 COMPLETED_TEXT = "Cycle completed"
+#: The demo's cycle sizes at 40x (the bot raises the Lighter accounts' leverage to it) on accounts
+#: that start with $1000: a leg is ~12.8 ETH, which the default book (20 levels of 5 ETH a side)
+#: fills without a remainder.
+DEMO_LEVERAGE = 40.0
+DEMO_COLLATERAL = Decimal(1000)
+#: How long the demo waits for the market to liquidate a leg (it takes ~40 s on the demo path).
+LIQUIDATION_WAIT_SECS = 120.0
+
+
+def demo_profile() -> Any:
+    """The venue rules of :meth:`SimProfile.strict` (fees, funding, initial margin, the liquidation
+    engine, Backpack's rate limit) on a price path tuned for the demo, not the rules: it falls
+    0.04 % a second with little noise, so Lighter2's long leg at 40x (1.4 % from its maintenance
+    margin) is liquidated by the market within a minute while the short Lighter1 gains. Funding
+    settles every 10 s instead of hourly, at the venues' per-interval rates, so a one-minute
+    cycle shows some."""
+    from dataclasses import replace
+
+    from venues.simulator.profile import SimProfile
+
+    strict = SimProfile.strict()
+    return replace(strict, price_path=replace(strict.price_path, drift=Decimal("-0.0004"), volatility=Decimal("0.0002")),
+                   funding=replace(strict.funding, interval_secs=10.0))
 
 
 def ensure_demo_telegram_keys(settings: Settings) -> None:
@@ -45,9 +70,10 @@ def port_of(url: str) -> int:
 
 
 class Demo:
-    def __init__(self, settings: Settings, emit: Any) -> None:
+    def __init__(self, settings: Settings, emit: Any, profile: Any = None) -> None:
         self.settings = settings
         self.emit = emit
+        self.profile = profile
         self.started = time.monotonic()
         self.sim: Any = None
         self.procs: Any = None
@@ -63,7 +89,8 @@ class Demo:
         grp = next(iter(self.settings.groups.values()))
         bp, l1 = self.settings.account(grp.backpack), self.settings.account(grp.lighter1)
         self.sim = SimulatorServer(backpack_port=port_of(bp.base_url), lighter_port=port_of(l1.base_url),
-                                   telegram_port=port_of(self.settings.telegram.api_url))
+                                   telegram_port=port_of(self.settings.telegram.api_url), profile=self.profile,
+                                   starting_collateral=DEMO_COLLATERAL)
         try:
             self.sim.start()
         except RuntimeError as exc:
@@ -139,7 +166,7 @@ def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
     from xtb_tasks.worker.results import wait_result
 
     ensure_demo_telegram_keys(settings)
-    demo = Demo(settings, emit)
+    demo = Demo(settings, emit, demo_profile())
     try:
         demo.start()
         client = redis_client(demo.procs.redis_url)
@@ -147,33 +174,40 @@ def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
         from xtb_tasks.worker.celery_app import app
 
         group = next(iter(settings.groups))
-        demo.say(f"step 1: one full hedge cycle in group {group}")
-        cycle_id = wait_result(app, app.send_task("xtb.hedge.start_cycle", kwargs={"group": group},
+        demo.say(f"step 1: one full hedge cycle in group {group} at {DEMO_LEVERAGE:.0f}x")
+        start = {"group": group, "leverage": DEMO_LEVERAGE}
+        cycle_id = wait_result(app, app.send_task("xtb.hedge.start_cycle", kwargs=start,
                                                   queue=ORCHESTRATOR_QUEUE).id, 60)["cycle_id"]
         shown: set[str] = set()
         follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.MONITORING, timeout=60,
                      shown=shown)
         hedged = CycleRecord(client, cycle_id).all()
-        l2_index = str(settings.account(settings.group(group).lighter2).account_index)
-        demo.say(f"step 2: the simulator liquidates Lighter2 (account index {l2_index})")
-        demo.sim.exchange.liquidate("lighter", l2_index, "ETH")
-        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.DONE, timeout=60,
-                     shown=shown)
+        demo.say(f"step 2: the price falls ({demo.sim.exchange.mark('lighter', 'ETH'):.2f} now); waiting for the "
+                 f"market to liquidate Lighter2's long leg")
+        follow_cycle(client, cycle_id, lambda line: demo.say(f"  {line}"), until=Stage.DONE,
+                     timeout=LIQUIDATION_WAIT_SECS, shown=shown)
         texts = wait_for_alerts(demo, cycle_id)
-        return summarize(demo, cycle_summary(CycleRecord(client, cycle_id)), hedged, texts)
+        l2_index = str(settings.account(settings.group(group).lighter2).account_index)
+        by_market = [e for e in demo.sim.exchange.liquidations
+                     if (e.venue, e.account, e.cause) == ("lighter", l2_index, "engine")]
+        return summarize(demo, cycle_summary(CycleRecord(client, cycle_id)), hedged, texts, by_market)
     finally:
         demo.stop()
 
 
-def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: list[str],
+              by_market: list[Any]) -> dict[str, Any]:
     hedged_positions = hedged.get("positions") or {}
     net_after_entry = hedged_positions.get("net")
     step = Decimal((hedged.get("bp_rules") or {}).get("step_size") or "0.0001")
     final_positions = {k: v for k, v in (final.get("positions") or {}).items() if k in ("BP", "L1", "L2")}
+    split = final.get("pnl_split") or {}
     checks = {
         "hedged_after_cycle": net_after_entry is not None and abs(Decimal(net_after_entry)) <= step,
         "flat_after_exit": final.get("outcome") == "flat" and all(Decimal(str(v or 0)) == 0 for v in final_positions.values()),
         "reason_is_lighter2_zero": final.get("reason") == "lighter2_zero",
+        "lighter2_liquidated_by_the_market": bool(by_market),
+        "fees_and_funding_in_pnl": _paid(split, "fees") and _paid(split, "funding"),
         "alerts_delivered": any(t.startswith(COMPLETED_TEXT) for t in texts) and len(texts) >= len(EXPECTED_ALERTS),
         "bots_online_on_dashboard": len(demo.online_bots) >= len(demo.settings.accounts),
     }
@@ -186,11 +220,18 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
         "positions_when_hedged": hedged_positions, "net_delta_when_hedged": net_after_entry,
         "positions_after_exit": final_positions, "pnl": final.get("pnl"), "pnl_split": final.get("pnl_split"),
         "worst_net": final.get("worst_net"),
+        "liquidations": [{"account": e.account, "quantity": str(e.quantity), "price": str(e.price), "cause": e.cause}
+                         for e in by_market],
         "stage_times": final.get("stage_times"), "telegram_messages": texts,
         "dashboard_url": f"http://{demo.settings.dashboard.host}:{demo.settings.dashboard.port}/",
         "dashboard_bots_online": demo.online_bots,
         "checks": checks, "ok": all(checks.values()), "elapsed_secs": round(time.monotonic() - demo.started, 2),
     }
+
+
+def _paid(split: dict[str, Any], part: str) -> bool:
+    # Some venue's split of the cycle's PnL shows a non-zero amount of ``part`` (fees or funding).
+    return any(Decimal(str(role.get(part) or 0)) != 0 for role in split.values() if isinstance(role, dict))
 
 
 def print_summary(summary: dict[str, Any]) -> None:
@@ -201,6 +242,9 @@ def print_summary(summary: dict[str, Any]) -> None:
                    f"avg {fill['avg_price']} ({fill['state']})")
     click.echo(f"positions when hedged: {summary['positions_when_hedged']}")
     click.echo(f"positions after exit:  {summary['positions_after_exit']}")
+    for event in summary["liquidations"]:
+        click.echo(f"liquidated by the market: lighter account {event['account']}, {event['quantity']} ETH at "
+                   f"{event['price']}")
     click.echo(f"per-venue PnL: {summary['pnl']}")
     from xtb_tasks.cli.cycle import report_lines
 
