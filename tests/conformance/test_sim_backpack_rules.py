@@ -36,7 +36,8 @@ def test_rate_limit_answers_429_past_the_budget() -> None:
         public = [requests.get(sim.urls["backpack"] + "/api/v1/depth", params={"symbol": ETH}, timeout=5).status_code
                   for _ in range(6)]
         assert public == [200] * 5 + [429]
-    with server(SimProfile()) as sim:  # off by default
+    assert SimProfile().backpack.rate_limit and SimProfile().backpack.requests_per_minute == 2000  # on by default
+    with server(SimProfile.easy()) as sim:  # off in the easy profile
         client = Client(sim.urls["backpack"])
         assert {client.call("GET", "/api/v1/capital", "balanceQuery").status_code for _ in range(30)} == {200}
 

@@ -76,6 +76,15 @@ class Lighter:
         assert len(orders) == 1
         return dict(orders[0])
 
+    def leverage(self, fraction_bp: int) -> None:
+        """UpdateLeverage (tx type 20) on ETH, cross margin: the account's own initial-margin fraction."""
+        info = {"AccountIndex": self.account, "ApiKeyIndex": KEY, "MarketIndex": 0, "InitialMarginFraction": fraction_bp,
+                "MarginMode": 0, "ExpiredAt": int(time.time() * 1000) + 600_000, "Nonce": self.nonce, "Sig": "AA=="}
+        sent = requests.post(self.url + "/api/v1/sendTx", data={"tx_type": "20", "tx_info": json.dumps(info)},
+                             timeout=5)
+        assert sent.status_code == 200 and sent.json()["code"] == 200, sent.text
+        self.nonce += 1
+
     def get(self, path: str, **params: Any) -> dict[str, Any]:
         response = requests.get(self.url + path, params={"account_index": self.account, **params},
                                 headers={"authorization": self.auth}, timeout=5)
@@ -198,13 +207,15 @@ def test_lighter_fees_in_trades_and_collateral() -> None:
         assert (trader.trades()[0]["taker_fee"], trader.account_json()["collateral"]) == (0, "10000.000000")
 
 
-def test_fees_are_off_by_default() -> None:
-    with server(SimProfile()) as sim:
-        client = Client(sim.urls["backpack"])
-        client.order(side="Bid", quantity="1")
-        (fill,) = bp_call(client, "/wapi/v1/history/fills", "fillHistoryQueryAll")
-        assert fill["fee"] == "0"
-        assert bp_call(client, "/api/v1/capital/collateral", "collateralQuery")["assetsValue"] == "10000"
+def test_fees_are_on_by_default_and_off_in_the_easy_profile() -> None:
+    for profile, charged in ((SimProfile(), True), (SimProfile.easy(), False)):
+        with server(profile) as sim:
+            client = Client(sim.urls["backpack"])
+            client.order(side="Bid", quantity="1")
+            (fill,) = bp_call(client, "/wapi/v1/history/fills", "fillHistoryQueryAll")
+            assert (Decimal(fill["fee"]) > 0) is charged, fill
+            value = Decimal(bp_call(client, "/api/v1/capital/collateral", "collateralQuery")["assetsValue"])
+            assert (value < 10000) is charged, value
 
 
 # ---- funding -------------------------------------------------------------------------------------
@@ -234,12 +245,17 @@ def test_funding_payments_after_an_interval_on_both_venues() -> None:
             "0.000001")
 
 
-def test_funding_is_off_by_default() -> None:
-    with server(SimProfile()) as sim:
-        client = Client(sim.urls["backpack"])
-        client.order(side="Bid", quantity="1")
-        sim.exchange.clock(time.time() + 7200)  # two hours later: nothing is due when funding is off
-        assert bp_call(client, "/wapi/v1/history/funding", "fundingHistoryQueryAll") == []
+def test_funding_is_hourly_by_default_and_off_in_the_easy_profile() -> None:
+    for profile, paid in ((SimProfile(), True), (SimProfile.easy(), False)):
+        with server(profile) as sim:
+            client = Client(sim.urls["backpack"])
+            client.order(side="Bid", quantity="1")
+            sim.exchange.clock()  # the first interval starts now
+            sim.exchange.clock(time.time() + 1800)
+            assert bp_call(client, "/wapi/v1/history/funding", "fundingHistoryQueryAll") == []  # not yet due
+            sim.exchange.clock(time.time() + 3601)
+            rows = bp_call(client, "/wapi/v1/history/funding", "fundingHistoryQueryAll")
+            assert (len(rows) == 1) is paid, rows
 
 
 # ---- margin --------------------------------------------------------------------------------------
@@ -254,7 +270,9 @@ def test_orders_beyond_initial_margin_are_refused_with_the_venue_error() -> None
         assert (refused.status_code, refused.json()["code"]) == (400, "INSUFFICIENT_MARGIN")
         assert trader.market("10", is_ask=False, worst="3300.00")["status"] == "canceled-margin-not-allowed"
         assert trader.market("5", is_ask=False, worst="3300.00")["status"] == "filled"  # 750 of 1000
-    with server(SimProfile(), collateral=Decimal(1000)) as sim:  # off by default: up to 50x still passes
+    with server(SimProfile(), collateral=Decimal(1000)) as sim:  # on by default
+        assert Lighter(sim).market("10", is_ask=False, worst="3300.00")["status"] == "canceled-margin-not-allowed"
+    with server(SimProfile.easy(), collateral=Decimal(1000)) as sim:  # the old rule: up to 50x passes
         assert Lighter(sim).market("10", is_ask=False, worst="3300.00")["status"] == "filled"
 
 
@@ -280,12 +298,13 @@ def test_price_path_liquidates_50x_legs_on_both_venues() -> None:
     # A seeded path of downward jumps drives both 48x longs below it; the venues close them at the mark
     # with their records: Lighter a Trade of type "liquidation" (Trade.type enum, lighter-sdk.md §2);
     # Backpack a system fill LiquidatePositionOnBook (fills include system orders since 2025-04-22, §2.8).
-    profile = replace(SimProfile(), margin=replace(SimProfile().margin, liquidate=True),
-                      price_path=PricePath(volatility=Decimal("0.0002"), jump_probability=Decimal("0.1"),
-                                           jump_size=Decimal("0.03"), jump_direction=-1, seed=11))
+    path = PricePath(volatility=Decimal("0.0002"), jump_probability=Decimal("0.1"), jump_size=Decimal("0.03"),
+                     jump_direction=-1, seed=11)
+    profile = replace(SimProfile(), price_path=path)
     with server(profile, collateral=Decimal(1000), tick=0.05) as sim:
         client, trader, safe = Client(sim.urls["backpack"]), Lighter(sim), Lighter(sim)
         assert client.order(side="Bid", quantity="15").json()["status"] == "Filled"
+        trader.leverage(200)  # 50x: the default 5 % (20x) refuses 16 ETH on $1000 (initial margin is on)
         assert trader.market("16", is_ask=False, worst="3300.00")["status"] == "filled"
         assert safe.market("0.1", is_ask=False, worst="3300.00")["status"] == "filled"  # 0.3x: survives
         wait_for(lambda: trader.eth() == 0 and client.position() == 0, timeout=20)
@@ -299,10 +318,30 @@ def test_price_path_liquidates_50x_legs_on_both_venues() -> None:
         assert bp_call(client, "/api/v1/position", "positionQuery") == []
 
 
-def test_liquidation_is_off_by_default() -> None:
-    with server(SimProfile(), collateral=Decimal(1000)) as sim:
-        trader = Lighter(sim)
-        trader.market("16", is_ask=False, worst="3300.00")
-        sim.exchange.set_price("ETH", Decimal(2000))
-        sim.exchange.clock()
-        assert trader.eth() == Decimal(16)  # deep under water, still open: the engine is off
+def test_liquidation_is_on_by_default_and_off_in_the_easy_profile() -> None:
+    for profile, closed in ((SimProfile(), True), (SimProfile.easy(), False)):
+        with server(profile, collateral=Decimal(1000)) as sim:
+            trader = Lighter(sim)
+            trader.market("6", is_ask=False, worst="3300.00")  # 900 of 1000 at 5 %
+            sim.exchange.set_price("ETH", Decimal(2000))
+            sim.exchange.clock()
+            assert trader.eth() == (0 if closed else Decimal(6))  # deep under water: the engine closes it
+
+
+def test_xtb_sim_starts_with_every_market_rule_on_and_each_switches_off() -> None:
+    from click.testing import CliRunner
+
+    from venues.simulator.cli import build_profile, sim
+
+    text = CliRunner().invoke(sim, ["--help"], terminal_width=200).output
+    for needle in ("--fees / --no-fees", "--margin / --no-margin", "--liquidations / --no-liquidations",
+                   "--rate-limit / --no-rate-limit", "--funding-secs", "--depth-levels", "--volatility"):
+        assert needle in text, needle
+    opts: dict[str, Any] = {"strict": False, "depth_levels": 20, "depth_size": Decimal(5), "depth_jitter": Decimal(0),
+                            "lighter_fee_tier": "standard", "fees": True, "funding_secs": None, "margin": True,
+                            "liquidations": True, "volatility": Decimal("0.0005"), "jump_prob": Decimal(0),
+                            "jump_size": Decimal("0.05"), "path_seed": None, "rate_limit": True}
+    assert build_profile(opts) == SimProfile()
+    off = build_profile({**opts, "fees": False, "funding_secs": 0.0, "margin": False, "liquidations": False,
+                         "rate_limit": False})
+    assert off == SimProfile.easy()

@@ -24,6 +24,8 @@ from venues.simulator.server import SimulatorServer
 
 logger = logging.getLogger(__name__)
 
+DEFAULTS = SimProfile()
+
 
 def _collateral(ctx: click.Context, param: click.Parameter, value: str) -> Decimal:
     try:
@@ -36,19 +38,18 @@ def _collateral(ctx: click.Context, param: click.Parameter, value: str) -> Decim
 
 
 def build_profile(opts: dict[str, Any]) -> SimProfile:
-    """The SimProfile the market-rule options describe (``--strict`` first, then each option)."""
-    base = SimProfile.strict() if opts["strict"] else SimProfile()
+    """The SimProfile the market-rule options describe (the defaults, then each option)."""
+    base = SimProfile()
     depth = replace(base.depth, levels=opts["depth_levels"], level_size=opts["depth_size"],
                     size_jitter=opts["depth_jitter"])
     lighter_fees = LIGHTER_PREMIUM if opts["lighter_fee_tier"] == "premium" else LIGHTER_STANDARD
-    fees = replace(base.fees, enabled=opts["fees"] or base.fees.enabled, lighter=lighter_fees)
+    fees = replace(base.fees, enabled=opts["fees"], lighter=lighter_fees)
     funding = base.funding if opts["funding_secs"] is None else \
         replace(base.funding, enabled=opts["funding_secs"] > 0, interval_secs=opts["funding_secs"] or 3600.0)
-    margin = replace(base.margin, enforce_initial=opts["margin"] or base.margin.enforce_initial,
-                     liquidate=opts["liquidations"] or base.margin.liquidate)
+    margin = replace(base.margin, enforce_initial=opts["margin"], liquidate=opts["liquidations"])
     path = replace(base.price_path, volatility=opts["volatility"], jump_probability=opts["jump_prob"],
                    jump_size=opts["jump_size"], seed=opts["path_seed"])
-    backpack = replace(base.backpack, rate_limit=opts["rate_limit"] or base.backpack.rate_limit)
+    backpack = replace(base.backpack, rate_limit=opts["rate_limit"])
     return SimProfile(depth=depth, fees=fees, funding=funding, margin=margin, price_path=path, backpack=backpack)
 
 
@@ -96,15 +97,15 @@ def _market_options(command: Any) -> Any:
                      help="Base units per book level (thin book: e.g. 0.5 with 3 levels leaves IOC remainders)."),
         click.option("--depth-jitter", type=str, default="0", show_default=True, callback=_collateral,
                      help="Seeded ± fraction applied to each level's size (0 = identical levels)."),
-        click.option("--fees/--no-fees", default=False, show_default=True,
+        click.option("--fees/--no-fees", default=DEFAULTS.fees.enabled, show_default=True,
                      help="Charge maker/taker fees on every fill (Backpack 0.02%/0.05%, Lighter by tier)."),
         click.option("--lighter-fee-tier", type=click.Choice(["standard", "premium"]), default="standard",
                      show_default=True, help="Lighter account tier: standard 0/0, premium 0.004%/0.028%."),
         click.option("--funding-secs", type=click.FloatRange(0), default=None,
-                     help="Funding interval in seconds; 0 = off (default off; the venues settle hourly: 3600)."),
-        click.option("--margin/--no-margin", default=False, show_default=True,
+                     help="Funding interval in seconds; 0 = off (default 3600: the venues settle hourly)."),
+        click.option("--margin/--no-margin", default=DEFAULTS.margin.enforce_initial, show_default=True,
                      help="Refuse orders beyond initial margin with the venue's error."),
-        click.option("--liquidations/--no-liquidations", default=False, show_default=True,
+        click.option("--liquidations/--no-liquidations", default=DEFAULTS.margin.liquidate, show_default=True,
                      help="Liquidate accounts the mark pushes below maintenance margin."),
         click.option("--volatility", type=str, default="0.0005", show_default=True, callback=_collateral,
                      help="Price path: standard deviation of one tick's return."),
@@ -113,10 +114,10 @@ def _market_options(command: Any) -> Any:
         click.option("--jump-size", type=str, default="0.05", show_default=True, callback=_collateral,
                      help="Price path: jump size as a fraction of the price (random sign)."),
         click.option("--path-seed", type=int, default=None, help="Price path seed (default: --seed)."),
-        click.option("--rate-limit/--no-rate-limit", default=False, show_default=True,
+        click.option("--rate-limit/--no-rate-limit", default=DEFAULTS.backpack.rate_limit, show_default=True,
                      help="Backpack: HTTP 429 beyond 2000 requests a minute per API key."),
         click.option("--strict", is_flag=True,
-                     help="Every rule on as the real venues behave (hourly funding, margin, liquidation, rate limit)."),
+                     help="Also the Lighter rules that are off by default (tier rate limits, 200 ms nextNonce lag)."),
     ]
     for option in reversed(options):
         command = option(command)

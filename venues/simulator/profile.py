@@ -1,24 +1,30 @@
 """The market rules of the simulators, as one frozen profile passed when the Exchange is built.
 
 Every rule that makes the simulated venues as hard as the real ones is a field here, with its
-source and its default. ``SimProfile()`` is what ``xtb sim``, the demo and the suites get; a test
-switches one rule with ``dataclasses.replace`` (or :meth:`SimProfile.strict`, everything on).
+source and its default. ``SimProfile()`` is what ``xtb sim``, ``make test`` and ``make bench`` get:
+the venues as they behave. A test that needs the kind venue of earlier rounds for one rule switches
+it with ``dataclasses.replace``, or takes :meth:`SimProfile.easy` (every rule off); the demo runs
+the defaults on a tuned price path (``xtb_tasks/cli/demo.py``).
 
-What is on by default and why:
+On by default:
 
-* **Depth** (on): a multi-level book per market, 20 levels of 5 base units each side, 1 bp apart.
-  100 ETH a side is thick next to the demo's ~10 ETH, so a hedge walks two levels and never leaves
+* **Depth**: a multi-level book per market, 20 levels of 5 base units each side, 1 bp apart.
+  100 ETH a side is thick next to the demo's ~13 ETH, so a hedge walks two levels and never leaves
   a remainder; a thin profile (``DepthProfile(levels=3, level_size=Decimal("0.5"))``) does.
-* **Fees** (off, built and tested): Backpack Tier 1 futures 0.02 % maker / 0.05 % taker; Lighter
-  standard account 0 / 0 (its default tier), premium is :data:`LIGHTER_PREMIUM`. They are not PnL
-  only: the hedge sizes from collateral, and a Backpack account that pays 0.05 % per fill drains
-  below what the next cycle's planned size needs (tests/system/test_faults_venue.py runs many cycles
-  on one account and its cycles end ``not_started``). On with ``xtb sim --fees`` or
-  ``FeeProfile(enabled=True)`` once sizing leaves room for fees.
-* **Reduce-only expiry** (on): a Backpack reduce-only order that would not reduce expires with
+* **Fees**: Backpack Tier 1 futures 0.02 % maker / 0.05 % taker; Lighter standard account 0 / 0 (its
+  default tier), premium is :data:`LIGHTER_PREMIUM`. Planning leaves room for them
+  (``backpack_taker_fee``, ``lighter_taker_fee`` in the margin check).
+* **Funding**: hourly, at the venues' captured rates.
+* **Initial margin**: an order whose positions would need more than the equity is refused with the
+  venue's answer; Lighter at the account's own fraction (UpdateLeverage), else the market default.
+* **Liquidation engine**: an account the mark (or funding) pushes below maintenance is closed.
+* **Reduce-only expiry**: a Backpack reduce-only order that would not reduce expires with
   ``ReduceOnlyNotReduced`` (what the venue answers) instead of a 400.
-* Off until the hedge flow handles them (next round): funding, initial-margin refusals,
-  market-driven liquidation, Backpack rate limits, jumps in the price path.
+* **Backpack rate limit**: 2000 requests a minute per API key.
+
+Off by default: jumps in the price path (a test asks for them), and the Lighter tier rate limits and
+nextNonce lag (``lighter_rules.py``): a Standard account's 60 requests a minute do not carry a cycle
+until the workers read state from the venues' streams (the streaming issue).
 """
 
 from __future__ import annotations
@@ -83,12 +89,12 @@ class FeeProfile:
     """Trading fees, charged on every fill to the account's collateral and shown in its fill records.
 
     Fields (defaults):
-      enabled = False                   off: fills report a zero fee (see the module docstring for why)
+      enabled = True                    False: fills report a zero fee
       backpack = BACKPACK_TIER1         Backpack maker/taker rates
       lighter = LIGHTER_STANDARD        Lighter maker/taker rates
     """
 
-    enabled: bool = False
+    enabled: bool = True
     backpack: FeeSchedule = BACKPACK_TIER1
     lighter: FeeSchedule = LIGHTER_STANDARD
 
@@ -104,14 +110,14 @@ class FundingProfile:
     interval when the rate is positive, a short receives it (and the reverse when it is negative).
 
     Fields (defaults):
-      enabled = False                   off: the hedge does not yet account for funding
+      enabled = True                    False: no funding payments
       interval_secs = 3600              Backpack perps settle hourly (``fundingInterval`` 3600000 ms,
                                         backpack-api.md §2.5); Lighter funding is hourly as well
       backpack_rate = 0.0000125         per interval (the simulator's ``markPrices`` figure)
       lighter_rate = 0.000096           per interval (captured ``funding-rates`` ETH rate, lighter.json)
     """
 
-    enabled: bool = False
+    enabled: bool = True
     interval_secs: float = 3600.0
     backpack_rate: Decimal = Decimal("0.0000125")
     lighter_rate: Decimal = Decimal("0.000096")
@@ -129,17 +135,17 @@ class MarginProfile:
     default IMF 500 = 5 %, maintenance 120 = 1.2 %).
 
     Fields (defaults):
-      enforce_initial = False   True: refuse an order whose resulting positions need more initial margin than
-                                the equity (Backpack 400 INSUFFICIENT_MARGIN, Lighter canceled-margin-not-allowed).
+      enforce_initial = True    refuse an order whose resulting positions need more initial margin than the
+                                equity (Backpack 400 INSUFFICIENT_MARGIN, Lighter canceled-margin-not-allowed).
                                 False keeps the simulator's old rule: at most 50x the equity on the mark.
-      liquidate = False         True: when the mark moves an account's equity below its maintenance margin,
-                                its positions are closed at the mark with the venue's records
+      liquidate = True          when the mark moves an account's equity below its maintenance margin, its
+                                positions are closed at the mark with the venue's records
       lighter_imf = 0.05        Lighter initial margin fraction (0.02 = the market's minimum, 50x)
       lighter_mmf = 0.012       Lighter maintenance margin fraction
     """
 
-    enforce_initial: bool = False
-    liquidate: bool = False
+    enforce_initial: bool = True
+    liquidate: bool = True
     lighter_imf: Decimal = Decimal("0.05")
     lighter_mmf: Decimal = Decimal("0.012")
 
@@ -170,7 +176,7 @@ class BackpackProfile:
     """Backpack-only rules.
 
     Fields (defaults):
-      rate_limit = False                off; True answers 429 TOO_MANY_REQUESTS past the limit
+      rate_limit = True                 429 TOO_MANY_REQUESTS past the limit; False: no limit
       requests_per_minute = 2000        per API key (subaccount) over the REST endpoints, per client
                                         address for public ones (backpack-api.md §2.10, support FAQ)
       reduce_only_expires = True        a reduce-only order that would not reduce comes back ``Expired`` with
@@ -182,7 +188,7 @@ class BackpackProfile:
                                         the connector reads both as flat; with ``symbol`` it is always the 404
     """
 
-    rate_limit: bool = False
+    rate_limit: bool = True
     requests_per_minute: int = 2000
     reduce_only_expires: bool = True
     flat_position_404: bool = False
@@ -205,11 +211,18 @@ class SimProfile:
 
     @classmethod
     def strict(cls) -> SimProfile:
-        """Every rule on, as the real venues behave (fees, hourly funding, margin, liquidation, rate limit)."""
+        """Every rule on, as the real venues behave: the defaults (fees, hourly funding, margin,
+        liquidation, Backpack's rate limit)."""
+        return cls()
+
+    @classmethod
+    def easy(cls) -> SimProfile:
+        """Every rule off but the book: no fees, funding, margin refusals, liquidations or rate limit
+        (the simulators of earlier rounds), for a test about something else that must not meet them."""
         base = cls()
-        return replace(base, fees=replace(base.fees, enabled=True), funding=replace(base.funding, enabled=True),
-                       margin=replace(base.margin, enforce_initial=True, liquidate=True),
-                       backpack=replace(base.backpack, rate_limit=True))
+        return replace(base, fees=replace(base.fees, enabled=False), funding=replace(base.funding, enabled=False),
+                       margin=replace(base.margin, enforce_initial=False, liquidate=False),
+                       backpack=replace(base.backpack, rate_limit=False))
 
     @property
     def needs_clock(self) -> bool:
