@@ -42,8 +42,8 @@ LIQUIDATION_WAIT_SECS = 120.0
 
 
 def demo_profile() -> Any:
-    """The venue rules of :meth:`SimProfile.strict` (fees, funding, initial margin, the liquidation
-    engine, Backpack's rate limit) on a price path tuned for the demo, not the rules: it falls
+    """The simulators' default venue rules (fees, funding, initial margin, the liquidation engine,
+    Backpack's rate limit) on a price path tuned for the demo, not the rules: it falls
     0.04 % a second with little noise, so Lighter2's long leg at 40x (1.4 % from its maintenance
     margin) is liquidated by the market within a minute while the short Lighter1 gains. Funding
     settles every 10 s instead of hourly, at the venues' per-interval rates, so a one-minute
@@ -52,9 +52,9 @@ def demo_profile() -> Any:
 
     from venues.simulator.profile import SimProfile
 
-    strict = SimProfile.strict()
-    return replace(strict, price_path=replace(strict.price_path, drift=Decimal("-0.0004"), volatility=Decimal("0.0002")),
-                   funding=replace(strict.funding, interval_secs=10.0))
+    rules = SimProfile()
+    return replace(rules, price_path=replace(rules.price_path, drift=Decimal("-0.0004"), volatility=Decimal("0.0002")),
+                   funding=replace(rules.funding, interval_secs=10.0))
 
 
 def ensure_demo_telegram_keys(settings: Settings) -> None:
@@ -220,8 +220,8 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
         "positions_when_hedged": hedged_positions, "net_delta_when_hedged": net_after_entry,
         "positions_after_exit": final_positions, "pnl": final.get("pnl"), "pnl_split": final.get("pnl_split"),
         "worst_net": final.get("worst_net"),
-        "liquidations": [{"account": e.account, "quantity": str(e.quantity), "price": str(e.price), "cause": e.cause}
-                         for e in by_market],
+        "liquidations": [{"account": e.account, "quantity": str(e.quantity), "price": f"{e.price:.2f}",
+                          "cause": e.cause} for e in by_market],
         "stage_times": final.get("stage_times"), "telegram_messages": texts,
         "dashboard_url": f"http://{demo.settings.dashboard.host}:{demo.settings.dashboard.port}/",
         "dashboard_bots_online": demo.online_bots,

@@ -3,7 +3,8 @@
 A dedicated queue with ``-c 1`` serialises an account only while exactly one worker consumes
 it (celery-redis.md §1.3). A blue/green deploy or a duplicate unit adds a second consumer, so
 every venue task that can change the account (orders, flatten, cancel) also holds
-``xtb:lock:account:<name>``. Tasks that only read (``exclusive=False``) do not: a read changes
+``xtb:lock:account:<name>`` (a snapshot that raises the Lighter leverage holds it around that tx,
+:func:`account_lease`). Tasks that only read (``exclusive=False``) do not: a read changes
 nothing the lease protects, and a lease around it would order nothing, since whatever is decided
 from the reading is decided after the lease is released. When the lease is taken the task does
 not block its slot for long: it waits briefly, then retries with a short countdown. The lease
@@ -12,10 +13,12 @@ TTL is above the task's hard time limit, so it cannot expire while the task runs
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 from celery import Task
@@ -88,19 +91,27 @@ class AccountLeaseTask(Task):
             raise ValueError(f"{self.name} needs the 'account' keyword argument")
         if not self.exclusive:
             return super().__call__(*args, **kwargs)
-        client = redis_client()
-        key = keys.account_lock(account)
-        lock = client.lock(key, timeout=self.lease_ttl, blocking=True, blocking_timeout=LEASE_WAIT_SECS,
-                           thread_local=False)
-        if not lock.acquire(token=lease_token()) and not (
-                break_dead_lease(client, key) and lock.acquire(blocking=False, token=lease_token())):
-            log.info("account=%s task=%s lease busy; retrying", account, self.name)
-            raise self.retry(countdown=LEASE_BUSY.delay(1), max_retries=LEASE_BUSY.retries)
-        try:
+        with account_lease(self, account):
             return super().__call__(*args, **kwargs)
-        finally:
-            try:
-                lock.release()
-            except LockError:
-                # Expired or taken over: the task outran the TTL, which the time limits prevent.
-                log.error("account=%s task=%s lease was lost before release", account, self.name)
+
+
+@contextlib.contextmanager
+def account_lease(task: Task, account: str) -> Iterator[None]:
+    """Hold ``account``'s lease; a busy one makes ``task`` retry shortly (a read-only task that
+    may have to act takes it only then)."""
+    client = redis_client()
+    key = keys.account_lock(account)
+    lock = client.lock(key, timeout=getattr(task, "lease_ttl", LEASE_TTL), blocking=True,
+                       blocking_timeout=LEASE_WAIT_SECS, thread_local=False)
+    if not lock.acquire(token=lease_token()) and not (
+            break_dead_lease(client, key) and lock.acquire(blocking=False, token=lease_token())):
+        log.info("account=%s task=%s lease busy; retrying", account, task.name)
+        raise task.retry(countdown=LEASE_BUSY.delay(1), max_retries=LEASE_BUSY.retries)
+    try:
+        yield
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            # Expired or taken over: the task outran the TTL, which the time limits prevent.
+            log.error("account=%s task=%s lease was lost before release", account, task.name)

@@ -31,7 +31,7 @@ from orchestrator.venue_ops import (
     submit_order,
 )
 from venues.base import AccountReading, MarketRules, OrderReport, Side, VenueConnector, VenueError
-from venues.margin import leverage_update
+from venues.margin import LIGHTER_FRACTION_UNITS, leverage_update
 from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
 from xtb_tasks.core.errors import XtbError
@@ -40,7 +40,7 @@ from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.connectors import get_connector
 from xtb_tasks.worker.fences import enforce_fence
-from xtb_tasks.worker.lease import AccountLeaseTask
+from xtb_tasks.worker.lease import AccountLeaseTask, account_lease
 
 log = logging.getLogger(__name__)
 
@@ -266,32 +266,35 @@ def account_snapshot(self: Task, *, account: str, symbol: str, cycle_id: str | N
     return _snapshot_json(account, connector, rules, connector.read_account(symbol), started, cycle_id)
 
 
-@app.task(name="xtb.venue.leveraged_snapshot", base=AccountLeaseTask, bind=True)
+@app.task(name="xtb.venue.leveraged_snapshot", base=AccountLeaseTask, bind=True, exclusive=False)
 def leveraged_snapshot(self: Task, *, account: str, symbol: str, leverage: str,
                        cycle_id: str | None = None) -> dict[str, Any]:
     """:func:`account_snapshot` of an account whose venue has a per-market leverage setting (Lighter):
     where the account's own initial-margin fraction would not let it trade at the cycle's sizing
     ``leverage``, it is set first (``venues.margin.leverage_update``), under the account lease
-    because it is a signed tx. Only while the cycle is still planning: before any order."""
+    because it is a signed tx (only then: most cycles find it set). Only while the cycle is still
+    planning: before any order."""
     _guard_queue(self, account)
     connector = get_connector(account)
     started = time.perf_counter()
     rules = connector.market_rules(symbol)
     read = connector.read_account(symbol)
     fraction_bp = leverage_update(rules.initial_margin, read.initial_margin_fraction, Decimal(leverage))
-    if fraction_bp is not None:
-        if cycle_id:
-            record = CycleRecord(redis_client(), cycle_id)
-            enforce_fence(PLANNING, record.view(*FENCE_FIELDS[1:]).fields, task="leverage update",
-                          cycle_id=cycle_id, account=account)
-        before = read.initial_margin_fraction or (rules.initial_margin.base if rules.initial_margin else None)
+    if fraction_bp is None:
+        return _snapshot_json(account, connector, rules, read, started, cycle_id)
+    assert rules.initial_margin is not None  # leverage_update sets nothing without a rule
+    record = CycleRecord(redis_client(), cycle_id) if cycle_id else None
+    if record is not None:
+        enforce_fence(PLANNING, record.view(*FENCE_FIELDS[1:]).fields, task="leverage update",
+                      cycle_id=cycle_id, account=account)
+    before_bp = int((read.initial_margin_fraction or rules.initial_margin.base) * LIGHTER_FRACTION_UNITS)
+    with account_lease(self, account):
         connector.set_initial_margin_fraction(symbol, fraction_bp)
-        log.info("account=%s cycle=%s %s leverage raised: initial margin %s -> %s bp for %sx sizing", account,
-                 cycle_id, symbol, before, fraction_bp, leverage)
-        if cycle_id:
-            record.add_event(f"{account} {symbol} initial margin fraction set to {fraction_bp} bp "
-                             f"(was {before}) for {leverage}x sizing")
-        read = connector.read_account(symbol)
+    note = f"{account} {symbol} initial margin fraction set to {fraction_bp} bp (was {before_bp} bp) for {leverage}x sizing"
+    log.info("account=%s cycle=%s %s", account, cycle_id, note)
+    if record is not None:
+        record.add_event(note)
+    read = connector.read_account(symbol)
     return _snapshot_json(account, connector, rules, read, started, cycle_id)
 
 
