@@ -4,6 +4,7 @@ what its schema (``xtb_tasks/core/cycle_fields.py``) does not declare."""
 from __future__ import annotations
 
 import json
+import threading
 from decimal import Decimal
 from pathlib import Path
 
@@ -147,3 +148,32 @@ def test_a_claim_is_taken_once_and_counters_count(client: redis.Redis) -> None:
         record.claim("group")
     with pytest.raises(CycleFieldTypeError, match="'created_at' is not an integer counter"):
         record.increment("created_at")
+
+
+def test_events_noted_at_once_by_parallel_workers_are_all_kept(redis_url: str) -> None:
+    # Two Lighter snapshots noted their leverage updates in the same millisecond and one note was
+    # lost: the append read the list, then wrote it back. 8 writers, 5 notes each, plus a stream of
+    # other field writes from the cycle's own steps.
+    create_cycle(redis.Redis.from_url(redis_url, decode_responses=True), "c-events", "main")
+    start = threading.Barrier(9)
+
+    def note(n: int) -> None:
+        record = CycleRecord(redis.Redis.from_url(redis_url, decode_responses=True), "c-events")
+        start.wait()
+        for i in range(5):
+            record.add_event(f"writer {n} note {i}")
+
+    def other_writes() -> None:
+        record = CycleRecord(redis.Redis.from_url(redis_url, decode_responses=True), "c-events")
+        start.wait()
+        for i in range(40):
+            record.update(exit_attempts=i)
+
+    threads = [threading.Thread(target=note, args=(n,)) for n in range(8)] + [threading.Thread(target=other_writes)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    texts = {e["text"] for e in CycleRecord(redis.Redis.from_url(redis_url, decode_responses=True),
+                                            "c-events").get("events")}
+    assert texts == {f"writer {n} note {i}" for n in range(8) for i in range(5)}

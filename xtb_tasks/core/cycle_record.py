@@ -204,7 +204,20 @@ class CycleRecord:
         self.update(**positions_fields(label, positions))
 
     def add_event(self, text: str) -> None:
-        self.update(events=with_event(self.get("events"), text))
+        """Append ``text`` to ``events`` atomically (WATCH/MULTI, retried on a concurrent write): the
+        venue tasks of one cycle run in parallel on their own workers, and a read-then-write append
+        from two of them at once kept only one of the two notes."""
+        key, kind = self.key, kind_of("events")
+
+        def append(pipe: redis.client.Pipeline) -> None:
+            raw = cast(str | None, pipe.hget(key, "events"))
+            fields = {"events": with_event(None if raw is None else _decode(key, "events", kind, raw), text),
+                      "updated_at": time.time()}
+            check_fields(fields)
+            pipe.multi()
+            pipe.hset(key, mapping={k: _dump(v) for k, v in fields.items()})
+
+        self.client.transaction(append, key)
 
     def cancel_requested(self) -> bool:
         return bool(self.client.exists(keys.cycle_cancel(self.cycle_id)))
