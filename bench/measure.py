@@ -68,11 +68,12 @@ def link(queue: str) -> Signature:
 def bare_cycle_canvas(spec: GroupSpec) -> chain:
     """The cycle's hops with no-op tasks on the same queues, up to the task that starts monitoring.
 
-    start_cycle → snapshots chord (3 ∥ + plan) → (BP submit ∥ armed L1 submit), L1 confirm,
-    L2 submit, L2 confirm, rebalance → positions chord (3 ∥ + rebalance_decide) → the rebalance
-    order (BP submit, rebalance) → positions chord (3 ∥ + rebalance_decide, which starts
+    start_cycle → snapshots chord (3 ∥ + plan) → (BP submit ∥ armed L1 submit) → balance_entry,
+    L1 confirm, L2 submit, L2 confirm, rebalance → positions chord (3 ∥ + rebalance_decide) → the
+    rebalance order (BP submit, rebalance) → positions chord (3 ∥ + rebalance_decide, which starts
     monitoring). With instant fills every cycle places exactly one rebalance order (Backpack closes
-    its entry against L1 + L2, see ``rebalance_orders`` in results.json): 14 sequential hops, 21 tasks.
+    its entry against L1 + L2, see ``rebalance_orders`` in results.json) and no entry balance
+    order: 15 sequential hops, 22 tasks.
     Results are stored where the cycle stores them (chord headers, start_cycle) and by the last
     task, whose result the bench reads.
     """
@@ -83,7 +84,7 @@ def bare_cycle_canvas(spec: GroupSpec) -> chain:
 
     return chain(
         noop(ORCHESTRATOR), group(noop(q) for q in venues), link(ORCHESTRATOR),
-        group(noop(spec.backpack), noop(spec.lighter1)), link(spec.lighter1), link(spec.lighter2),
+        group(noop(spec.backpack), noop(spec.lighter1)), link(ORCHESTRATOR), link(spec.lighter1), link(spec.lighter2),
         link(spec.lighter2), link(ORCHESTRATOR), *positions(),
         link(spec.backpack), link(ORCHESTRATOR), *positions(last=True),
     )
@@ -95,8 +96,8 @@ def bare_exit_canvas(spec: GroupSpec) -> chain:
                  group(noop(q) for q in (spec.backpack, spec.lighter1, spec.lighter2)), noop(ORCHESTRATOR))
 
 
-BARE_HOPS = 14
-BARE_TASKS = 21
+BARE_HOPS = 15
+BARE_TASKS = 22
 BARE_CYCLE_TASKS = BARE_TASKS + 6
 
 

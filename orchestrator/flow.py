@@ -1,4 +1,4 @@
-"""Decisions of the hedge cycle, separate from the Celery task wrappers in ``xtb_tasks.worker.hedge_tasks``.
+"""Decisions of the hedge cycle, apart from their Celery task wrappers (``xtb_tasks.worker.hedge_tasks``, ``loop_tasks``).
 
 Pure where possible: given positions and parameters, what next. Everything here reads and
 writes the cycle record; nothing here talks to a venue.

@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 #: Seconds of the broker's unacked-message sweep, as kombu 5.7 runs it by default (interval x throttle).
 DEFAULT_RESTORE_SWEEP_SECS = 100
 TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks", "xtb_tasks.worker.exit_tasks",
-                "xtb_tasks.worker.exit_step_tasks", "xtb_tasks.worker.report_tasks", "xtb_tasks.worker.entry_tasks"]
+                "xtb_tasks.worker.exit_step_tasks", "xtb_tasks.worker.report_tasks", "xtb_tasks.worker.entry_tasks",
+                "xtb_tasks.worker.loop_tasks"]
 
 
 def load_app_settings() -> Settings | None:
