@@ -74,7 +74,8 @@ class HedgeParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     """
 
     leverage: Annotated[float, Meta(ge=1.0, le=200.0), doc(
-        "Lighter sizing leverage: size = collateral × collateral_buffer × leverage / price")] = 50.0
+        "Lighter sizing leverage: size = collateral × collateral_buffer × leverage / price; each Lighter "
+        "account's leverage is raised to it before the cycle")] = 50.0
     direction: Annotated[Direction, doc(
         "Backpack entry side; Lighter1 takes the opposite side, Lighter2 the same side")] = Direction.LONG_BACKPACK
     size: Annotated[Decimal | None, doc(
