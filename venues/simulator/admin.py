@@ -11,6 +11,11 @@ Routes
 ``GET /_sim/audit?venue=&account=``
     ``{"entries": [AuditEntry.to_json(), ...]}`` oldest first, optionally filtered. ``account`` is
     the Backpack API key (base64) or the Lighter account index as a string.
+``GET /_sim/requests?venue=``
+    ``{"requests": [{"venue", "who", "endpoint", "count", "limited"}, ...]}``: every venue REST request
+    (Lighter so far) counted as its rate limit counts it: ``who`` is ``account:<index>`` for an
+    authenticated request or a signed tx, else ``ip:<address>``; ``limited`` of them answered 429.
+    ``POST /_sim/requests/reset`` clears the counts (answers ``{"cleared": n}``).
 ``POST /_sim/price``
     ``{"base": "ETH", "price": "3100"}`` sets the mid; ``{"base": "ETH", "move_pct": -2}`` moves it by
     a percentage. Answers ``{"base", "price"}``.
@@ -26,7 +31,8 @@ Routes
     "account": null, "params": {}}`` arms a fault for the next ``count`` matching requests.
     ``op`` names are per venue; Backpack uses ``order`` (POST/DELETE order, DELETE orders),
     ``query`` (GET order/orders), ``position``, ``collateral`` (capital, collateral), ``history``,
-    ``public`` and ``ws`` (``drop_ws``). ``params``: ``seconds`` for ``hang`` and
+    ``public`` and ``ws`` (``drop_ws``; Lighter also ``miss_push``: the next account push is lost).
+    ``params``: ``seconds`` for ``hang`` and
     ``timeout_after_accept``, ``fraction`` for ``partial_fill``. Answers ``{"armed": {...}}``.
 ``POST /_sim/faults/clear``
     Disarms every fault (and unfreezes stale positions). Answers ``{"cleared": n}``.
@@ -162,6 +168,15 @@ class AdminApi:
                        if (not venue or e.venue == venue) and (not account or e.account == account)]
         return web.json_response({"entries": entries})
 
+    async def requests(self, request: web.Request) -> web.Response:
+        return web.json_response({"requests": self.exchange.request_log(request.query.get("venue") or None)})
+
+    async def requests_reset(self, request: web.Request) -> web.Response:
+        with self.exchange.lock:
+            cleared = sum(c for c, _ in self.exchange.requests.values())
+            self.exchange.requests.clear()
+        return web.json_response({"cleared": cleared})
+
     async def price(self, request: web.Request) -> web.Response:
         data = await _body(request)
         base = _base(self.exchange, data)
@@ -252,6 +267,8 @@ def admin_routes(exchange: Exchange, hooks: list[PositionHook] | None = None) ->
     return [
         web.get(PREFIX + "state", _guard(api.state)),
         web.get(PREFIX + "audit", _guard(api.audit)),
+        web.get(PREFIX + "requests", _guard(api.requests)),
+        web.post(PREFIX + "requests/reset", _guard(api.requests_reset)),
         web.post(PREFIX + "price", _guard(api.price)),
         web.post(PREFIX + "latency", _guard(api.latency)),
         web.post(PREFIX + "liquidate", _guard(api.liquidate)),

@@ -71,6 +71,7 @@ from venues.simulator.lighter_model import (
     MAX_48,
     ORDER_TYPE_MARKET,
     TIF_IOC,
+    VENUE,
     CreateOrderTx,
     LighterError,
     ParsedTx,
@@ -149,28 +150,26 @@ class _TxRoutes:
         return await self.gate.read("nonce", account, lambda: {
             "code": 200, "nonce": self.state.next_nonce(account, api_key)})
 
-    def _admit(self, txs: list[ParsedTx], tx_types: list[int]) -> None:
+    def _admit(self, txs: list[ParsedTx], tx_types: list[int], endpoint: str) -> None:
         """Key-index and rate rules of parsed txs, before any state or fault is touched."""
         rules, limiter = self.state.rules, self.state.limiter
         for tx in txs:
             if rules.reserve_api_keys and tx.api_key < RESERVED_API_KEYS:
                 raise LighterError(400, INVALID_PUBKEY, "invalid PublicKey, please run changePubKey")
-        if limiter is None:
-            return
         # A signed tx is authenticated: only its L1 address counts (docs/rate-limits, sendTx section).
         account = txs[0].account
         l1 = self.state.l1_address(account)
-        if not limiter.allow_send(l1, rules.tier(account)):
+        allowed = limiter is None or (limiter.allow_send(l1, rules.tier(account))
+                                      and all(limiter.allow_tx_type(l1, kind) for kind in tx_types))
+        self.state.exchange.count_request(VENUE, f"account:{account}", endpoint, limited=not allowed)
+        if not allowed:
             raise rate_limited()
-        for kind in tx_types:
-            if not limiter.allow_tx_type(l1, kind):
-                raise rate_limited()
 
     async def send_tx(self, request: web.Request) -> web.Response:
         form = await _form(request)
         raw_type, raw_info = form.get("tx_type"), form.get("tx_info")
         tx = parse_tx(raw_type, raw_info, self.state.markets)
-        self._admit([tx], [parse_tx_type(raw_type)])
+        self._admit([tx], [parse_tx_type(raw_type)], "sendTx")
         fault = self.gate.take("order", tx.account, _order_faults(tx))
         early = await self.gate.before(fault, tx.account)
         if early is not None:
@@ -182,7 +181,7 @@ class _TxRoutes:
     async def send_tx_batch(self, request: web.Request) -> web.Response:
         form = await _form(request)
         txs = parse_batch(form.get("tx_types"), form.get("tx_infos"), self.state.markets)
-        self._admit([t for t, _, _ in txs], [kind for _, kind, _ in txs])
+        self._admit([t for t, _, _ in txs], [kind for _, kind, _ in txs], "sendTxBatch")
         account = txs[0][0].account
         fault = self.gate.take("order", account, ORDER_FAULTS)
         early = await self.gate.before(fault, account)

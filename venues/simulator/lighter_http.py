@@ -101,15 +101,19 @@ def check_rate(state: LighterState, request: web.Request) -> None:
     counts against its account's L1 address (with that account's tier) and not the IP; any other
     counts against the IP. An IP has no account type, so its budget is Standard's (UNCONFIRMED).
     """
-    limiter = state.limiter
-    if limiter is None or not request.path.startswith("/api/v1/") or request.path in TX_PATHS:
+    if not request.path.startswith("/api/v1/") or request.path in TX_PATHS:
         return
+    limiter = state.limiter
     endpoint = request.path.removeprefix("/api/v1/")
     owner = token_owner(request)
-    if owner is None:
+    if limiter is None:
+        allowed = True
+    elif owner is None:
         allowed = limiter.allow(f"ip:{request.remote}", Tier.STANDARD, endpoint)
     else:
         allowed = limiter.allow(f"l1:{state.l1_address(owner)}", state.rules.tier(owner), endpoint)
+    who = f"ip:{request.remote}" if owner is None else f"account:{owner}"
+    state.exchange.count_request(VENUE, who, endpoint, limited=not allowed)
     if not allowed:
         raise rate_limited()
 

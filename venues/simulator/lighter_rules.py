@@ -32,51 +32,32 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from enum import Enum
 
-#: The rolling window of every REST limit ("per rolling minute", docs/rate-limits).
-WINDOW_SECS = 60.0
-#: docs/rate-limits: "Rate Limit Exceeding Behavior: You will receive HTTP 429". The body's code and
-#: message are the venue's error table as ccxt lighter.ts carries it ('23000': "Too Many Requests!");
-#: that the 429 carries exactly this body is UNCONFIRMED (no capture of a 429 body was found).
-RATE_LIMITED_CODE = 23000
-RATE_LIMITED_MESSAGE = "Too Many Requests!"
-RATE_LIMITED_STATUS = 429
+# The venue's rate-limit facts live in production code (the budget counts as the venue does); they are
+# re-exported here so the simulator and its tests keep importing them from this module.
+from venues.lighter.limits import (
+    DEFAULT_WEIGHT,
+    PREMIUM_SEND_TX,
+    PREMIUM_WEIGHT,
+    RATE_LIMITED_CODE,
+    RATE_LIMITED_MESSAGE,
+    RATE_LIMITED_STATUS,
+    STANDARD_REQUESTS,
+    TX_TYPE_PER_MINUTE,
+    WEIGHTS,
+    WINDOW_SECS,
+    Tier,
+    endpoint_weight,
+)
 
+__all__ = [
+    "DEFAULT_WEIGHT", "PREMIUM_SEND_TX", "PREMIUM_WEIGHT", "RATE_LIMITED_CODE", "RATE_LIMITED_MESSAGE",
+    "RATE_LIMITED_STATUS", "RESERVED_API_KEYS", "STANDARD_REQUESTS", "TX_TYPE_PER_MINUTE", "WEIGHTS",
+    "WINDOW_SECS", "LighterRules", "RateLimiter", "Tier", "endpoint_weight",
+]
 
-class Tier(str, Enum):
-    """Lighter account types (docs/account-types); the tier is tied to the L1 address."""
-
-    #: The default: 60 requests per rolling minute, unweighted (docs/rate-limits).
-    STANDARD = "standard"
-    #: Opt-in: 24,000 weighted requests per rolling minute; sendTx/sendTxBatch in their own bucket.
-    PREMIUM = "premium"
-
-
-#: Standard accounts: "60 requests per rolling minute" (docs/rate-limits).
-STANDARD_REQUESTS = 60
-#: Premium accounts: "24,000 weighted requests per rolling minute" (docs/rate-limits).
-PREMIUM_WEIGHT = 24_000
-#: Premium sendTx/sendTxBatch bucket with 0 LIT staked: 4000 per minute, L1 address only (docs/rate-limits).
-PREMIUM_SEND_TX = 4000
-#: Endpoint weights (docs/rate-limits "Weights"); every other endpoint weighs 300.
-WEIGHTS: dict[str, int] = {
-    "sendTx": 6, "sendTxBatch": 6, "nextNonce": 6, "publicPools": 50, "txFromL1TxHash": 50,
-    "accountInactiveOrders": 100, "deposit/latest": 100, "apikeys": 150, "transferFeeInfo": 500,
-    "trades": 600, "recentTrades": 600, "changeAccountTier": 3000,
-}
-DEFAULT_WEIGHT = 300
-#: "Transaction Type Limits (per user)… apply to all account types: Default 40 requests / minute"
-#: (docs/rate-limits). The simulator's tx types (create, cancel, cancel-all) are all "Default"; one
-#: budget per tx type is UNCONFIRMED (the table is keyed by type, not said to be shared).
-TX_TYPE_PER_MINUTE = 40
 #: docs/api-keys: indexes {0,1,2,3} are reserved for the venue's desktop and mobile apps.
 RESERVED_API_KEYS = 4
-
-
-def endpoint_weight(path: str) -> int:
-    """The weight of ``/api/v1/<endpoint>`` (docs/rate-limits)."""
-    return WEIGHTS.get(path.removeprefix("/api/v1/"), DEFAULT_WEIGHT)
 
 
 @dataclass(frozen=True)

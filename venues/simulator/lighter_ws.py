@@ -225,6 +225,8 @@ class LighterWsHub:
         if not subs:
             return
         self._signatures[account] = self._signature(account)
+        if self.state.exchange.take_fault(VENUE, "ws", account=str(account), kinds=(FaultKind.MISS_PUSH,)):
+            return  # and the ticker sees no change to push later: the update is lost
         kinds = set().union(*(c.accounts[account] for c in subs))
         payloads = self._account_payloads(account, kinds, [o.to_json() for o in orders], trades, False)
         for conn in subs:

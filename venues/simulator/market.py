@@ -45,6 +45,8 @@ class FaultKind(str, Enum):
     TIMEOUT_AFTER_ACCEPT = "timeout_after_accept"
     #: Close the account's WebSocket connections.
     DROP_WS = "drop_ws"
+    #: Lighter: the next account push is never sent (the socket stays up; a lost update).
+    MISS_PUSH = "miss_push"
     #: Lighter: answer ``{"code":21104,"message":"invalid nonce"}`` with HTTP 400.
     INVALID_NONCE = "invalid_nonce"
     #: Fill only ``fraction`` (default 0.5) of the next market order.
@@ -134,6 +136,20 @@ class Exchange:
         self.listeners: list[MarketListener] = []
         self._funding_seq = 1
         self._next_funding: float | None = None
+        #: (venue, who, endpoint) → [requests, of which answered 429]: the venues' REST requests as
+        #: their rate limits count them (who: ``account:<index>`` when authenticated, ``ip:<address>``).
+        self.requests: dict[tuple[str, str, str], list[int]] = {}
+
+    def count_request(self, venue: str, who: str, endpoint: str, *, limited: bool) -> None:
+        with self.lock:
+            counts = self.requests.setdefault((venue, who, endpoint), [0, 0])
+            counts[0] += 1
+            counts[1] += int(limited)
+
+    def request_log(self, venue: str | None = None) -> list[dict[str, Any]]:
+        with self.lock:
+            return [{"venue": v, "who": w, "endpoint": e, "count": c, "limited": n}
+                    for (v, w, e), (c, n) in sorted(self.requests.items()) if venue in (None, v)]
 
     # ---- accounts ---------------------------------------------------------------------------
     def account(self, venue: str, key: str, collateral: Decimal | None = None) -> SimAccount:
