@@ -60,6 +60,8 @@ class AlertKind(StrEnum):
     WORKER_CRASH = "worker_crash"
     #: A cycle's monitor has read a position as unknown many times in a row (nothing is traded on unknown).
     POSITIONS_UNKNOWN = "positions_unknown"
+    #: A venue's stream and its REST answer disagreed on a position beyond a push in flight (REST was used).
+    STREAM_DISAGREEMENT = "stream_disagreement"
     #: Kill switch: a group is stopped after an unresolved exit (and each cycle start refused meanwhile).
     GROUP_STOPPED = "group_stopped"
     #: An operator resumed a stopped group once its accounts read flat.

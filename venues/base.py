@@ -484,5 +484,15 @@ class VenueConnector(abc.ABC):
         :class:`VenueError` when they cannot be read in full (a partial history would be wrong PnL)."""
         raise VenueError(ReasonCode.INVALID_REQUEST, f"{self.venue} connector has no fill/funding history reader")
 
+    def stream_version(self) -> int | None:
+        """A counter the account's live stream bumps on every push; None when no stream is live
+        (the default: reads go to REST)."""
+        return None
+
+    def wait_stream_change(self, since: int, timeout: float) -> int | None:
+        """Block until :meth:`stream_version` passes ``since`` or ``timeout`` passes; the counter
+        then, or None when no stream is live."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - optional hook; connectors without resources keep it
         """Release sessions, sockets and event loops."""

@@ -141,7 +141,7 @@ def test_one_loop_one_signer_one_nonce_fetch(make: Factory, simulator: Any) -> N
 
 
 def test_accepted_but_unconfirmed_is_not_a_fill(make: Factory, simulator: Any) -> None:
-    conn = make(fill_wait=0.5)
+    conn = make(fill_wait=0.5, stream=False)  # the REST lookups are what this is about
     simulator.exchange.arm_fault(Fault(kind=FaultKind.HTTP_500, venue="lighter", remaining=1000, op="orders",
                                        account=str(conn.account_index)))
     cid, report = buy(conn, "0.02")

@@ -143,6 +143,15 @@ class Deployment:
     def liquidate_lighter(self, index: int) -> None:
         self.admin("lighter", "liquidate", {"venue": "lighter", "account": str(index), "base": "ETH"})
 
+    def lighter_requests(self) -> dict[str, dict[str, int]]:
+        """Lighter REST requests per ``who`` (``account:<index>``, ``ip:<address>``): total and 429s."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.sim.exchange.request_log("lighter"):
+            counts = out.setdefault(row["who"], {"requests": 0, "limited": 0})
+            counts["requests"] += row["count"]
+            counts["limited"] += row["limited"]
+        return out
+
     def audit(self) -> list[dict[str, Any]]:
         return [entry.to_json() for entry in list(self.sim.exchange.audit)]
 
@@ -160,15 +169,20 @@ class Deployment:
 
 def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: dict[str, object] | None = None,
                     redis_options: dict[str, int] | None = None, profile: Any = None,
-                    step_grace_secs: float | None = None) -> Deployment:
+                    step_grace_secs: float | None = None, lighter_rules: Any = None,
+                    lighter_stream: bool = True) -> Deployment:
     """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults);
-    ``step_grace_secs``: the config's ``[watchdog] step_grace_secs`` (None = the default 30 s)."""
+    ``step_grace_secs``: the config's ``[watchdog] step_grace_secs`` (None = the default 30 s);
+    ``lighter_rules``: the Lighter simulator's own rules (``lighter_rules.LighterRules``; tiers, rate limits);
+    ``lighter_stream=False``: the Lighter workers read REST only (tests whose faults are REST's)."""
     from venues.simulator.server import SimulatorServer
 
-    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None, profile=profile)
+    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None, profile=profile,
+                          lighter_rules=lighter_rules)
     urls = sim.start()
     config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})},
-                          redis_options=redis_options, step_grace_secs=step_grace_secs)
+                          redis_options=redis_options, step_grace_secs=step_grace_secs,
+                          lighter_stream=lighter_stream)
     return Deployment(tmp=tmp, redis_url=redis_url, sim=sim, config=config, start_worker_fn=start_worker_fn)
 
 
@@ -180,12 +194,14 @@ def teardown(dep: Deployment) -> None:
 
 def running_deployment(redis_server: RedisServer, tmp: Path, *, params: dict[str, object] | None = None,
                        redis_options: dict[str, int] | None = None, profile: Any = None,
-                       step_grace_secs: float | None = None) -> Iterator[Deployment]:
+                       step_grace_secs: float | None = None, lighter_rules: Any = None,
+                       lighter_stream: bool = True) -> Iterator[Deployment]:
     """A test module's deployment on a flushed Redis with its workers up (the body of a module
     fixture: ``yield from``); stopped when the fixture is torn down."""
     redis_server.client().flushall()
     deployment = make_deployment(tmp, redis_server.url, start_worker, params=params, redis_options=redis_options,
-                                 profile=profile, step_grace_secs=step_grace_secs)
+                                 profile=profile, step_grace_secs=step_grace_secs, lighter_rules=lighter_rules,
+                                 lighter_stream=lighter_stream)
     deployment.start_workers()
     yield deployment
     teardown(deployment)

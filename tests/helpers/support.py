@@ -28,8 +28,9 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, what: str, in
 def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = None,
                  group_params: dict[str, object] | None = None, account_suffix: str = "",
                  lighter_indexes: tuple[int, int] = (101, 102), redis_options: dict[str, int] | None = None,
-                 step_grace_secs: float | None = None) -> Path:
-    """A config for the three demo roles on the simulators, with fresh keys in ``path.parent``."""
+                 step_grace_secs: float | None = None, lighter_stream: bool = True) -> Path:
+    """A config for the three demo roles on the simulators, with fresh keys in ``path.parent``;
+    ``lighter_stream=False`` makes the Lighter accounts read REST only (tests of REST faults)."""
     keys = path.parent / "keys"
     lines = []
     if redis_url or redis_options:
@@ -46,7 +47,8 @@ def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = No
         lines += [
             f"[accounts.lighter{n}{account_suffix}]", 'venue = "lighter"', f'base_url = "{urls["lighter"]}"',
             f'ws_url = "{urls["lighter_ws"]}"', f"account_index = {index}", f"api_key_index = {3 + n}",
-            f'keys_file = "{keys}/l{n}{account_suffix}.txt"', "create_keys_if_missing = true", "",
+            f'keys_file = "{keys}/l{n}{account_suffix}.txt"', "create_keys_if_missing = true",
+            *([] if lighter_stream else ["stream = false"]), "",
         ]
     lines += [
         f"[groups.main{account_suffix}]", f'backpack = "backpack{account_suffix}"',

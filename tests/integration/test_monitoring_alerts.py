@@ -52,7 +52,7 @@ def test_every_kind_is_documented() -> None:
     assert {k.value for k in AlertKind} == {
         "cycle_started", "leg_filled", "cycle_hedged", "cycle_finished", "cycle_completed", "emergency_exit",
         "heartbeat_missing", "heartbeat_back", "worker_crash", "group_stopped", "group_resumed",
-        "positions_unknown"}
+        "positions_unknown", "stream_disagreement"}
     lines = Path(__file__).resolve().parents[2].joinpath("monitoring", "alerts.py").read_text().splitlines()
     for kind in AlertKind:
         at = lines.index(f'    {kind.name} = "{kind.value}"')

@@ -12,6 +12,7 @@ import pytest
 
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_worker, worker_env
+from tests.helpers.support import wait_until
 from xtb_tasks.core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
 from xtb_tasks.worker.results import TaskFailed, wait_result
 
@@ -84,6 +85,14 @@ def test_a_task_for_another_account_is_refused_by_the_worker(dep: Deployment) ->
 
 
 def test_unknown_position_is_not_zero(dep: Deployment) -> None:
+    # The stream down (dropped on each reconnect for a few seconds) and the REST read failing.
+    wait_result(dep.app, dep.app.send_task("xtb.venue.get_position", queue="lighter2", kwargs={
+        "account": "lighter2", "symbol": "ETH"}).id, 30)
+    wait_until(lambda: dep.client.hget("xtb:acct:lighter2", "stream_state") == "live", timeout=10,
+               what="lighter2's stream")
+    dep.arm_fault("lighter", "drop_ws", count=5, op="ws")
+    wait_until(lambda: dep.client.hget("xtb:acct:lighter2", "stream_state") in ("down", "connecting"),
+               timeout=10, what="lighter2's stream to drop")
     dep.arm_fault("lighter", "http_500", count=1, op="position")
     reading = wait_result(dep.app, dep.app.send_task("xtb.venue.get_position", queue="lighter2", kwargs={
         "account": "lighter2", "symbol": "ETH"}).id, 30)

@@ -7,7 +7,9 @@
 * Invalid nonce → resync, retry once with the same client order index. Transport failure after
   sending → resync, look the order up; found → its report, else ``VenueError(UNAVAILABLE)``: never a
   blind resend (:mod:`.signer`).
-* Positions are read over REST every time; a failed read is unknown, never zero (bug §8.2).
+* With a ``ws_url``, positions, order outcomes and the top of book come from the account's stream
+  while it is live (:mod:`.stream`, :mod:`.live_state`); REST answers otherwise and reconciles the
+  cache every ``reconcile_secs``. A failed read is unknown, never zero (bug §8.2).
 
 One OS process per Lighter account: the Go signer's clients are process-global per api key index
 (lighter-sdk.md §1, bug §8.12). Nothing here imports the ``lighter`` package itself (it costs a worker
@@ -38,13 +40,17 @@ from venues.base import (
     VenueConnector,
     VenueError,
 )
+from venues.budget import RequestPriority
 from venues.ledger import AccountHistory
+from venues.lighter.budget import LighterBudget
 from venues.lighter.credentials import LighterCredentials
 from venues.lighter.history import read_history
 from venues.lighter.leverage import update_fraction
+from venues.lighter.live_state import Disagreement, LiveState
 from venues.lighter.loop import LoopThread
 from venues.lighter.parsing import (
     find_account,
+    market_index,
     order_index,
     parse_balance,
     parse_initial_margin_fraction,
@@ -55,8 +61,9 @@ from venues.lighter.parsing import (
     parse_top_of_book,
 )
 from venues.lighter.priming import Primed, PrimedOrder
-from venues.lighter.rest import LighterRest
+from venues.lighter.rest import REQUEST_PRIORITY, LighterRest
 from venues.lighter.signer import LighterSigner
+from venues.lighter.stream import LighterStream, StateSink
 from venues.orders import EventKind, Listener, OrderBook, OrderTracker
 
 log = logging.getLogger(__name__)
@@ -66,13 +73,6 @@ T = TypeVar("T")
 MAX_PRICE_INT = 2**32 - 1  # Lighter prices are uint32 at the wire (lighter-sdk.md §4)
 MAX_BASE_INT = 2**48 - 1
 MAX_POLL_INTERVAL = 1.0
-
-
-def market_index(rules: MarketRules) -> int:
-    """The Lighter market index of ``rules`` (always set by ``parse_market_rules``)."""
-    if rules.market_id is None:
-        raise VenueError(ReasonCode.UNKNOWN_MARKET, f"{rules.symbol}: no Lighter market index")
-    return int(rules.market_id)
 
 
 def worst_price(best: Decimal, side: Side, max_slippage: float | None, rules: MarketRules) -> Decimal:
@@ -97,10 +97,11 @@ class LighterConnector(VenueConnector):
 
     def __init__(self, account: str, base_url: str, ws_url: str | None, account_index: int,
                  credentials: LighterCredentials, *, timeout: float = 10.0, fill_wait: float = 5.0,
-                 poll_interval: float = 0.1) -> None:
+                 poll_interval: float = 0.1, stream: bool = True, reconcile_secs: float = 60.0,
+                 on_disagreement: Disagreement | None = None, on_stream_state: StateSink | None = None,
+                 budget: LighterBudget | None = None) -> None:
         self.account = account
         self.base_url = base_url.rstrip("/")
-        #: Kept for configuration symmetry; REST lookups are the source of truth (no WS client).
         self.ws_url = ws_url
         self.account_index = int(account_index)
         self.api_key_index = credentials.api_key_index
@@ -109,10 +110,15 @@ class LighterConnector(VenueConnector):
         self.poll_interval = poll_interval
         self.orders = OrderBook(account)
         self._rules: dict[str, MarketRules] = {}
-        self._rest = LighterRest(self.base_url, timeout, account)
+        self._rest = LighterRest(self.base_url, timeout, account, budget)
         self._signer = LighterSigner(self.base_url, self.account_index, credentials, timeout, account, self._rest)
         self._loop = LoopThread(f"lighter-{account}")
         self._primed = Primed()
+        self.live: LiveState | None = None
+        if stream and ws_url:
+            self.live = LiveState(LighterStream(account, ws_url, self.account_index, on_state=on_stream_state),
+                                  reconcile_secs=reconcile_secs, on_disagreement=on_disagreement)
+            self._loop.run(self._start_stream(), self.timeout)
 
     def __repr__(self) -> str:
         return (f"LighterConnector(account={self.account!r}, account_index={self.account_index}, "
@@ -139,7 +145,13 @@ class LighterConnector(VenueConnector):
             log.warning("account=%s close: %s", self.account, exc)
         self._loop.stop()
 
+    async def _start_stream(self) -> None:
+        assert self.live is not None
+        self.live.stream.start()
+
     async def _aclose(self) -> None:
+        if self.live is not None:
+            await self.live.stream.stop()
         await self._signer.close()
         await self._rest.close()
 
@@ -149,15 +161,23 @@ class LighterConnector(VenueConnector):
         if rules is None:
             rules = parse_market_rules(await self._rest.get("/api/v1/orderBookDetails"), symbol)
             self._rules[symbol] = rules
+            if self.live is not None:
+                self.live.stream.watch_market(market_index(rules))
         return rules
 
     async def _top_of_book(self, symbol: str) -> TopOfBook:
         rules = await self._market_rules(symbol)
+        streamed = self.live.stream.top(market_index(rules)) if self.live is not None else None
+        if streamed is not None and streamed.bid is not None and streamed.ask is not None:
+            return TopOfBook(symbol, streamed.bid, streamed.ask, streamed.received_at)
         body = await self._rest.get("/api/v1/orderBookOrders", {"market_id": rules.market_id, "limit": 1})
         return parse_top_of_book(body, symbol, time.time())
 
     async def _account(self) -> dict[str, Any]:
-        body = await self._rest.get("/api/v1/account", {"by": "index", "value": self.account_index})
+        # Authenticated although the endpoint is public: an authenticated request counts against the
+        # account's L1 address only, not the IP both Lighter workers of a host share (docs/rate-limits).
+        body = await self._rest.get("/api/v1/account", {"by": "index", "value": self.account_index},
+                                    {"authorization": self._signer.auth_token()})
         return find_account(body, self.account_index)
 
     def market_rules(self, symbol: str) -> MarketRules:
@@ -182,37 +202,50 @@ class LighterConnector(VenueConnector):
 
     async def _position(self, symbol: str) -> PositionReading:
         rules = await self._market_rules(symbol)
-        return self._position_in(await self._account(), symbol, rules, time.time())
+        cached = self.live.position(market_index(rules)) if self.live is not None else None
+        if cached is not None:
+            return PositionReading(self.account, symbol, cached.quantity, cached.received_at, "ws",
+                                   entry_price=cached.entry_price)
+        started = time.monotonic()
+        reading = self._position_in(await self._account(), symbol, rules, time.time())
+        await self._reconcile(rules, reading, started)
+        return reading
 
     def _position_in(self, acct: dict[str, Any], symbol: str, rules: MarketRules, read_at: float) -> PositionReading:
-        quantity, entry = parse_position(acct, int(rules.market_id or 0))
+        quantity, entry = parse_position(acct, market_index(rules))
         return PositionReading(self.account, symbol, quantity, read_at, entry_price=entry)
+
+    async def _reconcile(self, rules: MarketRules, reading: PositionReading, started: float) -> None:
+        if self.live is not None and reading.quantity is not None:
+            await self.live.reconcile(market_index(rules), reading.quantity, reading.entry_price, started)
 
     def read_account(self, symbol: str) -> AccountReading:
         # One account read answers both balance and position; the book is read alongside it.
-        top, acct = self._run(self._book_and_account(symbol), calls=3)
-        read_at = time.time()
-        try:
-            reading = self._position_in(acct, symbol, self._rules[symbol], read_at)
-        except VenueError as exc:
-            log.warning("account=%s position %s unknown: %s", self.account, symbol, exc)
-            reading = PositionReading(self.account, symbol, None, read_at, error=str(exc))
-        else:
+        top, acct, reading = self._run(self._book_and_account(symbol), calls=3)
+        if reading.known:
             self.orders.emit(EventKind.POSITION, reading.to_json())
-        return AccountReading(top, parse_balance(acct, self.account, read_at), reading,
+        return AccountReading(top, parse_balance(acct, self.account, reading.read_at), reading,
                               self._own_fraction(acct, symbol))
 
     def _own_fraction(self, acct: dict[str, Any], symbol: str) -> Decimal | None:
         # A malformed entry leaves the market's default in force; the position read reports the error.
         try:
-            return parse_initial_margin_fraction(acct, int(self._rules[symbol].market_id or 0))
+            return parse_initial_margin_fraction(acct, market_index(self._rules[symbol]))
         except VenueError:
             return None
 
-    async def _book_and_account(self, symbol: str) -> tuple[TopOfBook, dict[str, Any]]:
-        await self._market_rules(symbol)
+    async def _book_and_account(self, symbol: str) -> tuple[TopOfBook, dict[str, Any], PositionReading]:
+        rules = await self._market_rules(symbol)
+        started = time.monotonic()
         top, acct = await asyncio.gather(self._top_of_book(symbol), self._account())
-        return top, acct
+        read_at = time.time()
+        try:
+            reading = self._position_in(acct, symbol, rules, read_at)
+        except VenueError as exc:
+            log.warning("account=%s position %s unknown: %s", self.account, symbol, exc)
+            return top, acct, PositionReading(self.account, symbol, None, read_at, error=str(exc))
+        await self._reconcile(rules, reading, started)
+        return top, acct, reading
 
     def account_history(self, symbol: str, since_ms: int, until_ms: int) -> AccountHistory:
         return self._run(self._history(symbol, since_ms, until_ms), calls=6)
@@ -225,6 +258,14 @@ class LighterConnector(VenueConnector):
 
         return await read_history(get, self.account, self.account_index, market_index(rules), symbol,
                                   since_ms, until_ms)
+
+    def stream_version(self) -> int | None:
+        return self.live.stream.version if self.live is not None and self.live.stream.live else None
+
+    def wait_stream_change(self, since: int, timeout: float) -> int | None:
+        if self.live is None or not self.live.stream.live:
+            return None
+        return self._loop.run(self.live.stream.wait_change(since, timeout), timeout + 1.0)
 
     # ---- order lookups -----------------------------------------------------------------------
     async def _lookup(self, client_id: int) -> dict[str, Any] | None:
@@ -262,8 +303,16 @@ class LighterConnector(VenueConnector):
         return self._run(self._find(symbol, client_id))
 
     async def _poll_final(self, symbol: str, client_id: int, wait: float) -> OrderReport | None:
-        """Look the order up until it is final or ``wait`` passes; the last report seen, or None."""
+        """The order once final, or the last report seen when ``wait`` passes (None: never seen).
+
+        The stream's push answers while it is live; REST lookups cover the rest of ``wait`` (at
+        least one), for a stream that is down or never showed the order.
+        """
         deadline = time.monotonic() + wait
+        if self.live is not None:
+            pushed = await self.live.final_order(client_id, deadline)
+            if pushed is not None:
+                return self._record(parse_order(pushed, symbol))
         last: OrderReport | None = None
         delay = self.poll_interval
         while True:
@@ -280,6 +329,7 @@ class LighterConnector(VenueConnector):
     # ---- account settings --------------------------------------------------------------------
     def set_initial_margin_fraction(self, symbol: str, fraction_bp: int) -> Decimal:
         async def update() -> Decimal:
+            REQUEST_PRIORITY.set(RequestPriority.ORDER)
             return await update_fraction(self._signer, self._account, await self._market_rules(symbol), int(fraction_bp),
                                          wait=self.fill_wait, poll_interval=self.poll_interval, account=self.account)
 
@@ -307,6 +357,7 @@ class LighterConnector(VenueConnector):
 
     async def _submit(self, symbol: str, client_id: int, side: Side, quantity: Decimal,
                       reduce_only: bool, max_slippage: float | None) -> OrderReport:
+        REQUEST_PRIORITY.set(RequestPriority.ORDER)  # this task's requests, lookups included
         rules = await self._market_rules(symbol)
         size, price = await self._order_terms(symbol, rules, side, quantity, reduce_only, max_slippage,
                                               book=self._primed.take_book(symbol))
@@ -316,6 +367,7 @@ class LighterConnector(VenueConnector):
             OrderTracker(client_id, symbol, side, size, reduce_only))
         self.orders.update_state(client_id, OrderState.SUBMITTING)
         nonce = self._signer.nonce_state()
+        mid = market_index(rules)
         try:
             # MARKET/IOC with no order expiry; the price is the worst acceptable one (lighter-sdk.md §4).
             await self._signer.send_create_order(market_index(rules), client_id, rules.size_to_int(size),
@@ -324,6 +376,7 @@ class LighterConnector(VenueConnector):
                                                  presigned=presigned)
         except VenueError as exc:
             if exc.outcome_unknown:
+                self._sent(mid, client_id)
                 return await self._recover(symbol, client_id, exc)
             if exc.reason is not ReasonCode.DUPLICATE_CLIENT_ID:  # that id's order lives on at the venue
                 self.orders.update_state(client_id, OrderState.FAILED, reason=str(exc))
@@ -333,6 +386,7 @@ class LighterConnector(VenueConnector):
             log.info("account=%s submit client_id=%d %s %s %s worst_price=%s reduce_only=%s api_key_index=%d "
                      "nonce %s presigned=%s", self.account, client_id, symbol, side.value, size, price,
                      reduce_only, self.api_key_index, nonce, presigned is not None)
+        self._sent(mid, client_id)
         report = await self._poll_final(symbol, client_id, self.fill_wait)
         if report is None:
             # Accepted but not visible yet: say so rather than guess a fill (bug §8.1).
@@ -342,6 +396,10 @@ class LighterConnector(VenueConnector):
         log.info("account=%s client_id=%d %s filled=%s/%s avg=%s", self.account, client_id,
                  report.state.value, report.filled, report.requested, report.avg_price)
         return report
+
+    def _sent(self, market_id: int, client_id: int) -> None:
+        if self.live is not None:
+            self.live.sent(market_id, client_id)
 
     def prime_market_order(self, symbol: str, *, client_id: int | None = None, side: Side | None = None,
                            quantity: Decimal | None = None, reduce_only: bool = False,
@@ -354,6 +412,7 @@ class LighterConnector(VenueConnector):
 
     async def _prime(self, symbol: str, client_id: int | None, side: Side | None, quantity: Decimal | None,
                      reduce_only: bool, max_slippage: float | None) -> None:
+        REQUEST_PRIORITY.set(RequestPriority.ORDER)
         rules = await self._market_rules(symbol)
         book = await self._top_of_book(symbol)
         self._primed.put_book(symbol, book)
@@ -404,6 +463,7 @@ class LighterConnector(VenueConnector):
         return self._run(self._cancel(symbol, int(client_id)), calls=6)
 
     async def _cancel(self, symbol: str, client_id: int) -> OrderReport | None:
+        REQUEST_PRIORITY.set(RequestPriority.ORDER)
         rules = await self._market_rules(symbol)
         order = await self._lookup(client_id)
         if order is None:
@@ -422,6 +482,7 @@ class LighterConnector(VenueConnector):
         return self._run(self._cancel_all(symbol), calls=5)
 
     async def _cancel_all(self, symbol: str) -> int:
+        REQUEST_PRIORITY.set(RequestPriority.ORDER)
         rules = await self._market_rules(symbol)
         headers = {"authorization": self._signer.auth_token()}
         params = {"account_index": self.account_index, "market_id": rules.market_id}

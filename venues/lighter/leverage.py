@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from venues.base import MarketRules, ReasonCode, VenueError
-from venues.lighter.parsing import parse_initial_margin_fraction
+from venues.lighter.parsing import market_index, parse_initial_margin_fraction
 from venues.lighter.signer import LighterSigner
 from venues.margin import LIGHTER_FRACTION_UNITS
 
@@ -35,7 +35,7 @@ async def update_fraction(signer: LighterSigner, read_account: Callable[[], Awai
     if not lowest_bp <= fraction_bp <= LIGHTER_FRACTION_UNITS:
         raise VenueError(ReasonCode.INVALID_REQUEST, f"initial-margin fraction {fraction_bp} bp is outside "
                                                      f"{lowest_bp}..10000 on {rules.symbol}")
-    market = int(rules.market_id or 0)
+    market = market_index(rules)
     unknown: VenueError | None = None
     try:
         await signer.send_update_leverage(market, fraction_bp, what=f"leverage market={market} fraction={fraction_bp}bp")

@@ -38,7 +38,7 @@ _RATE_LIMIT_CODES = frozenset({23000, 23001, 23002, 23003, 21506})
 
 _OPEN_STATUSES = frozenset({"open", "pending", "in-progress"})
 # Terminal statuses other than "filled": canceled and every canceled-* (lighter-sdk.md §2 Order).
-_CANCEL_PREFIXES = ("canceled", "cancelled", "expired", "rejected", "failed")
+CANCEL_PREFIXES = ("canceled", "cancelled", "expired", "rejected", "failed")
 # Offline validation errors from the Go signer carry no code (lighter-sdk.md §1 "Offline signing").
 _SIGNER_VALIDATION = re.compile(r"should not be|is not valid|is invalid", re.IGNORECASE)
 
@@ -202,6 +202,13 @@ def parse_market_rules(body: Any, symbol: str) -> MarketRules:
     raise VenueError(ReasonCode.UNKNOWN_MARKET, f"no Lighter perp market {symbol!r}")
 
 
+def market_index(rules: MarketRules) -> int:
+    """The Lighter market index of ``rules`` (always set by ``parse_market_rules``)."""
+    if rules.market_id is None:
+        raise VenueError(ReasonCode.UNKNOWN_MARKET, f"{rules.symbol}: no Lighter market index")
+    return int(rules.market_id)
+
+
 def _initial_margin(row: Mapping[str, Any]) -> InitialMargin | None:
     # Basis points of notional; orderBooks (the fallback body) carries none: unknown, not zero.
     default = opt_decimal(row.get("default_initial_margin_fraction"), "default_initial_margin_fraction")
@@ -298,7 +305,7 @@ def map_status(status: str, filled: Decimal) -> OrderState:
         return OrderState.FILLED
     if s in _OPEN_STATUSES:
         return OrderState.PARTIALLY_FILLED if filled > 0 else OrderState.OPEN
-    if s.startswith(_CANCEL_PREFIXES):
+    if s.startswith(CANCEL_PREFIXES):
         return OrderState.CANCELLED if filled > 0 else OrderState.FAILED
     raise VenueError(ReasonCode.BAD_RESPONSE, f"unknown Lighter order status {status!r}")
 
@@ -318,7 +325,7 @@ def _filled(order: Mapping[str, Any], requested: Decimal, status: str) -> Decima
     if filled is not None:
         return filled
     remaining = opt_decimal(order.get("remaining_base_amount"), "remaining_base_amount")
-    if remaining is not None and not status.startswith(_CANCEL_PREFIXES):
+    if remaining is not None and not status.startswith(CANCEL_PREFIXES):
         return requested - remaining
     if status == "filled":
         return requested

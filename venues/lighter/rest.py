@@ -6,6 +6,11 @@ wrap bodies in unvalidated models (lighter-sdk.md §2 "Types are not coerced"), 
 fixtures hold, numbers are parsed as ``Decimal`` from their text, and every request has our
 timeout. Transactions are signed by the SDK's Go library (:mod:`.native`) and posted here
 (``POST /api/v1/sendTx``, a urlencoded form, as ``TransactionApi.send_tx`` does).
+
+With a :class:`~venues.lighter.budget.LighterBudget`, every request first takes its share of the
+account's rate budget (shared through Redis by every worker of the L1 address and the IP) and
+waits while the budget is spent; :data:`REQUEST_PRIORITY` says whether it is an order's
+(``ORDER``: the whole budget) or a read's (``READ``: leaves the orders' reserve).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Coroutine
+from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
@@ -21,10 +27,15 @@ from urllib.parse import urlencode
 import aiohttp
 
 from venues.base import ReasonCode, VenueError
+from venues.budget import RequestPriority
+from venues.lighter.budget import LighterBudget
 from venues.lighter.parsing import error_from_body
 from venues.proxy import env_proxy
 
 log = logging.getLogger(__name__)
+
+#: The priority of the requests a coroutine makes (a task inherits its creator's value).
+REQUEST_PRIORITY: ContextVar[RequestPriority] = ContextVar("lighter_request_priority", default=RequestPriority.READ)
 
 _FORM_HEADERS = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
 
@@ -37,10 +48,13 @@ def decode_json(text: str) -> Any:
 class LighterRest:
     """GET/POST helper bound to one base URL and one aiohttp session (created inside the loop)."""
 
-    def __init__(self, base_url: str, timeout: float, account: str) -> None:
+    def __init__(self, base_url: str, timeout: float, account: str, budget: LighterBudget | None = None) -> None:
         self.base_url = base_url.rstrip("/")  # a trailing slash makes //api/v1/... (lighter-sdk.md §5)
         self.timeout = timeout
         self.account = account
+        self.budget = budget
+        #: Seconds spent waiting for the rate budget (diagnostics and the bench).
+        self.budget_waited = 0.0
         self._session: aiohttp.ClientSession | None = None
         self._proxy: str | None = None
 
@@ -55,6 +69,7 @@ class LighterRest:
                   headers: dict[str, str] | None = None) -> Any:
         """The decoded body of a 200 answer; VenueError for anything else (no ``code`` check here)."""
         clean = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        await self._spend(path, authenticated=bool(headers and headers.get("authorization")) or "auth" in clean)
         return await self._request("GET", path, self._fetch(f"{self.base_url}{path}", clean, headers))
 
     async def post_form(self, path: str, form: dict[str, str]) -> Any:
@@ -63,7 +78,17 @@ class LighterRest:
         A non-200 answer raises the venue's error with ``status`` set; a transport failure or
         timeout raises ``UNAVAILABLE`` with ``status=None`` (the request may have been applied).
         """
+        await self._spend(path, authenticated=True, tx_types=_tx_types(form))
         return await self._request("POST", path, self._post(f"{self.base_url}{path}", form))
+
+    async def _spend(self, path: str, *, authenticated: bool, tx_types: tuple[int, ...] = ()) -> None:
+        if self.budget is None:
+            return
+        waited = await self.budget.spend(path, authenticated=authenticated, priority=REQUEST_PRIORITY.get(),
+                                         max_wait=self.timeout, tx_types=tx_types)
+        if waited > 0.05:
+            self.budget_waited += waited
+            log.info("account=%s %s waited %.2fs for the rate budget", self.account, path, waited)
 
     async def _request(self, method: str, path: str, exchange: Coroutine[Any, Any, tuple[int, str]]) -> Any:
         try:
@@ -98,3 +123,13 @@ class LighterRest:
     async def close(self) -> None:
         if self._session is not None and not self._session.closed:
             await self._session.close()
+
+
+def _tx_types(form: dict[str, str]) -> tuple[int, ...]:
+    # sendTx names one type; sendTxBatch a JSON list of them (lighter-sdk.md §2).
+    if "tx_type" in form:
+        return (int(form["tx_type"]),)
+    try:
+        return tuple(int(t) for t in json.loads(form.get("tx_types") or "[]"))
+    except (ValueError, TypeError):
+        return ()

@@ -13,7 +13,7 @@ import redis
 
 from xtb_tasks.cli import UserError
 from xtb_tasks.core import keys
-from xtb_tasks.core.config import Role, Settings, load_settings
+from xtb_tasks.core.config import Role, Settings, Venue, load_settings
 from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
 from xtb_tasks.core.exposure import worst_net_report
 from xtb_tasks.core.legs import LegState, parse_leg
@@ -266,9 +266,36 @@ def account_status(client: redis.Redis, settings: Settings, account: str) -> dic
     beat = next((json.loads(v) for v in beats.values() if json.loads(v).get("account") == account), None)
     age = time.time() - float(beat["timestamp"]) if beat and beat.get("timestamp") else None
     interval = float(beat.get("interval") or settings.telemetry.interval_secs) if beat else settings.telemetry.interval_secs
+    heard = state.get("stream_heard_at")
     return {"account": account, "position": state.get("position") or None, "balance": state.get("balance") or None,
             "heartbeat_age_secs": None if age is None else round(age, 2),
-            "online": age is not None and age < 2 * interval, "queue_depth": client.llen(account)}
+            "online": age is not None and age < 2 * interval, "queue_depth": client.llen(account),
+            "stream": {"state": state.get("stream_state") or None, "connects": int(state.get("stream_connects") or 0),
+                       "heard_age_secs": round(time.time() - float(heard), 2) if heard else None},
+            "rate_budget": _budget_used(settings, account)}
+
+
+def _stream_text(a: dict[str, Any]) -> str:
+    stream = a["stream"]
+    text = f"  stream {stream['state']} (heard {stream['heard_age_secs']}s ago)" if stream["state"] else ""
+    for key, used in (a["rate_budget"] or {}).items():
+        text += f"  {key.removeprefix('lighter:')} {used['used']}/{used['limit']} a minute"
+    return text
+
+
+def _budget_used(settings: Settings, account: str) -> dict[str, dict[str, int]] | None:
+    # What the account's Lighter buckets hold in the current minute (shared with every worker of its
+    # L1 address and IP); None for Backpack, with the budget off, or when Redis cannot say.
+    from xtb_tasks.worker.connectors import lighter_budget
+
+    cfg = settings.account(account)
+    budget = lighter_budget(cfg, settings) if cfg.venue is Venue.LIGHTER else None
+    if budget is None:
+        return None
+    try:
+        return budget.rate_budget.snapshot(budget.buckets())
+    except redis.RedisError:
+        return None
 
 
 @click.command("status")
@@ -311,5 +338,6 @@ def status(ctx: click.Context, as_json: bool) -> None:
         for role, a in g["accounts"].items():
             online = "online" if a["online"] else "OFFLINE"
             click.echo(f"  {role} {a['account']:<12} position {a['position']}  balance {a['balance']}  "
-                       f"heartbeat {a['heartbeat_age_secs']}s {online}  queue {a['queue_depth']}")
+                       f"heartbeat {a['heartbeat_age_secs']}s {online}  queue {a['queue_depth']}"
+                       f"{_stream_text(a)}")
     click.echo(f"alerts pending delivery: {report['alerts_pending']}")

@@ -26,6 +26,8 @@ from xtb_tasks.core.config_schema import (
     Direction,
     GroupConfig,
     HedgeParams,
+    LighterTier,
+    RateBudgetConfig,
     Role,
     ScheduleConfig,
     TelegramConfig,
@@ -35,8 +37,9 @@ from xtb_tasks.core.config_schema import (
 
 __all__ = [
     "CONFIG_ENV", "DECIMAL_LIMIT", "DEFAULT_CONFIG_PATH", "AccountConfig", "ConfigError", "DashboardConfig",
-    "Direction", "GroupConfig", "HedgeParams", "Role", "ScheduleConfig", "Settings", "TelegramConfig",
-    "TelemetryConfig", "Venue", "config_path", "load_settings", "parse_decimal", "parse_settings",
+    "Direction", "GroupConfig", "HedgeParams", "LighterTier", "RateBudgetConfig", "Role", "ScheduleConfig",
+    "Settings", "TelegramConfig", "TelemetryConfig", "Venue", "config_path", "load_settings", "parse_decimal",
+    "parse_settings",
 ]
 
 DEFAULT_CONFIG_PATH = "xtb.toml"
@@ -57,6 +60,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     telegram: TelegramConfig = TelegramConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     dashboard: DashboardConfig = DashboardConfig()
+    rate_budget: RateBudgetConfig = RateBudgetConfig()
 
     @property
     def base_dir(self) -> Path:
@@ -111,6 +115,7 @@ class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     telegram: dict[str, Any] = {}
     telemetry: dict[str, Any] = {}
     dashboard: dict[str, Any] = {}
+    rate_budget: dict[str, Any] = {}
 
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -214,6 +219,7 @@ def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings
         telegram=decode_table(TelegramConfig, top.telegram, "telegram", base_dir),
         telemetry=decode_table(TelemetryConfig, top.telemetry, "telemetry", base_dir),
         dashboard=decode_table(DashboardConfig, top.dashboard, "dashboard", base_dir),
+        rate_budget=decode_table(RateBudgetConfig, top.rate_budget, "rate_budget", base_dir),
     )
 
 

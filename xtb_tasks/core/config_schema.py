@@ -30,6 +30,15 @@ class Venue(str, Enum):
     LIGHTER = "lighter"
 
 
+class LighterTier(str, Enum):
+    """A Lighter L1 address's account type (apidocs.lighter.xyz/docs/account-types)."""
+
+    #: 60 requests per rolling minute, unweighted (the default).
+    STANDARD = "standard"
+    #: 24,000 weighted requests per rolling minute; sendTx in its own bucket.
+    PREMIUM = "premium"
+
+
 class Direction(str, Enum):
     """Which way the Backpack leg enters; the Lighter legs follow (original §1.2)."""
 
@@ -180,6 +189,17 @@ class AccountConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
         "the Lighter API key index 4..254 (0-3 are the venue's own); may come from the key file",
         venue="lighter")] = None
     window_ms: Annotated[int, Meta(ge=1, le=60_000), doc("Backpack signature validity window", venue="backpack")] = 5000
+    stream: Annotated[bool, doc(
+        "read positions, fills and the top of book from the venue's WebSocket while it is up (REST otherwise)")] = True
+    reconcile_secs: Annotated[float, Meta(ge=1, le=3600), doc(
+        "seconds between REST reads that check the streamed position (REST wins a disagreement)",
+        venue="lighter")] = 60.0
+    tier: Annotated[LighterTier, doc(
+        "the Lighter account type of the account's L1 address, 'standard' or 'premium': its rate limit",
+        venue="lighter")] = LighterTier.STANDARD
+    l1_address: Annotated[str | None, doc(
+        "the account's L1 address; accounts of one address share its rate budget (default: one per account)",
+        venue="lighter")] = None
 
     def __post_init__(self) -> None:
         base_url = check_url("base_url", self.base_url, ("http", "https")) or ""
@@ -250,6 +270,22 @@ class TelegramConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
 
     def __post_init__(self) -> None:
         normalise(self, api_url=check_url("api_url", self.api_url, ("http", "https")))
+
+
+class RateBudgetConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The venues' REST rate budgets, counted in Redis across workers (``[rate_budget]``).
+
+    Fields:
+      enabled = true       wait for the budget before each Lighter request; false: send and risk a 429
+      egress = None        the public IP's name; workers behind one IP must share it (default: hostname)
+      read_share = 0.8     share of a budget reads may use; the rest is kept for orders and exits
+    """
+
+    enabled: Annotated[bool, doc("wait for the rate budget before each Lighter request")] = True
+    egress: Annotated[str | None, doc(
+        "name of the public IP requests leave from; every worker behind it must use the same (default: hostname)")] = None
+    read_share: Annotated[float, Meta(ge=0.1, le=1.0), doc(
+        "share of each budget reads may use; the rest is kept for orders and exits")] = 0.8
 
 
 class TelemetryConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

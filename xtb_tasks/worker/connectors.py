@@ -8,11 +8,19 @@ only the account name. The Lighter signer keeps process-global state keyed by AP
 from __future__ import annotations
 
 import logging
+import socket
 import threading
+from typing import Any
 
+from monitoring.alerts import AlertKind, raise_alert
+from orchestrator.venue_ops import note_account_state
 from venues.base import VenueConnector
+from venues.budget import RateBudget, budget_client
+from venues.lighter.budget import LighterBudget
+from venues.lighter.limits import Tier
 from xtb_tasks.core.config import AccountConfig, Settings, Venue, load_settings
 from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +32,7 @@ class ConnectorConfigError(XtbError, RuntimeError):
     """The account cannot be served by this process (credentials, or a second Lighter account)."""
 
 
-def _build_backpack(cfg: AccountConfig) -> VenueConnector:
+def _build_backpack(cfg: AccountConfig, settings: Settings) -> VenueConnector:
     from venues.backpack.connector import BackpackConnector
     from venues.backpack.credentials import generate_backpack_keys, load_backpack_credentials
 
@@ -32,10 +40,14 @@ def _build_backpack(cfg: AccountConfig) -> VenueConnector:
         log.info("account=%s generating a demo Backpack key pair into %s", cfg.name, cfg.keys_file)
         generate_backpack_keys(cfg.keys_file)
     credentials = load_backpack_credentials(cfg.keys_file, cfg.api_key_env, cfg.api_secret_env)
-    return BackpackConnector(cfg.name, cfg.base_url, cfg.ws_url, credentials, window_ms=cfg.window_ms)
+    connector = BackpackConnector(cfg.name, cfg.base_url, cfg.ws_url, credentials, window_ms=cfg.window_ms)
+    symbols = [g.backpack_symbol for g in settings.groups.values() if g.backpack == cfg.name]
+    if cfg.stream and cfg.ws_url and symbols:
+        connector.start_streams(symbols)
+    return connector
 
 
-def _build_lighter(cfg: AccountConfig) -> VenueConnector:
+def _build_lighter(cfg: AccountConfig, settings: Settings) -> VenueConnector:
     from venues.lighter.connector import LighterConnector
     from venues.lighter.credentials import USER_API_KEY_MIN, generate_lighter_keys, load_lighter_credentials
 
@@ -50,7 +62,30 @@ def _build_lighter(cfg: AccountConfig) -> VenueConnector:
         generate_lighter_keys(cfg.keys_file, cfg.api_key_index if cfg.api_key_index is not None else USER_API_KEY_MIN)
     credentials = load_lighter_credentials(cfg.keys_file, cfg.private_key_env, cfg.api_key_index)
     assert cfg.account_index is not None  # enforced by the config schema
-    return LighterConnector(cfg.name, cfg.base_url, cfg.ws_url, cfg.account_index, credentials)
+    url = resolve_redis_url(settings)
+    return LighterConnector(cfg.name, cfg.base_url, cfg.ws_url, cfg.account_index, credentials,
+                            stream=cfg.stream, reconcile_secs=cfg.reconcile_secs,
+                            on_disagreement=lambda text: _alert_disagreement(url, cfg.name, text),
+                            on_stream_state=lambda fields: _note_stream(url, cfg.name, fields),
+                            budget=lighter_budget(cfg, settings))
+
+
+def lighter_budget(cfg: AccountConfig, settings: Settings) -> LighterBudget | None:
+    """The rate budget ``cfg``'s requests are charged to, or None when ``[rate_budget]`` is off."""
+    conf = settings.rate_budget
+    if not conf.enabled:
+        return None
+    shared = RateBudget(budget_client(resolve_redis_url(settings)), read_share=conf.read_share)
+    return LighterBudget(shared, Tier(cfg.tier.value), cfg.l1_address or f"account-{cfg.account_index}",
+                         conf.egress or socket.gethostname())
+
+
+def _alert_disagreement(url: str, account: str, text: str) -> None:
+    raise_alert(redis_client(url), AlertKind.STREAM_DISAGREEMENT, text, account=account)
+
+
+def _note_stream(url: str, account: str, fields: dict[str, Any]) -> None:
+    note_account_state(redis_client(url), account, **fields)
 
 
 def get_connector(account: str, settings: Settings | None = None) -> VenueConnector:
@@ -59,9 +94,11 @@ def get_connector(account: str, settings: Settings | None = None) -> VenueConnec
         connector = _connectors.get(account)
         if connector is not None:
             return connector
-        cfg = (settings or load_settings()).account(account)
+        settings = settings or load_settings()
+        cfg = settings.account(account)
         try:
-            connector = _build_backpack(cfg) if cfg.venue is Venue.BACKPACK else _build_lighter(cfg)
+            connector = (_build_backpack(cfg, settings) if cfg.venue is Venue.BACKPACK
+                         else _build_lighter(cfg, settings))
         except ValueError as exc:
             # Credential loaders raise one-line ValueErrors that name the file or variable, never the value.
             raise ConnectorConfigError(f"account {account!r}: {exc}") from None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from decimal import Decimal
 from typing import Any
@@ -30,7 +30,7 @@ from orchestrator.venue_ops import (
     read_position,
     submit_order,
 )
-from venues.base import AccountReading, MarketRules, OrderReport, Side, VenueConnector, VenueError
+from venues.base import AccountReading, MarketRules, OrderReport, PositionReading, Side, VenueConnector, VenueError
 from venues.margin import LIGHTER_FRACTION_UNITS, leverage_update
 from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
@@ -159,8 +159,10 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
         recorded = record.leg(leg)
         requested = str(recorded.requested) if recorded else "0"
     # The account state, the cancel flag and the stage travel in one round trip after the read.
+    connector = get_connector(account)
+    version = connector.stream_version()  # before the read: a push after it wakes the wait below
     pipe = client.pipeline(transaction=False)
-    reading = read_position(pipe, get_connector(account), symbol, cycle_id)
+    reading = read_position(pipe, connector, symbol, cycle_id)
     view = record.view("plan", *FENCE_FIELDS[1:], after=pipe) if record else None
     if view is None:
         pipe.execute()
@@ -168,9 +170,14 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
         enforce_fence(fence, view.fields, task=f"{leg or 'position'} confirmation", cycle_id=cycle_id, account=account)
     result = confirmation(reading, Decimal(baseline), expected_sign, Decimal(requested or "0"),
                           Decimal(str(min_fraction)))
-    result.update(account=account, polls=self.request.retries + 1)
     if view and view.cancel_requested:
         raise ConfirmationFailed(f"cycle {cycle_id} cancelled while confirming {leg}")
+    if not result["confirmed"] and version is not None:
+        window_end = min(time.time() + poll_secs - (time.monotonic() - started), deadline)
+        result = _confirm_on_push(client, connector, symbol, cycle_id, version, window_end,
+                                  lambda r: confirmation(r, Decimal(baseline), expected_sign, Decimal(requested or "0"),
+                                                         Decimal(str(min_fraction)))) or result
+    result.update(account=account, polls=self.request.retries + 1)
     if not result["confirmed"] and time.time() < deadline:
         # Polls at a fixed rate: the next read is due poll_secs after this one started, not after it ended.
         countdown = max(0.0, poll_secs - (time.monotonic() - started))
@@ -184,6 +191,22 @@ def confirm_position(self: Task, *, account: str, symbol: str, baseline: str, ex
                                  f"baseline {baseline}, requested {requested}")
     if record and view:
         _record_confirmation(record, view, leg, result, Stage(next_stage) if next_stage else None)
+    return result
+
+
+def _confirm_on_push(client: Any, connector: VenueConnector, symbol: str, cycle_id: str | None, version: int,
+                     until: float, judge: Callable[[PositionReading], dict[str, Any]]) -> dict[str, Any] | None:
+    # Re-judged on each stream push until confirmed or this poll's window ends: the confirmation
+    # lands a moment after the venue pushes the fill, and a quiet stream costs no REST read.
+    result = None
+    while (left := until - time.time()) > 0:
+        changed = connector.wait_stream_change(version, left)
+        if changed is None or changed == version:
+            break
+        version = changed
+        result = judge(read_position(client, connector, symbol, cycle_id))
+        if result["confirmed"]:
+            break
     return result
 
 

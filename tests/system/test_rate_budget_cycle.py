@@ -1,0 +1,81 @@
+"""Whole cycles against a rate-limited Lighter (Standard tier: 60 requests a rolling minute per L1
+address and per IP), with both Lighter workers on one IP: streams first, REST within the budget.
+
+The simulator counts every Lighter REST request as the venue would (``/_sim/requests``); a 429
+anywhere fails the test.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.helpers.harness import Deployment, each_test_clean, running_deployment
+from tests.helpers.services import RedisServer
+from tests.helpers.support import wait_until
+from venues.simulator.lighter_rules import LighterRules
+
+pytestmark = pytest.mark.slow
+
+#: The issue's target: a whole cycle, exit included, within a third of a Standard account's minute.
+REQUESTS_PER_CYCLE = 20
+LIGHTER = {"lighter1": 101, "lighter2": 102}
+
+
+@pytest.fixture(scope="module")
+def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("budget"),
+                                  lighter_rules=LighterRules(rate_limit=True))
+
+
+@pytest.fixture(autouse=True)
+def clean_slate(dep: Deployment) -> Iterator[None]:
+    yield from each_test_clean(dep)
+
+
+def lighter_reads(dep: Deployment, index: int) -> int:
+    return sum(row["count"] for row in dep.sim.exchange.request_log("lighter")
+               if row["who"] == f"account:{index}" and row["endpoint"] == "account")
+
+
+def run_cycle_to_liquidation(dep: Deployment, monitor_secs: float, during: object = None) -> dict[str, object]:
+    cycle_id = dep.start_cycle()
+    dep.wait_stage(cycle_id, "monitoring", timeout=60)
+    if callable(during):
+        during()
+    time.sleep(monitor_secs)
+    dep.liquidate_lighter(LIGHTER["lighter2"])
+    done = dep.wait_done(cycle_id, timeout=60)
+    # The cycle's last requests are the history reads of its completion report.
+    wait_until(lambda: dep.record(cycle_id).get("pnl_split") is not None, timeout=30, what="the PnL split")
+    return done
+
+
+def test_a_cycle_fits_a_standard_budget_with_both_lighter_workers_on_one_ip(dep: Deployment) -> None:
+    dep.admin("lighter", "requests/reset", {})
+    done = run_cycle_to_liquidation(dep, monitor_secs=5.0)
+    assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero")
+    counts = dep.lighter_requests()
+    print("lighter requests per who over the cycle:", counts)  # the figure `pytest -rP` shows
+    assert all(c["limited"] == 0 for c in counts.values()), counts
+    for role, index in LIGHTER.items():
+        assert counts[f"account:{index}"]["requests"] <= REQUESTS_PER_CYCLE, (role, counts)
+
+
+def test_streams_killed_mid_cycle_the_cycle_continues_on_rest_within_budget(dep: Deployment) -> None:
+    dep.admin("lighter", "requests/reset", {})
+    before = {index: lighter_reads(dep, index) for index in LIGHTER.values()}
+
+    def kill_streams() -> None:
+        # Every Lighter connection dropped, and dropped again on each reconnect: ~6 s on REST.
+        dep.arm_fault("lighter", "drop_ws", count=5, op="ws")
+
+    done = run_cycle_to_liquidation(dep, monitor_secs=5.0, during=kill_streams)
+    assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero")
+    counts = dep.lighter_requests()
+    print("lighter requests per who over the cycle, streams dropped:", counts)
+    assert all(c["limited"] == 0 for c in counts.values()), counts
+    # Monitoring read REST while the streams were down.
+    assert all(lighter_reads(dep, index) > before[index] + 2 for index in LIGHTER.values()), counts
