@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import measure
+from bench.budget_bench import measure_budget
 from bench.deploy import ORCHESTRATOR, Bench, bench_deployment
 
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -43,9 +44,9 @@ class Clock:
 def sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"baseline": 50, "chain": 10, "cycles": 10, "pairs": 10, "confirm": 10, "probe": 5, "scale2": 4,
-                "scale4": 3}
+                "scale4": 3, "budget_cycles": 2, "monitor_secs": 15}
     return {"baseline": 300, "chain": 60, "cycles": 100, "pairs": 60, "confirm": 60, "probe": 30, "scale2": 25,
-            "scale4": 20}
+            "scale4": 20, "budget_cycles": 5, "monitor_secs": 60}
 
 
 def measure_one_group(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str, Any]) -> None:
@@ -161,6 +162,22 @@ def targets(out: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
          f'{out["redis_cmds_per_cycle"]} (Celery alone, same canvas: {out["bare_cycle_redis_cmds"]})'),
         ("hand-off p99, 4 groups <= 2 x 1 group", None if four is None else four <= 2 * s["1"],
          f'{four} vs {2 * s["1"]:.2f} ms'),
+        *budget_targets(out),
+    ]
+
+
+def budget_targets(out: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    per_cycle = max(v["max"] for v in out["lighter_rest_requests_per_cycle"].values())
+    per_minute = max(out["lighter_rest_requests_per_monitor_minute"].values(), default=None)
+    stream_p99 = out["confirm_latency_stream_ms"]["p99"]
+    return [
+        ("Lighter REST requests per cycle <= 20 per account", per_cycle <= 20,
+         f'max {per_cycle} ({out["lighter_rest_requests_per_cycle"]})'),
+        ("HTTP 429 per cycle == 0 (Standard tier, one IP)", out["http_429_per_cycle"] == 0,
+         f'{out["http_429_per_cycle"]}'),
+        ("Lighter REST per monitor minute <= 2 per account", None if per_minute is None else per_minute <= 2,
+         f'{out["lighter_rest_requests_per_monitor_minute"]} over {out["lighter_monitor_secs_measured"]} s'),
+        ("confirmation p99 <= 10 ms after the push", stream_p99 <= 10, f"{stream_p99} ms"),
     ]
 
 
@@ -186,6 +203,13 @@ def print_table(out: dict[str, Any]) -> None:
         for name, label in (("wake", "floor: wake-up"), ("wake_and_request", "floor: + venue GET")):
             v = floor[name]
             print(f"{label + ', ' + k + ' grp':28s} {v['p50']:>10.2f} {v['p99']:>10.2f}   (n={v['n']})")
+    c = out["confirm_latency_stream_ms"]
+    print(f"{'confirm after stream push ms':28s} {c['p50']:>10.2f} {c['p99']:>10.2f}   (n={c['n']})")
+    for role, v in out["lighter_rest_requests_per_cycle"].items():
+        print(f"{role + ' REST reqs / cycle':28s} {v['mean']:>10.1f} {v['max']:>10d}   (mean, max; n={v['n']})")
+    for role, v in out["lighter_rest_requests_per_monitor_minute"].items():
+        print(f"{role + ' REST reqs / monitor min':28s} {v:>10.1f}")
+    print(f"{'HTTP 429 per cycle':28s} {out['http_429_per_cycle']:>10.2f}")
     print()
     for name, ok, detail in out["targets"]:
         print(f"{'PASS' if ok else ('MISS' if ok is False else 'N/A '):4s}  {name:45s} {detail}")
@@ -205,6 +229,8 @@ def run(quick: bool) -> dict[str, Any]:
         measure_scaling(bench, n, clock, out)
         measure.release_results()
         clock.phase("stop", bench.close)
+    clock.phase("rate-limited Lighter cycles", lambda: measure_budget(out, cycles=n["budget_cycles"],
+                                                                       monitor_secs=n["monitor_secs"]))
     out.pop("_handoff_samples_1", None)
     out["targets"] = [[name, ok, detail] for name, ok, detail in targets(out)]
     out["phase_secs"] = clock.phases

@@ -33,7 +33,9 @@ from urllib.parse import quote
 
 import redis
 
+from venues.lighter.budget import LighterBudget
 from xtb_tasks.core import keys
+from xtb_tasks.core.budgets import budget_used
 from xtb_tasks.core.config import Direction, Role, Settings
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
@@ -133,6 +135,13 @@ def _position_fields(state: Mapping[str, str], now: float, stale_after: float) -
     }
 
 
+def _stream_fields(state: Mapping[str, str], now: float) -> dict[str, Any]:
+    heard = _number(state.get("stream_heard_at"))
+    return {"stream_state": state.get("stream_state") or None,
+            "stream_age_secs": None if heard is None else round(max(0.0, now - heard), 2),
+            "stream_connects": _number(state.get("stream_connects"))}
+
+
 def build_payload(identity: BotIdentity, state: Mapping[str, str], *, now: float, interval: float,
                   stale_after: float = DEFAULT_STALE_AFTER_SECS, extra: Mapping[str, Any] | None = None
                   ) -> dict[str, Any]:
@@ -147,6 +156,7 @@ def build_payload(identity: BotIdentity, state: Mapping[str, str], *, now: float
         "balance_read_at": _number(state.get("balance_read_at")),
         "latency_ms": _number(state.get("latency_ms")),
         "cycle_id": state.get("cycle_id") or None, "stage": state.get("stage") or None,
+        **_stream_fields(state, now),
         "max_position_base": None, "pnl_unrealized": None,
         "timestamp": round(now, 3), "telemetry_interval_secs": interval, "interval": interval,
         "host": socket.gethostname(), "pid": os.getpid(),
@@ -205,8 +215,11 @@ class HeartbeatPublisher:
 
     def __init__(self, identities: Iterable[BotIdentity], *, interval: float,
                  redis_factory: Callable[[], redis.Redis], ingest: IngestTarget | None = None,
-                 stale_after: float = DEFAULT_STALE_AFTER_SECS) -> None:
+                 stale_after: float = DEFAULT_STALE_AFTER_SECS,
+                 budgets: Mapping[str, LighterBudget] | None = None) -> None:
         self.identities = list(identities)
+        #: account → its rate budget: each beat carries what the account's buckets hold this minute.
+        self.budgets = dict(budgets or {})
         self.interval = interval
         self.stale_after = stale_after
         self.ingest = ingest
@@ -267,7 +280,10 @@ class HeartbeatPublisher:
             extra = {"active_cycles": r.scard(keys.CYCLES_ACTIVE)}
             return build_payload(identity, {}, now=now, interval=self.interval, extra=extra)
         state = cast(dict[str, str], r.hgetall(keys.account_state(identity.account)))
-        return build_payload(identity, state, now=now, interval=self.interval, stale_after=self.stale_after)
+        budget = self.budgets.get(identity.account)
+        used: dict[str, Any] | None = {"rate_budget": budget_used(budget)} if budget is not None else None
+        return build_payload(identity, state, now=now, interval=self.interval, stale_after=self.stale_after,
+                             extra=used)
 
     def _post_ingest(self, payload: Mapping[str, Any]) -> None:
         # Imported here: a worker without an ingest target saves the library's ~6 MB (counted twice

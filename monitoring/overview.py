@@ -105,6 +105,8 @@ def bot_view(status: BotStatus) -> dict[str, Any]:
         "balance": p.get("balance") if p.get("balance") is not None else p.get("balance_total"),
         "latency_ms": p.get("latency_ms"), "cycle_id": p.get("cycle_id"), "stage": p.get("stage"),
         "interval": beat_interval(p), "host": p.get("host"), "active_cycles": p.get("active_cycles"),
+        "stream_state": p.get("stream_state"), "stream_age_secs": p.get("stream_age_secs"),
+        "rate_budget": p.get("rate_budget"),
     }
 
 

@@ -82,6 +82,14 @@ function roleCard(role, view, account) {
     fact("latency", view.latency_ms === null || view.latency_ms === undefined ? "—" : Math.round(view.latency_ms) + " ms"),
     fact("heartbeat", ago(view.age_ms), online ? "" : "bad"));
   if (view.stage) append(card, fact("stage", view.stage));
+  if (view.stream_state) {
+    const heard = view.stream_age_secs === null || view.stream_age_secs === undefined ? "" : " · " + ago(view.stream_age_secs * 1000);
+    append(card, fact("stream", view.stream_state + heard, view.stream_state === "live" ? "" : "bad"));
+  }
+  for (const [bucket, used] of Object.entries(view.rate_budget || {})) {
+    append(card, fact(bucket.replace(/^lighter:/, "").split(":")[0] + " budget", used.used + " / " + used.limit + " a minute",
+                      used.used >= used.limit * 0.8 ? "bad" : ""));
+  }
   return card;
 }
 

@@ -30,7 +30,8 @@ def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = No
                  lighter_indexes: tuple[int, int] = (101, 102), redis_options: dict[str, int] | None = None,
                  step_grace_secs: float | None = None, lighter_stream: bool = True) -> Path:
     """A config for the three demo roles on the simulators, with fresh keys in ``path.parent``;
-    ``lighter_stream=False`` makes the Lighter accounts read REST only (tests of REST faults)."""
+    ``lighter_stream=False`` makes the Lighter accounts read REST only and unbudgeted, as they did
+    before the streams (tests of REST faults, whose 0.5 s polls alone would spend a Standard budget)."""
     keys = path.parent / "keys"
     lines = []
     if redis_url or redis_options:
@@ -38,6 +39,8 @@ def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = No
                   *(f"{key} = {value}" for key, value in (redis_options or {}).items()), ""]
     if step_grace_secs is not None:
         lines += ["[watchdog]", f"step_grace_secs = {step_grace_secs}", ""]
+    if not lighter_stream:
+        lines += ["[rate_budget]", "enabled = false", ""]
     lines += [
         f"[accounts.backpack{account_suffix}]", 'venue = "backpack"', f'base_url = "{urls["backpack"]}"',
         f'ws_url = "{urls["backpack_ws"]}"', f'keys_file = "{keys}/bp{account_suffix}.txt"',

@@ -25,7 +25,9 @@ from monitoring.heartbeat import (
 )
 from monitoring.watcher import HeartbeatWatcher
 from tests.helpers.support import wait_until, write_config
+from venues.budget import RequestPriority
 from xtb_tasks.core import keys
+from xtb_tasks.core.budgets import lighter_budget
 from xtb_tasks.core.config import Direction, Role, load_settings
 
 DUMMY_URLS = {"backpack": "http://127.0.0.1:9", "backpack_ws": "ws://127.0.0.1:9/ws",
@@ -175,3 +177,21 @@ def test_worker_lost_raises_a_worker_crash_alert(tmp_path: Path, r: redis.Redis,
     (entry,) = r.xrange(keys.ALERTS_OUTBOX)
     assert entry[1]["kind"] == AlertKind.WORKER_CRASH.value
     assert "xtb.test.victim [t-2]" in entry[1]["text"] and "SIGKILL" in entry[1]["text"]
+
+
+def test_a_lighter_beat_carries_its_stream_and_the_budget_its_buckets_hold(tmp_path: Path, redis_url: str,
+                                                                          r: redis.Redis) -> None:
+    settings = load_settings(make_config(tmp_path))
+    budget = lighter_budget(settings.account("lighter1"), settings)
+    assert budget is not None
+    budget.rate_budget.try_acquire(budget.charges("account", authenticated=True), RequestPriority.READ)
+    now = time.time()
+    r.hset(keys.account_state("lighter1"), mapping={"stream_state": "live", "stream_connects": "2",
+                                                    "stream_heard_at": str(now - 1.5)})
+    (identity,) = identities_for(settings, ["lighter1"], orchestrator=False)
+    publisher = HeartbeatPublisher([identity], interval=0.2, redis_factory=lambda: r,
+                                   budgets={"lighter1": budget})
+    (payload,) = publisher.beat_once()
+    assert (payload["stream_state"], payload["stream_connects"]) == ("live", 2)
+    assert 1.4 <= payload["stream_age_secs"] <= 1.6
+    assert payload["rate_budget"][budget.l1.key] == {"used": 1, "limit": 60}

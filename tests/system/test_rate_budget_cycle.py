@@ -7,12 +7,13 @@ anywhere fails the test.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.harness import Deployment, each_test_clean, running_deployment
+from tests.helpers.harness import Deployment, each_test_clean, run_xtb, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
 from venues.simulator.lighter_rules import LighterRules
@@ -62,6 +63,14 @@ def test_a_cycle_fits_a_standard_budget_with_both_lighter_workers_on_one_ip(dep:
     assert all(c["limited"] == 0 for c in counts.values()), counts
     for role, index in LIGHTER.items():
         assert counts[f"account:{index}"]["requests"] <= REQUESTS_PER_CYCLE, (role, counts)
+    # What an operator sees: each Lighter stream live and its account's budget in use.
+    status = run_xtb(dep, "status", "--json")
+    assert status.returncode == 0, status.stderr[-2000:]
+    accounts = json.loads(status.stdout)["groups"][0]["accounts"]
+    for role in ("L1", "L2"):
+        assert accounts[role]["stream"]["state"] == "live", accounts[role]
+        (l1_bucket,) = [used for key, used in accounts[role]["rate_budget"].items() if ":l1:" in key]
+        assert 0 < l1_bucket["used"] <= l1_bucket["limit"] == 60, accounts[role]
 
 
 def test_streams_killed_mid_cycle_the_cycle_continues_on_rest_within_budget(dep: Deployment) -> None:

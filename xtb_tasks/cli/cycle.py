@@ -13,7 +13,8 @@ import redis
 
 from xtb_tasks.cli import UserError
 from xtb_tasks.core import keys
-from xtb_tasks.core.config import Role, Settings, Venue, load_settings
+from xtb_tasks.core.budgets import budget_used, lighter_budget
+from xtb_tasks.core.config import Role, Settings, load_settings
 from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
 from xtb_tasks.core.exposure import worst_net_report
 from xtb_tasks.core.legs import LegState, parse_leg
@@ -275,27 +276,17 @@ def account_status(client: redis.Redis, settings: Settings, account: str) -> dic
             "rate_budget": _budget_used(settings, account)}
 
 
+def _budget_used(settings: Settings, account: str) -> dict[str, dict[str, int]] | None:
+    budget = lighter_budget(settings.account(account), settings)
+    return budget_used(budget) if budget is not None else None
+
+
 def _stream_text(a: dict[str, Any]) -> str:
     stream = a["stream"]
     text = f"  stream {stream['state']} (heard {stream['heard_age_secs']}s ago)" if stream["state"] else ""
     for key, used in (a["rate_budget"] or {}).items():
         text += f"  {key.removeprefix('lighter:')} {used['used']}/{used['limit']} a minute"
     return text
-
-
-def _budget_used(settings: Settings, account: str) -> dict[str, dict[str, int]] | None:
-    # What the account's Lighter buckets hold in the current minute (shared with every worker of its
-    # L1 address and IP); None for Backpack, with the budget off, or when Redis cannot say.
-    from xtb_tasks.worker.connectors import lighter_budget
-
-    cfg = settings.account(account)
-    budget = lighter_budget(cfg, settings) if cfg.venue is Venue.LIGHTER else None
-    if budget is None:
-        return None
-    try:
-        return budget.rate_budget.snapshot(budget.buckets())
-    except redis.RedisError:
-        return None
 
 
 @click.command("status")

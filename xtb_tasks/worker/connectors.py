@@ -8,16 +8,13 @@ only the account name. The Lighter signer keeps process-global state keyed by AP
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from typing import Any
 
 from monitoring.alerts import AlertKind, raise_alert
 from orchestrator.venue_ops import note_account_state
 from venues.base import VenueConnector
-from venues.budget import RateBudget, budget_client
-from venues.lighter.budget import LighterBudget
-from venues.lighter.limits import Tier
+from xtb_tasks.core.budgets import lighter_budget
 from xtb_tasks.core.config import AccountConfig, Settings, Venue, load_settings
 from xtb_tasks.core.errors import XtbError
 from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
@@ -68,16 +65,6 @@ def _build_lighter(cfg: AccountConfig, settings: Settings) -> VenueConnector:
                             on_disagreement=lambda text: _alert_disagreement(url, cfg.name, text),
                             on_stream_state=lambda fields: _note_stream(url, cfg.name, fields),
                             budget=lighter_budget(cfg, settings))
-
-
-def lighter_budget(cfg: AccountConfig, settings: Settings) -> LighterBudget | None:
-    """The rate budget ``cfg``'s requests are charged to, or None when ``[rate_budget]`` is off."""
-    conf = settings.rate_budget
-    if not conf.enabled:
-        return None
-    shared = RateBudget(budget_client(resolve_redis_url(settings)), read_share=conf.read_share)
-    return LighterBudget(shared, Tier(cfg.tier.value), cfg.l1_address or f"account-{cfg.account_index}",
-                         conf.egress or socket.gethostname())
 
 
 def _alert_disagreement(url: str, account: str, text: str) -> None:

@@ -87,6 +87,7 @@ class _HeartbeatHooks:
             identities_for(settings, accounts, orchestrator=orchestrator),
             interval=telemetry.interval_secs, redis_factory=lambda: redis_client(url),
             ingest=ingest_target(settings) if settings is not None else None,
+            budgets=_budgets(settings, accounts),
         )
         with self._lock:
             if self.publisher is not None:
@@ -115,6 +116,15 @@ class _HeartbeatHooks:
                         worker=self.hostname, task=name, task_id=task_id)
         except Exception:
             log.exception("could not raise the worker_crash alert")
+
+
+def _budgets(settings: Settings | None, accounts: list[str]) -> dict[str, Any]:
+    from xtb_tasks.core.budgets import lighter_budget
+
+    if settings is None:
+        return {}
+    found = {name: lighter_budget(settings.account(name), settings) for name in accounts}
+    return {name: budget for name, budget in found.items() if budget is not None}
 
 
 def install_heartbeat_hooks(app: Celery) -> None:
