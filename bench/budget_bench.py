@@ -13,7 +13,10 @@ request log (``/_sim/requests``, counted as the venue counts):
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -51,6 +54,16 @@ def _one_cycle(dep: Deployment, monitor_secs: float) -> tuple[dict[str, Any], di
 
 
 def measure_budget(out: dict[str, Any], *, cycles: int, monitor_secs: float) -> None:
+    """Run :func:`measure_in_process` in a fresh interpreter (the process-wide Celery app is bound to
+    the broker it was built with, the latency bench's) and merge its figures into ``out``."""
+    proc = subprocess.run([sys.executable, "-m", "bench.budget_bench", str(cycles), str(monitor_secs)],
+                          capture_output=True, text=True, timeout=900, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"budget bench failed:\n{proc.stderr[-3000:]}")
+    out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="xtb-bench-budget-"))
     redis_server = start_redis_server(tmp / "redis")
     dep = make_deployment(tmp, redis_server.url, start_worker, lighter_rules=LighterRules(rate_limit=True))
@@ -82,3 +95,9 @@ def measure_budget(out: dict[str, Any], *, cycles: int, monitor_secs: float) -> 
         teardown(dep)
         stop_redis_server(redis_server)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    figures: dict[str, Any] = {}
+    measure_in_process(figures, cycles=int(sys.argv[1]), monitor_secs=float(sys.argv[2]))
+    print(json.dumps(figures))
