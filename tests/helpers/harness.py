@@ -170,11 +170,11 @@ class Deployment:
 def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: dict[str, object] | None = None,
                     redis_options: dict[str, int] | None = None, profile: Any = None,
                     step_grace_secs: float | None = None, lighter_rules: Any = None,
-                    lighter_stream: bool = True) -> Deployment:
+                    streams: bool = True) -> Deployment:
     """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults);
     ``step_grace_secs``: the config's ``[watchdog] step_grace_secs`` (None = the default 30 s);
     ``lighter_rules``: the Lighter simulator's own rules (``lighter_rules.LighterRules``; tiers, rate limits);
-    ``lighter_stream=False``: the Lighter workers read REST only (tests whose faults are REST's)."""
+    ``streams=False``: every worker reads REST only (tests whose faults are REST's)."""
     from venues.simulator.server import SimulatorServer
 
     sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None, profile=profile,
@@ -182,7 +182,7 @@ def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: 
     urls = sim.start()
     config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})},
                           redis_options=redis_options, step_grace_secs=step_grace_secs,
-                          lighter_stream=lighter_stream)
+                          streams=streams)
     return Deployment(tmp=tmp, redis_url=redis_url, sim=sim, config=config, start_worker_fn=start_worker_fn)
 
 
@@ -195,13 +195,13 @@ def teardown(dep: Deployment) -> None:
 def running_deployment(redis_server: RedisServer, tmp: Path, *, params: dict[str, object] | None = None,
                        redis_options: dict[str, int] | None = None, profile: Any = None,
                        step_grace_secs: float | None = None, lighter_rules: Any = None,
-                       lighter_stream: bool = True) -> Iterator[Deployment]:
+                       streams: bool = True) -> Iterator[Deployment]:
     """A test module's deployment on a flushed Redis with its workers up (the body of a module
     fixture: ``yield from``); stopped when the fixture is torn down."""
     redis_server.client().flushall()
     deployment = make_deployment(tmp, redis_server.url, start_worker, params=params, redis_options=redis_options,
                                  profile=profile, step_grace_secs=step_grace_secs, lighter_rules=lighter_rules,
-                                 lighter_stream=lighter_stream)
+                                 streams=streams)
     deployment.start_workers()
     yield deployment
     teardown(deployment)

@@ -28,10 +28,10 @@ def wait_until(predicate: Callable[[], object], *, timeout: float, what: str, in
 def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = None,
                  group_params: dict[str, object] | None = None, account_suffix: str = "",
                  lighter_indexes: tuple[int, int] = (101, 102), redis_options: dict[str, int] | None = None,
-                 step_grace_secs: float | None = None, lighter_stream: bool = True) -> Path:
+                 step_grace_secs: float | None = None, streams: bool = True) -> Path:
     """A config for the three demo roles on the simulators, with fresh keys in ``path.parent``;
-    ``lighter_stream=False`` makes the Lighter accounts read REST only and unbudgeted, as they did
-    before the streams (tests of REST faults, whose 0.5 s polls alone would spend a Standard budget)."""
+    ``streams=False`` makes every account read REST only (no venue stream) and the Lighter ones
+    unbudgeted, as before the streams (tests of REST faults, whose 0.5 s polls alone would spend a Standard budget)."""
     keys = path.parent / "keys"
     lines = []
     if redis_url or redis_options:
@@ -39,19 +39,19 @@ def write_config(path: Path, urls: dict[str, str], *, redis_url: str | None = No
                   *(f"{key} = {value}" for key, value in (redis_options or {}).items()), ""]
     if step_grace_secs is not None:
         lines += ["[watchdog]", f"step_grace_secs = {step_grace_secs}", ""]
-    if not lighter_stream:
+    if not streams:
         lines += ["[rate_budget]", "enabled = false", ""]
     lines += [
         f"[accounts.backpack{account_suffix}]", 'venue = "backpack"', f'base_url = "{urls["backpack"]}"',
         f'ws_url = "{urls["backpack_ws"]}"', f'keys_file = "{keys}/bp{account_suffix}.txt"',
-        "create_keys_if_missing = true", "",
+        "create_keys_if_missing = true", *([] if streams else ["stream = false"]), "",
     ]
     for n, index in zip((1, 2), lighter_indexes, strict=True):
         lines += [
             f"[accounts.lighter{n}{account_suffix}]", 'venue = "lighter"', f'base_url = "{urls["lighter"]}"',
             f'ws_url = "{urls["lighter_ws"]}"', f"account_index = {index}", f"api_key_index = {3 + n}",
             f'keys_file = "{keys}/l{n}{account_suffix}.txt"', "create_keys_if_missing = true",
-            *([] if lighter_stream else ["stream = false"]), "",
+            *([] if streams else ["stream = false"]), "",
         ]
     lines += [
         f"[groups.main{account_suffix}]", f'backpack = "backpack{account_suffix}"',

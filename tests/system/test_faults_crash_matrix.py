@@ -40,9 +40,9 @@ SHARED: dict[str, str] = {}
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     # A stuck step is resolved after the watchdog's grace: 10 s here instead of 30 s (each boundary
     # waits it out once), still above every healthy step of the fast parameters.
-    # REST only on Lighter: the position faults below are REST's.
+    # REST only: the position faults below are REST's.
     yield from running_deployment(redis_server, tmp_path_factory.mktemp("crash"), step_grace_secs=STEP_GRACE_SECS,
-                                  lighter_stream=False)
+                                  streams=False)
 
 
 def _orders(dep: Deployment, venue: str, account: str | None = None) -> int:

@@ -34,8 +34,8 @@ LEG_TARGET = {"bp_entry": ("backpack", None), "l1_hedge": ("lighter", "101"), "l
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    # REST only on Lighter: these faults are REST's (test_rate_budget_cycle drops the streams).
-    yield from running_deployment(redis_server, tmp_path_factory.mktemp("vfault"), lighter_stream=False)
+    # REST only: these faults are REST's (test_rate_budget_cycle drops the streams).
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("vfault"), streams=False)
 
 
 @pytest.fixture
