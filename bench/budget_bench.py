@@ -7,22 +7,32 @@ request log (``/_sim/requests``, counted as the venue counts):
 * ``lighter_rest_requests_per_cycle``: per Lighter account, each cycle from start to its PnL split;
 * ``lighter_rest_requests_per_monitor_minute``: per Lighter account, a minute of monitoring;
 * ``http_429_per_cycle``: 429 answers per cycle, every account and the IP;
-* ``confirm_latency_stream_ms``: the venue's push of a leg's fill (its receipt in the worker, the
-  confirmation's ``read_at``) to the confirmation task done (the next stage's ``t:``).
+* ``confirm_latency_stream_ms``: the venue's push → ``xtb.venue.confirm_position`` done, with the
+  task waiting for it: the bench sends the task at a random phase of its poll window, then moves
+  the account's position with a partial liquidation, which the simulator pushes at once; the
+  latency is the task's ``date_done`` minus the moment just before the admin request (so it
+  includes that request). No REST read: the pushed position answers.
+* ``confirm_latency_in_cycle_ms`` (shown, not judged): in a cycle the fill is pushed while the
+  order task still runs, before its confirmation task starts: the leg's pushed fill (the
+  confirmation's ``read_at``) → the confirmation recorded (the next stage's ``t:``). That is the
+  Celery hops between the two tasks (Lighter1: order → ``balance_entry`` → confirmation).
 """
 
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 from bench import measure
+from bench.measure import epoch_of, wait_result
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import wait_until
@@ -53,20 +63,54 @@ def _one_cycle(dep: Deployment, monitor_secs: float) -> tuple[dict[str, Any], di
     return dep.record(cycle_id), {"before": before, "after": dep.lighter_requests()}, monitored
 
 
-def measure_budget(out: dict[str, Any], *, cycles: int, monitor_secs: float) -> None:
+def _push_confirm_latency(dep: Deployment, n: int, warmup: int = 3) -> list[float]:
+    """Samples of the pushed position change → the waiting confirmation task done (ms)."""
+    app, exchange, index = dep.app, dep.sim.exchange, 101
+    params = dep.app.xtb_settings.group("main").params
+    poll, step = float(params.confirmation_poll_secs), Decimal("0.01")
+    filled, _, reason = exchange.execute_market("lighter", str(index), "ETH", "buy", step * (warmup + n + 1),
+                                                step=Decimal("0.0001"))
+    if reason:
+        raise RuntimeError(f"simulator order did not fill: {reason}")
+    wait_until(lambda: _streamed(dep, "lighter1") == filled, timeout=10, what="the opened position on the stream")
+    samples = []
+    for i in range(warmup + n):
+        baseline = exchange.position_quantity("lighter", str(index), "ETH")
+        result = app.send_task("xtb.venue.confirm_position", queue="lighter1", kwargs={
+            "account": "lighter1", "symbol": "ETH", "baseline": str(baseline), "expected_sign": -1,
+            "min_fraction": 0.5, "poll_secs": poll, "timeout_secs": 10.0, "requested": str(step)})
+        time.sleep(0.05 + random.uniform(0, poll))  # at a random phase of its poll window
+        pushed = time.time()
+        dep.admin("lighter", "liquidate", {"venue": "lighter", "account": str(index), "base": "ETH",
+                                           "leave": str(baseline - step)})
+        if not wait_result(app, result.id, 30, interval=0.01)["confirmed"]:
+            raise RuntimeError("confirmation did not confirm")
+        if i >= warmup:
+            samples.append((epoch_of(app.backend.get_task_meta(result.id)["date_done"]) - pushed) * 1000)
+    dep.liquidate_lighter(index)
+    return samples
+
+
+def _streamed(dep: Deployment, account: str) -> Decimal | None:
+    reading = dep.app.send_task("xtb.venue.get_position", queue=account,
+                                kwargs={"account": account, "symbol": "ETH"}).get(timeout=10)
+    return Decimal(reading["quantity"]) if reading.get("source") == "ws" and reading.get("quantity") else None
+
+
+def measure_budget(out: dict[str, Any], *, cycles: int, monitor_secs: float, confirms: int) -> None:
     """Run :func:`measure_in_process` in a fresh interpreter (the process-wide Celery app is bound to
     the broker it was built with, the latency bench's) and merge its figures into ``out``."""
-    proc = subprocess.run([sys.executable, "-m", "bench.budget_bench", str(cycles), str(monitor_secs)],
+    proc = subprocess.run([sys.executable, "-m", "bench.budget_bench", str(cycles), str(monitor_secs), str(confirms)],
                           capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"budget bench failed:\n{proc.stderr[-3000:]}")
     out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float) -> None:
+def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float, confirms: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="xtb-bench-budget-"))
     redis_server = start_redis_server(tmp / "redis")
-    dep = make_deployment(tmp, redis_server.url, start_worker, lighter_rules=LighterRules(rate_limit=True))
+    dep = make_deployment(tmp, redis_server.url, start_worker, lighter_rules=LighterRules())
     try:
         dep.start_workers()
         per_cycle: dict[str, list[int]] = {role: [] for role in LIGHTER}
@@ -90,7 +134,8 @@ def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float)
         out["lighter_rest_requests_per_monitor_minute"] = per_minute
         out["lighter_monitor_secs_measured"] = monitor_secs
         out["http_429_per_cycle"] = round(sum(limited) / max(len(limited), 1), 2)
-        out["confirm_latency_stream_ms"] = measure.p50_p99(latencies)
+        out["confirm_latency_in_cycle_ms"] = measure.p50_p99(latencies)
+        out["confirm_latency_stream_ms"] = measure.p50_p99(_push_confirm_latency(dep, confirms))
     finally:
         teardown(dep)
         stop_redis_server(redis_server)
@@ -99,5 +144,5 @@ def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float)
 
 if __name__ == "__main__":
     figures: dict[str, Any] = {}
-    measure_in_process(figures, cycles=int(sys.argv[1]), monitor_secs=float(sys.argv[2]))
+    measure_in_process(figures, cycles=int(sys.argv[1]), monitor_secs=float(sys.argv[2]), confirms=int(sys.argv[3]))
     print(json.dumps(figures))

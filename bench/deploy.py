@@ -17,6 +17,7 @@ from typing import Any
 from tests.helpers.harness import FAST_PARAMS, Deployment
 from tests.helpers.services import RedisServer, WorkerProcess, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import wait_until
+from venues.simulator.lighter_rules import LighterRules
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 NOOP_MODULE = "bench.noop_tasks"
@@ -54,9 +55,13 @@ def _value(value: object) -> str:
 
 def write_bench_config(path: Path, urls: dict[str, str], specs: list[GroupSpec],
                        params: dict[str, object]) -> Path:
-    """Like tests/support.write_config, with one group (and three accounts) per spec."""
+    """Like tests/support.write_config, with one group (and three accounts) per spec.
+
+    The rate budget is off: the latency phases run 100 cycles back to back (about 16 a second), far
+    past any Lighter tier, against a Lighter simulator without limits; ``budget_bench`` measures the
+    rate-limited venue with the budget on."""
     keys = path.parent / "keys"
-    lines: list[str] = []
+    lines: list[str] = ["[rate_budget]", "enabled = false", ""]
     for spec in specs:
         lines += [f"[accounts.{spec.backpack}]", 'venue = "backpack"', f'base_url = "{urls["backpack"]}"',
                   f'ws_url = "{urls["backpack_ws"]}"', f'keys_file = "{keys}/{spec.backpack}.txt"',
@@ -131,7 +136,8 @@ def bench_deployment(params: dict[str, object] | None = None) -> Iterator[Bench]
 
     tmp = Path(tempfile.mkdtemp(prefix="xtb-bench-"))
     redis_server = start_redis_server(tmp / "redis")
-    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None)
+    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None,
+                          lighter_rules=LighterRules.easy())
     bench: Bench | None = None
     try:
         urls = sim.start()

@@ -303,7 +303,7 @@ def total_commands(client: redis.Redis) -> int:
 
 
 # ---- confirmation --------------------------------------------------------------------------------
-def _epoch(date_done: Any) -> float:
+def epoch_of(date_done: Any) -> float:
     if isinstance(date_done, datetime):
         return date_done.timestamp()
     return datetime.fromisoformat(str(date_done)).timestamp()
@@ -331,7 +331,7 @@ def confirm_latency(bench: Bench, spec: GroupSpec, poll_secs: float, n: int, war
             raise RuntimeError("confirmation did not confirm")
         meta = app.backend.get_task_meta(result.id)
         if i >= warmup:
-            samples.append((_epoch(meta["date_done"]) - changed) * 1000)
+            samples.append((epoch_of(meta["date_done"]) - changed) * 1000)
     return samples
 
 

@@ -131,7 +131,7 @@ def test_default_tx_type_limit_is_40_a_minute() -> None:
     # "Transaction Type Limits (per user)… Default 40 requests / minute" (every account type); a Premium
     # account's sendTx bucket (4000/min) is not what stops it.
     account = next(_accounts)
-    with serve(LighterRules(rate_limit=True, tiers={account: Tier.PREMIUM})) as url:
+    with serve(LighterRules(tiers={account: Tier.PREMIUM}, nonce_lag_ms=0)) as url:
         for n in range(40):
             assert send(url, order_info(account, n)).json()["code"] == 200
         refused = send(url, order_info(account, 40))
@@ -139,9 +139,11 @@ def test_default_tx_type_limit_is_40_a_minute() -> None:
         assert nonce(url, account) == 40  # the refused tx used no nonce
 
 
-def test_rate_limit_is_off_by_default() -> None:
-    # Off until the workers read through WebSocket streams within budget (lighter_rules.py docstring).
+def test_rate_limit_is_on_by_default_and_the_easy_lighter_has_none() -> None:
+    # On as the venue behaves (Standard, 60 a minute per IP); LighterRules.easy() for REST-only tests.
     with serve(LighterRules()) as url:
+        assert [get(url, "/api/v1/orderBookDetails").status_code for _ in range(61)][-2:] == [200, 429]
+    with serve(LighterRules.easy()) as url:
         assert all(get(url, "/api/v1/orderBookDetails").status_code == 200 for _ in range(70))
 
 
@@ -190,7 +192,7 @@ def test_16_out_of_order_nonces_are_accepted_and_the_17th_refused() -> None:
     # crates/adapters/lighter/src/signing/nonce.rs DEFAULT_SKIP_WINDOW: "The venue accepts up to 16
     # out-of-order nonces per (account, api_key)"; UNCONFIRMED by the venue's own docs).
     account = next(_accounts)
-    with serve(LighterRules()) as url:
+    with serve(LighterRules(nonce_lag_ms=0)) as url:  # nextNonce read at once (the lag has its own test)
         for n in range(1, 17):
             assert send(url, order_info(account, n)).json()["code"] == 200
         refused = send(url, order_info(account, 17))
@@ -262,12 +264,14 @@ def test_xtb_sim_help_lists_the_lighter_tiers_and_options() -> None:
 def test_xtb_sim_options_build_the_lighter_rules() -> None:
     from venues.simulator.cli import build_lighter_rules
 
-    opts: dict[str, Any] = {"strict": False, "lighter_rate_limit": True, "lighter_tier": "standard",
+    opts: dict[str, Any] = {"lighter_rate_limit": True, "lighter_tier": "standard",
                             "lighter_account_tier": ("101=premium",), "lighter_nonce_lag_ms": 250.0,
                             "lighter_no_history_limit": False}
     rules = build_lighter_rules(opts)
     assert (rules.rate_limit, rules.tier(101), rules.tier(102), rules.nonce_lag_ms, rules.history) == (
         True, Tier.PREMIUM, Tier.STANDARD, 250.0, True)
-    assert LighterRules() == LighterRules(rate_limit=False, nonce_window=16, nonce_lag_ms=0, history=True)
+    # The venue as it behaves is the default; the easy Lighter is asked for by name.
+    assert LighterRules() == LighterRules(rate_limit=True, nonce_window=16, nonce_lag_ms=200, history=True)
+    assert (LighterRules.easy().rate_limit, LighterRules.easy().nonce_lag_ms) == (False, 0)
     with pytest.raises(ValueError, match="ACCOUNT_INDEX"):
         build_lighter_rules({**opts, "lighter_account_tier": ("101=gold",)})

@@ -337,7 +337,7 @@ def test_xtb_sim_starts_with_every_market_rule_on_and_each_switches_off() -> Non
     for needle in ("--fees / --no-fees", "--margin / --no-margin", "--liquidations / --no-liquidations",
                    "--rate-limit / --no-rate-limit", "--funding-secs", "--depth-levels", "--volatility"):
         assert needle in text, needle
-    opts: dict[str, Any] = {"strict": False, "depth_levels": 20, "depth_size": Decimal(5), "depth_jitter": Decimal(0),
+    opts: dict[str, Any] = {"depth_levels": 20, "depth_size": Decimal(5), "depth_jitter": Decimal(0),
                             "lighter_fee_tier": "standard", "fees": True, "funding_secs": None, "margin": True,
                             "liquidations": True, "volatility": Decimal("0.0005"), "jump_prob": Decimal(0),
                             "jump_size": Decimal("0.05"), "path_seed": None, "rate_limit": True}

@@ -173,9 +173,16 @@ def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: 
                     streams: bool = True) -> Deployment:
     """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults);
     ``step_grace_secs``: the config's ``[watchdog] step_grace_secs`` (None = the default 30 s);
-    ``lighter_rules``: the Lighter simulator's own rules (``lighter_rules.LighterRules``; tiers, rate limits);
-    ``streams=False``: every worker reads REST only (tests whose faults are REST's)."""
+    ``lighter_rules``: the Lighter simulator's own rules (``lighter_rules.LighterRules``; None = the
+    defaults: Standard-tier rate limits, nextNonce lag);
+    ``streams=False``: every worker reads REST only, unbudgeted (tests whose faults are REST's), against
+    the easy Lighter (``LighterRules.easy()``) unless ``lighter_rules`` says otherwise: polling REST
+    every 0.2-0.5 s is what the streams replaced, and it spends a Standard minute in seconds."""
+    from venues.simulator.lighter_rules import LighterRules
     from venues.simulator.server import SimulatorServer
+
+    if lighter_rules is None and not streams:
+        lighter_rules = LighterRules.easy()
 
     sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None, profile=profile,
                           lighter_rules=lighter_rules)

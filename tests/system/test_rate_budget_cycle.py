@@ -16,7 +16,7 @@ import pytest
 from tests.helpers.harness import Deployment, each_test_clean, run_xtb, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
-from venues.simulator.lighter_rules import LighterRules
+from venues.simulator.lighter_rules import LighterRules, Tier
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +27,9 @@ LIGHTER = {"lighter1": 101, "lighter2": 102}
 
 @pytest.fixture(scope="module")
 def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    yield from running_deployment(redis_server, tmp_path_factory.mktemp("budget"),
-                                  lighter_rules=LighterRules(rate_limit=True))
+    # The simulator's defaults: Standard tier, both Lighter accounts on 127.0.0.1, nextNonce lag.
+    assert LighterRules().rate_limit and LighterRules().default_tier is Tier.STANDARD
+    yield from running_deployment(redis_server, tmp_path_factory.mktemp("budget"))
 
 
 @pytest.fixture(autouse=True)

@@ -112,6 +112,7 @@ class LighterConnector(VenueConnector):
         self._rules: dict[str, MarketRules] = {}
         self._rest = LighterRest(self.base_url, timeout, account, budget)
         self._signer = LighterSigner(self.base_url, self.account_index, credentials, timeout, account, self._rest)
+        self._rest.auth = self._signer.auth_token
         self._loop = LoopThread(f"lighter-{account}")
         self._primed = Primed()
         self.live: LiveState | None = None
@@ -174,10 +175,7 @@ class LighterConnector(VenueConnector):
         return parse_top_of_book(body, symbol, time.time())
 
     async def _account(self) -> dict[str, Any]:
-        # Authenticated although the endpoint is public: an authenticated request counts against the
-        # account's L1 address only, not the IP both Lighter workers of a host share (docs/rate-limits).
-        body = await self._rest.get("/api/v1/account", {"by": "index", "value": self.account_index},
-                                    {"authorization": self._signer.auth_token()})
+        body = await self._rest.get("/api/v1/account", {"by": "index", "value": self.account_index})
         return find_account(body, self.account_index)
 
     def market_rules(self, symbol: str) -> MarketRules:
@@ -253,10 +251,7 @@ class LighterConnector(VenueConnector):
     async def _history(self, symbol: str, since_ms: int, until_ms: int) -> AccountHistory:
         rules = await self._market_rules(symbol)
 
-        async def get(path: str, params: dict[str, Any]) -> Any:
-            return await self._rest.get(path, params, {"authorization": self._signer.auth_token()})
-
-        return await read_history(get, self.account, self.account_index, market_index(rules), symbol,
+        return await read_history(self._rest.get, self.account, self.account_index, market_index(rules), symbol,
                                   since_ms, until_ms)
 
     def stream_version(self) -> int | None:
@@ -270,9 +265,8 @@ class LighterConnector(VenueConnector):
     # ---- order lookups -----------------------------------------------------------------------
     async def _lookup(self, client_id: int) -> dict[str, Any] | None:
         """The venue's order for ``client_id`` (accountOrders), or None when it has none."""
-        headers = {"authorization": self._signer.auth_token()}
         params = {"account_index": self.account_index, "client_order_indexes": client_id}
-        body = await self._rest.get("/api/v1/accountOrders", params, headers)
+        body = await self._rest.get("/api/v1/accountOrders", params)
         for order in parse_orders(body):
             if str(order.get("client_order_index")) == str(client_id):
                 return order
@@ -484,9 +478,8 @@ class LighterConnector(VenueConnector):
     async def _cancel_all(self, symbol: str) -> int:
         REQUEST_PRIORITY.set(RequestPriority.ORDER)
         rules = await self._market_rules(symbol)
-        headers = {"authorization": self._signer.auth_token()}
         params = {"account_index": self.account_index, "market_id": rules.market_id}
-        active = parse_orders(await self._rest.get("/api/v1/accountActiveOrders", params, headers))
+        active = parse_orders(await self._rest.get("/api/v1/accountActiveOrders", params))
         # Sent even when the read shows nothing: an order may be in flight and cancel-all is cheap.
         # The market index rides in L2TxAttributes (SDK 1.1.8); without it the tx is account-wide.
         await self._signer.send_cancel_all(market_index(rules), what=f"cancel_all {symbol} ({len(active)} open)")

@@ -7,7 +7,10 @@ fixtures hold, numbers are parsed as ``Decimal`` from their text, and every requ
 timeout. Transactions are signed by the SDK's Go library (:mod:`.native`) and posted here
 (``POST /api/v1/sendTx``, a urlencoded form, as ``TransactionApi.send_tx`` does).
 
-With a :class:`~venues.lighter.budget.LighterBudget`, every request first takes its share of the
+With ``auth`` (the signer's token, :meth:`LighterSigner.auth_token`) every GET is authenticated, public
+endpoints too: docs/rate-limits, "To bypass IP-based rate limits, clients can authenticate each
+request so that only L1-based rate limits apply", so the Lighter workers of one host do not share
+the IP's budget at all. With a :class:`~venues.lighter.budget.LighterBudget`, every request first takes its share of the
 account's rate budget (shared through Redis by every worker of the L1 address and the IP) and
 waits while the budget is spent; :data:`REQUEST_PRIORITY` says whether it is an order's
 (``ORDER``: the whole budget) or a read's (``READ``: leaves the orders' reserve).
@@ -18,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from contextvars import ContextVar
 from decimal import Decimal
 from typing import Any
@@ -53,6 +56,8 @@ class LighterRest:
         self.timeout = timeout
         self.account = account
         self.budget = budget
+        #: The account's auth token for every GET (set by the connector once its signer exists).
+        self.auth: Callable[[], str] | None = None
         #: Seconds spent waiting for the rate budget (diagnostics and the bench).
         self.budget_waited = 0.0
         self._session: aiohttp.ClientSession | None = None
@@ -69,6 +74,8 @@ class LighterRest:
                   headers: dict[str, str] | None = None) -> Any:
         """The decoded body of a 200 answer; VenueError for anything else (no ``code`` check here)."""
         clean = {k: str(v) for k, v in (params or {}).items() if v is not None}
+        if headers is None and self.auth is not None:
+            headers = {"authorization": self.auth()}
         await self._spend(path, authenticated=bool(headers and headers.get("authorization")) or "auth" in clean)
         return await self._request("GET", path, self._fetch(f"{self.base_url}{path}", clean, headers))
 

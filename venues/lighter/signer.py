@@ -11,7 +11,9 @@ This replaces ``lighter.SignerClient`` (lighter-sdk 1.1.8), whose import alone c
   other HTTP 400) rolls the nonce back by one; an HTTP 400 "invalid nonce" hard-refreshes it. Any
   other failure (429, 5xx, timeout, reset) may have consumed the nonce at the venue, so we resync
   before the next tx (the SDK left that to the caller; lighter-sdk.md §2 "Parsing and error
-  behaviour"). One lock around nonce, signature and send, as the SDK's per-key lock.
+  behaviour"). One lock around nonce, signature and send, as the SDK's per-key lock. nextNonce
+  lags an accepted tx (docs/nonce-management: it "will NOT update right away on the server side"),
+  so a read is never taken below the highest nonce the venue accepted from this signer.
 * **Send.** ``POST /api/v1/sendTx`` with the form fields ``tx_type`` and ``tx_info``.
 * **Retry.** :meth:`send` resyncs and retries ONCE on invalid nonce, with the same arguments.
 """
@@ -45,6 +47,10 @@ class Presigned:
     nonce: int
     tx: native.SignedTx
 
+# After an invalid-nonce refusal, nextNonce is read up to this many times this far apart while it
+# still shows the refused nonce (its lag is undocumented; the simulator's is 200 ms).
+_LAG_REREADS = 5
+_LAG_REREAD_SECS = 0.1
 # Auth tokens are valid for 10 minutes (create_auth_token_with_expiry default); renew at half-life.
 _AUTH_RENEW_SECS = native.AUTH_TOKEN_SECS / 2
 
@@ -65,6 +71,8 @@ class LighterSigner:
         self._client_ready = False
         #: The last nonce used (the SDK's optimistic ``nonce[key]``); None until fetched.
         self._nonce: int | None = None
+        #: The highest nonce the venue accepted from us: a lagging nextNonce read cannot go below it.
+        self._accepted: int | None = None
         self._lock: asyncio.Lock | None = None
         self._auth: tuple[str, float] | None = None
 
@@ -100,9 +108,14 @@ class LighterSigner:
         params = {"account_index": self.account_index, "api_key_index": self.api_key_index}
         body = check_ok(await self._rest.get("/api/v1/nextNonce", params), "nextNonce")
         try:
-            return int(str(body["nonce"]))
+            shown = int(str(body["nonce"]))
         except (KeyError, ValueError):
             raise VenueError(ReasonCode.BAD_RESPONSE, f"nextNonce without a nonce: {body!r:.120}") from None
+        if self._accepted is not None and shown <= self._accepted:
+            log.info("account=%s api_key_index=%d nextNonce %d lags our accepted nonce %d; using %d",
+                     self.account, self.api_key_index, shown, self._accepted, self._accepted + 1)
+            return self._accepted + 1
+        return shown
 
     async def _hard_refresh(self) -> None:
         """``async_hard_refresh_nonce``: the venue's next nonce becomes ours (stored as n - 1)."""
@@ -277,7 +290,7 @@ class LighterSigner:
             if exc.status != 400:
                 raise _Unknown(exc) from None  # 429/5xx/transport: the SDK propagates these, nonce consumed
             if exc.reason is ReasonCode.INVALID_NONCE:
-                await self._hard_refresh_or_forget()
+                await self._refresh_after_refusal()
             else:
                 self._rollback()
             raise
@@ -285,11 +298,22 @@ class LighterSigner:
         if error is not None:  # HTTP 200 with a business code: nothing applied, nonce unused
             self._rollback()
             raise error
+        self._accepted = self._nonce
         return body
 
-    async def _hard_refresh_or_forget(self) -> None:
+    async def _refresh_after_refusal(self) -> None:
+        # The venue refused our nonce as used (another writer, or a tx whose outcome we could not
+        # know), so its next nonce is past it: a nextNonce at or below it is still lagging; read again.
+        refused = self._nonce
         try:
-            await self._hard_refresh()
+            for _ in range(_LAG_REREADS):
+                shown = await self._fetch_next_nonce()
+                self._nonce = shown - 1
+                if refused is None or shown > refused:
+                    return
+                await asyncio.sleep(_LAG_REREAD_SECS)
+            log.warning("account=%s api_key_index=%d nextNonce still shows %d after refusing %d",
+                        self.account, self.api_key_index, shown, refused)
         except VenueError:
             self.forget_nonce()
 

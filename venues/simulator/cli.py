@@ -54,8 +54,8 @@ def build_profile(opts: dict[str, Any]) -> SimProfile:
 
 
 def build_lighter_rules(opts: dict[str, Any]) -> LighterRules:
-    """The LighterRules the ``--lighter-*`` options describe (``--strict`` switches the rate limit on)."""
-    base = LighterRules.strict() if opts["strict"] else LighterRules()
+    """The LighterRules the ``--lighter-*`` options describe (the defaults, then each option)."""
+    base = LighterRules()
     tiers: dict[int, Tier] = {}
     for item in opts["lighter_account_tier"]:
         account, sep, tier = item.partition("=")
@@ -63,7 +63,7 @@ def build_lighter_rules(opts: dict[str, Any]) -> LighterRules:
             raise ValueError(f"--lighter-account-tier {item!r}: expected ACCOUNT_INDEX=standard|premium")
         tiers[int(account)] = Tier(tier)
     lag = base.nonce_lag_ms if opts["lighter_nonce_lag_ms"] is None else opts["lighter_nonce_lag_ms"]
-    return replace(base, rate_limit=opts["lighter_rate_limit"] or base.rate_limit,
+    return replace(base, rate_limit=opts["lighter_rate_limit"],
                    default_tier=Tier(opts["lighter_tier"]), tiers=tiers, nonce_lag_ms=lag,
                    history=not opts["lighter_no_history_limit"])
 
@@ -71,7 +71,8 @@ def build_lighter_rules(opts: dict[str, Any]) -> LighterRules:
 def _lighter_options(command: Any) -> Any:
     """The Lighter-rule options of ``xtb sim`` (lighter_rules.py documents every rule and its source)."""
     options = [
-        click.option("--lighter-rate-limit/--no-lighter-rate-limit", default=False, show_default=True,
+        click.option("--lighter-rate-limit/--no-lighter-rate-limit", default=LighterRules().rate_limit,
+                     show_default=True,
                      help="Lighter: HTTP 429 past the account tier's budget (standard: 60 requests/min per IP "
                           "and per L1 address; premium: 24,000 weight/min), plus 40 txs/min per tx type."),
         click.option("--lighter-tier", type=click.Choice([t.value for t in Tier]), default="standard",
@@ -79,7 +80,8 @@ def _lighter_options(command: Any) -> Any:
         click.option("--lighter-account-tier", multiple=True, metavar="INDEX=TIER",
                      help="Lighter tier of one account index (repeatable), e.g. 281474976710654=premium."),
         click.option("--lighter-nonce-lag-ms", type=click.FloatRange(0), default=None,
-                     help="Lighter: nextNonce shows an accepted tx only after this many ms (default 0; --strict 200)."),
+                     help=f"Lighter: nextNonce shows an accepted tx only after this many ms "
+                          f"(default {LighterRules().nonce_lag_ms:g}; 0 = at once)."),
         click.option("--lighter-no-history-limit", is_flag=True,
                      help="Lighter: list every order in accountOrders (default: last 10K active, 1K inactive, 24 h)."),
     ]
@@ -116,8 +118,6 @@ def _market_options(command: Any) -> Any:
         click.option("--path-seed", type=int, default=None, help="Price path seed (default: --seed)."),
         click.option("--rate-limit/--no-rate-limit", default=DEFAULTS.backpack.rate_limit, show_default=True,
                      help="Backpack: HTTP 429 beyond 2000 requests a minute per API key."),
-        click.option("--strict", is_flag=True,
-                     help="Also the Lighter rules that are off by default (tier rate limits, 200 ms nextNonce lag)."),
     ]
     for option in reversed(options):
         command = option(command)
@@ -145,16 +145,18 @@ def sim(backpack_port: int, lighter_port: int, telegram_port: int, seed: int, la
         collateral: Decimal, price_tick_secs: float, fixed_prices: bool, **market: Any) -> None:
     """Run local Backpack, Lighter and Telegram servers (demo, tests, paper trading).
 
-    Market rules (venues/simulator/profile.py): a 20-level book is on by default; fees, funding,
-    margin refusals, liquidations, price jumps and the Backpack rate limit are off until switched on.
-    Lighter rules (venues/simulator/lighter_rules.py): account tiers standard (60 requests/min) and
-    premium (24,000 weight/min); the rate limit and the nextNonce lag are off; the order history
-    window, 16 out-of-order nonces and the reserved API key indexes 0-3 are on.
+    Every rule is on by default, as the venues behave; each option switches one off or tunes it.
+    Market rules (venues/simulator/profile.py): a 20-level book, fees, hourly funding, initial-margin
+    refusals, the liquidation engine and the Backpack rate limit (price jumps are off).
+    Lighter rules (venues/simulator/lighter_rules.py): the tier rate limits, standard (60 requests/min
+    per IP and per L1 address) or premium (24,000 weight/min), a 200 ms nextNonce lag, the order
+    history window, 16 out-of-order nonces and the reserved API key indexes 0-3.
 
     \b
     Example:
       xtb sim --backpack-port 0 --lighter-port 0 --telegram-port 0
-      xtb sim --fees --depth-levels 3 --depth-size 0.5 --funding-secs 60 --liquidations --jump-prob 0.01
+      xtb sim --depth-levels 3 --depth-size 0.5 --funding-secs 60 --jump-prob 0.01
+      xtb sim --no-lighter-rate-limit --lighter-nonce-lag-ms 0   # the easy Lighter of the REST-only tests
     """
     try:
         lighter_rules = build_lighter_rules(market)

@@ -6,9 +6,11 @@ cites its source; wording the sources do not give is marked UNCONFIRMED.
 
 What is on by default and why:
 
-* **Rate limits** (off): apidocs.lighter.xyz/docs/rate-limits. The workers poll every 0.2 s while
-  they confirm a position and every test account shares 127.0.0.1, so 60 requests a minute per IP
-  trips the project's normal flows at once; a later issue moves the workers to WebSocket streams.
+* **Rate limits** (on, Standard tier): apidocs.lighter.xyz/docs/rate-limits. Every simulated account
+  shares 127.0.0.1, as both Lighter workers of a host share its IP; the workers read positions, fills
+  and the book from their stream and keep REST within a budget shared through Redis, so a whole
+  cycle costs 6-8 requests per account. Tests of REST faults read REST only, every 0.2-0.5 s, and
+  take :meth:`LighterRules.easy`.
 * **Order history limits** (on): ``accountOrders``/``accountInactiveOrders`` list only the last 10K
   active and 1K inactive orders of the last 24 h (the issue's reading of the venue's accountOrders
   reference; the page text was not found in the references: UNCONFIRMED). The connector looks an id
@@ -18,10 +20,11 @@ What is on by default and why:
   out-of-order nonces per (account, api_key)"); a later revision of that file and api-evangelist's
   Lighter conventions say out-of-order nonces are refused without ``SkipNonce``, so UNCONFIRMED. The
   connector sends one tx at a time, so it never leaves a gap; ``nonce_window=0`` is the strict rule.
-* **nextNonce lag** (off, 0 ms): docs/nonce-management says an accepted tx's nonce "will NOT update
-  right away on the server side". The connector reads nextNonce when it has no nonce (a fresh worker,
-  after a timeout or an invalid nonce) and retries once, so a read inside the lag hands it a used
-  nonce twice and the order fails; off until the connector keeps its nonce across such reads.
+* **nextNonce lag** (on, 200 ms): docs/nonce-management says an accepted tx's nonce "will NOT update
+  right away on the server side"; the docs give no figure, 200 ms is this simulator's. The connector
+  never takes a nextNonce below a nonce the venue accepted from it (``LighterSigner``), so a read
+  inside the lag after its own tx costs nothing; after an outcome it cannot know (a timeout) a
+  lagging read may hand it a used nonce, which the venue refuses and the one retry re-reads.
 * **Reserved API key indexes** (on): docs/api-keys: "indexes {0,1,2,3} are reserved for desktop and
   mobile interfaces"; docs/production-checklist: "a dedicated API key index (4–254)".
 """
@@ -65,12 +68,12 @@ class LighterRules:
     """Every Lighter-only rule of the simulator (see the module docstring for defaults and why).
 
     Fields (defaults):
-      rate_limit = False              True: HTTP 429 ``{"code":23000,"message":"Too Many Requests!"}`` past the
+      rate_limit = True               HTTP 429 ``{"code":23000,"message":"Too Many Requests!"}`` past the
                                       budget of the request's bucket (the IP, or the L1 address when authenticated)
       default_tier = Tier.STANDARD    tier of every account not in ``tiers``
       tiers = {}                      account index → Tier, per simulated account (its L1 address)
       nonce_window = 16               nonces accepted ahead of the next one (0 = strict)
-      nonce_lag_ms = 0                how long nextNonce keeps showing a nonce an accepted tx used
+      nonce_lag_ms = 200              how long nextNonce keeps showing a nonce an accepted tx used
       history = True                  accountOrders/accountInactiveOrders list only the last ``active_history``
                                       active and ``inactive_history`` inactive orders of the last ``history_secs``
       active_history = 10000
@@ -79,11 +82,11 @@ class LighterRules:
       reserve_api_keys = True         refuse txs and key registrations for indexes below RESERVED_API_KEYS
     """
 
-    rate_limit: bool = False
+    rate_limit: bool = True
     default_tier: Tier = Tier.STANDARD
     tiers: dict[int, Tier] = field(default_factory=dict)
     nonce_window: int = 16
-    nonce_lag_ms: float = 0.0
+    nonce_lag_ms: float = 200.0
     history: bool = True
     active_history: int = 10_000
     inactive_history: int = 1_000
@@ -103,9 +106,10 @@ class LighterRules:
         return self.tiers.get(account, self.default_tier)
 
     @classmethod
-    def strict(cls) -> LighterRules:
-        """Every rule on, as the venue behaves (rate limits, a 200 ms nextNonce lag)."""
-        return cls(rate_limit=True, nonce_lag_ms=200.0)
+    def easy(cls) -> LighterRules:
+        """No rate limit and no nextNonce lag: for REST-only tests (their polls alone would spend a
+        Standard budget) and the latency bench (100 cycles back to back, past any tier)."""
+        return cls(rate_limit=False, nonce_lag_ms=0.0)
 
 
 class _Window:

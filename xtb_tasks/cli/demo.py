@@ -190,13 +190,24 @@ def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
         l2_index = str(settings.account(settings.group(group).lighter2).account_index)
         by_market = [e for e in demo.sim.exchange.liquidations
                      if (e.venue, e.account, e.cause) == ("lighter", l2_index, "engine")]
-        return summarize(demo, cycle_summary(CycleRecord(client, cycle_id)), hedged, texts, by_market)
+        return summarize(demo, cycle_summary(CycleRecord(client, cycle_id)), hedged, texts, by_market,
+                         lighter_requests(demo))
     finally:
         demo.stop()
 
 
+def lighter_requests(demo: Demo) -> dict[str, dict[str, int]]:
+    """The Lighter REST requests of the run, counted per rate-limit bucket as the venue counts them."""
+    counts: dict[str, dict[str, int]] = {}
+    for row in demo.sim.exchange.request_log("lighter"):
+        bucket = counts.setdefault(row["who"], {"requests": 0, "limited": 0})
+        bucket["requests"] += row["count"]
+        bucket["limited"] += row["limited"]
+    return counts
+
+
 def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: list[str],
-              by_market: list[Any]) -> dict[str, Any]:
+              by_market: list[Any], requests: dict[str, dict[str, int]]) -> dict[str, Any]:
     hedged_positions = hedged.get("positions") or {}
     net_after_entry = hedged_positions.get("net")
     step = Decimal((hedged.get("bp_rules") or {}).get("step_size") or "0.0001")
@@ -208,6 +219,7 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
         "reason_is_lighter2_zero": final.get("reason") == "lighter2_zero",
         "lighter2_liquidated_by_the_market": bool(by_market),
         "fees_and_funding_in_pnl": _paid(split, "fees") and _paid(split, "funding"),
+        "lighter_within_its_rate_limit": bool(requests) and all(c["limited"] == 0 for c in requests.values()),
         "alerts_delivered": any(t.startswith(COMPLETED_TEXT) for t in texts) and len(texts) >= len(EXPECTED_ALERTS),
         "bots_online_on_dashboard": len(demo.online_bots) >= len(demo.settings.accounts),
     }
@@ -219,7 +231,7 @@ def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: 
                   if isinstance(v, dict)},
         "positions_when_hedged": hedged_positions, "net_delta_when_hedged": net_after_entry,
         "positions_after_exit": final_positions, "pnl": final.get("pnl"), "pnl_split": final.get("pnl_split"),
-        "worst_net": final.get("worst_net"),
+        "worst_net": final.get("worst_net"), "lighter_requests": requests,
         "liquidations": [{"account": e.account, "quantity": str(e.quantity), "price": f"{e.price:.2f}",
                           "cause": e.cause} for e in by_market],
         "stage_times": final.get("stage_times"), "telegram_messages": texts,
@@ -251,6 +263,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     for line in report_lines({"pnl": summary["pnl"], "pnl_split": summary.get("pnl_split"),
                               "worst_net": summary.get("worst_net")}):
         click.echo(line)
+    requests = ", ".join(f"{who} {c['requests']} ({c['limited']} answered 429)"
+                         for who, c in sorted(summary["lighter_requests"].items()))
+    click.echo(f"Lighter REST requests (Standard tier, 60 a minute each): {requests}")
     click.echo("Telegram (stand-in) received:")
     for text in summary["telegram_messages"]:
         click.echo(f"  - {text}")
