@@ -20,6 +20,7 @@ request log (``/_sim/requests``, counted as the venue counts):
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import shutil
@@ -50,7 +51,8 @@ def _delta(after: dict[str, dict[str, int]], before: dict[str, dict[str, int]], 
 def _one_cycle(dep: Deployment, monitor_secs: float) -> tuple[dict[str, Any], dict[str, Any], dict[str, int]]:
     before = dep.lighter_requests()
     cycle_id = dep.start_cycle()
-    dep.wait_stage(cycle_id, "monitoring", timeout=60)
+    if dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60).get("stage") == "done":
+        return dep.record(cycle_id), {"before": before, "after": dep.lighter_requests()}, {}  # failed entering
     monitored: dict[str, int] = {}
     if monitor_secs:
         at_start = dep.lighter_requests()
@@ -58,8 +60,9 @@ def _one_cycle(dep: Deployment, monitor_secs: float) -> tuple[dict[str, Any], di
         at_end = dep.lighter_requests()
         monitored = {role: _delta(at_end, at_start, who, "requests") for role, who in LIGHTER.items()}
     dep.liquidate_lighter(102)
-    dep.wait_done(cycle_id, timeout=90)
-    wait_until(lambda: dep.record(cycle_id).get("pnl_split") is not None, timeout=60, what="the PnL split")
+    done = dep.wait_done(cycle_id, timeout=90)
+    if done.get("outcome") == "flat":
+        wait_until(lambda: dep.record(cycle_id).get("pnl_split") is not None, timeout=60, what="the PnL split")
     return dep.record(cycle_id), {"before": before, "after": dep.lighter_requests()}, monitored
 
 
@@ -107,10 +110,13 @@ def measure_budget(out: dict[str, Any], *, cycles: int, monitor_secs: float, con
     out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
-def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float, confirms: int) -> None:
+def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float, confirms: int,
+                       rest_only: bool = False) -> None:
+    """``rest_only``: the workers as they were before the streams (REST only, no budget), against the
+    same rate-limited venue; no push confirmations (there is no stream)."""
     tmp = Path(tempfile.mkdtemp(prefix="xtb-bench-budget-"))
     redis_server = start_redis_server(tmp / "redis")
-    dep = make_deployment(tmp, redis_server.url, start_worker, lighter_rules=LighterRules())
+    dep = make_deployment(tmp, redis_server.url, start_worker, lighter_rules=LighterRules(), streams=not rest_only)
     try:
         dep.start_workers()
         per_cycle: dict[str, list[int]] = {role: [] for role in LIGHTER}
@@ -129,13 +135,15 @@ def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float,
                     latencies.append((float(done) - float(confirm["read_at"])) * 1000)
             if monitored:
                 per_minute = {role: round(n * 60.0 / monitor_secs, 1) for role, n in monitored.items()}
+            out.setdefault("outcomes", []).append(f'{record.get("outcome")} {record.get("reason")}')
         out["lighter_rest_requests_per_cycle"] = {role: {"max": max(v), "mean": round(sum(v) / len(v), 1), "n": len(v)}
                                                   for role, v in per_cycle.items()}
         out["lighter_rest_requests_per_monitor_minute"] = per_minute
         out["lighter_monitor_secs_measured"] = monitor_secs
         out["http_429_per_cycle"] = round(sum(limited) / max(len(limited), 1), 2)
         out["confirm_latency_in_cycle_ms"] = measure.p50_p99(latencies)
-        out["confirm_latency_stream_ms"] = measure.p50_p99(_push_confirm_latency(dep, confirms))
+        if not rest_only:
+            out["confirm_latency_stream_ms"] = measure.p50_p99(_push_confirm_latency(dep, confirms))
     finally:
         teardown(dep)
         stop_redis_server(redis_server)
@@ -143,6 +151,14 @@ def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float,
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(prog="python -m bench.budget_bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("cycles", type=int, nargs="?", default=5)
+    parser.add_argument("monitor_secs", type=float, nargs="?", default=60.0)
+    parser.add_argument("confirms", type=int, nargs="?", default=60)
+    parser.add_argument("--rest-only", action="store_true",
+                        help="the workers as before the streams (REST only, no budget): the 'before' figures")
+    args = parser.parse_args()
     figures: dict[str, Any] = {}
-    measure_in_process(figures, cycles=int(sys.argv[1]), monitor_secs=float(sys.argv[2]), confirms=int(sys.argv[3]))
+    measure_in_process(figures, cycles=args.cycles, monitor_secs=args.monitor_secs, confirms=args.confirms,
+                       rest_only=args.rest_only)
     print(json.dumps(figures))

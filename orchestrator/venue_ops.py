@@ -285,4 +285,4 @@ def confirmation(reading: PositionReading, baseline: Decimal, expected_sign: int
     delta = reading.quantity - baseline
     threshold = max(requested * min_fraction, Decimal("0.000001"))
     return {"confirmed": delta * expected_sign > threshold, "position": str(reading.quantity),
-            "delta": str(delta), "read_at": reading.read_at}
+            "delta": str(delta), "read_at": reading.read_at, "source": reading.source}

@@ -140,6 +140,16 @@ class Deployment:
                     out["backpack"] = pos.quantity if pos else Decimal(0)
         return out
 
+    def fresh_rate_minute(self) -> None:
+        """Every Lighter rate window empty, at the venue and in the workers' budget, as a minute without
+        requests would leave them: a test starts with the budget a scenario of its own would have,
+        not what the test before it spent (its own requests still count as the venue counts them)."""
+        self.admin("lighter", "lighter/limits/reset", {})
+        client = self.client
+        keys = list(client.scan_iter("xtb:budget:*"))
+        if keys:
+            client.delete(*keys)
+
     def liquidate_lighter(self, index: int) -> None:
         self.admin("lighter", "liquidate", {"venue": "lighter", "account": str(index), "base": "ETH"})
 
@@ -214,13 +224,16 @@ def running_deployment(redis_server: RedisServer, tmp: Path, *, params: dict[str
     teardown(deployment)
 
 
-def each_test_clean(dep: Deployment) -> Iterator[None]:
-    """The body of an autouse fixture (``yield from``): no fault armed before or after the test, what
-    it left active unwound, and no client id that produced two venue orders."""
+def each_test_clean(dep: Deployment, unwind_timeout: float = 60) -> Iterator[Deployment]:
+    """The body of a per-test fixture (``yield from``; it yields ``dep``): no fault armed before or
+    after the test, a fresh rate-limit minute, the books restored, what it left active unwound, and
+    no client id that produced two venue orders."""
     dep.sim.exchange.clear_faults()
-    yield
+    dep.fresh_rate_minute()
+    yield dep
+    dep.admin("lighter", "depth", {"reset": True})  # a test may have thinned a book
     dep.sim.exchange.clear_faults()
-    dep.unwind_leftovers()
+    dep.unwind_leftovers(timeout=unwind_timeout)
     assert dep.duplicate_client_ids() == [], "a client id produced two venue orders"
 
 

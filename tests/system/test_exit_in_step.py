@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.faults import STEP, venue_flat, venue_hedged
-from tests.helpers.harness import Deployment, running_deployment
+from tests.helpers.harness import Deployment, each_test_clean, running_deployment
 from tests.helpers.services import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -32,12 +32,7 @@ def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture
 def clean(dep: Deployment) -> Iterator[Deployment]:
-    dep.sim.exchange.clear_faults()
-    yield dep
-    dep.admin("lighter", "depth", {"reset": True})
-    dep.sim.exchange.clear_faults()
-    dep.unwind_leftovers(timeout=120)
-    assert dep.duplicate_client_ids() == [], "a client id produced two venue orders"
+    yield from each_test_clean(dep, unwind_timeout=120)
     assert venue_flat(dep), dep.positions()
 
 

@@ -22,7 +22,7 @@ import redis
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.relay import pending_delivery
 from tests.helpers.faults import STEP, cycle_alerts, poll, venue_flat, venue_hedged
-from tests.helpers.harness import Deployment, make_deployment, running_deployment, teardown
+from tests.helpers.harness import Deployment, each_test_clean, make_deployment, running_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import free_port, wait_until
 from venues.simulator.telegram import TelegramServer, TelegramState
@@ -40,11 +40,7 @@ def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture
 def clean(dep: Deployment) -> Iterator[Deployment]:
-    dep.sim.exchange.clear_faults()
-    yield dep
-    dep.sim.exchange.clear_faults()
-    dep.unwind_leftovers(timeout=90)
-    assert dep.duplicate_client_ids() == [], "a client id produced two venue orders"
+    yield from each_test_clean(dep, unwind_timeout=90)
     assert venue_flat(dep), dep.positions()
 
 

@@ -28,7 +28,7 @@ def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
 
 
 @pytest.fixture(autouse=True)
-def clean_slate(dep: Deployment) -> Iterator[None]:
+def clean_slate(dep: Deployment) -> Iterator[Deployment]:
     yield from each_test_clean(dep)
 
 

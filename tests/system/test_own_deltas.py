@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.helpers.faults import STEP, cycle_alerts, venue_flat
-from tests.helpers.harness import Deployment, run_xtb, running_deployment
+from tests.helpers.harness import Deployment, each_test_clean, run_xtb, running_deployment
 from tests.helpers.services import RedisServer
 
 pytestmark = pytest.mark.slow
@@ -30,12 +30,10 @@ def dep(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture
 def clean(dep: Deployment) -> Iterator[Deployment]:
-    yield dep
-    dep.unwind_leftovers(timeout=90)
-    for account in ("backpack", "lighter1", "lighter2"):
+    yield from each_test_clean(dep, unwind_timeout=90)
+    for account in ("backpack", "lighter1", "lighter2"):  # the positions a test held before its cycle
         run_xtb(dep, "flatten", "--account", account)
     assert venue_flat(dep), dep.positions()
-    assert dep.duplicate_client_ids() == [], "a client id produced two venue orders"
 
 
 def _held(dep: Deployment) -> dict[str, Decimal]:

@@ -109,6 +109,7 @@ def create_lighter_app(exchange: Exchange, rules: LighterRules | None = None) ->
     app.router.add_post("/api/v1/sendTxBatch", txs.send_tx_batch)
     app.router.add_post("/_sim/lighter/apikey", txs.register_api_key)
     app.router.add_post("/_sim/lighter/clock", txs.advance_clock)
+    app.router.add_post("/_sim/lighter/limits/reset", txs.reset_limits)
     app.router.add_get("/stream", hub.handle)
     app[POSITION_HOOK] = hub.position_hook
     LighterReads(state, gate).register(app)
@@ -221,6 +222,12 @@ class _TxRoutes:
             return web.json_response({"ok": False, "error": "advance_secs must be 0..10 years"}, status=400)
         self.state.clock_offset_ms += secs * 1000
         return web.json_response({"ok": True, "offset_secs": self.state.clock_offset_ms / 1000})
+
+    async def reset_limits(self, _request: web.Request) -> web.Response:
+        """Admin: every rate-limit window emptied, as a minute without requests would leave them (the
+        venue's clock stays where it is); answers ``{"ok": true, "buckets": n}``, the windows dropped."""
+        dropped = 0 if self.state.limiter is None else self.state.limiter.reset()
+        return web.json_response({"ok": True, "buckets": dropped})
 
 
 def _parse_key_registration(body: object) -> tuple[int, int, str]:

@@ -152,6 +152,12 @@ class RateLimiter:
             window.hits.append((now, cost, endpoint))
         return fits
 
+    def reset(self) -> int:
+        """Forget every bucket's hits (a fresh minute); the number of buckets dropped."""
+        dropped = len(self._windows)
+        self._windows.clear()
+        return dropped
+
     def allow_send(self, l1: str, tier: Tier) -> bool:
         """sendTx/sendTxBatch: Premium's own 4000/min bucket at the L1 address, Standard's 60 (docs)."""
         if tier is Tier.PREMIUM:

@@ -276,11 +276,14 @@ class LighterWsHub:
                 self.on_account_event(account, [], [])
 
     def _take_drop_faults(self) -> None:
+        # One drop per tick per account: a count of N cuts the connections N times, each time the
+        # client has reconnected (a stream down for a while), not N times in one tick.
         if not self.conns:
             return  # keep the fault armed until there is a connection to drop
         ex = self.state.exchange
         for key in [str(a) for a in sorted({a for c in self.conns for a in c.accounts})] + [""]:
-            while (fault := ex.take_fault(VENUE, "ws", account=key, kinds=(FaultKind.DROP_WS,))) is not None:
+            fault = ex.take_fault(VENUE, "ws", account=key, kinds=(FaultKind.DROP_WS,))
+            if fault is not None:
                 self.drop(fault.account)
 
     async def _run(self) -> None:
