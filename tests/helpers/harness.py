@@ -155,12 +155,7 @@ class Deployment:
 
     def lighter_requests(self) -> dict[str, dict[str, int]]:
         """Lighter REST requests per ``who`` (``account:<index>``, ``ip:<address>``): total and 429s."""
-        out: dict[str, dict[str, int]] = {}
-        for row in self.sim.exchange.request_log("lighter"):
-            counts = out.setdefault(row["who"], {"requests": 0, "limited": 0})
-            counts["requests"] += row["count"]
-            counts["limited"] += row["limited"]
-        return out
+        return self.sim.exchange.request_totals("lighter")
 
     def audit(self) -> list[dict[str, Any]]:
         return [entry.to_json() for entry in list(self.sim.exchange.audit)]

@@ -151,6 +151,15 @@ class Exchange:
             return [{"venue": v, "who": w, "endpoint": e, "count": c, "limited": n}
                     for (v, w, e), (c, n) in sorted(self.requests.items()) if venue in (None, v)]
 
+    def request_totals(self, venue: str) -> dict[str, dict[str, int]]:
+        """One venue's requests per ``who`` (its rate-limit bucket), all endpoints: total and 429s."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.request_log(venue):
+            counts = out.setdefault(row["who"], {"requests": 0, "limited": 0})
+            counts["requests"] += row["count"]
+            counts["limited"] += row["limited"]
+        return out
+
     # ---- accounts ---------------------------------------------------------------------------
     def account(self, venue: str, key: str, collateral: Decimal | None = None) -> SimAccount:
         with self.lock:

@@ -191,19 +191,9 @@ def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
         by_market = [e for e in demo.sim.exchange.liquidations
                      if (e.venue, e.account, e.cause) == ("lighter", l2_index, "engine")]
         return summarize(demo, cycle_summary(CycleRecord(client, cycle_id)), hedged, texts, by_market,
-                         lighter_requests(demo))
+                         demo.sim.exchange.request_totals("lighter"))
     finally:
         demo.stop()
-
-
-def lighter_requests(demo: Demo) -> dict[str, dict[str, int]]:
-    """The Lighter REST requests of the run, counted per rate-limit bucket as the venue counts them."""
-    counts: dict[str, dict[str, int]] = {}
-    for row in demo.sim.exchange.request_log("lighter"):
-        bucket = counts.setdefault(row["who"], {"requests": 0, "limited": 0})
-        bucket["requests"] += row["count"]
-        bucket["limited"] += row["limited"]
-    return counts
 
 
 def summarize(demo: Demo, final: dict[str, Any], hedged: dict[str, Any], texts: list[str],
