@@ -113,14 +113,8 @@ class Bench:
         return {name: w for name, w in self.workers.items() if name != ORCHESTRATOR}
 
     def close(self) -> None:
-        # SIGTERM every worker first so their warm shutdowns overlap, then wait for (or kill) each.
-        for worker in self.workers.values():
-            with contextlib.suppress(Exception):
-                if worker.alive():
-                    worker.proc.terminate()
-        for worker in self.workers.values():
-            with contextlib.suppress(Exception):
-                worker.stop()
+        with contextlib.suppress(Exception):
+            self.dep.stop()  # every worker started here is in dep.workers too
         self.workers.clear()
         with contextlib.suppress(Exception):
             self.sim.stop()

@@ -53,6 +53,10 @@ class Deployment:
                                                   redis_url=self.redis_url, log_dir=self.tmp)
 
     def stop(self) -> None:
+        # SIGTERM every worker first so that their warm shutdowns overlap, then wait for (or kill) each.
+        for worker in self.workers.values():
+            if worker.alive():
+                worker.proc.terminate()
         for worker in self.workers.values():
             worker.stop()
 
