@@ -33,7 +33,7 @@ from venues.lighter.history import parse_trade, read_history
 from venues.simulator.profile import LIGHTER_PREMIUM, SimProfile
 from venues.simulator.server import SimulatorServer
 
-# Trades as published, copied from /work/shared/fixtures/lighter.json so the suite is self-contained.
+# Trades as published, copied from tests/fixtures/lighter.json so the suite is self-contained.
 # ws_update_account_all_trades_nautilus (account 1234) and trades_account_testnet_ccxt (account 1077).
 NAUTILUS_TRADE: dict[str, Any] = json.loads("""{
     "trade_id": 19209006902, "trade_id_str": "19209006902", "tx_hash": "000000128b1ee814", "type": "trade",

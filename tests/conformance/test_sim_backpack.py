@@ -32,7 +32,7 @@ DOC_TS = 1735689600000
 DOC_BODY = {"symbol": ETH, "side": "Bid", "orderType": "Market", "quantity": "0.01", "clientId": 12345,
             "reduceOnly": False}
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}$")
-# Key sets of the captured shapes in /work/shared/fixtures/backpack.json.
+# Key sets of the captured shapes in tests/fixtures/backpack.json.
 MARKET_ORDER_KEYS = {
     "clientId", "createdAt", "executedQuantity", "executedQuoteQuantity", "id", "orderType", "quantity",
     "quoteQuantity", "reduceOnly", "relatedOrderId", "selfTradePrevention", "side", "status", "stopLossLimitPrice",

@@ -768,7 +768,7 @@ def test_state_is_consistent_after_fuzzing(sim: Sim, keypair: tuple[str, str]) -
 
 VALID_STATUSES = {"open", "filled", "canceled", "canceled-reduce-only", "canceled-post-only", "canceled-expired",
                   "canceled-too-much-slippage", "canceled-not-enough-liquidity", "canceled-margin-not-allowed"}
-# Key sets of the captured bodies in /work/shared/fixtures/lighter.json (copied so the suite is
+# Key sets of the captured bodies in tests/fixtures/lighter.json (copied so the suite is
 # self-contained): the simulator must send at least these fields.
 CAPTURED_DETAIL_KEYS = {
     "symbol", "market_id", "market_type", "base_asset_id", "quote_asset_id", "status", "taker_fee",

@@ -1,21 +1,21 @@
-"""The captured venue responses in ``shared/fixtures`` (beside the project), read from one place."""
+"""The captured venue responses in ``tests/fixtures`` (provenance in its README), read from one place."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.support import ROOT
 
-#: ``$XTB_FIXTURES_DIR`` wins; else ``shared/fixtures`` next to the checkout (as CI lays it out).
-FIXTURES_DIR = Path(os.environ.get("XTB_FIXTURES_DIR", ROOT.parent / "shared" / "fixtures"))
+#: Inside the repository, so a clone with nothing beside it runs every parser test.
+FIXTURES_DIR = ROOT / "tests" / "fixtures"
 
 
 def fixture_path(name: str) -> Path:
-    """The path of ``name`` (``backpack.json``, ``lighter.json``); skips the test, saying why, when absent."""
+    """The path of ``name`` (``backpack.json``, ``lighter.json``); a missing file fails the test, saying which."""
     path = FIXTURES_DIR / name
-    if not path.exists():
-        pytest.skip(f"captured venue fixtures not found at {path} (set XTB_FIXTURES_DIR to the shared/fixtures folder)")
+    if not path.is_file():
+        pytest.fail(f"captured venue fixture {name} is missing from {FIXTURES_DIR} (it is part of the repository: "
+                    f"restore it with git checkout -- tests/fixtures/{name})", pytrace=False)
     return path

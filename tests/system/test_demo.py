@@ -11,21 +11,28 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers.services import ROOT
-from tests.helpers.support import free_port
+from tests.helpers.services import ROOT, start_redis_server, stop_redis_server
 
 
 def test_demo_runs_the_main_job_and_leaves_nothing_behind(tmp_path: Path) -> None:
     env = dict(os.environ)
     env.pop("REDIS_URL", None)  # the demo must work on the embedded default
     env.pop("XTB_CONFIG", None)
-    env.update({"XTB_DATA_DIR": str(tmp_path / "data"), "XTB_EMBEDDED_REDIS_PORT": str(free_port()),
+    # Another checkout's embedded Redis holds the preferred port: the demo takes a free one of its own.
+    other = start_redis_server(tmp_path / "other-checkout" / "redis")
+    other.client().set("owner", "other-checkout")
+    env.update({"XTB_DATA_DIR": str(tmp_path / "data"), "XTB_EMBEDDED_REDIS_PORT": str(other.port),
                 "PYTHONWARNINGS": "ignore::DeprecationWarning"})
     started = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "demo", "--json"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "demo", "--json"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=180)
+        assert other.client().get("owner") == "other-checkout" and other.client().dbsize() == 1
+    finally:
+        stop_redis_server(other)
     elapsed = time.monotonic() - started
     assert proc.returncode == 0, proc.stderr[-4000:]
+    assert f"127.0.0.1:{other.port} is in use by another embedded Redis" in proc.stderr, proc.stderr[-4000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["ok"] is True, summary["checks"]
     assert summary["checks"]["hedged_after_cycle"] and summary["checks"]["flat_after_exit"]

@@ -1,5 +1,5 @@
 """Pure parts of the Backpack connector: signing (backpack-api.md §1.4 vectors), credentials,
-and the parsers against every captured body in /work/shared/fixtures/backpack.json."""
+and the parsers against every captured body in tests/fixtures/backpack.json."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Pure parsers: Lighter JSON (or the SDK's model objects) → :mod:`venues.base` types.
 
-Every body in ``/work/shared/fixtures/lighter.json`` must parse. Lighter mixes JSON numbers and
+Every body in ``tests/fixtures/lighter.json`` must parse. Lighter mixes JSON numbers and
 strings for amounts, so every amount goes through ``Decimal(str(x))``. Unknown order statuses
 raise instead of mapping to OPEN (original bug §8.4).
 """

@@ -1,6 +1,6 @@
 """Backpack wire shapes: markets, orders, fills and positions (backpack-api.md §2.3–2.5, §3.3–3.4).
 
-Serialisers here reproduce the captured shapes in ``/work/shared/fixtures/backpack.json``: REST
+Serialisers here reproduce the captured shapes in ``tests/fixtures/backpack.json``: REST
 decimals as strings, unset optionals as ``null`` (§2.3), ``createdAt`` int ms on order endpoints but
 a naive ISO string on the history endpoints, WS order types upper case, position values strings.
 """

@@ -1,6 +1,6 @@
 """JSON views of the simulated Lighter venue, shaped like the captured responses.
 
-Field sets follow ``/work/shared/fixtures/lighter.json`` (orderBookDetails, account, positions,
+Field sets follow ``tests/fixtures/lighter.json`` (orderBookDetails, account, positions,
 orderBookOrders); ints stay JSON numbers and amounts JSON strings, because the SDK does not
 coerce types (lighter-sdk.md §2 "Types are not coerced").
 """

@@ -89,19 +89,28 @@ def config_show(ctx: click.Context) -> None:
 
 
 @click.command("redis")
-@click.option("--port", type=int, default=None, help="Port (default: $XTB_EMBEDDED_REDIS_PORT or 16379).")
+@click.option("--port", type=int, default=None,
+              help="Port (default: $XTB_EMBEDDED_REDIS_PORT or 16379, a free one when that is in use).")
 def redis_command(port: int | None) -> None:
-    """Run the embedded Redis in the foreground (data in ./.xtb/redis, append-only file).
+    """Run this checkout's embedded Redis in the foreground (data in ./.xtb/redis, append-only file).
+
+    The port it takes is recorded in the data directory, so the other commands of this checkout
+    (workers, cycle, status) find it.
 
     \b
     Example:
-      xtb redis --port 16379
+      xtb redis
+      xtb redis --port 16380
     """
-    from xtb_tasks.core.redis_conn import data_dir, embedded_port, server_args
+    from xtb_tasks.cli import UserError
+    from xtb_tasks.core.redis_conn import claim_embedded_port, embedded_answers, embedded_dir, embedded_url, server_args
 
-    directory = data_dir() / "redis"
-    directory.mkdir(parents=True, exist_ok=True)
-    args = server_args(port or embedded_port(), directory)
+    directory = embedded_dir()
+    if embedded_answers():
+        raise UserError(f"this checkout's embedded Redis already runs at {embedded_url()} (data in {directory})")
+    port = claim_embedded_port(port)
+    click.echo(f"embedded Redis on redis://127.0.0.1:{port}/0 (data in {directory})", err=True)
+    args = server_args(port, directory)
     os.execv(args[0], args)
 
 

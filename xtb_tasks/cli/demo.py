@@ -96,7 +96,9 @@ class Demo:
         except RuntimeError as exc:
             raise UserError(f"simulators could not start ({exc}); is another demo or `xtb sim` running?") from None
         self.say(f"simulators up: {json.dumps(self.sim.urls)}")
-        self.procs = ProcessSet(self.settings)
+        self.procs = ProcessSet(self.settings, start_redis=True)
+        # The Celery app this process imports later publishes to the same Redis as the workers.
+        os.environ["REDIS_URL"] = self.procs.redis_url
         self.say(f"redis at {self.procs.redis_url}" + (" (embedded, started now)" if self.procs.owns_redis else ""))
         self.procs.start_workers()
         xtb = [sys.executable, "-m", "xtb_tasks.cli"]

@@ -19,14 +19,7 @@ from types import TracebackType
 
 from xtb_tasks.core.config import Settings
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, worker_argv
-from xtb_tasks.core.redis_conn import (
-    configured_url,
-    data_dir,
-    embedded_url,
-    ensure_embedded_redis,
-    ping,
-    stop_embedded_redis,
-)
+from xtb_tasks.core.redis_conn import configured_url, data_dir, ensure_embedded_redis, resolve_redis_url, stop_embedded_redis
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +38,21 @@ MAX_RESTARTS = 5
 
 
 class ProcessSet:
-    """A group of subprocesses sharing one config and one Redis."""
+    """A group of subprocesses sharing one config and one Redis.
+
+    ``start_redis``: with no Redis configured, start this checkout's embedded one (the demo) rather
+    than require one that already answers (``xtb workers``)."""
 
     def __init__(self, settings: Settings, *, log_dir: Path | None = None,
-                 extra_env: dict[str, str] | None = None) -> None:
+                 extra_env: dict[str, str] | None = None, start_redis: bool = False) -> None:
         self.settings = settings
-        self.redis_url = configured_url(settings) or embedded_url()
         # Stop the embedded Redis on exit only if this process set started it.
-        self.owns_redis = configured_url(settings) is None and not ping(self.redis_url)
-        if configured_url(settings) is None:
-            ensure_embedded_redis()
+        self.owns_redis = False
+        if start_redis and configured_url(settings) is None:
+            embedded = ensure_embedded_redis()
+            self.redis_url, self.owns_redis = embedded.url, embedded.started
+        else:
+            self.redis_url = resolve_redis_url(settings)
         self.log_dir = log_dir or (data_dir() / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ)

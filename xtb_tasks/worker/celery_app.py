@@ -16,7 +16,7 @@ from kombu import Exchange, Queue
 from xtb_tasks.core.config import ConfigError, Settings, config_path, load_settings
 from xtb_tasks.core.cycle_record import set_step_grace
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, WATCHDOG_INTERVAL_SECS
-from xtb_tasks.core.redis_conn import configured_url, embedded_url, ensure_embedded_redis
+from xtb_tasks.core.redis_conn import RedisUnavailable, configured_url, embedded_url, resolve_redis_url
 from xtb_tasks.worker.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,13 @@ def beat_schedule(settings: Settings | None) -> dict[str, Any]:
     return schedule
 
 
+def _require_embedded_redis(**_: Any) -> None:
+    try:
+        resolve_redis_url(None)
+    except RedisUnavailable as exc:
+        raise SystemExit(f"error: redis: {exc}") from None
+
+
 def create_app() -> Celery:
     settings = load_app_settings()
     celery_app = Celery("xtb_tasks")
@@ -130,11 +137,11 @@ def create_app() -> Celery:
     celery_app.conf.update(celery_settings(settings, url or embedded_url()))
     celery_app.conf.beat_schedule = beat_schedule(settings)
     if url is None:
-        # Importing the app must not start servers; a worker with nothing configured starts the
-        # embedded Redis before it connects.
+        # A worker with nothing configured runs on this checkout's embedded Redis, which it never
+        # starts (`xtb redis` or `xtb demo` does): with none answering it stops with one line.
         from celery.signals import worker_init
 
-        worker_init.connect(lambda **_: ensure_embedded_redis(), weak=False)
+        worker_init.connect(_require_embedded_redis, weak=False)
     extra = [m for m in os.environ.get("XTB_TASK_MODULES", "").split(",") if m]
     celery_app.conf.include = [*TASK_MODULES, *extra]
     celery_app.xtb_settings = settings
