@@ -65,8 +65,8 @@ class WatchmanConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw
     alert_repeat_secs: Annotated[Annotated[float, Meta(ge=1.0, le=86400.0)], doc(
         "while a trigger lasts its alert is repeated this often")] = 300.0
     redis_url: Annotated[str | None, doc(
-        "the cluster's Redis, read for heartbeats only (default: [redis] url, then $REDIS_URL; none: "
-        "the cluster counts as unreachable)")] = None
+        "the cluster's Redis, read for heartbeats only (default: $REDIS_URL, then [redis] url, then the "
+        "embedded Redis's URL); unreachable counts as the cluster gone")] = None
     telegram: Annotated[TelegramConfig, doc(
         "the watchman's own Telegram path ([watchman.telegram], the keys of [telegram]; token and chat "
         "from $XTB_WATCHMAN_TELEGRAM_BOT_TOKEN / $XTB_WATCHMAN_TELEGRAM_CHAT_ID)")] = WATCHMAN_TELEGRAM
