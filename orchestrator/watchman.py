@@ -85,6 +85,8 @@ class GroupWatch:
         self.triggered_at: float | None = None
         self.alerted_at: float | None = None
         self.unwinding_done = False
+        #: Unwinds started since the trigger began (the first one is announced).
+        self.unwind_attempts = 0
 
     def judge(self, read: GroupRead, silent: dict[str, float], redis_error: str | None, now: float) -> Verdict:
         if read.out_of_step:
@@ -96,6 +98,7 @@ class GroupWatch:
             cleared = self.alerted_at is not None
             self.triggered_at = self.alerted_at = None
             self.unwinding_done = False
+            self.unwind_attempts = 0
             return Verdict([f"WATCHMAN group {self.group.name}: no trigger left; positions {read.describe()}"] if cleared else [],
                            False)
         self.triggered_at = self.triggered_at if self.triggered_at is not None else now
@@ -154,16 +157,23 @@ class Watchman:
         self.probe.poll()
         self.pager.flush()
         for venues in self.venues:
-            read = self._read(venues)
-            if read is None:
-                continue
-            now = self.clock()
-            watch = self.watches[venues.group.name]
-            verdict = watch.judge(read, self.probe.silent_for(group_bots(venues.group), now), self.probe.error, now)
-            for text in verdict.alerts:
-                self.pager.send(text)
-            if verdict.unwind:
-                self._unwind(venues, watch)
+            try:
+                self._watch(venues)
+            except Exception:
+                # The one process that watches must outlive any one group's failure; the next tick reads again.
+                log.exception("watchman group=%s: this tick failed", venues.group.name)
+
+    def _watch(self, venues: GroupVenues) -> None:
+        read = self._read(venues)
+        if read is None:
+            return
+        now = self.clock()
+        watch = self.watches[venues.group.name]
+        verdict = watch.judge(read, self.probe.silent_for(group_bots(venues.group), now), self.probe.error, now)
+        for text in verdict.alerts:
+            self.pager.send(text)
+        if verdict.unwind:
+            self._unwind(venues, watch)
 
     def _read(self, venues: GroupVenues) -> GroupRead | None:
         try:
@@ -178,8 +188,14 @@ class Watchman:
 
     def _unwind(self, venues: GroupVenues, watch: GroupWatch) -> None:
         name = venues.group.name
-        self.pager.send(f"WATCHMAN group {name}: unwinding in step now with the watchman's own keys")
-        result: UnwindResult = unwind(venues, venues.group.params, retry_secs=min(1.0, self.config.interval_secs))
+        if watch.unwind_attempts == 0:
+            self.pager.send(f"WATCHMAN group {name}: unwinding in step now with the watchman's own keys")
+        watch.unwind_attempts += 1
+        try:
+            result: UnwindResult = unwind(venues, venues.group.params, retry_secs=min(1.0, self.config.interval_secs))
+        except VenueError as exc:  # the market rules could not be read: nothing was sent
+            self.pager.send(f"WATCHMAN group {name}: unwind could not start ({exc}); trying again after the next read")
+            return
         watch.unwinding_done = result.flat
         self.pager.send(f"WATCHMAN group {name}: unwind {result.describe()}"
                         + ("" if result.flat else "; trying again after the next read"))
