@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 from orchestrator.exit_steps import ROLES
 from orchestrator.watchman_io import ClusterProbe, Pager, group_bots
@@ -152,6 +153,17 @@ class Watchman:
             started = self.clock()
             self.tick()
             stop.wait(max(0.0, self.config.interval_secs - (self.clock() - started)))
+
+    def check(self) -> dict[str, Any]:
+        """One read of every watched group and of Redis, judged by nothing (``xtb watchman --once``)."""
+        self.probe.poll()
+        groups: dict[str, Any] = {}
+        for venues in self.venues:
+            read = self._read(venues)
+            groups[venues.group.name] = None if read is None else {
+                "positions": {r: None if q is None else str(q) for r, q in read.positions.items()},
+                "net": None if read.net is None else str(read.net), "out_of_step": read.out_of_step}
+        return {"redis": self.probe.error or "ok", "groups": groups}
 
     def tick(self) -> None:
         self.probe.poll()

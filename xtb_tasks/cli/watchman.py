@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
@@ -9,6 +10,7 @@ from typing import Any
 
 import click
 
+from xtb_tasks.cli import UserError
 from xtb_tasks.core.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger(__name__)
@@ -23,7 +25,8 @@ def _watchman_url(settings: Settings) -> str:
 
 
 @click.command("watchman")
-@click.option("--once", is_flag=True, help="One read and judgement of every watched group, then exit.")
+@click.option("--once", is_flag=True,
+              help="Read every watched account and Redis once, print them as JSON, exit 1 if one is unreadable.")
 @click.pass_context
 def watchman(ctx: click.Context, once: bool) -> None:
     """Watch the groups' positions from outside the cluster; alert (and unwind, if configured).
@@ -62,7 +65,12 @@ def watchman(ctx: click.Context, once: bool) -> None:
         signal.signal(sig, _stopper(stop))
     try:
         if once:
-            Watchman(config, venues, probe, pager).tick()
+            summary = Watchman(config, venues, probe, pager).check()
+            click.echo(json.dumps(summary))
+            unread = [name for name, group in summary["groups"].items()
+                      if group is None or None in group["positions"].values()]
+            if unread:
+                raise UserError(f"positions not readable in group {', '.join(unread)} (see the log above)")
         else:
             Watchman(config, venues, probe, pager).run(stop)
     finally:
