@@ -90,8 +90,9 @@ def stop_watchman(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(5)
 
 
-def watchman_texts(dep: Deployment) -> list[str]:
-    return [text for text in dep.telegram_texts() if text.startswith("WATCHMAN")]
+def watchman_texts(dep: Deployment, since: int = 0) -> list[str]:
+    """The watchman's pages among the Telegram simulator's messages from index ``since`` on."""
+    return [text for text in dep.telegram_texts()[since:] if text.startswith("WATCHMAN")]
 
 
 def watchman_orders(dep: Deployment) -> list[object]:
@@ -109,6 +110,7 @@ def clean(setup: Setup) -> Iterator[Deployment]:
 
 def test_a_healthy_cycle_with_the_watchman_running_is_never_touched(setup: Setup, clean: Deployment) -> None:
     dep = clean
+    before = len(dep.telegram_texts())
     proc = start_watchman(setup, "healthy", interval_secs=0.5, out_of_step_secs=4, silent_secs=4, unwind=True,
                           unwind_delay_secs=0.5)
     try:
@@ -122,7 +124,7 @@ def test_a_healthy_cycle_with_the_watchman_running_is_never_touched(setup: Setup
         assert proc.poll() is None, (dep.tmp / "healthy.log").read_text()[-2000:]
     finally:
         stop_watchman(proc)
-    assert watchman_texts(dep) == []
+    assert watchman_texts(dep, before) == []
     assert watchman_orders(dep) == []
 
 
@@ -134,20 +136,41 @@ def test_a_net_out_of_step_with_redis_alive_is_alerted_and_not_traded(setup: Set
         result = run_xtb(dep, "order", "--account", "backpack", "--side", "buy", "--size", "0.01")
         assert result.returncode == 0, result.stderr
         off_at = time.time()
-        wait_until(lambda: any("beyond one step" in t for t in watchman_texts(dep)), timeout=15,
+        wait_until(lambda: any("beyond one step" in t for t in watchman_texts(dep, before)), timeout=15,
                    what="the watchman's out-of-step alert")
         alerted_after = time.time() - off_at
-        text = next(t for t in watchman_texts(dep) if "beyond one step" in t)
+        text = next(t for t in watchman_texts(dep, before) if "beyond one step" in t)
         assert "group main" in text and "net 0.01 " in text and "unwind = false" in text, text
         assert 2 <= alerted_after <= 2 + 0.5 + 2.5, alerted_after
         assert watchman_orders(dep) == []
         assert run_xtb(dep, "flatten", "--account", "backpack").returncode == 0
-        wait_until(lambda: any("no trigger left" in t for t in watchman_texts(dep)), timeout=10,
+        wait_until(lambda: any("no trigger left" in t for t in watchman_texts(dep, before)), timeout=10,
                    what="the watchman's all-clear")
     finally:
         stop_watchman(proc)
-    assert len(dep.telegram_texts()) - before == 2, watchman_texts(dep)
+    assert len(watchman_texts(dep, before)) == len(dep.telegram_texts()) - before == 2, watchman_texts(dep, before)
     assert watchman_orders(dep) == []
+
+
+def test_a_net_out_of_step_that_lasts_is_unwound_by_the_watchmans_own_backpack_key(setup: Setup,
+                                                                                   clean: Deployment) -> None:
+    dep = clean
+    before = len(dep.telegram_texts())
+    proc = start_watchman(setup, "bp", interval_secs=0.5, out_of_step_secs=1, silent_secs=60, unwind=True,
+                          unwind_delay_secs=0.5)
+    try:
+        result = run_xtb(dep, "order", "--account", "backpack", "--side", "sell", "--size", "0.02")
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: any("no trigger left" in t for t in watchman_texts(dep, before)), timeout=20,
+                   what="the watchman's unwind report and all-clear")
+    finally:
+        stop_watchman(proc)
+    positions = dep.positions()
+    assert all(abs(q) < STEP for q in positions.values()), positions
+    signed = dep.admin("backpack", "backpack/apikey")["keys"]
+    assert [seen["uses"].get("orderExecute") for seen in signed.values()] == [1], signed
+    texts = watchman_texts(dep, before)
+    assert any("net -0.02 beyond one step" in t for t in texts) and any("unwind flat" in t for t in texts), texts
 
 
 def test_redis_and_every_worker_killed_mid_cycle_the_watchman_alerts_and_unwinds_flat(setup: Setup) -> None:
@@ -156,6 +179,7 @@ def test_redis_and_every_worker_killed_mid_cycle_the_watchman_alerts_and_unwinds
     dep.sim.exchange.clear_faults()
     dep.fresh_rate_minute()
     silent_secs, interval = 3.0, 0.5
+    before = len(dep.telegram_texts())
     proc = start_watchman(setup, "dead", interval_secs=interval, out_of_step_secs=30, silent_secs=silent_secs,
                           unwind=True, unwind_delay_secs=1)
     try:
@@ -170,16 +194,16 @@ def test_redis_and_every_worker_killed_mid_cycle_the_watchman_alerts_and_unwinds
         os.kill(setup.redis.proc.pid, signal.SIGKILL)
         for name in list(dep.workers):
             dep.kill_worker(name)
-        wait_until(lambda: any("cluster gone" in t for t in watchman_texts(dep)), timeout=silent_secs + 10,
+        wait_until(lambda: any("cluster gone" in t for t in watchman_texts(dep, before)), timeout=silent_secs + 10,
                    what="the watchman's cluster-gone alert")
         alerted_after = time.time() - killed_at
-        wait_until(lambda: any("unwind flat" in t for t in watchman_texts(dep)), timeout=60,
+        wait_until(lambda: any("unwind flat" in t for t in watchman_texts(dep, before)), timeout=60,
                    what="the watchman's unwind report")
         unwound_after = time.time() - killed_at
     finally:
         stop_watchman(proc)
     print(f"watchman: alert {alerted_after:.1f} s and flat {unwound_after:.1f} s after the kill")
-    alert = next(t for t in watchman_texts(dep) if "cluster gone" in t)
+    alert = next(t for t in watchman_texts(dep, before) if "cluster gone" in t)
     assert "Redis unreachable" in alert and "group main" in alert, alert
     # The last heartbeat came up to one beat (2 s) before the kill; one read interval to notice.
     assert alerted_after <= silent_secs + interval + 1.0, alerted_after
