@@ -46,9 +46,14 @@ class GroupRead:
 
     @property
     def net(self) -> Decimal | None:
+        """The sum of the three positions; a Lighter leftover below the venue's minimum order size
+        counts as zero, as the cycle counts it (no order can trade it)."""
         if any(q is None for q in self.positions.values()):
             return None
-        return sum((q for q in self.positions.values() if q is not None), Decimal(0))
+        return sum((self._tradable(r, q) for r, q in self.positions.items() if q is not None), Decimal(0))
+
+    def _tradable(self, role: str, quantity: Decimal) -> Decimal:
+        return Decimal(0) if role != "BP" and abs(quantity) < self.rules[role].min_quantity else quantity
 
     @property
     def out_of_step(self) -> bool:

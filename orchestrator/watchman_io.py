@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import cast
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from monitoring.heartbeat import ORCHESTRATOR_BOT
 from monitoring.telegram import SendStatus, TelegramClient, load_credentials
@@ -98,8 +100,10 @@ class ClusterProbe:
     def poll(self) -> None:
         """Read every bot's latest heartbeat once; a failure only leaves the ages growing."""
         if self._client is None:
+            # No retries: a partitioned Redis costs one timeout per tick, never several, so the venue
+            # reads (what the watchman is for) keep their interval.
             self._client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=_PROBE_TIMEOUT,
-                                                socket_connect_timeout=_PROBE_TIMEOUT, retry_on_timeout=False)
+                                                socket_connect_timeout=_PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
         try:
             beats = cast(dict[str, str], self._client.hgetall(keys.HEARTBEAT_LAST))
         except (redis.RedisError, OSError) as exc:

@@ -125,6 +125,7 @@ def test_a_net_that_dips_back_in_step_restarts_the_clock_and_unknown_is_never_in
     # An unknown position: no net to judge, but the group counts as open for the cluster trigger.
     assert read(None, "-3", "2").net is None and read(None, "0", "0").open
     assert not read("0", "0.0005", "0").open  # a Lighter leftover below the minimum order is dust
+    assert read("0", "0.0005", "0").net == 0 and not read("0", "0.0005", "0").out_of_step
 
 
 def test_cluster_gone_alerts_only_with_positions_open_and_names_what_is_silent() -> None:
