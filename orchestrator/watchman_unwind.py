@@ -129,7 +129,7 @@ class UnwindResult:
 
     def describe(self) -> str:
         shown = ", ".join(f"{r}={'unknown' if q is None else q}" for r, q in self.positions.items())
-        return f"{'flat' if self.flat else 'NOT flat'} after {self.steps} steps ({shown}){self.detail}"
+        return f"{'flat' if self.flat else 'NOT flat'} after {self.steps} step(s) ({shown}){self.detail}"
 
 
 def _signed(report: OrderReport) -> Decimal:

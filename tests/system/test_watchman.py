@@ -103,6 +103,14 @@ def watchman_orders(dep: Deployment) -> list[object]:
     return [*lighter, *backpack]
 
 
+def start_cycle(dep: Deployment) -> str:
+    """``xtb cycle start`` as an operator runs it: this module's Redis is not the one the test
+    process's Celery app may already be bound to."""
+    result = run_xtb(dep, "cycle", "start", "--group", "main")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()[1]
+
+
 @pytest.fixture
 def clean(setup: Setup) -> Iterator[Deployment]:
     yield from each_test_clean(setup.dep)
@@ -114,7 +122,7 @@ def test_a_healthy_cycle_with_the_watchman_running_is_never_touched(setup: Setup
     proc = start_watchman(setup, "healthy", interval_secs=0.5, out_of_step_secs=4, silent_secs=4, unwind=True,
                           unwind_delay_secs=0.5)
     try:
-        cycle_id = dep.start_cycle()
+        cycle_id = start_cycle(dep)
         dep.wait_stage(cycle_id, "monitoring", timeout=60)
         time.sleep(6)  # beyond silent_secs + unwind_delay_secs: the watchman would have acted by now
         dep.liquidate_lighter(102)
@@ -183,7 +191,7 @@ def test_redis_and_every_worker_killed_mid_cycle_the_watchman_alerts_and_unwinds
     proc = start_watchman(setup, "dead", interval_secs=interval, out_of_step_secs=30, silent_secs=silent_secs,
                           unwind=True, unwind_delay_secs=1)
     try:
-        cycle_id = dep.start_cycle()
+        cycle_id = start_cycle(dep)
         dep.wait_stage(cycle_id, "monitoring", timeout=60)
         time.sleep(1.0)
         hedged = dep.positions()
