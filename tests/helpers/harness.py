@@ -170,7 +170,7 @@ class Deployment:
         return [key for key, n in counts.items() if n > 1]
 
     def telegram_texts(self) -> list[str]:
-        return [m["text"] for m in self.sim.telegram.messages()] if hasattr(self.sim.telegram, "messages") else []
+        return list(self.sim.telegram.texts())
 
     def alerts(self) -> list[dict[str, str]]:
         return [cast(dict[str, str], fields) for _, fields in self.client.xrange("xtb:alerts:outbox") or []]

@@ -24,7 +24,7 @@ UNITS = DEPLOY / "systemd"
 VENV_BIN = Path(sys.executable).parent
 DEMO_ACCOUNTS = sorted(tomllib.loads((ROOT / "examples" / "demo.toml").read_text())["accounts"])
 SERVICES = ["xtb-orchestrator.service", "xtb-beat.service", "xtb-flower.service", "xtb-dashboard.service",
-            "xtb-relay.service"]
+            "xtb-relay.service", "xtb-watchman.service"]
 
 
 def unit_settings(path: Path) -> dict[str, list[str]]:
@@ -121,8 +121,10 @@ def test_compose_file() -> None:
         assert flag_value(service["command"], "-c") == "1", name
         assert flag_value(service["command"], "--prefetch-multiplier") == "1", name
         assert int(service["stop_grace_period"].rstrip("s")) > 120, name
-    for name in ("beat", "relay", "dashboard", "flower"):
+    for name in ("beat", "relay", "dashboard", "flower", "watchman"):
         assert name in services, name
+    # The watchman must start and page while Redis is down.
+    assert "depends_on" not in services["watchman"] and services["watchman"]["command"] == ["xtb", "watchman"]
     assert flag_value(services["beat"]["command"], "-S") == "redbeat.RedBeatScheduler"
     for name, service in services.items():
         assert service.get("restart") in ("unless-stopped", "always"), name
@@ -138,8 +140,9 @@ def test_env_example_documents_every_variable_without_secrets() -> None:
     text = (DEPLOY / "xtb.env.example").read_text()
     values = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
     for name in ("XTB_CONFIG", "REDIS_URL", "FLOWER_BASIC_AUTH", "XTB_DASHBOARD_TOKEN", "XTB_TELEGRAM_BOT_TOKEN",
-                 "XTB_TELEGRAM_CHAT_ID"):
+                 "XTB_TELEGRAM_CHAT_ID", "XTB_WATCHMAN_TELEGRAM_BOT_TOKEN", "XTB_WATCHMAN_TELEGRAM_CHAT_ID"):
         assert name in values, name
         assert "# " in text.split(f"\n{name}=")[0].rsplit("\n\n", 1)[-1], f"{name} has no comment"
-    for secret in ("FLOWER_BASIC_AUTH", "XTB_DASHBOARD_TOKEN", "XTB_TELEGRAM_BOT_TOKEN", "XTB_TELEGRAM_CHAT_ID"):
+    for secret in ("FLOWER_BASIC_AUTH", "XTB_DASHBOARD_TOKEN", "XTB_TELEGRAM_BOT_TOKEN", "XTB_TELEGRAM_CHAT_ID",
+                   "XTB_WATCHMAN_TELEGRAM_BOT_TOKEN", "XTB_WATCHMAN_TELEGRAM_CHAT_ID"):
         assert values[secret] == "", secret

@@ -45,6 +45,11 @@ Routes
     ``{"venue", "account", "amount"}`` sets an account's collateral (creating the account).
     Answers ``{"venue", "account", "collateral"}``.
 
+``POST /_sim/backpack/apikey`` (Backpack server)
+    ``{"api_key": <b64 public key>, "account": <the account's first API key>}`` lets a second API key
+    sign REST requests for an existing account; ``GET`` answers ``{"keys": {key: {"account", "uses":
+    {instruction: n}}}}``, what each second key signed.
+
 A venue app may register ``app[POSITION_HOOK]``, a callable ``(venue, account, base) -> None``;
 the runner passes every registered hook to :func:`mount_admin`, and ``/_sim/liquidate`` calls them
 all after changing a position, so each venue can push its own position events.

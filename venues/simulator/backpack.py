@@ -304,6 +304,30 @@ class BackpackApi:
         ]
 
 
+def _alias_routes(auth: Authenticator) -> list[web.RouteDef]:
+    async def add_api_key(request: web.Request) -> web.Response:
+        """Admin: ``{"api_key": <new key>, "account": <the account's first key>}`` lets a second API key
+        act on an existing account (REST only), as a venue account holding several keys does."""
+        try:
+            body = await request.json()
+        except (ValueError, UnicodeDecodeError):
+            body = None
+        if not isinstance(body, dict) or not all(isinstance(body.get(k), str) for k in ("api_key", "account")):
+            return web.json_response({"error": 'expected {"api_key": str, "account": str}'}, status=400)
+        if auth.verify_key(body["api_key"]) is None:
+            return web.json_response({"error": "api_key is not a base64 ED25519 public key"}, status=400)
+        auth.aliases[body["api_key"]] = body["account"]
+        return web.json_response({"api_key": body["api_key"], "account": body["account"]})
+
+    async def list_api_keys(request: web.Request) -> web.Response:
+        """Admin: every second key, its account and its signed requests per instruction."""
+        keys = {key: {"account": account, "uses": {instr: n for (k, instr), n in auth.alias_uses.items() if k == key}}
+                for key, account in auth.aliases.items()}
+        return web.json_response({"keys": keys})
+
+    return [web.post("/_sim/backpack/apikey", add_api_key), web.get("/_sim/backpack/apikey", list_api_keys)]
+
+
 def create_backpack_app(exchange: Exchange, *, ws_ping_secs: float = 60.0, pump_secs: float = 0.1) -> web.Application:
     """The Backpack simulator app over ``exchange`` (the runner adds the ``/_sim/`` admin routes)."""
     engine = BackpackEngine(exchange)
@@ -313,6 +337,7 @@ def create_backpack_app(exchange: Exchange, *, ws_ping_secs: float = 60.0, pump_
     app[ENGINE] = engine
     app[HUB] = hub
     app.router.add_routes(BackpackApi(exchange, engine, auth).routes(hub))
+    app.router.add_routes(_alias_routes(auth))
 
     def on_position(venue: str, account: str, base: str) -> None:
         if venue == VENUE and base in engine.by_base:

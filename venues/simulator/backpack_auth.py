@@ -10,6 +10,7 @@ import base64
 import binascii
 import json
 import time
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
@@ -101,6 +102,10 @@ class Authenticator:
 
     def __init__(self) -> None:
         self._keys: dict[str, VerifyKey] = {}
+        #: A second API key of an existing account (the venue lets an account hold several keys): key → account.
+        self.aliases: dict[str, str] = {}
+        #: Signed requests per (aliased key, instruction): what a second key did on its account.
+        self.alias_uses: Counter[tuple[str, str]] = Counter()
 
     def verify_key(self, api_key: str) -> VerifyKey | None:
         key = self._keys.get(api_key)
@@ -145,6 +150,9 @@ class Authenticator:
         if not self.check(api_key, signature, message):
             # §2.9 FAQ: "Invalid signature"; the status (400 or 401) is UNCONFIRMED, 401 chosen.
             raise ApiError(401, "INVALID_CLIENT_REQUEST", "Invalid signature")
+        if api_key in self.aliases:
+            self.alias_uses[(api_key, instruction)] += 1
+            return self.aliases[api_key]
         return api_key
 
 

@@ -37,6 +37,7 @@ SUBCOMMANDS: dict[str, str] = {
     "alerts": "xtb_tasks.cli.monitoring:alerts",
     "dashboard": "xtb_tasks.cli.monitoring:dashboard",
     "demo": "xtb_tasks.cli.demo:demo",
+    "watchman": "xtb_tasks.cli.watchman:watchman",
 }
 
 

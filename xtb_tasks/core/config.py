@@ -34,11 +34,12 @@ from xtb_tasks.core.config_schema import (
     TelemetryConfig,
     Venue,
 )
+from xtb_tasks.core.watchman_config import WatchmanConfig, check_watchman, parse_watchman
 
 __all__ = [
     "CONFIG_ENV", "DECIMAL_LIMIT", "DEFAULT_CONFIG_PATH", "AccountConfig", "ConfigError", "DashboardConfig",
     "Direction", "GroupConfig", "HedgeParams", "LighterTier", "RateBudgetConfig", "Role", "ScheduleConfig",
-    "Settings", "TelegramConfig", "TelemetryConfig", "Venue", "config_path", "load_settings", "parse_decimal",
+    "Settings", "TelegramConfig", "TelemetryConfig", "Venue", "WatchmanConfig", "config_path", "load_settings", "parse_decimal",
     "parse_settings",
 ]
 
@@ -61,6 +62,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     telemetry: TelemetryConfig = TelemetryConfig()
     dashboard: DashboardConfig = DashboardConfig()
     rate_budget: RateBudgetConfig = RateBudgetConfig()
+    watchman: Annotated[WatchmanConfig | None, msgspec.Meta(description="[watchman]; None when absent")] = None
 
     @property
     def base_dir(self) -> Path:
@@ -116,6 +118,7 @@ class _Document(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only
     telemetry: dict[str, Any] = {}
     dashboard: dict[str, Any] = {}
     rate_budget: dict[str, Any] = {}
+    watchman: dict[str, Any] = {}
 
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
@@ -212,6 +215,9 @@ def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings
     _check_one_group_per_account(groups)
     schedules = {name: _parse_schedule(name, table, groups) for name, table in top.schedules.items()}
     redis_table = decode_table(_Redis, top.redis, "redis")
+    watchman = parse_watchman(top.watchman, base_dir)
+    if watchman is not None:
+        check_watchman(watchman, accounts, groups)
     return Settings(
         path=path, redis_url=_redis_url(redis_table), visibility_timeout_secs=redis_table.visibility_timeout_secs,
         step_grace_secs=decode_table(_Watchdog, top.watchdog, "watchdog").step_grace_secs,
@@ -220,6 +226,7 @@ def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings
         telemetry=decode_table(TelemetryConfig, top.telemetry, "telemetry", base_dir),
         dashboard=decode_table(DashboardConfig, top.dashboard, "dashboard", base_dir),
         rate_budget=decode_table(RateBudgetConfig, top.rate_budget, "rate_budget", base_dir),
+        watchman=watchman,
     )
 
 
