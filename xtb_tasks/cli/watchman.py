@@ -17,11 +17,11 @@ log = logging.getLogger(__name__)
 
 
 def _watchman_url(settings: Settings) -> str:
-    from xtb_tasks.core.redis_conn import resolve_redis_url
+    from xtb_tasks.core.redis_conn import configured_url, embedded_url
 
-    assert settings.watchman is not None
-    # The URL only: the watchman never starts a Redis of its own, it only looks at the cluster's.
-    return settings.watchman.redis_url or resolve_redis_url(settings, start_embedded=False)
+    # The URL only, answering or not: the watchman never starts a Redis, it looks at the cluster's.
+    own = settings.watchman.redis_url if settings.watchman is not None else None
+    return own or configured_url(settings) or embedded_url()
 
 
 @click.command("watchman")
