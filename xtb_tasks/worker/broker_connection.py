@@ -101,7 +101,8 @@ def release_unacked(channel: Any) -> list[str]:
 def requeue_handed_over(connection: Any, channel: Any) -> None:
     """Re-queue the messages a lost connection to this broker handed over, through ``channel``.
     A tag whose message is no longer in the unacked index (acknowledged, or re-queued by the
-    sweep) re-queues nothing. If the broker is lost again, the rest wait for the next connection."""
+    sweep) re-queues nothing. If the broker is lost again or refuses the write, the rest wait for
+    a later call."""
     key = broker_key(connection)
     tags = _HANDED_OVER.get(key)
     if not tags:
@@ -110,9 +111,11 @@ def requeue_handed_over(connection: Any, channel: Any) -> None:
     for tag in sorted(tags):
         try:
             channel.qos.restore_by_tag(tag)
-        except connection.connection_errors as exc:
-            log.warning("re-queueing the lost connection's unacknowledged messages failed (%s); %d left for the "
-                        "next connection", exc, len(tags))
+        except connection.connection_errors + connection.channel_errors as exc:
+            # Lost again, or not writable (a replica not yet promoted): a later default channel retries,
+            # and the broker's unacked sweep re-queues whatever is still left after visibility_timeout.
+            log.warning("re-queueing the lost connection's unacknowledged messages failed (%s); %d left for a "
+                        "later connection", exc, len(tags))
             return
         tags.discard(tag)
         done += 1
