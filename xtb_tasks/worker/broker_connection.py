@@ -18,7 +18,10 @@ Invariants kept here:
   reaches for that transport again; the next use opens a fresh channel on a fresh transport;
 * a message the lost channel held unacknowledged is re-queued once, by the first connection of
   the same process to the same broker that reaches it (the worker dropped its own copy when the
-  link went: Celery cancels held ETA requests and forgets reserved ones on a connection loss).
+  link went: Celery cancels held ETA requests and forgets reserved ones on a connection loss, and
+  cancels running late-ack tasks because the app sets
+  ``worker_cancel_long_running_tasks_on_connection_loss``; without it a re-queued copy of a
+  running task could run beside it).
   Until then it stays in the broker's unacked index, where the Redis transport wrote it on
   delivery, and the broker's unacked sweep re-queues it after ``visibility_timeout`` if this
   process never reconnects. Re-queueing is one transaction that removes the message from that

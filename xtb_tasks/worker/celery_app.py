@@ -98,6 +98,8 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
         "redis_socket_timeout": 10,
         "redis_retry_on_timeout": True,
         "broker_connection_retry_on_startup": True,
+        # A lost broker connection re-queues what it held (broker_connection.py): a late-ack task
+        # still running then must stop, or its re-queued copy would run beside it.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_soft_shutdown_timeout": 5.0,
         "worker_hijack_root_logger": False,
