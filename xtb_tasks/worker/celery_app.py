@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds of the broker's unacked-message sweep, as kombu 5.7 runs it by default (interval x throttle).
 DEFAULT_RESTORE_SWEEP_SECS = 100
+#: Celery's AMQP wiring with the broker connection that outlives a lost Redis.
+BROKER_AMQP = "xtb_tasks.worker.broker_connection:AMQP"
 TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks", "xtb_tasks.worker.exit_tasks",
                 "xtb_tasks.worker.exit_step_tasks", "xtb_tasks.worker.report_tasks", "xtb_tasks.worker.entry_tasks",
                 "xtb_tasks.worker.loop_tasks"]
@@ -96,6 +98,8 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
         "redis_socket_timeout": 10,
         "redis_retry_on_timeout": True,
         "broker_connection_retry_on_startup": True,
+        # A lost broker connection re-queues what it held (broker_connection.py): a late-ack task
+        # still running then must stop, or its re-queued copy would run beside it.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_soft_shutdown_timeout": 5.0,
         "worker_hijack_root_logger": False,
@@ -132,7 +136,9 @@ def _require_embedded_redis(**_: Any) -> None:
 
 def create_app() -> Celery:
     settings = load_app_settings()
-    celery_app = Celery("xtb_tasks")
+    # Every broker connection of the app survives losing Redis with messages unacknowledged
+    # (xtb_tasks.worker.broker_connection states why kombu's own does not).
+    celery_app = Celery("xtb_tasks", amqp=BROKER_AMQP)
     url = configured_url(settings)
     celery_app.conf.update(celery_settings(settings, url or embedded_url()))
     celery_app.conf.beat_schedule = beat_schedule(settings)
