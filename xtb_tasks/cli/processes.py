@@ -27,6 +27,7 @@ from xtb_tasks.core.redis_conn import (
     ping,
     stop_embedded_redis,
 )
+from xtb_tasks.core.redis_target import probe
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,10 @@ class ProcessSet:
         self.owns_redis = configured_url(settings) is None and not ping(self.redis_url)
         if configured_url(settings) is None:
             ensure_embedded_redis()
+        else:
+            # One line naming what failed (no sentinel answers, no such primary, AUTH refused)
+            # before any worker starts, instead of workers retrying it in their logs.
+            probe(self.redis_url, settings.redis_access)
         self.log_dir = log_dir or (data_dir() / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ)
