@@ -219,7 +219,7 @@ def _ask_sentinels(target: SentinelTarget, access: RedisAccess) -> tuple[str, in
             failures.append(f"{host}:{port} refused AUTH ({exc}; {_secret_hint(access, sentinels=True)})")
             continue
         except (redis.RedisError, OSError) as exc:
-            failures.append(f"{host}:{port} {exc}")
+            failures.append(str(exc) if f"{host}:{port}" in str(exc) else f"{host}:{port} {exc}")
             continue
         finally:
             node.close()
