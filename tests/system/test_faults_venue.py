@@ -224,13 +224,11 @@ def start_cycle_on(url: str, **overrides: Any) -> str:
         app.close()
 
 
-REDIS_RESTART_DEATHS: list[str] = []
-REDIS_RESTART_RAN: list[bool] = []
-
-
-def test_redis_restart_with_aof_mid_cycle(tmp_path: Path, dep: Deployment) -> None:
-    """Redis (AOF) restarts during the random wait. Workers that die are restarted as systemd's
-    ``Restart=on-failure`` would (recorded for the test below); the cycle must end hedged or flat."""
+def test_redis_restart_with_aof_mid_cycle_kills_no_worker(tmp_path: Path) -> None:
+    """Redis (AOF) restarts during the random wait, while workers hold unacknowledged messages (the
+    cycle's next step waits for its ETA in the orchestrator). Every worker rides the restart out and
+    reconnects, none exits; the held step is re-queued on reconnect, the cycle goes on to monitoring
+    hedged, and no client id fills twice."""
     port = free_port()
     directory = tmp_path / "aof"
     server = start_redis_server(directory, port=port, persistent=True)
@@ -244,44 +242,34 @@ def test_redis_restart_with_aof_mid_cycle(tmp_path: Path, dep: Deployment) -> No
         own.start_workers()
         cycle_id = start_cycle_on(server.url, wait_min_secs=4.0, wait_max_secs=4.0)
         own.wait_stage(cycle_id, "wait", timeout=60)
+        # kombu's index of delivered, unacknowledged messages: what a worker re-queues when it loses Redis.
+        assert server.client().hlen("unacked"), "no worker held an unacknowledged message: nothing to prove"
         stop_redis_server(server)
         time.sleep(2.0)
         server = start_redis_server(directory, port=port, persistent=True)
         assert own.record(cycle_id), "the cycle record did not survive the restart (AOF)"
-        REDIS_RESTART_RAN.append(True)
 
         def settled() -> bool:
-            for name, worker in list(own.workers.items()):
-                if not worker.alive():
-                    REDIS_RESTART_DEATHS.append(f"{name} (exit {worker.proc.returncode})")
-                    assert worker.proc.returncode != 0, f"{name} exited 0: systemd on-failure would not restart it"
-                    own.restart_worker(name)
+            dead = {name: (w.proc.returncode, w.log()[-800:]) for name, w in own.workers.items() if not w.alive()}
+            assert not dead, f"a worker died when Redis restarted: {dead}"
             return own.record(cycle_id).get("stage") in ("monitoring", "done")
 
-        wait_until(settled, timeout=90, what="the cycle to end hedged or flat after the Redis restart",
-                   interval=0.25)
+        wait_until(settled, timeout=90, what="the cycle to go on after the Redis restart", interval=0.25)
+        # The steps the workers held went back to their queues when the workers reconnected, so the
+        # cycle went on from its wait, long before the watchdog would have unwound it as overdue.
         record = own.record(cycle_id)
+        assert record["stage"] == "monitoring", (record.get("outcome"), record.get("reason"), record.get("error"))
         positions = own.positions()
-        if record["stage"] == "done":
-            assert record["outcome"] == "flat" and all(abs(q) < STEP for q in positions.values()), (record, positions)
-        else:
-            assert abs(sum(positions.values())) <= STEP, positions
+        assert abs(sum(positions.values())) <= STEP and positions["lighter1"] == -positions["lighter2"] != 0, positions
         assert own.duplicate_client_ids() == []
+        wait_until(lambda: all(w.log().count("Connected to redis") >= 2 for w in own.workers.values()), timeout=30,
+                   what="every worker to reconnect")
         own.unwind_leftovers(timeout=60)
         assert all(abs(q) < STEP for q in own.positions().values()), own.positions()
+        assert all(w.alive() for w in own.workers.values()), "a worker died after the Redis restart"
     finally:
         teardown(own)
         stop_redis_server(server)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "a venue worker holding an unacked (ETA) message dies when Redis restarts: kombu 5.7 redis "
-    "Channel.close -> QoS.restore_unacked -> conn_or_acquire -> _connparams on a connection that is already None "
-    "raises AttributeError('NoneType' object has no attribute 'hostname'); Celery treats it as unrecoverable"))
-def test_no_worker_dies_when_redis_restarts() -> None:
-    if not REDIS_RESTART_RAN:
-        pytest.skip("needs test_redis_restart_with_aof_mid_cycle in the same run")
-    assert REDIS_RESTART_DEATHS == [], REDIS_RESTART_DEATHS
 
 
 # ---- relay and Telegram down together ----------------------------------------------------------

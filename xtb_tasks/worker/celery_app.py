@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: Seconds of the broker's unacked-message sweep, as kombu 5.7 runs it by default (interval x throttle).
 DEFAULT_RESTORE_SWEEP_SECS = 100
+#: Celery's AMQP wiring with the broker connection that outlives a lost Redis.
+BROKER_AMQP = "xtb_tasks.worker.broker_connection:AMQP"
 TASK_MODULES = ["xtb_tasks.worker.venue_tasks", "xtb_tasks.worker.hedge_tasks", "xtb_tasks.worker.exit_tasks",
                 "xtb_tasks.worker.exit_step_tasks", "xtb_tasks.worker.report_tasks", "xtb_tasks.worker.entry_tasks",
                 "xtb_tasks.worker.loop_tasks"]
@@ -149,7 +151,9 @@ def beat_schedule(settings: Settings | None) -> dict[str, Any]:
 
 def create_app() -> Celery:
     settings = load_app_settings()
-    celery_app = Celery("xtb_tasks")
+    # Every broker connection of the app survives losing Redis with messages unacknowledged
+    # (xtb_tasks.worker.broker_connection states why kombu's own does not).
+    celery_app = Celery("xtb_tasks", amqp=BROKER_AMQP)
     url = configured_url(settings)
     celery_app.conf.update(celery_settings(settings, url or embedded_url()))
     celery_app.conf.beat_schedule = beat_schedule(settings)
