@@ -217,9 +217,9 @@ class SentinelDeployment(Deployment):
             from celery import Celery
 
             from xtb_tasks.core.config import load_settings
-            from xtb_tasks.worker.celery_app import celery_settings
+            from xtb_tasks.worker.celery_app import BROKER_AMQP, celery_settings
 
-            app = Celery("xtb-sentinel-test")
+            app = Celery("xtb-sentinel-test", amqp=BROKER_AMQP)
             app.conf.update(celery_settings(load_settings(self.config), self.redis_url))
             self._app = app
         return self._app
