@@ -19,6 +19,10 @@ What a timeout means is the caller's ``required``:
   on. These reduce exposure or stop trading; holding them back would keep a position open longer
   than the risk they cover (an exit re-reads the venues at every step, and its orders are reduce-only).
 
+What was written before a durable write is covered by it (one ordered stream): the group lock, the
+cycle record and the client id counters are written before the plan, so the plan's acknowledgement
+holds them too, and an id counter is never behind an intent a replica holds.
+
 With no replica connected (a single Redis, or the survivor of a failover until the old primary
 rejoins) nothing waits: there is nothing to wait for, and the single server's AOF is what persists.
 """
