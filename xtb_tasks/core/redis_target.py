@@ -23,7 +23,7 @@ import msgspec
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection, SentinelManagedSSLConnection
 
 from xtb_tasks.core.errors import XtbError
 
@@ -143,6 +143,24 @@ def failover_retry(access: RedisAccess) -> Retry:
                  supported_errors=(redis.ConnectionError, redis.TimeoutError))
 
 
+class _PrimaryConnection(SentinelManagedConnection):
+    """A connection to the primary that asks the Sentinels where it is on every reconnect.
+
+    redis-py's own reconnects a connection that a command is retrying on (``send_packed_command``
+    → ``connect_check_health``) to the address it last had, without asking the Sentinels: after a
+    failover that is the demoted primary, which takes writes that its resync then discards while it
+    still believes it is primary, and answers READONLY once it rejoins as a replica."""
+
+    def connect_check_health(self, check_health: bool = True, retry_socket_connect: bool = True) -> None:
+        if not self._sock and self.connection_pool.is_master:
+            self.host, self.port = self.connection_pool.get_master_address()
+        super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
+
+
+class _PrimarySSLConnection(_PrimaryConnection, SentinelManagedSSLConnection):
+    """The same over TLS."""
+
+
 def make_client(url: str, access: RedisAccess, *, decode_responses: bool = True, socket_timeout: float = 10,
                 socket_connect_timeout: float = 5, health_check_interval: int = 25,
                 retry: Retry | None = None) -> redis.Redis:
@@ -163,6 +181,7 @@ def make_client(url: str, access: RedisAccess, *, decode_responses: bool = True,
         if url.startswith("unix://"):
             options = {k: v for k, v in options.items() if not k.startswith("ssl")}
         return redis.Redis.from_url(url, **options)
+    options["connection_class"] = _PrimarySSLConnection if options.pop("ssl", False) else _PrimaryConnection
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options(access), db=target.db,
                         retry=retry if retry is not None else failover_retry(access), **options)
     return sentinel.master_for(target.master_name)
