@@ -47,7 +47,12 @@ def test_celery_follows_the_sentinels_with_credentials_from_the_environment(monk
                               "username_env": "XTB_U", "password_env": "XTB_P"})
     conf = celery_settings(settings, settings.redis_url)  # type: ignore[arg-type, attr-defined]
     assert conf["broker_url"] == "sentinel://bot:p%40ss%3A%2Fword@s1:26379/0;sentinel://bot:p%40ss%3A%2Fword@s2:26379/0"
-    assert conf["result_backend"] == conf["broker_url"]
+    assert conf["result_backend"] == f"xtb_tasks.worker.sentinel_wiring:PrimarySentinelBackend+{conf['broker_url']}"
+    from kombu.transport import get_transport_cls
+
+    from xtb_tasks.worker.sentinel_wiring import PrimarySentinelTransport
+
+    assert get_transport_cls("sentinel") is PrimarySentinelTransport
     for options in (conf["broker_transport_options"], conf["result_backend_transport_options"]):
         assert options["master_name"] == "xtb" and options["sentinel_kwargs"]["socket_timeout"] > 0
     assert conf["redbeat_redis_url"].startswith("redis-sentinel")

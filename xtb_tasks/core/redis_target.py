@@ -143,7 +143,7 @@ def failover_retry(access: RedisAccess) -> Retry:
                  supported_errors=(redis.ConnectionError, redis.TimeoutError))
 
 
-class _PrimaryConnection(SentinelManagedConnection):
+class PrimaryConnection(SentinelManagedConnection):
     """A connection to the primary that asks the Sentinels where it is on every reconnect.
 
     redis-py's own reconnects a connection that a command is retrying on (``send_packed_command``
@@ -157,7 +157,7 @@ class _PrimaryConnection(SentinelManagedConnection):
         super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
 
 
-class _PrimarySSLConnection(_PrimaryConnection, SentinelManagedSSLConnection):
+class PrimarySSLConnection(PrimaryConnection, SentinelManagedSSLConnection):
     """The same over TLS."""
 
 
@@ -181,7 +181,7 @@ def make_client(url: str, access: RedisAccess, *, decode_responses: bool = True,
         if url.startswith("unix://"):
             options = {k: v for k, v in options.items() if not k.startswith("ssl")}
         return redis.Redis.from_url(url, **options)
-    options["connection_class"] = _PrimarySSLConnection if options.pop("ssl", False) else _PrimaryConnection
+    options["connection_class"] = PrimarySSLConnection if options.pop("ssl", False) else PrimaryConnection
     sentinel = Sentinel(list(target.sentinels), sentinel_kwargs=sentinel_options(access), db=target.db,
                         retry=retry if retry is not None else failover_retry(access), **options)
     return sentinel.master_for(target.master_name)

@@ -73,8 +73,12 @@ def redis_settings(settings: Settings | None, redis_url: str, visibility: int) -
     backend_options: dict[str, Any] = {"visibility_timeout": visibility}
     target = parse_sentinel_url(redis_url)
     if sentinel is not None and target is not None:
+        from xtb_tasks.worker.sentinel_wiring import BACKEND, use_primary_connections
+
+        use_primary_connections()
         broker_options.update(sentinel)
         backend_options.update(sentinel)
+        conf["result_backend"] = f"{BACKEND}+{conf['result_backend']}"
         # RedBeat asks the Sentinels itself when its URL starts with redis-sentinel and it has the list.
         conf.update(redbeat_redis_url="redis-sentinel://", redbeat_redis_options={
             "sentinels": list(target.sentinels), "service_name": target.master_name, "db": target.db,
