@@ -84,6 +84,14 @@ class SentinelCluster:
     def access(self) -> RedisAccess:
         return RedisAccess(username_env=USER_ENV, password_env=PASSWORD_ENV, failover_retry_secs=30.0)
 
+    def access_from_env(self) -> RedisAccess:
+        """The access options with the credentials set in this process's environment (tests that
+        do not export them for good)."""
+        import os
+
+        os.environ.update(self.env())
+        return self.access
+
     def env(self) -> dict[str, str]:
         return {USER_ENV: USER, PASSWORD_ENV: self.password}
 

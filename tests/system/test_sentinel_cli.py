@@ -93,3 +93,29 @@ def test_wrong_credentials(tmp_path: Path, cluster: SentinelCluster) -> None:
 def test_a_credential_variable_that_is_not_set(tmp_path: Path, cluster: SentinelCluster) -> None:
     result = xtb(config(tmp_path, sentinel_lines([n.port for n in cluster.sentinels])), "status")
     one_line_failure(result, f"${USER_ENV}", "not set")
+
+
+def test_beat_holds_its_lock_on_the_primary_the_sentinels_name(tmp_path: Path, cluster: SentinelCluster) -> None:
+    """RedBeat (celery beat) through the Sentinels: it takes its lock and writes its schedule on the primary."""
+    import time
+
+    from xtb_tasks.core.redis_target import make_client
+
+    path = config(tmp_path, sentinel_lines([n.port for n in cluster.sentinels]))
+    base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}
+    env = {**base, **cluster.env(), "PYTHONPATH": str(ROOT), "XTB_CONFIG": str(path)}
+    log = tmp_path / "beat.log"
+    proc = subprocess.Popen([sys.executable, "-m", "celery", "-A", "xtb_tasks", "beat", "-S", "redbeat.RedBeatScheduler",
+                             "--loglevel", "INFO", "--logfile", str(log), "--pidfile", ""], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    try:
+        client = make_client(cluster.url, cluster.access_from_env())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not client.exists("xtb:redbeat:lock"):
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.2)
+        assert client.exists("xtb:redbeat:lock"), log.read_text() if log.exists() else "no beat log"
+        assert client.zcard("xtb:redbeat:schedule") >= 1  # the watchdog's entry
+    finally:
+        proc.terminate()
+        proc.wait(20)
