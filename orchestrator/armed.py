@@ -23,6 +23,7 @@ from orchestrator.venue_ops import (
 from venues.base import VenueConnector, VenueError
 from xtb_tasks.core.client_ids import IntentStatus, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, grace_deadline
+from xtb_tasks.core.durability import durable_execute
 from xtb_tasks.core.legs import Leg, LegState
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,9 @@ def _record_armed(client: Any, request: OrderRequest, intent: dict[str, Any], le
     record_intent(pipe, request.account, leg.client_id, **intent)
     if request.cycle_id and request.leg:
         CycleRecord(pipe, request.cycle_id).record_leg(request.leg, leg)
-    pipe.execute()
+    # The presigned order leaves with no write before it, so this is its intent's last chance to
+    # reach a replica.
+    durable_execute(pipe, client, f"armed intent of {request.leg} client id {leg.client_id}", required=True)
 
 
 def await_entry(client: Any, request: OrderRequest, fetched: Prefetch) -> Leg:

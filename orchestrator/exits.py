@@ -33,6 +33,7 @@ from orchestrator.flow import pnl, release_group_lock
 from orchestrator.kill_switch import stop_group
 from xtb_tasks.core.config import Settings
 from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome
+from xtb_tasks.core.durability import durable_execute
 from xtb_tasks.core.legs import parse_leg
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,9 @@ def finish_exit(client: redis.Redis, record: CycleRecord, settings: Settings, by
     if not flat:
         # Kill switch, set before the cycle leaves the active set and its lock is released: a start
         # that takes the lock from then on finds the group stopped (start_cycle checks after the lock).
-        stop_group(client, group, record.cycle_id, reason)
+        pipe = client.pipeline(transaction=False)
+        stop_group(pipe, group, record.cycle_id, reason)
+        durable_execute(pipe, client, f"kill switch of group {group}", required=False)
     record.finish(outcome, reason)
     release_group_lock(client, group, record.cycle_id)
     started = float(data.get("created_at") or time.time())

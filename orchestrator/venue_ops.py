@@ -32,6 +32,7 @@ from venues.base import (
 from xtb_tasks.core import keys
 from xtb_tasks.core.client_ids import IntentStatus, mark_intent, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, grace_deadline
+from xtb_tasks.core.durability import ReplicaTimeout, durable_execute
 from xtb_tasks.core.errors import XtbError
 from xtb_tasks.core.fencing import FENCE_FIELDS
 from xtb_tasks.core.legs import Leg, LegState, parse_leg
@@ -196,7 +197,11 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
     # the send at once and writes its stage and leg while the order travels. Anything else records first.
     presend = armed and intent.get("quantity") == str(quantity)
     if not presend:
-        _record_sending(client, record, req, client_id, quantity, enter)
+        try:
+            _record_sending(client, record, req, client_id, quantity, enter, durable=True)
+        except ReplicaTimeout as exc:
+            # Not sent: the rerun finds the intent SENDING, looks the order up, and records again.
+            raise RetryLater(str(exc), 0.5) from exc
     # No log line before the send: _finish and _not_sent_or_found log each outcome with its order.
     started = time.perf_counter()
     pending = connector.begin_market_order(req.symbol, client_id, req.side, quantity,
@@ -238,7 +243,7 @@ def _not_sent_or_found(client: redis.Redis, connector: VenueConnector, record: C
 
 
 def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
-                    quantity: Decimal, enter: Any) -> None:
+                    quantity: Decimal, enter: Any, *, durable: bool = False) -> None:
     # Intent before action: after this write a crash means "look it up", never "send again blindly".
     # One pipeline for the intent, the stage and the leg record: this is on the hand-off path.
     pipe = client.pipeline(transaction=False)
@@ -250,7 +255,12 @@ def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderR
         if enter is not None:
             writer.set_stage(enter, deadline=grace_deadline())
         writer.record_leg(req.leg, leg_in_flight(req, client_id, quantity))
-    pipe.execute()
+    if not durable:  # written while the order travels: waiting for a replica would only delay the task
+        pipe.execute()
+        return
+    # On a replica before the order goes out; an exit's orders are reduce-only and go on regardless.
+    durable_execute(pipe, client, f"intent of {req.leg or 'order'} client id {client_id} on {req.account}",
+                    required=not (req.leg or "").startswith("exit_"))
 
 
 def leg_in_flight(req: OrderRequest, client_id: int, quantity: Decimal,

@@ -26,6 +26,7 @@ from orchestrator.watchman_unwind import GroupVenues
 from venues.base import VenueConnector
 from xtb_tasks.core import keys
 from xtb_tasks.core.config import AccountConfig, ConfigError, GroupConfig, Role, Settings, Venue
+from xtb_tasks.core.redis_target import RedisAccess, make_client
 from xtb_tasks.core.watchman_config import WatchmanConfig, WatchmanKeys
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,8 @@ class ClusterProbe:
     """When each bot's heartbeat last changed, by this process's clock (see the module docstring)."""
 
     url: str
+    #: The cluster's ``[redis]`` credentials and TLS; a Sentinel URL is followed to the current primary.
+    access: RedisAccess = field(default_factory=RedisAccess)
     started_at: float = field(default_factory=time.monotonic)
     error: str | None = None
     _seen: dict[str, str] = field(default_factory=dict)
@@ -102,8 +105,8 @@ class ClusterProbe:
         if self._client is None:
             # No retries: a partitioned Redis costs one timeout per tick, never several, so the venue
             # reads (what the watchman is for) keep their interval.
-            self._client = redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=_PROBE_TIMEOUT,
-                                                socket_connect_timeout=_PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
+            self._client = make_client(self.url, self.access, socket_timeout=_PROBE_TIMEOUT,
+                                       socket_connect_timeout=_PROBE_TIMEOUT, retry=Retry(NoBackoff(), 0))
         try:
             beats = cast(dict[str, str], self._client.hgetall(keys.HEARTBEAT_LAST))
         except (redis.RedisError, OSError) as exc:

@@ -23,8 +23,6 @@ from enum import Enum
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from venues.base import ReasonCode, VenueError
 
@@ -101,13 +99,6 @@ for i, key in ipairs(KEYS) do
 end
 return out
 """
-
-
-def budget_client(url: str) -> redis.Redis:
-    """A client for budgets that gives up within a quarter second and never retries: a budget
-    call runs on a connector's event loop, and a budget that cannot be read fails open."""
-    return redis.Redis.from_url(url, socket_timeout=0.25, socket_connect_timeout=0.25,
-                                retry=Retry(NoBackoff(), 0), health_check_interval=25)
 
 
 class RequestPriority(Enum):
@@ -195,7 +186,7 @@ class RateBudget:
         started = time.monotonic()
         while True:
             # On the loop, not in a thread: one local round trip is shorter than a thread hop on the
-            # order path. The client must fail fast (budget_client) so a dead Redis cannot stall the loop.
+            # order path. The client must fail fast (redis_conn.budget_client) so a dead Redis cannot stall the loop.
             wait, bucket_key = self._try(charges, priority)
             waited = time.monotonic() - started
             if wait == 0:

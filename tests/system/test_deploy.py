@@ -7,6 +7,7 @@ entry points a production install has) and whose EnvironmentFile is the shipped 
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, worker_argv
+from xtb_tasks.core.redis_target import parse_sentinel_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -110,10 +112,15 @@ def flag_value(command: list[str], flag: str) -> str | None:
 
 def test_compose_file() -> None:
     services = load_compose()["services"]
-    redis_cmd = services["redis"]["command"]
-    assert flag_value(redis_cmd, "--appendonly") == "yes"
-    assert flag_value(redis_cmd, "--maxmemory-policy") == "noeviction"
-    assert any(v.endswith(":/data") for v in services["redis"]["volumes"])
+    # Redis with Sentinel: two data nodes and three Sentinels, all started by redis/start.sh.
+    for name, role in (("redis", "primary"), ("redis-replica", "replica"), ("sentinel-1", "sentinel"),
+                       ("sentinel-2", "sentinel"), ("sentinel-3", "sentinel")):
+        assert services[name]["command"] == [role], name
+        assert services[name]["entrypoint"] == ["/bin/sh", "/opt/xtb-redis/start.sh"], name
+        assert any(v.endswith(":/data") for v in services[name]["volumes"]), name
+    start = (DEPLOY / "redis" / "start.sh").read_text()
+    for line in ("appendonly yes", "maxmemory-policy noeviction", "user default off", "sentinel monitor xtb"):
+        assert line in start, line
     workers = {name: s for name, s in services.items() if "worker" in s.get("command", [])}
     queues = {flag_value(s["command"], "-Q") for s in workers.values()}
     assert queues == {*DEMO_ACCOUNTS, "orchestrator"}
@@ -128,9 +135,10 @@ def test_compose_file() -> None:
     assert flag_value(services["beat"]["command"], "-S") == "redbeat.RedBeatScheduler"
     for name, service in services.items():
         assert service.get("restart") in ("unless-stopped", "always"), name
-        if name != "redis":
+        if "command" in service and service.get("entrypoint") is None:
             assert service["build"]["dockerfile"] == "deploy/Dockerfile", name
-            assert service["environment"]["REDIS_URL"].startswith("redis://redis:"), name
+            target = parse_sentinel_url(service["environment"]["REDIS_URL"])
+            assert target is not None and len(target.sentinels) == 3 and target.master_name == "xtb", name
     assert all(port.startswith("127.0.0.1:") for s in services.values() for port in s.get("ports", []))
     dockerfile = (DEPLOY / "Dockerfile").read_text()
     assert "FROM python:3.11-slim" in dockerfile and "pip install /opt/xtb" in dockerfile
@@ -140,9 +148,84 @@ def test_env_example_documents_every_variable_without_secrets() -> None:
     text = (DEPLOY / "xtb.env.example").read_text()
     values = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
     for name in ("XTB_CONFIG", "REDIS_URL", "FLOWER_BASIC_AUTH", "XTB_DASHBOARD_TOKEN", "XTB_TELEGRAM_BOT_TOKEN",
-                 "XTB_TELEGRAM_CHAT_ID", "XTB_WATCHMAN_TELEGRAM_BOT_TOKEN", "XTB_WATCHMAN_TELEGRAM_CHAT_ID"):
+                 "XTB_TELEGRAM_CHAT_ID", "XTB_WATCHMAN_TELEGRAM_BOT_TOKEN", "XTB_WATCHMAN_TELEGRAM_CHAT_ID",
+                 "XTB_REDIS_USER", "XTB_REDIS_PASSWORD"):
         assert name in values, name
         assert "# " in text.split(f"\n{name}=")[0].rsplit("\n\n", 1)[-1], f"{name} has no comment"
     for secret in ("FLOWER_BASIC_AUTH", "XTB_DASHBOARD_TOKEN", "XTB_TELEGRAM_BOT_TOKEN", "XTB_TELEGRAM_CHAT_ID",
-                   "XTB_WATCHMAN_TELEGRAM_BOT_TOKEN", "XTB_WATCHMAN_TELEGRAM_CHAT_ID"):
+                   "XTB_WATCHMAN_TELEGRAM_BOT_TOKEN", "XTB_WATCHMAN_TELEGRAM_CHAT_ID", "XTB_REDIS_PASSWORD",
+                   "XTB_REDIS_SENTINEL_PASSWORD"):
         assert values[secret] == "", secret
+
+
+def _start_node(role: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(["/bin/sh", str(DEPLOY / "redis" / "start.sh"), role], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+
+
+def test_redis_start_script_runs_sentinel_acl_and_aof(tmp_path: Path) -> None:
+    """deploy/redis/start.sh as systemd and compose run it: a primary, a replica and a Sentinel on
+    loopback; the bot's user reaches the primary through the Sentinel, nobody else gets in."""
+    import secrets
+
+    import redis
+
+    from tests.helpers.support import free_port, wait_until
+    from xtb_tasks.core.redis_target import RedisAccess, SentinelTarget, make_client
+
+    password, sentinel_password = secrets.token_hex(12), secrets.token_hex(12)
+    primary, replica, sentinel = free_port(), free_port(), free_port()
+    base = {"PATH": os.environ["PATH"], "XTB_REDIS_PASSWORD": password, "XTB_REDIS_SENTINEL_PASSWORD": sentinel_password,
+            "XTB_REDIS_PRIMARY_HOST": "127.0.0.1", "XTB_REDIS_PRIMARY_PORT": str(primary),
+            "XTB_REDIS_ANNOUNCE": "127.0.0.1"}
+    procs = []
+    try:
+        for role, port in (("primary", primary), ("replica", replica)):
+            (tmp_path / role).mkdir()
+            procs.append(_start_node(role, {**base, "XTB_REDIS_DATA": str(tmp_path / role),
+                                            "XTB_REDIS_PORT": str(port)}, tmp_path / f"{role}.log"))
+        (tmp_path / "sentinel").mkdir()
+        procs.append(_start_node("sentinel", {**base, "XTB_REDIS_DATA": str(tmp_path / "sentinel"),
+                                              "XTB_SENTINEL_PORT": str(sentinel)}, tmp_path / "sentinel.log"))
+        bot = redis.Redis(port=primary, username="xtb", password=password, decode_responses=True)
+        wait_until(lambda: _answers(bot) and bot.info("replication").get("connected_slaves") == 1, timeout=20,
+                   what="the primary with its replica")
+        assert bot.info("persistence")["aof_enabled"] == 1
+        assert bot.info("memory")["maxmemory_policy"] == "noeviction"
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=primary).ping()
+        with pytest.raises(redis.exceptions.NoPermissionError):
+            bot.flushall()
+        assert not (set(os.listdir(tmp_path / "primary")) - {"users.acl", "redis.conf", "appendonlydir"})
+        assert oct((tmp_path / "primary" / "users.acl").stat().st_mode & 0o777) == "0o600"
+        target = SentinelTarget((("127.0.0.1", sentinel),), "xtb").url()
+        os.environ.update({"XTB_DEPLOY_TEST_USER": "xtb", "XTB_DEPLOY_TEST_PASSWORD": password})
+        access = RedisAccess(username_env="XTB_DEPLOY_TEST_USER", password_env="XTB_DEPLOY_TEST_PASSWORD")
+        wait_until(lambda: _probes(target, access), timeout=20, what="the sentinel to name the primary")
+        client = make_client(target, access)
+        client.set("xtb:deploy-test", "1")
+        assert client.connection_pool.get_master_address() == ("127.0.0.1", primary)
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(10)
+
+
+def _answers(client: Any) -> bool:
+    import redis
+
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+
+
+def _probes(url: str, access: Any) -> bool:
+    from xtb_tasks.core.redis_target import RedisUnavailable, probe
+
+    try:
+        probe(url, access)
+    except RedisUnavailable:
+        return False
+    return True

@@ -22,10 +22,10 @@ from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 
 def _context(ctx: click.Context) -> tuple[Settings, redis.Redis]:
-    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import checked_client
 
     settings = load_settings((ctx.obj or {}).get("config_file"))
-    return settings, redis_client(resolve_redis_url(settings))
+    return settings, checked_client(settings)
 
 
 def cycle_summary(record: CycleRecord) -> dict[str, Any]:

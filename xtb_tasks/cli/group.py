@@ -90,11 +90,11 @@ def resume(ctx: click.Context, name: str, direct_mode: bool) -> None:
     """
     from monitoring.alerts import AlertKind, format_group_resumed, raise_alert
     from orchestrator.kill_switch import clear_stop, group_stop, resume_blockers
-    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import checked_client
 
     settings = load_settings((ctx.obj or {}).get("config_file"))
     grp = settings.group(name)  # an unknown group is a ConfigError: one line, exit 2
-    client = redis_client(resolve_redis_url(settings))
+    client = checked_client(settings)
     stop = group_stop(client, name)
     if stop is None:
         click.echo(f"group {name} is not stopped; nothing to resume")

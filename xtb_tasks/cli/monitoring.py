@@ -25,9 +25,9 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _redis(settings: Settings | None) -> redis.Redis:
-    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import checked_client
 
-    r = redis_client(resolve_redis_url(settings))
+    r = checked_client(settings)
     r.ping()  # fail here, before a command starts; xtb_tasks.cli.describe words the error
     return r
 

@@ -20,6 +20,7 @@ from types import TracebackType
 from xtb_tasks.core.config import Settings
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, worker_argv
 from xtb_tasks.core.redis_conn import configured_url, data_dir, ensure_embedded_redis, resolve_redis_url, stop_embedded_redis
+from xtb_tasks.core.redis_target import probe
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class ProcessSet:
             self.redis_url, self.owns_redis = embedded.url, embedded.started
         else:
             self.redis_url = resolve_redis_url(settings)
+            # One line naming what failed (no sentinel answers, no such primary, AUTH refused)
+            # before any worker starts, instead of workers retrying it in their logs.
+            probe(self.redis_url, settings.redis_access)
         self.log_dir = log_dir or (data_dir() / "logs")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.env = dict(os.environ)

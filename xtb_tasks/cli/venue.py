@@ -57,11 +57,11 @@ def via_queue(task: str, kwargs: dict[str, Any], queue: str) -> dict[str, Any]:
 def direct(account: str, settings: Settings, fn: Any) -> Any:
     """Run ``fn(connector, redis)`` in process under the account lease (same rule as the worker)."""
     from xtb_tasks.core import keys
-    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import checked_client
     from xtb_tasks.worker.connectors import get_connector
     from xtb_tasks.worker.lease import LEASE_TTL, break_dead_lease, lease_token
 
-    client = redis_client(resolve_redis_url(settings))
+    client = checked_client(settings)
     key = keys.account_lock(account)
     lock = client.lock(key, timeout=LEASE_TTL, blocking_timeout=10, thread_local=False)
     if not lock.acquire(token=lease_token()) and not (
@@ -98,9 +98,9 @@ def order(ctx: click.Context, account: str, side: str, size_text: str, symbol: s
     size = parse_size(size_text)
     market = symbol_of(settings, account, symbol)
     from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
-    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import checked_client
 
-    client = redis_client(resolve_redis_url(settings))
+    client = checked_client(settings)
     client_id = allocate_client_ids(client, account, cfg.venue.value, 1)[0]
     record_intent(client, account, client_id, leg="manual")
     kwargs = {"account": account, "symbol": market, "side": side, "client_ids": [client_id], "quantity": str(size),
@@ -165,10 +165,10 @@ def flatten(ctx: click.Context, account: str | None, group: str | None) -> None:
         grp = settings.group(str(group))
         targets = [(grp.account_for(role), grp.symbol_for(role)) for role in Role]
     from xtb_tasks.core.client_ids import allocate_client_ids
-    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+    from xtb_tasks.core.redis_conn import checked_client
     from xtb_tasks.worker.celery_app import app
 
-    client = redis_client(resolve_redis_url(settings))
+    client = checked_client(settings)
     from xtb_tasks.worker.results import wait_result
 
     pending = []

@@ -59,7 +59,7 @@ def watchman(ctx: click.Context, once: bool) -> None:
         for built in venues:
             built.close()
         raise exc.with_path(str(settings.path)) from None
-    probe = ClusterProbe(_watchman_url(settings))
+    probe = ClusterProbe(_watchman_url(settings), settings.redis_access)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _stopper(stop))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import socket
 
-from venues.budget import RateBudget, budget_client
+from venues.budget import RateBudget
 from venues.lighter.budget import LighterBudget
 from venues.lighter.limits import Tier
 from xtb_tasks.core.config import AccountConfig, Settings, Venue
-from xtb_tasks.core.redis_conn import resolve_redis_url
+from xtb_tasks.core.redis_conn import budget_client, resolve_redis_url
 
 
 def lighter_budget(cfg: AccountConfig, settings: Settings) -> LighterBudget | None:
@@ -16,7 +16,7 @@ def lighter_budget(cfg: AccountConfig, settings: Settings) -> LighterBudget | No
     conf = settings.rate_budget
     if cfg.venue is not Venue.LIGHTER or not conf.enabled:
         return None
-    shared = RateBudget(budget_client(resolve_redis_url(settings)), read_share=conf.read_share)
+    shared = RateBudget(budget_client(resolve_redis_url(settings), settings.redis_access), read_share=conf.read_share)
     # Without an address each account is its own; the IP defaults to this host's name.
     return LighterBudget(shared, Tier(cfg.tier.value), cfg.l1_address or f"account-{cfg.account_index}",
                          conf.egress or socket.gethostname())

@@ -34,6 +34,7 @@ from xtb_tasks.core.config_schema import (
     TelemetryConfig,
     Venue,
 )
+from xtb_tasks.core.redis_target import SENTINEL_SCHEME, RedisAccess, SentinelTarget, parse_address, parse_sentinel_url
 from xtb_tasks.core.watchman_config import WatchmanConfig, check_watchman, parse_watchman
 
 __all__ = [
@@ -51,7 +52,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     """The whole configuration file, validated."""
 
     path: Annotated[Path | None, msgspec.Meta(description="the file it was read from")]
-    redis_url: Annotated[str | None, msgspec.Meta(description="[redis] url; $REDIS_URL wins")]
+    redis_url: Annotated[str | None, msgspec.Meta(
+        description="[redis] url, or the redis+sentinel:// URL of [redis] sentinels and master_name; $REDIS_URL wins")]
+    redis_access: Annotated[RedisAccess, msgspec.Meta(
+        description="[redis] credentials (environment variable names), TLS and replica waits")] = RedisAccess()
     visibility_timeout_secs: Annotated[int, msgspec.Meta(description="[redis] visibility_timeout_secs")] = 3600
     step_grace_secs: Annotated[float, msgspec.Meta(description="[watchdog] step_grace_secs")] = (
         policies.DEFAULT_STEP_GRACE_SECS)
@@ -91,7 +95,11 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
 
 
 class _Redis(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    url: Annotated[str | None, msgspec.Meta(description="a redis, rediss or unix URL")] = None
+    url: Annotated[str | None, msgspec.Meta(description="a redis, rediss, unix or redis+sentinel URL")] = None
+    sentinels: Annotated[list[str], msgspec.Meta(
+        description="host:port of each Sentinel; the clients follow the primary they name (instead of url)")] = []
+    master_name: Annotated[str | None, msgspec.Meta(description="the primary's name in the Sentinels' config")] = None
+    db: Annotated[int, msgspec.Meta(ge=0, le=15, description="database number with sentinels")] = 0
     # Production keeps the hour (celery-redis.md §1.2): below the task time limit a slow task is
     # delivered twice. Short values exist to test exactly that (the fencing tokens refuse the stale copy).
     visibility_timeout_secs: Annotated[int, msgspec.Meta(ge=5, le=86400), msgspec.Meta(
@@ -199,11 +207,50 @@ def _check_one_group_per_account(groups: dict[str, GroupConfig]) -> None:
             seen[account] = (group.name, role)
 
 
+_ACCESS_KEYS = frozenset(RedisAccess.__struct_fields__)
+
+
 def _redis_url(table: _Redis) -> str | None:
     url = table.url
-    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
-        raise ConfigError("redis.url", f"expected a redis/rediss/unix URL, got {url!r}")
+    if table.sentinels or table.master_name is not None:
+        return _sentinel_url(table)
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://", SENTINEL_SCHEME)):
+        raise ConfigError("redis.url", f"expected a redis/rediss/unix/{SENTINEL_SCHEME} URL, got {url!r}")
+    if url is not None and url.startswith(SENTINEL_SCHEME):
+        try:
+            parse_sentinel_url(url)
+        except ValueError as exc:
+            raise ConfigError("redis.url", str(exc)) from None
     return url.rstrip("/") if url is not None else None
+
+
+def _sentinel_url(table: _Redis) -> str:
+    if table.url is not None:
+        raise ConfigError("redis.sentinels", "set either url or sentinels and master_name, not both")
+    if not table.sentinels:
+        raise ConfigError("redis.sentinels", 'expected a list of "host:port" with master_name')
+    if not table.master_name:
+        raise ConfigError("redis.master_name", "expected the primary's name as the Sentinels know it (with sentinels)")
+    try:
+        addresses = tuple(parse_address(entry) for entry in table.sentinels)
+    except ValueError as exc:
+        raise ConfigError("redis.sentinels", str(exc)) from None
+    return SentinelTarget(addresses, table.master_name, table.db).url()
+
+
+def _redis_access(table: dict[str, Any], base_dir: Path) -> RedisAccess:
+    known = _ACCESS_KEYS | set(_Redis.__struct_fields__)
+    for key in table:
+        if key not in known:
+            raise ConfigError(f"redis.{key}", f"unknown key; expected one of {', '.join(sorted(known))}")
+    access = decode_table(RedisAccess, {k: v for k, v in table.items() if k in _ACCESS_KEYS}, "redis", base_dir)
+    for key in ("tls_ca_file", "tls_cert_file", "tls_key_file"):
+        path = getattr(access, key)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"redis.{key}", f"file not found: {path}")
+    if (access.tls_cert_file is None) != (access.tls_key_file is None):
+        raise ConfigError("redis.tls_cert_file", "expected tls_cert_file and tls_key_file together")
+    return access
 
 
 def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings:
@@ -214,12 +261,14 @@ def parse_settings(doc: Mapping[str, Any], path: Path | None = None) -> Settings
     groups = {name: _parse_group(name, table, accounts) for name, table in top.groups.items()}
     _check_one_group_per_account(groups)
     schedules = {name: _parse_schedule(name, table, groups) for name, table in top.schedules.items()}
-    redis_table = decode_table(_Redis, top.redis, "redis")
+    redis_access = _redis_access(top.redis, base_dir)
+    redis_table = decode_table(_Redis, {k: v for k, v in top.redis.items() if k not in _ACCESS_KEYS}, "redis")
     watchman = parse_watchman(top.watchman, base_dir)
     if watchman is not None:
         check_watchman(watchman, accounts, groups)
     return Settings(
         path=path, redis_url=_redis_url(redis_table), visibility_timeout_secs=redis_table.visibility_timeout_secs,
+        redis_access=redis_access,
         step_grace_secs=decode_table(_Watchdog, top.watchdog, "watchdog").step_grace_secs,
         accounts=accounts, groups=groups, schedules=schedules,
         telegram=decode_table(TelegramConfig, top.telegram, "telegram", base_dir),

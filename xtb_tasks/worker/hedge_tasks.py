@@ -37,6 +37,7 @@ from xtb_tasks.core.cycle_record import (
     grace_deadline,
     positions_fields,
 )
+from xtb_tasks.core.durability import durable_execute
 from xtb_tasks.core.errors import EXIT_USAGE, XtbError
 from xtb_tasks.core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from xtb_tasks.core.redis_conn import redis_client
@@ -156,7 +157,9 @@ def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
     queue_alert(pipe, AlertKind.CYCLE_STARTED,
                 format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),
                 cycle_id=cycle_id, group=grp.name)
-    pipe.execute()
+    # On a replica before the entry chain is published: a plan lost in a failover would leave
+    # orders whose intents nobody can find.
+    durable_execute(pipe, redis_client(), f"plan of cycle {cycle_id}", required=True)
     log.info("cycle=%s plan bp=%s %s wait=%.2fs price=%s", cycle_id, cycle_plan.bp_side.value,
              cycle_plan.bp_size, cycle_plan.wait_secs, cycle_plan.reference_price)
     canvas.entry_chain(grp, params, cycle_plan, cycle_id, ids).apply_async()
