@@ -39,6 +39,7 @@ from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.exit_tasks import report_exit
 from xtb_tasks.worker.hedge_tasks import record_of, settings
+from xtb_tasks.worker.lease import holder_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -117,14 +118,22 @@ def exit_decide(readings: list[dict[str, Any]], *, cycle_id: str, reason: str, a
 
 
 def held_leases(grp: GroupConfig) -> dict[str, float]:
-    """The roles whose account lease someone holds, with the seconds it has left (one round trip)."""
+    """The roles whose account lease a live process may hold, with the seconds it has left (one
+    round trip). A lease whose holder is a dead process of this host is not counted: the account's
+    worker breaks it (on its next task, or when it restarts)."""
     accounts = {role: account for account, role in _roles_by_account(grp).items()}
     pipe = redis_client().pipeline(transaction=False)
     for account in accounts.values():
+        pipe.get(keys.account_lock(account))
         pipe.pttl(keys.account_lock(account))
-    ttls = pipe.execute()
-    # PTTL is -2 for no key; -1 (a lease without expiry) is never written, but counts as held.
-    return {role: max(ttl, 0) / 1000 for role, ttl in zip(accounts, ttls, strict=True) if ttl != -2}
+    answers = pipe.execute()
+    held = {}
+    for n, role in enumerate(accounts):
+        token, ttl = answers[2 * n], answers[2 * n + 1]
+        # PTTL is -2 for no key; -1 (a lease without expiry) is never written, but counts as held.
+        if token and ttl != -2 and not holder_is_dead(token):
+            held[role] = max(ttl, 0) / 1000
+    return held
 
 
 def _wait_step(record: CycleRecord, view: CycleView, grp: GroupConfig, state: ExitState, held: dict[str, float],

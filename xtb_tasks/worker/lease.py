@@ -50,7 +50,8 @@ def lease_token() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex}"
 
 
-def _holder_is_dead(token: str) -> bool:
+def holder_is_dead(token: str) -> bool:
+    """Whether the lease token names a process of this host that is gone (another host: never known)."""
     host, _, rest = token.partition(":")
     pid_text = rest.partition(":")[0]
     if host != _HOST or not pid_text.isdigit():
@@ -67,7 +68,7 @@ def _holder_is_dead(token: str) -> bool:
 def break_dead_lease(client: Any, key: str) -> bool:
     """Release a lease whose holder died (SIGKILL, OOM) instead of waiting out its TTL."""
     token = client.get(key)
-    if token and _holder_is_dead(token) and client.eval(_BREAK_IF_VALUE, 1, key, token):
+    if token and holder_is_dead(token) and client.eval(_BREAK_IF_VALUE, 1, key, token):
         log.warning("lease %s held by dead process %s broken", key, token.rsplit(":", 1)[0])
         return True
     return False
