@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ from typing import Any, ClassVar
 from celery import Task
 from redis.exceptions import LockError
 
-from xtb_tasks.core import keys
+from xtb_tasks.core import keys, lease_clock
 from xtb_tasks.core.policies import LEASE_BUSY
 from xtb_tasks.core.redis_conn import redis_client
 
@@ -102,15 +103,19 @@ def account_lease(task: Task, account: str) -> Iterator[None]:
     may have to act takes it only then)."""
     client = redis_client()
     key = keys.account_lock(account)
-    lock = client.lock(key, timeout=getattr(task, "lease_ttl", LEASE_TTL), blocking=True,
-                       blocking_timeout=LEASE_WAIT_SECS, thread_local=False)
+    ttl = getattr(task, "lease_ttl", LEASE_TTL)
+    lock = client.lock(key, timeout=ttl, blocking=True, blocking_timeout=LEASE_WAIT_SECS, thread_local=False)
+    requested_at = time.monotonic()
     if not lock.acquire(token=lease_token()) and not (
             break_dead_lease(client, key) and lock.acquire(blocking=False, token=lease_token())):
         log.info("account=%s task=%s lease busy; retrying", account, task.name)
         raise task.retry(countdown=LEASE_BUSY.delay(1), max_retries=LEASE_BUSY.retries)
+    # Timed here as well: an order goes out only while the lease surely stands (lease_clock).
+    lease_clock.hold(account, ttl, requested_at)
     try:
         yield
     finally:
+        lease_clock.drop(account)
         try:
             lock.release()
         except LockError:
