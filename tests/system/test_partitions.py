@@ -174,6 +174,9 @@ def test_a_venue_worker_cut_from_redis_sends_nothing_more_and_its_lease_runs_out
     # group is off by it only until the watchdog's unwind (step grace plus a sweep and an exit step).
     assert sampler.longest_off <= STEP_GRACE_SECS + 15, sampler.longest_off
     assert len(cycle_alerts(dep, cycle_id, "emergency_exit")) == 1
+    # Meanwhile the exit closed no Lighter leg alone: it waited, hedged, for the lease.
+    events = [e["text"] for e in dep.record(cycle_id).get("events") or []]
+    assert any("waits, the account lease of L2 (lighter2" in t for t in events), events
 
     # Back on the network, the cut worker acts on nothing of the finished cycle.
     healed_wall = time.time()
