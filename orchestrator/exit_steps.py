@@ -16,6 +16,13 @@ baselines (its own deltas), and sends one of two things:
 So Backpack is only ever reduced in step with Lighter fills, and a Backpack order never takes the
 net beyond one step (it is at most the net, rounded down to Backpack's grid). A Lighter leg that
 reads zero (liquidated) is not traded. Nothing to send means the step is the last one.
+
+A role whose account lease is **held** (``held``: a worker may still be acting on the account, one
+cut from Redis until its lease expires, say) gets no order: an order there would only queue behind
+the lease while the step's other orders fill, and closing one of two Lighter legs that hedge each
+other while the other cannot move leaves the group naked by a whole leg. The catch-up uses another
+role on the net's side if one can take it; Lighter closes go out only when no open leg is held.
+Otherwise the step is a **wait**: nothing is sent, and the next read decides again.
 """
 
 from __future__ import annotations
@@ -95,18 +102,25 @@ class ExitState:
         return abs(self.delta(role)) < self.rules[role].step_size
 
 
-def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float) -> ExitOrder | None:
-    """The order that brings the net back within one Backpack step, or None when it is within.
+def off_step(state: ExitState) -> bool:
+    """Whether the group's net is a whole Backpack step or more off zero."""
+    return abs(state.net) >= state.rules["BP"].step_size
+
+
+def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float,
+             held: frozenset[str] = frozenset()) -> ExitOrder | None:
+    """The order that brings the net back within one Backpack step, or None when it is within (or
+    when only roles in ``held`` could take it).
 
     The leg reduced is one whose own delta lies on the net's side, so reducing it by at most the
     net (rounded down to its grid) moves the net toward zero and never past it.
     """
     net = state.net
-    if abs(net) < state.rules["BP"].step_size:
+    if not off_step(state):
         return None
     for role in ROLES:
         delta = state.delta(role)
-        if delta == 0 or (delta > 0) != (net > 0):
+        if delta == 0 or (delta > 0) != (net > 0) or role in held:
             continue
         quantity = state.tradable(role, min(abs(net), state.reducible(role)))
         if quantity > 0:
@@ -127,23 +141,30 @@ def lighter_closes(state: ExitState, slippage: float) -> list[ExitOrder]:
 
 @dataclass(frozen=True)
 class ExitStep:
-    """What one step sends: a catch-up order, Lighter closes, or nothing (``done``)."""
+    """What one step sends: a catch-up order, Lighter closes, nothing while a lease is held
+    (``wait``), or nothing because the exit is over (``done``)."""
 
     kind: str
     orders: tuple[ExitOrder, ...]
 
     @property
     def done(self) -> bool:
-        return not self.orders
+        return self.kind == "done"
 
 
-def next_step(state: ExitState, step_number: int, lighter: SlippageLadder, backpack: SlippageLadder) -> ExitStep:
-    """The next step of the exit from a fresh read (see the module docstring)."""
+def next_step(state: ExitState, step_number: int, lighter: SlippageLadder, backpack: SlippageLadder,
+              held: frozenset[str] = frozenset()) -> ExitStep:
+    """The next step of the exit from a fresh read (see the module docstring); ``held``: the roles
+    whose account lease someone holds."""
     lighter_cap, bp_cap = lighter.cap(step_number), backpack.cap(step_number)
-    order = catch_up(state, bp_cap, lighter_cap)
+    order = catch_up(state, bp_cap, lighter_cap, held)
     if order is not None:
         return ExitStep("catch_up", (order,))
+    if off_step(state) and catch_up(state, bp_cap, lighter_cap) is not None:
+        return ExitStep("wait", ())
     closes = lighter_closes(state, lighter_cap)
+    if any(o.role in held for o in closes):
+        return ExitStep("wait", ())
     if closes:
         return ExitStep("lighter_close", tuple(closes))
     # With every Lighter leg closed the net is Backpack's own delta, which catch-up took above; what

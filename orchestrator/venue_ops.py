@@ -29,7 +29,7 @@ from venues.base import (
     VenueConnector,
     VenueError,
 )
-from xtb_tasks.core import keys
+from xtb_tasks.core import keys, lease_clock
 from xtb_tasks.core.client_ids import IntentStatus, mark_intent, record_intent
 from xtb_tasks.core.cycle_record import CycleRecord, grace_deadline
 from xtb_tasks.core.durability import ReplicaTimeout, durable_execute
@@ -189,6 +189,11 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
 
 def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | None, req: OrderRequest,
           client_id: int, intent: dict[str, str], fetched: Prefetch, stage: Any) -> OrderReport:
+    if not lease_clock.may_send(req.account):
+        # A task that outlived its time limit (its worker's main process held up by a dead broker
+        # connection) sends nothing on a lease that may have expired; the rerun takes a fresh one.
+        raise RetryLater(f"the account lease has {lease_clock.remaining(req.account):.0f} s left; not sending on it",
+                         req.retry_delay_secs)
     armed = client_id == fetched.armed_id
     quantity = (Decimal(intent["quantity"]) if intent.get("quantity") and not armed
                 else _resolve_quantity(connector, req, fetched.prior_leg))

@@ -179,22 +179,23 @@ class Deployment:
 def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: dict[str, object] | None = None,
                     redis_options: dict[str, int] | None = None, profile: Any = None,
                     step_grace_secs: float | None = None, lighter_rules: Any = None,
-                    streams: bool = True) -> Deployment:
+                    streams: bool = True, sim_host: str = "127.0.0.1") -> Deployment:
     """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults);
     ``step_grace_secs``: the config's ``[watchdog] step_grace_secs`` (None = the default 30 s);
     ``lighter_rules``: the Lighter simulator's own rules (``lighter_rules.LighterRules``; None = the
     defaults: Standard-tier rate limits, nextNonce lag);
     ``streams=False``: every worker reads REST only, unbudgeted (tests whose faults are REST's), against
     the easy Lighter (``LighterRules.easy()``) unless ``lighter_rules`` says otherwise: polling REST
-    every 0.2-0.5 s is what the streams replaced, and it spends a Standard minute in seconds."""
+    every 0.2-0.5 s is what the streams replaced, and it spends a Standard minute in seconds;
+    ``sim_host``: the address the simulators listen on (the partition tests' venue bridge)."""
     from venues.simulator.lighter_rules import LighterRules
     from venues.simulator.server import SimulatorServer
 
     if lighter_rules is None and not streams:
         lighter_rules = LighterRules.easy()
 
-    sim = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None, profile=profile,
-                          lighter_rules=lighter_rules)
+    sim = SimulatorServer(host=sim_host, backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None,
+                          profile=profile, lighter_rules=lighter_rules)
     urls = sim.start()
     config = write_config(tmp / "xtb.toml", urls, group_params={**FAST_PARAMS, **(params or {})},
                           redis_options=redis_options, step_grace_secs=step_grace_secs,

@@ -24,23 +24,33 @@ class RedisServer:
     port: int
     proc: subprocess.Popen[bytes]
     directory: Path
+    #: The address the URL names (the server also listens on loopback).
+    host: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def client(self) -> redis.Redis:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
 
-def start_redis_server(directory: Path, *, port: int | None = None, persistent: bool = False) -> RedisServer:
+def start_redis_server(directory: Path, *, port: int | None = None, persistent: bool = False,
+                       host: str = "127.0.0.1") -> RedisServer:
+    """``host``: an address to listen on besides loopback (the partition tests' Redis bridge)."""
     from xtb_tasks.core.redis_conn import server_args
 
     port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(server_args(port, directory, persistent=persistent),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(port, proc, directory)
+    args = server_args(port, directory, persistent=persistent)
+    if host != "127.0.0.1":
+        # Protected mode refuses every client off loopback while no password is set; this server
+        # listens only on loopback and the test's own bridge, which nothing outside the test reaches.
+        bind = args.index("--bind") + 1
+        args[bind:bind + 1] = ["127.0.0.1", host]
+        args[args.index("--protected-mode") + 1] = "no"
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(port, proc, directory, host)
     wait_until(lambda: _pings(server.url), timeout=10, what=f"redis-server on port {port}")
     return server
 
@@ -119,11 +129,13 @@ def worker_env(config_path: Path | None, redis_url: str, extra: dict[str, str] |
 
 def start_worker(queues: list[str], *, name: str, config_path: Path | None, redis_url: str,
                  log_dir: Path, extra_env: dict[str, str] | None = None, wait: bool = True,
-                 concurrency: int = 1) -> WorkerProcess:
+                 concurrency: int = 1, prefix: list[str] | None = None) -> WorkerProcess:
+    """``prefix``: a command the worker runs under (``ip netns exec NS``: the partition tests' hosts);
+    it must exec the worker, so that the process started is the worker itself."""
     log_path = log_dir / f"worker-{name}-{time.time_ns()}.log"
     # The production command line, plus what the tests need: a log file per worker, and no
     # start-up handshake with (or gossip about) the other test workers, which only slows them.
-    cmd = [sys.executable, "-m", "celery", *worker_argv(queues, name=name, concurrency=concurrency),
+    cmd = [*(prefix or []), sys.executable, "-m", "celery", *worker_argv(queues, name=name, concurrency=concurrency),
            "--without-mingle", "--without-gossip", "--logfile", str(log_path)]
     env = worker_env(config_path, redis_url, extra_env)
     proc = subprocess.Popen(cmd, cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)

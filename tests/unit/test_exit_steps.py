@@ -158,3 +158,31 @@ def test_an_unwind_with_partial_lighter_fills_stays_within_one_step_and_closes(
     assert next_step(st_, 0, LIGHTER, BACKPACK).done
     assert all(abs(st_.delta(role)) < L_MIN for role in ("L1", "L2")), st_.positions
     assert abs(st_.net) < max(Decimal(bp_step), L_MIN)
+
+
+# ---- a role whose account lease is held gets no order --------------------------------------------
+
+def test_lighter_legs_that_hedge_each_other_are_not_closed_while_one_of_them_is_leased() -> None:
+    # Backpack already caught up; L1 and L2 hedge each other. Closing L1 alone while L2 cannot move
+    # would leave the group naked by L2's whole position.
+    hedged = state("0", "-9.5", "9.5")
+    for held in ("L1", "L2"):
+        step = next_step(hedged, 1, LIGHTER, BACKPACK, frozenset({held}))
+        assert (step.kind, step.orders, step.done) == ("wait", (), False)
+    assert next_step(hedged, 1, LIGHTER, BACKPACK, frozenset({"BP"})).kind == "lighter_close"
+
+
+def test_the_catch_up_takes_another_role_on_the_nets_side_when_the_first_is_leased() -> None:
+    # Net +5: Backpack (long 5) and L2 (long 10) are on its side; Backpack comes first unless leased.
+    off = state("5", "-10", "10")
+    assert [(o.role, o.side, o.quantity) for o in next_step(off, 0, LIGHTER, BACKPACK).orders] == \
+        [("BP", Side.SELL, Decimal(5))]
+    step = next_step(off, 0, LIGHTER, BACKPACK, frozenset({"BP"}))
+    assert [(o.role, o.side, o.quantity) for o in step.orders] == [("L2", Side.SELL, Decimal(5))]
+
+
+def test_a_catch_up_only_a_leased_role_can_take_waits() -> None:
+    # Net +9.5 on L2 alone (Backpack at its baseline): nothing else may reduce it.
+    step = next_step(state("0", "0", "9.5"), 2, LIGHTER, BACKPACK, frozenset({"L2"}))
+    assert (step.kind, step.orders) == ("wait", ())
+    assert next_step(state("0", "0", "0"), 2, LIGHTER, BACKPACK, frozenset({"L2"})).done

@@ -14,10 +14,12 @@ from typing import Any
 from monitoring.alerts import AlertKind, raise_alert
 from orchestrator.venue_ops import note_account_state
 from venues.base import VenueConnector
+from xtb_tasks.core import keys
 from xtb_tasks.core.budgets import lighter_budget
 from xtb_tasks.core.config import AccountConfig, Settings, Venue, load_settings
 from xtb_tasks.core.errors import XtbError
 from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+from xtb_tasks.worker.lease import break_dead_lease
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +125,19 @@ def install_prewarm_hooks() -> None:
     @worker_process_init.connect(weak=False)
     def _prewarm(**_: object) -> None:
         for account in _consumed_accounts:
+            _break_dead_lease(account)
             try:
                 get_connector(account)
             except Exception:
                 # The first task reports the problem properly; a boot-time failure must not kill the pool.
                 log.exception("account=%s connector could not be built at worker start", account)
+
+
+def _break_dead_lease(account: str) -> None:
+    # A worker restarted after a crash frees the lease its dead process left at once: an emergency
+    # exit sends nothing to a leased account (exit_step_tasks.held_leases) and would otherwise wait
+    # out the TTL on another host, which cannot tell that the holder is gone.
+    try:
+        break_dead_lease(redis_client(), keys.account_lock(account))
+    except Exception:
+        log.warning("account=%s could not check its lease at worker start", account, exc_info=True)

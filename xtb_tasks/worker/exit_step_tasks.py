@@ -31,13 +31,15 @@ from orchestrator.exit_steps import (
 )
 from orchestrator.flow import group_and_params
 from venues.base import MarketRules
+from xtb_tasks.core import keys
 from xtb_tasks.core.client_ids import allocate_id_blocks, record_intent
 from xtb_tasks.core.config import GroupConfig, HedgeParams
-from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, grace_deadline, positions_fields
+from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, grace_deadline, positions_fields, step_grace
 from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.exit_tasks import report_exit
 from xtb_tasks.worker.hedge_tasks import record_of, settings
+from xtb_tasks.worker.lease import holder_is_dead
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 STEP_KEY_BASE = 1000
 #: Client ids per exit order: a rejected send moves on to the spare.
 IDS_PER_ORDER = 2
+#: The shortest wait before an exit step that found a lease held reads again.
+LEASE_RECHECK_SECS = 0.5
 
 
 def step_key(attempt: int, step: int) -> int:
@@ -101,13 +105,54 @@ def exit_decide(readings: list[dict[str, Any]], *, cycle_id: str, reason: str, a
         _read_later(grp, cycle_id, reason, attempt, step + 1, params.lighter_retry_delay_secs)
         return {"unknown": True}
     lighter, backpack = ladders(params)
-    decided = next_step(state, step, lighter, backpack)
+    held = held_leases(grp)
+    decided = next_step(state, step, lighter, backpack, frozenset(held))
     if decided.done or last:
         if not record.claim(f"exit_step:{key}", {"read": state_to_json(state)["positions"], "kind": "report"}):
             return {"duplicate": True}
         _note_read(record, view, state, key)
         return report_exit(record, _results(grp, by_role, state), reason=reason, attempt=attempt)
+    if decided.kind == "wait":
+        return _wait_step(record, view, grp, state, held, reason=reason, attempt=attempt, step=step)
     return _send_step(record, view, grp, params, state, decided, reason=reason, attempt=attempt, step=step)
+
+
+def held_leases(grp: GroupConfig) -> dict[str, float]:
+    """The roles whose account lease a live process may hold, with the seconds it has left (one
+    round trip). A lease whose holder is a dead process of this host is not counted: the account's
+    worker breaks it (on its next task, or when it restarts)."""
+    accounts = {role: account for account, role in _roles_by_account(grp).items()}
+    pipe = redis_client().pipeline(transaction=False)
+    for account in accounts.values():
+        pipe.get(keys.account_lock(account))
+        pipe.pttl(keys.account_lock(account))
+    answers = pipe.execute()
+    held = {}
+    for n, role in enumerate(accounts):
+        token, ttl = answers[2 * n], answers[2 * n + 1]
+        # PTTL is -2 for no key; -1 (a lease without expiry) is never written, but counts as held.
+        if token and ttl != -2 and not holder_is_dead(token):
+            held[role] = max(ttl, 0) / 1000
+    return held
+
+
+def _wait_step(record: CycleRecord, view: CycleView, grp: GroupConfig, state: ExitState, held: dict[str, float],
+               *, reason: str, attempt: int, step: int) -> dict[str, Any]:
+    # Nothing is sent while a role the step needs is leased (orchestrator.exit_steps); the read is
+    # taken again when the lease should be gone, within half the step grace so the watchdog sees
+    # the exit progressing and does not start another attempt.
+    key = step_key(attempt, step)
+    if not record.claim(f"exit_step:{key}", {"read": state_to_json(state)["positions"], "kind": "wait",
+                                            "held": sorted(held)}):
+        return {"duplicate": True}
+    _note_read(record, view, state, key)
+    accounts = {role: account for account, role in _roles_by_account(grp).items()}
+    roles = ", ".join(f"{role} ({accounts[role]}, {secs:.0f} s left)" for role, secs in sorted(held.items()))
+    record.add_event(f"exit {attempt}.{step}: waits, the account lease of {roles} is held; nothing sent, net {state.net}")
+    log.warning("cycle=%s exit %s.%s waits: lease held on %s; net=%s", record.cycle_id, attempt, step, roles, state.net)
+    countdown = min(max([*held.values(), LEASE_RECHECK_SECS]), step_grace() / 2)
+    _read_later(grp, record.cycle_id, reason, attempt, step + 1, countdown)
+    return {"step": step, "kind": "wait", "held": sorted(held)}
 
 
 def _send_step(record: CycleRecord, view: CycleView, grp: GroupConfig, params: HedgeParams, state: ExitState,

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any, ClassVar
@@ -24,7 +25,7 @@ from typing import Any, ClassVar
 from celery import Task
 from redis.exceptions import LockError
 
-from xtb_tasks.core import keys
+from xtb_tasks.core import keys, lease_clock
 from xtb_tasks.core.policies import LEASE_BUSY
 from xtb_tasks.core.redis_conn import redis_client
 
@@ -50,7 +51,8 @@ def lease_token() -> str:
     return f"{_HOST}:{os.getpid()}:{uuid.uuid4().hex}"
 
 
-def _holder_is_dead(token: str) -> bool:
+def holder_is_dead(token: str) -> bool:
+    """Whether the lease token names a process of this host that is gone (another host: never known)."""
     host, _, rest = token.partition(":")
     pid_text = rest.partition(":")[0]
     if host != _HOST or not pid_text.isdigit():
@@ -67,7 +69,7 @@ def _holder_is_dead(token: str) -> bool:
 def break_dead_lease(client: Any, key: str) -> bool:
     """Release a lease whose holder died (SIGKILL, OOM) instead of waiting out its TTL."""
     token = client.get(key)
-    if token and _holder_is_dead(token) and client.eval(_BREAK_IF_VALUE, 1, key, token):
+    if token and holder_is_dead(token) and client.eval(_BREAK_IF_VALUE, 1, key, token):
         log.warning("lease %s held by dead process %s broken", key, token.rsplit(":", 1)[0])
         return True
     return False
@@ -101,15 +103,19 @@ def account_lease(task: Task, account: str) -> Iterator[None]:
     may have to act takes it only then)."""
     client = redis_client()
     key = keys.account_lock(account)
-    lock = client.lock(key, timeout=getattr(task, "lease_ttl", LEASE_TTL), blocking=True,
-                       blocking_timeout=LEASE_WAIT_SECS, thread_local=False)
+    ttl = getattr(task, "lease_ttl", LEASE_TTL)
+    lock = client.lock(key, timeout=ttl, blocking=True, blocking_timeout=LEASE_WAIT_SECS, thread_local=False)
+    requested_at = time.monotonic()
     if not lock.acquire(token=lease_token()) and not (
             break_dead_lease(client, key) and lock.acquire(blocking=False, token=lease_token())):
         log.info("account=%s task=%s lease busy; retrying", account, task.name)
         raise task.retry(countdown=LEASE_BUSY.delay(1), max_retries=LEASE_BUSY.retries)
+    # Timed here as well: an order goes out only while the lease surely stands (lease_clock).
+    lease_clock.hold(account, ttl, requested_at)
     try:
         yield
     finally:
+        lease_clock.drop(account)
         try:
             lock.release()
         except LockError:
