@@ -29,6 +29,19 @@ FAST_PARAMS: dict[str, object] = {
 }
 
 
+def deployment_app(config: Path, redis_url: str) -> Any:
+    """A Celery app (the production wiring: ``celery_settings``, the broker connection class) bound
+    to ``redis_url`` with ``config``'s queues, for a test process to publish and wait on results."""
+    from celery import Celery
+
+    from xtb_tasks.core.config import load_settings
+    from xtb_tasks.worker.celery_app import BROKER_AMQP, celery_settings
+
+    app = Celery("xtb-test-deployment", amqp=BROKER_AMQP)
+    app.conf.update(celery_settings(load_settings(config), redis_url))
+    return app
+
+
 @dataclass
 class Deployment:
     tmp: Path
@@ -37,6 +50,7 @@ class Deployment:
     config: Path
     workers: dict[str, Any] = field(default_factory=dict)
     start_worker_fn: Any = None
+    _app: Any = field(default=None, repr=False)
 
     # ---- processes ------------------------------------------------------------------------
     def start_workers(self, names: tuple[str, ...] = (*ROLES, "orchestrator")) -> None:
@@ -67,13 +81,13 @@ class Deployment:
 
     @property
     def app(self) -> Any:
-        """The process-wide Celery app. It is built once, by whichever test imports it first (often
-        with no config at all), so its queue definitions need not be this deployment's."""
+        """A Celery app of this deployment's own (its config, its Redis): the process-wide app is
+        bound to whichever Redis the first import saw, and modules run deployments on their own Redis."""
         os.environ["XTB_CONFIG"] = str(self.config)
         os.environ["REDIS_URL"] = self.redis_url
-        from xtb_tasks.worker.celery_app import app
-
-        return app
+        if self._app is None:
+            self._app = deployment_app(self.config, self.redis_url)
+        return self._app
 
     def start_cycle(self, group: str = "main", **overrides: Any) -> str:
         from xtb_tasks.worker.results import wait_result

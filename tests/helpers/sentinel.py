@@ -208,7 +208,6 @@ class SentinelDeployment(Deployment):
 
     cluster: SentinelCluster | None = None
     _client: redis.Redis | None = None
-    _app: Any = None
 
     @property
     def client(self) -> redis.Redis:
@@ -216,21 +215,6 @@ class SentinelDeployment(Deployment):
             assert self.cluster is not None
             self._client = make_client(self.redis_url, self.cluster.access)
         return self._client
-
-    @property
-    def app(self) -> Any:
-        """A Celery app of its own, built from this deployment's config (the process-wide one may
-        point at another Redis)."""
-        if self._app is None:
-            from celery import Celery
-
-            from xtb_tasks.core.config import load_settings
-            from xtb_tasks.worker.celery_app import BROKER_AMQP, celery_settings
-
-            app = Celery("xtb-sentinel-test", amqp=BROKER_AMQP)
-            app.conf.update(celery_settings(load_settings(self.config), self.redis_url))
-            self._app = app
-        return self._app
 
 
 def sentinel_redis_options(cluster: SentinelCluster) -> dict[str, Any]:

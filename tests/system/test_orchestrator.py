@@ -86,9 +86,8 @@ def test_second_trigger_is_refused_and_cancel_ends_flat(dep: Deployment) -> None
         dep.start_cycle()
     dep.wait_stage(cycle_id, "wait", timeout=30)
     dep.client.set(f"xtb:cycle:{cycle_id}:cancel", "1")
-    from xtb_tasks.worker.exit_tasks import emergency_exit
-
-    emergency_exit.apply_async(kwargs={"cycle_id": cycle_id, "reason": "cancelled"}, queue="orchestrator")
+    dep.app.send_task("xtb.hedge.emergency_exit", kwargs={"cycle_id": cycle_id, "reason": "cancelled"},
+                      queue="orchestrator")
     done = dep.wait_done(cycle_id, timeout=60)
     assert (done["outcome"], done["reason"]) == ("flat", "cancelled")
     wait_until(lambda: "leg:l2_entry" not in dep.record(cycle_id) or True, timeout=5, what="settle")
