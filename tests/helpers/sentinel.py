@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from tests.helpers.harness import Deployment
+from tests.helpers.services import terminate
 from tests.helpers.support import free_port, wait_until
 from xtb_tasks.core.redis_target import RedisAccess, SentinelTarget, make_client
 
@@ -57,12 +58,7 @@ class Node:
     def stop(self) -> None:
         if self.alive():
             assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            terminate(self.proc)
 
 
 @dataclass

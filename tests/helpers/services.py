@@ -62,13 +62,18 @@ def _pings(url: str) -> bool:
         return False
 
 
-def stop_redis_server(server: RedisServer) -> None:
-    server.proc.terminate()
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if it has not exited 10 s later."""
+    proc.terminate()
     try:
-        server.proc.wait(10)
+        proc.wait(10)
     except subprocess.TimeoutExpired:
-        server.proc.kill()
-        server.proc.wait(5)
+        proc.kill()
+        proc.wait(5)
+
+
+def stop_redis_server(server: RedisServer) -> None:
+    terminate(server.proc)
 
 
 
