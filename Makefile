@@ -21,7 +21,7 @@ demo: $(STAMP)
 # The suite mostly waits (worker start-ups, polls, cycles in real time), so it runs in parallel:
 # pytest-xdist worker processes, each test file whole on one of them (--dist loadfile: a module's
 # deployment fixture is built once, on one worker). PYTEST_WORKERS=0 runs it serially.
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: lint

@@ -80,3 +80,14 @@ def leftover_processes(data_dir: str) -> list[str]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def test_the_demo_tests_config_holds_no_fixed_port_and_keeps_its_keys_in_the_tests_folder(tmp_path: Path) -> None:
+    from xtb_tasks.core.config import load_settings
+
+    config = private_demo_config(tmp_path)
+    text = config.read_text()
+    assert [port for port in DEMO_PORTS if port in text] == []
+    settings = load_settings(config)
+    key_files = [settings.account(name).keys_file for name in settings.accounts] + [settings.telegram.keys_file]
+    assert len(key_files) == 4 and all(path is not None and path.is_relative_to(tmp_path) for path in key_files), key_files
