@@ -50,6 +50,13 @@ def finished_with_split(dep: Deployment, cycle_id: str) -> dict[str, Any]:
     return dep.record(cycle_id)
 
 
+def completed_alerts(dep: Deployment, cycle_id: str) -> list[dict[str, str]]:
+    """The cycle's ``cycle_completed`` alerts, once there is one: the report task raises it just after it
+    records the PnL split (xtb_tasks/worker/report_tasks.py), so it can trail the split by a moment."""
+    wait_until(lambda: cycle_alerts(dep, cycle_id, "cycle_completed"), timeout=30, what="the cycle_completed alert")
+    return cycle_alerts(dep, cycle_id, "cycle_completed")
+
+
 def backpack_fee_paid(dep: Deployment) -> Decimal:
     # The venue's truth: Backpack's taker rate on every order the audit log shows filled.
     return sum((Decimal(e["filled"]) * Decimal(e["avg_price"]) * BP_TAKER for e in dep.audit()
@@ -77,7 +84,7 @@ def test_a_liquidation_ends_with_cycle_completed_and_a_pnl_split_with_fees(dep: 
     assert split["L2"]["system_fills"] == 1  # the liquidation closed L2: its record is counted
     assert Decimal(split["L1"]["funding"]) != 0 and Decimal(split["L2"]["funding"]) != 0
 
-    completed = cycle_alerts(dep, cycle_id, "cycle_completed")
+    completed = completed_alerts(dep, cycle_id)
     assert len(completed) == 1 and completed[0]["text"].startswith("Cycle completed"), completed
     assert "lighter2_zero" in completed[0]["text"] and "fees -" in completed[0]["text"], completed[0]["text"]
     assert cycle_alerts(dep, cycle_id, "emergency_exit") == []
@@ -118,7 +125,7 @@ def test_a_dust_leftover_counts_as_liquidated_and_is_reported_as_dust_with_the_o
     assert abs(positions["backpack"]) < STEP, positions
     assert (positions["lighter1"], positions["lighter2"]) == (Decimal("-0.003"), Decimal("0.003")), positions
 
-    text = cycle_alerts(dep, cycle_id, "cycle_completed")[0]["text"]
+    text = completed_alerts(dep, cycle_id)[0]["text"]
     assert "L1 flat, dust -0.003" in text and "L2 flat, dust +0.003" in text and "PnL unknown" not in text, text
     assert "BP unknown" not in text, text
     # A leg still holding dust has no realised trading PnL yet; its fees and funding are known.
