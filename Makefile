@@ -18,12 +18,18 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/xtb demo
 
+# The suite mostly waits (worker start-ups, polls, cycles in real time), so it runs in parallel:
+# pytest-xdist worker processes, each test file whole on one of them (--dist loadfile: a module's
+# deployment fixture is built once, on one worker). PYTEST_WORKERS=0 runs it serially.
+PYTEST_WORKERS ?= 4
+PYTEST_PARALLEL := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL)
 
 # Skips the long fault-injection runs (CI runs everything through `make test`).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest $(PYTEST_PARALLEL) -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run

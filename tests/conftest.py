@@ -6,6 +6,7 @@ Nothing here is a stand-in: no eager tasks, no fakeredis, no mocks of our own co
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -16,6 +17,22 @@ import pytest
 
 from tests.helpers.services import RedisServer, WorkerProcess, start_redis_server, start_worker, stop_redis_server
 
+#: Under ``pytest -n`` the files reach the workers in collection order (``--no-loadscope-reorder``
+#: in the Makefile), so the longest come first and the short ones fill in behind them: the run ends
+#: about when its longest file does, not a long file's length after the others. Files marked ``slow``
+#: first, then by folder as their tests wait (system, integration, conformance, unit).
+FOLDER_ORDER = ("tests/system/", "tests/integration/", "tests/conformance/", "tests/unit/")
+
+
+def _longest_first(item: pytest.Item) -> tuple[bool, int]:
+    folder = next((n for n, prefix in enumerate(FOLDER_ORDER) if item.nodeid.startswith(prefix)), len(FOLDER_ORDER))
+    return item.get_closest_marker("slow") is None, folder
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a serial run keeps the folders' own order
+        items.sort(key=_longest_first)  # stable: each file keeps its own order
+
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
@@ -25,6 +42,28 @@ def redis_server() -> Iterator[RedisServer]:
     yield server
     stop_redis_server(server)
     shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def client_app(redis_server: RedisServer) -> Any:
+    """The process-wide Celery app (``xtb_tasks.worker.celery_app.app``), built at the start of each
+    test process on the session Redis with no config file. It is built once per process and keeps the
+    broker it was built with, and the tests use it only as a client (``send_task`` with explicit
+    queues, results): built here, it never depends on which test a process ran first. That order
+    differs under ``pytest -n`` (each worker runs its own share of the files), and a first importer
+    without ``$REDIS_URL`` would bind it to the embedded default port, where nothing answers."""
+    saved = {key: os.environ.pop(key, None) for key in ("REDIS_URL", "XTB_CONFIG")}
+    os.environ["REDIS_URL"] = redis_server.url
+    os.environ["XTB_CONFIG"] = str(redis_server.directory / "no-such-config.toml")  # not ./xtb.toml of the checkout
+    try:
+        from xtb_tasks.worker.celery_app import app
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return app
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ from decimal import Decimal
 from pathlib import Path
 
 from tests.helpers.harness import Deployment
+from tests.helpers.support import wait_until
 
 STEP = Decimal("0.0001")
 WORKERS = ("backpack", "lighter1", "lighter2", "orchestrator")
@@ -51,6 +52,13 @@ def cycle_alerts(dep: Deployment, cycle_id: str, kind: str | None = None) -> lis
         if fields.get("cycle_id") == cycle_id and (kind is None or alert.get("kind") == kind):
             out.append(alert)
     return out
+
+
+def raised_alerts(dep: Deployment, cycle_id: str, kind: str, timeout: float = 30) -> list[dict[str, str]]:
+    """The cycle's ``kind`` alerts once there is one. ``cycle_completed`` trails the record's ``done``:
+    the report task raises it just after it records the PnL split (xtb_tasks/worker/report_tasks.py)."""
+    wait_until(lambda: cycle_alerts(dep, cycle_id, kind), timeout=timeout, what=f"the {kind} alert of {cycle_id}")
+    return cycle_alerts(dep, cycle_id, kind)
 
 
 def safe_state(dep: Deployment, cycle_id: str, since_wall: float) -> str | None:

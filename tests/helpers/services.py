@@ -35,12 +35,28 @@ class RedisServer:
         return redis.Redis.from_url(self.url, decode_responses=True)
 
 
+#: How many free ports a redis-server is offered before giving up: a port that free_port() found free
+#: can be taken (by a parallel test worker's server, or as an ephemeral client port) before it binds.
+PORT_ATTEMPTS = 5
+
+
 def start_redis_server(directory: Path, *, port: int | None = None, persistent: bool = False,
                        host: str = "127.0.0.1") -> RedisServer:
-    """``host``: an address to listen on besides loopback (the partition tests' Redis bridge)."""
+    """A redis-server of this process on ``port`` (default: a free one, retried on a fresh port when
+    another process took it first); it answers only once it is this server that answers there.
+    ``host``: an address to listen on besides loopback (the partition tests' Redis bridge)."""
+    attempts = 1 if port else PORT_ATTEMPTS
+    for _ in range(attempts):
+        server = _launch_redis(directory, port or free_port(), persistent, host)
+        if _came_up(server):
+            return server
+    raise RuntimeError(f"redis-server exited at start-up {attempts} time(s) "
+                       f"(last on port {server.port}, exit code {server.proc.returncode})")
+
+
+def _launch_redis(directory: Path, port: int, persistent: bool, host: str) -> RedisServer:
     from xtb_tasks.core.redis_conn import server_args
 
-    port = port or free_port()
     directory.mkdir(parents=True, exist_ok=True)
     args = server_args(port, directory, persistent=persistent)
     if host != "127.0.0.1":
@@ -50,16 +66,23 @@ def start_redis_server(directory: Path, *, port: int | None = None, persistent: 
         args[bind:bind + 1] = ["127.0.0.1", host]
         args[args.index("--protected-mode") + 1] = "no"
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = RedisServer(port, proc, directory, host)
-    wait_until(lambda: _pings(server.url), timeout=10, what=f"redis-server on port {port}")
-    return server
+    return RedisServer(port, proc, directory, host)
 
 
-def _pings(url: str) -> bool:
+def _came_up(server: RedisServer) -> bool:
+    """True once ``server`` answers; False when it exited first (its port was taken)."""
+    wait_until(lambda: _serves(server) or server.proc.poll() is not None, timeout=10,
+               what=f"redis-server on port {server.port}")
+    return server.proc.poll() is None
+
+
+def _serves(server: RedisServer) -> bool:
+    """The server on the port answers, and it is ours (not another worker's that won the port)."""
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=0.2).ping())
+        info = redis.Redis.from_url(server.url, socket_connect_timeout=0.2).info("server")
     except (redis.RedisError, OSError):
         return False
+    return int(info.get("process_id", -1)) == server.proc.pid
 
 
 def terminate(proc: subprocess.Popen[bytes]) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.faults import cycle_alerts
+from tests.helpers.faults import cycle_alerts, raised_alerts
 from tests.helpers.harness import Deployment, run_xtb, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
@@ -77,7 +77,7 @@ def test_a_liquidation_ends_with_cycle_completed_and_a_pnl_split_with_fees(dep: 
     assert split["L2"]["system_fills"] == 1  # the liquidation closed L2: its record is counted
     assert Decimal(split["L1"]["funding"]) != 0 and Decimal(split["L2"]["funding"]) != 0
 
-    completed = cycle_alerts(dep, cycle_id, "cycle_completed")
+    completed = raised_alerts(dep, cycle_id, "cycle_completed")
     assert len(completed) == 1 and completed[0]["text"].startswith("Cycle completed"), completed
     assert "lighter2_zero" in completed[0]["text"] and "fees -" in completed[0]["text"], completed[0]["text"]
     assert cycle_alerts(dep, cycle_id, "emergency_exit") == []
@@ -118,7 +118,7 @@ def test_a_dust_leftover_counts_as_liquidated_and_is_reported_as_dust_with_the_o
     assert abs(positions["backpack"]) < STEP, positions
     assert (positions["lighter1"], positions["lighter2"]) == (Decimal("-0.003"), Decimal("0.003")), positions
 
-    text = cycle_alerts(dep, cycle_id, "cycle_completed")[0]["text"]
+    text = raised_alerts(dep, cycle_id, "cycle_completed")[0]["text"]
     assert "L1 flat, dust -0.003" in text and "L2 flat, dust +0.003" in text and "PnL unknown" not in text, text
     assert "BP unknown" not in text, text
     # A leg still holding dust has no realised trading PnL yet; its fees and funding are known.

@@ -12,6 +12,26 @@ from pathlib import Path
 import psutil
 
 from tests.helpers.services import ROOT, start_redis_server, stop_redis_server
+from tests.helpers.support import free_port
+
+DEMO_CONFIG = ROOT / "examples" / "demo.toml"
+#: The fixed loopback ports of examples/demo.toml: the simulators', the Telegram stand-in's and the dashboard's.
+DEMO_PORTS = ("18080", "18081", "18082", "10123")
+
+
+def private_demo_config(tmp_path: Path) -> Path:
+    """examples/demo.toml with every fixed port replaced by a free one and its relative key paths
+    landing under ``tmp_path``: the demo of a parallel test worker, of another checkout's test run
+    or of a developer's `make demo` holds none of them."""
+    text = DEMO_CONFIG.read_text()
+    for port in DEMO_PORTS:
+        assert f"127.0.0.1:{port}" in text or f"port = {port}" in text, f"demo.toml no longer uses port {port}"
+        fresh = str(free_port())
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{fresh}").replace(f"port = {port}", f"port = {fresh}")
+    config = tmp_path / "examples" / "demo.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text(text)
+    return config
 
 
 def test_demo_runs_the_main_job_and_leaves_nothing_behind(tmp_path: Path) -> None:
@@ -25,7 +45,8 @@ def test_demo_runs_the_main_job_and_leaves_nothing_behind(tmp_path: Path) -> Non
                 "PYTHONWARNINGS": "ignore::DeprecationWarning"})
     started = time.monotonic()
     try:
-        proc = subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "demo", "--json"], cwd=ROOT, env=env,
+        proc = subprocess.run([sys.executable, "-m", "xtb_tasks.cli", "--config", str(private_demo_config(tmp_path)),
+                               "demo", "--json"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=180)
         assert other.client().get("owner") == "other-checkout" and other.client().dbsize() == 1
     finally:
@@ -59,3 +80,14 @@ def leftover_processes(data_dir: str) -> list[str]:
         except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
             continue
     return found
+
+
+def test_the_demo_tests_config_holds_no_fixed_port_and_keeps_its_keys_in_the_tests_folder(tmp_path: Path) -> None:
+    from xtb_tasks.core.config import load_settings
+
+    config = private_demo_config(tmp_path)
+    text = config.read_text()
+    assert [port for port in DEMO_PORTS if port in text] == []
+    settings = load_settings(config)
+    key_files = [settings.account(name).keys_file for name in settings.accounts] + [settings.telegram.keys_file]
+    assert len(key_files) == 4 and all(path is not None and path.is_relative_to(tmp_path) for path in key_files), key_files

@@ -21,7 +21,7 @@ import redis
 
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.relay import pending_delivery
-from tests.helpers.faults import STEP, cycle_alerts, poll, venue_flat, venue_hedged
+from tests.helpers.faults import STEP, cycle_alerts, poll, raised_alerts, venue_flat, venue_hedged
 from tests.helpers.harness import Deployment, each_test_clean, make_deployment, running_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import free_port, wait_until
@@ -97,8 +97,7 @@ def test_stale_and_failing_position_reads_never_fake_a_liquidation(clean: Deploy
     dep.sim.exchange.clear_faults()
     done = dep.wait_done(cycle_id, timeout=60)
     assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), done.get("error")
-    assert poll(lambda: cycle_alerts(dep, cycle_id, "cycle_completed"), timeout=20)
-    assert len(cycle_alerts(dep, cycle_id, "cycle_completed")) == 1
+    assert len(raised_alerts(dep, cycle_id, "cycle_completed", timeout=20)) == 1
     assert not cycle_alerts(dep, cycle_id, "emergency_exit")
 
 

@@ -22,7 +22,7 @@ from decimal import Decimal
 
 import pytest
 
-from tests.helpers.faults import STEP, cycle_alerts
+from tests.helpers.faults import STEP, cycle_alerts, raised_alerts
 from tests.helpers.harness import Deployment, each_test_clean, make_deployment, teardown
 from tests.helpers.hosts import Hosts, network, placed_start_worker
 from tests.helpers.services import WorkerProcess, start_redis_server, start_worker, stop_redis_server
@@ -214,6 +214,6 @@ def test_a_cut_orchestrator_is_replaced_by_one_on_another_host_and_the_cycle_kee
     done = dep.wait_done(cycle_id, timeout=60)
     assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), done
     assert dep.duplicate_client_ids() == []
-    assert len(cycle_alerts(dep, cycle_id, "cycle_completed")) == 1
+    assert len(raised_alerts(dep, cycle_id, "cycle_completed")) == 1
     events = [e["text"] for e in dep.record(cycle_id).get("events") or []]
     assert any("watchdog: monitoring overdue; resume_monitoring" in t for t in events), events
