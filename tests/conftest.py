@@ -17,6 +17,9 @@ import pytest
 
 from tests.helpers.services import RedisServer, WorkerProcess, start_redis_server, start_worker, stop_redis_server
 
+#: This process's session Redis (:func:`pytest_configure`).
+SESSION_REDIS = pytest.StashKey[RedisServer]()
+
 #: Under ``pytest -n`` the files reach the workers in collection order (``--no-loadscope-reorder``
 #: in the Makefile), so the longest come first and the short ones fill in behind them: the run ends
 #: about when its longest file does, not a long file's length after the others. Files marked ``slow``
@@ -34,35 +37,57 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items.sort(key=_longest_first)  # stable: each file keeps its own order
 
 
-@pytest.fixture(scope="session")
-def redis_server() -> Iterator[RedisServer]:
-    """A throw-away redis-server on a free port for the whole session (never touches 6379)."""
+def _runs_tests(config: pytest.Config) -> bool:
+    """This process collects and runs tests: a serial run, or an xdist worker (not its controller)."""
+    return hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Start this process's session Redis and bind the process-wide Celery app to it, before any
+    test module is imported.
+
+    The app (``xtb_tasks.worker.celery_app.app``) is built once per process, by the first import of
+    that module, and keeps the broker it was built with; the tests use it as a client (``send_task``
+    with explicit queues, results). A test module may import it while it is collected, and with no
+    ``$REDIS_URL`` then it would be bound to the embedded default port, where nothing answers. Bound
+    here, it never depends on which module a process collected or ran first (under ``pytest -n``
+    each worker runs its own share of the files)."""
+    if not _runs_tests(config):
+        return
     directory = Path(tempfile.mkdtemp(prefix="xtb-redis-"))
     server = start_redis_server(directory)
-    yield server
-    stop_redis_server(server)
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-@pytest.fixture(scope="session", autouse=True)
-def client_app(redis_server: RedisServer) -> Any:
-    """The process-wide Celery app (``xtb_tasks.worker.celery_app.app``), built at the start of each
-    test process on the session Redis with no config file. It is built once per process and keeps the
-    broker it was built with, and the tests use it only as a client (``send_task`` with explicit
-    queues, results): built here, it never depends on which test a process ran first. That order
-    differs under ``pytest -n`` (each worker runs its own share of the files), and a first importer
-    without ``$REDIS_URL`` would bind it to the embedded default port, where nothing answers."""
+    config.stash[SESSION_REDIS] = server
     saved = {key: os.environ.pop(key, None) for key in ("REDIS_URL", "XTB_CONFIG")}
-    os.environ["REDIS_URL"] = redis_server.url
-    os.environ["XTB_CONFIG"] = str(redis_server.directory / "no-such-config.toml")  # not ./xtb.toml of the checkout
+    os.environ["REDIS_URL"] = server.url
+    os.environ["XTB_CONFIG"] = str(directory / "no-such-config.toml")  # not ./xtb.toml of the checkout
     try:
-        from xtb_tasks.worker.celery_app import app
+        import xtb_tasks.worker.celery_app  # noqa: F401  (builds the app)
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    server = config.stash.get(SESSION_REDIS, None)
+    if server is not None:
+        stop_redis_server(server)
+        shutil.rmtree(server.directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server(pytestconfig: pytest.Config) -> RedisServer:
+    """This process's throw-away redis-server on a free port (never touches 6379), started at configure."""
+    return pytestconfig.stash[SESSION_REDIS]
+
+
+@pytest.fixture(scope="session")
+def client_app() -> Any:
+    """The process-wide Celery app, bound to the session Redis by :func:`pytest_configure`."""
+    from xtb_tasks.worker.celery_app import app
+
     return app
 
 
