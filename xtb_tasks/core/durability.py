@@ -41,14 +41,9 @@ from xtb_tasks.core.errors import XtbError
 
 log = logging.getLogger(__name__)
 
-#: Seconds a primary's replica count is reused before INFO is asked again.
-REPLICA_COUNT_TTL_SECS = 2.0
 MARK_KEY = "xtb:replication:mark"
 #: Seconds a token key lives: long enough to be read back right after its write.
 TOKEN_TTL_SECS = 60
-
-_replicas: dict[int, tuple[float, int]] = {}
-
 
 class ReplicaTimeout(XtbError, RuntimeError):
     """A write that must survive a failover was not acknowledged by a replica in time."""
@@ -57,16 +52,11 @@ class ReplicaTimeout(XtbError, RuntimeError):
     label = "redis"
 
 
-def connected_replicas(client: redis.Redis, *, fresh: bool = False) -> int:
-    """The primary's connected replicas (INFO replication), cached per connection pool for a moment."""
-    key = id(client.connection_pool)
-    cached = _replicas.get(key)
-    now = time.monotonic()
-    if cached is not None and not fresh and now - cached[0] < REPLICA_COUNT_TTL_SECS:
-        return cached[1]
-    count = int(client.info("replication").get("connected_slaves", 0))
-    _replicas[key] = (now, count)
-    return count
+def connected_replicas(client: redis.Redis) -> int:
+    """The primary's connected replicas (INFO replication), asked at every durable write: a count
+    kept from before a replica (re)joined would skip the wait while that replica does not yet hold
+    the write, and a failover in that moment would promote it without the intent."""
+    return int(client.info("replication").get("connected_slaves", 0))
 
 
 def durable_execute(pipe: Any, client: redis.Redis, what: str, *, required: bool,
@@ -94,7 +84,7 @@ def durable_execute(pipe: Any, client: redis.Redis, what: str, *, required: bool
     outcome = check.execute()
     kept = bool(outcome[-1])
     acked = int(outcome[1]) if replicas else 0
-    if kept and (acked >= 1 or replicas == 0 or connected_replicas(client, fresh=True) == 0):
+    if kept and (acked >= 1 or replicas == 0 or connected_replicas(client) == 0):
         return results
     problem = ("lost in a failover (the primary died before a replica had it)" if not kept
                else f"not acknowledged by a replica within {timeout} ms")
