@@ -37,8 +37,10 @@ def deployment_app(config: Path, redis_url: str) -> Any:
     from xtb_tasks.core.config import load_settings
     from xtb_tasks.worker.celery_app import BROKER_AMQP, celery_settings
 
+    settings = load_settings(config)
     app = Celery("xtb-test-deployment", amqp=BROKER_AMQP)
-    app.conf.update(celery_settings(load_settings(config), redis_url))
+    app.conf.update(celery_settings(settings, redis_url))
+    app.xtb_settings = settings  # as create_app does: the bench reads the group's parameters from it
     return app
 
 
