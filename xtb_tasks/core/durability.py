@@ -53,9 +53,9 @@ class ReplicaTimeout(XtbError, RuntimeError):
 
 
 def connected_replicas(client: redis.Redis) -> int:
-    """The primary's connected replicas (INFO replication), asked at every durable write: a count
-    kept from before a replica (re)joined would skip the wait while that replica does not yet hold
-    the write, and a failover in that moment would promote it without the intent."""
+    """The primary's connected replicas (INFO replication), asked afresh every time: a count kept
+    from before a replica (re)joined would skip the wait while that replica does not yet hold the
+    write, and a failover in that moment would promote it without the intent."""
     return int(client.info("replication").get("connected_slaves", 0))
 
 
@@ -70,9 +70,11 @@ def durable_execute(pipe: Any, client: redis.Redis, what: str, *, required: bool
     writes are lost, which is treated as a timeout."""
     token = f"{MARK_KEY}:{os.getpid()}:{time.time_ns()}"
     pipe.set(token, 1, ex=TOKEN_TTL_SECS)
-    results = list(pipe.execute())[:-1]
+    # The replica count travels with the writes (no round trip of its own), read where they ran.
+    pipe.info("replication")
+    *results, _token_set, replication = pipe.execute()
     sentinel = isinstance(client.connection_pool, SentinelConnectionPool)
-    replicas = connected_replicas(client)
+    replicas = int(replication.get("connected_slaves", 0))
     if replicas == 0 and not sentinel:
         return results
     timeout = timeout_ms if timeout_ms is not None else _default_timeout_ms()
