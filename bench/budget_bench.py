@@ -34,10 +34,10 @@ from typing import Any
 
 from bench import measure
 from bench.measure import epoch_of, wait_result
+from simulators.lighter_rules import LighterRules
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import wait_until
-from venues.simulator.lighter_rules import LighterRules
 
 LIGHTER = {"lighter1": "account:101", "lighter2": "account:102"}
 #: Confirmations and the stage each one's task sets when done (orchestrator/canvas.py).

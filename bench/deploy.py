@@ -14,11 +14,11 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from core.policies import ORCHESTRATOR_QUEUE
+from simulators.lighter_rules import LighterRules
 from tests.helpers.harness import FAST_PARAMS, Deployment
 from tests.helpers.services import RedisServer, WorkerProcess, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import wait_until
-from venues.simulator.lighter_rules import LighterRules
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 NOOP_MODULE = "bench.noop_tasks"
 ORCHESTRATOR = ORCHESTRATOR_QUEUE
@@ -126,7 +126,7 @@ class Bench:
 @contextlib.contextmanager
 def bench_deployment(params: dict[str, object] | None = None) -> Iterator[Bench]:
     """Redis + simulators + a four-group config; workers are started by the caller."""
-    from venues.simulator.server import SimulatorServer
+    from simulators.server import SimulatorServer
 
     tmp = Path(tempfile.mkdtemp(prefix="xtb-bench-"))
     redis_server = start_redis_server(tmp / "redis")

@@ -22,7 +22,7 @@ from celery import Celery, chain, group
 from celery.canvas import Signature
 
 from bench.deploy import ORCHESTRATOR, Bench, GroupSpec
-from xtb_tasks.core.cycle_record import CycleRecord
+from core.cycle_record import CycleRecord
 from xtb_tasks.worker.results import TaskFailed, wait_result
 
 NOOP = "xtb.bench.noop"

@@ -40,12 +40,12 @@ ETH_MARKET = 0  # lighter: ETH, size_decimals 4, price_decimals 2
 @contextmanager
 def simulator(in_process: bool) -> Iterator[dict[str, str]]:
     if in_process:
-        from venues.simulator.server import SimulatorServer
+        from simulators.server import SimulatorServer
 
         with SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None) as sim:
             yield sim.urls
         return
-    code = "from venues.simulator.cli import sim; sim(prog_name='xtb sim')"
+    code = "from simulators.cli import sim; sim(prog_name='xtb sim')"
     proc = subprocess.Popen([sys.executable, "-c", code, "--backpack-port", "0", "--lighter-port", "0",
                              "--telegram-port", "0", "--fixed-prices"], stdout=subprocess.PIPE, text=True)
     try:

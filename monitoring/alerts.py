@@ -25,7 +25,7 @@ from typing import Any, cast
 
 import redis
 
-from xtb_tasks.core import keys
+from core import keys
 
 log = logging.getLogger(__name__)
 

@@ -32,9 +32,9 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.web
 
+from core.config import Settings
 from monitoring import metrics, overview
 from monitoring.heartbeat import record_heartbeat
-from xtb_tasks.core.config import Settings
 
 log = logging.getLogger(__name__)
 

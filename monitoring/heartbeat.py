@@ -33,11 +33,11 @@ from urllib.parse import quote
 
 import redis
 
+from core import keys
+from core.budgets import budget_used
+from core.config import Direction, Role, Settings
+from core.policies import ORCHESTRATOR_QUEUE
 from venues.lighter.budget import LighterBudget
-from xtb_tasks.core import keys
-from xtb_tasks.core.budgets import budget_used
-from xtb_tasks.core.config import Direction, Role, Settings
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -312,8 +312,8 @@ def ingest_target(settings: Settings, env: Mapping[str, str] | None = None) -> I
 
 def main(argv: list[str] | None = None) -> None:
     """Run a publisher in the foreground until SIGTERM/SIGINT."""
-    from xtb_tasks.core.config import load_settings
-    from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+    from core.config import load_settings
+    from core.redis_conn import redis_client, resolve_redis_url
 
     parser = argparse.ArgumentParser(prog="python -m monitoring.heartbeat", description=main.__doc__)
     parser.add_argument("--config", default=None, help="config file (default: $XTB_CONFIG or ./xtb.toml)")

@@ -16,12 +16,12 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from core import keys
+from core.config import Settings
+from core.policies import ORCHESTRATOR_QUEUE
 from monitoring.heartbeat import load_last_beats
 from monitoring.overview import bot_statuses, bot_view, group_members, group_names, load_cycles, net_delta
 from monitoring.relay import DEAD_LETTER, pending_delivery
-from xtb_tasks.core import keys
-from xtb_tasks.core.config import Settings
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 # generate_latest writes the text format 0.0.4; CONTENT_TYPE_LATEST names 1.0.0, which only
 # differs for UTF-8 metric names and which older scrapers refuse.

@@ -16,13 +16,13 @@ from typing import Any
 
 import redis
 
+from core import keys
+from core.config import HedgeParams, Role, Settings
+from core.exposure import worst_net_report
 from monitoring.alerts import recent_alerts
 from monitoring.heartbeat import beat_interval, last_seen, load_last_beats
 from monitoring.relay import pending_delivery
 from monitoring.watcher import MISSING_SET
-from xtb_tasks.core import keys
-from xtb_tasks.core.config import HedgeParams, Role, Settings
-from xtb_tasks.core.exposure import worst_net_report
 
 ROLES = tuple(role.short for role in Role)  # ("BP", "L1", "L2")
 #: Cycle record fields the page may show (the record also holds plans and events it does not need).

@@ -29,10 +29,10 @@ from typing import Any, Protocol
 import redis
 from redis.exceptions import LockError, ResponseError
 
+from core import keys
+from core.policies import ALERT_DELIVERY
 from monitoring.alerts import Alert, alert_id_ms
 from monitoring.telegram import SendResult, SendStatus
-from xtb_tasks.core import keys
-from xtb_tasks.core.policies import ALERT_DELIVERY
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import requests
 
-from xtb_tasks.core.config import TelegramConfig
-from xtb_tasks.core.errors import XtbError
+from core.config import TelegramConfig
+from core.errors import XtbError
 
 log = logging.getLogger(__name__)
 

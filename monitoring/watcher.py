@@ -20,9 +20,9 @@ from typing import Any
 import redis
 from redis.exceptions import WatchError
 
+from core import keys
 from monitoring.alerts import AlertKind, format_heartbeat_back, format_heartbeat_missing, queue_alert
 from monitoring.heartbeat import beat_interval, last_seen, load_last_beats
-from xtb_tasks.core import keys
 
 log = logging.getLogger(__name__)
 

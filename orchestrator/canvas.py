@@ -2,7 +2,7 @@
 
 Venue steps go to the account's own queue; decisions go to ``orchestrator``. The Lighter1 hedge
 does not wait for a Celery hop after the Backpack fill: it runs alongside the Backpack entry,
-armed, and sends as soon as the fill is announced (``orchestrator.handoff``).
+armed, and sends as soon as the fill is announced (``xtb_tasks.execution.handoff``).
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from typing import Any
 from celery import chain, chord, group
 from celery.canvas import Signature
 
+from core.config import GroupConfig, HedgeParams, Role
+from core.cycle_fields import Stage
+from core.fencing import Fence
+from core.policies import ORCHESTRATOR_QUEUE
 from orchestrator.planning import CyclePlan
 from venues.base import Side
-from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
-from xtb_tasks.core.cycle_fields import Stage
-from xtb_tasks.core.fencing import Fence
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 ORCHESTRATOR = ORCHESTRATOR_QUEUE
 ROLES = (Role.BP, Role.L1, Role.L2)

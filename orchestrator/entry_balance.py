@@ -11,13 +11,17 @@ Lighter1's actual fill.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import ROUND_DOWN, ROUND_HALF_DOWN, Decimal
+from decimal import ROUND_DOWN, ROUND_HALF_DOWN, ROUND_HALF_UP, Decimal
 
-from orchestrator.venue_ops import mirror_quantity
 from venues.base import MarketRules
 
 #: A hedge leg filled to this fraction of its target is done (no top-up for the last percent).
 FULL_FILL = Decimal("0.99")
+
+
+def mirror_quantity(rules: MarketRules, filled: Decimal) -> Decimal:
+    """The hedge size for a fill: the fill on this venue's grid, never below its minimum."""
+    return max(rules.quantize_size(filled, rounding=ROUND_HALF_UP), rules.min_quantity)
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,10 @@ from typing import Any
 
 import redis
 
+from core.config import Settings
+from core.cycle_record import CycleRecord, ExitReason, Outcome
+from core.durability import durable_execute
+from core.legs import parse_leg
 from monitoring.alerts import (
     AlertKind,
     fmt_amount,
@@ -31,10 +35,6 @@ from monitoring.alerts import (
 from orchestrator.canvas import history_reads
 from orchestrator.flow import pnl, release_group_lock
 from orchestrator.kill_switch import stop_group
-from xtb_tasks.core.config import Settings
-from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome
-from xtb_tasks.core.durability import durable_execute
-from xtb_tasks.core.legs import parse_leg
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def fills_disagree(data: dict[str, Any], accounts: dict[str, str], steps: dict[s
 
 def next_cycle(settings: Settings, data: dict[str, Any], reason: str, flat: bool) -> dict[str, Any] | None:
     """The kwargs of the next cycle of a ``max_cycles`` run, or None (original §1.3 step 3, now live)."""
-    from xtb_tasks.core.config import HedgeParams
+    from core.config import HedgeParams
 
     group = settings.groups.get(data.get("group", ""))
     if group is None or not flat or reason not in CONTINUE_AFTER:

@@ -14,10 +14,10 @@ from typing import Any, cast
 
 import redis
 
+from core import keys
+from core.config import GroupConfig, HedgeParams, Role, Settings
+from core.cycle_record import CycleRecord, CycleView
 from venues.base import MarketRules, Side
-from xtb_tasks.core import keys
-from xtb_tasks.core.config import GroupConfig, HedgeParams, Role, Settings
-from xtb_tasks.core.cycle_record import CycleRecord, CycleView
 
 
 @dataclass(frozen=True)

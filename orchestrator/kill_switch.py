@@ -21,7 +21,7 @@ from typing import Any, cast
 
 import redis
 
-from xtb_tasks.core import keys
+from core import keys
 
 #: Deletes the stop only if it still names the cycle the operator resumed (not a newer stop).
 _CLEAR_IF_CYCLE = """

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from core.config import Direction, GroupConfig, HedgeParams, Role
+from core.errors import XtbError
 from venues.base import MarketRules, Side
 from venues.margin import InitialMargin
-from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Role
-from xtb_tasks.core.errors import XtbError
 
 
 class PlanRefused(XtbError):

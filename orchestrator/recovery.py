@@ -14,11 +14,11 @@ from typing import Any
 
 import redis
 
+from core import keys
+from core.config import Settings
+from core.cycle_fields import CycleFieldError
+from core.cycle_record import CycleRecord, ExitReason, Stage, active_cycle_ids, grace_deadline, step_grace
 from orchestrator import canvas
-from xtb_tasks.core import keys
-from xtb_tasks.core.config import Settings
-from xtb_tasks.core.cycle_fields import CycleFieldError
-from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Stage, active_cycle_ids, grace_deadline, step_grace
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def resolve(client: redis.Redis, record: CycleRecord, data: dict[str, Any]) -> d
         client.srem(keys.CYCLES_ACTIVE, cycle_id)
         return {"cycle_id": cycle_id, "action": "forgotten"}
     # Resumed under the loop's current token: if the loop was only slow, not lost, the two copies
-    # meet at its compare-and-set and one of them stops (xtb_tasks.core.fencing).
+    # meet at its compare-and-set and one of them stops (core.fencing).
     step = int(data.get("step_seq") or 0)
     if stage is Stage.MONITORING:
         action = "resume_monitoring"

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
+from core.config import GroupConfig
+from core.watchman_config import WatchmanConfig
 from orchestrator.exit_steps import ROLES
 from orchestrator.watchman_io import ClusterProbe, Pager, group_bots
 from orchestrator.watchman_unwind import GroupVenues, UnwindResult, unwind
 from venues.base import MarketRules, VenueError
-from xtb_tasks.core.config import GroupConfig
-from xtb_tasks.core.watchman_config import WatchmanConfig
 
 log = logging.getLogger(__name__)
 

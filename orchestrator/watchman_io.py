@@ -20,14 +20,14 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from core import keys
+from core.config import AccountConfig, ConfigError, GroupConfig, Role, Settings, Venue
+from core.redis_target import RedisAccess, make_client
+from core.watchman_config import WatchmanConfig, WatchmanKeys
 from monitoring.heartbeat import ORCHESTRATOR_BOT
 from monitoring.telegram import SendStatus, TelegramClient, load_credentials
 from orchestrator.watchman_unwind import GroupVenues
 from venues.base import VenueConnector
-from xtb_tasks.core import keys
-from xtb_tasks.core.config import AccountConfig, ConfigError, GroupConfig, Role, Settings, Venue
-from xtb_tasks.core.redis_target import RedisAccess, make_client
-from xtb_tasks.core.watchman_config import WatchmanConfig, WatchmanKeys
 
 log = logging.getLogger(__name__)
 

@@ -23,10 +23,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 
+from core.client_ids import BACKPACK_MAX_CLIENT_ID
+from core.config import GroupConfig, HedgeParams, Role
 from orchestrator.exit_steps import ROLES, ExitOrder, ExitState, SlippageLadder, catch_up, next_step
 from venues.base import MarketRules, OrderReport, PositionReading, ReasonCode, Side, VenueConnector, VenueError
-from xtb_tasks.core.client_ids import BACKPACK_MAX_CLIENT_ID
-from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
 
 log = logging.getLogger(__name__)
 

@@ -119,7 +119,7 @@ def workers(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
 @pytest.fixture(scope="session")
 def simulator() -> Iterator[Any]:
     """The Backpack, Lighter and Telegram simulators on free ports, in a background thread."""
-    from venues.simulator.server import SimulatorServer
+    from simulators.server import SimulatorServer
 
     server = SimulatorServer(backpack_port=0, lighter_port=0, telegram_port=0, price_tick_secs=None)
     server.start()

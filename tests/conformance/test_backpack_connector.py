@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import requests
 
+from simulators.market import Fault, FaultKind
 from tests.helpers.support import wait_until
 from venues.backpack import BackpackConnector, BackpackCredentials
 from venues.backpack.credentials import generate_backpack_keys
@@ -23,7 +24,6 @@ from venues.backpack.events import StreamState
 from venues.backpack.parsing import parse_ws_order, parse_ws_position
 from venues.base import OrderState, ReasonCode, Side, VenueError
 from venues.orders import ConnectorEvent, EventKind, OrderBook, OrderTracker
-from venues.simulator.market import Fault, FaultKind
 
 SYMBOL = "ETH_USDC_PERP"
 _ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from simulators.profile import LIGHTER_PREMIUM, SimProfile
+from simulators.server import SimulatorServer
 from venues.backpack import BackpackConnector
 from venues.backpack.credentials import generate_backpack_keys
 from venues.backpack.history import parse_fill, parse_funding
@@ -30,8 +32,6 @@ from venues.ledger import iso_utc_ms
 from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import generate_lighter_keys
 from venues.lighter.history import parse_trade, read_history
-from venues.simulator.profile import LIGHTER_PREMIUM, SimProfile
-from venues.simulator.server import SimulatorServer
 
 # Trades as published, copied from tests/fixtures/lighter.json so the suite is self-contained.
 # ws_update_account_all_trades_nautilus (account 1234) and trades_account_testnet_ccxt (account 1077).

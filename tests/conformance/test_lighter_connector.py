@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 import requests
 
+from simulators.market import Fault, FaultKind
 from tests.helpers.support import wait_until
 from venues.base import OrderState, ReasonCode, Side, VenueError
 from venues.lighter import native
 from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import LighterCredentials, generate_lighter_keys
 from venues.orders import ConnectorEvent, EventKind
-from venues.simulator.market import Fault, FaultKind
 
 SYMBOL = "ETH"
 _accounts = itertools.count(7001)

@@ -32,12 +32,12 @@ import pytest
 import redis
 import requests
 
+from core.client_ids import allocate_client_ids, record_intent
 from tests.helpers.support import wait_until, write_config
 from venues.base import OrderState, ReasonCode, Side, VenueError
 from venues.lighter import native
 from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import LighterCredentials, generate_lighter_keys
-from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # `import lighter` (websockets)
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
+from simulators.market import Fault, FaultKind
 from venues.base import OrderState, Side
 from venues.lighter.connector import LighterConnector
 from venues.lighter.credentials import LighterCredentials, generate_lighter_keys
-from venues.simulator.market import Fault, FaultKind
 
 SYMBOL = "ETH"
 _accounts = itertools.count(7601)

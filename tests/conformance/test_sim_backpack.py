@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from venues.simulator.backpack_auth import ApiError, Authenticator
-from venues.simulator.server import SimulatorServer
+from simulators.backpack_auth import ApiError, Authenticator
+from simulators.server import SimulatorServer
 
 ETH = "ETH_USDC_PERP"
 RFC_SECRET = "nWGxne/9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A="
@@ -616,8 +616,8 @@ def test_server_pings_websocket_clients() -> None:
 
     from aiohttp import web
 
-    from venues.simulator.backpack import create_backpack_app
-    from venues.simulator.market import Exchange
+    from simulators.backpack import create_backpack_app
+    from simulators.market import Exchange
 
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(create_backpack_app(Exchange(), ws_ping_secs=0.2))

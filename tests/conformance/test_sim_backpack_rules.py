@@ -9,13 +9,13 @@ from typing import Any
 
 import requests
 
+from simulators.backpack_limits import RateLimiter
+from simulators.profile import BackpackProfile, SimProfile
 from tests.conformance.test_sim_backpack import ETH, Client, admin, frames, subscribe, ws_connect
 from tests.conformance.test_sim_market_rules import bp_call, server
 from venues.backpack import BackpackConnector
 from venues.backpack.credentials import generate_backpack_keys
 from venues.base import Side
-from venues.simulator.backpack_limits import RateLimiter
-from venues.simulator.profile import BackpackProfile, SimProfile
 
 
 def with_backpack(**rules: Any) -> SimProfile:

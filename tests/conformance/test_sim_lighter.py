@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lighter.signer_client import create_api_key
 
-from venues.simulator.admin import POSITION_HOOK, mount_admin
-from venues.simulator.lighter import STATE_KEY, create_lighter_app
-from venues.simulator.lighter_rules import LighterRules
-from venues.simulator.lighter_state import LighterState
-from venues.simulator.market import Exchange, FaultKind
+from simulators.admin import POSITION_HOOK, mount_admin
+from simulators.lighter import STATE_KEY, create_lighter_app
+from simulators.lighter_rules import LighterRules
+from simulators.lighter_state import LighterState
+from simulators.market import Exchange, FaultKind
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import requests
 
-from venues.simulator.profile import SimProfile
-from venues.simulator.server import SimulatorServer
+from simulators.profile import SimProfile
+from simulators.server import SimulatorServer
 
 KEY = 4
 ETH = 0

@@ -1,4 +1,4 @@
-"""The Lighter simulator's venue rules (venues/simulator/lighter_rules.py), one test per rule, over
+"""The Lighter simulator's venue rules (simulators/lighter_rules.py), one test per rule, over
 real HTTP. Each test builds its own server with the rules it needs (``SimulatorServer(lighter_rules=…)``).
 
 The simulator does not verify signatures (lighter-sdk.md §0), so txs here are tx_info JSON written
@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import requests
 
-from venues.simulator.lighter_rules import LighterRules, Tier
-from venues.simulator.server import SimulatorServer
+from simulators.lighter_rules import LighterRules, Tier
+from simulators.server import SimulatorServer
 
 KEY = 4
 ETH = 0
@@ -256,7 +256,7 @@ def test_reserved_api_key_indexes_are_refused(key: int) -> None:
 def test_xtb_sim_help_lists_the_lighter_tiers_and_options() -> None:
     from click.testing import CliRunner
 
-    from venues.simulator.cli import sim
+    from simulators.cli import sim
 
     text = CliRunner().invoke(sim, ["--help"], terminal_width=200).output
     for needle in ("--lighter-rate-limit", "--lighter-tier [standard|premium]", "--lighter-account-tier",
@@ -265,7 +265,7 @@ def test_xtb_sim_help_lists_the_lighter_tiers_and_options() -> None:
 
 
 def test_xtb_sim_options_build_the_lighter_rules() -> None:
-    from venues.simulator.cli import build_lighter_rules
+    from simulators.cli import build_lighter_rules
 
     opts: dict[str, Any] = {"lighter_rate_limit": True, "lighter_tier": "standard",
                             "lighter_account_tier": ("101=premium",), "lighter_nonce_lag_ms": 250.0,

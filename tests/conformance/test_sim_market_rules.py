@@ -1,4 +1,4 @@
-"""The simulators' market rules (venues/simulator/profile.py) over real HTTP, one test per rule.
+"""The simulators' market rules (simulators/profile.py) over real HTTP, one test per rule.
 
 Each test builds a SimulatorServer with the SimProfile it needs, so a rule that is off by default
 is switched on only there. Backpack requests are signed with pynacl by the independent client of
@@ -19,10 +19,10 @@ from typing import Any
 
 import requests
 
+from simulators.market import Exchange
+from simulators.profile import LIGHTER_PREMIUM, DepthProfile, PricePath, SimProfile
+from simulators.server import SimulatorServer
 from tests.conformance.test_sim_backpack import ETH, Client, frames, subscribe, ws_connect
-from venues.simulator.market import Exchange
-from venues.simulator.profile import LIGHTER_PREMIUM, DepthProfile, PricePath, SimProfile
-from venues.simulator.server import SimulatorServer
 
 KEY = 4  # 0-3 are reserved for the venue's own apps (lighter_rules.py)
 _accounts = itertools.count(7001)
@@ -331,7 +331,7 @@ def test_liquidation_is_on_by_default_and_off_in_the_easy_profile() -> None:
 def test_xtb_sim_starts_with_every_market_rule_on_and_each_switches_off() -> None:
     from click.testing import CliRunner
 
-    from venues.simulator.cli import build_profile, sim
+    from simulators.cli import build_profile, sim
 
     text = CliRunner().invoke(sim, ["--help"], terminal_width=200).output
     for needle in ("--fees / --no-fees", "--margin / --no-margin", "--liquidations / --no-liquidations",

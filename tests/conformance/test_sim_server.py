@@ -14,7 +14,7 @@ from pathlib import Path
 
 import requests
 
-from venues.simulator.server import SimulatorServer
+from simulators.server import SimulatorServer
 
 ROOT = Path(__file__).resolve().parents[2]
 XTB = Path(sys.executable).with_name("xtb")

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from venues.simulator.telegram import TelegramServer, TelegramState
+from simulators.telegram import TelegramServer, TelegramState
 
 TOKEN = "123456:ABC-secret-token"
 

@@ -34,7 +34,7 @@ def deployment_app(config: Path, redis_url: str) -> Any:
     to ``redis_url`` with ``config``'s queues, for a test process to publish and wait on results."""
     from celery import Celery
 
-    from xtb_tasks.core.config import load_settings
+    from core.config import load_settings
     from xtb_tasks.worker.celery_app import BROKER_AMQP, celery_settings
 
     settings = load_settings(config)
@@ -196,7 +196,7 @@ def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: 
                     redis_options: dict[str, int] | None = None, profile: Any = None,
                     step_grace_secs: float | None = None, lighter_rules: Any = None,
                     streams: bool = True, sim_host: str = "127.0.0.1") -> Deployment:
-    """``profile``: the simulators' market rules (``venues.simulator.profile.SimProfile``; None = defaults);
+    """``profile``: the simulators' market rules (``simulators.profile.SimProfile``; None = defaults);
     ``step_grace_secs``: the config's ``[watchdog] step_grace_secs`` (None = the default 30 s);
     ``lighter_rules``: the Lighter simulator's own rules (``lighter_rules.LighterRules``; None = the
     defaults: Standard-tier rate limits, nextNonce lag);
@@ -204,8 +204,8 @@ def make_deployment(tmp: Path, redis_url: str, start_worker_fn: Any, *, params: 
     the easy Lighter (``LighterRules.easy()``) unless ``lighter_rules`` says otherwise: polling REST
     every 0.2-0.5 s is what the streams replaced, and it spends a Standard minute in seconds;
     ``sim_host``: the address the simulators listen on (the partition tests' venue bridge)."""
-    from venues.simulator.lighter_rules import LighterRules
-    from venues.simulator.server import SimulatorServer
+    from simulators.lighter_rules import LighterRules
+    from simulators.server import SimulatorServer
 
     if lighter_rules is None and not streams:
         lighter_rules = LighterRules.easy()

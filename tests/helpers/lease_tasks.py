@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
+from core.redis_conn import redis_client
 from xtb_tasks import app
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.lease import AccountLeaseTask
 
 

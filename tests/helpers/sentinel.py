@@ -19,10 +19,10 @@ from typing import Any
 
 import redis
 
+from core.redis_target import RedisAccess, SentinelTarget, make_client
 from tests.helpers.harness import Deployment
 from tests.helpers.services import terminate
 from tests.helpers.support import free_port, wait_until
-from xtb_tasks.core.redis_target import RedisAccess, SentinelTarget, make_client
 
 MASTER_NAME = "xtb"
 USER = "xtb"
@@ -93,7 +93,7 @@ class SentinelCluster:
 
     # ---- processes ------------------------------------------------------------------------
     def _data_args(self, port: int, replica_of: int | None) -> list[str]:
-        from xtb_tasks.core.redis_conn import server_args
+        from core.redis_conn import server_args
 
         node_dir = self.directory / f"redis-{port}"
         node_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ class SentinelCluster:
             f"sentinel failover-timeout {MASTER_NAME} {FAILOVER_TIMEOUT_MS}",
             f"sentinel parallel-syncs {MASTER_NAME} 1",
             f"sentinel auth-user {MASTER_NAME} {USER}", f"sentinel auth-pass {MASTER_NAME} {self.password}", ""]))
-        from xtb_tasks.core.redis_conn import redis_server_binary
+        from core.redis_conn import redis_server_binary
 
         return [redis_server_binary(), str(conf), "--sentinel"]
 

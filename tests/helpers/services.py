@@ -15,8 +15,8 @@ from pathlib import Path
 
 import redis
 
+from core.policies import worker_argv
 from tests.helpers.support import ROOT, free_port, wait_until
-from xtb_tasks.core.policies import worker_argv
 
 
 @dataclass
@@ -55,7 +55,7 @@ def start_redis_server(directory: Path, *, port: int | None = None, persistent: 
 
 
 def _launch_redis(directory: Path, port: int, persistent: bool, host: str) -> RedisServer:
-    from xtb_tasks.core.redis_conn import server_args
+    from core.redis_conn import server_args
 
     directory.mkdir(parents=True, exist_ok=True)
     args = server_args(port, directory, persistent=persistent)

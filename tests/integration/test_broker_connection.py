@@ -19,9 +19,9 @@ import pytest
 import redis
 from celery import Celery
 
+from core.redis_conn import redis_server_binary, server_args
 from tests.helpers.services import WorkerProcess, worker_env
 from tests.helpers.support import ROOT, free_port, wait_until
-from xtb_tasks.core.redis_conn import redis_server_binary, server_args
 from xtb_tasks.worker.broker_connection import AMQP
 
 MASTER = "xtbprobe"

@@ -1,5 +1,5 @@
 """The cycle record stores JSON always, reads every field back as its declared type, and refuses
-what its schema (``xtb_tasks/core/cycle_fields.py``) does not declare."""
+what its schema (``core/cycle_fields.py``) does not declare."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 import redis
 
+from core import keys
+from core.config import load_settings
+from core.cycle_fields import CycleFieldTypeError, UndeclaredCycleField
+from core.cycle_record import CycleRecord, ExitReason, Outcome, Stage, create_cycle
+from core.legs import Leg, LegState
 from orchestrator.recovery import sweep
 from tests.helpers.support import write_config
 from venues.base import Side
-from xtb_tasks.core import keys
-from xtb_tasks.core.config import load_settings
-from xtb_tasks.core.cycle_fields import CycleFieldTypeError, UndeclaredCycleField
-from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Outcome, Stage, create_cycle
-from xtb_tasks.core.legs import Leg, LegState
 
 
 @pytest.fixture

@@ -7,8 +7,8 @@ import threading
 import pytest
 import redis
 
-from xtb_tasks.core.cycle_record import create_cycle
-from xtb_tasks.core.fencing import advance_step
+from core.cycle_record import create_cycle
+from core.fencing import advance_step
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import redis
 
+from core import keys
 from orchestrator.kill_switch import clear_stop, group_stop, stop_group
-from xtb_tasks.core import keys
 
 
 def test_stop_is_kept_until_cleared_and_only_for_its_cycle(redis_url: str) -> None:

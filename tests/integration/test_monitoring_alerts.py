@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from core import keys
+from core.config import TelegramConfig
 from monitoring.alerts import (
     OUTBOX_MAXLEN,
     AlertKind,
@@ -36,9 +38,7 @@ from monitoring.telegram import (
     load_credentials,
     parse_keys_text,
 )
-from venues.simulator.telegram import TelegramServer, TelegramState
-from xtb_tasks.core import keys
-from xtb_tasks.core.config import TelegramConfig
+from simulators.telegram import TelegramServer, TelegramState
 
 TOKEN = "555:alerts-SECRET"
 

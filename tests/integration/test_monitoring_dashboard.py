@@ -20,10 +20,10 @@ import pytest
 import redis
 import requests
 
+from core import keys
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.heartbeat import BotIdentity, HeartbeatPublisher, IngestTarget, build_payload, record_heartbeat
 from tests.helpers.support import free_port, wait_until, write_config
-from xtb_tasks.core import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts"

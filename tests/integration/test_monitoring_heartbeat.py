@@ -13,6 +13,9 @@ from typing import Any
 import pytest
 import redis
 
+from core import keys
+from core.budgets import lighter_budget
+from core.config import Direction, Role, load_settings
 from monitoring.alerts import AlertKind
 from monitoring.heartbeat import (
     BotIdentity,
@@ -26,9 +29,6 @@ from monitoring.heartbeat import (
 from monitoring.watcher import HeartbeatWatcher
 from tests.helpers.support import wait_until, write_config
 from venues.budget import RequestPriority
-from xtb_tasks.core import keys
-from xtb_tasks.core.budgets import lighter_budget
-from xtb_tasks.core.config import Direction, Role, load_settings
 
 DUMMY_URLS = {"backpack": "http://127.0.0.1:9", "backpack_ws": "ws://127.0.0.1:9/ws",
               "lighter": "http://127.0.0.1:9", "lighter_ws": "ws://127.0.0.1:9/stream",

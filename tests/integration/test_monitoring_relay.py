@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import redis
 
+from core import keys
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.relay import DEAD_LETTER, AlertRelay, RelayOptions, pending_delivery
 from monitoring.telegram import TelegramClient, TelegramCredentials
 from monitoring.watcher import MISSING_SET
+from simulators.telegram import TelegramServer, TelegramState
 from tests.helpers.support import wait_until
-from venues.simulator.telegram import TelegramServer, TelegramState
-from xtb_tasks.core import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "987654:relay-test-SECRET-token"

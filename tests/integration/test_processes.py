@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_settings
 from tests.helpers.support import wait_until, write_config
-from xtb_tasks.core.config import load_settings
 
 FAKE_URLS = {"backpack": "http://127.0.0.1:9", "backpack_ws": "ws://127.0.0.1:9/ws",
              "lighter": "http://127.0.0.1:9", "lighter_ws": "ws://127.0.0.1:9/stream"}

@@ -192,8 +192,8 @@ def test_lighter_premium_charges_weights_and_its_own_send_bucket(client: redis.R
 
 
 def test_the_simulator_counts_with_the_same_venue_facts() -> None:
+    from simulators import lighter_rules
     from venues.lighter import limits
-    from venues.simulator import lighter_rules
 
     assert lighter_rules.Tier is limits.Tier and lighter_rules.endpoint_weight is limits.endpoint_weight
     assert (lighter_rules.STANDARD_REQUESTS, lighter_rules.PREMIUM_WEIGHT, lighter_rules.PREMIUM_SEND_TX) == (60, 24_000, 4000)

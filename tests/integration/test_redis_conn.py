@@ -13,15 +13,15 @@ import psutil
 import pytest
 import redis
 
-from tests.helpers.services import ROOT, RedisServer
-from tests.helpers.support import free_port, write_config
-from xtb_tasks.core.redis_conn import (
+from core.redis_conn import (
     RedisUnavailable,
     embedded_url,
     ensure_embedded_redis,
     resolve_redis_url,
     stop_embedded_redis,
 )
+from tests.helpers.services import ROOT, RedisServer
+from tests.helpers.support import free_port, write_config
 
 
 @pytest.fixture

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from core.redis_target import make_client
 from tests.helpers.sentinel import SentinelCluster, export_credentials
-from xtb_tasks.core.redis_target import make_client
 
 
 @pytest.fixture

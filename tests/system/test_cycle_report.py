@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from simulators.profile import LIGHTER_PREMIUM, SimProfile
 from tests.helpers.faults import cycle_alerts, raised_alerts
 from tests.helpers.harness import Deployment, run_xtb, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
-from venues.simulator.profile import LIGHTER_PREMIUM, SimProfile
 
 STEP = Decimal("0.0001")
 BP_TAKER = Decimal("0.0005")

@@ -83,7 +83,7 @@ def leftover_processes(data_dir: str) -> list[str]:
 
 
 def test_the_demo_tests_config_holds_no_fixed_port_and_keeps_its_keys_in_the_tests_folder(tmp_path: Path) -> None:
-    from xtb_tasks.core.config import load_settings
+    from core.config import load_settings
 
     config = private_demo_config(tmp_path)
     text = config.read_text()

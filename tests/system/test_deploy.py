@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, worker_argv
-from xtb_tasks.core.redis_target import parse_sentinel_url
+from core.policies import ORCHESTRATOR_QUEUE, worker_argv
+from core.redis_target import parse_sentinel_url
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -171,8 +171,8 @@ def test_redis_start_script_runs_sentinel_acl_and_aof(tmp_path: Path) -> None:
 
     import redis
 
+    from core.redis_target import RedisAccess, SentinelTarget, make_client
     from tests.helpers.support import free_port, wait_until
-    from xtb_tasks.core.redis_target import RedisAccess, SentinelTarget, make_client
 
     password, sentinel_password = secrets.token_hex(12), secrets.token_hex(12)
     primary, replica, sentinel = free_port(), free_port(), free_port()
@@ -222,7 +222,7 @@ def _answers(client: Any) -> bool:
 
 
 def _probes(url: str, access: Any) -> bool:
-    from xtb_tasks.core.redis_target import RedisUnavailable, probe
+    from core.redis_target import RedisUnavailable, probe
 
     try:
         probe(url, access)

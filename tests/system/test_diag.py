@@ -19,10 +19,10 @@ from typing import Any
 import pytest
 import redis
 
+from core import keys
+from simulators.market import AuditEntry, Fault, FaultKind
+from simulators.server import SimulatorServer
 from tests.helpers.support import write_config
-from venues.simulator.market import AuditEntry, Fault, FaultKind
-from venues.simulator.server import SimulatorServer
-from xtb_tasks.core import keys
 
 ROOT = Path(__file__).resolve().parents[2]
 _indexes = itertools.count(9101, 2)

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 import redis
 
+from core import keys
 from tests.helpers.faults import poll, safe_state
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.sentinel import (
@@ -36,7 +37,6 @@ from tests.helpers.sentinel import (
     wait_for,
 )
 from tests.helpers.services import start_worker
-from xtb_tasks.core import keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

@@ -21,11 +21,11 @@ import redis
 
 from monitoring.alerts import AlertKind, raise_alert
 from monitoring.relay import pending_delivery
+from simulators.telegram import TelegramServer, TelegramState
 from tests.helpers.faults import STEP, cycle_alerts, poll, raised_alerts, venue_flat, venue_hedged
 from tests.helpers.harness import Deployment, each_test_clean, make_deployment, running_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import free_port, wait_until
-from venues.simulator.telegram import TelegramServer, TelegramState
 
 pytestmark = pytest.mark.slow
 

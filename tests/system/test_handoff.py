@@ -1,4 +1,4 @@
-"""The armed hedge (orchestrator.handoff) through real workers, Redis and the simulators."""
+"""The armed hedge (xtb_tasks.execution.handoff) through real workers, Redis and the simulators."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from decimal import Decimal
 
 import pytest
 
-from orchestrator.handoff import WAIT_SLICE_SECS
+from core import keys
+from core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
+from core.cycle_record import CycleRecord
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import RedisServer, start_worker
 from tests.helpers.support import wait_until
-from xtb_tasks.core import keys
-from xtb_tasks.core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
-from xtb_tasks.core.cycle_record import CycleRecord
+from xtb_tasks.execution.handoff import WAIT_SLICE_SECS
 from xtb_tasks.worker.results import TaskFailed, wait_result
 
 

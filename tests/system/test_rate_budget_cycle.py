@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from simulators.lighter_rules import LighterRules, Tier
 from tests.helpers.harness import Deployment, each_test_clean, run_xtb, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
-from venues.simulator.lighter_rules import LighterRules, Tier
 
 pytestmark = pytest.mark.slow
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import load_settings
+from core.redis_target import RedisAccess, RedisUnavailable, make_client, probe
 from tests.helpers.services import start_worker
 from tests.helpers.support import free_port, wait_until
-from xtb_tasks.core.config import load_settings
-from xtb_tasks.core.redis_target import RedisAccess, RedisUnavailable, make_client, probe
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed here")
 
@@ -37,7 +37,7 @@ def make_certs(directory: Path) -> None:
 
 @pytest.fixture
 def tls_redis(tmp_path: Path) -> Iterator[tuple[int, Path]]:
-    from xtb_tasks.core.redis_conn import redis_server_binary
+    from core.redis_conn import redis_server_binary
 
     certs = tmp_path / "certs"
     certs.mkdir()

@@ -22,7 +22,7 @@ from tests.helpers.support import free_port, wait_until
 
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[tuple[RedisServer, subprocess.Popen[bytes]]]:
-    from xtb_tasks.core.redis_conn import server_args
+    from core.redis_conn import server_args
 
     primary = start_redis_server(tmp_path / "primary")
     (tmp_path / "replica").mkdir()

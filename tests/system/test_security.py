@@ -348,7 +348,7 @@ def test_queue_routing_does_not_depend_on_which_config_the_app_loaded(dep: Deplo
     through that exchange after a ``flushall`` (kombu caches the declaration) reaches no queue."""
     from celery import Celery
 
-    from xtb_tasks.core.config import load_settings
+    from core.config import load_settings
     from xtb_tasks.worker.celery_app import celery_settings
 
     for loaded in (None, load_settings(dep.config)):

@@ -99,7 +99,7 @@ def test_beat_holds_its_lock_on_the_primary_the_sentinels_name(tmp_path: Path, c
     """RedBeat (celery beat) through the Sentinels: it takes its lock and writes its schedule on the primary."""
     import time
 
-    from xtb_tasks.core.redis_target import make_client
+    from core.redis_target import make_client
 
     path = config(tmp_path, sentinel_lines([n.port for n in cluster.sentinels]))
     base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL",)}

@@ -10,10 +10,10 @@ from decimal import Decimal
 
 import pytest
 
+from core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_worker, worker_env
 from tests.helpers.support import wait_until
-from xtb_tasks.core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
 from xtb_tasks.worker.results import TaskFailed, wait_result
 
 

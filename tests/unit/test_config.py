@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xtb_tasks.core.config import (
+from core.config import (
     AccountConfig,
     ConfigError,
     DashboardConfig,
@@ -28,7 +28,7 @@ from xtb_tasks.core.config import (
     load_settings,
     parse_settings,
 )
-from xtb_tasks.core.config_decode import field_info
+from core.config_decode import field_info
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo.toml"

@@ -8,8 +8,8 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.venue_ops import confirmation
 from venues.base import PositionReading
+from xtb_tasks.execution.venue_ops import confirmation
 
 
 def read(quantity: Decimal | None) -> PositionReading:

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from venues.base import Side
-from xtb_tasks.core.cycle_fields import (
+from core.cycle_fields import (
     BOOL,
     FAMILIES,
     FIELDS,
@@ -31,8 +30,9 @@ from xtb_tasks.core.cycle_fields import (
     checked,
     kind_of,
 )
-from xtb_tasks.core.errors import XtbError
-from xtb_tasks.core.legs import Leg
+from core.errors import XtbError
+from core.legs import Leg
+from venues.base import Side
 
 ROOT = Path(__file__).resolve().parents[2]
 A_LEG = Leg.in_flight("lighter1", "ETH", Side.SELL, 9, Decimal("0.5")).to_json()

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.cycle_record import ExitReason
+from core.exposure import NetExposure, worst_net_report
 from monitoring.alerts import AlertKind, format_cycle_completed, format_emergency_exit
 from orchestrator.exits import CONTINUE_AFTER, completion_kind, exit_dust, exit_is_flat, exit_minimums, shown_positions
 from orchestrator.flow import Positions, own_net, zero_streaks
 from orchestrator.pnl_split import cycle_client_ids, cycle_split, total_of, venue_split
 from venues.base import Side
 from venues.ledger import AccountHistory, FillRecord, FundingRecord
-from xtb_tasks.core.cycle_record import ExitReason
-from xtb_tasks.core.exposure import NetExposure, worst_net_report
 
 MIN = {"BP": Decimal("0.0001"), "L1": Decimal("0.005"), "L2": Decimal("0.005")}
 STEP = Decimal("0.0001")

@@ -9,6 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.config import Direction, GroupConfig, HedgeParams, Settings
+from core.cycle_record import ExitReason
+from core.legs import Leg, LegState
 from orchestrator.exits import (
     CONTINUE_AFTER,
     exit_is_flat,
@@ -18,9 +21,6 @@ from orchestrator.exits import (
     results_by_role,
 )
 from venues.base import Side
-from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Settings
-from xtb_tasks.core.cycle_record import ExitReason
-from xtb_tasks.core.legs import Leg, LegState
 
 ACCOUNTS = {"bp": "BP", "l1": "L1", "l2": "L2"}
 STEPS = {"BP": Decimal("0.001"), "L1": Decimal("0.0001"), "L2": Decimal("0.0001")}

@@ -8,8 +8,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xtb_tasks.core.cycle_fields import Stage
-from xtb_tasks.core.fencing import Fence
+from core.cycle_fields import Stage
+from core.fencing import Fence
 
 stages = st.sampled_from(list(Stage))
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from core.config import GroupConfig, HedgeParams
 from orchestrator.flow import (
     Positions,
     backpack_from_fills,
@@ -18,7 +19,6 @@ from orchestrator.flow import (
     zero_streaks,
 )
 from venues.base import MarketRules, Side
-from xtb_tasks.core.config import GroupConfig, HedgeParams
 
 L_STEP = Decimal("0.0001")
 

@@ -1,10 +1,10 @@
-"""The lease timed by the worker's own clock (xtb_tasks.core.lease_clock): an order goes out only
+"""The lease timed by the worker's own clock (core.lease_clock): an order goes out only
 while the lease it holds surely stands, whatever the worker's main process enforces."""
 
 from __future__ import annotations
 
-from xtb_tasks.core import lease_clock
-from xtb_tasks.core.lease_clock import SEND_MARGIN_SECS
+from core import lease_clock
+from core.lease_clock import SEND_MARGIN_SECS
 
 
 def test_a_fresh_lease_may_send_until_its_margin_and_not_after() -> None:

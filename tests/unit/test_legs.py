@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.legs import Leg, LegState, parse_leg
 from venues.base import OrderReport, OrderState, Side
-from xtb_tasks.core.legs import Leg, LegState, parse_leg
 
 sizes = st.integers(0, 10**8).map(lambda n: Decimal(n).scaleb(-4))
 legs = st.builds(

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from core.config import Direction, GroupConfig, HedgeParams, Role
 from orchestrator.planning import AccountSnapshot, PlanRefused, margin_needed, plan_cycle, sides_for
 from venues.base import MarketRules, Side
 from venues.margin import InitialMargin
-from xtb_tasks.core.config import Direction, GroupConfig, HedgeParams, Role
 
 GROUP = GroupConfig(name="g", backpack="bp", lighter1="l1", lighter2="l2")
 STEPS = [Decimal("0.0001"), Decimal("0.001"), Decimal("0.01"), Decimal("0.1")]

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from xtb_tasks.core.config import ConfigError, parse_settings
-from xtb_tasks.core.redis_target import RedisAccess, RedisUnavailable, SentinelTarget, credentials, parse_sentinel_url
+from core.config import ConfigError, parse_settings
+from core.redis_target import RedisAccess, RedisUnavailable, SentinelTarget, credentials, parse_sentinel_url
 from xtb_tasks.worker.celery_app import celery_settings
 
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from core.config import ConfigError, load_settings, parse_settings
+from core.watchman_config import WatchmanConfig
 from orchestrator.watchman import GroupRead, GroupWatch
 from venues.base import MarketRules
-from xtb_tasks.core.config import ConfigError, load_settings, parse_settings
-from xtb_tasks.core.watchman_config import WatchmanConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO = ROOT / "examples" / "demo.toml"
@@ -145,8 +145,8 @@ def test_every_watchman_field_is_documented_and_the_readme_defaults_agree() -> N
 
     import msgspec
 
-    from xtb_tasks.core.config_decode import field_info
-    from xtb_tasks.core.watchman_config import WatchmanKeys
+    from core.config_decode import field_info
+    from core.watchman_config import WatchmanKeys
 
     for cls in (WatchmanConfig, WatchmanKeys):
         for name, (_, description, _) in field_info(cls).items():

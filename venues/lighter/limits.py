@@ -1,7 +1,7 @@
 """Lighter's REST rate limits as the venue documents them (apidocs.lighter.xyz/docs/rate-limits).
 
 The venue's facts only, shared by the production budget (:mod:`venues.lighter.budget`) and the
-simulator (``venues/simulator/lighter_rules.py`` re-exports every name here), so both count alike.
+simulator (``simulators/lighter_rules.py`` re-exports every name here), so both count alike.
 Wording the sources do not give is marked UNCONFIRMED.
 """
 

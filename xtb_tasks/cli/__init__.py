@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from xtb_tasks.core.config import CONFIG_ENV, ConfigError
-from xtb_tasks.core.errors import EXIT_FAILURE, EXIT_USAGE, XtbError
+from core.config import CONFIG_ENV, ConfigError
+from core.errors import EXIT_FAILURE, EXIT_USAGE, XtbError
 
 # name -> "module:attribute" of a click command or group.
 SUBCOMMANDS: dict[str, str] = {
@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "config": "xtb_tasks.cli.config_commands:config_group",
     "redis": "xtb_tasks.cli.config_commands:redis_command",
     "workers": "xtb_tasks.cli.config_commands:workers_command",
-    "sim": "venues.simulator.cli:sim",
+    "sim": "simulators.cli:sim",
     "order": "xtb_tasks.cli.venue:order",
     "position": "xtb_tasks.cli.venue:position",
     "flatten": "xtb_tasks.cli.venue:flatten",

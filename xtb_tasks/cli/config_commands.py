@@ -14,7 +14,7 @@ from typing import Any
 import click
 import msgspec
 
-from xtb_tasks.core.config import Settings, load_settings
+from core.config import Settings, load_settings
 
 SECRET_KEYS = ("secret", "private", "token", "password")
 
@@ -102,8 +102,8 @@ def redis_command(port: int | None) -> None:
       xtb redis
       xtb redis --port 16380
     """
+    from core.redis_conn import claim_embedded_port, embedded_answers, embedded_dir, embedded_url, server_args
     from xtb_tasks.cli import UserError
-    from xtb_tasks.core.redis_conn import claim_embedded_port, embedded_answers, embedded_dir, embedded_url, server_args
 
     directory = embedded_dir()
     if embedded_answers():

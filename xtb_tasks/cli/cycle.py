@@ -11,18 +11,18 @@ from typing import Any
 import click
 import redis
 
+from core import keys
+from core.budgets import budget_used, lighter_budget
+from core.config import Role, Settings, load_settings
+from core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
+from core.exposure import worst_net_report
+from core.legs import LegState, parse_leg
+from core.policies import ORCHESTRATOR_QUEUE
 from xtb_tasks.cli import UserError
-from xtb_tasks.core import keys
-from xtb_tasks.core.budgets import budget_used, lighter_budget
-from xtb_tasks.core.config import Role, Settings, load_settings
-from xtb_tasks.core.cycle_record import CycleRecord, Stage, active_cycle_ids, recent_cycle_ids
-from xtb_tasks.core.exposure import worst_net_report
-from xtb_tasks.core.legs import LegState, parse_leg
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 
 def _context(ctx: click.Context) -> tuple[Settings, redis.Redis]:
-    from xtb_tasks.core.redis_conn import checked_client
+    from core.redis_conn import checked_client
 
     settings = load_settings((ctx.obj or {}).get("config_file"))
     return settings, checked_client(settings)

@@ -23,9 +23,9 @@ from typing import Any
 
 import click
 
+from core.config import Settings, load_settings
+from core.policies import ORCHESTRATOR_QUEUE
 from xtb_tasks.cli import UserError
-from xtb_tasks.core.config import Settings, load_settings
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "examples" / "demo.toml"
@@ -50,7 +50,7 @@ def demo_profile() -> Any:
     cycle shows some."""
     from dataclasses import replace
 
-    from venues.simulator.profile import SimProfile
+    from simulators.profile import SimProfile
 
     rules = SimProfile()
     return replace(rules, price_path=replace(rules.price_path, drift=Decimal("-0.0004"), volatility=Decimal("0.0002")),
@@ -83,7 +83,7 @@ class Demo:
         self.emit(f"[{time.monotonic() - self.started:6.2f}s] {text}")
 
     def start(self) -> None:
-        from venues.simulator.server import SimulatorServer
+        from simulators.server import SimulatorServer
         from xtb_tasks.cli.processes import ProcessSet
 
         grp = next(iter(self.settings.groups.values()))
@@ -138,8 +138,8 @@ class Demo:
 
 def clear_previous_cycles(client: Any, settings: Settings, demo: Demo) -> None:
     """A demo killed mid-cycle left an active cycle in the embedded Redis: unwind it first."""
+    from core.cycle_record import active_cycle_ids
     from orchestrator.recovery import unwind_all
-    from xtb_tasks.core.cycle_record import active_cycle_ids
 
     if not active_cycle_ids(client):
         return
@@ -162,9 +162,9 @@ def wait_for_alerts(demo: Demo, cycle_id: str, timeout: float = 15.0) -> list[st
 
 
 def run_demo(settings: Settings, emit: Any) -> dict[str, Any]:
+    from core.cycle_record import CycleRecord, Stage
+    from core.redis_conn import redis_client
     from xtb_tasks.cli.cycle import cycle_summary, follow_cycle
-    from xtb_tasks.core.cycle_record import CycleRecord, Stage
-    from xtb_tasks.core.redis_conn import redis_client
     from xtb_tasks.worker.results import wait_result
 
     ensure_demo_telegram_keys(settings)

@@ -15,9 +15,9 @@ from typing import Any
 
 import click
 
+from core.config import Settings, Venue
 from xtb_tasks.cli import UserError
 from xtb_tasks.cli.venue import _settings, direct, symbol_of
-from xtb_tasks.core.config import Settings, Venue
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def min_order(ctx: click.Context, targets: tuple[str, ...], symbol: str | None, 
       xtb --config examples/demo.toml diag min-order --target lighter1:buy --target lighter2:sell
       xtb diag min-order --target lighter1:sell:reduce_only
     """
-    from orchestrator.diagnostics import DEFAULT_TARGETS, MinOrderTarget
+    from xtb_tasks.execution.diagnostics import DEFAULT_TARGETS, MinOrderTarget
 
     settings = _settings(ctx)
     try:
@@ -86,8 +86,8 @@ def _in_own_process(target_text: str, symbol: str, options: dict[str, Any]) -> d
 
 def min_order_child(target_text: str, symbol: str, options: dict[str, Any]) -> dict[str, Any]:
     """Entry point of the per-target process; always returns a result, never raises."""
-    from orchestrator.diagnostics import MinOrderTarget, Venue, run_min_order
-    from xtb_tasks.core.config import load_settings
+    from core.config import load_settings
+    from xtb_tasks.execution.diagnostics import MinOrderTarget, Venue, run_min_order
 
     logging.basicConfig(level=options["log_level"], format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     target = MinOrderTarget.parse(target_text)
@@ -124,7 +124,7 @@ def smoke(ctx: click.Context, account: str, symbol: str | None, side: str, settl
     Example:
       xtb --config examples/demo.toml diag smoke --account lighter1
     """
-    from orchestrator.diagnostics import Venue, run_smoke
+    from xtb_tasks.execution.diagnostics import Venue, run_smoke
 
     settings = _settings(ctx)
     settings.account(account)

@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
+from core.config import GroupConfig, Role, Settings, load_settings
 from xtb_tasks.cli import UserError
-from xtb_tasks.core.config import GroupConfig, Role, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ def _readings(settings: Settings, grp: GroupConfig, direct_mode: bool) -> list[A
                               error or str((result or {}).get("error") or ""))
 
     if direct_mode:
-        from orchestrator.venue_ops import read_position
         from xtb_tasks.cli.venue import direct
+        from xtb_tasks.execution.venue_ops import read_position
 
         out = []
         for role in Role:
@@ -88,9 +88,9 @@ def resume(ctx: click.Context, name: str, direct_mode: bool) -> None:
     Example:
       xtb --config examples/demo.toml group resume main
     """
+    from core.redis_conn import checked_client
     from monitoring.alerts import AlertKind, format_group_resumed, raise_alert
     from orchestrator.kill_switch import clear_stop, group_stop, resume_blockers
-    from xtb_tasks.core.redis_conn import checked_client
 
     settings = load_settings((ctx.obj or {}).get("config_file"))
     grp = settings.group(name)  # an unknown group is a ConfigError: one line, exit 2

@@ -13,9 +13,9 @@ from typing import Any
 import click
 import redis
 
+from core.config import Settings, load_settings
 from monitoring.alerts import AlertKind
 from xtb_tasks.cli import UserError
-from xtb_tasks.core.config import Settings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,7 @@ def _settings(ctx: click.Context) -> Settings:
 
 
 def _redis(settings: Settings | None) -> redis.Redis:
-    from xtb_tasks.core.redis_conn import checked_client
+    from core.redis_conn import checked_client
 
     r = checked_client(settings)
     r.ping()  # fail here, before a command starts; xtb_tasks.cli.describe words the error
@@ -137,8 +137,8 @@ def tail(ctx: click.Context, last: int, follow: bool, as_json: bool) -> None:
     Example:
       xtb --config examples/demo.toml alerts tail --last 20
     """
+    from core import keys
     from monitoring.alerts import recent_alerts
-    from xtb_tasks.core import keys
 
     r = _redis(_optional_settings(ctx))
     pubsub = r.pubsub(ignore_subscribe_messages=True)
@@ -175,7 +175,7 @@ def _echo_alert(alert: dict[str, Any], as_json: bool) -> None:
 
 def _optional_settings(ctx: click.Context) -> Settings | None:
     """The config when there is one; ``send``/``tail``/``dashboard`` also work from $REDIS_URL alone."""
-    from xtb_tasks.core.config import ConfigError, config_path
+    from core.config import ConfigError, config_path
 
     explicit = (ctx.obj or {}).get("config_file")
     try:
@@ -209,8 +209,8 @@ def dashboard(ctx: click.Context, host: str | None, port: int | None, token: str
     """
     import os
 
+    from core.config import DashboardConfig
     from monitoring.dashboard import DashboardOptions, make_app, serve
-    from xtb_tasks.core.config import DashboardConfig
 
     settings = _optional_settings(ctx)
     config = settings.dashboard if settings is not None else DashboardConfig()

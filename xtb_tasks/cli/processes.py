@@ -17,10 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from xtb_tasks.core.config import Settings
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, worker_argv
-from xtb_tasks.core.redis_conn import configured_url, data_dir, ensure_embedded_redis, resolve_redis_url, stop_embedded_redis
-from xtb_tasks.core.redis_target import probe
+from core.config import Settings
+from core.policies import ORCHESTRATOR_QUEUE, worker_argv
+from core.redis_conn import configured_url, data_dir, ensure_embedded_redis, resolve_redis_url, stop_embedded_redis
+from core.redis_target import probe
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
+from core.config import DECIMAL_LIMIT, Role, Settings, load_settings, parse_decimal
 from xtb_tasks.cli import UserError
-from xtb_tasks.core.config import DECIMAL_LIMIT, Role, Settings, load_settings, parse_decimal
 
 RESULT_TIMEOUT_SECS = 90.0
 
@@ -56,8 +56,8 @@ def via_queue(task: str, kwargs: dict[str, Any], queue: str) -> dict[str, Any]:
 
 def direct(account: str, settings: Settings, fn: Any) -> Any:
     """Run ``fn(connector, redis)`` in process under the account lease (same rule as the worker)."""
-    from xtb_tasks.core import keys
-    from xtb_tasks.core.redis_conn import checked_client
+    from core import keys
+    from core.redis_conn import checked_client
     from xtb_tasks.worker.connectors import get_connector
     from xtb_tasks.worker.lease import LEASE_TTL, break_dead_lease, lease_token
 
@@ -97,8 +97,8 @@ def order(ctx: click.Context, account: str, side: str, size_text: str, symbol: s
     cfg = settings.account(account)
     size = parse_size(size_text)
     market = symbol_of(settings, account, symbol)
-    from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
-    from xtb_tasks.core.redis_conn import checked_client
+    from core.client_ids import allocate_client_ids, record_intent
+    from core.redis_conn import checked_client
 
     client = checked_client(settings)
     client_id = allocate_client_ids(client, account, cfg.venue.value, 1)[0]
@@ -106,8 +106,8 @@ def order(ctx: click.Context, account: str, side: str, size_text: str, symbol: s
     kwargs = {"account": account, "symbol": market, "side": side, "client_ids": [client_id], "quantity": str(size),
               "reduce_only": reduce_only, "max_slippage": max_slippage}
     if direct_mode:
-        from orchestrator.venue_ops import OrderRequest, submit_order
         from venues.base import Side
+        from xtb_tasks.execution.venue_ops import OrderRequest, submit_order
 
         request = OrderRequest(account=account, symbol=market, side=Side(side), client_ids=(client_id,),
                                quantity=size, reduce_only=reduce_only, max_slippage=max_slippage)
@@ -135,7 +135,7 @@ def position(ctx: click.Context, account: str, symbol: str | None, direct_mode: 
     settings.account(account)
     market = symbol_of(settings, account, symbol)
     if direct_mode:
-        from orchestrator.venue_ops import read_position
+        from xtb_tasks.execution.venue_ops import read_position
 
         result = direct(account, settings, lambda c, r: read_position(r, c, market).to_json())
     else:
@@ -164,8 +164,8 @@ def flatten(ctx: click.Context, account: str | None, group: str | None) -> None:
     else:
         grp = settings.group(str(group))
         targets = [(grp.account_for(role), grp.symbol_for(role)) for role in Role]
-    from xtb_tasks.core.client_ids import allocate_client_ids
-    from xtb_tasks.core.redis_conn import checked_client
+    from core.client_ids import allocate_client_ids
+    from core.redis_conn import checked_client
     from xtb_tasks.worker.celery_app import app
 
     client = checked_client(settings)

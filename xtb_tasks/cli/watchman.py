@@ -10,14 +10,14 @@ from typing import Any
 
 import click
 
+from core.config import ConfigError, Settings, load_settings
 from xtb_tasks.cli import UserError
-from xtb_tasks.core.config import ConfigError, Settings, load_settings
 
 log = logging.getLogger(__name__)
 
 
 def _watchman_url(settings: Settings) -> str:
-    from xtb_tasks.core.redis_conn import configured_url, embedded_url
+    from core.redis_conn import configured_url, embedded_url
 
     # The URL only, answering or not: the watchman never starts a Redis, it looks at the cluster's.
     own = settings.watchman.redis_url if settings.watchman is not None else None
@@ -37,10 +37,10 @@ def watchman(ctx: click.Context, once: bool) -> None:
     Example:
       xtb --config xtb.toml watchman
     """
+    from core.watchman_config import watched_groups
     from monitoring.telegram import CredentialsError
     from orchestrator.watchman import Watchman
     from orchestrator.watchman_io import ClusterProbe, Pager, group_venues
-    from xtb_tasks.core.watchman_config import watched_groups
 
     settings = load_settings((ctx.obj or {}).get("config_file"))
     config = settings.watchman

@@ -13,11 +13,11 @@ from typing import Any
 from celery import Celery
 from kombu import Exchange, Queue
 
-from xtb_tasks.core.config import ConfigError, Settings, config_path, load_settings
-from xtb_tasks.core.cycle_record import set_step_grace
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE, WATCHDOG_INTERVAL_SECS
-from xtb_tasks.core.redis_conn import RedisUnavailable, configured_url, embedded_url, resolve_redis_url
-from xtb_tasks.core.redis_target import (
+from core.config import ConfigError, Settings, config_path, load_settings
+from core.cycle_record import set_step_grace
+from core.policies import ORCHESTRATOR_QUEUE, WATCHDOG_INTERVAL_SECS
+from core.redis_conn import RedisUnavailable, configured_url, embedded_url, resolve_redis_url
+from core.redis_target import (
     RedisAccess,
     celery_redis_settings,
     credentials,

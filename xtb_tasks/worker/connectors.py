@@ -11,14 +11,14 @@ import logging
 import threading
 from typing import Any
 
+from core import keys
+from core.budgets import lighter_budget
+from core.config import AccountConfig, Settings, Venue, load_settings
+from core.errors import XtbError
+from core.redis_conn import redis_client, resolve_redis_url
 from monitoring.alerts import AlertKind, raise_alert
-from orchestrator.venue_ops import note_account_state
 from venues.base import VenueConnector
-from xtb_tasks.core import keys
-from xtb_tasks.core.budgets import lighter_budget
-from xtb_tasks.core.config import AccountConfig, Settings, Venue, load_settings
-from xtb_tasks.core.errors import XtbError
-from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+from xtb_tasks.execution.venue_ops import note_account_state
 from xtb_tasks.worker.lease import break_dead_lease
 
 log = logging.getLogger(__name__)

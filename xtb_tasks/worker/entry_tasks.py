@@ -8,16 +8,16 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from core.client_ids import allocate_client_ids, record_intent
+from core.config import GroupConfig, HedgeParams, Role
+from core.cycle_record import CycleRecord, ExitReason, Stage
+from core.fencing import FENCE_FIELDS, Fence
+from core.legs import Leg, parse_leg
+from core.redis_conn import redis_client
 from orchestrator import canvas, entry_balance
+from orchestrator.entry_balance import mirror_quantity
 from orchestrator.flow import bp_rules_from_record, group_and_params
-from orchestrator.venue_ops import mirror_quantity
 from venues.base import MarketRules, Side
-from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
-from xtb_tasks.core.config import GroupConfig, HedgeParams, Role
-from xtb_tasks.core.cycle_record import CycleRecord, ExitReason, Stage
-from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
-from xtb_tasks.core.legs import Leg, parse_leg
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.fences import enforce_fence
 from xtb_tasks.worker.hedge_tasks import record_of, settings

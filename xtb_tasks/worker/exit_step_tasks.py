@@ -17,6 +17,11 @@ from typing import Any
 
 from celery.canvas import Signature
 
+from core import keys
+from core.client_ids import allocate_id_blocks, record_intent
+from core.config import GroupConfig, HedgeParams
+from core.cycle_record import CycleRecord, CycleView, Stage, grace_deadline, positions_fields, step_grace
+from core.redis_conn import redis_client
 from orchestrator import canvas
 from orchestrator.exit_steps import (
     ExitOrder,
@@ -31,11 +36,6 @@ from orchestrator.exit_steps import (
 )
 from orchestrator.flow import group_and_params
 from venues.base import MarketRules
-from xtb_tasks.core import keys
-from xtb_tasks.core.client_ids import allocate_id_blocks, record_intent
-from xtb_tasks.core.config import GroupConfig, HedgeParams
-from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, grace_deadline, positions_fields, step_grace
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.exit_tasks import report_exit
 from xtb_tasks.worker.hedge_tasks import record_of, settings

@@ -13,14 +13,14 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from core.cycle_record import FINAL_REASON_BY_STAGE, CycleRecord, ExitReason, Stage, grace_deadline
+from core.fencing import FENCE_FIELDS, Fence
+from core.policies import EMERGENCY_EXIT
+from core.redis_conn import redis_client
 from orchestrator import canvas
 from orchestrator.exits import exit_is_flat, exit_minimums, fills_disagree, finish_exit, results_by_role
 from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import group_and_params
-from xtb_tasks.core.cycle_record import FINAL_REASON_BY_STAGE, CycleRecord, ExitReason, Stage, grace_deadline
-from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
-from xtb_tasks.core.policies import EMERGENCY_EXIT
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.fences import enforce_fence
 from xtb_tasks.worker.hedge_tasks import finish_not_started, record_of, settings

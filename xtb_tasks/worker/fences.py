@@ -1,4 +1,4 @@
-"""Refusing a stale task (``xtb_tasks.core.fencing``): logged, noted in its cycle's events, and
+"""Refusing a stale task (``core.fencing``): logged, noted in its cycle's events, and
 ended with Celery's ``Ignore``, so it stores no result, retries nothing and runs no chain link,
 chord body or errback: a stale copy must not look like a failure that starts an exit.
 """
@@ -12,9 +12,9 @@ from typing import Any, NoReturn
 
 from celery.exceptions import Ignore
 
-from xtb_tasks.core.cycle_record import CycleRecord
-from xtb_tasks.core.fencing import Fence
-from xtb_tasks.core.redis_conn import redis_client
+from core.cycle_record import CycleRecord
+from core.fencing import Fence
+from core.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
 

@@ -17,6 +17,20 @@ import redis
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
+from core.client_ids import allocate_id_blocks, record_intent
+from core.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
+from core.cycle_record import (
+    CycleRecord,
+    Outcome,
+    Stage,
+    create_cycle,
+    grace_deadline,
+    positions_fields,
+)
+from core.durability import durable_execute
+from core.errors import EXIT_USAGE, XtbError
+from core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
+from core.redis_conn import redis_client
 from monitoring.alerts import AlertKind, format_cycle_started, queue_alert, raise_alert
 from orchestrator import canvas
 from orchestrator.flow import (
@@ -27,20 +41,6 @@ from orchestrator.flow import (
 from orchestrator.kill_switch import group_stop
 from orchestrator.planning import AccountSnapshot, PlanRefused, plan_cycle
 from orchestrator.recovery import sweep
-from xtb_tasks.core.client_ids import allocate_id_blocks, record_intent
-from xtb_tasks.core.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
-from xtb_tasks.core.cycle_record import (
-    CycleRecord,
-    Outcome,
-    Stage,
-    create_cycle,
-    grace_deadline,
-    positions_fields,
-)
-from xtb_tasks.core.durability import durable_execute
-from xtb_tasks.core.errors import EXIT_USAGE, XtbError
-from xtb_tasks.core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
 
 log = logging.getLogger(__name__)

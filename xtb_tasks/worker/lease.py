@@ -25,9 +25,9 @@ from typing import Any, ClassVar
 from celery import Task
 from redis.exceptions import LockError
 
-from xtb_tasks.core import keys, lease_clock
-from xtb_tasks.core.policies import LEASE_BUSY
-from xtb_tasks.core.redis_conn import redis_client
+from core import keys, lease_clock
+from core.policies import LEASE_BUSY
+from core.redis_conn import redis_client
 
 log = logging.getLogger(__name__)
 

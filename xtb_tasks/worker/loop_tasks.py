@@ -2,7 +2,7 @@
 target after the entry, then monitor until a Lighter leg is liquidated or the cycle times out.
 
 One loop per cycle: each deciding step moves the record's ``step_seq`` token by compare-and-set
-before it acts (``xtb_tasks.core.fencing``), so a redelivered copy refuses. Decisions are pure
+before it acts (``core.fencing``), so a redelivered copy refuses. Decisions are pure
 (``orchestrator.flow``); these tasks read the record, record the decision, publish the next canvas.
 """
 
@@ -13,6 +13,20 @@ import time
 from decimal import Decimal
 from typing import Any
 
+from core.client_ids import allocate_client_ids, record_intent
+from core.config import GroupConfig, HedgeParams
+from core.cycle_record import (
+    CycleRecord,
+    CycleView,
+    ExitReason,
+    Stage,
+    grace_deadline,
+    positions_fields,
+    with_event,
+)
+from core.exposure import NetExposure
+from core.fencing import Fence, advance_step
+from core.redis_conn import redis_client
 from monitoring.alerts import AlertKind, format_cycle_hedged, queue_alert, raise_alert
 from orchestrator import canvas
 from orchestrator.canvas import LOOP_STAGES
@@ -30,20 +44,6 @@ from orchestrator.flow import (
     zero_legs,
     zero_streaks,
 )
-from xtb_tasks.core.client_ids import allocate_client_ids, record_intent
-from xtb_tasks.core.config import GroupConfig, HedgeParams
-from xtb_tasks.core.cycle_record import (
-    CycleRecord,
-    CycleView,
-    ExitReason,
-    Stage,
-    grace_deadline,
-    positions_fields,
-    with_event,
-)
-from xtb_tasks.core.exposure import NetExposure
-from xtb_tasks.core.fencing import Fence, advance_step
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.fences import enforce_fence, refuse_stale
 from xtb_tasks.worker.hedge_tasks import record_of, settings
@@ -56,7 +56,7 @@ def rebalance(*, cycle_id: str, attempt: int = 0, then: str = "hedge", step: int
     """Read all three positions in parallel, then drive Backpack to its own-delta target
     (``-(l1 + l2)`` from flat accounts; ``orchestrator.flow.backpack_target``).
 
-    ``step`` is the control loop's token (``xtb_tasks.core.fencing``): a copy issued under an older
+    ``step`` is the control loop's token (``core.fencing``): a copy issued under an older
     one refuses, and of two copies under the current one only the first decision goes on.
     """
     record = record_of(cycle_id)

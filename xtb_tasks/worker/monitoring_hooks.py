@@ -19,10 +19,10 @@ from typing import Any, cast
 from billiard.exceptions import WorkerLostError
 from celery import Celery, signals
 
+from core.config import ConfigError, Settings, TelemetryConfig
+from core.policies import ORCHESTRATOR_QUEUE
 from monitoring.alerts import AlertKind, format_worker_crash, raise_alert
 from monitoring.heartbeat import HeartbeatPublisher, identities_for, ingest_target
-from xtb_tasks.core.config import ConfigError, Settings, TelemetryConfig
-from xtb_tasks.core.policies import ORCHESTRATOR_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _settings_of(app: Celery) -> Settings | None:
     settings = getattr(app, "xtb_settings", None)
     if settings is not None:
         return cast(Settings, settings)
-    from xtb_tasks.core.config import load_settings
+    from core.config import load_settings
 
     try:
         return load_settings()
@@ -79,7 +79,7 @@ class _HeartbeatHooks:
         if not accounts and not orchestrator:
             log.info("worker %s consumes no account or orchestrator queue; no heartbeats", self.hostname)
             return
-        from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+        from core.redis_conn import redis_client, resolve_redis_url
 
         telemetry = settings.telemetry if settings is not None else TelemetryConfig()
         url = resolve_redis_url(settings)
@@ -109,7 +109,7 @@ class _HeartbeatHooks:
         name = getattr(sender, "name", "?")
         detail = f"pool process died running {name} [{task_id}] ({exception})"
         try:
-            from xtb_tasks.core.redis_conn import redis_client, resolve_redis_url
+            from core.redis_conn import redis_client, resolve_redis_url
 
             r = redis_client(resolve_redis_url(_settings_of(self.app)))
             raise_alert(r, AlertKind.WORKER_CRASH, format_worker_crash(self.hostname or "?", detail),
@@ -119,7 +119,7 @@ class _HeartbeatHooks:
 
 
 def _budgets(settings: Settings | None, accounts: list[str]) -> dict[str, Any]:
-    from xtb_tasks.core.budgets import lighter_budget
+    from core.budgets import lighter_budget
 
     if settings is None:
         return {}

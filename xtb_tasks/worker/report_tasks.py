@@ -10,13 +10,13 @@ import logging
 from decimal import Decimal
 from typing import Any
 
+from core.cycle_record import CycleRecord
+from core.exposure import worst_net_report
+from core.redis_conn import redis_client
 from monitoring.alerts import AlertKind, format_cycle_completed, raise_alert
 from orchestrator import canvas
 from orchestrator.exits import shown_positions
 from orchestrator.pnl_split import cycle_split
-from xtb_tasks.core.cycle_record import CycleRecord
-from xtb_tasks.core.exposure import worst_net_report
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.hedge_tasks import record_of, settings
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import Celery
 
-from xtb_tasks.core.errors import XtbError
+from core.errors import XtbError
 
 
 class TaskFailed(XtbError, RuntimeError):

@@ -1,5 +1,5 @@
 """The Celery broker and result backend on Sentinel, with connections that ask the Sentinels where
-the primary is on every reconnect (``xtb_tasks.core.redis_target.PrimaryConnection`` says why
+the primary is on every reconnect (``core.redis_target.PrimaryConnection`` says why
 redis-py's own do not).
 
 kombu's Sentinel channel and Celery's Sentinel result backend build their pools with redis-py's
@@ -20,7 +20,7 @@ import redis
 from celery.backends.redis import SentinelBackend
 from kombu.transport import redis as kombu_redis
 
-from xtb_tasks.core.redis_target import PrimaryConnection, PrimarySSLConnection
+from core.redis_target import PrimaryConnection, PrimarySSLConnection
 
 #: What the ``sentinel`` transport alias and the result backend URL's prefix name.
 TRANSPORT = "xtb_tasks.worker.sentinel_wiring:PrimarySentinelTransport"

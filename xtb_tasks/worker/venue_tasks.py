@@ -17,9 +17,16 @@ from typing import Any
 from celery import Task
 from celery.exceptions import Ignore, Retry
 
-from orchestrator.armed import arm_hedge, await_entry
-from orchestrator.handoff import announce_failure
-from orchestrator.venue_ops import (
+from core.client_ids import IntentStatus, intent_status, record_intent
+from core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
+from core.errors import XtbError
+from core.fencing import FENCE_FIELDS, Fence
+from core.redis_conn import redis_client
+from venues.base import AccountReading, MarketRules, OrderReport, PositionReading, Side, VenueConnector, VenueError
+from venues.margin import LIGHTER_FRACTION_UNITS, leverage_update
+from xtb_tasks.execution.armed import arm_hedge, await_entry
+from xtb_tasks.execution.handoff import announce_failure
+from xtb_tasks.execution.venue_ops import (
     LegFailed,
     OrderRequest,
     RetryLater,
@@ -30,13 +37,6 @@ from orchestrator.venue_ops import (
     read_position,
     submit_order,
 )
-from venues.base import AccountReading, MarketRules, OrderReport, PositionReading, Side, VenueConnector, VenueError
-from venues.margin import LIGHTER_FRACTION_UNITS, leverage_update
-from xtb_tasks.core.client_ids import IntentStatus, intent_status, record_intent
-from xtb_tasks.core.cycle_record import CycleRecord, CycleView, Stage, stage_deadline
-from xtb_tasks.core.errors import XtbError
-from xtb_tasks.core.fencing import FENCE_FIELDS, Fence
-from xtb_tasks.core.redis_conn import redis_client
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.connectors import get_connector
 from xtb_tasks.worker.fences import enforce_fence
@@ -83,9 +83,9 @@ def submit_market_order(self: Task, *, account: str, symbol: str, side: str, cli
     ``reruns`` counts re-runs after an uncertain outcome or a rejection; it is kept apart from
     Celery's retry counter, which lease waits also advance. ``announce_fill`` pushes the leg's
     final outcome to its armed hedge; ``armed`` (with ``quantity_from_leg``) starts before that
-    leg is final and sends as soon as its outcome is announced (``orchestrator.handoff``); it primes
+    leg is final and sends as soon as its outcome is announced (``xtb_tasks.execution.handoff``); it primes
     the order for ``expected_quantity`` (the entry's planned size) while it waits. ``fence``
-    (``xtb_tasks.core.fencing.Fence``) refuses a copy sent from a stage the cycle has left.
+    (``core.fencing.Fence``) refuses a copy sent from a stage the cycle has left.
     """
     _guard_queue(self, account)
     request = OrderRequest(
