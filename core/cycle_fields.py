@@ -190,6 +190,8 @@ FIELDS: dict[str, Field] = {
     "cycle_index": Field(INT, "the cycle's position in a multi-cycle run (0 = first)"),
     "direction": Field(one_of(Direction), "which way Backpack enters (a config Direction)"),
     "params": Field(OBJECT, "the effective hedge parameters (HedgeParams.to_json)"),
+    "config": Field(OBJECT, "the group as configured when the cycle started (GroupConfig): the cycle's accounts "
+                            "and symbols, which a config edit does not change while it runs"),
     # Every write, and every stage change (set_stage, touch_deadline).
     "updated_at": Field(FLOAT, "when any field was last written (epoch seconds)"),
     "stage": Field(STAGE, "the stage the cycle is in"),

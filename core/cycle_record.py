@@ -132,8 +132,12 @@ class CycleRecord:
 
     def all(self) -> dict[str, Any]:
         """Every field, each as its declared type; a stored field the schema does not declare is an error."""
+        return self.decoded(cast(dict[str, str], self.client.hgetall(self.key)))
+
+    def decoded(self, raw: Mapping[str, str]) -> dict[str, Any]:
+        """The fields of an ``HGETALL`` answer, each as its declared type (see :meth:`all`)."""
         key = self.key
-        return {k: _decode(key, k, kind_of(k), v) for k, v in cast(dict[str, str], self.client.hgetall(key)).items()}
+        return {k: _decode(key, k, kind_of(k), v) for k, v in raw.items()}
 
     def view(self, *fields: str, after: redis.client.Pipeline | None = None) -> CycleView:
         """``stage`` and ``fields`` with the cancel flag: a step's reads in one round trip.

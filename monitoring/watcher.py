@@ -21,7 +21,8 @@ import redis
 from redis.exceptions import WatchError
 
 from core import keys
-from monitoring.alerts import AlertKind, format_heartbeat_back, format_heartbeat_missing, queue_alert
+from monitoring.alert_texts import AlertKind, format_heartbeat_back, format_heartbeat_missing
+from monitoring.alerts import queue_alert
 from monitoring.heartbeat import beat_interval, last_seen, load_last_beats
 
 log = logging.getLogger(__name__)

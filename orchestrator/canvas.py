@@ -136,13 +136,13 @@ def read_positions(grp: GroupConfig, cycle_id: str, then: Signature) -> chord:
     return chord(header, then.on_error(on_failure(cycle_id)))
 
 
-def rebalance_order(grp: GroupConfig, cycle_id: str, side: str, quantity: Decimal, client_id: int,
-                    leg: str, step: int, then: Signature, max_slippage: float | None = None) -> chain:
-    """The Backpack order of one rebalance decision, issued under the loop token ``step``."""
+def order_then(grp: GroupConfig, role: Role, cycle_id: str, *, side: str, quantity: Decimal, client_id: int,
+               leg: str, reduce_only: bool, max_slippage: float | None, fence: Fence, then: Signature) -> chain:
+    """One order of a decision on ``role``'s account under ``fence``, then the step ``then``."""
     return chain(
-        unread(venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=side,
-                     client_ids=[client_id], quantity=str(quantity), cycle_id=cycle_id, leg=leg,
-                     max_slippage=max_slippage, fence=Fence(LOOP_STAGES, step=step).to_json())),
+        unread(venue("submit_market_order", grp.account_for(role), symbol=grp.symbol_for(role), side=side,
+                     client_ids=[client_id], quantity=str(quantity), reduce_only=reduce_only, cycle_id=cycle_id,
+                     leg=leg, max_slippage=max_slippage, fence=fence.to_json())),
         then,
     ).on_error(on_failure(cycle_id))
 

@@ -24,14 +24,8 @@ from core.config import Settings
 from core.cycle_record import CycleRecord, ExitReason, Outcome
 from core.durability import durable_execute
 from core.legs import parse_leg
-from monitoring.alerts import (
-    AlertKind,
-    fmt_amount,
-    format_cycle_finished,
-    format_emergency_exit,
-    format_group_stopped,
-    raise_alert,
-)
+from monitoring.alert_texts import AlertKind, fmt_amount, format_cycle_finished, format_emergency_exit, format_group_stopped
+from monitoring.alerts import raise_alert
 from orchestrator.canvas import history_reads
 from orchestrator.flow import pnl, release_group_lock
 from orchestrator.kill_switch import stop_group

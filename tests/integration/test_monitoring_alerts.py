@@ -12,10 +12,8 @@ import redis
 
 from core import keys
 from core.config import TelegramConfig
-from monitoring.alerts import (
-    OUTBOX_MAXLEN,
+from monitoring.alert_texts import (
     AlertKind,
-    alert_id_ms,
     fmt_amount,
     format_cycle_finished,
     format_cycle_hedged,
@@ -24,10 +22,8 @@ from monitoring.alerts import (
     format_heartbeat_back,
     format_heartbeat_missing,
     format_worker_crash,
-    queue_alert,
-    raise_alert,
-    recent_alerts,
 )
+from monitoring.alerts import OUTBOX_MAXLEN, alert_id_ms, queue_alert, raise_alert, recent_alerts
 from monitoring.relay import prune_delivered
 from monitoring.telegram import (
     CredentialsError,

@@ -21,7 +21,8 @@ import redis
 import requests
 
 from core import keys
-from monitoring.alerts import AlertKind, raise_alert
+from monitoring.alert_texts import AlertKind
+from monitoring.alerts import raise_alert
 from monitoring.heartbeat import BotIdentity, HeartbeatPublisher, IngestTarget, build_payload, record_heartbeat
 from tests.helpers.support import free_port, wait_until, write_config
 

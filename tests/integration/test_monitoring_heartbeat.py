@@ -16,7 +16,7 @@ import redis
 from core import keys
 from core.budgets import lighter_budget
 from core.config import Direction, Role, load_settings
-from monitoring.alerts import AlertKind
+from monitoring.alert_texts import AlertKind
 from monitoring.heartbeat import (
     BotIdentity,
     HeartbeatPublisher,

@@ -18,7 +18,8 @@ import pytest
 import redis
 
 from core import keys
-from monitoring.alerts import AlertKind, raise_alert
+from monitoring.alert_texts import AlertKind
+from monitoring.alerts import raise_alert
 from monitoring.relay import DEAD_LETTER, AlertRelay, RelayOptions, pending_delivery
 from monitoring.telegram import TelegramClient, TelegramCredentials
 from monitoring.watcher import MISSING_SET

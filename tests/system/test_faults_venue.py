@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import redis
 
-from monitoring.alerts import AlertKind, raise_alert
+from monitoring.alert_texts import AlertKind
+from monitoring.alerts import raise_alert
 from monitoring.relay import pending_delivery
 from simulators.telegram import TelegramServer, TelegramState
 from tests.helpers.faults import STEP, cycle_alerts, poll, raised_alerts, venue_flat, venue_hedged

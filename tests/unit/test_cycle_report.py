@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from core.cycle_record import ExitReason
 from core.exposure import NetExposure, worst_net_report
-from monitoring.alerts import AlertKind, format_cycle_completed, format_emergency_exit
+from monitoring.alert_texts import AlertKind, format_cycle_completed, format_emergency_exit
 from orchestrator.exits import CONTINUE_AFTER, completion_kind, exit_dust, exit_is_flat, exit_minimums, shown_positions
 from orchestrator.flow import Positions, own_net, zero_streaks
 from orchestrator.pnl_split import cycle_client_ids, cycle_split, total_of, venue_split

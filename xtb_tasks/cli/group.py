@@ -89,7 +89,8 @@ def resume(ctx: click.Context, name: str, direct_mode: bool) -> None:
       xtb --config examples/demo.toml group resume main
     """
     from core.redis_conn import checked_client
-    from monitoring.alerts import AlertKind, format_group_resumed, raise_alert
+    from monitoring.alert_texts import AlertKind, format_group_resumed
+    from monitoring.alerts import raise_alert
     from orchestrator.kill_switch import clear_stop, group_stop, resume_blockers
 
     settings = load_settings((ctx.obj or {}).get("config_file"))

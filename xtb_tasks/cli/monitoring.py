@@ -14,7 +14,7 @@ import click
 import redis
 
 from core.config import Settings, load_settings
-from monitoring.alerts import AlertKind
+from monitoring.alert_texts import AlertKind
 from xtb_tasks.cli import UserError
 
 log = logging.getLogger(__name__)

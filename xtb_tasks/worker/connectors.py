@@ -16,7 +16,8 @@ from core.budgets import lighter_budget
 from core.config import AccountConfig, Settings, Venue, load_settings
 from core.errors import XtbError
 from core.redis_conn import redis_client, resolve_redis_url
-from monitoring.alerts import AlertKind, raise_alert
+from monitoring.alert_texts import AlertKind
+from monitoring.alerts import raise_alert
 from venues.base import VenueConnector
 from xtb_tasks.execution.venue_ops import note_account_state
 from xtb_tasks.worker.lease import break_dead_lease

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import msgspec
 import redis
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
@@ -31,7 +32,8 @@ from core.durability import durable_execute
 from core.errors import EXIT_USAGE, XtbError
 from core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from core.redis_conn import redis_client
-from monitoring.alerts import AlertKind, format_cycle_started, queue_alert, raise_alert
+from monitoring.alert_texts import AlertKind, format_cycle_started
+from monitoring.alerts import queue_alert, raise_alert
 from orchestrator import canvas
 from orchestrator.flow import (
     group_and_params,
@@ -105,7 +107,7 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
         raise GroupStopped(text)
     create_cycle(client, cycle_id, group, overrides=overrides, cycle_index=cycle_index,
                  direction=params.direction.value, params=params.to_json(),
-                 next_deadline=grace_deadline(), trigger_task=self.request.id or "")
+                 config=msgspec.to_builtins(cfg.group(group)), next_deadline=grace_deadline(), trigger_task=self.request.id or "")
     log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
     canvas.snapshots(cfg.group(group), params, cycle_id).apply_async()
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}

@@ -21,7 +21,8 @@ from celery import Celery, signals
 
 from core.config import ConfigError, Settings, TelemetryConfig
 from core.policies import ORCHESTRATOR_QUEUE
-from monitoring.alerts import AlertKind, format_worker_crash, raise_alert
+from monitoring.alert_texts import AlertKind, format_worker_crash
+from monitoring.alerts import raise_alert
 from monitoring.heartbeat import HeartbeatPublisher, identities_for, ingest_target
 
 log = logging.getLogger(__name__)

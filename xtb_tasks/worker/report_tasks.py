@@ -13,7 +13,8 @@ from typing import Any
 from core.cycle_record import CycleRecord
 from core.exposure import worst_net_report
 from core.redis_conn import redis_client
-from monitoring.alerts import AlertKind, format_cycle_completed, raise_alert
+from monitoring.alert_texts import AlertKind, format_cycle_completed
+from monitoring.alerts import raise_alert
 from orchestrator import canvas
 from orchestrator.exits import shown_positions
 from orchestrator.pnl_split import cycle_split

@@ -1,0 +1,51 @@
+"""The ports the cycle talks to the world through. Production adapters: ``orchestrator.store``
+(Redis), ``xtb_tasks.worker.cycle_task`` and ``xtb_tasks.worker.canvas`` (Celery), the venue
+connectors (``venues.base.VenueConnector``) and Redis ``TIME``; an in-memory implementation of the
+same protocols can run a cycle in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from monitoring.alert_texts import AlertKind
+from orchestrator.cycle.commands import Command, Decision
+from orchestrator.cycle.state import CycleState
+
+
+class Clock(Protocol):
+    """The cycle's time: one clock for every process that runs a cycle's steps (epoch seconds)."""
+
+    def now(self) -> float: ...
+
+
+class CycleStore(Protocol):
+    """Where a cycle's state lives."""
+
+    def load(self, cycle_id: str) -> CycleState | None:
+        """The cycle's state, None when it has no record."""
+
+    def advance_step(self, cycle_id: str, token: int) -> bool:
+        """Move the control loop's token from ``token`` to ``token + 1``; True for the one caller that did."""
+
+    def claim(self, cycle_id: str, name: str) -> bool:
+        """Take the once-only claim ``name`` of the cycle; True for the one caller that took it."""
+
+    def save(self, before: CycleState, decision: Decision, now: float) -> Sequence[Command]:
+        """Write what ``decision`` changed since ``before``, its events and reading, the intents of its
+        orders and its queued alerts, in one write; the commands to publish (with their client ids)."""
+
+    def append_event(self, cycle_id: str, text: str) -> None:
+        """Note ``text`` in the cycle's event log."""
+
+
+class AlertSink(Protocol):
+    """Where alerts go (the durable outbox the relay sends to Telegram)."""
+
+    def alert(self, kind: AlertKind, text: str, **fields: object) -> None: ...
+
+
+class Scheduler(Protocol):
+    """Runs the commands a decision published: steps now or later, reads and orders side by side."""
+
+    def publish(self, cycle_id: str, commands: Sequence[Command]) -> None: ...

@@ -1,0 +1,179 @@
+"""The cycle's state as one typed value, :class:`CycleState`, loaded once and saved once per step.
+
+Amounts are ``Decimal``; a position that could not be read is ``None`` (unknown), never zero. The
+store (``orchestrator.store``) maps this value to and from the cycle's Redis hash; nothing else
+knows that layout's field names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from enum import Enum
+
+import msgspec
+
+from core.config import GroupConfig, HedgeParams, Role
+from core.cycle_fields import ExitReason, Stage
+from core.exposure import NetExposure
+from core.legs import Leg
+from orchestrator.planning import CyclePlan
+from venues.base import MarketRules
+
+#: The size step a decision falls back to when the market's rules were never read (a cycle that
+#: failed before planning recorded them): the finest step either venue lists.
+DEFAULT_STEP = Decimal("0.0001")
+#: The three roles in the order every report lists them.
+ROLES = (Role.BP, Role.L1, Role.L2)
+LIGHTER_ROLES = (Role.L1, Role.L2)
+
+
+class LegName(str, Enum):
+    """The entry's legs; the loop's and the exit's orders are numbered (:func:`numbered_leg`)."""
+
+    #: Backpack's market entry.
+    BP_ENTRY = "bp_entry"
+    #: Lighter1's hedge of the Backpack fill, armed alongside it.
+    L1_HEDGE = "l1_hedge"
+    #: Lighter1's one top-up when its hedge filled short of the Backpack fill.
+    L1_TOPUP = "l1_topup"
+    #: Backpack brought down to what Lighter1 hedges, when the top-up was not enough.
+    BP_BALANCE = "bp_balance"
+    #: Lighter2's entry after the random wait, mirroring Lighter1's fill.
+    L2_ENTRY = "l2_entry"
+
+
+def numbered_leg(stem: str, number: int) -> str:
+    """The name of the ``number``-th order of a numbered family (``bp_rebalance_3``, ``exit_l1_2``)."""
+    return f"{stem}{number}"
+
+
+class Positions(msgspec.Struct, frozen=True):
+    """Signed positions of the three roles; None where the read failed (unknown)."""
+
+    bp: Decimal | None
+    l1: Decimal | None
+    l2: Decimal | None
+
+    @classmethod
+    def zero(cls) -> Positions:
+        return cls(Decimal(0), Decimal(0), Decimal(0))
+
+    @classmethod
+    def of(cls, values: Mapping[Role, Decimal | None]) -> Positions:
+        return cls(values.get(Role.BP), values.get(Role.L1), values.get(Role.L2))
+
+    def get(self, role: Role) -> Decimal | None:
+        return {Role.BP: self.bp, Role.L1: self.l1, Role.L2: self.l2}[role]
+
+    def unknown_roles(self) -> list[Role]:
+        return [role for role in ROLES if self.get(role) is None]
+
+    @property
+    def known(self) -> bool:
+        return None not in (self.bp, self.l1, self.l2)
+
+    @property
+    def net(self) -> Decimal | None:
+        if self.bp is None or self.l1 is None or self.l2 is None:
+            return None
+        return self.bp + self.l1 + self.l2
+
+    def own(self, baselines: Positions) -> Positions:
+        """The cycle's own deltas: each known position less the baseline it started from."""
+        def less(x: Decimal | None, base: Decimal | None) -> Decimal | None:
+            return None if x is None else x - (base or Decimal(0))
+
+        return Positions(less(self.bp, baselines.bp), less(self.l1, baselines.l1), less(self.l2, baselines.l2))
+
+
+class Event(msgspec.Struct, frozen=True):
+    """A note in the cycle's event log."""
+
+    t: float
+    text: str
+
+
+class LoopState(msgspec.Struct, frozen=True, kw_only=True):
+    """The control loop's state (rebalance and monitoring).
+
+    Fields:
+      step_seq        the loop's fencing token: only a step issued under it may act, and the step that
+                      acts moves it on (compare-and-set in the store), so a cycle runs one loop
+      rebalances      rebalance orders placed so far (numbers ``bp_rebalance_<n>``)
+      monitoring_started_at  when monitoring began (the cycle's timeout counts from it); None before
+      zero_streaks    consecutive fresh reads per Lighter role whose own delta is zero or dust
+      unknown_reads   consecutive monitor reads with a position unknown
+      exposure        the worst own net the reads saw and how long it stayed beyond one step
+      last_read       the latest reading of the three positions, None before the first
+    """
+
+    step_seq: int = 0
+    rebalances: int = 0
+    monitoring_started_at: float | None = None
+    zero_streaks: dict[Role, int] = msgspec.field(default_factory=dict)
+    unknown_reads: int = 0
+    exposure: NetExposure = msgspec.field(default_factory=NetExposure)
+    last_read: Positions | None = None
+
+
+class CycleState(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything a decision knows about one cycle.
+
+    Fields:
+      cycle_id   the cycle's id
+      group      the hedge group as configured when the cycle started: accounts and symbols never
+                 follow a config edit while the cycle runs
+      params     the effective hedge parameters the cycle started with (config plus overrides)
+      stage      where the cycle is; ``emergency_exit`` can follow any stage
+      cancel_requested  an operator (or the exit) asked the cycle to stop sending entry orders
+      created_at when the cycle's record was written
+      plan       sides, sizes, wait and baselines; None until planning recorded it
+      rules      each role's market rules at planning (both Lighter roles trade one market)
+      legs       every order the cycle recorded, by leg name (``LegName`` values and numbered legs)
+      loop       the control loop's state
+      exit_attempts  emergency-exit attempts launched so far
+      exit_reason    why the exit runs, once it does
+      events     the cycle's event log, oldest first
+    """
+
+    cycle_id: str
+    group: GroupConfig
+    params: HedgeParams
+    stage: Stage
+    cancel_requested: bool = False
+    created_at: float = 0.0
+    plan: CyclePlan | None = None
+    rules: dict[Role, MarketRules] = msgspec.field(default_factory=dict)
+    legs: dict[str, Leg] = msgspec.field(default_factory=dict)
+    loop: LoopState = msgspec.field(default_factory=LoopState)
+    exit_attempts: int = 0
+    exit_reason: ExitReason | None = None
+    events: tuple[Event, ...] = ()
+
+    @property
+    def baselines(self) -> Positions:
+        """The positions the accounts held before the cycle; zero where the plan recorded none."""
+        recorded = self.plan.baselines if self.plan is not None else {}
+        return Positions(*(Decimal(str(recorded.get(role.short) or 0)) for role in ROLES))
+
+    def step_of(self, role: Role) -> Decimal:
+        """The size step of ``role``'s market, :data:`DEFAULT_STEP` while its rules are unknown."""
+        rules = self.rules.get(role)
+        return rules.step_size if rules is not None else DEFAULT_STEP
+
+    def minimum_of(self, role: Role) -> Decimal:
+        """The smallest order ``role``'s market takes (zero while its rules are unknown)."""
+        rules = self.rules.get(role)
+        return rules.min_quantity if rules is not None else Decimal(0)
+
+    def role_of(self, account: str) -> Role | None:
+        return next((role for role in ROLES if self.group.account_for(role) == account), None)
+
+    @property
+    def finished(self) -> bool:
+        return self.stage is Stage.DONE
+
+    @property
+    def exiting(self) -> bool:
+        return self.stage in (Stage.EMERGENCY_EXIT, Stage.DONE)

@@ -1,0 +1,197 @@
+"""The cycle store on Redis: :class:`~orchestrator.cycle.state.CycleState` loaded from the cycle's
+hash in one round trip and a step's :class:`~orchestrator.cycle.commands.Decision` saved in one.
+
+The hash's field names (``core.cycle_fields``) are known here and in the readers that show a cycle
+(``xtb cycle``, the dashboard, recovery); decisions see only the typed state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any, cast
+
+import msgspec
+import redis
+
+from core import keys
+from core.client_ids import allocate_id_blocks, record_intent
+from core.config import GroupConfig, HedgeParams, Role
+from core.cycle_record import CycleRecord, Stage, positions_fields, step_grace
+from core.durability import durable_execute
+from core.exposure import NetExposure
+from core.fencing import advance_step
+from core.legs import parse_leg
+from monitoring.alert_texts import AlertKind
+from monitoring.alerts import queue_alert, raise_alert
+from orchestrator.cycle.commands import Alert, Command, Decision, SendOrder
+from orchestrator.cycle.state import ROLES, CycleState, Event, LoopState, Positions
+from orchestrator.planning import CyclePlan
+from venues.base import MarketRules
+
+#: How many events the record keeps (the oldest are dropped).
+EVENTS_KEPT = 100
+
+
+def positions_json(positions: Positions, baselines: Positions, now: float) -> dict[str, Any]:
+    """A reading as the record keeps it: each role's position, the own net (None while unknown), when."""
+    def text(x: Decimal | None) -> str | None:
+        return None if x is None else str(x)
+
+    return {"BP": text(positions.bp), "L1": text(positions.l1), "L2": text(positions.l2),
+            "net": text(positions.own(baselines).net), "read_at": now}
+
+
+def _positions_of(data: Mapping[str, Any] | None) -> Positions | None:
+    if not data:
+        return None
+    return Positions.of({role: None if data.get(role.short) in (None, "") else Decimal(str(data[role.short]))
+                         for role in ROLES})
+
+
+def state_from_fields(cycle_id: str, fields: Mapping[str, Any], cancel: bool) -> CycleState:
+    """The typed state of a record's decoded fields."""
+    bp_rules, l_rules = fields.get("bp_rules"), fields.get("l_rules")
+    rules: dict[Role, MarketRules] = {}
+    if bp_rules:
+        rules[Role.BP] = MarketRules.from_json(bp_rules)
+    if l_rules:
+        rules[Role.L1] = rules[Role.L2] = MarketRules.from_json(l_rules)
+    legs = {name[4:]: leg for name, value in fields.items()
+            if name.startswith("leg:") and (leg := parse_leg(value)) is not None}
+    streaks = fields.get("zero_streaks") or {}
+    loop = LoopState(
+        step_seq=int(fields.get("step_seq") or 0), rebalances=int(fields.get("rebalances") or 0),
+        monitoring_started_at=fields.get("monitoring_started_at"),
+        zero_streaks={role: int(streaks.get(role.short) or 0) for role in (Role.L1, Role.L2)},
+        unknown_reads=int(fields.get("unknown_reads") or 0),
+        exposure=NetExposure.from_json(fields.get("net_exposure")),
+        last_read=_positions_of(fields.get("positions")))
+    plan = fields.get("plan")
+    reason = fields.get("reason")
+    return CycleState(
+        cycle_id=cycle_id, group=msgspec.convert(fields["config"], GroupConfig),
+        params=msgspec.convert(fields["params"], HedgeParams), stage=Stage(fields["stage"]),
+        cancel_requested=cancel, created_at=float(fields.get("created_at") or 0.0),
+        plan=None if not plan else msgspec.convert(plan, CyclePlan), rules=rules, legs=legs, loop=loop,
+        exit_attempts=int(fields.get("exit_attempts") or 0), exit_reason=reason or None,
+        events=tuple(Event(float(e.get("t") or 0), str(e.get("text") or "")) for e in fields.get("events") or ()))
+
+
+def loop_fields(before: LoopState, after: LoopState, baselines: Positions, now: float) -> dict[str, Any]:
+    """The record fields of the loop state that changed."""
+    out: dict[str, Any] = {}
+    if after.step_seq != before.step_seq:
+        out["step_seq"] = after.step_seq
+    if after.rebalances != before.rebalances:
+        out["rebalances"] = after.rebalances
+    if after.monitoring_started_at != before.monitoring_started_at and after.monitoring_started_at is not None:
+        out["monitoring_started_at"] = after.monitoring_started_at
+    if after.zero_streaks != before.zero_streaks:
+        out["zero_streaks"] = {role.short: n for role, n in after.zero_streaks.items()}
+    if after.unknown_reads != before.unknown_reads:
+        out["unknown_reads"] = after.unknown_reads
+    if after.exposure != before.exposure:
+        out["net_exposure"] = after.exposure.to_json()
+    return out
+
+
+class RedisCycleStore:
+    """:class:`~orchestrator.cycle.ports.CycleStore` on the cycle's Redis hash."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def load(self, cycle_id: str) -> CycleState | None:
+        record = CycleRecord(self.client, cycle_id)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.hgetall(record.key)
+        pipe.exists(keys.cycle_cancel(cycle_id))
+        raw, cancel = pipe.execute()
+        if not raw:
+            return None
+        return state_from_fields(cycle_id, record.decoded(cast(dict[str, str], raw)), bool(cancel))
+
+    def advance_step(self, cycle_id: str, token: int) -> bool:
+        return advance_step(self.client, cycle_id, token)
+
+    def claim(self, cycle_id: str, name: str) -> bool:
+        return CycleRecord(self.client, cycle_id).claim(name)
+
+    def append_event(self, cycle_id: str, text: str) -> None:
+        CycleRecord(self.client, cycle_id).add_event(text)
+
+    def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
+        after = decision.state
+        record = CycleRecord(self.client, after.cycle_id)
+        fields = self.changed_fields(before, decision, now)
+        commands = self._with_client_ids(after, decision.commands)
+        pipe = self.client.pipeline(transaction=True)
+        if fields:
+            record.update(fields, via=pipe)
+        orders = [c for c in commands if isinstance(c, SendOrder)]
+        for order in orders:
+            record_intent(pipe, after.group.account_for(order.role), int(order.client_id or 0),
+                          cycle_id=after.cycle_id, leg=order.leg)
+        for alert in (c for c in commands if isinstance(c, Alert)):
+            queue_alert(pipe, alert.kind, alert.text, cycle_id=after.cycle_id, group=after.group.name, **alert.fields)
+        if orders:
+            # On a replica before any order is published: an order whose intent a failover lost
+            # could be sent again under a fresh id.
+            durable_execute(pipe, self.client, f"step of cycle {after.cycle_id}", required=True)
+        elif len(pipe):
+            pipe.execute()
+        return [c for c in commands if not isinstance(c, Alert)]
+
+    def changed_fields(self, before: CycleState, decision: Decision, now: float) -> dict[str, Any]:
+        after = decision.state
+        out: dict[str, Any] = loop_fields(before.loop, after.loop, after.baselines, now)
+        if after.stage is not before.stage:
+            out.update({"stage": after.stage.value, "stage_started_at": now, f"t:{after.stage.value}": now})
+            if decision.next_within is None:
+                out["next_deadline"] = 0.0
+        if decision.next_within is not None:
+            out["next_deadline"] = now + decision.next_within + step_grace()
+        if decision.reading is not None:
+            label, positions = decision.reading
+            reading = positions_json(positions, after.baselines, now)
+            out.update(positions_fields(label, reading) if label else {"positions": reading})
+            net = positions.own(after.baselines).net
+            out["net_delta"] = "" if net is None else str(net)
+        if decision.events:
+            kept = [*({"t": e.t, "text": e.text} for e in before.events),
+                    *({"t": now, "text": text} for text in decision.events)]
+            out["events"] = kept[-EVENTS_KEPT:]
+        return out
+
+    def _with_client_ids(self, state: CycleState, commands: Sequence[Command]) -> list[Command]:
+        # Fresh client ids for the orders, in one round trip; their intents go in the step's write.
+        orders = [c for c in commands if isinstance(c, SendOrder) and c.client_id is None]
+        if not orders:
+            return list(commands)
+        blocks = iter(allocate_id_blocks(self.client, [(state.group.account_for(o.role), o.role.venue.value, 1)
+                                                       for o in orders]))
+        return [msgspec.structs.replace(c, client_id=next(blocks)[0])
+                if isinstance(c, SendOrder) and c.client_id is None else c for c in commands]
+
+
+class RedisAlertSink:
+    """:class:`~orchestrator.cycle.ports.AlertSink` on the alert outbox."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def alert(self, kind: AlertKind, text: str, **fields: Any) -> None:
+        raise_alert(self.client, kind, text, **fields)
+
+
+class RedisClock:
+    """:class:`~orchestrator.cycle.ports.Clock` read from Redis ``TIME``: every host that runs a
+    cycle's steps reads the same clock, so a timeout does not depend on which host's clock drifted."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def now(self) -> float:
+        seconds, micros = self.client.time()
+        return seconds + micros / 1e6
