@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from core.config import Direction, GroupConfig, HedgeParams, Role
+from core.config_schema import Direction, GroupConfig, HedgeParams, Role
 from core.errors import XtbError
 from venues.base import MarketRules, Side
 from venues.margin import InitialMargin

@@ -13,9 +13,9 @@ from typing import Any
 
 import msgspec
 
-from core.config import Role
+from core.config_schema import Role
 from core.cycle_fields import ExitReason
-from monitoring.alerts import AlertKind
+from monitoring.alert_texts import AlertKind
 from orchestrator.cycle.state import CycleState, Positions
 from venues.base import Side
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from core.config import Role
+from core.config_schema import Role
 from core.cycle_fields import ExitReason, Stage
 from core.legs import Leg
 from monitoring.alert_texts import AlertKind, format_cycle_hedged

@@ -13,7 +13,7 @@ from enum import Enum
 
 import msgspec
 
-from core.config import GroupConfig, HedgeParams, Role
+from core.config_schema import GroupConfig, HedgeParams, Role
 from core.cycle_fields import ExitReason, Stage
 from core.exposure import NetExposure
 from core.legs import Leg

@@ -1,6 +1,6 @@
 """The end-of-cycle report's pure parts: dust, the alert kind, the PnL split, the worst net exposure.
 
-Issue 16 items 8 and 13. Each invariant that hypothesis checks is stated in its test's name.
+Each invariant that hypothesis checks is stated in its test's name.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from core.cycle_record import ExitReason
 from core.exposure import NetExposure, worst_net_report
 from monitoring.alert_texts import AlertKind, format_cycle_completed, format_emergency_exit
+from orchestrator.cycle.state import Positions
 from orchestrator.exits import CONTINUE_AFTER, completion_kind, exit_dust, exit_is_flat, exit_minimums, shown_positions
-from orchestrator.flow import Positions, own_net, zero_streaks
 from orchestrator.pnl_split import cycle_client_ids, cycle_split, total_of, venue_split
 from venues.base import Side
 from venues.ledger import AccountHistory, FillRecord, FundingRecord
@@ -30,22 +30,6 @@ def result(account: str, quantity: str | None, flat: bool = False) -> dict[str, 
 
 
 # ---- dust -----------------------------------------------------------------------------------------
-
-def test_a_lighter_leg_below_the_venue_minimum_counts_as_liquidated() -> None:
-    streaks = zero_streaks(None, Positions(Decimal(0), Decimal("-1"), Decimal("0.003")), STEP, l_minimum=Decimal("0.005"))
-    assert streaks == {"L1": 0, "L2": 1}
-    # Without the minimum (a cycle planned before l_rules was recorded) only below one step counts.
-    assert zero_streaks(None, Positions(Decimal(0), Decimal("-1"), Decimal("0.003")), STEP) == {"L1": 0, "L2": 0}
-
-
-@settings(max_examples=300, deadline=None)
-@given(q=st.integers(min_value=-10**5, max_value=10**5).map(lambda n: Decimal(n) * STEP),
-       minimum=st.sampled_from([Decimal("0.0001"), Decimal("0.005"), Decimal("0.02")]))
-def test_a_leg_counts_as_zero_exactly_when_below_max_of_step_and_minimum(q: Decimal, minimum: Decimal) -> None:
-    streaks = zero_streaks({"L1": 3, "L2": 0}, Positions(Decimal(0), q, None), STEP, l_minimum=minimum)
-    assert streaks["L1"] == (4 if abs(q) < max(STEP, minimum) else 0)
-    assert streaks["L2"] == 0  # unknown neither counts nor resets
-
 
 def test_dust_is_a_not_flat_report_whose_fresh_read_is_below_the_minimum() -> None:
     by_role = {"BP": result("bp", "0", True), "L1": result("l1", "0", True), "L2": result("l2", "0.003")}
@@ -180,8 +164,8 @@ def test_a_role_whose_history_failed_or_is_missing_or_repeated_is_unknown() -> N
 
 def test_the_net_is_the_cycles_own_relative_to_the_baselines() -> None:
     positions = Positions(Decimal("2"), Decimal("-1"), Decimal("1"))
-    assert own_net(positions, {"BP": "2", "L1": "0", "L2": "0"}) == Decimal(0)
-    assert own_net(Positions(None, Decimal(0), Decimal(0)), {}) is None
+    assert positions.own(Positions(Decimal("2"), Decimal(0), Decimal(0))).net == Decimal(0)
+    assert Positions(None, Decimal(0), Decimal(0)).own(Positions.zero()).net is None
 
 
 def test_time_beyond_one_step_counts_from_the_first_read_beyond_to_the_first_back_within() -> None:

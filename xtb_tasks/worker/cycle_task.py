@@ -67,22 +67,22 @@ class CeleryScheduler:
     def signature(self, state: CycleState, command: Command) -> Signature:
         cycle_id, group = state.cycle_id, state.group
         if isinstance(command, ReadPositions):
-            return canvas.read_positions(group, cycle_id, self.step(command.then, immutable=False))
+            return canvas.read_positions(group, cycle_id, self.step(cycle_id, command.then, immutable=False))
         if isinstance(command, RunLater):
-            return self.step(command.step).set(**canvas.wait_option(command.after_secs))
+            return self.step(cycle_id, command.step).set(**canvas.wait_option(command.after_secs))
         if isinstance(command, SendOrder):
             return canvas.order_then(group, command.role, cycle_id, side=command.side.value,
                                      quantity=command.quantity, client_id=int(command.client_id or 0),
                                      leg=command.leg, reduce_only=command.reduce_only,
                                      max_slippage=command.max_slippage, fence=loop_fence(command.fence_step),
-                                     then=self.step(command.then))
+                                     then=self.step(cycle_id, command.then))
         if isinstance(command, StartExit):
             return canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=command.reason.value)
         raise TypeError(f"no Celery form for command {type(command).__name__}")
 
     @staticmethod
-    def step(step: Step, *, immutable: bool = True) -> Signature:
-        return canvas.hedge(step.name.value, immutable=immutable, **step.kwargs)
+    def step(cycle_id: str, step: Step, *, immutable: bool = True) -> Signature:
+        return canvas.hedge(step.name.value, immutable=immutable, cycle_id=cycle_id, **step.kwargs)
 
 
 class CycleStepTask(Task):
