@@ -4,7 +4,7 @@ A message can outlive the step that sent it: a venue task redelivered after its 
 SIGKILLed (the broker's visibility timeout), a countdown held by a dead orchestrator, a watchdog
 resume racing the loop it resumes. Each task carries a :class:`Fence` naming the stages its cycle
 may be in and, in the control loop and the exit, the token it was issued under. Before it acts
-it reads the record and refuses when the cycle has moved on (issue 16 item 3). The control loop
+it reads the record and refuses when the cycle has moved on. The control loop
 (rebalance, monitoring) has one token, ``step_seq``: a deciding step moves it from the value it
 carries to the next with a compare-and-set, so of two copies of one step exactly one goes on and
 a cycle never runs two monitoring loops.
@@ -20,7 +20,6 @@ import redis
 
 from core import keys
 from core.cycle_fields import Stage, check
-from core.errors import XtbError
 
 #: The record fields a fence is checked against, read in one HMGET.
 FENCE_FIELDS = ("stage", "step_seq", "exit_attempts", "exit_reported_at")
@@ -33,12 +32,6 @@ if current ~= ARGV[1] then return 0 end
 redis.call('HSET', KEYS[1], 'step_seq', ARGV[2])
 return 1
 """
-
-
-class StaleTask(XtbError, RuntimeError):
-    """A task whose cycle has moved on since it was sent; it refuses to act."""
-
-    reason = "stale_task"
 
 
 @dataclass(frozen=True)
