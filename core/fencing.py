@@ -6,8 +6,8 @@ resume racing the loop it resumes. Each task carries a :class:`Fence` naming the
 may be in and, in the control loop and the exit, the token it was issued under. Before it acts
 it reads the record and refuses when the cycle has moved on. The control loop
 (rebalance, monitoring) has one token, ``step_seq``: a deciding step moves it from the value it
-carries to the next with a compare-and-set, so of two copies of one step exactly one goes on and
-a cycle never runs two monitoring loops.
+carries to the next with a compare-and-set (``orchestrator.store.RedisCycleStore.advance_step``),
+so of two copies of one step exactly one goes on and a cycle never runs two monitoring loops.
 """
 
 from __future__ import annotations
@@ -16,22 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
-from core import keys
-from core.cycle_fields import Stage, check
+from core.cycle_fields import Stage
 
 #: The record fields a fence is checked against, read in one HMGET.
 FENCE_FIELDS = ("stage", "step_seq", "exit_attempts", "exit_reported_at")
 
-# HGET + compare + HSET in one step: two copies of a step that both read the old token cannot both
-# move it. Values are the record's JSON integers, whose text is their decimal digits.
-_ADVANCE_STEP = """
-local current = redis.call('HGET', KEYS[1], 'step_seq') or '0'
-if current ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'step_seq', ARGV[2])
-return 1
-"""
 
 
 @dataclass(frozen=True)
@@ -78,9 +67,3 @@ class Fence:
             if fields.get("exit_reported_at"):
                 return "the exit was already reported"
         return None
-
-
-def advance_step(client: redis.Redis, cycle_id: str, token: int) -> bool:
-    """Move the cycle's control-loop token from ``token`` to ``token + 1``; True for the one caller that did."""
-    check("step_seq", token + 1)
-    return bool(client.eval(_ADVANCE_STEP, 1, keys.cycle(cycle_id), str(token), str(token + 1)))

@@ -17,10 +17,10 @@ import redis
 from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
 from core.config import GroupConfig, HedgeParams, Role
+from core.cycle_fields import check
 from core.cycle_record import CycleRecord, Stage, positions_fields, step_grace
 from core.durability import durable_execute
 from core.exposure import NetExposure
-from core.fencing import advance_step
 from core.legs import parse_leg
 from monitoring.alert_texts import AlertKind
 from monitoring.alerts import queue_alert, raise_alert
@@ -31,6 +31,15 @@ from venues.base import MarketRules
 
 #: How many events the record keeps (the oldest are dropped).
 EVENTS_KEPT = 100
+
+# HGET + compare + HSET in one step: two copies of a step that both read the old token cannot both
+# move it. Values are the record's JSON integers, whose text is their decimal digits.
+_ADVANCE_STEP = """
+local current = redis.call('HGET', KEYS[1], 'step_seq') or '0'
+if current ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'step_seq', ARGV[2])
+return 1
+"""
 
 
 def positions_json(positions: Positions, baselines: Positions, now: float) -> dict[str, Any]:
@@ -113,7 +122,8 @@ class RedisCycleStore:
         return state_from_fields(cycle_id, record.decoded(cast(dict[str, str], raw)), bool(cancel))
 
     def advance_step(self, cycle_id: str, token: int) -> bool:
-        return advance_step(self.client, cycle_id, token)
+        check("step_seq", token + 1)
+        return bool(self.client.eval(_ADVANCE_STEP, 1, keys.cycle(cycle_id), str(token), str(token + 1)))
 
     def claim(self, cycle_id: str, name: str) -> bool:
         return CycleRecord(self.client, cycle_id).claim(name)

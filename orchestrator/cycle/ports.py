@@ -48,4 +48,5 @@ class AlertSink(Protocol):
 class Scheduler(Protocol):
     """Runs the commands a decision published: steps now or later, reads and orders side by side."""
 
-    def publish(self, cycle_id: str, commands: Sequence[Command]) -> None: ...
+    def publish(self, state: CycleState, commands: Sequence[Command]) -> None:
+        """Run ``commands`` for the cycle in ``state`` (its group names the accounts)."""

@@ -8,7 +8,7 @@ import pytest
 import redis
 
 from core.cycle_record import create_cycle
-from core.fencing import advance_step
+from orchestrator.store import RedisCycleStore
 
 
 @pytest.fixture
@@ -18,10 +18,10 @@ def client(redis_url: str) -> redis.Redis:
 
 def test_the_token_moves_one_step_per_decision_and_reads_back_as_an_integer(client: redis.Redis) -> None:
     record = create_cycle(client, "c-fence", "main")
-    assert advance_step(client, "c-fence", 0)
-    assert not advance_step(client, "c-fence", 0)  # a copy of the step just decided
-    assert advance_step(client, "c-fence", 1)
-    assert not advance_step(client, "c-fence", 5)  # a token from the future is not current either
+    assert RedisCycleStore(client).advance_step("c-fence", 0)
+    assert not RedisCycleStore(client).advance_step("c-fence", 0)  # a copy of the step just decided
+    assert RedisCycleStore(client).advance_step("c-fence", 1)
+    assert not RedisCycleStore(client).advance_step("c-fence", 5)  # a token from the future is not current either
     assert record.get("step_seq") == 2
 
 
@@ -33,7 +33,7 @@ def test_of_concurrent_copies_of_one_step_exactly_one_goes_on(client: redis.Redi
     def decide() -> None:
         own = redis.Redis.from_url(redis_url, decode_responses=True)  # one connection per copy, as in workers
         barrier.wait()
-        wins.append(advance_step(own, "c-race", 0))
+        wins.append(RedisCycleStore(own).advance_step("c-race", 0))
 
     threads = [threading.Thread(target=decide) for _ in range(8)]
     for thread in threads:

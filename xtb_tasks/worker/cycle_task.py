@@ -1,56 +1,28 @@
-"""The one Celery adapter of the cycle's decisions: :class:`CycleStepTask` runs a step's shared
-opening once (load the state, skip a finished cycle, check the fence, honour a cancel, take the
-loop token), calls the step's pure decision, saves it and publishes its commands.
+"""The one Celery adapter of the cycle's decisions: :class:`CycleStepTask` runs a step through
+``orchestrator.cycle.runner.run_step`` on the Redis store, Redis ``TIME`` and :class:`CeleryScheduler`.
 
-Task modules only register steps: a name, an :class:`Opening`, and the decision to call.
+Task modules only register steps: a name, an ``Opening``, and the decision to call.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
 from celery.canvas import Signature
 
-from core.cycle_fields import ExitReason, Stage
 from core.fencing import Fence
 from core.redis_conn import redis_client
 from orchestrator import canvas
-from orchestrator.cycle.commands import Command, Decision, ReadPositions, RunLater, SendOrder, StartExit, Step
+from orchestrator.cycle.commands import Command, ReadPositions, RunLater, SendOrder, StartExit, Step
+from orchestrator.cycle.runner import Decide, Opening, Ports, StaleStep, run_step
 from orchestrator.cycle.state import CycleState
 from orchestrator.store import RedisClock, RedisCycleStore
 from xtb_tasks.worker.fences import refuse_stale
 
 log = logging.getLogger(__name__)
-
-#: Stages in which no step of the entry or the loop acts any more: the exit owns the cycle.
-EXIT_OWNS = (Stage.EMERGENCY_EXIT, Stage.DONE)
-
-
-@dataclass(frozen=True)
-class Opening:
-    """How a step starts.
-
-    Fields:
-      stages   the stages the cycle must be in for the step to act; in another stage (before the
-               exit) the step refuses as stale; once the exit owns the cycle it returns quietly
-      token    the step carries the loop token (``step``) and refuses under another one
-      advance  the step decides: it moves the loop token on before it acts, so of two copies only
-               the first goes on
-      label    how logs and refusals name the step
-    """
-
-    stages: tuple[Stage, ...]
-    token: bool = False
-    advance: bool = False
-    label: str = "step"
-
-
-Decide = Callable[[CycleState, float], Decision]
-
 
 def loop_fence(step: int | None) -> Fence:
     return Fence(canvas.LOOP_STAGES, step=step)
@@ -93,23 +65,10 @@ class CycleStepTask(Task):
 
     def run_step(self, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0) -> dict[str, Any]:
         client = redis_client()
-        store = RedisCycleStore(client)
-        state = store.load(cycle_id)
-        if state is None or state.stage in EXIT_OWNS:
-            return {"skipped": True}
-        fence = Fence(opening.stages, step=step if opening.token else None)
-        why = fence.refusal({"stage": state.stage.value, "step_seq": state.loop.step_seq})
-        if why is not None:
-            refuse_stale(opening.label, cycle_id, None, why)
-        scheduler = CeleryScheduler()
-        if state.cancel_requested:
-            scheduler.publish(state, [StartExit(ExitReason.CANCELLED)])
-            return {"cancelled": True}
-        if opening.advance and not store.advance_step(cycle_id, step):
-            refuse_stale(opening.label, cycle_id, None, f"control step {step} was already decided")
-        now = RedisClock(client).now()
-        decision = decide(state, now)
-        scheduler.publish(decision.state, store.save(state, decision, now))
-        if decision.events:
-            log.info("cycle=%s %s: %s", cycle_id, opening.label, "; ".join(decision.events))
-        return decision.result
+        ports = Ports(RedisCycleStore(client), CeleryScheduler(), RedisClock(client))
+        try:
+            result = run_step(ports, cycle_id, opening, decide, step=step)
+        except StaleStep as stale:
+            refuse_stale(stale.label, cycle_id, None, stale.why)
+        log.debug("cycle=%s %s: %s", cycle_id, opening.label, result)
+        return result

@@ -11,8 +11,9 @@ from typing import Any
 from core.cycle_fields import Stage
 from orchestrator.canvas import LOOP_STAGES
 from orchestrator.cycle import loop
+from orchestrator.cycle.runner import Opening
 from xtb_tasks.worker.celery_app import app
-from xtb_tasks.worker.cycle_task import CycleStepTask, Opening
+from xtb_tasks.worker.cycle_task import CycleStepTask
 
 REBALANCE = Opening(LOOP_STAGES, token=True, label="rebalance")
 REBALANCE_DECIDE = Opening(LOOP_STAGES, advance=True, label="rebalance decision")
