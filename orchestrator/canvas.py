@@ -30,8 +30,6 @@ FIRST_LEGS = Fence((Stage.PLANNING, Stage.BP_ENTRY, Stage.L1_HEDGE)).to_json()
 L1_CONFIRMATION = Fence((Stage.BP_ENTRY, Stage.L1_HEDGE)).to_json()
 L2_LEG = Fence((Stage.WAIT, Stage.L2_ENTRY)).to_json()
 L2_CONFIRMATION = Fence((Stage.L2_ENTRY,)).to_json()
-#: The control loop's stages: a rebalance order is issued under the loop's token (``step_seq``).
-LOOP_STAGES = (Stage.REBALANCE, Stage.MONITORING)
 
 
 def venue(task: str, account: str, **kwargs: Any) -> Signature:

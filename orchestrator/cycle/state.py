@@ -26,6 +26,8 @@ DEFAULT_STEP = Decimal("0.0001")
 #: The three roles in the order every report lists them.
 ROLES = (Role.BP, Role.L1, Role.L2)
 LIGHTER_ROLES = (Role.L1, Role.L2)
+#: The control loop's stages: a rebalance order is issued under the loop's token (``step_seq``).
+LOOP_STAGES = (Stage.REBALANCE, Stage.MONITORING)
 
 
 class LegName(str, Enum):

@@ -16,16 +16,17 @@ from celery.canvas import Signature
 from core.fencing import Fence
 from core.redis_conn import redis_client
 from orchestrator import canvas
-from orchestrator.cycle.commands import Command, ReadPositions, RunLater, SendOrder, StartExit, Step
+from orchestrator.cycle.commands import Command, ReadPositions, RunLater, SendOrder, StartExit, Step, StepName
 from orchestrator.cycle.runner import Decide, Opening, Ports, StaleStep, run_step
-from orchestrator.cycle.state import CycleState
+from orchestrator.cycle.state import LOOP_STAGES, CycleState
+from orchestrator.cycle.steps import STEPS, Call
 from orchestrator.store import RedisClock, RedisCycleStore
 from xtb_tasks.worker.fences import refuse_stale
 
 log = logging.getLogger(__name__)
 
 def loop_fence(step: int | None) -> Fence:
-    return Fence(canvas.LOOP_STAGES, step=step)
+    return Fence(LOOP_STAGES, step=step)
 
 
 class CeleryScheduler:
@@ -72,3 +73,10 @@ class CycleStepTask(Task):
             refuse_stale(stale.label, cycle_id, None, stale.why)
         log.debug("cycle=%s %s: %s", cycle_id, opening.label, result)
         return result
+
+    def run_named(self, name: StepName, cycle_id: str, kwargs: dict[str, Any],
+                  observed: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Run step ``name`` of the table (``orchestrator.cycle.steps.STEPS``) for one delivery."""
+        spec = STEPS[name]
+        call = Call(kwargs, observed)
+        return self.run_step(cycle_id, spec.opening, spec.bind(call), step=call.token)

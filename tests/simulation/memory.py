@@ -1,0 +1,184 @@
+"""In-memory implementations of the cycle's ports (``orchestrator.cycle.ports``) and a virtual clock.
+
+The store keeps the same promises as the Redis store: the loop token moves by compare-and-set, a
+claim is taken once, a save writes the decision's state without touching what the venue side owns
+(the legs), every order gets a fresh client id whose intent is recorded before it is published.
+The scheduler runs the commands on an in-memory venue in virtual time, one event at a time, in
+the order a seeded schedule puts them; the venue fills market orders whole at its mark.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from core.config_schema import Role
+from core.legs import Leg, LegState
+from monitoring.alert_texts import AlertKind
+from orchestrator.cycle.commands import Alert, Command, Decision, ReadPositions, RunLater, SendOrder, StartExit, Step
+from orchestrator.cycle.runner import Ports, StaleStep, run_step
+from orchestrator.cycle.state import CycleState, Event
+from orchestrator.cycle.steps import STEPS, Call
+from venues.base import Side
+
+EVENTS_KEPT = 100
+
+
+class VirtualClock:
+    """:class:`~orchestrator.cycle.ports.Clock` that moves only when the scheduler moves it."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.time = start
+
+    def now(self) -> float:
+        return self.time
+
+
+@dataclass
+class MemoryStore:
+    """:class:`~orchestrator.cycle.ports.CycleStore` in a dict."""
+
+    states: dict[str, CycleState] = field(default_factory=dict)
+    claims: set[tuple[str, str]] = field(default_factory=set)
+    cancels: set[str] = field(default_factory=set)
+    intents: dict[tuple[str, int], str] = field(default_factory=dict)
+    alerts: list[tuple[AlertKind, str]] = field(default_factory=list)
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def load(self, cycle_id: str) -> CycleState | None:
+        state = self.states.get(cycle_id)
+        return None if state is None else msgspec.structs.replace(state, cancel_requested=cycle_id in self.cancels)
+
+    def advance_step(self, cycle_id: str, token: int) -> bool:
+        state = self.states[cycle_id]
+        if state.loop.step_seq != token:
+            return False
+        self.states[cycle_id] = msgspec.structs.replace(
+            state, loop=msgspec.structs.replace(state.loop, step_seq=token + 1))
+        return True
+
+    def claim(self, cycle_id: str, name: str) -> bool:
+        if (cycle_id, name) in self.claims:
+            return False
+        self.claims.add((cycle_id, name))
+        return True
+
+    def append_event(self, cycle_id: str, text: str) -> None:
+        state = self.states[cycle_id]
+        self.states[cycle_id] = msgspec.structs.replace(state, events=(*state.events, Event(0.0, text))[-EVENTS_KEPT:])
+
+    def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
+        current = self.states[before.cycle_id]
+        events = (*current.events, *(Event(now, text) for text in decision.events))[-EVENTS_KEPT:]
+        # The legs are the venue side's: a decision's save never overwrites one written meanwhile.
+        self.states[before.cycle_id] = msgspec.structs.replace(decision.state, legs=current.legs, events=events,
+                                                               cancel_requested=False)
+        out: list[Command] = []
+        for command in decision.commands:
+            if isinstance(command, Alert):
+                self.alerts.append((command.kind, command.text))
+                continue
+            if isinstance(command, SendOrder) and command.client_id is None:
+                command = msgspec.structs.replace(command, client_id=next(self.ids))
+                self.intents[(decision.state.group.account_for(command.role), int(command.client_id or 0))] = \
+                    command.leg
+            out.append(command)
+        return out
+
+
+@dataclass
+class MemoryVenue:
+    """The three accounts' positions, each order filled whole; a test moves them to liquidate."""
+
+    positions: dict[str, Decimal] = field(default_factory=dict)
+    unreadable: set[str] = field(default_factory=set)
+    orders: list[tuple[str, Side, Decimal]] = field(default_factory=list)
+
+    def read(self, account: str) -> dict[str, Any]:
+        if account in self.unreadable:
+            return {"account": account, "quantity": None, "error": "venue unreachable"}
+        return {"account": account, "quantity": str(self.positions.get(account, Decimal(0)))}
+
+    def fill(self, account: str, side: Side, quantity: Decimal) -> Decimal:
+        self.orders.append((account, side, quantity))
+        self.positions[account] = self.positions.get(account, Decimal(0)) + side.sign * quantity
+        return quantity
+
+
+@dataclass(order=True)
+class _Due:
+    at: float
+    seq: int
+    action: Callable[[], None] = field(compare=False)
+
+
+class MemoryScheduler:
+    """:class:`~orchestrator.cycle.ports.Scheduler` on a virtual-time event queue."""
+
+    def __init__(self, store: MemoryStore, clock: VirtualClock, venue: MemoryVenue) -> None:
+        self.store, self.clock, self.venue = store, clock, venue
+        self.queue: list[_Due] = []
+        self.seq = itertools.count()
+        self.exits: list[StartExit] = []
+        self.stale: list[str] = []
+        self.trace: list[str] = []
+
+    @property
+    def ports(self) -> Ports:
+        return Ports(self.store, self, self.clock)
+
+    def at(self, delay: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self.queue, _Due(self.clock.time + delay, next(self.seq), action))
+
+    def publish(self, state: CycleState, commands: Sequence[Command]) -> None:
+        for command in commands:
+            self._enqueue(state, command)
+
+    def _enqueue(self, state: CycleState, command: Command) -> None:
+        cycle_id = state.cycle_id
+        if isinstance(command, ReadPositions):
+            accounts = [state.group.account_for(role) for role in (Role.BP, Role.L1, Role.L2)]
+            self.at(0.0, lambda: self.run(cycle_id, command.then, [self.venue.read(a) for a in accounts]))
+        elif isinstance(command, RunLater):
+            self.at(command.after_secs, lambda: self.run(cycle_id, command.step))
+        elif isinstance(command, SendOrder):
+            self.at(0.0, lambda: self._order(state, command))
+        elif isinstance(command, StartExit):
+            self.exits.append(command)
+        else:
+            raise TypeError(f"no in-memory form for {type(command).__name__}")
+
+    def _order(self, state: CycleState, order: SendOrder) -> None:
+        account = state.group.account_for(order.role)
+        filled = self.venue.fill(account, order.side, order.quantity)
+        leg = Leg(account, state.group.symbol_for(order.role), order.side, int(order.client_id or 0), order.quantity,
+                  filled, LegState.FILLED, reduce_only=order.reduce_only)
+        current = self.store.states[state.cycle_id]
+        self.store.states[state.cycle_id] = msgspec.structs.replace(current, legs={**current.legs, order.leg: leg})
+        self.run(state.cycle_id, order.then)
+
+    def run(self, cycle_id: str, step: Step, observed: Sequence[dict[str, Any]] = ()) -> None:
+        spec = STEPS[step.name]
+        call = Call(step.kwargs, observed)
+        self.trace.append(f"{self.clock.time:.2f} {step.name.value} {dict(step.kwargs)}")
+        try:
+            run_step(self.ports, cycle_id, spec.opening, spec.bind(call), step=call.token)
+        except StaleStep as stale:
+            self.stale.append(str(stale))
+
+    def run_until(self, done: Callable[[], bool], *, limit_secs: float) -> None:
+        """Run due events in time order until ``done`` or the virtual clock passes ``limit_secs``."""
+        end = self.clock.time + limit_secs
+        while self.queue and not done():
+            due = heapq.heappop(self.queue)
+            if due.at > end:
+                heapq.heappush(self.queue, due)
+                break
+            self.clock.time = max(self.clock.time, due.at)
+            due.action()

@@ -1,0 +1,71 @@
+"""The control loop run in one process on in-memory ports: the same step table and openings the
+Celery tasks run, in virtual time."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import msgspec
+
+from core.cycle_fields import ExitReason, Stage
+from core.legs import Leg, LegState
+from monitoring.alert_texts import AlertKind
+from orchestrator.cycle.commands import StartExit, Step, StepName
+from orchestrator.cycle.state import CycleState
+from tests.helpers.cycle_states import cycle_state
+from tests.simulation.memory import MemoryScheduler, MemoryStore, MemoryVenue, VirtualClock
+from venues.base import Side
+
+
+def entered(size: str = "1") -> tuple[CycleState, MemoryVenue]:
+    """A cycle whose entry filled and was confirmed: Backpack bought ``size``, Lighter1 sold it, Lighter2 bought it."""
+    q = Decimal(size)
+    legs = {"bp_entry": Leg("bp", "ETH_USDC_PERP", Side.BUY, 1, q, q, LegState.FILLED),
+            "l1_hedge": Leg("l1", "ETH", Side.SELL, 2, q, q, LegState.FILLED),
+            "l2_entry": Leg("l2", "ETH", Side.BUY, 3, q, q, LegState.FILLED)}
+    state = msgspec.structs.replace(cycle_state(stage=Stage.REBALANCE), legs=legs)
+    return state, MemoryVenue({"bp": q, "l1": -q, "l2": q})
+
+
+def runner(state: CycleState, venue: MemoryVenue) -> tuple[MemoryStore, MemoryScheduler]:
+    store = MemoryStore({state.cycle_id: state})
+    return store, MemoryScheduler(store, VirtualClock(), venue)
+
+
+def test_the_loop_rebalances_backpack_to_its_target_then_exits_on_a_confirmed_liquidation() -> None:
+    state, venue = entered()
+    store, scheduler = runner(state, venue)
+    scheduler.run(state.cycle_id, Step(StepName.REBALANCE, {"attempt": 0, "then": "hedge", "step": 0}))
+    scheduler.run_until(lambda: store.states[state.cycle_id].stage is Stage.MONITORING, limit_secs=60)
+    # Backpack was driven from +1 to -(l1 + l2) = 0 by one sell, then the cycle was hedged.
+    assert venue.orders == [("bp", Side.SELL, Decimal("1.000"))]
+    assert venue.positions["bp"] == 0
+    assert (AlertKind.CYCLE_HEDGED, store.alerts[0][1]) == store.alerts[0]
+    scheduler.run_until(lambda: False, limit_secs=30)
+    assert not scheduler.exits
+    venue.positions["l2"] = Decimal(0)  # the venue liquidates Lighter2
+    scheduler.run_until(lambda: bool(scheduler.exits), limit_secs=60)
+    assert scheduler.exits == [StartExit(ExitReason.LIGHTER2_ZERO)]
+    assert not scheduler.stale
+
+
+def test_a_redelivered_decision_refuses_so_the_cycle_keeps_one_loop() -> None:
+    state, venue = entered()
+    store, scheduler = runner(state, venue)
+    read = [venue.read(a) for a in ("bp", "l1", "l2")]
+    decide = Step(StepName.REBALANCE_DECIDE, {"attempt": 0, "then": "hedge", "step": 0})
+    scheduler.run(state.cycle_id, decide, read)
+    scheduler.run(state.cycle_id, decide, read)  # the same message delivered twice
+    assert len(scheduler.stale) == 1 and "already decided" in scheduler.stale[0]
+    scheduler.run_until(lambda: False, limit_secs=5)
+    assert venue.orders == [("bp", Side.SELL, Decimal("1.000"))]
+
+
+def test_the_timeout_ends_monitoring_in_virtual_time() -> None:
+    state, venue = entered()
+    store, scheduler = runner(state, venue)
+    scheduler.run(state.cycle_id, Step(StepName.REBALANCE, {"attempt": 0, "then": "hedge", "step": 0}))
+    scheduler.run_until(lambda: bool(scheduler.exits), limit_secs=state.params.timeout_secs + 60)
+    assert scheduler.exits == [StartExit(ExitReason.TIMEOUT)]
+    started = store.states[state.cycle_id].loop.monitoring_started_at
+    assert started is not None and scheduler.clock.time - started >= state.params.timeout_secs
