@@ -53,7 +53,7 @@ from venues.base import (
     VenueError,
 )
 from venues.ledger import AccountHistory
-from venues.orders import EventKind, Listener, OrderBook, OrderTracker
+from venues.orders import OrderBook, OrderTracker
 
 log = logging.getLogger(__name__)
 
@@ -104,13 +104,7 @@ class BackpackConnector(VenueConnector):
     def __repr__(self) -> str:
         return f"BackpackConnector(account={self.account!r}, api_key={self._signer.api_key!r})"
 
-    # ---- listeners and streams -----------------------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        self.orders.add_listener(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self.orders.remove_listener(listener)
-
+    # ---- streams -------------------------------------------------------------------------------
     def start_streams(self, symbols: Iterable[str]) -> None:
         """Subscribe to the account's order and position streams of ``symbols`` (§3.2)."""
         if not self.ws_url:
@@ -274,17 +268,12 @@ class BackpackConnector(VenueConnector):
         report = parsed.report(client_id=client_id, requested=requested, existing=existing)
         if report.client_id != client_id:
             raise bad(f"venue answered clientId {report.client_id} for {client_id}")
-        changed = False
         with self._lock:
             tracker = self.orders.get(client_id)
             if tracker is not None and tracker.symbol == parsed.symbol:
-                before = (tracker.state, tracker.filled)
                 tracker.venue_order_id = tracker.venue_order_id or parsed.order_id
                 tracker.apply_cumulative(parsed.executed, parsed.executed_quote)
                 tracker.transition(parsed.state, report.reason)
-                changed = before != (tracker.state, tracker.filled)
-        if changed and tracker is not None:
-            self.orders.emit(EventKind.ORDER, tracker.report().to_json())
         return report
 
     def _settle(self, symbol: str, client_id: int, report: OrderReport) -> OrderReport:

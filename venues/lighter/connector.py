@@ -64,7 +64,7 @@ from venues.lighter.priming import Primed, PrimedOrder
 from venues.lighter.rest import REQUEST_PRIORITY, LighterRest
 from venues.lighter.signer import LighterSigner
 from venues.lighter.stream import LighterStream, StateSink
-from venues.orders import EventKind, Listener, OrderBook, OrderTracker
+from venues.orders import OrderBook, OrderTracker
 
 log = logging.getLogger(__name__)
 
@@ -124,9 +124,6 @@ class LighterConnector(VenueConnector):
     def __repr__(self) -> str:
         return (f"LighterConnector(account={self.account!r}, account_index={self.account_index}, "
                 f"api_key_index={self.api_key_index}, base_url={self.base_url!r})")
-
-    def add_listener(self, listener: Listener) -> None:
-        self.orders.add_listener(listener)
 
     def nonce_state(self) -> str:
         """The signer's nonce bookkeeping for diagnostics ("unfetched" or "next=N"); never the key."""
@@ -195,7 +192,6 @@ class LighterConnector(VenueConnector):
         except VenueError as exc:
             log.warning("account=%s position %s unknown: %s", self.account, symbol, exc)
             return PositionReading(self.account, symbol, None, time.time(), error=str(exc))
-        self.orders.emit(EventKind.POSITION, reading.to_json())
         return reading
 
     async def _position(self, symbol: str) -> PositionReading:
@@ -220,8 +216,6 @@ class LighterConnector(VenueConnector):
     def read_account(self, symbol: str) -> AccountReading:
         # One account read answers both balance and position; the book is read alongside it.
         top, acct, reading = self._run(self._book_and_account(symbol), calls=3)
-        if reading.known:
-            self.orders.emit(EventKind.POSITION, reading.to_json())
         return AccountReading(top, parse_balance(acct, self.account, reading.read_at), reading,
                               self._own_fraction(acct, symbol))
 
@@ -273,21 +267,17 @@ class LighterConnector(VenueConnector):
         return None
 
     def _record(self, report: OrderReport) -> OrderReport:
-        """Apply a venue report to the local tracker (monotonic) and emit an ORDER event on change."""
+        """Apply a venue report to the local tracker (monotonic) and return the tracker's report."""
         tracker = self.orders.get(report.client_id)
         if tracker is None:
             tracker = self.orders.track(OrderTracker(report.client_id, report.symbol, report.side,
                                                      report.requested, report.reduce_only))
-        before = tracker.report()
         if report.venue_order_id and not tracker.venue_order_id:
             tracker.venue_order_id = report.venue_order_id
         quote = report.avg_price * report.filled if report.avg_price is not None else None
         tracker.apply_cumulative(report.filled, quote)
         tracker.transition(report.state, report.reason)
-        after = tracker.report()
-        if after != before:
-            self.orders.emit(EventKind.ORDER, after.to_json())
-        return after
+        return tracker.report()
 
     async def _find(self, symbol: str, client_id: int) -> OrderReport | None:
         order = await self._lookup(client_id)
