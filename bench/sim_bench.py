@@ -49,7 +49,8 @@ def simulator(in_process: bool) -> Iterator[dict[str, str]]:
     proc = subprocess.Popen([sys.executable, "-c", code, "--backpack-port", "0", "--lighter-port", "0",
                              "--telegram-port", "0", "--fixed-prices"], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
+        if proc.stdout is None:  # stdout=PIPE always gives one
+            raise RuntimeError("simulator started without a stdout pipe")
         yield json.loads(proc.stdout.readline())
     finally:
         proc.terminate()

@@ -272,7 +272,7 @@ class HeartbeatPublisher:
             self._failing = True
         if self.ingest is not None:
             for payload in payloads:
-                self._post_ingest(payload)
+                self._post_ingest(self.ingest, payload)
         return payloads
 
     def _payload(self, r: redis.Redis, identity: BotIdentity, now: float) -> dict[str, Any]:
@@ -285,16 +285,15 @@ class HeartbeatPublisher:
         return build_payload(identity, state, now=now, interval=self.interval, stale_after=self.stale_after,
                              extra=used)
 
-    def _post_ingest(self, payload: Mapping[str, Any]) -> None:
+    def _post_ingest(self, ingest: IngestTarget, payload: Mapping[str, Any]) -> None:
         # Imported here: a worker without an ingest target saves the library's ~6 MB (counted twice
         # under prefork, in the parent and the pool child).
         import requests
 
-        assert self.ingest is not None
         if self._session is None:
             self._session = requests.Session()
-        headers = {"x-auth-token": self.ingest.token} if self.ingest.token else {}
-        url = f"{self.ingest.base_url.rstrip('/')}/ingest/{quote(str(payload['bot']), safe='')}"
+        headers = {"x-auth-token": ingest.token} if ingest.token else {}
+        url = f"{ingest.base_url.rstrip('/')}/ingest/{quote(str(payload['bot']), safe='')}"
         try:
             reply = self._session.post(url, json=payload, headers=headers, timeout=min(5.0, self.interval))
             if reply.status_code >= 400:

@@ -128,12 +128,18 @@ class BackpackApi:
         await self._faults(op, account)
         return account, params
 
-    def _symbol(self, params: dict[str, Any], required: bool = True) -> MarketRules | None:
-        """A ``symbol`` parameter: unknown → 400 "Invalid market symbol" (§2.6 [wire])."""
+    def _symbol(self, params: dict[str, Any]) -> MarketRules:
+        """A required ``symbol`` parameter: absent is a parse error, unknown as in :meth:`_symbol_filter`."""
+        rules = self._symbol_filter(params)
+        if rules is None:
+            raise param_error("symbol", "MarketSymbol", "field `symbol` is required")
+        return rules
+
+    def _symbol_filter(self, params: dict[str, Any]) -> MarketRules | None:
+        """An optional ``symbol`` parameter (None: absent); an unknown symbol is answered 400
+        "Invalid market symbol", as the venue does."""
         symbol = params.get("symbol")
         if symbol is None:
-            if required:
-                raise param_error("symbol", "MarketSymbol", "field `symbol` is required")
             return None
         rules = self.engine.markets.get(symbol) if isinstance(symbol, str) else None
         if rules is None:
@@ -150,13 +156,11 @@ class BackpackApi:
     async def market(self, request: web.Request) -> web.Response:
         await self._public(request)
         rules = self._symbol(dict(request.query))
-        assert rules is not None
         return web.json_response(rules.to_json())
 
     async def depth(self, request: web.Request) -> web.Response:
         await self._public(request)
         rules = self._symbol(dict(request.query))
-        assert rules is not None
         limit = request.query.get("limit", "1000")  # default 1000 per side (§2.6)
         if limit not in {str(n) for n in views.DEPTH_LIMITS}:
             raise param_error("limit", "DepthLimit", "Expect a valid enumeration value.")
@@ -165,7 +169,6 @@ class BackpackApi:
     async def ticker(self, request: web.Request) -> web.Response:
         await self._public(request)
         rules = self._symbol(dict(request.query))
-        assert rules is not None
         query_enum(request.query, "interval", "TickerInterval", ("1d", "1w"))
         return web.json_response(views.ticker(self.engine, rules))
 
@@ -175,7 +178,7 @@ class BackpackApi:
 
     async def mark_prices(self, request: web.Request) -> web.Response:
         await self._public(request)
-        rules = self._symbol(dict(request.query), required=False)
+        rules = self._symbol_filter(dict(request.query))
         chosen = [rules] if rules is not None else list(self.engine.markets.values())
         return web.json_response([views.mark_price(self.engine, r) for r in chosen])
 
@@ -211,7 +214,6 @@ class BackpackApi:
 
     def _selected(self, account: str, params: dict[str, Any], outer: str) -> BpOrder | None:
         rules = self._symbol(params)
-        assert rules is not None
         order_id, client_id = id_selector(params, outer)
         if (order_id is None) == (client_id is None):
             message = "Must specify either `clientId` or `orderId`" if order_id is None else \
@@ -235,7 +237,7 @@ class BackpackApi:
 
     async def orders_query(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "query")
-        rules = self._symbol(params, required=False)
+        rules = self._symbol_filter(params)
         market_type = query_enum(request.query, "marketType", "MarketType", MARKET_TYPES)
         rows = [o.to_rest() for o in self.engine.open.get(account, {}).values()
                 if (rules is None or o.rules is rules) and market_type in (None, "PERP")]
@@ -255,7 +257,7 @@ class BackpackApi:
     # ---- account --------------------------------------------------------------------------------
     async def position(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "position")
-        rules = self._symbol(params, required=False)
+        rules = self._symbol_filter(params)
         query_enum(request.query, "marketType", "MarketType", MARKET_TYPES)
         with self.exchange.lock:
             rows = [views.position_rest(self.engine, account, r, q) for r, q in views.open_positions(self.engine, account)
@@ -276,15 +278,15 @@ class BackpackApi:
 
     async def order_history(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "history")
-        return web.json_response(order_history(self.engine, account, params, self._symbol(params, False)))
+        return web.json_response(order_history(self.engine, account, params, self._symbol_filter(params)))
 
     async def fill_history(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "history")
-        return web.json_response(fill_history(self.engine, account, params, self._symbol(params, False)))
+        return web.json_response(fill_history(self.engine, account, params, self._symbol_filter(params)))
 
     async def funding_history(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "history")
-        return web.json_response(funding_history(self.engine, account, params, self._symbol(params, False)))
+        return web.json_response(funding_history(self.engine, account, params, self._symbol_filter(params)))
 
     def routes(self, hub: WsHub) -> list[web.RouteDef]:
         return [

@@ -29,7 +29,6 @@ def _page(rows: list[Any], query: Mapping[str, str]) -> list[Any]:
     offset = query_int(query, "offset", "integer(uint64)", default=0)
     direction = query_enum(query, "sortDirection", "SortDirection", SORT) or "Desc"
     ordered = rows[::-1] if direction == "Desc" else rows
-    assert limit is not None and offset is not None
     return ordered[offset:offset + limit]
 
 

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from simulators.backpack_auth import PlainError
 from simulators.backpack_model import MarketRules
@@ -102,13 +102,11 @@ def client_id_field(data: Mapping[str, Any], outer: str = PAYLOAD) -> int | None
     return value
 
 
-def symbol_field(data: Mapping[str, Any], markets: Mapping[str, MarketRules], outer: str = PAYLOAD,
-                 required: bool = True) -> MarketRules | None:
+def symbol_field(data: Mapping[str, Any], markets: Mapping[str, MarketRules], outer: str = PAYLOAD) -> MarketRules:
+    """The required ``symbol`` of a body; absent or unknown is a plain-text parse error."""
     value = data.get("symbol")
     if value is None:
-        if required:
-            raise PlainError(f"parse request payload error: failed to parse \"{outer}\": field `symbol` is required")
-        return None
+        raise PlainError(f"parse request payload error: failed to parse \"{outer}\": field `symbol` is required")
     rules = markets.get(value) if isinstance(value, str) else None
     if rules is None:
         raise payload_error("failed to parse \"MarketSymbol\": Invalid market symbol", outer)
@@ -133,7 +131,6 @@ class OrderRequest:
 def parse_order(data: Mapping[str, Any], markets: Mapping[str, MarketRules]) -> OrderRequest:
     """Deserialise an ``OrderExecutePayload`` (§2.2); business rules are checked later."""
     rules = symbol_field(data, markets)
-    assert rules is not None
     side = enum_field(data, "side", "Side", SIDES)
     order_type = enum_field(data, "orderType", "OrderType", ORDER_TYPES)
     for name, value in (("side", side), ("orderType", order_type)):
@@ -150,6 +147,12 @@ def parse_order(data: Mapping[str, Any], markets: Mapping[str, MarketRules]) -> 
     )
 
 
+@overload
+def query_int(query: Mapping[str, str], name: str, type_name: str, *, default: int,
+              low: int = ..., high: int = ...) -> int: ...
+@overload
+def query_int(query: Mapping[str, str], name: str, type_name: str, *, default: None = None,
+              low: int = ..., high: int = ...) -> int | None: ...
 def query_int(query: Mapping[str, str], name: str, type_name: str, *, default: int | None = None,
               low: int = 0, high: int = 2**63 - 1) -> int | None:
     """An integer query parameter; malformed values are the plain-text parameter error."""

@@ -135,13 +135,14 @@ class WsHub:
             msg = json.loads(text)
         except (ValueError, RecursionError):
             msg = None
-        method = msg.get("method") if isinstance(msg, dict) else None
-        params = msg.get("params") if isinstance(msg, dict) else None
+        if not isinstance(msg, dict):
+            conn.send(_error(4002, "Parse error"))
+            return
+        method, params = msg.get("method"), msg.get("params")
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list) or \
                 not all(isinstance(p, str) for p in params):
             conn.send(_error(4002, "Parse error"))
             return
-        assert isinstance(msg, dict)
         for stream in params:
             problem = self._classify(stream)
             if problem is not None:
@@ -156,8 +157,9 @@ class WsHub:
         new = [p for p in params if p not in conn.streams]
         conn.streams.update(params)
         for stream in new:
-            if stream.startswith("account.positionUpdate"):
-                self._position_snapshot(conn, stream)
+            # A private stream got here only through _authorise, which set the account.
+            if stream.startswith("account.positionUpdate") and conn.account is not None:
+                self._position_snapshot(conn, conn.account, stream)
 
     def _classify(self, stream: str) -> tuple[int, str] | None:
         """None if the stream name is valid; unknown symbols are silently accepted (§3.1)."""
@@ -195,13 +197,12 @@ class WsHub:
         self.engine.exchange.account(VENUE, key)
         return True
 
-    def _position_snapshot(self, conn: Conn, stream: str) -> None:
+    def _position_snapshot(self, conn: Conn, account: str, stream: str) -> None:
         """On subscribe the open positions are pushed WITHOUT ``e`` (§3.4)."""
-        assert conn.account is not None
         symbol = stream.split(".", 2)[2] if stream.count(".") == 2 else None
         with self.engine.exchange.lock:
-            rows = [position_ws(self.engine, conn.account, rules, qty, None)
-                    for rules, qty in open_positions(self.engine, conn.account)
+            rows = [position_ws(self.engine, account, rules, qty, None)
+                    for rules, qty in open_positions(self.engine, account)
                     if symbol is None or rules.symbol == symbol]
         for data in rows:
             conn.send({"stream": stream, "data": data})

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
 
-from venues.backpack.parsing import WsFrame, WsOrderEvent, WsPosition, parse_ws_order, parse_ws_position
+from venues.backpack.parsing import WsFrame, WsOrderEvent, WsPosition, bad, parse_ws_order, parse_ws_position
 from venues.base import OrderState, PositionReading
 from venues.orders import OrderBook, OrderTracker
 
@@ -79,7 +79,7 @@ class StreamState:
             if ev.order_id and not tracker.venue_order_id:
                 tracker.venue_order_id = ev.order_id
             if ev.trade_id is not None:
-                self._apply_fill(tracker, ev)
+                self._apply_fill(tracker, ev, ev.trade_id)
             self.book.update_state(tracker.client_id, ev.state,
                                    reason=final_reason(ev.state, ev.status, ev.expiry_reason))
 
@@ -91,13 +91,15 @@ class StreamState:
             self._seen.popitem(last=False)
         return True
 
-    def _apply_fill(self, tracker: OrderTracker, ev: WsOrderEvent) -> None:
-        assert ev.trade_id is not None and ev.fill_quantity is not None and ev.fill_price is not None
-        if tracker.filled + ev.fill_quantity <= ev.cumulative:
-            self.book.apply_fill(tracker.client_id, ev.trade_id, ev.fill_quantity, ev.fill_price)
+    def _apply_fill(self, tracker: OrderTracker, ev: WsOrderEvent, trade_id: str) -> None:
+        quantity, price = ev.fill_quantity, ev.fill_price
+        if quantity is None or price is None:  # parse_ws_order reads both whenever ``t`` is set
+            raise bad(f"fill {trade_id} without its quantity or price")
+        if tracker.filled + quantity <= ev.cumulative:
+            self.book.apply_fill(tracker.client_id, trade_id, quantity, price)
         else:
             # The REST answer already counted this fill in its executedQuantity.
-            tracker.trade_ids.add(ev.trade_id)
+            tracker.trade_ids.add(trade_id)
         tracker.apply_cumulative(ev.cumulative, ev.cumulative_quote)  # closes gaps from missed frames
 
     def _untracked(self, ev: WsOrderEvent) -> None:

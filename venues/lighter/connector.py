@@ -117,9 +117,10 @@ class LighterConnector(VenueConnector):
         self._primed = Primed()
         self.live: LiveState | None = None
         if stream and ws_url:
-            self.live = LiveState(LighterStream(account, ws_url, self.account_index, on_state=on_stream_state),
-                                  reconcile_secs=reconcile_secs, on_disagreement=on_disagreement)
-            self._loop.run(self._start_stream(), self.timeout)
+            live = LiveState(LighterStream(account, ws_url, self.account_index, on_state=on_stream_state),
+                             reconcile_secs=reconcile_secs, on_disagreement=on_disagreement)
+            self.live = live
+            self._loop.run(self._start_stream(live.stream), self.timeout)
 
     def __repr__(self) -> str:
         return (f"LighterConnector(account={self.account!r}, account_index={self.account_index}, "
@@ -143,9 +144,9 @@ class LighterConnector(VenueConnector):
             log.warning("account=%s close: %s", self.account, exc)
         self._loop.stop()
 
-    async def _start_stream(self) -> None:
-        assert self.live is not None
-        self.live.stream.start()
+    @staticmethod
+    async def _start_stream(stream: LighterStream) -> None:
+        stream.start()  # run on the connector's loop: the stream's tasks belong to it
 
     async def _aclose(self) -> None:
         if self.live is not None:

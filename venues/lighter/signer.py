@@ -227,8 +227,9 @@ class LighterSigner:
         straight away).
         """
         self._ensure_client()
-        error: VenueError | None = None
-        for attempt in (1, 2):
+        attempt = 0
+        while True:
+            attempt += 1
             log.info("account=%s send %s attempt=%d api_key_index=%d nonce %s",
                      self.account, what, attempt, self.api_key_index, self.nonce_state())
             try:
@@ -252,10 +253,10 @@ class LighterSigner:
             if error.reason is not ReasonCode.INVALID_NONCE:
                 raise error
             # _attempt rolled back (code != 200) or hard-refreshed (HTTP 400); make sure we hold the
-            # venue's value either way before the one retry.
+            # venue's value either way before the one retry (or before giving up after it).
             await self.resync_nonce(what)
-        assert error is not None
-        raise error
+            if attempt == 2:
+                raise error
 
     def _tx_lock(self) -> asyncio.Lock:
         if self._lock is None:
