@@ -2,7 +2,7 @@
 
 Fills are counted once per trade id ``t`` whichever channel saw them first, and never twice
 when the REST answer already reported the cumulative fill: a WS fill whose ``l`` would push the
-local total past the venue's cumulative ``z`` is already counted (backpack-api.md §3.3).
+local total past the venue's cumulative ``z`` is already counted.
 WebSocket positions are kept with their receipt time; :meth:`StreamState.fresh_position`
 hands one out only while it is young, the socket is up, and nothing was ordered since.
 """

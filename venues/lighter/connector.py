@@ -2,18 +2,18 @@
 
 * Sync interface methods submit coroutines to the connector's own loop (:mod:`.loop`) and wait.
 * Market orders are MARKET/IOC with a worst acceptable price from the top of book; an accepted
-  ``sendTx`` is not a fill (original bug §8.1): the order is looked up by client order index until
+  ``sendTx`` is not a fill: the order is looked up by client order index until
   the venue reports it final, and the report carries the venue's ``filled_base_amount``.
 * Invalid nonce → resync, retry once with the same client order index. Transport failure after
   sending → resync, look the order up; found → its report, else ``VenueError(UNAVAILABLE)``: never a
   blind resend (:mod:`.signer`).
 * With a ``ws_url``, positions, order outcomes and the top of book come from the account's stream
   while it is live (:mod:`.stream`, :mod:`.live_state`); REST answers otherwise and reconciles the
-  cache every ``reconcile_secs``. A failed read is unknown, never zero (bug §8.2).
+  cache every ``reconcile_secs``. A failed read is unknown, never zero.
 
 One OS process per Lighter account: the Go signer's clients are process-global per api key index
-(lighter-sdk.md §1, bug §8.12). Nothing here imports the ``lighter`` package itself (it costs a worker
-tens of MB); :mod:`.native` loads only its signer library.
+(two accounts in one process would share, and overwrite, one client). Nothing here imports the
+``lighter`` package itself (it costs a worker tens of MB); :mod:`.native` loads only its signer library.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_PRICE_INT = 2**32 - 1  # Lighter prices are uint32 at the wire (lighter-sdk.md §4)
+MAX_PRICE_INT = 2**32 - 1  # Lighter prices are uint32 at the wire
 MAX_BASE_INT = 2**48 - 1
 MAX_POLL_INTERVAL = 1.0
 
@@ -308,7 +308,7 @@ class LighterConnector(VenueConnector):
             if (last is not None and last.final) or time.monotonic() >= deadline:
                 return last
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            # Back off: a Standard account has 60 requests/min for reads and txs together (peers.md §1.1).
+            # Back off: a Standard account has 60 requests/min for reads and txs together.
             delay = min(delay * 2, MAX_POLL_INTERVAL)
 
     # ---- account settings --------------------------------------------------------------------
@@ -354,7 +354,7 @@ class LighterConnector(VenueConnector):
         nonce = self._signer.nonce_state()
         mid = market_index(rules)
         try:
-            # MARKET/IOC with no order expiry; the price is the worst acceptable one (lighter-sdk.md §4).
+            # MARKET/IOC with no order expiry; the price is the worst acceptable one.
             await self._signer.send_create_order(market_index(rules), client_id, rules.size_to_int(size),
                                                  rules.price_to_int(price), side is Side.SELL,
                                                  reduce_only=reduce_only, what=f"order client_id={client_id}",
@@ -374,7 +374,7 @@ class LighterConnector(VenueConnector):
         self._sent(mid, client_id)
         report = await self._poll_final(symbol, client_id, self.fill_wait)
         if report is None:
-            # Accepted but not visible yet: say so rather than guess a fill (bug §8.1).
+            # Accepted but not visible yet: say so rather than guess a fill.
             log.warning("account=%s client_id=%d accepted but not visible after %.1fs",
                         self.account, client_id, self.fill_wait)
             return tracker.report()
@@ -457,7 +457,7 @@ class LighterConnector(VenueConnector):
         if report.final:
             return report
         # Cancel by the venue's order_index, which we just read, rather than trusting that Index
-        # also matches a client order index (lighter-sdk.md §2 end).
+        # also matches a client order index (the SDK documents no such guarantee).
         index = order_index(order)
         await self._signer.send_cancel_order(market_index(rules), index,
                                              what=f"cancel client_id={client_id} order_index={index}")
