@@ -1,7 +1,7 @@
 """Heartbeats: what each venue worker (and the orchestrator) tells the world every interval.
 
-A heartbeat is cheap by design (original bug 18: three REST calls every 2 s per bot from the
-trading process). It reads the facts the venue tasks already wrote into
+A heartbeat is cheap by design: REST calls every few seconds per bot would eat the accounts' rate
+budget and compete with orders in the trading process. It reads the facts the venue tasks already wrote into
 ``keys.account_state(account)`` and never calls a venue. It is published on
 :data:`keys.HEARTBEAT_CHANNEL` (live, at-most-once: a missing beat is itself the signal) and kept
 per bot in :data:`keys.HEARTBEAT_LAST` (so the watcher and the dashboard see the latest after a
@@ -57,7 +57,7 @@ class BotIdentity:
     account: str | None = None
     venue: str | None = None
     symbol: str | None = None
-    #: ``long``/``short`` per role as the original reported it (original-system.md §1.2).
+    #: ``long``/``short`` per role as the original reported it.
     direction: str | None = None
 
 

@@ -93,7 +93,7 @@ def token_owner(request: web.Request) -> int | None:
 
 
 def check_rate(state: LighterState, request: web.Request) -> None:
-    """Count a REST request against its bucket; 429 past the budget (docs/rate-limits).
+    """Count a REST request against its bucket; 429 past the budget, as Lighter documents.
 
     "These limits apply to both IP address and L1 address… To bypass IP-based rate limits, clients
     can authenticate each request so that only L1-based rate limits apply": an authenticated request

@@ -1,4 +1,4 @@
-"""Read routes of the Lighter simulator (lighter-sdk.md §2 table), registered by ``lighter.py``.
+"""Read routes of the Lighter simulator (the endpoints the SDK calls), registered by ``lighter.py``.
 
 Fault ops: ``position`` for /account, ``orders`` for order/trade/tx lookups of an account,
 ``apikeys`` for /apikeys, ``market`` for public market data (only faults armed without an
@@ -117,7 +117,7 @@ class LighterReads:
             account: int | None = qreq(request, "value", 0, MAX_48)
         else:
             account = self.state.account_by_l1(value)
-        if account is None:  # captured: HTTP 200 with code 21100 (fixtures/README.md)
+        if account is None:  # captured: HTTP 200 with code 21100 (tests/fixtures/README.md)
             return web.json_response({"code": ACCOUNT_NOT_FOUND, "message": "account not found"})
         found = account
 

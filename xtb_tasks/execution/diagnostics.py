@@ -4,9 +4,10 @@ Both run in process under the account lease and send every order through
 :func:`xtb_tasks.execution.venue_ops.submit_order`, the code path of the venue workers and ``xtb order
 --direct``: a fresh client id from Redis, its intent recorded before the venue sees it.
 
-Fixes over the original (original-system.md §6, §8.21):
+Rules both keep:
 
-* positions are signed everywhere (the original min-order baseline and smoke flatten were unsigned);
+* positions are signed everywhere, the min-order baseline and the smoke flatten included (an
+  unsigned position cannot tell which way to close);
 * nothing is retried while the previous attempt may have filled: an unknown outcome is looked up
   and the position re-read before a fresh client id is sent;
 * the smoke test closes exactly the filled quantity, checks the position is back to the baseline

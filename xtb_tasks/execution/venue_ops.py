@@ -290,7 +290,8 @@ def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, 
 
 def confirmation(reading: PositionReading, baseline: Decimal, expected_sign: int, requested: Decimal,
                  min_fraction: Decimal) -> dict[str, Any]:
-    """Original rule (§1.5): confirmed when the position moved the expected way by more than a fraction."""
+    """Confirmed when the position moved the expected way by more than ``min_fraction`` of the
+    request: a fill too small to see, or a move the wrong way, is not a confirmation."""
     if reading.quantity is None:
         return {"confirmed": False, "position": None, "delta": None, "error": reading.error}
     delta = reading.quantity - baseline
