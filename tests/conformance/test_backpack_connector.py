@@ -142,7 +142,7 @@ def test_reduce_only_that_would_not_reduce_comes_back_expired(connector: Factory
     cid = next_id()
     report = conn.submit_market_order(SYMBOL, cid, Side.SELL, Decimal("0.01"), reduce_only=True)
     assert report.state is OrderState.CANCELLED and report.filled == 0 and report.reason == "Expired"
-    found = conn.find_order(SYMBOL, cid)  # the history carries the expiry reason (§2.3)
+    found = conn.find_order(SYMBOL, cid)  # the history carries the expiry reason
     assert found is not None and found.filled == 0 and found.reason == "ReduceOnlyNotReduced"
     assert conn.get_position(SYMBOL).quantity == 0
 
@@ -208,7 +208,7 @@ def test_cancels(connector: Factory, simulator: Any) -> None:
     conn.submit_market_order(SYMBOL, cid, Side.BUY, Decimal("0.01"))
     assert conn.cancel_all(SYMBOL) == 0
     with pytest.raises(VenueError) as info:
-        conn.cancel_all(10.0)  # type: ignore[arg-type]  # original bug §8.11
+        conn.cancel_all(10.0)  # type: ignore[arg-type]  # a number is refused, not read as a symbol
     assert info.value.reason is ReasonCode.INVALID_REQUEST
     done = conn.cancel_order(SYMBOL, cid)  # no longer open: its final record
     assert done is not None and done.state is OrderState.FILLED
