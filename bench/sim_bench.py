@@ -33,7 +33,7 @@ from nacl.signing import SigningKey
 
 BACKPACK_BUDGET_MS = 2.0
 LIGHTER_ACCOUNT = 281_474_976_000
-LIGHTER_KEY_INDEX = 4  # 0-3 are reserved for the venue's apps (docs/api-keys)
+LIGHTER_KEY_INDEX = 4  # 0-3 are reserved for the venue's own apps
 ETH_MARKET = 0  # lighter: ETH, size_decimals 4, price_decimals 2
 
 
@@ -49,7 +49,8 @@ def simulator(in_process: bool) -> Iterator[dict[str, str]]:
     proc = subprocess.Popen([sys.executable, "-c", code, "--backpack-port", "0", "--lighter-port", "0",
                              "--telegram-port", "0", "--fixed-prices"], stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
+        if proc.stdout is None:  # stdout=PIPE always gives one
+            raise RuntimeError("simulator started without a stdout pipe")
         yield json.loads(proc.stdout.readline())
     finally:
         proc.terminate()
@@ -92,7 +93,7 @@ def backpack_prepare(base: str) -> Callable[[int], Callable[[], requests.Respons
 
 
 async def lighter_samples(base: str, n: int, warmup: int) -> list[float]:
-    import lighter  # the Go signer loads here; SignerClient needs a running loop (lighter-sdk.md §1)
+    import lighter  # the Go signer loads here; SignerClient needs a running loop
 
     private_key, _public_key, err = lighter.create_api_key()
     if err:

@@ -100,7 +100,7 @@ class _Redis(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=Tr
         description="host:port of each Sentinel; the clients follow the primary they name (instead of url)")] = []
     master_name: Annotated[str | None, msgspec.Meta(description="the primary's name in the Sentinels' config")] = None
     db: Annotated[int, msgspec.Meta(ge=0, le=15, description="database number with sentinels")] = 0
-    # Production keeps the hour (celery-redis.md §1.2): below the task time limit a slow task is
+    # Production keeps the hour: below the task time limit a slow task is
     # delivered twice. Short values exist to test exactly that (the fencing tokens refuse the stale copy).
     visibility_timeout_secs: Annotated[int, msgspec.Meta(ge=5, le=86400), msgspec.Meta(
         description="seconds before the broker redelivers an unacknowledged message")] = 3600

@@ -127,7 +127,7 @@ def check_url(key: str, value: str | None, schemes: tuple[str, ...]) -> str | No
         return None
     if not value.startswith(tuple(f"{s}://" for s in schemes)):
         raise ConfigError(key, f"expected a {'/'.join(schemes)} URL, got {value!r}")
-    # The Lighter SDK requests //api/v1/... with a trailing slash (lighter-sdk.md §5).
+    # The Lighter SDK requests //api/v1/... with a trailing slash.
     return value.rstrip("/")
 
 

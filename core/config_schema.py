@@ -40,7 +40,7 @@ class LighterTier(str, Enum):
 
 
 class Direction(str, Enum):
-    """Which way the Backpack leg enters; the Lighter legs follow (original §1.2)."""
+    """Which way the Backpack leg enters; the Lighter legs' sides follow from it."""
 
     #: Backpack buys, Lighter1 sells, Lighter2 buys.
     LONG_BACKPACK = "long_backpack"
@@ -67,7 +67,7 @@ class Role(str, Enum):
         return Venue.BACKPACK if self is Role.BP else Venue.LIGHTER
 
 
-# Upper bounds keep every countdown far below the broker visibility timeout (celery-redis.md §1.2).
+# Upper bounds keep every countdown far below the broker visibility timeout.
 Secs = Annotated[float, Meta(ge=0.0, le=600.0)]
 Attempts = Annotated[int, Meta(ge=1, le=20)]
 Name = Annotated[str, Meta(min_length=1)]
@@ -75,7 +75,7 @@ OptionalEnv = Annotated[str | None, doc("environment variable holding the creden
 
 
 class HedgeParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """Parameters of one hedge group's cycle (original-system.md §1.1; defaults kept).
+    """Parameters of one hedge group's cycle (the defaults are the values of the bot this one replaces).
 
     Each field is a key of ``[groups.<name>]`` and of ``xtb cycle start --set``; its bounds and
     meaning are on the field. Amounts (Decimal) may be written as strings so that they survive

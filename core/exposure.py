@@ -1,4 +1,5 @@
-"""The worst net exposure of a cycle and how long it stayed beyond one Backpack step (issue 16 item 13).
+"""The worst net exposure of a cycle and how long it stayed beyond one Backpack step: reported at the
+end of every cycle.
 
 Pure: the rebalance and monitor decisions feed the cycle's own net (``orchestrator.flow.own_net``: each
 position relative to the baseline recorded at planning) of every fully known read to

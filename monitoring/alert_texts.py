@@ -16,8 +16,6 @@ class AlertKind(StrEnum):
 
     #: A hedge cycle was planned and its first order is about to go out.
     CYCLE_STARTED = "cycle_started"
-    #: One leg's order filled (venue-reported quantity and price).
-    LEG_FILLED = "leg_filled"
     #: All three legs are in and Backpack is rebalanced; the cycle is being monitored.
     CYCLE_HEDGED = "cycle_hedged"
     #: A cycle ended (any outcome) and all legs are flat, with per-venue PnL.

@@ -1,7 +1,7 @@
 """Heartbeats: what each venue worker (and the orchestrator) tells the world every interval.
 
-A heartbeat is cheap by design (original bug 18: three REST calls every 2 s per bot from the
-trading process). It reads the facts the venue tasks already wrote into
+A heartbeat is cheap by design: REST calls every few seconds per bot would eat the accounts' rate
+budget and compete with orders in the trading process. It reads the facts the venue tasks already wrote into
 ``keys.account_state(account)`` and never calls a venue. It is published on
 :data:`keys.HEARTBEAT_CHANNEL` (live, at-most-once: a missing beat is itself the signal) and kept
 per bot in :data:`keys.HEARTBEAT_LAST` (so the watcher and the dashboard see the latest after a
@@ -57,7 +57,7 @@ class BotIdentity:
     account: str | None = None
     venue: str | None = None
     symbol: str | None = None
-    #: ``long``/``short`` per role as the original reported it (original-system.md §1.2).
+    #: ``long``/``short`` per role as the original reported it.
     direction: str | None = None
 
 
@@ -272,7 +272,7 @@ class HeartbeatPublisher:
             self._failing = True
         if self.ingest is not None:
             for payload in payloads:
-                self._post_ingest(payload)
+                self._post_ingest(self.ingest, payload)
         return payloads
 
     def _payload(self, r: redis.Redis, identity: BotIdentity, now: float) -> dict[str, Any]:
@@ -285,16 +285,15 @@ class HeartbeatPublisher:
         return build_payload(identity, state, now=now, interval=self.interval, stale_after=self.stale_after,
                              extra=used)
 
-    def _post_ingest(self, payload: Mapping[str, Any]) -> None:
+    def _post_ingest(self, ingest: IngestTarget, payload: Mapping[str, Any]) -> None:
         # Imported here: a worker without an ingest target saves the library's ~6 MB (counted twice
         # under prefork, in the parent and the pool child).
         import requests
 
-        assert self.ingest is not None
         if self._session is None:
             self._session = requests.Session()
-        headers = {"x-auth-token": self.ingest.token} if self.ingest.token else {}
-        url = f"{self.ingest.base_url.rstrip('/')}/ingest/{quote(str(payload['bot']), safe='')}"
+        headers = {"x-auth-token": ingest.token} if ingest.token else {}
+        url = f"{ingest.base_url.rstrip('/')}/ingest/{quote(str(payload['bot']), safe='')}"
         try:
             reply = self._session.post(url, json=payload, headers=headers, timeout=min(5.0, self.interval))
             if reply.status_code >= 400:

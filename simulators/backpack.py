@@ -1,4 +1,4 @@
-"""Backpack Exchange simulator: the REST API and WebSocket of backpack-api.md over the shared market.
+"""Backpack Exchange simulator: Backpack's REST API and WebSocket over the shared market.
 
 ``create_backpack_app(exchange)`` serves public market data (``/api/v1/markets``, ``depth``,
 ``ticker``, ``tickers``, ``markPrices``, ``status``, ``ping``, ``time``, ``market``), the ED25519-
@@ -50,7 +50,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Map errors to the real shapes (§2.9); nothing a client sends may escape as a crash."""
+    """Map errors to the real shapes; nothing a client sends may escape as a crash."""
     try:
         return await handler(request)
     except ApiError as exc:
@@ -58,7 +58,7 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     except PlainError as exc:
         return web.Response(text=exc.text, status=exc.status)
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
-        return web.Response(text="not found", status=404)  # §2.9 [wire]: unknown path
+        return web.Response(text="not found", status=404)  # the real server's answer to an unknown path
     except web.HTTPException:
         raise
     except Exception:
@@ -92,7 +92,7 @@ class BackpackApi:
 
     # ---- helpers ------------------------------------------------------------------------------
     def _limit(self, key: str) -> None:
-        """The documented 429 past the per-minute budget (backpack_limits.py, §2.10)."""
+        """The documented 429 past the per-minute budget (backpack_limits.py)."""
         if self.limiter is not None and not self.limiter.allow(key):
             raise ApiError(429, "TOO_MANY_REQUESTS", "Too many requests")
 
@@ -107,14 +107,14 @@ class BackpackApi:
         if fault is None:
             return
         if fault.kind is FaultKind.HTTP_429:
-            # §2.10: 429 with code TOO_MANY_REQUESTS; message UNCONFIRMED (simulator choice).
+            # 429 with code TOO_MANY_REQUESTS; message UNCONFIRMED (simulator choice).
             raise ApiError(429, "TOO_MANY_REQUESTS", "Too many requests")
         if fault.kind is FaultKind.HTTP_500:
             raise ApiError(500, "SERVER_ERROR", "Internal server error")
         await asyncio.sleep(_fault_seconds(fault))
 
     async def _signed(self, request: web.Request, op: str, payload: str = "") -> tuple[str, dict[str, Any]]:
-        """Authenticate (§1.5): params are the query for GET, the JSON body otherwise."""
+        """Authenticate: params are the query for GET, the JSON body otherwise."""
         instruction = INSTRUCTIONS[(request.method, request.path)]
         if request.method == "GET":
             items: list[tuple[str, Any]] = list(request.query.items())
@@ -128,12 +128,18 @@ class BackpackApi:
         await self._faults(op, account)
         return account, params
 
-    def _symbol(self, params: dict[str, Any], required: bool = True) -> MarketRules | None:
-        """A ``symbol`` parameter: unknown → 400 "Invalid market symbol" (§2.6 [wire])."""
+    def _symbol(self, params: dict[str, Any]) -> MarketRules:
+        """A required ``symbol`` parameter: absent is a parse error, unknown as in :meth:`_symbol_filter`."""
+        rules = self._symbol_filter(params)
+        if rules is None:
+            raise param_error("symbol", "MarketSymbol", "field `symbol` is required")
+        return rules
+
+    def _symbol_filter(self, params: dict[str, Any]) -> MarketRules | None:
+        """An optional ``symbol`` parameter (None: absent); an unknown symbol is answered 400
+        "Invalid market symbol", as the venue does."""
         symbol = params.get("symbol")
         if symbol is None:
-            if required:
-                raise param_error("symbol", "MarketSymbol", "field `symbol` is required")
             return None
         rules = self.engine.markets.get(symbol) if isinstance(symbol, str) else None
         if rules is None:
@@ -150,14 +156,12 @@ class BackpackApi:
     async def market(self, request: web.Request) -> web.Response:
         await self._public(request)
         rules = self._symbol(dict(request.query))
-        assert rules is not None
         return web.json_response(rules.to_json())
 
     async def depth(self, request: web.Request) -> web.Response:
         await self._public(request)
         rules = self._symbol(dict(request.query))
-        assert rules is not None
-        limit = request.query.get("limit", "1000")  # default 1000 per side (§2.6)
+        limit = request.query.get("limit", "1000")  # default 1000 per side
         if limit not in {str(n) for n in views.DEPTH_LIMITS}:
             raise param_error("limit", "DepthLimit", "Expect a valid enumeration value.")
         return web.json_response(views.depth(self.engine, rules, int(limit)))
@@ -165,7 +169,6 @@ class BackpackApi:
     async def ticker(self, request: web.Request) -> web.Response:
         await self._public(request)
         rules = self._symbol(dict(request.query))
-        assert rules is not None
         query_enum(request.query, "interval", "TickerInterval", ("1d", "1w"))
         return web.json_response(views.ticker(self.engine, rules))
 
@@ -175,7 +178,7 @@ class BackpackApi:
 
     async def mark_prices(self, request: web.Request) -> web.Response:
         await self._public(request)
-        rules = self._symbol(dict(request.query), required=False)
+        rules = self._symbol_filter(dict(request.query))
         chosen = [rules] if rules is not None else list(self.engine.markets.values())
         return web.json_response([views.mark_price(self.engine, r) for r in chosen])
 
@@ -211,7 +214,6 @@ class BackpackApi:
 
     def _selected(self, account: str, params: dict[str, Any], outer: str) -> BpOrder | None:
         rules = self._symbol(params)
-        assert rules is not None
         order_id, client_id = id_selector(params, outer)
         if (order_id is None) == (client_id is None):
             message = "Must specify either `clientId` or `orderId`" if order_id is None else \
@@ -222,7 +224,7 @@ class BackpackApi:
     async def order_query(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "query")
         order = self._selected(account, params, "OrderQuery")
-        if order is None:  # only resting orders are visible here (§2.1, §4)
+        if order is None:  # only resting orders are visible here
             raise ApiError(404, "RESOURCE_NOT_FOUND", "Not Found")
         return web.json_response(order.to_rest())
 
@@ -230,12 +232,12 @@ class BackpackApi:
         account, params = await self._signed(request, "order", "OrderCancelPayload")
         order = self._selected(account, params, "OrderCancelPayload")
         if order is None:
-            raise ApiError(400, "INVALID_CLIENT_REQUEST", "Order not found")  # §2.9
+            raise ApiError(400, "INVALID_CLIENT_REQUEST", "Order not found")  # the venue's answer
         return web.json_response(self.engine.cancel(account, order).to_rest())
 
     async def orders_query(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "query")
-        rules = self._symbol(params, required=False)
+        rules = self._symbol_filter(params)
         market_type = query_enum(request.query, "marketType", "MarketType", MARKET_TYPES)
         rows = [o.to_rest() for o in self.engine.open.get(account, {}).values()
                 if (rules is None or o.rules is rules) and market_type in (None, "PERP")]
@@ -255,7 +257,7 @@ class BackpackApi:
     # ---- account --------------------------------------------------------------------------------
     async def position(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "position")
-        rules = self._symbol(params, required=False)
+        rules = self._symbol_filter(params)
         query_enum(request.query, "marketType", "MarketType", MARKET_TYPES)
         with self.exchange.lock:
             rows = [views.position_rest(self.engine, account, r, q) for r, q in views.open_positions(self.engine, account)
@@ -263,7 +265,7 @@ class BackpackApi:
         # Counted after the read: the last stale read must still see the frozen quantity.
         self.exchange.take_fault(VENUE, "position", account, kinds=(FaultKind.STALE_POSITION,))
         if not rows and (rules is not None or self.exchange.profile.backpack.flat_position_404):
-            raise ApiError(404, "RESOURCE_NOT_FOUND", "Position not found")  # §2.4; body UNCONFIRMED
+            raise ApiError(404, "RESOURCE_NOT_FOUND", "Position not found")  # the spec's status; body UNCONFIRMED
         return web.json_response(rows)
 
     async def collateral(self, request: web.Request) -> web.Response:
@@ -276,15 +278,15 @@ class BackpackApi:
 
     async def order_history(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "history")
-        return web.json_response(order_history(self.engine, account, params, self._symbol(params, False)))
+        return web.json_response(order_history(self.engine, account, params, self._symbol_filter(params)))
 
     async def fill_history(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "history")
-        return web.json_response(fill_history(self.engine, account, params, self._symbol(params, False)))
+        return web.json_response(fill_history(self.engine, account, params, self._symbol_filter(params)))
 
     async def funding_history(self, request: web.Request) -> web.Response:
         account, params = await self._signed(request, "history")
-        return web.json_response(funding_history(self.engine, account, params, self._symbol(params, False)))
+        return web.json_response(funding_history(self.engine, account, params, self._symbol_filter(params)))
 
     def routes(self, hub: WsHub) -> list[web.RouteDef]:
         return [

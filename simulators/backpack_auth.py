@@ -1,7 +1,7 @@
-"""Backpack request errors and ED25519 request verification (backpack-api.md §1, §2.9).
+"""Backpack request errors and ED25519 request verification.
 
-The simulator rebuilds the signing string from the parameters it actually received, exactly as
-§1.5 prescribes, so a client that signs anything else than what it sends is caught here.
+The simulator rebuilds the signing string from the parameters it actually received, as the venue
+verifies them, so a client that signs anything else than what it sends is caught here.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from multidict import CIMultiDictProxy
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-#: (method, path) -> instruction, §2.1.
+#: (method, path) -> the instruction the venue expects signed for it.
 INSTRUCTIONS: dict[tuple[str, str], str] = {
     ("POST", "/api/v1/order"): "orderExecute",
     ("DELETE", "/api/v1/order"): "orderCancel",
@@ -35,12 +35,12 @@ INSTRUCTIONS: dict[tuple[str, str], str] = {
     ("GET", "/wapi/v1/history/funding"): "fundingHistoryQueryAll",
 }
 
-DEFAULT_WINDOW_MS = 5000  # §1.2: used (and signed) when no X-Window header is sent
+DEFAULT_WINDOW_MS = 5000  # used (and signed) when no X-Window header is sent
 MAX_WINDOW_MS = 60000
 
 
 class ApiError(Exception):
-    """An error answered as JSON ``{"code", "message"}`` (§2.9)."""
+    """An error answered as JSON ``{"code", "message"}``."""
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
@@ -50,7 +50,7 @@ class ApiError(Exception):
 
 
 class PlainError(Exception):
-    """An error answered as plain text, as the real server does for parse failures (§2.9)."""
+    """An error answered as plain text, as the real server does for parse failures."""
 
     def __init__(self, text: str, status: int = 400) -> None:
         super().__init__(text)
@@ -59,20 +59,20 @@ class PlainError(Exception):
 
 
 def render_value(value: Any) -> str:
-    """A parameter value as it appears in the signing string (§1.3 step 4, §1.5 step 1)."""
+    """A parameter value as it appears in the signing string."""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
         return value
     if value is None:
-        return "null"  # §1.3: nulls UNCONFIRMED; the Rust SDK would print JSON `null` unquoted
+        return "null"  # nulls UNCONFIRMED; the Rust SDK would print JSON `null` unquoted
     if isinstance(value, (int, float)):
         return json.dumps(value)
     return json.dumps(value, separators=(",", ":"))
 
 
 def signing_string(instruction: str, params: Iterable[tuple[str, Any]], timestamp: int, window: int) -> str:
-    """``instruction=..&<sorted k=v>&timestamp=..&window=..`` (§1.3 steps 1–3)."""
+    """``instruction=..&<sorted k=v>&timestamp=..&window=..``."""
     parts = [f"instruction={instruction}"]
     parts.extend(f"{k}={render_value(v)}" for k, v in sorted(params, key=lambda kv: kv[0]))
     parts.append(f"timestamp={timestamp}&window={window}")
@@ -134,7 +134,7 @@ class Authenticator:
 
     def authenticate(self, headers: CIMultiDictProxy[str], instruction: str,
                      params: Iterable[tuple[str, Any]], now_ms: int | None = None) -> str:
-        """Verify a REST request (§1.5); returns the API key (the account) or raises ApiError."""
+        """Verify a REST request; returns the API key (the account) or raises ApiError."""
         api_key, signature = headers.get("X-API-Key"), headers.get("X-Signature")
         timestamp = _int_header(headers, "X-Timestamp")
         window = _int_header(headers, "X-Window")
@@ -148,7 +148,7 @@ class Authenticator:
         if self.verify_key(api_key) is None:
             raise ApiError(401, "INVALID_CLIENT_REQUEST", "Invalid X-API-Key header")
         if not self.check(api_key, signature, message):
-            # §2.9 FAQ: "Invalid signature"; the status (400 or 401) is UNCONFIRMED, 401 chosen.
+            # The venue's FAQ gives "Invalid signature"; the status (400 or 401) is UNCONFIRMED, 401 chosen.
             raise ApiError(401, "INVALID_CLIENT_REQUEST", "Invalid signature")
         if api_key in self.aliases:
             self.alias_uses[(api_key, instruction)] += 1
@@ -157,7 +157,7 @@ class Authenticator:
 
 
 def check_window(timestamp: int, window: int, now_ms: int | None = None) -> None:
-    """§1.5 step 3: reject oversized windows and requests older than their window."""
+    """Reject oversized windows and requests older than their window."""
     now = int(time.time() * 1000) if now_ms is None else now_ms
     if window > MAX_WINDOW_MS or window <= 0:
         # Simulator choice: an oversized window is rejected rather than clamped (UNCONFIRMED).
@@ -165,5 +165,5 @@ def check_window(timestamp: int, window: int, now_ms: int | None = None) -> None
     if now > timestamp + window:
         raise ApiError(401, "INVALID_CLIENT_REQUEST", "Request has expired")
     if timestamp > now + window:
-        # Simulator choice: the real future-skew rule is UNCONFIRMED (§1.5); allow one window.
+        # Simulator choice: the real future-skew rule is UNCONFIRMED; allow one window.
         raise ApiError(400, "INVALID_CLIENT_REQUEST", "Request timestamp is in the future")

@@ -65,7 +65,7 @@ class BackpackEngine:
 
     # ---- book ---------------------------------------------------------------------------------
     def book(self, rules: MarketRules) -> tuple[int, Book]:
-        """(lastUpdateId, (bids ascending, asks ascending)) snapped to tick and step (§2.6)."""
+        """(lastUpdateId, (bids ascending, asks ascending)) snapped to tick and step."""
         with self.exchange.lock:
             mid = self.exchange.prices[rules.base].mid
             if self._book_mids.get(rules.base) != mid:
@@ -76,7 +76,7 @@ class BackpackEngine:
                                             quantize_book(asks, rules.tick, rules.step, False))
 
     def stats(self, base: str) -> tuple[Decimal, Decimal, Decimal]:
-        """(first, high, low) mid since start, for the ticker (§2.7)."""
+        """(first, high, low) mid since start, for the ticker."""
         with self.exchange.lock:
             mid = self.exchange.prices[base].mid
             first, high, low = self._stats[base]
@@ -95,7 +95,7 @@ class BackpackEngine:
         return total
 
     def _quantity_for_quote(self, rules: MarketRules, side: str, quote: Decimal) -> Decimal:
-        """Walk the book to spend at most ``quote`` (Market orders with quoteQuantity, §2.2)."""
+        """Walk the book to spend at most ``quote`` (Market orders with quoteQuantity)."""
         bids, asks = self.exchange.book(VENUE, rules.base)
         qty, left = Decimal(0), quote
         for price, size in asks if side == "Bid" else bids:
@@ -129,17 +129,17 @@ class BackpackEngine:
         if qty % rules.step:
             raise _reject("INVALID_CLIENT_REQUEST", "Quantity decimal too long")
         if qty < rules.min_quantity:
-            # Simulator choice: wording not captured; INVALID_QUANTITY is in the §2.9 enum.
+            # Simulator choice: wording not captured; INVALID_QUANTITY is one of the venue's error codes.
             raise _reject("INVALID_QUANTITY", "Quantity is below the minimum allowed value")
         if req.client_id is not None and any(o.client_id == req.client_id
                                              for o in self.open.get(account, {}).values()):
             # Captured error (fixtures: error_invalid_order_duplicate_client_id_ccxt); applied to OPEN
-            # orders only: reuse after an order is closed is accepted (§4: duplicates UNCONFIRMED).
+            # orders only: reuse after an order is closed is accepted (the venue's duplicate rule is UNCONFIRMED).
             raise _reject("INVALID_ORDER", f"Order with client ID already exists: {req.client_id}")
         if req.reduce_only and not self._reduces(account, rules.base, req.side) and \
                 not self.exchange.profile.backpack.reduce_only_expires:
             # The old simulator answer, kept behind BackpackProfile.reduce_only_expires=False: code per
-            # §2.9, message after the expiryReason. The venue itself expires the order (see execute).
+            # Message after the expiryReason. The venue itself expires the order (see execute).
             raise _reject("INVALID_ORDER", "Reduce only order not reduced")
         return qty
 
@@ -155,13 +155,13 @@ class BackpackEngine:
 
     # ---- execution ------------------------------------------------------------------------------
     def execute(self, account: str, req: OrderRequest, fill_fraction: Decimal | None = None) -> BpOrder:
-        """orderExecute: validate, fill against the shared book, record, publish (§2.3, §3.3)."""
+        """orderExecute: validate, fill against the shared book, record, publish."""
         with self.exchange.lock:
             self.exchange.account(VENUE, account)  # a new API key opens an account
             qty = self._validate(account, req)
             crosses = req.order_type == "Market" or self._crosses(req.rules, req.side, req.price or Decimal(0))
             if req.order_type == "Limit" and req.post_only and crosses:
-                raise _reject("INVALID_ORDER", "Order would immediately match and take")  # §2.9 hummingbot
+                raise _reject("INVALID_ORDER", "Order would immediately match and take")  # wording as hummingbot captured it
             order = BpOrder(id=self.exchange.next_order_id(), account=account, rules=req.rules, side=req.side,
                             order_type=req.order_type, quantity=qty, quote_quantity=req.quote_quantity,
                             price=req.price, client_id=req.client_id, time_in_force=req.time_in_force,
@@ -170,7 +170,7 @@ class BackpackEngine:
             fill: tuple[Decimal, Decimal | None] = (Decimal(0), None)
             fok_short = req.time_in_force == "FOK" and self._liquidity(req.rules, req.side, req.price) < qty
             # A reduce-only order that would not reduce is accepted and expires unfilled with
-            # ReduceOnlyNotReduced (OpenAPI OrderExpiryReason, backpack-api.md §2.3), not refused.
+            # ReduceOnlyNotReduced (OpenAPI OrderExpiryReason), not refused.
             not_reducing = bool(req.reduce_only) and not self._reduces(account, req.rules.base, req.side)
             if crosses and not fok_short and not not_reducing:
                 fill = self._take(order, order.quantity, req.price, fill_fraction)
@@ -186,7 +186,7 @@ class BackpackEngine:
             VENUE, order.account, order.rules.base, order.market_side, quantity, step=order.rules.step,
             worst_price=limit, reduce_only=bool(order.reduce_only), fill_fraction=fill_fraction, maker=maker)
         if reason == "margin":
-            # Code per §2.9; message UNCONFIRMED (simulator choice).
+            # The venue's code; message UNCONFIRMED (simulator choice).
             raise _reject("INSUFFICIENT_MARGIN", "Insufficient margin")
         if reason == "reduce_only":
             raise _reject("INVALID_ORDER", "Reduce only order not reduced")
@@ -197,7 +197,7 @@ class BackpackEngine:
 
     @staticmethod
     def _finish_taker(order: BpOrder, crossed: bool, fok_short: bool) -> None:
-        """Final status of the taking part: Market orders never rest (§2.3 'synchronous')."""
+        """Final status of the taking part: Market orders never rest: the venue executes them synchronously."""
         if order.executed == order.quantity:
             order.status = "Filled"
             return
@@ -222,13 +222,13 @@ class BackpackEngine:
         if order.status in ("New", "PartiallyFilled"):
             self.open.setdefault(account, {})[order.id] = order
         self._audit(order)
-        # orderAccepted shows the order as it entered the book: New, nothing executed (§3.3).
+        # orderAccepted shows the order as it entered the book: New, nothing executed.
         final = (order.executed, order.executed_quote, order.status)
         order.executed, order.executed_quote, order.status = Decimal(0), Decimal(0), "New"
         self._emit(order, "orderAccepted")
         order.executed, order.executed_quote = final[0], final[1]
         if fill[0] and fill[1] is not None:
-            # The fill frame carries the status right after that fill, before any expiry (§3.3).
+            # The fill frame carries the status right after that fill, before any expiry.
             order.status = "Filled" if order.executed == order.quantity else "PartiallyFilled"
             self._record_fill(order, fill[0], fill[1], is_maker=False)
         order.status = final[2]
@@ -247,7 +247,7 @@ class BackpackEngine:
         self.position_changed(order.account, order.rules.base)
 
     def _publish_trade(self, order: BpOrder, fill: Fill) -> None:
-        """``trade.<symbol>`` (§3.5): ``m`` is "buyer was maker"; the other side is a book order."""
+        """``trade.<symbol>``: ``m`` is "buyer was maker"; the other side is a book order."""
         if not self.public_listening(f"trade.{order.rules.symbol}"):
             return
         now = now_us()
@@ -274,7 +274,7 @@ class BackpackEngine:
     # ---- resting orders -------------------------------------------------------------------------
     def find_open(self, account: str, rules: MarketRules, order_id: str | None,
                   client_id: int | None) -> BpOrder | None:
-        """Newest open order matching the id (GET/DELETE order only see resting orders, §4)."""
+        """Newest open order matching the id (GET/DELETE order only see resting orders)."""
         for order in reversed(list(self.open.get(account, {}).values())):
             if order.rules is rules and (order.id == order_id if order_id is not None else
                                          order.client_id == client_id):
@@ -318,8 +318,8 @@ class BackpackEngine:
     def on_market(self, event: MarketEvent) -> None:
         """Exchange listener: a Backpack position the market (or the admin API) closed gets the venue's
         records: a system order with ``systemOrderType`` LiquidatePositionOnBook in the order history,
-        its fill in the fill history (system fills are listed since 2025-04-22, §2.8), an
-        ``orderFill`` with origin ``LIQUIDATION_AUTOCLOSE`` (§3.3) and ``positionClosed`` (§3.4)."""
+        its fill in the fill history (the venue lists system fills since 2025-04-22), an
+        ``orderFill`` with origin ``LIQUIDATION_AUTOCLOSE`` and ``positionClosed``."""
         if not isinstance(event, Liquidation) or event.venue != VENUE or event.base not in self.by_base:
             return
         with self.exchange.lock:
@@ -339,7 +339,7 @@ class BackpackEngine:
 
     # ---- positions ------------------------------------------------------------------------------
     def position_changed(self, account: str, base: str) -> None:
-        """Push ``account.positionUpdate`` after a fill or liquidation (§3.4)."""
+        """Push ``account.positionUpdate`` after a fill or liquidation."""
         key = (account, base)
         qty = self.exchange.account(VENUE, account).position(base).quantity
         if key not in self.position_ids:

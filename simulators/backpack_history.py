@@ -1,4 +1,4 @@
-"""``/wapi/v1/history/orders`` and ``/wapi/v1/history/fills`` (backpack-api.md §2.1, §2.3, §2.8).
+"""``/wapi/v1/history/orders`` and ``/wapi/v1/history/fills``.
 
 These matter beyond reporting: GET/DELETE order only see resting orders, so a connector proves that
 a clientId never reached the venue (idempotent resubmission) by looking through the order history.
@@ -29,7 +29,6 @@ def _page(rows: list[Any], query: Mapping[str, str]) -> list[Any]:
     offset = query_int(query, "offset", "integer(uint64)", default=0)
     direction = query_enum(query, "sortDirection", "SortDirection", SORT) or "Desc"
     ordered = rows[::-1] if direction == "Desc" else rows
-    assert limit is not None and offset is not None
     return ordered[offset:offset + limit]
 
 
@@ -46,7 +45,7 @@ def order_history(engine: BackpackEngine, account: str, query: Mapping[str, str]
 
 def fill_history(engine: BackpackEngine, account: str, query: Mapping[str, str],
                  rules: MarketRules | None) -> list[dict[str, Any]]:
-    """The account's fills (clientId a STRING here, §2.8); ``from``/``to`` are ms."""
+    """The account's fills (clientId a STRING here); ``from``/``to`` are ms."""
     order_id = query.get("orderId")
     start = query_int(query, "from", "integer(int64)")
     end = query_int(query, "to", "integer(int64)")

@@ -1,6 +1,6 @@
 """Backpack's REST rate limit (profile.BackpackProfile.rate_limit, off by default).
 
-backpack-api.md §2.10 (support FAQ, [wire]): 2000 requests a minute per subaccount across the
+Backpack's support FAQ: 2000 requests a minute per subaccount across the
 standard REST endpoints; beyond it HTTP 429 with code ``TOO_MANY_REQUESTS`` (the message is
 UNCONFIRMED: the simulator's fault wording is reused). No rate-limit headers and no ``Retry-After``
 were seen, so none are sent. Signed requests count per API key (one key, one subaccount here);

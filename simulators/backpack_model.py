@@ -1,7 +1,7 @@
-"""Backpack wire shapes: markets, orders, fills and positions (backpack-api.md §2.3–2.5, §3.3–3.4).
+"""Backpack wire shapes: markets, orders, fills and positions.
 
 Serialisers here reproduce the captured shapes in ``tests/fixtures/backpack.json``: REST
-decimals as strings, unset optionals as ``null`` (§2.3), ``createdAt`` int ms on order endpoints but
+decimals as strings, unset optionals as ``null``, ``createdAt`` int ms on order endpoints but
 a naive ISO string on the history endpoints, WS order types upper case, position values strings.
 """
 
@@ -31,7 +31,7 @@ class MarketRules:
     min_quantity: Decimal
 
     def to_json(self) -> dict[str, Any]:
-        """The market object of GET /api/v1/markets (§2.5; shape of the SOL_USDC_PERP fixture)."""
+        """The market object of GET /api/v1/markets (shape of the SOL_USDC_PERP fixture)."""
         return {
             "baseSymbol": self.base, "createdAt": "2025-01-21T06:34:54.691858",
             "filters": {
@@ -50,7 +50,7 @@ class MarketRules:
         }
 
 
-#: base -> (tickSize, stepSize, minQuantity). ETH values were not captured (§2.5), BTC step is [wire].
+#: base -> (tickSize, stepSize, minQuantity). ETH values were not captured, the BTC step was captured from the venue.
 _RULES = {"ETH": ("0.01", "0.0001", "0.0001"), "BTC": ("0.1", "0.00001", "0.00001")}
 _DEFAULT_RULES = ("0.01", "0.01", "0.01")
 
@@ -93,7 +93,7 @@ def now_us() -> int:
 
 
 def iso_ms(ms: int) -> str:
-    """Naive UTC ISO with milliseconds, as the history endpoints write it (§2.3, §2.8)."""
+    """Naive UTC ISO with milliseconds, as the history endpoints write it."""
     return datetime.fromtimestamp(ms / 1000, tz=UTC).replace(tzinfo=None).isoformat(timespec="milliseconds")
 
 
@@ -151,7 +151,7 @@ class BpOrder:
         return body
 
     def to_rest(self) -> dict[str, Any]:
-        """The order object of execute/cancel/GET order(s) (§2.3)."""
+        """The order object of execute/cancel/GET order(s)."""
         body = self._common()
         body.update(createdAt=self.created_ms, reduceOnly=self.reduce_only, triggeredAt=None)
         if self.order_type == "Market":
@@ -159,7 +159,7 @@ class BpOrder:
         return body
 
     def to_history(self) -> dict[str, Any]:
-        """The order object of /wapi/v1/history/orders: ISO createdAt, expiryReason (§2.3)."""
+        """The order object of /wapi/v1/history/orders: ISO createdAt, expiryReason."""
         body = self._common()
         del body["relatedOrderId"]  # absent from the captured history object
         quote = self.quote_quantity
@@ -170,7 +170,7 @@ class BpOrder:
         return body
 
     def ws_data(self, event: str, fill: Fill | None = None) -> dict[str, Any]:
-        """``account.orderUpdate`` payload (§3.3): upper-case type, ``t`` null except on fills."""
+        """``account.orderUpdate`` payload: upper-case type, ``t`` null except on fills."""
         now = now_us()
         data: dict[str, Any] = {
             "e": event, "E": now, "s": self.rules.symbol, "S": self.side, "o": self.order_type.upper(),
@@ -190,9 +190,9 @@ class BpOrder:
         if event == "orderExpired" and self.expiry_reason:
             data["R"] = self.expiry_reason
         if self.system_order_type is not None:
-            data["O"] = "LIQUIDATION_AUTOCLOSE"  # §3.3 origin of a liquidation's order
+            data["O"] = "LIQUIDATION_AUTOCLOSE"  # the venue's origin of a liquidation's order
         if fill is not None:
-            # n/N: the fill's fee and its asset; perps pay fees in the quote, USDC (§3.3, fees in profile.py).
+            # n/N: the fill's fee and its asset; perps pay fees in the quote, USDC (fee rates in profile.py).
             data.update(t=fill.trade_id, l=self.fmt_qty(fill.quantity), L=fmt_price(fill.price, "0.01"),
                         m=fill.is_maker, n=fmt_price(fill.fee), N=QUOTE)
         return data
@@ -210,7 +210,7 @@ class Fill:
     fee: Decimal = Decimal(0)
 
     def to_json(self) -> dict[str, Any]:
-        """A /wapi/v1/history/fills row: clientId as a STRING there (§2.8, §4); ``fee`` in ``feeSymbol``."""
+        """A /wapi/v1/history/fills row: clientId as a STRING there; ``fee`` in ``feeSymbol``."""
         cid = self.order.client_id
         return {"clientId": None if cid is None else str(cid), "fee": fmt_price(self.fee), "feeSymbol": QUOTE,
                 "isMaker": self.is_maker, "orderId": self.order.id, "price": fmt_price(self.price),
@@ -220,5 +220,5 @@ class Fill:
 
 
 def margin_fraction(function: dict[str, str], quantity: Decimal) -> Decimal:
-    """IMF/MMF of a position: ``max(base, factor × √|q|)`` for the ``sqrt`` functions of §2.4."""
+    """IMF/MMF of a position: ``max(base, factor × √|q|)`` for the venue's ``sqrt`` margin functions."""
     return max(Decimal(function["base"]), Decimal(function["factor"]) * abs(quantity).sqrt())

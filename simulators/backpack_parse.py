@@ -1,7 +1,7 @@
 """Parsing of Backpack request payloads and query parameters.
 
 The real server is built on poem-openapi: a payload that does not deserialise is answered with a
-**plain-text** 400 (§2.9, e.g. ``parse request payload error: failed to parse "MarketSymbol": Invalid
+**plain-text** 400 (e.g. ``parse request payload error: failed to parse "MarketSymbol": Invalid
 market symbol (occurred while parsing "OrderExecutePayload")``) before any business rule runs. The
 texts below follow that pattern; wording not captured from the wire is a simulator choice.
 """
@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from simulators.backpack_auth import PlainError
 from simulators.backpack_model import MarketRules
@@ -32,7 +32,7 @@ def payload_error(detail: str, outer: str = PAYLOAD) -> PlainError:
 
 
 def param_error(name: str, type_name: str, detail: str) -> PlainError:
-    """The query-parameter flavour, as captured for ``/depth?limit=`` (§2.6)."""
+    """The query-parameter flavour, as captured for ``/depth?limit=``."""
     return PlainError(f"failed to parse parameter `{name}`: failed to parse \"{type_name}\": {detail}")
 
 
@@ -89,7 +89,7 @@ def bool_field(data: Mapping[str, Any], name: str, outer: str = PAYLOAD) -> bool
 
 
 def client_id_field(data: Mapping[str, Any], outer: str = PAYLOAD) -> int | None:
-    """§4: clientId is a uint32 JSON number; a string or an out-of-range number is a parse error."""
+    """clientId is a uint32 JSON number; a string or an out-of-range number is a parse error."""
     value = data.get("clientId")
     if value is None:
         return None
@@ -102,13 +102,11 @@ def client_id_field(data: Mapping[str, Any], outer: str = PAYLOAD) -> int | None
     return value
 
 
-def symbol_field(data: Mapping[str, Any], markets: Mapping[str, MarketRules], outer: str = PAYLOAD,
-                 required: bool = True) -> MarketRules | None:
+def symbol_field(data: Mapping[str, Any], markets: Mapping[str, MarketRules], outer: str = PAYLOAD) -> MarketRules:
+    """The required ``symbol`` of a body; absent or unknown is a plain-text parse error."""
     value = data.get("symbol")
     if value is None:
-        if required:
-            raise PlainError(f"parse request payload error: failed to parse \"{outer}\": field `symbol` is required")
-        return None
+        raise PlainError(f"parse request payload error: failed to parse \"{outer}\": field `symbol` is required")
     rules = markets.get(value) if isinstance(value, str) else None
     if rules is None:
         raise payload_error("failed to parse \"MarketSymbol\": Invalid market symbol", outer)
@@ -131,9 +129,8 @@ class OrderRequest:
 
 
 def parse_order(data: Mapping[str, Any], markets: Mapping[str, MarketRules]) -> OrderRequest:
-    """Deserialise an ``OrderExecutePayload`` (§2.2); business rules are checked later."""
+    """Deserialise an ``OrderExecutePayload``; business rules are checked later."""
     rules = symbol_field(data, markets)
-    assert rules is not None
     side = enum_field(data, "side", "Side", SIDES)
     order_type = enum_field(data, "orderType", "OrderType", ORDER_TYPES)
     for name, value in (("side", side), ("orderType", order_type)):
@@ -150,6 +147,12 @@ def parse_order(data: Mapping[str, Any], markets: Mapping[str, MarketRules]) -> 
     )
 
 
+@overload
+def query_int(query: Mapping[str, str], name: str, type_name: str, *, default: int,
+              low: int = ..., high: int = ...) -> int: ...
+@overload
+def query_int(query: Mapping[str, str], name: str, type_name: str, *, default: None = None,
+              low: int = ..., high: int = ...) -> int | None: ...
 def query_int(query: Mapping[str, str], name: str, type_name: str, *, default: int | None = None,
               low: int = 0, high: int = 2**63 - 1) -> int | None:
     """An integer query parameter; malformed values are the plain-text parameter error."""
@@ -171,13 +174,13 @@ def query_enum(query: Mapping[str, str], name: str, type_name: str, allowed: tup
 
 
 def id_selector(params: Mapping[str, Any], outer: str) -> tuple[str | None, int | None]:
-    """(orderId, clientId) of GET/DELETE /api/v1/order; the caller enforces exactly one (§2.1)."""
+    """(orderId, clientId) of GET/DELETE /api/v1/order; the caller enforces exactly one."""
     order_id = params.get("orderId")
     if order_id is not None and not isinstance(order_id, str):
         raise payload_error(f"failed to parse \"string\": Expected input type \"string\", found {_found(order_id)}.",
                             outer)
     client_id = params.get("clientId")
-    if isinstance(client_id, str):  # GET: query strings; bpx-py also sends str(clientId) in bodies (§4)
+    if isinstance(client_id, str):  # GET: query strings; bpx-py also sends str(clientId) in bodies
         if not client_id.isascii() or not client_id.isdigit() or len(client_id) > 10:
             raise param_error("clientId", "integer(uint32)", f"Only integers from 0 to {UINT32_MAX} are accepted.")
         client_id = int(client_id)

@@ -1,4 +1,4 @@
-"""Response bodies of the Backpack read endpoints (backpack-api.md §2.4–2.8, §3.4–3.5)."""
+"""Response bodies of the Backpack read endpoints."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def _position_numbers(engine: BackpackEngine, account: str, rules: MarketRules, 
 
 
 def position_rest(engine: BackpackEngine, account: str, rules: MarketRules, qty: Decimal) -> dict[str, Any]:
-    """One element of GET /api/v1/position (§2.4; shape of the ccxt capture). No fees: breakEven = entry."""
+    """One element of GET /api/v1/position (shape of the ccxt capture). No fees: breakEven = entry."""
     n = _position_numbers(engine, account, rules, qty)
     return {
         "breakEvenPrice": fmt(n["entry"]), "cumulativeFundingPayment": fmt_price(n["funding"], "0.000001"),
@@ -52,7 +52,7 @@ def position_rest(engine: BackpackEngine, account: str, rules: MarketRules, qty:
 
 def position_ws(engine: BackpackEngine, account: str, rules: MarketRules, qty: Decimal,
                 event: str | None) -> dict[str, Any]:
-    """``account.positionUpdate`` data: string values, ``i`` a number; no ``e`` on the snapshot (§3.4)."""
+    """``account.positionUpdate`` data: string values, ``i`` a number; no ``e`` on the snapshot."""
     n = _position_numbers(engine, account, rules, qty)
     now = now_us()
     data: dict[str, Any] = {
@@ -81,7 +81,7 @@ def open_positions(engine: BackpackEngine, account: str) -> list[tuple[MarketRul
 
 
 def collateral(engine: BackpackEngine, account: str) -> dict[str, Any]:
-    """GET /api/v1/capital/collateral (§2.8): USDC is the only collateral asset here."""
+    """GET /api/v1/capital/collateral: USDC is the only collateral asset here."""
     ex = engine.exchange
     with ex.lock:
         acct = ex.account(VENUE, account)
@@ -115,14 +115,14 @@ def collateral(engine: BackpackEngine, account: str) -> dict[str, Any]:
 
 
 def capital(engine: BackpackEngine, account: str) -> dict[str, Any]:
-    """GET /api/v1/capital (§2.8): the spot balance map; perps margin from the USDC balance."""
+    """GET /api/v1/capital: the spot balance map; perps margin from the USDC balance."""
     with engine.exchange.lock:
         cash = engine.exchange.account(VENUE, account).collateral
     return {QUOTE: {"available": fmt(cash), "locked": "0", "staked": "0"}}
 
 
 def depth(engine: BackpackEngine, rules: MarketRules, limit: int) -> dict[str, Any]:
-    """GET /api/v1/depth: BOTH sides ascending by price, best bid LAST (§2.6 [wire])."""
+    """GET /api/v1/depth: BOTH sides ascending by price, best bid LAST."""
     update_id, (bids, asks) = engine.book(rules)
     return {"asks": [[fmt(p), str(q)] for p, q in asks[:limit]],
             "bids": [[fmt(p), str(q)] for p, q in bids[-limit:]],
@@ -130,7 +130,7 @@ def depth(engine: BackpackEngine, rules: MarketRules, limit: int) -> dict[str, A
 
 
 def ticker(engine: BackpackEngine, rules: MarketRules) -> dict[str, Any]:
-    """GET /api/v1/ticker (§2.7): every value a string, ``trades`` included."""
+    """GET /api/v1/ticker: every value a string, ``trades`` included."""
     first, high, low = engine.stats(rules.base)
     last = engine.exchange.prices[rules.base].mid
     vol, quote, trades = engine.volume.get(rules.base, (Decimal(0), Decimal(0), 0))
@@ -142,8 +142,8 @@ def ticker(engine: BackpackEngine, rules: MarketRules) -> dict[str, Any]:
 
 
 def mark_price(engine: BackpackEngine, rules: MarketRules) -> dict[str, Any]:
-    """One element of GET /api/v1/markPrices (§2.7); the rate and interval of profile.FundingProfile
-    (hourly by default, §2.5)."""
+    """One element of GET /api/v1/markPrices; the rate and interval of profile.FundingProfile
+    (hourly by default, as Backpack settles)."""
     mark = engine.exchange.mark(VENUE, rules.base)
     funding = engine.exchange.profile.funding
     interval_ms = max(int(funding.interval_secs * 1000), 1)

@@ -1,7 +1,7 @@
-"""Backpack WebSocket (``/ws``): subscriptions, private account streams, market data (§3).
+"""Backpack WebSocket (``/ws``): subscriptions, private account streams, market data.
 
 Frames are ``{"stream", "data"}`` envelopes; a successful (UN)SUBSCRIBE gets **no** acknowledgement;
-errors are ``{"id": null, "error": {"code", "message"}}`` (§3.1). The server pings every
+errors are ``{"id": null, "error": {"code", "message"}}``. The server pings every
 ``ping_secs`` (60 s like the real one) and drops a peer that does not answer.
 
 A market-data pump (every ``pump_secs``) publishes ``depth``/``bookTicker`` deltas when the shared
@@ -35,7 +35,7 @@ PRIVATE_KINDS = ("orderUpdate", "positionUpdate")
 PUBLIC_KINDS = ("depth", "bookTicker", "markPrice", "trade")
 DEPTH_WINDOWS = ("200ms", "600ms", "1000ms")
 QUEUE_LIMIT = 10_000
-#: Simulator choice: the reply to a bad WS signature is UNCONFIRMED (§3.2); the code is invented.
+#: Simulator choice: the reply to a bad WS signature is UNCONFIRMED; the code is invented.
 SIGNATURE_ERROR_CODE = 4003
 
 
@@ -135,13 +135,14 @@ class WsHub:
             msg = json.loads(text)
         except (ValueError, RecursionError):
             msg = None
-        method = msg.get("method") if isinstance(msg, dict) else None
-        params = msg.get("params") if isinstance(msg, dict) else None
+        if not isinstance(msg, dict):
+            conn.send(_error(4002, "Parse error"))
+            return
+        method, params = msg.get("method"), msg.get("params")
         if method not in ("SUBSCRIBE", "UNSUBSCRIBE") or not isinstance(params, list) or \
                 not all(isinstance(p, str) for p in params):
             conn.send(_error(4002, "Parse error"))
             return
-        assert isinstance(msg, dict)
         for stream in params:
             problem = self._classify(stream)
             if problem is not None:
@@ -156,11 +157,12 @@ class WsHub:
         new = [p for p in params if p not in conn.streams]
         conn.streams.update(params)
         for stream in new:
-            if stream.startswith("account.positionUpdate"):
-                self._position_snapshot(conn, stream)
+            # A private stream got here only through _authorise, which set the account.
+            if stream.startswith("account.positionUpdate") and conn.account is not None:
+                self._position_snapshot(conn, conn.account, stream)
 
     def _classify(self, stream: str) -> tuple[int, str] | None:
-        """None if the stream name is valid; unknown symbols are silently accepted (§3.1)."""
+        """None if the stream name is valid; unknown symbols are silently accepted."""
         parts = stream.split(".")
         if parts[0] == "account":
             return None if len(parts) in (2, 3) and parts[1] in PRIVATE_KINDS else (4006, "Invalid stream")
@@ -174,7 +176,7 @@ class WsHub:
         return None
 
     def _authorise(self, conn: Conn, signature: Any) -> bool:
-        """§3.2: ``signature`` = [api key, sig of instruction=subscribe&timestamp&window, ts, window]."""
+        """``signature`` = [api key, sig of instruction=subscribe&timestamp&window, ts, window]."""
         if not isinstance(signature, list) or len(signature) != 4 or \
                 not all(isinstance(s, str) for s in signature):
             conn.send(_error(SIGNATURE_ERROR_CODE, "Missing or malformed signature"))
@@ -195,13 +197,12 @@ class WsHub:
         self.engine.exchange.account(VENUE, key)
         return True
 
-    def _position_snapshot(self, conn: Conn, stream: str) -> None:
-        """On subscribe the open positions are pushed WITHOUT ``e`` (§3.4)."""
-        assert conn.account is not None
+    def _position_snapshot(self, conn: Conn, account: str, stream: str) -> None:
+        """On subscribe the open positions are pushed WITHOUT ``e``."""
         symbol = stream.split(".", 2)[2] if stream.count(".") == 2 else None
         with self.engine.exchange.lock:
-            rows = [position_ws(self.engine, conn.account, rules, qty, None)
-                    for rules, qty in open_positions(self.engine, conn.account)
+            rows = [position_ws(self.engine, account, rules, qty, None)
+                    for rules, qty in open_positions(self.engine, account)
                     if symbol is None or rules.symbol == symbol]
         for data in rows:
             conn.send({"stream": stream, "data": data})
@@ -255,7 +256,7 @@ class WsHub:
         await self._drop_ws()
 
     def _publish_book(self, rules: MarketRules) -> bool:
-        """``depth`` deltas (absolute sizes, "0" deletes; U = previous u + 1) and ``bookTicker`` (§3.5)."""
+        """``depth`` deltas (absolute sizes, "0" deletes; U = previous u + 1) and ``bookTicker``."""
         last_id, old_bids, old_asks = self._last_book[rules.base]
         update_id, (bids, asks) = self.engine.book(rules)
         if update_id == last_id:

@@ -1,10 +1,10 @@
 """Simulated Lighter (zkLighter) venue speaking the wire protocol of the official lighter-sdk 1.1.8.
 
 ``create_lighter_app(exchange, rules)`` returns the aiohttp app (``rules``: lighter_rules.py): the
-REST surface of lighter-sdk.md §2,
-the WebSocket of §3 at ``/stream`` (see ``lighter_ws``) and one admin route only this venue
+REST surface the SDK calls,
+the WebSocket at ``/stream`` (see ``lighter_ws``) and one admin route only this venue
 needs, ``POST /_sim/lighter/apikey``. Run it on its own event loop/thread: the Go signer's
-synchronous HTTP calls deadlock if the server shares the caller's loop (lighter-sdk.md §1).
+synchronous HTTP calls deadlock if the server shares the caller's loop.
 
 Choices where the real venue leaves room (documented for the connector):
 
@@ -26,9 +26,9 @@ Choices where the real venue leaves room (documented for the connector):
   ``canceled-not-enough-liquidity`` (depth ran out, or a ``partial_fill`` fault).
   Margin refusals end ``canceled-margin-not-allowed`` (captured status).
 * **Accounts and keys.** Any account index is created on first use with the exchange's starting
-  collateral. API key indexes 0–3 belong to the venue's own apps (docs/api-keys), so with
+  collateral. API key indexes 0–3 belong to the venue's own apps, so with
   ``LighterRules.reserve_api_keys`` a tx signed at one of them is HTTP 400 ``{"code":21108,"message":
-  "invalid PublicKey, please run changePubKey"}`` (docs/troubleshooting's code for a key not registered
+  "invalid PublicKey, please run changePubKey"}`` (the venue's documented code for a key not registered
   at that index; that the venue answers a reserved index with it is UNCONFIRMED) and the admin route
   refuses to register one. Signatures (Poseidon/Schnorr) cannot be checked, so a tx from any
   ``(AccountIndex, ApiKeyIndex)`` is accepted if its nonce is right. ``GET /api/v1/apikeys``
@@ -91,7 +91,7 @@ HUB_KEY = web.AppKey("lighter_ws_hub", LighterWsHub)
 SEND_TX_MESSAGE = '{"ratelimit": "didn\'t use volume quota"}'
 VOLUME_QUOTA = 1000
 PUBLIC_KEY_HEX_CHARS = 80
-#: docs/troubleshooting: "invalid PublicKey, please run changePubKey (21108)".
+#: Lighter's troubleshooting page: "invalid PublicKey, please run changePubKey (21108)".
 INVALID_PUBKEY = 21108
 
 
@@ -147,7 +147,7 @@ class _TxRoutes:
     async def next_nonce(self, request: web.Request) -> web.Response:
         account = qreq(request, "account_index", 0, MAX_48)
         api_key = qreq(request, "api_key_index", 0, 254)
-        # Go's signer needs "code":200 next to the nonce (lighter-sdk.md §2, Go-side HTTP).
+        # Go's signer needs "code":200 next to the nonce, or it fails to read it.
         return await self.gate.read("nonce", account, lambda: {
             "code": 200, "nonce": self.state.next_nonce(account, api_key)})
 
@@ -157,7 +157,7 @@ class _TxRoutes:
         for tx in txs:
             if rules.reserve_api_keys and tx.api_key < RESERVED_API_KEYS:
                 raise LighterError(400, INVALID_PUBKEY, "invalid PublicKey, please run changePubKey")
-        # A signed tx is authenticated: only its L1 address counts (docs/rate-limits, sendTx section).
+        # A signed tx is authenticated: only its L1 address counts, as Lighter documents for sendTx.
         account = txs[0].account
         l1 = self.state.l1_address(account)
         allowed = limiter is None or (limiter.allow_send(l1, rules.tier(account))
@@ -204,7 +204,7 @@ class _TxRoutes:
             return web.json_response({"ok": False, "error": str(exc)}, status=400)
         if self.state.rules.reserve_api_keys and api_key < RESERVED_API_KEYS:
             return web.json_response({"ok": False, "error": f"api_key_index 0..{RESERVED_API_KEYS - 1} are "
-                                      "reserved for the venue's own apps (docs/api-keys)"}, status=400)
+                                      "reserved for the venue's own apps"}, status=400)
         self.state.register_key(account, api_key, public_key)
         logger.info("lighter: registered api key %d for account %d", api_key, account)
         return web.json_response({"ok": True, "account_index": account, "api_key_index": api_key,
@@ -244,7 +244,7 @@ def _parse_key_registration(body: object) -> tuple[int, int, str]:
         raise ValueError("api_key_index must be an integer in 0..254")
     if not isinstance(public_key, str):
         raise ValueError("public_key must be a hex string")
-    # check_client compares against bare hex (lighter-sdk.md §1), so store it without 0x.
+    # check_client compares against bare hex, so store it without 0x.
     key = public_key[2:] if public_key[:2].lower() == "0x" else public_key
     if len(key) != PUBLIC_KEY_HEX_CHARS or not all(c in "0123456789abcdefABCDEF" for c in key):
         raise ValueError("public_key must be 40 bytes of hex")

@@ -45,13 +45,10 @@ def bad_param(name: str) -> LighterError:
     return LighterError(400, INVALID_PARAM, f"invalid param: {name}")
 
 
-def qint(request: web.Request, name: str, lo: int, hi: int, *, required: bool = False,
-         default: int | None = None) -> int | None:
+def qint(request: web.Request, name: str, lo: int, hi: int, *, default: int | None = None) -> int | None:
     """An integer query parameter in [lo, hi]; anything else is ``20001 invalid param``."""
     raw = request.query.get(name)
     if raw is None or raw == "":
-        if required:
-            raise bad_param(name)
         return default
     text = raw.strip()
     digits = text[1:] if text.startswith("-") else text
@@ -64,8 +61,10 @@ def qint(request: web.Request, name: str, lo: int, hi: int, *, required: bool = 
 
 
 def qreq(request: web.Request, name: str, lo: int, hi: int) -> int:
-    value = qint(request, name, lo, hi, required=True)
-    assert value is not None  # required=True raised otherwise
+    """A required integer query parameter in [lo, hi]; absent is ``20001 invalid param`` too."""
+    value = qint(request, name, lo, hi)
+    if value is None:
+        raise bad_param(name)
     return value
 
 
@@ -94,7 +93,7 @@ def token_owner(request: web.Request) -> int | None:
 
 
 def check_rate(state: LighterState, request: web.Request) -> None:
-    """Count a REST request against its bucket; 429 past the budget (docs/rate-limits).
+    """Count a REST request against its bucket; 429 past the budget, as Lighter documents.
 
     "These limits apply to both IP address and L1 address… To bypass IP-based rate limits, clients
     can authenticate each request so that only L1-based rate limits apply": an authenticated request

@@ -1,9 +1,9 @@
 """Lighter-specific simulator types: markets, errors, orders and their wire formatting.
 
 Amounts are ``Decimal``; the wire integers of a tx (``BaseAmount``, ``Price``) are scaled by the
-market's ``size_decimals`` / ``price_decimals`` (lighter-sdk.md §4). Every amount string carries
+market's ``size_decimals`` / ``price_decimals``. Every amount string carries
 *exactly* the market's decimals because the SDK turns book prices into integers with
-``.replace(".", "")`` (lighter-sdk.md §4, slippage helpers).
+``.replace(".", "")`` in its slippage helpers.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation, localcontext
 from typing import Any
 
 VENUE = "lighter"
-#: Client order indexes, accounts and base amounts are capped at 2^48-1 (lighter-sdk.md §1, §4).
+#: Client order indexes, accounts and base amounts are capped at 2^48-1.
 MAX_48 = 2**48 - 1
-#: Prices are uint32 on the wire (lighter-sdk.md §4).
+#: Prices are uint32 on the wire.
 MAX_U32 = 2**32 - 1
 MAX_I64 = 2**63 - 1
 #: USDC amounts are quoted with 6 decimals (orderBookDetails ``supported_quote_decimals``).
@@ -222,7 +222,7 @@ class CancelAllTx:
 @dataclass(frozen=True)
 class UpdateLeverageTx:
     """A validated UPDATE_LEVERAGE (tx_type 20): the account's initial-margin fraction on one market,
-    in basis points (``InitialMarginFraction = int(10000 / leverage)``, lighter-sdk.md §4)."""
+    in basis points (``InitialMarginFraction = int(10000 / leverage)``, as the SDK computes it)."""
 
     account: int
     api_key: int
@@ -239,7 +239,7 @@ ParsedTx = CreateOrderTx | CancelOrderTx | CancelAllTx | UpdateLeverageTx
 def auth_token_valid(token: str | None, account: int, now_s: int) -> bool:
     """Shape check of ``create_auth_token_with_expiry`` output: ``<deadline>:<account>:<key>:<hex>``.
 
-    The signature itself cannot be verified (lighter-sdk.md §0), so a well-formed, unexpired token
+    The signature itself cannot be verified, so a well-formed, unexpired token
     for the right account is accepted.
     """
     if not isinstance(token, str):

@@ -3,7 +3,7 @@
 * A tx may use any unused nonce up to ``nonce_window`` (16) ahead of the next unused one
   (nautilus_trader ``signing/nonce.rs``: "The venue accepts up to 16 out-of-order nonces per
   (account, api_key)"; UNCONFIRMED, see lighter_rules.py). Only an accepted tx uses one.
-* ``nextNonce`` is the lowest unused nonce as it stood ``nonce_lag_ms`` ago: docs/nonce-management,
+* ``nextNonce`` is the lowest unused nonce as it stood ``nonce_lag_ms`` ago: Lighter's nonce page,
   the nonce "will NOT update right away on the server side".
 """
 

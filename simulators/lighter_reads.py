@@ -1,4 +1,4 @@
-"""Read routes of the Lighter simulator (lighter-sdk.md §2 table), registered by ``lighter.py``.
+"""Read routes of the Lighter simulator (the endpoints the SDK calls), registered by ``lighter.py``.
 
 Fault ops: ``position`` for /account, ``orders`` for order/trade/tx lookups of an account,
 ``apikeys`` for /apikeys, ``market`` for public market data (only faults armed without an
@@ -50,10 +50,16 @@ class LighterReads:
         ):
             app.router.add_get(path, handler)
 
-    def _market(self, request: web.Request, required: bool) -> LighterMarket | None:
-        market_id = qint(request, "market_id", 0, 65535, required=required)
-        if market_id is None or (market_id == ALL_MARKETS and not required):
-            return None
+    def _market(self, request: web.Request) -> LighterMarket:
+        """The required ``market_id``: one listed market."""
+        return self._known(qreq(request, "market_id", 0, 65535))
+
+    def _market_filter(self, request: web.Request) -> LighterMarket | None:
+        """An optional ``market_id``; absent or ``ALL_MARKETS`` filters nothing (None)."""
+        market_id = qint(request, "market_id", 0, 65535)
+        return None if market_id is None or market_id == ALL_MARKETS else self._known(market_id)
+
+    def _known(self, market_id: int) -> LighterMarket:
         market = self.state.markets.get(market_id)
         if market is None:
             raise LighterError(400, INVALID_MARKET, "invalid market index")
@@ -81,14 +87,12 @@ class LighterReads:
             "code": 200, "order_books": [order_book_json(m) for m in markets]})
 
     async def order_book_orders(self, request: web.Request) -> web.Response:
-        market = self._market(request, required=True)
-        assert market is not None
+        market = self._market(request)
         limit = qreq(request, "limit", 1, 250)
         return await self.gate.read("market", None, lambda: order_book_orders_json(self.state, market, limit))
 
     async def recent_trades(self, request: web.Request) -> web.Response:
-        market = self._market(request, required=True)
-        assert market is not None
+        market = self._market(request)
         limit = qreq(request, "limit", 1, 100)
 
         def build() -> dict[str, Any]:
@@ -113,7 +117,7 @@ class LighterReads:
             account: int | None = qreq(request, "value", 0, MAX_48)
         else:
             account = self.state.account_by_l1(value)
-        if account is None:  # captured: HTTP 200 with code 21100 (fixtures/README.md)
+        if account is None:  # captured: HTTP 200 with code 21100 (tests/fixtures/README.md)
             return web.json_response({"code": ACCOUNT_NOT_FOUND, "message": "account not found"})
         found = account
 
@@ -133,7 +137,7 @@ class LighterReads:
 
     async def active_orders(self, request: web.Request) -> web.Response:
         account = qreq(request, "account_index", 0, MAX_48)
-        market = self._market(request, required=False)
+        market = self._market_filter(request)
         require_auth(request, account)
 
         def build() -> dict[str, Any]:
@@ -146,7 +150,7 @@ class LighterReads:
     async def inactive_orders(self, request: web.Request) -> web.Response:
         account = qreq(request, "account_index", 0, MAX_48)
         limit = qreq(request, "limit", 1, 100)
-        market = self._market(request, required=False)
+        market = self._market_filter(request)
         ask = qint(request, "ask_filter", -1, 1, default=-1)
         start, end = _between(request.query.get("between_timestamps"))
         cursor = qint(request, "cursor", 0, MAX_I64, default=0) or 0
@@ -183,7 +187,7 @@ class LighterReads:
         if not request.query.get("sort_by"):
             raise bad_param("sort_by")
         limit = qreq(request, "limit", 1, 100)
-        market = self._market(request, required=False)
+        market = self._market_filter(request)
         account = qint(request, "account_index", -1, MAX_48)
         account = None if account == -1 else account
         order_index = qint(request, "order_index", 0, MAX_I64)

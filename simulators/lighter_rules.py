@@ -6,7 +6,7 @@ cites its source; wording the sources do not give is marked UNCONFIRMED.
 
 What is on by default and why:
 
-* **Rate limits** (on, Standard tier): apidocs.lighter.xyz/docs/rate-limits. Every simulated account
+* **Rate limits** (on, Standard tier), as https://apidocs.lighter.xyz/docs/rate-limits gives them. Every simulated account
   shares 127.0.0.1, as both Lighter workers of a host share its IP; the workers read positions, fills
   and the book from their stream and keep REST within a budget shared through Redis, so a whole
   cycle costs 6-8 requests per account. Tests of REST faults read REST only, every 0.2-0.5 s, and
@@ -20,13 +20,13 @@ What is on by default and why:
   out-of-order nonces per (account, api_key)"); a later revision of that file and api-evangelist's
   Lighter conventions say out-of-order nonces are refused without ``SkipNonce``, so UNCONFIRMED. The
   connector sends one tx at a time, so it never leaves a gap; ``nonce_window=0`` is the strict rule.
-* **nextNonce lag** (on, 200 ms): docs/nonce-management says an accepted tx's nonce "will NOT update
+* **nextNonce lag** (on, 200 ms): Lighter's nonce page says an accepted tx's nonce "will NOT update
   right away on the server side"; the docs give no figure, 200 ms is this simulator's. The connector
   never takes a nextNonce below a nonce the venue accepted from it (``LighterSigner``), so a read
   inside the lag after its own tx costs nothing; after an outcome it cannot know (a timeout) a
   lagging read may hand it a used nonce, which the venue refuses and the one retry re-reads.
-* **Reserved API key indexes** (on): docs/api-keys: "indexes {0,1,2,3} are reserved for desktop and
-  mobile interfaces"; docs/production-checklist: "a dedicated API key index (4–254)".
+* **Reserved API key indexes** (on): Lighter's API-key page: "indexes {0,1,2,3} are reserved for desktop and
+  mobile interfaces"; its production checklist: "a dedicated API key index (4–254)".
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ __all__ = [
     "WINDOW_SECS", "LighterRules", "RateLimiter", "Tier", "endpoint_weight",
 ]
 
-#: docs/api-keys: indexes {0,1,2,3} are reserved for the venue's desktop and mobile apps.
+#: Indexes {0,1,2,3} are reserved for the venue's desktop and mobile apps.
 RESERVED_API_KEYS = 4
 
 

@@ -16,7 +16,7 @@ Rules (see also the ``lighter`` module docstring):
 * ``client_order_index`` values other than 0 are unique per account over the account's whole
   history (stricter than needed on mainnet, so a double submit can never slip through a test).
 * Market and IOC orders fill against the synthetic book up to the tx's ``Price``, the worst
-  acceptable price (lighter-sdk.md §4); the rest is canceled. Resting limit orders fill when the
+  acceptable price; the rest is canceled. Resting limit orders fill when the
   book crosses them (checked on every read and by the WebSocket ticker).
 * UpdateLeverage (tx type 20) sets the account's initial-margin fraction on one market; the
   account then lists that market in ``positions`` even while flat (captured account fixtures list
@@ -176,8 +176,8 @@ class LighterState:
         return [self._apply(tx, kind, text, None) for tx, kind, text in txs]
 
     def _check(self, tx: ParsedTx, expected_nonce: int | None, pending: set[tuple[int, int]]) -> None:
-        # HTTP 400 + "invalid nonce" is what makes the SDK resync (lighter-sdk.md §2 decorator).
-        # A batch's nonces are consecutive (docs/troubleshooting: "Batch nonces must be consecutive").
+        # HTTP 400 + "invalid nonce" is what makes the SDK resync its nonce.
+        # A batch's nonces are consecutive, or the venue refuses the batch.
         key = (tx.account, tx.api_key)
         if (tx.nonce != expected_nonce) if expected_nonce is not None else not self.nonce_book.ok(key, tx.nonce):
             raise LighterError(400, 21104, "invalid nonce")

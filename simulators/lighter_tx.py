@@ -1,7 +1,7 @@
 """Parse and validate Lighter tx_info payloads (sendTx / sendTxBatch form fields).
 
 Anything malformed is a :class:`LighterError` with HTTP 400 and a code from the venue's table
-(lighter-sdk.md §2 "Result codes", after ccxt's ``lighter.ts``); nothing here touches state, so
+(as ccxt's ``lighter.ts`` carries it); nothing here touches state, so
 garbage is refused before it can consume a nonce or an armed fault.
 """
 
@@ -80,7 +80,7 @@ def _market(markets: Mapping[int, LighterMarket], index: int) -> LighterMarket:
 
 def _common(info: Mapping[str, Any], now_ms: int) -> tuple[int, int, int, int]:
     account = _int(info, "AccountIndex", 0, MAX_48)
-    # 255 is the SDK's "let the nonce manager pick" sentinel, never a real key (lighter-sdk.md §1).
+    # 255 is the SDK's "let the nonce manager pick" sentinel, never a real key.
     api_key = _int(info, "ApiKeyIndex", 0, 254)
     nonce = _int(info, "Nonce", 0, MAX_I64)
     expired_at = _int(info, "ExpiredAt", 0, MAX_I64)
@@ -150,7 +150,7 @@ def _parse_create(info: Mapping[str, Any], markets: Mapping[int, LighterMarket],
         raise _bad(INVALID_TX_INFO, "unsupported order type")
     if order_type == ORDER_TYPE_MARKET and tif != TIF_IOC:
         raise LighterError(400, INVALID_TIF, "invalid order time in force")
-    # IOC orders carry OrderExpiry 0; resting ones a future expiry (lighter-sdk.md §1, §4).
+    # IOC orders carry OrderExpiry 0; resting ones a future expiry.
     if (tif == TIF_IOC and expiry != 0) or (tif in (TIF_GTT, TIF_POST_ONLY) and expiry <= now):
         raise LighterError(400, INVALID_EXPIRY, "invalid order expiry")
     base = market.base_from_int(base_int)

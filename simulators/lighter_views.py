@@ -2,7 +2,7 @@
 
 Field sets follow ``tests/fixtures/lighter.json`` (orderBookDetails, account, positions,
 orderBookOrders); ints stay JSON numbers and amounts JSON strings, because the SDK does not
-coerce types (lighter-sdk.md §2 "Types are not coerced").
+coerce types.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def order_book_orders_json(state: LighterState, market: LighterMarket, limit: in
 
 
 def order_book_json(market: LighterMarket) -> dict[str, Any]:
-    """orderBooks entry: supported_* decimals only, no size_decimals/price_decimals (lighter-sdk.md §2)."""
+    """orderBooks entry: supported_* decimals only, no size_decimals/price_decimals."""
     return {
         "symbol": market.base, "market_id": market.market_id, "market_type": "perp",
         "base_asset_id": 0, "quote_asset_id": 0, "status": "active",

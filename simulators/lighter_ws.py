@@ -1,4 +1,4 @@
-"""Lighter WebSocket at ``/stream`` (lighter-sdk.md §3).
+"""Lighter WebSocket at ``/stream``.
 
 Protocol: the server greets with ``{"type":"connected"}``; clients send
 ``{"type":"subscribe","channel":"order_book/0"}`` (slash) and replies name the channel with a

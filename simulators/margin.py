@@ -1,7 +1,7 @@
 """Initial and maintenance margin of simulated accounts, and who the liquidation engine closes.
 
 Backpack fractions come from the market's ``imfFunction``/``mmfFunction`` (``max(base, factor × √|q|)``,
-backpack-api.md §2.4, captured position fixtures: imf 0.02, mmf 0.0125); Lighter's from the profile
+captured position fixtures: imf 0.02, mmf 0.0125); Lighter's from the profile
 (captured orderBookDetails ETH: default IMF 500 bp, maintenance 120 bp). An account is cross-margined
 per venue: the requirement is the sum over its positions of ``|q| × mark × fraction``, and equity is
 collateral (fees and funding already taken) plus unrealised PnL at the mark.

@@ -111,8 +111,8 @@ class FundingProfile:
 
     Fields (defaults):
       enabled = True                    False: no funding payments
-      interval_secs = 3600              Backpack perps settle hourly (``fundingInterval`` 3600000 ms,
-                                        backpack-api.md §2.5); Lighter funding is hourly as well
+      interval_secs = 3600              Backpack perps settle hourly (``fundingInterval`` 3600000 ms);
+                                        Lighter funding is hourly as well
       backpack_rate = 0.0000125         per interval (the simulator's ``markPrices`` figure)
       lighter_rate = 0.000096           per interval (captured ``funding-rates`` ETH rate, lighter.json)
     """
@@ -130,8 +130,8 @@ class FundingProfile:
 class MarginProfile:
     """Initial and maintenance margin, and the liquidation engine.
 
-    Backpack fractions are the market's ``imfFunction``/``mmfFunction`` (``max(base, factor × √|q|)``,
-    backpack-api.md §2.4); Lighter's are orderBookDetails' basis points (captured ETH market:
+    Backpack fractions are the market's ``imfFunction``/``mmfFunction`` (``max(base, factor × √|q|)``);
+    Lighter's are orderBookDetails' basis points (captured ETH market:
     default IMF 500 = 5 %, maintenance 120 = 1.2 %).
 
     Fields (defaults):
@@ -178,12 +178,12 @@ class BackpackProfile:
     Fields (defaults):
       rate_limit = True                 429 TOO_MANY_REQUESTS past the limit; False: no limit
       requests_per_minute = 2000        per API key (subaccount) over the REST endpoints, per client
-                                        address for public ones (backpack-api.md §2.10, support FAQ)
+                                        address for public ones (Backpack's support FAQ)
       reduce_only_expires = True        a reduce-only order that would not reduce comes back ``Expired`` with
                                         ``ReduceOnlyNotReduced`` (OpenAPI ``OrderExpiryReason``); False keeps
                                         the old 400 INVALID_ORDER
       flat_position_404 = False         what ``GET /api/v1/position`` (no ``symbol``) answers for a flat account:
-                                        ``[]`` (False, "probably", backpack-api.md §2.4) or the JSON 404
+                                        ``[]`` (False, the likelier reading) or the JSON 404
                                         "Position not found" the spec lists (True). No capture settles it, so
                                         the connector reads both as flat; with ``symbol`` it is always the 404
     """

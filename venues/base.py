@@ -470,7 +470,7 @@ class VenueConnector(abc.ABC):
                 return FlattenReport(self.account, symbol, True, tuple(orders), reading)
             if size < rules.min_quantity and not self.closes_below_minimum:
                 # Dust: the venue refuses an order this small, so nothing can close it. Report the
-                # read instead of raising; the exit's report calls it dust (issue 16 item 8).
+                # read instead of raising; the exit's report calls it dust.
                 return FlattenReport(self.account, symbol, False, tuple(orders), reading)
             side = Side.to_reduce(reading.quantity)
             orders.append(self.submit_market_order(symbol, next(client_ids), side, size, reduce_only=True))

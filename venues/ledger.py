@@ -1,4 +1,5 @@
-"""An account's fill and funding records over a time window, venue-neutral (issue 16 item 13).
+"""An account's fill and funding records over a time window, venue-neutral: the input of
+a cycle's realised PnL split into trading, fees and funding.
 
 What :meth:`venues.base.VenueConnector.account_history` returns: every fill of one symbol (the
 account's own orders, with their client ids, and the venue's system orders such as liquidations)

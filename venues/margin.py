@@ -1,10 +1,10 @@
 """A venue's initial-margin rule for one market, as the venue publishes it (no Celery, no I/O).
 
 Backpack publishes ``imfFunction`` ``{"base", "factor", "type": "sqrt"}`` per market: the fraction
-of a position of ``q`` base units is ``max(base, factor × √|q|)`` (backpack-api.md §2.4, the rule
-the simulator applies). Lighter publishes ``default_initial_margin_fraction`` in basis points per
-market (captured ETH: 500 = 5 %, i.e. 20x); an account trades at that fraction until its leverage
-is updated (tx type 20 UpdateLeverage), down to ``min_initial_margin_fraction`` (200 = 50x).
+of a position of ``q`` base units is ``max(base, factor × √|q|)`` (the rule the simulator applies).
+Lighter publishes ``default_initial_margin_fraction`` in basis points per market (captured ETH:
+500 = 5 %, i.e. 20x); an account trades at that fraction until its leverage is updated (tx type 20
+UpdateLeverage), down to ``min_initial_margin_fraction`` (200 = 50x).
 """
 
 from __future__ import annotations

@@ -1,23 +1,17 @@
-"""Order state machine with fill de-duplication and event fan-out.
+"""Order state machine with fill de-duplication.
 
 ``NEW → SUBMITTING → OPEN → PARTIALLY_FILLED → FILLED | CANCELLED | FAILED``. A tracker never
-moves backwards and never leaves a final state (original bug §8.4: a late WebSocket status
-overwrote FILLED). Fills are counted once per trade id, whichever channel reports them first.
+moves backwards and never leaves a final state, so a late WebSocket status cannot overwrite
+FILLED. Fills are counted once per trade id, whichever channel reports them first.
 """
 
 from __future__ import annotations
 
-import logging
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
-from enum import Enum
-from typing import Any
 
 from venues.base import OrderReport, OrderState, Side
-
-log = logging.getLogger(__name__)
 
 _RANK = {
     OrderState.NEW: 0,
@@ -28,27 +22,6 @@ _RANK = {
     OrderState.CANCELLED: 4,
     OrderState.FAILED: 4,
 }
-
-
-class EventKind(str, Enum):
-    """Events a connector emits to its listeners."""
-
-    #: An order changed state.
-    ORDER = "order"
-    #: A fill (trade) was applied to an order.
-    TRADE = "trade"
-    #: A position update arrived from the venue.
-    POSITION = "position"
-
-
-@dataclass(frozen=True)
-class ConnectorEvent:
-    kind: EventKind
-    account: str
-    payload: dict[str, Any]
-
-
-Listener = Callable[[ConnectorEvent], None]
 
 
 @dataclass
@@ -112,33 +85,18 @@ class OrderTracker:
 
 
 class OrderBook:
-    """Trackers of one connector plus its listeners; thread-safe (WebSocket threads feed it)."""
+    """Trackers of one connector; thread-safe (WebSocket threads feed it)."""
 
     def __init__(self, account: str, max_trackers: int = 1000) -> None:
         self.account = account
         self._trackers: dict[int, OrderTracker] = {}
-        self._listeners: list[Listener] = []
         self._lock = threading.RLock()
         self._max = max_trackers
-
-    def add_listener(self, listener: Listener) -> None:
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self._listeners.remove(listener)
-
-    def emit(self, kind: EventKind, payload: dict[str, Any]) -> None:
-        event = ConnectorEvent(kind, self.account, payload)
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("account=%s listener failed on %s event", self.account, kind.value)
 
     def track(self, tracker: OrderTracker) -> OrderTracker:
         with self._lock:
             # A client id is never reused, so a new tracker for it replaces nothing useful;
-            # evict the oldest final trackers to bound memory (original bug §8.4).
+            # evict the oldest final trackers to bound memory (live ones are never evicted).
             self._trackers[tracker.client_id] = tracker
             if len(self._trackers) > self._max:
                 for cid in [c for c, t in self._trackers.items() if t.state.final][: len(self._trackers) - self._max]:
@@ -157,17 +115,12 @@ class OrderBook:
                 return None
             if venue_order_id and not tracker.venue_order_id:
                 tracker.venue_order_id = venue_order_id
-            changed = tracker.transition(state, reason)
-        if changed:
-            self.emit(EventKind.ORDER, tracker.report().to_json())
+            tracker.transition(state, reason)
         return tracker
 
     def apply_fill(self, client_id: int, trade_id: str, quantity: Decimal, price: Decimal) -> OrderTracker | None:
         with self._lock:
             tracker = self._trackers.get(client_id)
-            if tracker is None or not tracker.apply_fill(trade_id, quantity, price):
-                return tracker
-        self.emit(EventKind.TRADE, {"client_id": client_id, "trade_id": trade_id,
-                                    "quantity": str(quantity), "price": str(price)})
-        self.emit(EventKind.ORDER, tracker.report().to_json())
-        return tracker
+            if tracker is not None:
+                tracker.apply_fill(trade_id, quantity, price)
+            return tracker

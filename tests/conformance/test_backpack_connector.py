@@ -23,7 +23,7 @@ from venues.backpack.credentials import generate_backpack_keys
 from venues.backpack.events import StreamState
 from venues.backpack.parsing import parse_ws_order, parse_ws_position
 from venues.base import OrderState, ReasonCode, Side, VenueError
-from venues.orders import ConnectorEvent, EventKind, OrderBook, OrderTracker
+from venues.orders import OrderBook, OrderTracker
 
 SYMBOL = "ETH_USDC_PERP"
 _ids = itertools.count(int(time.time()) % 1_000_000 * 1000 + 1)
@@ -64,19 +64,10 @@ def audit(simulator: Any, conn: BackpackConnector, client_id: int | None = None)
                 conn._signer.api_key and (client_id is None or e.client_id == client_id)]
 
 
-class Events:
-    def __init__(self) -> None:
-        self.items: list[ConnectorEvent] = []
-        self.lock = threading.Lock()
-
-    def __call__(self, event: ConnectorEvent) -> None:
-        with self.lock:
-            self.items.append(event)
-
-    def of(self, kind: EventKind, **match: Any) -> list[dict[str, Any]]:
-        with self.lock:
-            return [e.payload for e in self.items if e.kind is kind
-                    and all(e.payload.get(k) == v for k, v in match.items())]
+def ws_quantity(conn: BackpackConnector) -> Decimal | None:
+    """The position the account stream last pushed for SYMBOL (None: none since connecting)."""
+    reading = conn._stream_state.fresh_position(SYMBOL, max_age=60.0)
+    return None if reading is None else reading.quantity
 
 
 def test_market_rules_carry_the_markets_imf_function(connector: Factory, simulator: Any) -> None:
@@ -151,7 +142,7 @@ def test_reduce_only_that_would_not_reduce_comes_back_expired(connector: Factory
     cid = next_id()
     report = conn.submit_market_order(SYMBOL, cid, Side.SELL, Decimal("0.01"), reduce_only=True)
     assert report.state is OrderState.CANCELLED and report.filled == 0 and report.reason == "Expired"
-    found = conn.find_order(SYMBOL, cid)  # the history carries the expiry reason (§2.3)
+    found = conn.find_order(SYMBOL, cid)  # the history carries the expiry reason
     assert found is not None and found.filled == 0 and found.reason == "ReduceOnlyNotReduced"
     assert conn.get_position(SYMBOL).quantity == 0
 
@@ -217,7 +208,7 @@ def test_cancels(connector: Factory, simulator: Any) -> None:
     conn.submit_market_order(SYMBOL, cid, Side.BUY, Decimal("0.01"))
     assert conn.cancel_all(SYMBOL) == 0
     with pytest.raises(VenueError) as info:
-        conn.cancel_all(10.0)  # type: ignore[arg-type]  # original bug §8.11
+        conn.cancel_all(10.0)  # type: ignore[arg-type]  # a number is refused, not read as a symbol
     assert info.value.reason is ReasonCode.INVALID_REQUEST
     done = conn.cancel_order(SYMBOL, cid)  # no longer open: its final record
     assert done is not None and done.state is OrderState.FILLED
@@ -277,8 +268,6 @@ def test_flatten_ends_flat_with_a_fresh_read(connector: Factory, simulator: Any)
 
 def test_two_accounts_never_see_each_other(connector: Factory, simulator: Any) -> None:
     a, b = connector("bp-a"), connector("bp-b")
-    events_b = Events()
-    b.add_listener(events_b)
     b.start_streams([SYMBOL])
     wait_until(lambda: b.stream is not None and b.stream.connected, timeout=5, what="b connected")
     cid = next_id()
@@ -287,53 +276,49 @@ def test_two_accounts_never_see_each_other(connector: Factory, simulator: Any) -
     assert b.get_position(SYMBOL).quantity == Decimal(0)
     assert b.find_order(SYMBOL, cid) is None
     time.sleep(0.3)
-    assert events_b.items == []
+    assert b.orders.get(cid) is None and ws_quantity(b) is None  # nothing of a's reached b's stream
 
 
 # ---- streams --------------------------------------------------------------------------------
-def test_streams_feed_events_and_survive_a_drop(connector: Factory, simulator: Any) -> None:
+def test_streams_feed_fills_and_positions_and_survive_a_drop(connector: Factory, simulator: Any) -> None:
     conn = connector()
-    events = Events()
-    conn.add_listener(events)
     conn.start_streams([SYMBOL])
     stream = conn.stream
     assert stream is not None
     wait_until(lambda: stream.connected, timeout=5, what="stream connected")
-    time.sleep(0.1)  # the subscribe frame has no acknowledgement (§3.1)
+    time.sleep(0.1)  # the venue acknowledges no subscribe, so give it a moment before ordering
     first = next_id()
     report = conn.submit_market_order(SYMBOL, first, Side.BUY, Decimal("0.02"))
-    wait_until(lambda: events.of(EventKind.TRADE, client_id=first), timeout=5, what="first trade event")
-    wait_until(lambda: events.of(EventKind.POSITION, symbol=SYMBOL), timeout=5, what="position event")
     tracker = conn.orders.get(first)
-    assert tracker is not None and tracker.filled == report.filled  # REST and WS counted once
-    assert len(events.of(EventKind.TRADE, client_id=first)) == 1
+    assert tracker is not None
+    wait_until(lambda: tracker.trade_ids, timeout=5, what="first fill on the stream")
+    wait_until(lambda: ws_quantity(conn) == Decimal("0.02"), timeout=5, what="position on the stream")
+    assert tracker.filled == report.filled and len(tracker.trade_ids) == 1  # REST and WS counted once
 
     arm(simulator, conn, FaultKind.DROP_WS, "ws")
     wait_until(lambda: stream.connects >= 2 and stream.connected, timeout=10, what="reconnect")
     time.sleep(0.1)
     second = next_id()
     conn.submit_market_order(SYMBOL, second, Side.BUY, Decimal("0.01"))
-    wait_until(lambda: events.of(EventKind.TRADE, client_id=second), timeout=5, what="trade after reconnect")
-    positions = events.of(EventKind.POSITION, symbol=SYMBOL)
-    wait_until(lambda: events.of(EventKind.POSITION, quantity="0.03"), timeout=5, what="position 0.03")
-    assert positions[0]["source"] == "ws"
+    again = conn.orders.get(second)
+    assert again is not None
+    wait_until(lambda: again.trade_ids, timeout=5, what="fill on the stream after reconnect")
+    wait_until(lambda: ws_quantity(conn) == Decimal("0.03"), timeout=5, what="position 0.03 on the stream")
 
 
 def test_fresh_ws_position_is_used_only_after_our_last_order(connector: Factory, simulator: Any) -> None:
     conn = connector()
-    events = Events()
-    conn.add_listener(events)
     conn.start_streams([SYMBOL])
     stream = conn.stream
     assert stream is not None
     wait_until(lambda: stream.connected, timeout=5, what="stream connected")
     time.sleep(0.1)
     conn.submit_market_order(SYMBOL, next_id(), Side.BUY, Decimal("0.02"))
-    wait_until(lambda: events.of(EventKind.POSITION, quantity="0.02"), timeout=5, what="position event")
+    wait_until(lambda: ws_quantity(conn) == Decimal("0.02"), timeout=5, what="position on the stream")
     assert conn.get_position(SYMBOL).quantity == Decimal("0.02")  # REST or WS: both must agree
     requests.post(simulator.urls["backpack"] + "/_sim/liquidate", timeout=5,
                   json={"venue": "backpack", "account": conn._signer.api_key, "base": "ETH"})
-    wait_until(lambda: events.of(EventKind.POSITION, quantity="0"), timeout=5, what="positionClosed")
+    wait_until(lambda: ws_quantity(conn) == Decimal(0), timeout=5, what="positionClosed")
     reading = conn.get_position(SYMBOL)
     assert reading.source == "ws" and reading.quantity == Decimal(0)
     time.sleep(conn.ws_position_max_age + 0.1)
@@ -368,8 +353,6 @@ def _order_frame(trade: int | None, last: str, cumulative: str, status: str, cid
 
 def test_ws_fills_count_once_alongside_the_rest_cumulative() -> None:
     book = OrderBook("bp")
-    events = Events()
-    book.add_listener(events)
     state = StreamState("bp", book, threading.RLock())
     tracker = book.track(OrderTracker(7, SYMBOL, Side.BUY, Decimal(1), state=OrderState.SUBMITTING))
     state.apply_order(_order_frame(None, "0", "0", "New"))
@@ -379,11 +362,11 @@ def test_ws_fills_count_once_alongside_the_rest_cumulative() -> None:
     tracker.apply_cumulative(Decimal(1), Decimal(100))  # the REST answer: everything filled
     state.apply_order(_order_frame(12, "0.6", "1", "Filled"))  # already inside that cumulative
     assert tracker.filled == Decimal(1) and tracker.state is OrderState.FILLED
-    assert [e["trade_id"] for e in events.of(EventKind.TRADE)] == ["11", "12"]
+    assert tracker.trade_ids == {"11", "12"}
     state.apply_order(_order_frame(None, "0", "1", "New"))  # a late status never moves it back
     assert tracker.state is OrderState.FILLED
-    state.apply_order(_order_frame(13, "0.5", "0.5", "Expired", cid=8))  # not ours: reported, not tracked
-    assert events.of(EventKind.ORDER, client_id=8)[0]["state"] == "cancelled"
+    state.apply_order(_order_frame(13, "0.5", "0.5", "Expired", cid=8))  # not ours: logged, not tracked
+    assert book.get(8) is None
 
 
 def test_ws_position_freshness_rules() -> None:

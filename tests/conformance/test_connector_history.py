@@ -1,10 +1,11 @@
 """Both connectors' ``account_history`` (fills with fees, funding) against the simulators with fees and
-funding on, and the parsers against the published shapes (issue 16 item 13).
+funding on, and the parsers against the published shapes: what the cycle report's
+realised PnL split rests on.
 
 Sources: Backpack ``GET /wapi/v1/history/fills`` rows ``{tradeId, clientId: string, orderId, symbol,
-side, price, quantity, fee, feeSymbol, isMaker, systemOrderType, timestamp}`` (backpack-api.md §2.8)
+side, price, quantity, fee, feeSymbol, isMaker, systemOrderType, timestamp}``
 and ``GET /wapi/v1/history/funding`` (the OpenAPI FundingPayment, ``quantity`` + received); Lighter
-``GET /api/v1/trades`` Trade rows (lighter-sdk.md §2; fee rates in ppm as in the fixtures
+``GET /api/v1/trades`` Trade rows (fee rates in ppm as in the fixtures
 ``ws_update_account_all_trades_nautilus``, omitted when zero as in ``trades_account_testnet_ccxt``)
 and ``GET /api/v1/positionFunding`` (lighter-sdk 1.1.8 ``AccountApi.position_funding``).
 """

@@ -239,7 +239,7 @@ def test_http_400_refusal_rolls_the_nonce_back(conn: LighterConnector, simulator
         conn._loop.run(send, 10)
     assert (err.value.reason, err.value.status, err.value.code) == (ReasonCode.UNKNOWN_MARKET, 400, 21602)
     assert conn.nonce_state() == before
-    # The venue agrees once its nextNonce has caught up with the accepted order (it lags: docs/nonce-management).
+    # The venue agrees once its nextNonce has caught up with the accepted order (it lags).
     wait_until(lambda: before == f"next={_nonce_at_venue(simulator, conn)}", timeout=5, what="the venue's nextNonce")
     assert conn.submit_market_order(SYMBOL, next(_client_ids), Side.BUY, Decimal("0.01")).state is OrderState.FILLED
 

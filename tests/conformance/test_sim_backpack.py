@@ -1,6 +1,6 @@
 """The Backpack simulator over real HTTP and WebSocket, signed independently of any connector code.
 
-Signing here follows backpack-api.md §1.3/§1.4 with pynacl directly, so a simulator that verified
+Signing here follows the venue's signing rules with pynacl directly, so a simulator that verified
 something else than the documented string would fail these tests.
 """
 
@@ -53,7 +53,7 @@ MARKET_KEYS = {
 WS_POSITION_KEYS = {"B", "E", "M", "P", "Q", "T", "b", "f", "i", "l", "m", "n", "p", "q", "s"}
 
 
-# ---- independent signing (backpack-api.md §1.3) ------------------------------------------------
+# ---- independent signing ------------------------------------------------
 def render(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -353,9 +353,9 @@ def test_time_in_force_and_duplicate_open_client_id(client: Client) -> None:
 
 
 def test_limit_ioc_fills_up_to_its_price_and_expires_the_rest(client: Client) -> None:
-    # backpack-api.md §2.2 (timeInForce IOC), §2.3 (Expired keeps its executedQuantity; history adds
-    # expiryReason ImmediateOrCancel) and §3.3 (IOC rejects end Expired): what the hedge's price-capped
-    # orders rely on (issue 16 item 10). Asks rest 5 ETH a level at 3000.60, 3000.90, 3001.20, ...
+    # timeInForce IOC: the order ends Expired keeping its executedQuantity, the history adds expiryReason
+    # ImmediateOrCancel and the socket reports Expired. The hedge's price-capped orders rely on this to
+    # never rest beyond their cap. Asks rest 5 ETH a level at 3000.60, 3000.90, 3001.20, ...
     body = client.order(orderType="Limit", side="Bid", quantity="50", price="3001.20", timeInForce="IOC",
                         clientId=77).json()
     assert set(body) == LIMIT_ORDER_KEYS and (body["status"], body["timeInForce"]) == ("Expired", "IOC")
@@ -537,7 +537,7 @@ def test_ws_order_and_position_updates(sim: SimulatorServer, client: Client) -> 
         assert isinstance(fill["E"], int) and fill["m"] is False
         assert pos["q"] == "0.03" and all(isinstance(pos[k], str) for k in "BMPQbflmnpq")
         admin(client.base, "liquidate", {"venue": "backpack", "account": client.key, "base": "ETH"})
-        # The liquidation's system order fills first (origin LIQUIDATION_AUTOCLOSE, §3.3), then the position closes.
+        # The liquidation's system order fills first (origin LIQUIDATION_AUTOCLOSE), then the position closes.
         liquidation, closed = (f["data"] for f in frames(ws, 2))
         assert (liquidation["e"], liquidation["O"], liquidation["l"]) == ("orderFill", "LIQUIDATION_AUTOCLOSE", "0.0300")
         assert (closed["e"], closed["q"]) == ("positionClosed", "0")
@@ -647,7 +647,7 @@ json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70
                            lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5),
                                                                                              children, max_size=3),
                            max_leaves=6)
-# Scalars only: their signing text is the same in every language (§1.3), so no request fails on auth.
+# Scalars only: their signing text is the same in every language, so no request fails on auth.
 scalar_values = st.booleans() | st.integers(-2**70, 2**70) | st.text(max_size=20)
 VALID = {"symbol": st.sampled_from([ETH, "BTC_USDC_PERP"]), "side": st.sampled_from(["Bid", "Ask"]),
          "orderType": st.sampled_from(["Market", "Limit"]),

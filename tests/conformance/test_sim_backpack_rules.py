@@ -23,7 +23,7 @@ def with_backpack(**rules: Any) -> SimProfile:
 
 
 def test_rate_limit_answers_429_past_the_budget() -> None:
-    # §2.10 (support FAQ): 2000 requests/min per subaccount, then HTTP 429 TOO_MANY_REQUESTS, no
+    # Backpack's support FAQ: 2000 requests/min per subaccount, then HTTP 429 TOO_MANY_REQUESTS, no
     # Retry-After. A budget of 5 here; another key and the public endpoints have their own.
     with server(with_backpack(rate_limit=True, requests_per_minute=5)) as sim:
         client, other = Client(sim.urls["backpack"]), Client(sim.urls["backpack"])
@@ -51,8 +51,8 @@ def test_rate_limit_window_slides() -> None:
 
 
 def test_reduce_only_that_would_not_reduce_expires() -> None:
-    # OpenAPI OrderExpiryReason ReduceOnlyNotReduced (backpack-api.md §2.3): accepted, expired unfilled,
-    # orderAccepted then orderExpired with R on the socket (§3.3), expiryReason in the history.
+    # OpenAPI OrderExpiryReason ReduceOnlyNotReduced: accepted, expired unfilled,
+    # orderAccepted then orderExpired with R on the socket, expiryReason in the history.
     with server(SimProfile()) as sim:
         client = Client(sim.urls["backpack"])
         ws = ws_connect(sim)
@@ -73,7 +73,7 @@ def test_reduce_only_that_would_not_reduce_expires() -> None:
 
 
 def test_flat_position_answers_and_the_connector_reads_both(tmp_path: Any) -> None:
-    # §2.4: a flat account "probably" gets [] and ?symbol= with no position is 404 "Position not found";
+    # The venue's spec: a flat account probably gets [] and ?symbol= with no position is 404 "Position not found";
     # no capture settles the list case, so the simulator can answer either and the connector reads both
     # as flat (venues/backpack/errors.is_no_position).
     for flat_404 in (False, True):

@@ -2,7 +2,7 @@
 
 The app runs on its own event loop in a background thread: the SDK's Go signer makes blocking
 HTTP calls (check_client, nonce=-1 signing) that would deadlock a server sharing the caller's
-loop (lighter-sdk.md §1). Each test uses fresh account indexes, so tests share one server.
+loop. Each test uses fresh account indexes, so tests share one server.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from simulators.market import Exchange, FaultKind
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
-KEY = 4  # 0-3 are reserved for the venue's own apps (docs/api-keys)
+KEY = 4  # 0-3 are reserved for the venue's own apps
 ETH = 0
 BTC = 1
 LIMIT, MARKET = 0, 1

@@ -2,7 +2,7 @@
 fraction per market, as the venue reports it and as its margin rule applies it.
 
 Sources: lighter-sdk 1.1.8 ``update_leverage`` sends ``InitialMarginFraction = int(10000 / leverage)``
-and ``MarginMode`` (lighter-sdk.md §1, §4); orderBookDetails publishes ``default_initial_margin_fraction``
+and ``MarginMode``; orderBookDetails publishes ``default_initial_margin_fraction``
 500 and ``min_initial_margin_fraction`` 200 for ETH; account fixtures report the account's fraction
 in percent (``"initial_margin_fraction": "5.00"``), also for a market held at position 0.
 """

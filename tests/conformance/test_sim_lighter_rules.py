@@ -1,8 +1,8 @@
 """The Lighter simulator's venue rules (simulators/lighter_rules.py), one test per rule, over
 real HTTP. Each test builds its own server with the rules it needs (``SimulatorServer(lighter_rules=…)``).
 
-The simulator does not verify signatures (lighter-sdk.md §0), so txs here are tx_info JSON written
-by hand with the fields the 1.1.8 signer produces (lighter-sdk.md §1 "Offline signing").
+The simulator does not verify signatures, so txs here are tx_info JSON written
+by hand with the fields the 1.1.8 signer produces.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from simulators.server import SimulatorServer
 
 KEY = 4
 ETH = 0
-#: docs/rate-limits 429 with ccxt lighter.ts's '23000': "Too Many Requests!".
+#: The documented 429, with ccxt lighter.ts's '23000': "Too Many Requests!".
 RATE_LIMITED = {"code": 23000, "message": "Too Many Requests!"}
 _accounts = itertools.count(5001)
 _cois = itertools.count(1)
@@ -64,7 +64,7 @@ def nonce(url: str, account: int, key: int = KEY) -> int:
     return int(get(url, "/api/v1/nextNonce", account_index=account, api_key_index=key).json()["nonce"])
 
 
-# ---- rate limits (apidocs.lighter.xyz/docs/rate-limits) -------------------------------------------
+# ---- rate limits ---------------------------------------------------------------------------------
 def test_standard_61st_request_in_a_minute_is_429_with_the_venue_body() -> None:
     # "Standard accounts: 60 requests per rolling minute" (unweighted); past it "HTTP 429".
     with serve(LighterRules(rate_limit=True)) as url:
@@ -178,7 +178,7 @@ def test_only_the_last_1000_inactive_orders_are_listed() -> None:
         assert sorted(o["client_order_index"] for o in found) == cois[1:]
 
 
-# ---- nonces (apidocs.lighter.xyz/docs/nonce-management) -------------------------------------------
+# ---- nonces --------------------------------------------------------------------------------------
 def test_next_nonce_lags_an_accepted_tx() -> None:
     # "you can increase the nonce manually (nonce will NOT update right away on the server side)".
     account = next(_accounts)
@@ -233,11 +233,11 @@ def test_order_book_orders_are_individual_orders_as_captured() -> None:
     assert len({o["order_index"] for o in body["asks"] + body["bids"]}) == 10
 
 
-# ---- API key indexes (apidocs.lighter.xyz/docs/api-keys) -----------------------------------------
+# ---- API key indexes -----------------------------------------------------------------------------
 @pytest.mark.parametrize("key", [0, 1, 2, 3])
 def test_reserved_api_key_indexes_are_refused(key: int) -> None:
     # "indexes {0,1,2,3} are reserved for desktop and mobile interfaces"; the venue's code for a key
-    # not registered at an index is 21108 (docs/troubleshooting; for a reserved index UNCONFIRMED).
+    # not registered at an index is 21108 (the venue's documented code; for a reserved index UNCONFIRMED).
     account = next(_accounts)
     with serve(LighterRules()) as url:
         refused = send(url, order_info(account, 0, key=key))

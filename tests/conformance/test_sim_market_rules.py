@@ -3,7 +3,7 @@
 Each test builds a SimulatorServer with the SimProfile it needs, so a rule that is off by default
 is switched on only there. Backpack requests are signed with pynacl by the independent client of
 test_sim_backpack; Lighter txs are raw ``sendTx`` forms (the simulator cannot check Poseidon
-signatures, lighter-sdk.md §2) and private reads carry a well-formed auth token.
+signatures) and private reads carry a well-formed auth token.
 """
 
 from __future__ import annotations
@@ -122,8 +122,8 @@ def thin() -> SimProfile:
 
 # ---- depth ---------------------------------------------------------------------------------------
 def test_thin_book_leaves_an_ioc_remainder_on_backpack() -> None:
-    # A market order walks the levels and the rest expires (backpack-api.md §2.3 expiryReason
-    # InsufficientLiquidity; §3.3 IOC rejects end Expired).
+    # A market order walks the levels and the rest expires (expiryReason
+    # InsufficientLiquidity; the socket reports Expired).
     with server(thin()) as sim:
         client = Client(sim.urls["backpack"])
         depth = requests.get(sim.urls["backpack"] + "/api/v1/depth", params={"symbol": ETH}, timeout=5).json()
@@ -140,7 +140,7 @@ def test_thin_book_leaves_an_ioc_remainder_on_backpack() -> None:
 
 def test_thin_book_leaves_an_ioc_remainder_on_lighter() -> None:
     # Lighter's market orders are IOC: the unfilled rest is canceled-not-enough-liquidity
-    # (Order.status enum, lighter-sdk.md §2).
+    # (a status of the venue's Order.status enum).
     with server(thin()) as sim:
         trader = Lighter(sim)
         order = trader.market("2", is_ask=False, worst="3300.00")
@@ -172,7 +172,7 @@ def test_seeded_depth_jitter_repeats() -> None:
 # ---- fees ----------------------------------------------------------------------------------------
 def test_backpack_taker_fee_in_fills_ws_and_collateral() -> None:
     # Backpack futures Tier 1 taker 0.05 % (support.backpack.exchange VIP program fee schedule);
-    # fills carry fee/feeSymbol (§2.8), the WS orderFill n/N (§3.3). Off by default (profile.py says why).
+    # fills carry fee/feeSymbol, the WS orderFill n/N. Off by default (profile.py says why).
     with server(with_fees()) as sim:
         client = Client(sim.urls["backpack"])
         ws = ws_connect(sim)
@@ -220,7 +220,7 @@ def test_fees_are_on_by_default_and_off_in_the_easy_profile() -> None:
 
 # ---- funding -------------------------------------------------------------------------------------
 def test_funding_payments_after_an_interval_on_both_venues() -> None:
-    # Funding every interval (Backpack fundingInterval, §2.5): longs pay a positive rate, shorts receive it;
+    # Funding every interval (Backpack fundingInterval): longs pay a positive rate, shorts receive it;
     # Backpack lists it at GET /wapi/v1/history/funding, Lighter at GET /api/v1/positionFunding (lighter-sdk
     # AccountApi.position_funding); both move the collateral.
     funding = replace(SimProfile().funding, enabled=True, interval_secs=0.3)
@@ -260,7 +260,7 @@ def test_funding_is_hourly_by_default_and_off_in_the_easy_profile() -> None:
 
 # ---- margin --------------------------------------------------------------------------------------
 def test_orders_beyond_initial_margin_are_refused_with_the_venue_error() -> None:
-    # Backpack IMF max(0.02, 0.0000935·√q) (§2.4): 400 INSUFFICIENT_MARGIN (§2.9 enum). Lighter IMF 5 %
+    # Backpack IMF max(0.02, 0.0000935·√q): 400 INSUFFICIENT_MARGIN (a venue error code). Lighter IMF 5 %
     # (captured default_initial_margin_fraction 500): canceled-margin-not-allowed (captured status).
     margin = replace(SimProfile().margin, enforce_initial=True)
     with server(replace(SimProfile(), margin=margin), collateral=Decimal(1000)) as sim:
@@ -294,10 +294,10 @@ def test_price_path_is_seeded_with_jumps() -> None:
 
 
 def test_price_path_liquidates_50x_legs_on_both_venues() -> None:
-    # Maintenance: Lighter 1.2 % (captured maintenance_margin_fraction 120), Backpack mmf 0.0125 (§2.4).
+    # Maintenance: Lighter 1.2 % (captured maintenance_margin_fraction 120), Backpack mmf 0.0125.
     # A seeded path of downward jumps drives both 48x longs below it; the venues close them at the mark
-    # with their records: Lighter a Trade of type "liquidation" (Trade.type enum, lighter-sdk.md §2);
-    # Backpack a system fill LiquidatePositionOnBook (fills include system orders since 2025-04-22, §2.8).
+    # with their records: Lighter a Trade of type "liquidation" (the venue's Trade.type enum);
+    # Backpack a system fill LiquidatePositionOnBook (fills include system orders since 2025-04-22).
     path = PricePath(volatility=Decimal("0.0002"), jump_probability=Decimal("0.1"), jump_size=Decimal("0.03"),
                      jump_direction=-1, seed=11)
     profile = replace(SimProfile(), price_path=path)

@@ -46,7 +46,7 @@ def r(redis_url: str) -> redis.Redis:
 
 def test_every_kind_is_documented() -> None:
     assert {k.value for k in AlertKind} == {
-        "cycle_started", "leg_filled", "cycle_hedged", "cycle_finished", "cycle_completed", "emergency_exit",
+        "cycle_started", "cycle_hedged", "cycle_finished", "cycle_completed", "emergency_exit",
         "heartbeat_missing", "heartbeat_back", "worker_crash", "group_stopped", "group_resumed",
         "positions_unknown", "stream_disagreement"}
     lines = Path(__file__).resolve().parents[2].joinpath("monitoring", "alerts.py").read_text().splitlines()
@@ -77,7 +77,7 @@ def test_raise_alert_writes_outbox_and_live_channel(r: redis.Redis) -> None:
 
 def test_raise_alert_rejects_empty_text_and_unknown_kind(r: redis.Redis) -> None:
     with pytest.raises(ValueError):
-        raise_alert(r, AlertKind.LEG_FILLED, "   \n ")
+        raise_alert(r, AlertKind.CYCLE_STARTED, "   \n ")
     with pytest.raises(ValueError):
         raise_alert(r, "nonsense", "x")  # type: ignore[arg-type]
     assert r.xlen(keys.ALERTS_OUTBOX) == 0
@@ -87,12 +87,12 @@ def test_outbox_is_capped_and_ids_are_unique(r: redis.Redis) -> None:
     ids: set[str] = set()
     for start in range(0, OUTBOX_MAXLEN + 500, 500):
         pipe = r.pipeline(transaction=True)
-        ids.update(queue_alert(pipe, AlertKind.LEG_FILLED, f"fill {i}") for i in range(start, start + 500))
+        ids.update(queue_alert(pipe, AlertKind.CYCLE_STARTED, f"cycle {i}") for i in range(start, start + 500))
         pipe.execute()
     assert len(ids) == OUTBOX_MAXLEN + 500
     # MAXLEN ~ trims whole stream nodes: never below the cap, never far above it.
     assert OUTBOX_MAXLEN <= r.xlen(keys.ALERTS_OUTBOX) < OUTBOX_MAXLEN + 200
-    assert r.xrevrange(keys.ALERTS_OUTBOX, count=1)[0][1]["text"] == f"fill {OUTBOX_MAXLEN + 499}"
+    assert r.xrevrange(keys.ALERTS_OUTBOX, count=1)[0][1]["text"] == f"cycle {OUTBOX_MAXLEN + 499}"
 
 
 def test_long_text_is_cut_for_telegram(r: redis.Redis) -> None:

@@ -107,7 +107,7 @@ def ingest(dash: Dashboard, bot: str, payload: dict[str, Any], token: str | None
 
 
 def original_payload(role: str, position: float, interval: float = 2.0) -> dict[str, Any]:
-    """Exactly what the original bot POSTed (original-system.md §4)."""
+    """Exactly what the original bot POSTed."""
     return {"timestamp": time.time(), "telemetry_interval_secs": interval, "group": "triad-1", "role": role,
             "symbol": "ETH", "direction": "long", "position_base": position, "max_position_base": None,
             "pnl_unrealized": None, "balance_total": None}
@@ -333,7 +333,7 @@ def test_heartbeats_are_forwarded_to_an_ingest_server(start_dashboard: Callable[
 
 def test_overview_shows_the_last_cycles_pnl_split_dust_and_worst_net(start_dashboard: Callable[..., Dashboard],
                                                                       r: redis.Redis) -> None:
-    # Issue 16 item 13: the realised split per venue, dust, and the larger of the reads' and the exit's worst net.
+    # The last cycle's card shows the realised split per venue, dust, and the larger of the reads' and the exit's worst net.
     split = {"BP": {"trading": "1.5", "fees": "-0.3", "funding": "0", "net": "1.2", "fills": 4},
              "L1": {"trading": "-2", "fees": "-0.1", "funding": "0.05", "net": "-2.05", "fills": 3},
              "L2": {"error": "unavailable: GET /api/v1/trades"}}

@@ -120,7 +120,7 @@ def test_backlog_of_100_is_delivered_once_in_order(tmp_path: Path, tg: TelegramS
                                                    spawn: Callable[..., Proc]) -> None:
     config = write_config(tmp_path, tg.url)
     texts = [f"alert number {i:03d}" for i in range(100)]
-    ids = [raise_alert(r, AlertKind.LEG_FILLED, text, n=i) for i, text in enumerate(texts)]
+    ids = [raise_alert(r, AlertKind.CYCLE_STARTED, text, n=i) for i, text in enumerate(texts)]
     assert len(set(ids)) == 100
     assert tg.state.messages == []
     relay = start_relay(spawn, config)
@@ -164,12 +164,12 @@ def test_relay_killed_mid_delivery_is_taken_over(tmp_path: Path, tg: TelegramSer
     first = start_relay(spawn, config, http_timeout=60)
     texts = [f"cycle event {i:02d}" for i in range(25)]
     for text in texts[:5]:
-        raise_alert(r, AlertKind.LEG_FILLED, text)
+        raise_alert(r, AlertKind.CYCLE_STARTED, text)
     wait_until(lambda: len(tg.state.messages) == 5, timeout=30, what="first 5 delivered")
     # The next send hangs: the relay dies while Telegram holds its request.
     tg.state.arm("hang", 1, seconds=30)
     for text in texts[5:]:
-        raise_alert(r, AlertKind.LEG_FILLED, text)
+        raise_alert(r, AlertKind.CYCLE_STARTED, text)
     wait_until(lambda: tg.state.requests >= 6, timeout=30, what="the hanging send")
     held = pending_delivery(r)["pending"]
     assert held >= 1, "the dying relay holds read but unacknowledged alerts"
@@ -188,11 +188,11 @@ def test_standby_relay_takes_over_from_a_dead_leader(tmp_path: Path, tg: Telegra
     relays = [start_relay(spawn, config, "--consumer", name, http_timeout=60) for name in ("relay-a", "relay-b")]
     texts = [f"burst {i:02d}" for i in range(40)]
     for text in texts[:10]:
-        raise_alert(r, AlertKind.LEG_FILLED, text)
+        raise_alert(r, AlertKind.CYCLE_STARTED, text)
     wait_until(lambda: len(tg.state.messages) == 10, timeout=30, what="first 10 delivered")
     tg.state.arm("hang", 1, seconds=30)
     for text in texts[10:]:
-        raise_alert(r, AlertKind.LEG_FILLED, text)
+        raise_alert(r, AlertKind.CYCLE_STARTED, text)
     wait_until(lambda: tg.state.requests >= 11, timeout=30, what="the leader inside a hanging send")
     # Exactly one relay delivers; the other waits as a hot standby.
     leaders = [p for p in relays if "is the leader" in p.log()]

@@ -1,11 +1,9 @@
 """The Backpack perpetuals connector (one account): REST calls plus optional private streams.
 
-Protocol truth is /work/shared/reference/backpack-api.md; section numbers below refer to it.
-Fixes over the original (original-system.md §8): fills come from ``executedQuantity`` (never
-"accepted means filled", §8.1), the position path is ``/api/v1/position`` and ``netQuantity``
-with failures reported as unknown (§8.2), WS ``l`` is the fill size (§8.3), order states never
-move backwards (§8.4), sizes are Decimals quantized to the market's step (§8.16) and
-``cancel_all`` takes a symbol (§8.11).
+Fills come from the venue's ``executedQuantity`` (an accepted order is not a filled one), the
+position is ``netQuantity`` of ``/api/v1/position`` with a failed read reported as unknown (never
+flat), WS ``l`` is the size of that fill, order states never move backwards, sizes are Decimals
+quantized to the market's step, and ``cancel_all`` takes a symbol.
 """
 
 from __future__ import annotations
@@ -53,7 +51,7 @@ from venues.base import (
     VenueError,
 )
 from venues.ledger import AccountHistory
-from venues.orders import EventKind, Listener, OrderBook, OrderTracker
+from venues.orders import OrderBook, OrderTracker
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +69,7 @@ class BackpackConnector(VenueConnector):
     closes_below_minimum = True  # reduce-only orders may close dust (see _order_size)
     #: A WS position this young (s), received after our last order on the symbol, stands in for REST.
     ws_position_max_age = 2.0
-    #: Order history scan for :meth:`find_order`: page size (§2.1 max 1000) and pages.
+    #: Order history scan for :meth:`find_order`: page size (the venue's maximum, 1000) and pages.
     history_page_size = 1000
     history_max_pages = 5
     #: Pause before a second history scan for an id we sent without an answer.
@@ -83,7 +81,7 @@ class BackpackConnector(VenueConnector):
     def __init__(self, account: str, base_url: str, ws_url: str | None, credentials: BackpackCredentials,
                  *, window_ms: int = 5000, timeout: float = 10.0, broker_id: str | None = None) -> None:
         if not 0 < window_ms <= MAX_WINDOW_MS:
-            raise ValueError(f"window_ms must be in 1..{MAX_WINDOW_MS} (backpack-api.md §1.2)")
+            raise ValueError(f"window_ms must be in 1..{MAX_WINDOW_MS}")
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.account = account
@@ -104,15 +102,9 @@ class BackpackConnector(VenueConnector):
     def __repr__(self) -> str:
         return f"BackpackConnector(account={self.account!r}, api_key={self._signer.api_key!r})"
 
-    # ---- listeners and streams -----------------------------------------------------------------
-    def add_listener(self, listener: Listener) -> None:
-        self.orders.add_listener(listener)
-
-    def remove_listener(self, listener: Listener) -> None:
-        self.orders.remove_listener(listener)
-
+    # ---- streams -------------------------------------------------------------------------------
     def start_streams(self, symbols: Iterable[str]) -> None:
-        """Subscribe to the account's order and position streams of ``symbols`` (§3.2)."""
+        """Subscribe to the account's order and position streams of ``symbols``."""
         if not self.ws_url:
             raise VenueError(ReasonCode.INVALID_REQUEST, "no WebSocket URL configured")
         with self._lock:
@@ -142,7 +134,7 @@ class BackpackConnector(VenueConnector):
 
     # ---- market data ----------------------------------------------------------------------------
     def market_rules(self, symbol: str) -> MarketRules:
-        """Rules from GET /api/v1/markets (§2.5), cached; one refresh for an unknown symbol."""
+        """Rules from GET /api/v1/markets, cached; one refresh for an unknown symbol."""
         rules = self._rules.get(symbol)
         if rules is None:
             fetched = parse_markets(self._rest.public_get("/api/v1/markets"))
@@ -163,7 +155,7 @@ class BackpackConnector(VenueConnector):
 
     # ---- account state --------------------------------------------------------------------------
     def get_position(self, symbol: str) -> PositionReading:
-        """Signed ``netQuantity`` (§2.4). Unknown (None, with ``error``) when the read fails;
+        """Signed ``netQuantity``. Unknown (None, with ``error``) when the read fails;
         flat only when the venue answered and the symbol is absent from its list."""
         after_mono, after_venue_us = self._last_order.get(symbol, (None, None))
         fresh = self._stream_state.fresh_position(symbol, self.ws_position_max_age, after_mono, after_venue_us)
@@ -171,8 +163,8 @@ class BackpackConnector(VenueConnector):
             return fresh
         read_at = time.time()
         try:
-            # No ``symbol`` filter: with one, a flat market answers 404 (§2.4), which we could not
-            # tell apart from a wrong path (original bug §8.2).
+            # No ``symbol`` filter: with one, a flat market answers 404, which we could not
+            # tell apart from a wrong path.
             body = self._rest.signed("GET", "/api/v1/position", "positionQuery")
             fields = parse_position_list(body, symbol)
         except VenueError as exc:
@@ -202,11 +194,11 @@ class BackpackConnector(VenueConnector):
     # ---- orders ---------------------------------------------------------------------------------
     def submit_market_order(self, symbol: str, client_id: int, side: Side, quantity: Decimal, *,
                             reduce_only: bool = False, max_slippage: float | None = None) -> OrderReport:
-        """One market order; the fill is the venue's ``executedQuantity`` (§2.3).
+        """One market order; the fill is the venue's ``executedQuantity``.
 
         With ``max_slippage`` the order becomes a Limit IOC at the best price moved by that
         fraction: the documented ``timeInForce`` semantics, where ``slippageTolerance``'s units
-        are not confirmed (§2.2). Transport failures raise UNAVAILABLE: look the id up first.
+        are not confirmed. Transport failures raise UNAVAILABLE: look the id up first.
         """
         self._check_client_id(client_id)
         rules = self.market_rules(symbol)
@@ -214,7 +206,7 @@ class BackpackConnector(VenueConnector):
         body: dict[str, Any] = {"symbol": symbol, "side": SIDE_TO_WIRE[side], "orderType": "Market",
                                 "quantity": size, "clientId": client_id}
         if reduce_only:
-            body["reduceOnly"] = True  # optional key: omitted when false (§1.3 caveats)
+            body["reduceOnly"] = True  # optional key: omitted when false, so the signed string matches the body
         if max_slippage is not None:
             body.update(self._slippage_fields(rules, side, max_slippage))
         self.orders.track(OrderTracker(client_id, symbol, side, size, reduce_only, state=OrderState.SUBMITTING))
@@ -274,21 +266,16 @@ class BackpackConnector(VenueConnector):
         report = parsed.report(client_id=client_id, requested=requested, existing=existing)
         if report.client_id != client_id:
             raise bad(f"venue answered clientId {report.client_id} for {client_id}")
-        changed = False
         with self._lock:
             tracker = self.orders.get(client_id)
             if tracker is not None and tracker.symbol == parsed.symbol:
-                before = (tracker.state, tracker.filled)
                 tracker.venue_order_id = tracker.venue_order_id or parsed.order_id
                 tracker.apply_cumulative(parsed.executed, parsed.executed_quote)
                 tracker.transition(parsed.state, report.reason)
-                changed = before != (tracker.state, tracker.filled)
-        if changed and tracker is not None:
-            self.orders.emit(EventKind.ORDER, tracker.report().to_json())
         return report
 
     def _settle(self, symbol: str, client_id: int, report: OrderReport) -> OrderReport:
-        """A market order answered before it finished (not expected, §2.3): re-read briefly."""
+        """A market order answered before it finished (market orders should finish synchronously): re-read briefly."""
         for _ in range(self.settle_polls):
             time.sleep(self.settle_interval)
             found = self.find_order(symbol, client_id)
@@ -301,7 +288,7 @@ class BackpackConnector(VenueConnector):
     def find_order(self, symbol: str, client_id: int) -> OrderReport | None:
         """The venue's record of ``client_id`` on ``symbol``; None only when the venue answered
         and has no such order. GET /api/v1/order sees resting orders only, so a 404 there is
-        followed by the order history (§2.1, §4)."""
+        followed by the order history."""
         self._check_client_id(client_id)
         try:
             body = self._rest.signed("GET", "/api/v1/order", "orderQuery",
@@ -322,7 +309,7 @@ class BackpackConnector(VenueConnector):
         return None if parsed is None else self._absorb(parsed, client_id, existing=True)
 
     def _history_lookup(self, symbol: str, client_id: int) -> ParsedOrder | None:
-        """Scan /wapi/v1/history/orders (no clientId filter exists, §4) newest first."""
+        """Scan /wapi/v1/history/orders (the endpoint has no clientId filter) newest first."""
         size = self.history_page_size
         for page in range(self.history_max_pages):
             params = {"symbol": symbol, "limit": size, "offset": page * size, "sortDirection": "Desc"}
@@ -338,7 +325,7 @@ class BackpackConnector(VenueConnector):
                          f"{size * self.history_max_pages} orders of {symbol}; absence not confirmed")
 
     def cancel_order(self, symbol: str, client_id: int) -> OrderReport | None:
-        """Cancel by venue order id when known (§4 advises it), else by clientId; an order no
+        """Cancel by venue order id when known (the venue's preferred key), else by clientId; an order no
         longer open is looked up instead (its final state, or None if the venue has none)."""
         self._check_client_id(client_id)
         tracker = self.orders.get(client_id)
@@ -353,14 +340,14 @@ class BackpackConnector(VenueConnector):
             if not is_not_found(exc):
                 raise
             return self.find_order(symbol, client_id)
-        if body is None:  # 202: accepted, not yet executed (§2.3)
+        if body is None:  # 202: accepted, not yet executed
             return self.find_order(symbol, client_id)
         return self._absorb(parse_order(body), client_id)
 
     def cancel_all(self, symbol: str) -> int:
-        """DELETE /api/v1/orders {symbol} (§2.1); returns how many orders the venue cancelled."""
+        """DELETE /api/v1/orders {symbol}; returns how many orders the venue cancelled."""
         if not isinstance(symbol, str) or not symbol:
-            # The original passed 10.0 here (bug §8.11): refuse anything but a symbol.
+            # A number here would be a quantity passed by mistake: refuse anything but a symbol.
             raise VenueError(ReasonCode.INVALID_REQUEST, f"cancel_all needs a symbol, got {symbol!r}")
         body = self._rest.signed("DELETE", "/api/v1/orders", "orderCancelAll", {"symbol": symbol})
         if body is None:

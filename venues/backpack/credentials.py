@@ -1,6 +1,6 @@
 """Backpack API credentials: loading, validation and generation.
 
-The key file keeps the original XTradingBot format (original-system.md §2.1)::
+The key file keeps the original XTradingBot format::
 
     api key: <base64 ED25519 verifying key>
     api secret: <base64 32-byte ED25519 seed>
@@ -35,7 +35,7 @@ class BackpackCredentials:
         return f"BackpackCredentials(api_key={self.api_key!r})"
 
     def signing_key(self) -> SigningKey:
-        """The pynacl key for the seed (backpack-api.md §1.1)."""
+        """The pynacl key for the seed."""
         return SigningKey(_decode_32(self.api_secret, "api secret"))
 
 
@@ -45,7 +45,7 @@ def _decode_32(value: str, what: str) -> bytes:
     except (binascii.Error, ValueError):
         raise ValueError(f"{what} is not valid base64") from None
     if len(raw) != 32:
-        # §1.1: the Rust SDK rejects anything but a 32-byte seed; so do we (ccxt silently truncates).
+        # The Rust SDK rejects anything but a 32-byte seed; so do we (ccxt silently truncates).
         raise ValueError(f"{what} must decode to 32 bytes, got {len(raw)}")
     return raw
 

@@ -1,7 +1,7 @@
 """Backpack error bodies → :class:`VenueError` with the right :class:`ReasonCode`.
 
 Errors are ``{"code": "<ApiErrorCode>", "message": ...}`` with a string code, or plain text
-for request parse failures (backpack-api.md §2.9). The classification looks at the HTTP status,
+for request parse failures. The classification looks at the HTTP status,
 then the code, then the message, because the venue reuses ``INVALID_CLIENT_REQUEST`` for
 signature, expiry and validation failures alike.
 """
@@ -30,7 +30,7 @@ class ErrorBody:
 
     @property
     def not_found(self) -> bool:
-        """404 or "... not found" (cancel of a closed order answers 400 "Order not found", §2.9)."""
+        """404 or "... not found" (cancel of a closed order answers 400 "Order not found")."""
         return self.status == 404 or self.code == "RESOURCE_NOT_FOUND" or any(
             w in self.message.lower() for w in _NOT_FOUND_WORDS)
 
@@ -91,8 +91,8 @@ def is_not_found(error: VenueError) -> bool:
 
 
 def is_no_position(error: VenueError) -> bool:
-    """A JSON 404 to GET /api/v1/position: the venue's "no position" (backpack-api.md §2.4: the spec
+    """A JSON 404 to GET /api/v1/position: the venue's "no position" (the venue's API spec
     lists 404 and perp-dex-tools reads it as "no position"; whether a flat account without
     ``symbol`` gets ``[]`` or this 404 is UNCONFIRMED, so both mean flat). A plain-text 404 is an
-    unknown path (§2.9, original bug §8.2), never a flat account."""
+    unknown path, never a flat account: reading it as flat would hide a wrong URL as zero exposure."""
     return isinstance(error, BackpackHttpError) and error.status == 404 and error.code is not None

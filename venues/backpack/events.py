@@ -2,7 +2,7 @@
 
 Fills are counted once per trade id ``t`` whichever channel saw them first, and never twice
 when the REST answer already reported the cumulative fill: a WS fill whose ``l`` would push the
-local total past the venue's cumulative ``z`` is already counted (backpack-api.md §3.3).
+local total past the venue's cumulative ``z`` is already counted.
 WebSocket positions are kept with their receipt time; :meth:`StreamState.fresh_position`
 hands one out only while it is young, the socket is up, and nothing was ordered since.
 """
@@ -15,11 +15,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
 
-from venues.backpack.parsing import WsFrame, WsOrderEvent, WsPosition, parse_ws_order, parse_ws_position
-from venues.base import OrderReport, OrderState, PositionReading
-from venues.orders import EventKind, OrderBook, OrderTracker
+from venues.backpack.parsing import WsFrame, WsOrderEvent, WsPosition, bad, parse_ws_order, parse_ws_position
+from venues.base import OrderState, PositionReading
+from venues.orders import OrderBook, OrderTracker
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ class StreamState:
             if ev.order_id and not tracker.venue_order_id:
                 tracker.venue_order_id = ev.order_id
             if ev.trade_id is not None:
-                self._apply_fill(tracker, ev)
+                self._apply_fill(tracker, ev, ev.trade_id)
             self.book.update_state(tracker.client_id, ev.state,
                                    reason=final_reason(ev.state, ev.status, ev.expiry_reason))
 
@@ -92,54 +91,27 @@ class StreamState:
             self._seen.popitem(last=False)
         return True
 
-    def _apply_fill(self, tracker: OrderTracker, ev: WsOrderEvent) -> None:
-        assert ev.trade_id is not None and ev.fill_quantity is not None and ev.fill_price is not None
-        if tracker.filled + ev.fill_quantity <= ev.cumulative:
-            self.book.apply_fill(tracker.client_id, ev.trade_id, ev.fill_quantity, ev.fill_price)
+    def _apply_fill(self, tracker: OrderTracker, ev: WsOrderEvent, trade_id: str) -> None:
+        quantity, price = ev.fill_quantity, ev.fill_price
+        if quantity is None or price is None:  # parse_ws_order reads both whenever ``t`` is set
+            raise bad(f"fill {trade_id} without its quantity or price")
+        if tracker.filled + quantity <= ev.cumulative:
+            self.book.apply_fill(tracker.client_id, trade_id, quantity, price)
         else:
             # The REST answer already counted this fill in its executedQuantity.
-            tracker.trade_ids.add(ev.trade_id)
-            self.book.emit(EventKind.TRADE, self._trade_payload(ev))
-        before = tracker.filled
+            tracker.trade_ids.add(trade_id)
         tracker.apply_cumulative(ev.cumulative, ev.cumulative_quote)  # closes gaps from missed frames
-        if tracker.filled != before:
-            self.book.emit(EventKind.ORDER, tracker.report().to_json())
 
     def _untracked(self, ev: WsOrderEvent) -> None:
-        """Orders we did not send from this process (another run, liquidation, ADL): report them."""
+        """Orders we did not send from this process (another run, liquidation, ADL): log their fills."""
         if ev.trade_id is not None:
             log.info("account=%s fill %s %s %s on %s not sent by this process (cid=%s origin=%s)", self.account,
                      ev.side.value, ev.fill_quantity, ev.fill_price, ev.symbol, ev.client_id, ev.origin)
-            self.book.emit(EventKind.TRADE, self._trade_payload(ev))
-        if ev.client_id is None:
-            return
-        avg = ev.cumulative_quote / ev.cumulative if ev.cumulative > 0 and ev.cumulative_quote else None
-        report = OrderReport(
-            client_id=ev.client_id, symbol=ev.symbol, side=ev.side,
-            requested=ev.quantity if ev.quantity is not None else ev.cumulative, filled=ev.cumulative,
-            state=ev.state, venue_order_id=ev.order_id, avg_price=avg, reduce_only=ev.reduce_only,
-            reason=final_reason(ev.state, ev.status, ev.expiry_reason), existing=True)
-        self.book.emit(EventKind.ORDER, report.to_json())
-
-    @staticmethod
-    def _trade_payload(ev: WsOrderEvent) -> dict[str, Any]:
-        return {"client_id": ev.client_id, "trade_id": ev.trade_id, "quantity": str(ev.fill_quantity),
-                "price": str(ev.fill_price), "symbol": ev.symbol, "side": ev.side.value, "origin": ev.origin}
 
     # ---- positions ---------------------------------------------------------------------------
     def apply_position(self, pos: WsPosition) -> None:
         with self.lock:
             self._positions[pos.symbol] = CachedPosition(pos, time.monotonic(), time.time())
-        self.book.emit(EventKind.POSITION, {
-            "symbol": pos.symbol, "quantity": str(pos.quantity),
-            "entry_price": None if pos.entry_price is None else str(pos.entry_price),
-            "mark_price": None if pos.mark_price is None else str(pos.mark_price),
-            "event": pos.event, "event_time_us": pos.event_time_us, "source": "ws",
-        })
-
-    def latest_position(self, symbol: str) -> CachedPosition | None:
-        with self.lock:
-            return self._positions.get(symbol)
 
     def fresh_position(self, symbol: str, max_age: float, after_mono: float | None = None,
                        after_venue_us: int | None = None) -> PositionReading | None:

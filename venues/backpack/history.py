@@ -1,9 +1,10 @@
-"""Backpack fill and funding history for one symbol (``venues.ledger``; issue 16 item 13).
+"""Backpack fill and funding history for one symbol (``venues.ledger``): what the cycle
+report's realised PnL split is computed from.
 
 * ``GET /wapi/v1/history/fills`` (``fillHistoryQueryAll``; ``symbol``, ``from``/``to`` in ms,
   ``limit`` ≤ 1000, ``offset``, ``sortDirection``): rows ``{tradeId, clientId: string|null, orderId,
   symbol, side, price, quantity, fee, feeSymbol, isMaker, systemOrderType|null, timestamp}`` with a
-  naive UTC ISO timestamp (backpack-api.md §2.1, §2.8). System fills (liquidation, ADL) are listed
+  naive UTC ISO timestamp. System fills (liquidation, ADL) are listed
   since 2025-04-22 and carry ``systemOrderType``.
 * ``GET /wapi/v1/history/funding`` (``fundingHistoryQueryAll``, the instruction bpx clients sign;
   the OpenAPI "Get funding payments"): rows ``{userId, subaccountId, symbol, quantity,
@@ -20,7 +21,7 @@ from venues.backpack.parsing import arr, bad, dec, obj, parse_client_id, side
 from venues.backpack.rest import BackpackRest
 from venues.ledger import AccountHistory, FillRecord, FundingRecord, iso_utc_ms
 
-#: The endpoints' largest page (§2.1).
+#: The endpoints' largest page.
 PAGE = 1000
 #: More pages than this for one cycle's window is not a cycle's history: refuse rather than guess.
 MAX_PAGES = 20

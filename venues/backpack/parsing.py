@@ -27,7 +27,7 @@ from venues.margin import InitialMargin
 _SIDES = {"Bid": Side.BUY, "Ask": Side.SELL}
 SIDE_TO_WIRE = {Side.BUY: "Bid", Side.SELL: "Ask"}
 
-# §2.3 OrderStatus, plus the Rust SDK's ``Triggered``. Expired/Cancelled keep their fill:
+# The venue's OrderStatus values, plus the Rust SDK's ``Triggered``. Expired/Cancelled keep their fill:
 # see :func:`order_state`.
 _OPEN_STATUSES = {"New", "TriggerPending", "Triggered"}
 
@@ -85,7 +85,7 @@ def id_str(value: Any, name: str) -> str:
 
 
 def parse_client_id(value: Any) -> int | None:
-    """``clientId``: a number on orders and WS ``c``, a string in fills history (§4)."""
+    """``clientId``: a number on orders and WS ``c``, a string in fills history."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -97,7 +97,7 @@ def parse_client_id(value: Any) -> int | None:
 
 
 def micros(value: Any, name: str) -> int | None:
-    """``E``/``T`` in µs: an int or a string of digits on the wire (§3.1)."""
+    """``E``/``T`` in µs: an int or a string of digits on the wire."""
     if value is None:
         return None
     try:
@@ -108,8 +108,8 @@ def micros(value: Any, name: str) -> int | None:
 
 # ---- markets and books ---------------------------------------------------------------------
 def parse_market(body: Any) -> MarketRules:
-    """One market object (§2.5). Tick and step come from the filters as Decimals, never as
-    digit counts of the strings (original bug §8.16)."""
+    """One market object. Tick and step come from the filters as Decimals, never as
+    digit counts of the strings."""
     market = obj(body, "market")
     filters = obj(market.get("filters"), "market.filters")
     price = obj(filters.get("price"), "filters.price")
@@ -155,7 +155,7 @@ def _levels(body: dict[str, Any], name: str) -> list[Decimal]:
 
 
 def parse_depth(symbol: str, body: Any, read_at: float) -> TopOfBook:
-    """GET /api/v1/depth. Both sides come ascending (§2.6): best ask ``asks[0]``, best bid
+    """GET /api/v1/depth. Both sides come ascending: best ask ``asks[0]``, best bid
     ``bids[-1]``. Taking min/max gives exactly those and stays right if the order changes.
     Zero-size levels (seen in a REST snapshot) are not liquidity and are skipped."""
     depth = obj(body, "depth")
@@ -172,7 +172,7 @@ class PositionFields:
 
 
 def parse_position_list(body: Any, symbol: str) -> PositionFields:
-    """GET /api/v1/position (§2.4): an array of open positions. Call only with the body of a
+    """GET /api/v1/position: an array of open positions. Call only with the body of a
     *successful* request: then a symbol absent from the list is flat."""
     for item in arr(body, "positions"):
         entry = obj(item, "position")
@@ -184,8 +184,8 @@ def parse_position_list(body: Any, symbol: str) -> PositionFields:
 
 
 def parse_collateral(account: str, body: Any, read_at: float) -> Balance:
-    """GET /api/v1/capital/collateral (§2.8). ``collateral`` is a list of assets (the original
-    read it as a number: bug §8.10); we sum their ``collateralValue``, falling back to the
+    """GET /api/v1/capital/collateral. ``collateral`` is a list of assets, not a number;
+    we sum their ``collateralValue``, falling back to the
     venue's ``assetsValue`` when the list is absent."""
     data = obj(body, "collateral")
     assets = data.get("collateral")
@@ -203,9 +203,9 @@ def parse_collateral(account: str, body: Any, read_at: float) -> Balance:
 
 # ---- orders --------------------------------------------------------------------------------
 def order_state(status: Any, filled: Decimal) -> OrderState:
-    """Venue status → :class:`OrderState` (§2.3). Unknown statuses are errors, not OPEN
-    (original bug §8.4). ``Expired``/``Cancelled`` are CANCELLED whatever the fill: an IOC
-    market order that expired after a partial fill is a partial, not FILLED (bug §8.1)."""
+    """Venue status → :class:`OrderState`. Unknown statuses are errors, not OPEN, so
+    a status we do not know cannot hide a fill. ``Expired``/``Cancelled`` are CANCELLED whatever the fill: an IOC
+    market order that expired after a partial fill is a partial, not FILLED."""
     if status == "Filled":
         return OrderState.FILLED
     if status == "PartiallyFilled":
@@ -221,7 +221,7 @@ def order_state(status: Any, filled: Decimal) -> OrderState:
 
 @dataclass(frozen=True)
 class ParsedOrder:
-    """A REST order object: execute/cancel/GET responses and history entries (§2.3)."""
+    """A REST order object: execute/cancel/GET responses and history entries."""
 
     order_id: str
     client_id: int | None
@@ -235,7 +235,7 @@ class ParsedOrder:
     executed_quote: Decimal | None
     reduce_only: bool
     expiry_reason: str | None
-    #: ``createdAt`` in ms on the order endpoints; None on history (naive ISO text there, §2.3).
+    #: ``createdAt`` in ms on the order endpoints; None on history (naive ISO text there).
     created_at_ms: int | None = None
 
     @property
@@ -294,7 +294,7 @@ class WsFrame:
 
 
 def parse_ws_frame(text: str | bytes) -> WsFrame:
-    """``{"stream","data"}`` envelopes and ``{"id","error":{code,message}}`` error frames (§3.1)."""
+    """``{"stream","data"}`` envelopes and ``{"id","error":{code,message}}`` error frames."""
     try:
         frame = loads(text.decode() if isinstance(text, bytes) else text)
     except ValueError:
@@ -310,8 +310,8 @@ def parse_ws_frame(text: str | bytes) -> WsFrame:
 
 @dataclass(frozen=True)
 class WsOrderEvent:
-    """``account.orderUpdate`` data (§3.3). ``fill_quantity`` is ``l``, the quantity of *this*
-    fill (the original read it as the remainder: bug §8.3); ``cumulative`` is ``z``."""
+    """``account.orderUpdate`` data. ``fill_quantity`` is ``l``, the quantity of *this*
+    fill, not the remainder; ``cumulative`` is ``z``."""
 
     event: str
     symbol: str
@@ -342,7 +342,7 @@ def parse_ws_order(data: Any) -> WsOrderEvent:
     return WsOrderEvent(
         event=str(d.get("e")), symbol=str(d.get("s")), client_id=parse_client_id(d.get("c")),
         side=side(d.get("S")), order_id=id_str(d.get("i"), "i"),
-        # Upper case on the socket, title case over REST (§3.3).
+        # Upper case on the socket, title case over REST.
         order_type=order_type[:1].upper() + order_type[1:].lower(),
         status=str(d.get("X")), state=order_state(d.get("X"), cumulative),
         quantity=opt_dec(d.get("q"), "q"), cumulative=cumulative,
@@ -357,7 +357,7 @@ def parse_ws_order(data: Any) -> WsOrderEvent:
 
 @dataclass(frozen=True)
 class WsPosition:
-    """``account.positionUpdate`` data (§3.4); ``event`` is None for the subscribe snapshot."""
+    """``account.positionUpdate`` data; ``event`` is None for the subscribe snapshot."""
 
     symbol: str
     quantity: Decimal

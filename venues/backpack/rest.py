@@ -1,7 +1,7 @@
 """HTTP transport for one Backpack account: signing, timeouts, error mapping.
 
-One ``requests.Session`` per connector keeps connections alive (the original opened one per
-call). Every request has an explicit (connect, read) timeout. A transport failure after the
+One ``requests.Session`` per connector keeps connections alive rather than paying a
+TLS handshake per call. Every request has an explicit (connect, read) timeout. A transport failure after the
 request may have left raises ``VenueError(UNAVAILABLE)``: the outcome is unknown and the
 caller must look the order up, never blindly resend.
 """
@@ -59,7 +59,7 @@ class BackpackRest:
 
     def signed(self, method: str, path: str, instruction: str,
                params: Mapping[str, Any] | None = None) -> Any:
-        """A signed call: query parameters for GET, a JSON body otherwise (§1.3 step 1)."""
+        """A signed call: query parameters for GET, a JSON body otherwise."""
         params = dict(params or {})
         headers = self.signer.headers(instruction, params, int(time.time() * 1000), self.window_ms,
                                       broker_id=self.broker_id)
@@ -109,7 +109,7 @@ class BackpackRest:
             raise error
         text = resp.text
         if not text.strip():
-            return None  # 202 "accepted, not yet executed" on cancels (§2.3)
+            return None  # 202 "accepted, not yet executed" on cancels
         try:
             return loads(text)
         except ValueError:
@@ -118,7 +118,7 @@ class BackpackRest:
 
 
 def _jsonable(value: Any) -> Any:
-    """Body values: decimals as strings (§1.3 step 4), ints and bools as JSON numbers/bools."""
+    """Body values: decimals as strings, ints and bools as JSON numbers/bools."""
     if isinstance(value, (bool, int, str)):
         return value
     return wire_value(value)

@@ -1,6 +1,6 @@
 """Request signing for the Backpack REST API and private WebSocket streams.
 
-backpack-api.md §1.3: ``instruction=<ins>&<params sorted by key>&timestamp=<ms>&window=<ms>``,
+The signed string is ``instruction=<ins>&<params sorted by key>&timestamp=<ms>&window=<ms>``,
 signed with ED25519 over the UTF-8 bytes, base64 in ``X-Signature``. The same parameter
 values (formatted by :func:`wire_value`) go on the wire and into the signed string, so the
 two can never disagree.
@@ -15,13 +15,13 @@ from typing import Any
 
 from venues.backpack.credentials import BackpackCredentials
 
-#: §1.2: default and maximum ``X-Window``.
+#: The venue's default and maximum ``X-Window``.
 DEFAULT_WINDOW_MS = 5000
 MAX_WINDOW_MS = 60000
 
 
 def wire_value(value: Any) -> str:
-    """The text of one parameter in the signed string (§1.3 step 4).
+    """The text of one parameter in the signed string.
 
     Booleans are lowercase, integers plain digits, decimals fixed-point strings. Floats and
     ``None`` are refused: decimals travel as strings and optional keys are omitted, not null.
@@ -39,7 +39,7 @@ def wire_value(value: Any) -> str:
 
 def signing_string(instruction: str, params: Mapping[str, Any] | None, timestamp_ms: int,
                    window_ms: int = DEFAULT_WINDOW_MS) -> str:
-    """The exact string to sign; ``window`` is always present (§1.3 step 2)."""
+    """The exact string to sign; ``window`` is always present."""
     parts = [f"instruction={instruction}"]
     for key in sorted(params or {}):
         parts.append(f"{key}={wire_value(params[key])}")  # type: ignore[index]
@@ -59,12 +59,12 @@ class Signer:
         return f"Signer(api_key={self.api_key!r})"
 
     def sign(self, message: str) -> str:
-        """Base64 of the 64-byte ED25519 signature of ``message`` (§1.3 step 5)."""
+        """Base64 of the 64-byte ED25519 signature of ``message``."""
         return base64.b64encode(self._key.sign(message.encode("utf-8")).signature).decode("ascii")
 
     def headers(self, instruction: str, params: Mapping[str, Any] | None, timestamp_ms: int,
                 window_ms: int = DEFAULT_WINDOW_MS, *, broker_id: str | None = None) -> dict[str, str]:
-        """Authentication headers of one REST request (§1.2)."""
+        """Authentication headers of one REST request."""
         message = signing_string(instruction, params, timestamp_ms, window_ms)
         headers = {
             "X-API-Key": self.api_key,
@@ -78,6 +78,6 @@ class Signer:
         return headers
 
     def ws_signature(self, timestamp_ms: int, window_ms: int = DEFAULT_WINDOW_MS) -> list[str]:
-        """The ``signature`` array of a private SUBSCRIBE frame: four strings (§3.2)."""
+        """The ``signature`` array of a private SUBSCRIBE frame: four strings."""
         sig = self.sign(signing_string("subscribe", None, timestamp_ms, window_ms))
         return [self.api_key, sig, str(timestamp_ms), str(window_ms)]

@@ -1,8 +1,8 @@
-"""Private WebSocket streams of one Backpack account (backpack-api.md §3).
+"""Private WebSocket streams of one Backpack account.
 
 A daemon thread runs ``websocket-client``; every (re)connect sends a freshly signed SUBSCRIBE
-(§3.2: the signature carries a timestamp, so it cannot be reused across reconnects) and
-reconnects with exponential backoff. No acknowledgement exists for a subscribe (§3.1), so
+(the signature carries a timestamp, so it cannot be reused across reconnects) and
+reconnects with exponential backoff. No acknowledgement exists for a subscribe, so
 "connected" means "socket open and subscribe sent". Frames go to one callback; a bad frame is
 logged and skipped, never allowed to kill the thread.
 """
@@ -30,7 +30,7 @@ StateHandler = Callable[[bool], None]
 
 
 def private_streams(symbols: Iterable[str]) -> list[str]:
-    """Per-symbol order and position streams (§3.2)."""
+    """Per-symbol order and position streams."""
     names: list[str] = []
     for symbol in sorted(set(symbols)):
         names += [f"account.orderUpdate.{symbol}", f"account.positionUpdate.{symbol}"]

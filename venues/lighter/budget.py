@@ -1,6 +1,6 @@
 """Lighter's REST rate limits as a shared :class:`~venues.budget.RateBudget`, counted as the venue counts.
 
-docs/rate-limits (apidocs.lighter.xyz): "These limits apply to both IP address and L1 address… To
+Lighter documents (https://apidocs.lighter.xyz/docs/rate-limits): "These limits apply to both IP address and L1 address… To
 bypass IP-based rate limits, clients can authenticate each request so that only L1-based rate limits
 apply". So:
 
@@ -58,7 +58,7 @@ class LighterBudget:
         """
         name = endpoint_name(endpoint)
         if name in TX_ENDPOINTS:
-            # Signed, so counted at the L1 address whatever the caller says (docs/rate-limits, sendTx).
+            # Signed, so counted at the L1 address whatever the caller says.
             sent = [(self.send, 1)] if self.tier is Tier.PREMIUM else [(self.l1, 1)]
             return sent + [(BudgetBucket(f"lighter:type:{self.l1_key}:{kind}", TX_TYPE_PER_MINUTE), 1)
                            for kind in tx_types]

@@ -2,18 +2,18 @@
 
 * Sync interface methods submit coroutines to the connector's own loop (:mod:`.loop`) and wait.
 * Market orders are MARKET/IOC with a worst acceptable price from the top of book; an accepted
-  ``sendTx`` is not a fill (original bug §8.1): the order is looked up by client order index until
+  ``sendTx`` is not a fill: the order is looked up by client order index until
   the venue reports it final, and the report carries the venue's ``filled_base_amount``.
 * Invalid nonce → resync, retry once with the same client order index. Transport failure after
   sending → resync, look the order up; found → its report, else ``VenueError(UNAVAILABLE)``: never a
   blind resend (:mod:`.signer`).
 * With a ``ws_url``, positions, order outcomes and the top of book come from the account's stream
   while it is live (:mod:`.stream`, :mod:`.live_state`); REST answers otherwise and reconciles the
-  cache every ``reconcile_secs``. A failed read is unknown, never zero (bug §8.2).
+  cache every ``reconcile_secs``. A failed read is unknown, never zero.
 
 One OS process per Lighter account: the Go signer's clients are process-global per api key index
-(lighter-sdk.md §1, bug §8.12). Nothing here imports the ``lighter`` package itself (it costs a worker
-tens of MB); :mod:`.native` loads only its signer library.
+(two accounts in one process would share, and overwrite, one client). Nothing here imports the
+``lighter`` package itself (it costs a worker tens of MB); :mod:`.native` loads only its signer library.
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ from venues.lighter.priming import Primed, PrimedOrder
 from venues.lighter.rest import REQUEST_PRIORITY, LighterRest
 from venues.lighter.signer import LighterSigner
 from venues.lighter.stream import LighterStream, StateSink
-from venues.orders import EventKind, Listener, OrderBook, OrderTracker
+from venues.orders import OrderBook, OrderTracker
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_PRICE_INT = 2**32 - 1  # Lighter prices are uint32 at the wire (lighter-sdk.md §4)
+MAX_PRICE_INT = 2**32 - 1  # Lighter prices are uint32 at the wire
 MAX_BASE_INT = 2**48 - 1
 MAX_POLL_INTERVAL = 1.0
 
@@ -117,16 +117,14 @@ class LighterConnector(VenueConnector):
         self._primed = Primed()
         self.live: LiveState | None = None
         if stream and ws_url:
-            self.live = LiveState(LighterStream(account, ws_url, self.account_index, on_state=on_stream_state),
-                                  reconcile_secs=reconcile_secs, on_disagreement=on_disagreement)
-            self._loop.run(self._start_stream(), self.timeout)
+            live = LiveState(LighterStream(account, ws_url, self.account_index, on_state=on_stream_state),
+                             reconcile_secs=reconcile_secs, on_disagreement=on_disagreement)
+            self.live = live
+            self._loop.run(self._start_stream(live.stream), self.timeout)
 
     def __repr__(self) -> str:
         return (f"LighterConnector(account={self.account!r}, account_index={self.account_index}, "
                 f"api_key_index={self.api_key_index}, base_url={self.base_url!r})")
-
-    def add_listener(self, listener: Listener) -> None:
-        self.orders.add_listener(listener)
 
     def nonce_state(self) -> str:
         """The signer's nonce bookkeeping for diagnostics ("unfetched" or "next=N"); never the key."""
@@ -146,9 +144,9 @@ class LighterConnector(VenueConnector):
             log.warning("account=%s close: %s", self.account, exc)
         self._loop.stop()
 
-    async def _start_stream(self) -> None:
-        assert self.live is not None
-        self.live.stream.start()
+    @staticmethod
+    async def _start_stream(stream: LighterStream) -> None:
+        stream.start()  # run on the connector's loop: the stream's tasks belong to it
 
     async def _aclose(self) -> None:
         if self.live is not None:
@@ -195,7 +193,6 @@ class LighterConnector(VenueConnector):
         except VenueError as exc:
             log.warning("account=%s position %s unknown: %s", self.account, symbol, exc)
             return PositionReading(self.account, symbol, None, time.time(), error=str(exc))
-        self.orders.emit(EventKind.POSITION, reading.to_json())
         return reading
 
     async def _position(self, symbol: str) -> PositionReading:
@@ -220,8 +217,6 @@ class LighterConnector(VenueConnector):
     def read_account(self, symbol: str) -> AccountReading:
         # One account read answers both balance and position; the book is read alongside it.
         top, acct, reading = self._run(self._book_and_account(symbol), calls=3)
-        if reading.known:
-            self.orders.emit(EventKind.POSITION, reading.to_json())
         return AccountReading(top, parse_balance(acct, self.account, reading.read_at), reading,
                               self._own_fraction(acct, symbol))
 
@@ -273,21 +268,17 @@ class LighterConnector(VenueConnector):
         return None
 
     def _record(self, report: OrderReport) -> OrderReport:
-        """Apply a venue report to the local tracker (monotonic) and emit an ORDER event on change."""
+        """Apply a venue report to the local tracker (monotonic) and return the tracker's report."""
         tracker = self.orders.get(report.client_id)
         if tracker is None:
             tracker = self.orders.track(OrderTracker(report.client_id, report.symbol, report.side,
                                                      report.requested, report.reduce_only))
-        before = tracker.report()
         if report.venue_order_id and not tracker.venue_order_id:
             tracker.venue_order_id = report.venue_order_id
         quote = report.avg_price * report.filled if report.avg_price is not None else None
         tracker.apply_cumulative(report.filled, quote)
         tracker.transition(report.state, report.reason)
-        after = tracker.report()
-        if after != before:
-            self.orders.emit(EventKind.ORDER, after.to_json())
-        return after
+        return tracker.report()
 
     async def _find(self, symbol: str, client_id: int) -> OrderReport | None:
         order = await self._lookup(client_id)
@@ -317,7 +308,7 @@ class LighterConnector(VenueConnector):
             if (last is not None and last.final) or time.monotonic() >= deadline:
                 return last
             await asyncio.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-            # Back off: a Standard account has 60 requests/min for reads and txs together (peers.md §1.1).
+            # Back off: a Standard account has 60 requests/min for reads and txs together.
             delay = min(delay * 2, MAX_POLL_INTERVAL)
 
     # ---- account settings --------------------------------------------------------------------
@@ -363,7 +354,7 @@ class LighterConnector(VenueConnector):
         nonce = self._signer.nonce_state()
         mid = market_index(rules)
         try:
-            # MARKET/IOC with no order expiry; the price is the worst acceptable one (lighter-sdk.md §4).
+            # MARKET/IOC with no order expiry; the price is the worst acceptable one.
             await self._signer.send_create_order(market_index(rules), client_id, rules.size_to_int(size),
                                                  rules.price_to_int(price), side is Side.SELL,
                                                  reduce_only=reduce_only, what=f"order client_id={client_id}",
@@ -383,7 +374,7 @@ class LighterConnector(VenueConnector):
         self._sent(mid, client_id)
         report = await self._poll_final(symbol, client_id, self.fill_wait)
         if report is None:
-            # Accepted but not visible yet: say so rather than guess a fill (bug §8.1).
+            # Accepted but not visible yet: say so rather than guess a fill.
             log.warning("account=%s client_id=%d accepted but not visible after %.1fs",
                         self.account, client_id, self.fill_wait)
             return tracker.report()
@@ -466,7 +457,7 @@ class LighterConnector(VenueConnector):
         if report.final:
             return report
         # Cancel by the venue's order_index, which we just read, rather than trusting that Index
-        # also matches a client order index (lighter-sdk.md §2 end).
+        # also matches a client order index (the SDK documents no such guarantee).
         index = order_index(order)
         await self._signer.send_cancel_order(market_index(rules), index,
                                              what=f"cancel client_id={client_id} order_index={index}")

@@ -1,11 +1,11 @@
 """Lighter API-key credentials: the original key-file format, env overrides, offline key generation.
 
-Key file (original-system.md §2.2), one ``name: value`` per line, names case-insensitive::
+Key file, one ``name: value`` per line, names case-insensitive::
 
     api key index: 4
     public key: <hex>
-    private key: <hex>          # the Lighter API key (40 bytes = 80 hex, lighter-sdk.md §1)
-    eth private key: 0x...      # ignored: we never derive the account from the L1 key (bug §8.12)
+    private key: <hex>          # the Lighter API key (40 bytes = 80 hex)
+    eth private key: 0x...      # ignored: we never derive the account from the L1 key
 
 Nothing here ever formats a private key into a message, a repr or a log line.
 """
@@ -22,7 +22,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _HEX80 = re.compile(r"^(0x)?[0-9a-fA-F]{80}$")
-# API key indexes 0..254; 255 is the SDK's "let the nonce manager pick" sentinel (lighter-sdk.md §1).
+# API key indexes 0..254; 255 is the SDK's "let the nonce manager pick" sentinel.
 _MAX_API_KEY_INDEX = 254
 #: The first index a user's own key may take: "indexes {0,1,2,3} are reserved for desktop and mobile
 #: interfaces" (apidocs.lighter.xyz/docs/api-keys; the production checklist: "a dedicated API key
@@ -125,7 +125,7 @@ def generate_lighter_keys(path: Path, api_key_index: int = USER_API_KEY_MIN) -> 
     """Generate an API key pair offline (Go signer) and write it in the original format, mode 0600.
 
     The public key still has to be registered on the account (ChangePubKey) before a real venue
-    accepts it; the simulator does not check signatures (lighter-sdk.md §2).
+    accepts it; the simulator does not check signatures.
     """
     # The Go library's GenerateAPIKey, as lighter.signer_client.create_api_key, without importing
     # the lighter package: demo and benchmark workers generate their keys in the pool child.

@@ -1,14 +1,15 @@
-"""Lighter fill and funding history for one market (``venues.ledger``; issue 16 item 13).
+"""Lighter fill and funding history for one market (``venues.ledger``): what the cycle
+report's realised PnL split is computed from.
 
 * ``GET /api/v1/trades`` (``OrderApi.trades``: ``sort_by``, ``limit`` 1..100, ``account_index``,
-  ``market_id``, ``sort_dir``, ``cursor``, ``from``; auth; lighter-sdk.md §2): ``Trades{code,
+  ``market_id``, ``sort_dir``, ``cursor``, ``from``; auth): ``Trades{code,
   next_cursor?, trades:[Trade]}``. A trade names both sides (``ask_account_id``/``bid_account_id``,
   ``ask_client_id``/``bid_client_id``); ``is_maker_ask`` says which side rested. ``taker_fee`` /
   ``maker_fee`` are the fee rates in integer parts per million (the captured 196 / 28 are the
   0.0196 % / 0.0028 % premium rows, fixtures ``ws_update_account_all_trades_nautilus``); the venue's Go
   JSON omits a zero (the mainnet ``recentTrades`` capture has ``maker_fee`` only, the testnet account
   trades neither), so an absent rate is 0. ``type`` ``liquidation``/``deleverage`` is the venue's own
-  order closing the account (§2 Trade enum).
+  order closing the account.
 * ``GET /api/v1/positionFunding`` (lighter-sdk 1.1.8 ``AccountApi.position_funding``:
   ``account_index``, ``limit`` 1..100, ``market_id``, ``cursor``, ``start_timestamp``,
   ``end_timestamp``; auth): ``PositionFundings{code, position_fundings:[{timestamp, market_id,

@@ -1,4 +1,5 @@
-"""Lighter's REST rate limits as the venue documents them (apidocs.lighter.xyz/docs/rate-limits).
+"""Lighter's REST rate limits as the venue documents them
+(https://apidocs.lighter.xyz/docs/rate-limits; the quotes below are from that page).
 
 The venue's facts only, shared by the production budget (:mod:`venues.lighter.budget`) and the
 simulator (``simulators/lighter_rules.py`` re-exports every name here), so both count alike.
@@ -9,9 +10,9 @@ from __future__ import annotations
 
 from enum import Enum
 
-#: The rolling window of every REST limit ("per rolling minute", docs/rate-limits).
+#: The rolling window of every REST limit ("per rolling minute").
 WINDOW_SECS = 60.0
-#: docs/rate-limits: "Rate Limit Exceeding Behavior: You will receive HTTP 429". The body's code and
+#: The venue: "Rate Limit Exceeding Behavior: You will receive HTTP 429". The body's code and
 #: message are the venue's error table as ccxt lighter.ts carries it ('23000': "Too Many Requests!");
 #: that the 429 carries exactly this body is UNCONFIRMED (no capture of a 429 body was found).
 RATE_LIMITED_CODE = 23000
@@ -20,21 +21,21 @@ RATE_LIMITED_STATUS = 429
 
 
 class Tier(str, Enum):
-    """Lighter account types (docs/account-types); the tier is tied to the L1 address."""
+    """Lighter account types; the tier is tied to the L1 address."""
 
-    #: The default: 60 requests per rolling minute, unweighted (docs/rate-limits).
+    #: The default: 60 requests per rolling minute, unweighted.
     STANDARD = "standard"
     #: Opt-in: 24,000 weighted requests per rolling minute; sendTx/sendTxBatch in their own bucket.
     PREMIUM = "premium"
 
 
-#: Standard accounts: "60 requests per rolling minute" (docs/rate-limits).
+#: Standard accounts: "60 requests per rolling minute".
 STANDARD_REQUESTS = 60
-#: Premium accounts: "24,000 weighted requests per rolling minute" (docs/rate-limits).
+#: Premium accounts: "24,000 weighted requests per rolling minute".
 PREMIUM_WEIGHT = 24_000
-#: Premium sendTx/sendTxBatch bucket with 0 LIT staked: 4000 per minute, L1 address only (docs/rate-limits).
+#: Premium sendTx/sendTxBatch bucket with 0 LIT staked: 4000 per minute, L1 address only.
 PREMIUM_SEND_TX = 4000
-#: Endpoint weights (docs/rate-limits "Weights"); every other endpoint weighs 300.
+#: Endpoint weights (the page's "Weights" table); every other endpoint weighs 300.
 WEIGHTS: dict[str, int] = {
     "sendTx": 6, "sendTxBatch": 6, "nextNonce": 6, "publicPools": 50, "txFromL1TxHash": 50,
     "accountInactiveOrders": 100, "deposit/latest": 100, "apikeys": 150, "transferFeeInfo": 500,
@@ -42,10 +43,10 @@ WEIGHTS: dict[str, int] = {
 }
 DEFAULT_WEIGHT = 300
 #: The endpoints that carry signed txs: counted against the L1 address, and on Premium in their own
-#: PREMIUM_SEND_TX bucket (docs/rate-limits, sendTx section).
+#: PREMIUM_SEND_TX bucket.
 TX_ENDPOINTS = frozenset({"sendTx", "sendTxBatch"})
 #: "Transaction Type Limits (per user)… apply to all account types: Default 40 requests / minute"
-#: (docs/rate-limits). The simulator's tx types (create, cancel, cancel-all) are all "Default"; one
+#: The simulator's tx types (create, cancel, cancel-all) are all "Default"; one
 #: budget per tx type is UNCONFIRMED (the table is keyed by type, not said to be shared).
 TX_TYPE_PER_MINUTE = 40
 
@@ -56,14 +57,14 @@ def endpoint_name(path: str) -> str:
 
 
 def endpoint_weight(path: str) -> int:
-    """The weight of ``/api/v1/<endpoint>`` (docs/rate-limits)."""
+    """The weight of ``/api/v1/<endpoint>``."""
     return WEIGHTS.get(endpoint_name(path), DEFAULT_WEIGHT)
 
 
 def standard_endpoint_limit(path: str) -> int | None:
     """A Standard account's own per-minute cap on one heavy endpoint, or None when only the 60 apply.
 
-    docs/rate-limits: "whenever premium/weight < 60, the former limit is applied", so ``trades``
+    The venue: "whenever premium/weight < 60, the former limit is applied", so ``trades``
     (weight 600) is capped at 24,000 / 600 = 40 requests a minute even on Standard.
     """
     cap = PREMIUM_WEIGHT // endpoint_weight(path)

@@ -1,10 +1,10 @@
 """One asyncio event loop per connector, in a daemon thread.
 
 The connector's aiohttp session, the signer's optimistic nonce state and its ``asyncio.Lock``
-belong to one running loop (as the SDK's did: lighter-sdk.md §1, §2 "locks are per event loop").
+belong to one running loop (an ``asyncio.Lock`` or session used from another loop fails).
 A Celery task calls the connector's sync methods many times, so the loop outlives each call: the
-Go client is registered once and the nonce is fetched once, not per order (the original paid both
-on every order, bug §8.13).
+Go client is registered once and the nonce is fetched once, not per order (each costs a round trip
+or a signer call on the order path).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ library shipped in ``lighter/signers/`` (about 3 MB once loaded). So this module
   parent that imports the connector module does not map 12 MB it never uses).
 
 Every ``sign_*`` gets an explicit ``nonce`` and ``api_key_index``: with ``nonce=-1`` the Go code would
-make its own blocking HTTP call (lighter-sdk.md §1 "Offline signing"), which we never want.
+make its own blocking HTTP call, which we never want.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def _signed(lib: ctypes.CDLL, result: _SignedTxResponse) -> SignedTx:
 
 
 def chain_id_for(url: str) -> int:
-    """SignerClient's chain id choice by URL substring (lighter-sdk.md §1 "Construction")."""
+    """SignerClient's chain id choice by URL substring."""
     if "mainnet.zklighter" in url:
         return 304
     if "testnet.zklighter" in url:

@@ -2,7 +2,7 @@
 
 Every body in ``tests/fixtures/lighter.json`` must parse. Lighter mixes JSON numbers and
 strings for amounts, so every amount goes through ``Decimal(str(x))``. Unknown order statuses
-raise instead of mapping to OPEN (original bug §8.4).
+raise instead of mapping to OPEN, so a status we do not know cannot hide a fill.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ CODE_INVALID_MARKET = 21602
 #: "invalid PublicKey, please run changePubKey" (apidocs.lighter.xyz/docs/troubleshooting): the key at that
 #: index is not registered for the account (or the index is one of the venue's reserved 0-3).
 CODE_INVALID_PUBKEY = 21108
-# 23000-23003 are rate limits; 21506 "too many pending txs" is a back-off too (lighter-sdk.md §2).
+# 23000-23003 are rate limits; 21506 "too many pending txs" is a back-off too.
 _RATE_LIMIT_CODES = frozenset({23000, 23001, 23002, 23003, 21506})
 
 _OPEN_STATUSES = frozenset({"open", "pending", "in-progress"})
-# Terminal statuses other than "filled": canceled and every canceled-* (lighter-sdk.md §2 Order).
+# Terminal statuses other than "filled": canceled and every canceled-* status of the venue's Order.
 CANCEL_PREFIXES = ("canceled", "cancelled", "expired", "rejected", "failed")
-# Offline validation errors from the Go signer carry no code (lighter-sdk.md §1 "Offline signing").
+# Offline validation errors from the Go signer carry no code.
 _SIGNER_VALIDATION = re.compile(r"should not be|is not valid|is invalid", re.IGNORECASE)
 
 
@@ -130,8 +130,8 @@ _ERR_STATUS = re.compile(r"^\((\d{3})\)")
 def error_from_text(text: str, status: int | None = None) -> VenueError:
     """A :class:`VenueError` from the SDK's ``err`` string or exception text.
 
-    The SDK flattens a 400 body into ``"HTTP response body: code=21104 message='invalid nonce' ..."``
-    (lighter-sdk.md §2 "Parsing and error behaviour"); signer validation errors are plain sentences.
+    The SDK flattens a 400 body into ``"HTTP response body: code=21104 message='invalid nonce' ..."``;
+    signer validation errors are plain sentences.
     """
     code_match = _ERR_CODE.search(text)
     msg_match = _ERR_MESSAGE.search(text)
@@ -286,7 +286,7 @@ def parse_initial_margin_fraction(acct: Mapping[str, Any], market_id: int) -> De
 
 
 def parse_balance(acct: Mapping[str, Any], account: str, read_at: float) -> Balance:
-    """Equity is ``total_asset_value`` (collateral + unrealised PnL), not collateral (bug §8.10)."""
+    """Equity is ``total_asset_value`` (collateral + unrealised PnL), not collateral."""
     return Balance(
         account=account,
         collateral=opt_decimal(acct.get("collateral"), "collateral"),

@@ -1,14 +1,14 @@
 """Raw JSON requests to the Lighter REST API, on the connector's loop.
 
 Everything uses our own aiohttp session instead of the SDK's generated API classes: the SDK would
-wrap bodies in unvalidated models (lighter-sdk.md §2 "Types are not coerced"), give every request a
-300 s timeout (§5), and importing it costs a worker tens of MB. Raw dicts are exactly what the
+wrap bodies in unvalidated models, give every request a
+300 s timeout, and importing it costs a worker tens of MB. Raw dicts are exactly what the
 fixtures hold, numbers are parsed as ``Decimal`` from their text, and every request has our
 timeout. Transactions are signed by the SDK's Go library (:mod:`.native`) and posted here
 (``POST /api/v1/sendTx``, a urlencoded form, as ``TransactionApi.send_tx`` does).
 
 With ``auth`` (the signer's token, :meth:`LighterSigner.auth_token`) every GET is authenticated, public
-endpoints too: docs/rate-limits, "To bypass IP-based rate limits, clients can authenticate each
+endpoints too: Lighter's rate-limit page says "To bypass IP-based rate limits, clients can authenticate each
 request so that only L1-based rate limits apply", so the Lighter workers of one host do not share
 the IP's budget at all. With a :class:`~venues.lighter.budget.LighterBudget`, every request first takes its share of the
 account's rate budget (shared through Redis by every worker of the L1 address and the IP) and
@@ -52,7 +52,7 @@ class LighterRest:
     """GET/POST helper bound to one base URL and one aiohttp session (created inside the loop)."""
 
     def __init__(self, base_url: str, timeout: float, account: str, budget: LighterBudget | None = None) -> None:
-        self.base_url = base_url.rstrip("/")  # a trailing slash makes //api/v1/... (lighter-sdk.md §5)
+        self.base_url = base_url.rstrip("/")  # a trailing slash makes //api/v1/...
         self.timeout = timeout
         self.account = account
         self.budget = budget
@@ -133,7 +133,7 @@ class LighterRest:
 
 
 def _tx_types(form: dict[str, str]) -> tuple[int, ...]:
-    # sendTx names one type; sendTxBatch a JSON list of them (lighter-sdk.md §2).
+    # sendTx names one type; sendTxBatch a JSON list of them.
     if "tx_type" in form:
         return (int(form["tx_type"]),)
     try:

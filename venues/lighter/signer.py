@@ -4,16 +4,16 @@ This replaces ``lighter.SignerClient`` (lighter-sdk 1.1.8), whose import alone c
 +31..59 MB, and does exactly what it did for the calls the connector makes:
 
 * **Client.** ``CreateClient(url, key, chain_id, api_key_index, account_index)`` once, before the
-  first signature; ``chain_id`` by URL substring (lighter-sdk.md §1 "Construction"). The Go library
-  keeps clients in a process-global map, so one OS process serves one Lighter account (bug §8.12).
+  first signature; ``chain_id`` by URL substring. The Go library
+  keeps clients in a process-global map, so one OS process serves one Lighter account.
 * **Nonces** as the OPTIMISTIC manager: the first tx fetches ``GET /api/v1/nextNonce`` and stores
   ``n - 1``; each tx adds 1 locally; HTTP 200 with ``code != 200`` (or a signing error, or any
   other HTTP 400) rolls the nonce back by one; an HTTP 400 "invalid nonce" hard-refreshes it. Any
   other failure (429, 5xx, timeout, reset) may have consumed the nonce at the venue, so we resync
-  before the next tx (the SDK left that to the caller; lighter-sdk.md §2 "Parsing and error
-  behaviour"). One lock around nonce, signature and send, as the SDK's per-key lock. nextNonce
-  lags an accepted tx (docs/nonce-management: it "will NOT update right away on the server side"),
-  so a read is never taken below the highest nonce the venue accepted from this signer.
+  before the next tx (the SDK left that to the caller). One lock around nonce, signature and send,
+  as the SDK's per-key lock. nextNonce lags an accepted tx (Lighter's nonce documentation: it "will
+  NOT update right away on the server side"), so a read is never taken below the highest nonce the
+  venue accepted from this signer.
 * **Send.** ``POST /api/v1/sendTx`` with the form fields ``tx_type`` and ``tx_info``.
 * **Retry.** :meth:`send` resyncs and retries ONCE on invalid nonce, with the same arguments.
 """
@@ -227,8 +227,9 @@ class LighterSigner:
         straight away).
         """
         self._ensure_client()
-        error: VenueError | None = None
-        for attempt in (1, 2):
+        attempt = 0
+        while True:
+            attempt += 1
             log.info("account=%s send %s attempt=%d api_key_index=%d nonce %s",
                      self.account, what, attempt, self.api_key_index, self.nonce_state())
             try:
@@ -252,10 +253,10 @@ class LighterSigner:
             if error.reason is not ReasonCode.INVALID_NONCE:
                 raise error
             # _attempt rolled back (code != 200) or hard-refreshed (HTTP 400); make sure we hold the
-            # venue's value either way before the one retry.
+            # venue's value either way before the one retry (or before giving up after it).
             await self.resync_nonce(what)
-        assert error is not None
-        raise error
+            if attempt == 2:
+                raise error
 
     def _tx_lock(self) -> asyncio.Lock:
         if self._lock is None:

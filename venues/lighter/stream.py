@@ -1,4 +1,4 @@
-"""The Lighter WebSocket of one worker (lighter-sdk.md §3): the account's positions and orders and
+"""The Lighter WebSocket of one worker: the account's positions and orders and
 the watched markets' books, cached with their receipt time.
 
 One connection to ``/stream`` on the connector's loop, subscribed to ``account_all/<index>`` (no
@@ -95,7 +95,7 @@ class _Book:
             self.bids.clear()
         for side, levels in ((self.asks, body.get("asks")), (self.bids, body.get("bids"))):
             for level in levels or []:
-                # Levels merge by their exact price string, as the SDK's client does (lighter-sdk.md §3).
+                # Levels merge by their exact price string, as the SDK's client does.
                 price, size = str(level["price"]), Decimal(str(level["size"]))
                 if size == 0:
                     side.pop(price, None)

@@ -29,7 +29,7 @@ from xtb_tasks.cli import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / "examples" / "demo.toml"
-#: The normal end of a cycle is "Cycle completed" (cycle_completed), not an emergency exit (issue 16 item 13).
+#: The normal end of a cycle is "Cycle completed" (cycle_completed), not an emergency exit.
 EXPECTED_ALERTS = ("cycle_started", "cycle_hedged", "cycle_finished", "cycle_completed")
 COMPLETED_TEXT = "Cycle completed"
 #: The demo's cycle sizes at 40x (the bot raises the Lighter accounts' leverage to it) on accounts

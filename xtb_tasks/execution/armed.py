@@ -69,10 +69,11 @@ def _record_armed(client: Any, request: OrderRequest, intent: dict[str, Any], le
 def await_entry(client: Any, request: OrderRequest, fetched: Prefetch) -> Leg:
     """The entry's leg once it filled; raises (and records the armed id as never sent) when it
     failed, was cancelled or did not finish in time."""
-    assert request.cycle_id and request.quantity_from_leg
+    cycle_id, entry_leg = request.cycle_id, request.quantity_from_leg
+    if not cycle_id or not entry_leg:
+        raise ValueError(f"{request.leg}: an armed hedge needs its cycle id and the leg it hedges")
     try:
-        entry = await_outcome(client, request.cycle_id, request.quantity_from_leg,
-                              deadline=grace_deadline())
+        entry = await_outcome(client, cycle_id, entry_leg, deadline=grace_deadline())
         if entry is None or entry.filled <= 0:
             raise LegFailed(f"{request.quantity_from_leg} filled nothing; {request.leg} has nothing to hedge")
     except (EntryNotFilled, LegFailed) as exc:

@@ -4,9 +4,10 @@ Both run in process under the account lease and send every order through
 :func:`xtb_tasks.execution.venue_ops.submit_order`, the code path of the venue workers and ``xtb order
 --direct``: a fresh client id from Redis, its intent recorded before the venue sees it.
 
-Fixes over the original (original-system.md §6, §8.21):
+Rules both keep:
 
-* positions are signed everywhere (the original min-order baseline and smoke flatten were unsigned);
+* positions are signed everywhere, the min-order baseline and the smoke flatten included (an
+  unsigned position cannot tell which way to close);
 * nothing is retried while the previous attempt may have filled: an unknown outcome is looked up
   and the position re-read before a fresh client id is sent;
 * the smoke test closes exactly the filled quantity, checks the position is back to the baseline
@@ -322,18 +323,19 @@ def run_smoke(venue: Venue, *, side: str = "auto", settle_secs: float = 1.0,
                  step_size=rules.step_size, min_quantity=rules.min_quantity, min_notional=rules.min_notional,
                  bid=book.bid, ask=book.ask, why="empty book side")
     start = venue.read()
-    if not report.check("baseline", start.known, position=start.quantity, why=f"position unknown: {start.error}"):
+    baseline = start.quantity
+    report.check("baseline", baseline is not None, position=baseline, why=f"position unknown: {start.error}")
+    if baseline is None:
         return report  # nothing was traded; nothing to undo
-    assert start.quantity is not None
     try:
-        _open_and_close(venue, report, rules, book.price_for, start.quantity, side, max_slippage)
+        _open_and_close(venue, report, rules, book.price_for, baseline, side, max_slippage)
         cancelled = venue.connector.cancel_all(venue.symbol)
         report.check("no_open_orders", cancelled == 0, cancelled=cancelled, why=f"{cancelled} order(s) were open")
-        _check_back(venue, report, rules, start.quantity, settle_secs)
+        _check_back(venue, report, rules, baseline, settle_secs)
     except VenueError as exc:
         report.check("error", False, why=str(exc))
     finally:
-        flatten_to_baseline(venue, report, rules, start.quantity, max_slippage)
+        flatten_to_baseline(venue, report, rules, baseline, max_slippage)
     return report
 
 
@@ -379,19 +381,21 @@ def flatten_to_baseline(venue: Venue, report: SmokeReport, rules: MarketRules, b
     orders: list[Attempt] = []
     reading = venue.read()
     for _ in range(FLATTEN_MAX_ORDERS):
-        residual = moved(reading, baseline)
-        if residual is None or abs(residual) < rules.step_size:
+        quantity = reading.quantity
+        if quantity is None:  # unknown: the final check below reports it
             break
-        assert reading.quantity is not None
-        side = Side.to_reduce(reading.quantity)
+        residual = quantity - baseline
+        if abs(residual) < rules.step_size:
+            break
+        side = Side.to_reduce(quantity)
         # Reduce-only can only move toward zero: a residual that points away from zero is left alone.
         if side.sign * residual >= 0:
             break
-        size = rules.quantize_size(min(abs(residual), abs(reading.quantity)))
+        size = rules.quantize_size(min(abs(residual), abs(quantity)))
         if size < rules.step_size:
             break
         orders.append(place(venue, side, size, reduce_only=True, leg="diag-smoke-flatten", max_slippage=max_slippage))
         reading = venue.read()
-    residual = moved(reading, baseline)
-    report.check("final_flatten", residual is not None and abs(residual) < rules.step_size, residual=residual,
-                 position=reading.quantity, orders=orders, why=f"residual exposure {residual} versus the baseline")
+    final = moved(reading, baseline)
+    report.check("final_flatten", final is not None and abs(final) < rules.step_size, residual=final,
+                 position=reading.quantity, orders=orders, why=f"residual exposure {final} versus the baseline")

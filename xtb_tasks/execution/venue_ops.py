@@ -94,7 +94,8 @@ def read_position(client: redis.Redis, connector: VenueConnector, symbol: str, c
 def _resolve_quantity(connector: VenueConnector, req: OrderRequest, prior_leg: Leg | None) -> Decimal:
     rules = connector.market_rules(req.symbol)
     if req.quantity_from_leg is None:
-        assert req.quantity is not None
+        if req.quantity is None:
+            raise ValueError(f"{req.leg or 'order'} on {req.account}: neither a quantity nor a leg to take it from")
         return rules.quantize_size(req.quantity)
     filled = prior_leg.filled if prior_leg is not None else Decimal(0)
     if filled <= 0:
@@ -289,7 +290,8 @@ def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, 
 
 def confirmation(reading: PositionReading, baseline: Decimal, expected_sign: int, requested: Decimal,
                  min_fraction: Decimal) -> dict[str, Any]:
-    """Original rule (§1.5): confirmed when the position moved the expected way by more than a fraction."""
+    """Confirmed when the position moved the expected way by more than ``min_fraction`` of the
+    request: a fill too small to see, or a move the wrong way, is not a confirmation."""
     if reading.quantity is None:
         return {"confirmed": False, "position": None, "delta": None, "error": reading.error}
     delta = reading.quantity - baseline
