@@ -104,14 +104,3 @@ def cycle_split(data: Mapping[str, Any], accounts: Mapping[str, str], histories:
         out[role] = venue_split(AccountHistory.from_json(found[0]), ids.get(role, set()),
                                 steps.get(role, Decimal("0.0001")))
     return out
-
-
-def total_of(split: Mapping[str, Mapping[str, Any]], part: str) -> Decimal | None:
-    """The sum of one part over every venue; None when any venue's is unknown."""
-    total = Decimal(0)
-    for role in split.values():
-        value = role.get(part)
-        if value is None:
-            return None
-        total += Decimal(str(value))
-    return total

@@ -51,7 +51,7 @@ def test_the_loop_rebalances_backpack_to_its_target_then_exits_on_a_confirmed_li
 
 def test_a_redelivered_decision_refuses_so_the_cycle_keeps_one_loop() -> None:
     state, venue = entered()
-    store, scheduler = runner(state, venue)
+    _, scheduler = runner(state, venue)
     read = [venue.read(a) for a in ("bp", "l1", "l2")]
     decide = Step(StepName.REBALANCE_DECIDE, {"attempt": 0, "then": "hedge", "step": 0})
     scheduler.run(state.cycle_id, decide, read)

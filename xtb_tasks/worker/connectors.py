@@ -110,8 +110,9 @@ _consumed_accounts: list[str] = []
 
 
 def install_prewarm_hooks() -> None:
-    """Build each consumed account's connector when a pool child starts, not on the first order."""
-    from celery.signals import celeryd_after_setup, worker_process_init
+    """Build each consumed account's connector when a pool child starts, not on the first order, and
+    close it (its WebSocket streams and HTTP sessions) when the child shuts down."""
+    from celery.signals import celeryd_after_setup, worker_process_init, worker_process_shutdown
 
     @celeryd_after_setup.connect(weak=False)
     def _remember_queues(sender: object = None, instance: object = None, **_: object) -> None:
@@ -132,6 +133,10 @@ def install_prewarm_hooks() -> None:
             except Exception:
                 # The first task reports the problem properly; a boot-time failure must not kill the pool.
                 log.exception("account=%s connector could not be built at worker start", account)
+
+    @worker_process_shutdown.connect(weak=False)
+    def _close(**_: object) -> None:
+        close_connectors()
 
 
 def _break_dead_lease(account: str) -> None:
