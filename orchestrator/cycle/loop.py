@@ -26,7 +26,8 @@ from core.cycle_fields import ExitReason, Stage
 from core.legs import Leg
 from monitoring.alert_texts import AlertKind, format_cycle_hedged
 from orchestrator.cycle.commands import Alert, Decision, ReadPositions, RunLater, SendOrder, StartExit, Step, StepName
-from orchestrator.cycle.state import LIGHTER_ROLES, CycleState, LoopState, Positions, numbered_leg
+from orchestrator.cycle.runner import Call, Opening, StepSpec
+from orchestrator.cycle.state import LIGHTER_ROLES, LOOP_STAGES, CycleState, LoopState, Positions, numbered_leg
 from venues.base import MarketRules, Side
 
 #: The loop's two modes: after the entry (``hedge``: entering monitoring once hedged) and from a
@@ -267,3 +268,34 @@ def _unknown_alert(state: CycleState, positions: Positions, count: int) -> Alert
     text = (f"Cycle {state.cycle_id} ({state.group.name}): {'/'.join(roles)} position unknown on {count} monitor "
             "reads in a row; nothing is traded on unknown reads. Check the venue and the worker (xtb status).")
     return Alert(AlertKind.POSITIONS_UNKNOWN, text, {"unknown_reads": count, "roles": roles})
+
+
+# ---- the loop's steps ------------------------------------------------------------------------------
+
+def _rebalance(state: CycleState, now: float, call: Call) -> Decision:
+    return start_rebalance(state, attempt=call.number("attempt"), then=call.text("then", AFTER_ENTRY),
+                                token=call.token)
+
+
+def _rebalance_decide(state: CycleState, now: float, call: Call) -> Decision:
+    return decide_rebalance(state, positions_of(call.observed, state), attempt=call.number("attempt"),
+                                 then=call.text("then", AFTER_ENTRY), token=call.token + 1, now=now)
+
+
+def _monitor_tick(state: CycleState, now: float, call: Call) -> Decision:
+    return monitor_tick(state, token=call.token, now=now)
+
+
+def _monitor_decide(state: CycleState, now: float, call: Call) -> Decision:
+    return decide_monitor(state, positions_of(call.observed, state), token=call.token + 1, now=now)
+
+
+#: The loop's steps: each one's opening and decision (``orchestrator.cycle.steps`` collects every phase's).
+STEPS: dict[StepName, StepSpec] = {
+    StepName.REBALANCE: StepSpec(Opening(LOOP_STAGES, token=True, label="rebalance"), _rebalance),
+    StepName.REBALANCE_DECIDE: StepSpec(Opening(LOOP_STAGES, advance=True, label="rebalance decision"),
+                                        _rebalance_decide),
+    StepName.MONITOR_TICK: StepSpec(Opening((Stage.MONITORING,), token=True, label="monitor tick"), _monitor_tick),
+    StepName.MONITOR_DECIDE: StepSpec(Opening((Stage.MONITORING,), advance=True, label="monitor decision"),
+                                      _monitor_decide),
+}

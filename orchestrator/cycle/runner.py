@@ -7,8 +7,8 @@ with their own store, scheduler and clock, so both run exactly the same opening.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from core.cycle_fields import ExitReason, Stage
@@ -40,6 +40,37 @@ class Opening:
     token: bool = False
     advance: bool = False
     label: str = "step"
+
+
+@dataclass(frozen=True)
+class Call:
+    """One delivery of a step: its keyword arguments and what its chord header observed."""
+
+    kwargs: Mapping[str, Any]
+    observed: Sequence[Mapping[str, Any]] = field(default_factory=tuple)
+
+    @property
+    def token(self) -> int:
+        """The loop token the step was issued under (0 outside the loop)."""
+        return int(self.kwargs.get("step") or 0)
+
+    def number(self, name: str) -> int:
+        return int(self.kwargs.get(name) or 0)
+
+    def text(self, name: str, default: str) -> str:
+        return str(self.kwargs.get(name) or default)
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """A step: how it opens, and its decision from the state, the time and the call."""
+
+    opening: Opening
+    decide: Callable[[CycleState, float, Call], Decision]
+
+    def bind(self, call: Call) -> Decide:
+        """The decision of one delivery, as the runner calls it."""
+        return lambda state, now: self.decide(state, now, call)
 
 
 class StaleStep(Exception):

@@ -22,9 +22,9 @@ from core.config_schema import Role
 from core.legs import Leg, LegState
 from monitoring.alert_texts import AlertKind
 from orchestrator.cycle.commands import Alert, Command, Decision, ReadPositions, RunLater, SendOrder, StartExit, Step
-from orchestrator.cycle.runner import Ports, StaleStep, run_step
+from orchestrator.cycle.runner import Call, Ports, StaleStep, run_step
 from orchestrator.cycle.state import CycleState, Event
-from orchestrator.cycle.steps import STEPS, Call
+from orchestrator.cycle.steps import STEPS
 from venues.base import Side
 
 EVENTS_KEPT = 100

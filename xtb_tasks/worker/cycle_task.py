@@ -17,9 +17,9 @@ from core.fencing import Fence
 from core.redis_conn import redis_client
 from orchestrator import canvas
 from orchestrator.cycle.commands import Command, ReadPositions, RunLater, SendOrder, StartExit, Step, StepName
-from orchestrator.cycle.runner import Decide, Opening, Ports, StaleStep, run_step
+from orchestrator.cycle.runner import Call, Decide, Opening, Ports, StaleStep, run_step
 from orchestrator.cycle.state import LOOP_STAGES, CycleState
-from orchestrator.cycle.steps import STEPS, Call
+from orchestrator.cycle.steps import STEPS
 from orchestrator.store import RedisClock, RedisCycleStore
 from xtb_tasks.worker.fences import refuse_stale
 
