@@ -135,6 +135,8 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
       exit_attempts  emergency-exit attempts launched so far
       exit_reason    why the exit runs, once it does
       events     the cycle's event log, oldest first
+      client_ids the client id blocks planning allocated to the entry's legs (each leg's retries
+                 use its block in order; their intents are recorded with the plan)
     """
 
     cycle_id: str
@@ -150,6 +152,7 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
     exit_attempts: int = 0
     exit_reason: ExitReason | None = None
     events: tuple[Event, ...] = ()
+    client_ids: dict[LegName, list[int]] = msgspec.field(default_factory=dict)
 
     @property
     def baselines(self) -> Positions:

@@ -8,7 +8,7 @@ from decimal import ROUND_DOWN, Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.entry_balance import EntryBalance, balance_entry
+from orchestrator.cycle.entry import EntryBalance, balance_entry
 from venues.base import MarketRules
 
 L = MarketRules(symbol="ETH", tick_size=Decimal("0.01"), step_size=Decimal("0.0001"), min_quantity=Decimal("0.005"))

@@ -19,7 +19,17 @@ from core.cycle_fields import ExitReason, Stage
 from core.fencing import Fence
 from core.redis_conn import redis_client
 from orchestrator import canvas
-from orchestrator.cycle.commands import Command, Decision, ReadPositions, RunLater, SendOrder, StartExit, Step
+from orchestrator.cycle.commands import (
+    Command,
+    Decision,
+    EnterFirstLegs,
+    EnterRest,
+    ReadPositions,
+    RunLater,
+    SendOrder,
+    StartExit,
+    Step,
+)
 from orchestrator.cycle.state import CycleState
 from orchestrator.store import RedisClock, RedisCycleStore
 from xtb_tasks.worker.fences import refuse_stale
@@ -52,8 +62,12 @@ class Opening:
 Decide = Callable[[CycleState, float], Decision]
 
 
-def loop_fence(step: int | None) -> Fence:
-    return Fence(canvas.LOOP_STAGES, step=step)
+def order_fence(order: SendOrder) -> Fence:
+    """Where the cycle must still be when ``order`` runs: its own stages (an entry order), else the
+    control loop's under the token it was issued with."""
+    if order.fence_stages is not None:
+        return Fence(order.fence_stages)
+    return Fence(canvas.LOOP_STAGES, step=order.fence_step)
 
 
 class CeleryScheduler:
@@ -67,22 +81,26 @@ class CeleryScheduler:
     def signature(self, state: CycleState, command: Command) -> Signature:
         cycle_id, group = state.cycle_id, state.group
         if isinstance(command, ReadPositions):
-            return canvas.read_positions(group, cycle_id, self.step(command.then, immutable=False))
+            return canvas.read_positions(group, cycle_id, self.step(cycle_id, command.then, immutable=False))
         if isinstance(command, RunLater):
-            return self.step(command.step).set(**canvas.wait_option(command.after_secs))
+            return self.step(cycle_id, command.step).set(**canvas.wait_option(command.after_secs))
         if isinstance(command, SendOrder):
             return canvas.order_then(group, command.role, cycle_id, side=command.side.value,
                                      quantity=command.quantity, client_id=int(command.client_id or 0),
                                      leg=command.leg, reduce_only=command.reduce_only,
-                                     max_slippage=command.max_slippage, fence=loop_fence(command.fence_step),
-                                     then=self.step(command.then))
+                                     max_slippage=command.max_slippage, fence=order_fence(command),
+                                     then=self.step(cycle_id, command.then))
         if isinstance(command, StartExit):
             return canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=command.reason.value)
+        if isinstance(command, EnterFirstLegs):
+            return canvas.entry_chain(group, cycle_id, command, self.step(cycle_id, command.then))
+        if isinstance(command, EnterRest):
+            return canvas.entry_rest(group, cycle_id, command, self.step(cycle_id, command.then))
         raise TypeError(f"no Celery form for command {type(command).__name__}")
 
     @staticmethod
-    def step(step: Step, *, immutable: bool = True) -> Signature:
-        return canvas.hedge(step.name.value, immutable=immutable, **step.kwargs)
+    def step(cycle_id: str, step: Step, *, immutable: bool = True) -> Signature:
+        return canvas.hedge(step.name.value, immutable=immutable, cycle_id=cycle_id, **step.kwargs)
 
 
 class CycleStepTask(Task):
@@ -91,7 +109,10 @@ class CycleStepTask(Task):
     abstract = True
     ignore_result = True
 
-    def run_step(self, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0) -> dict[str, Any]:
+    def run_step(self, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0,
+                 claim: str | None = None) -> dict[str, Any]:
+        """Run one step; ``claim`` names a once-only claim of the cycle the step takes before it acts
+        (a second delivery of the same step stops there)."""
         client = redis_client()
         store = RedisCycleStore(client)
         state = store.load(cycle_id)
@@ -105,6 +126,8 @@ class CycleStepTask(Task):
         if state.cancel_requested:
             scheduler.publish(state, [StartExit(ExitReason.CANCELLED)])
             return {"cancelled": True}
+        if claim is not None and not store.claim(cycle_id, claim):
+            return {"duplicate": True}
         if opening.advance and not store.advance_step(cycle_id, step):
             refuse_stale(opening.label, cycle_id, None, f"control step {step} was already decided")
         now = RedisClock(client).now()
