@@ -1,5 +1,5 @@
 """balance_entry: the Lighter1 hedge is topped up once, then Backpack is brought down to it, so the
-net during the random wait is within one Backpack step (issue 16 item 6)."""
+net during the random wait is within one Backpack step."""
 
 from __future__ import annotations
 
