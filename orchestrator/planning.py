@@ -3,8 +3,9 @@
 Sizing: Lighter1 collateral × buffer × leverage at the top of book, or an explicit size. Every
 account's available margin is checked against its own venue's initial-margin rule for the planned
 size plus the taker fees of the entry and the exit, every venue's own minimum quantity and minimum
-notional apply, and sizes are Decimal on each venue's step. An unknown starting position refuses the cycle (unknown is not zero), and so
-does a held one unless ``allow_existing_positions``: a cycle trades only what it opens.
+notional apply, and sizes are Decimal on each venue's step. An unknown starting position refuses
+the cycle (unknown is not zero), and so does a held one unless ``allow_existing_positions``: a
+cycle trades only what it opens.
 """
 
 from __future__ import annotations
