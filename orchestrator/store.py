@@ -17,7 +17,7 @@ import redis
 from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
 from core.config import GroupConfig, HedgeParams, Role
-from core.cycle_record import CycleRecord, Stage, positions_fields, step_grace
+from core.cycle_record import CycleRecord, Stage, create_cycle, grace_deadline, positions_fields, step_grace
 from core.durability import durable_execute
 from core.exposure import NetExposure
 from core.fencing import advance_step
@@ -107,14 +107,8 @@ def new_client_ids(before: CycleState, after: CycleState) -> list[tuple[str, int
     out: list[tuple[str, int, LegName]] = []
     for leg, ids in after.client_ids.items():
         known = set(before.client_ids.get(leg, ()))
-        role = ENTRY_ROLES[leg]
-        out.extend((after.group.account_for(role), i, leg) for i in ids if i not in known)
+        out.extend((after.group.account_for(leg.role), i, leg) for i in ids if i not in known)
     return out
-
-
-#: The role that sends each entry leg.
-ENTRY_ROLES = {LegName.BP_ENTRY: Role.BP, LegName.L1_HEDGE: Role.L1, LegName.L1_TOPUP: Role.L1,
-               LegName.BP_BALANCE: Role.BP, LegName.L2_ENTRY: Role.L2}
 
 
 def loop_fields(before: LoopState, after: LoopState, baselines: Positions, now: float) -> dict[str, Any]:
@@ -140,6 +134,14 @@ class RedisCycleStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+
+    def create(self, state: CycleState, *, overrides: Mapping[str, Any], cycle_index: int, trigger_task: str) -> None:
+        """Write a new cycle's record (in stage ``planning``) with the group and parameters it runs
+        on; its first step is due within the step grace. ``overrides`` and ``cycle_index`` are kept
+        for reports; the trigger task names who started it."""
+        create_cycle(self.client, state.cycle_id, state.group.name, overrides=dict(overrides), cycle_index=cycle_index,
+                     direction=state.params.direction.value, params=state.params.to_json(),
+                     config=msgspec.to_builtins(state.group), next_deadline=grace_deadline(), trigger_task=trigger_task)
 
     def load(self, cycle_id: str) -> CycleState | None:
         record = CycleRecord(self.client, cycle_id)

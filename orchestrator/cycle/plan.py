@@ -59,12 +59,12 @@ def size(state: CycleState, snapshots: Sequence[Mapping[str, Any]], rng: random.
         return NotStarted(str(exc))
 
 
-def id_blocks(state: CycleState) -> dict[LegName, tuple[Role, int]]:
-    """The entry legs that retry on a block of client ids: each leg's role and block size (its attempts)."""
+def id_blocks(state: CycleState) -> dict[LegName, int]:
+    """The entry legs that retry on a block of client ids, each with its block's size (its attempts);
+    a leg's ids are its role's account's (``LegName.role``)."""
     params = state.params
-    return {LegName.BP_ENTRY: (Role.BP, params.backpack_entry_max_attempts),
-            LegName.L1_HEDGE: (Role.L1, params.lighter_hedge_max_attempts),
-            LegName.L2_ENTRY: (Role.L2, params.lighter_hedge_max_attempts)}
+    return {LegName.BP_ENTRY: params.backpack_entry_max_attempts, LegName.L1_HEDGE: params.lighter_hedge_max_attempts,
+            LegName.L2_ENTRY: params.lighter_hedge_max_attempts}
 
 
 def decide_plan(state: CycleState, sized: Sized, client_ids: Mapping[LegName, list[int]]) -> Decision:

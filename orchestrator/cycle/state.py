@@ -42,6 +42,13 @@ class LegName(str, Enum):
     #: Lighter2's entry after the random wait, mirroring Lighter1's fill.
     L2_ENTRY = "l2_entry"
 
+    @property
+    def role(self) -> Role:
+        """The role whose account sends the leg."""
+        if self in (LegName.BP_ENTRY, LegName.BP_BALANCE):
+            return Role.BP
+        return Role.L2 if self is LegName.L2_ENTRY else Role.L1
+
 
 def numbered_leg(stem: str, number: int) -> str:
     """The name of the ``number``-th order of a numbered family (``bp_rebalance_3``, ``exit_l1_2``)."""

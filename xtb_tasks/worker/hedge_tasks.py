@@ -13,19 +13,12 @@ import threading
 import time
 from typing import Any
 
-import msgspec
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
 from core.client_ids import allocate_id_blocks
 from core.config import ConfigError, HedgeParams, Settings, load_settings
-from core.cycle_record import (
-    CycleRecord,
-    Outcome,
-    Stage,
-    create_cycle,
-    grace_deadline,
-)
+from core.cycle_record import CycleRecord, Outcome, Stage
 from core.errors import EXIT_USAGE, XtbError
 from core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from core.redis_conn import redis_client
@@ -101,19 +94,19 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
         raise_alert(client, AlertKind.GROUP_STOPPED, text, group=group, refused=True, stopped_cycle=stop.cycle_id,
                     trigger_task=self.request.id or "")
         raise GroupStopped(text)
-    create_cycle(client, cycle_id, group, overrides=overrides, cycle_index=cycle_index,
-                 direction=params.direction.value, params=params.to_json(),
-                 config=msgspec.to_builtins(cfg.group(group)), next_deadline=grace_deadline(), trigger_task=self.request.id or "")
+    state = CycleState(cycle_id=cycle_id, group=cfg.group(group), params=params, stage=Stage.PLANNING)
+    RedisCycleStore(client).create(state, overrides=overrides, cycle_index=cycle_index,
+                                   trigger_task=self.request.id or "")
     log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
-    canvas.snapshots(cfg.group(group), params, cycle_id).apply_async()
+    canvas.snapshots(state.group, params, cycle_id).apply_async()
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
 
 
 def _allocate(state: CycleState) -> dict[LegName, list[int]]:
     # The ids in one round trip; the store records their intents with the plan.
     blocks = plan_step.id_blocks(state)
-    allocated = allocate_id_blocks(redis_client(), [(state.group.account_for(role), role.venue.value, attempts)
-                                                    for role, attempts in blocks.values()])
+    allocated = allocate_id_blocks(redis_client(), [(state.group.account_for(leg.role), leg.role.venue.value, attempts)
+                                                    for leg, attempts in blocks.items()])
     return dict(zip(blocks, allocated, strict=True))
 
 
