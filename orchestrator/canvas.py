@@ -17,19 +17,12 @@ from core.config import GroupConfig, HedgeParams, Role
 from core.cycle_fields import Stage
 from core.fencing import Fence
 from core.policies import ORCHESTRATOR_QUEUE
-from orchestrator.planning import CyclePlan
-from venues.base import Side
+from orchestrator.cycle.commands import ConfirmPosition, EnterFirstLegs, EnterRest, EntryOrder
 
 ORCHESTRATOR = ORCHESTRATOR_QUEUE
 ROLES = (Role.BP, Role.L1, Role.L2)
 ROLE_SHORTS = tuple(role.short for role in ROLES)
 
-# Where the cycle may be while each entry step runs: the two first legs run side by side, each
-# entering its stage as it sends; a confirmation moves the cycle on, so its copy must not run again.
-FIRST_LEGS = Fence((Stage.PLANNING, Stage.BP_ENTRY, Stage.L1_HEDGE)).to_json()
-L1_CONFIRMATION = Fence((Stage.BP_ENTRY, Stage.L1_HEDGE)).to_json()
-L2_LEG = Fence((Stage.WAIT, Stage.L2_ENTRY)).to_json()
-L2_CONFIRMATION = Fence((Stage.L2_ENTRY,)).to_json()
 
 
 def venue(task: str, account: str, **kwargs: Any) -> Signature:
@@ -69,61 +62,43 @@ def wait_option(wait_secs: float) -> dict[str, float]:
     return {"countdown": wait_secs} if wait_secs > 0 else {}
 
 
-def entry_chain(grp: GroupConfig, params: HedgeParams, plan: CyclePlan, cycle_id: str,
-                ids: dict[str, list[int]]) -> chain:
-    """(Backpack entry ∥ armed Lighter1 hedge) → the entry's balance (``balance_entry``), which
-    publishes :func:`entry_rest` once Lighter1 hedges what Backpack holds."""
-    slippage = params.lighter_max_slippage or None
-    steps = chain(
-        # The hedge is armed alongside the entry and sends the moment the fill is announced. It is
-        # published first: arming (lease, book, signature) should be done before the fill arrives.
-        group(
-            venue("submit_market_order", grp.lighter1, symbol=grp.lighter_symbol, side=plan.l1_side.value,
-                  client_ids=ids["l1_hedge"], quantity_from_leg="bp_entry", armed=True,
-                  expected_quantity=str(plan.bp_size), max_slippage=slippage, cycle_id=cycle_id, leg="l1_hedge",
-                  retry_delay_secs=params.lighter_retry_delay_secs, fence=FIRST_LEGS),
-            venue("submit_market_order", grp.backpack, symbol=grp.backpack_symbol, side=plan.bp_side.value,
-                  client_ids=ids["bp_entry"], quantity=str(plan.bp_size), cycle_id=cycle_id, leg="bp_entry",
-                  max_slippage=params.backpack_max_slippage or None,
-                  retry_delay_secs=params.backpack_retry_delay_secs, announce_fill=True, fence=FIRST_LEGS),
-        ),
-        hedge("balance_entry", cycle_id=cycle_id, balance_round=0),
-    )
-    return steps.on_error(on_failure(cycle_id))
+def entry_order(grp: GroupConfig, cycle_id: str, order: EntryOrder) -> Signature:
+    """One order of the entry on the ids of its leg; an armed hedge sends the moment the fill of
+    ``order.quantity_from_leg`` is announced (``xtb_tasks.execution.handoff``)."""
+    sized: dict[str, Any] = (
+        {"quantity_from_leg": order.quantity_from_leg.value, "armed": True,
+         "expected_quantity": str(order.expected_quantity)}
+        if order.quantity_from_leg is not None else {"quantity": str(order.quantity)})
+    if order.announce_fill:
+        sized["announce_fill"] = True
+    sig = venue("submit_market_order", grp.account_for(order.role), symbol=grp.symbol_for(order.role),
+                side=order.side.value, client_ids=order.client_ids, max_slippage=order.max_slippage, cycle_id=cycle_id,
+                leg=order.leg.value, retry_delay_secs=order.retry_delay_secs, fence=Fence(order.fence).to_json(), **sized)
+    return sig.set(**wait_option(order.after_secs))
 
 
-def balance_order(grp: GroupConfig, role: Role, cycle_id: str, side: str, quantity: Decimal, client_id: int,
-                  leg: str, params: HedgeParams, balance_round: int) -> chain:
-    """One order of the entry's balance (a Lighter1 top-up, or Backpack reduced to Lighter1), then the next round."""
-    reduce_only = role is Role.BP
-    slippage = (params.backpack_max_slippage if reduce_only else params.lighter_max_slippage) or None
+def confirm_position(grp: GroupConfig, cycle_id: str, confirm: ConfirmPosition) -> Signature:
+    return venue("confirm_position", grp.account_for(confirm.role), symbol=grp.symbol_for(confirm.role),
+                 baseline=str(confirm.baseline), expected_sign=confirm.expected_sign, leg=confirm.leg.value,
+                 next_stage=confirm.next_stage.value, fence=Fence(confirm.fence).to_json(),
+                 min_fraction=confirm.min_fraction, timeout_secs=confirm.timeout_secs, poll_secs=confirm.poll_secs,
+                 cycle_id=cycle_id, fail_on_timeout=True)
+
+
+def entry_chain(grp: GroupConfig, cycle_id: str, command: EnterFirstLegs, then: Signature) -> chain:
+    """(Backpack entry ∥ armed Lighter1 hedge) → ``then`` (the entry's balance)."""
+    # The hedge is published first: arming (lease, book, signature) should be done before the fill arrives.
+    legs = group(entry_order(grp, cycle_id, command.hedge), entry_order(grp, cycle_id, command.entry))
+    return chain(legs, then).on_error(on_failure(cycle_id))
+
+
+def entry_rest(grp: GroupConfig, cycle_id: str, command: EnterRest, then: Signature) -> chain:
+    """Confirm Lighter1 → (random wait) Lighter2's entry → confirm it → ``then`` (the control loop)."""
     return chain(
-        unread(venue("submit_market_order", grp.account_for(role), symbol=grp.symbol_for(role), side=side,
-                     client_ids=[client_id], quantity=str(quantity), reduce_only=reduce_only, max_slippage=slippage,
-                     cycle_id=cycle_id, leg=leg, fence=L1_CONFIRMATION)),
-        hedge("balance_entry", cycle_id=cycle_id, balance_round=balance_round + 1),
-    ).on_error(on_failure(cycle_id))
-
-
-def entry_rest(grp: GroupConfig, params: HedgeParams, plan: dict[str, Any], cycle_id: str, l2_ids: list[int],
-               l2_quantity: Decimal) -> chain:
-    """Confirm Lighter1 → (random wait) Lighter2 entry for Lighter1's actual fill → confirm → rebalance."""
-    confirm = {"min_fraction": params.confirmation_min_fraction, "timeout_secs": params.confirmation_timeout_secs,
-               "poll_secs": params.confirmation_poll_secs, "cycle_id": cycle_id, "fail_on_timeout": True}
-    baselines = plan.get("baselines") or {}
-    l1_side, l2_side = Side(plan["l1_side"]), Side(plan["l2_side"])
-    return chain(
-        unread(venue("confirm_position", grp.lighter1, symbol=grp.lighter_symbol,
-                     baseline=str(baselines.get("L1") or "0"), expected_sign=l1_side.sign, leg="l1_hedge",
-                     next_stage="wait", fence=L1_CONFIRMATION, **confirm)),
-        unread(venue("submit_market_order", grp.lighter2, symbol=grp.lighter_symbol, side=l2_side.value,
-                     client_ids=l2_ids, quantity=str(l2_quantity), max_slippage=params.lighter_max_slippage or None,
-                     cycle_id=cycle_id, leg="l2_entry", retry_delay_secs=params.lighter_retry_delay_secs,
-                     fence=L2_LEG).set(**wait_option(float(plan.get("wait_secs") or 0)))),
-        unread(venue("confirm_position", grp.lighter2, symbol=grp.lighter_symbol,
-                     baseline=str(baselines.get("L2") or "0"), expected_sign=l2_side.sign, leg="l2_entry",
-                     next_stage="rebalance", fence=L2_CONFIRMATION, **confirm)),
-        hedge("rebalance", cycle_id=cycle_id, attempt=0, step=0),
+        unread(confirm_position(grp, cycle_id, command.confirm_hedge)),
+        unread(entry_order(grp, cycle_id, command.entry)),
+        unread(confirm_position(grp, cycle_id, command.confirm_entry)),
+        then,
     ).on_error(on_failure(cycle_id))
 
 

@@ -1,11 +1,11 @@
 """Cycle planning: sides, sizes and the random wait, from fresh venue snapshots (pure functions).
 
-Sizing follows the original (§1.4): Lighter1 collateral × buffer × leverage at the top of book,
-or an explicit size. Unlike the original (bug §8.9) every account's available margin is checked
-against its own venue's initial-margin rule for the planned size plus the taker fees of the entry
-and the exit, every venue's own minimum quantity and minimum notional apply, and sizes are Decimal
-on each venue's step. An unknown starting position refuses the cycle (unknown is not zero), and so
-does a held one unless ``allow_existing_positions``: a cycle trades only what it opens.
+Sizing: Lighter1 collateral × buffer × leverage at the top of book, or an explicit size. Every
+account's available margin is checked against its own venue's initial-margin rule for the planned
+size plus the taker fees of the entry and the exit, every venue's own minimum quantity and minimum
+notional apply, and sizes are Decimal on each venue's step. An unknown starting position refuses
+the cycle (unknown is not zero), and so does a held one unless ``allow_existing_positions``: a
+cycle trades only what it opens.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class CyclePlan:
 
 
 def sides_for(direction: Direction) -> tuple[Side, Side, Side]:
-    """(Backpack entry, Lighter1 hedge, Lighter2 entry) sides (original §1.2)."""
+    """(Backpack entry, Lighter1 hedge, Lighter2 entry) sides: Lighter1 hedges Backpack, Lighter2 follows Backpack."""
     bp = Side.BUY if direction is Direction.LONG_BACKPACK else Side.SELL
     return bp, bp.opposite, bp
 
@@ -105,7 +105,7 @@ def _base_size(params: HedgeParams, snaps: dict[Role, AccountSnapshot], price: D
     if params.size is not None:
         return params.size
     if params.test_mode:
-        # The largest minimum across venues, compared in base units (original bug §8.9 compared integers).
+        # The largest minimum across venues, each notional minimum converted to base units at the price.
         return max(max(s.rules.min_quantity, s.rules.min_notional / price) for s in snaps.values())
     l1 = snaps[Role.L1]
     collateral = l1.collateral if l1.collateral is not None else l1.equity
@@ -122,7 +122,7 @@ def plan_cycle(group: GroupConfig, params: HedgeParams, snaps: dict[Role, Accoun
     bp_side, l1_side, l2_side = sides_for(params.direction)
     check_starting_positions(params, snaps)
     l1 = snaps[Role.L1]
-    # The original prices both Lighter legs from one side of Lighter1's book (ask when long).
+    # Both Lighter legs are priced from one side of Lighter1's book (the ask when long Backpack).
     price = l1.ask if bp_side is Side.BUY else l1.bid
     price = price or (l1.bid if bp_side is Side.BUY else l1.ask)
     if not price:

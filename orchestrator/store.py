@@ -18,14 +18,14 @@ from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
 from core.config import GroupConfig, HedgeParams, Role
 from core.cycle_fields import check
-from core.cycle_record import CycleRecord, Stage, positions_fields, step_grace
+from core.cycle_record import CycleRecord, Stage, create_cycle, grace_deadline, positions_fields, step_grace
 from core.durability import durable_execute
 from core.exposure import NetExposure
 from core.legs import parse_leg
 from monitoring.alert_texts import AlertKind
 from monitoring.alerts import queue_alert, raise_alert
 from orchestrator.cycle.commands import Alert, Command, Decision, SendOrder
-from orchestrator.cycle.state import ROLES, CycleState, Event, LoopState, Positions
+from orchestrator.cycle.state import ROLES, CycleState, Event, LegName, LoopState, Positions
 from orchestrator.planning import CyclePlan
 from venues.base import MarketRules
 
@@ -84,7 +84,40 @@ def state_from_fields(cycle_id: str, fields: Mapping[str, Any], cancel: bool) ->
         cancel_requested=cancel, created_at=float(fields.get("created_at") or 0.0),
         plan=None if not plan else msgspec.convert(plan, CyclePlan), rules=rules, legs=legs, loop=loop,
         exit_attempts=int(fields.get("exit_attempts") or 0), exit_reason=reason or None,
-        events=tuple(Event(float(e.get("t") or 0), str(e.get("text") or "")) for e in fields.get("events") or ()))
+        events=tuple(Event(float(e.get("t") or 0), str(e.get("text") or "")) for e in fields.get("events") or ()),
+        client_ids=client_ids_of(fields.get("client_ids")))
+
+
+# ---- the entry: the plan, the market rules and the entry legs' client id blocks ----
+def client_ids_of(data: Mapping[str, Any] | None) -> dict[LegName, list[int]]:
+    """The entry legs' id blocks as recorded; a name that is no entry leg is not the cycle's."""
+    names = {leg.value for leg in LegName}
+    return {LegName(name): [int(i) for i in ids] for name, ids in (data or {}).items() if name in names}
+
+
+def entry_fields(before: CycleState, after: CycleState) -> dict[str, Any]:
+    """The record fields of the plan, the rules and the client ids that changed."""
+    out: dict[str, Any] = {}
+    if after.plan is not None and after.plan != before.plan:
+        out["plan"] = after.plan.to_json()
+    if after.rules != before.rules:
+        if Role.BP in after.rules:
+            out["bp_rules"] = after.rules[Role.BP].to_json()
+        if Role.L1 in after.rules:
+            out["l_rules"] = after.rules[Role.L1].to_json()
+            out["l_step"] = str(after.rules[Role.L1].step_size)
+    if after.client_ids != before.client_ids:
+        out["client_ids"] = {leg.value: ids for leg, ids in after.client_ids.items()}
+    return out
+
+
+def new_client_ids(before: CycleState, after: CycleState) -> list[tuple[str, int, LegName]]:
+    """(account, client id, leg) of every id the step gave the entry legs: each needs its intent."""
+    out: list[tuple[str, int, LegName]] = []
+    for leg, ids in after.client_ids.items():
+        known = set(before.client_ids.get(leg, ()))
+        out.extend((after.group.account_for(leg.role), i, leg) for i in ids if i not in known)
+    return out
 
 
 def loop_fields(before: LoopState, after: LoopState, baselines: Positions, now: float) -> dict[str, Any]:
@@ -110,6 +143,14 @@ class RedisCycleStore:
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
+
+    def create(self, state: CycleState, *, overrides: Mapping[str, Any], cycle_index: int, trigger_task: str) -> None:
+        """Write a new cycle's record (in stage ``planning``) with the group and parameters it runs
+        on; its first step is due within the step grace. ``overrides`` and ``cycle_index`` are kept
+        for reports; the trigger task names who started it."""
+        create_cycle(self.client, state.cycle_id, state.group.name, overrides=dict(overrides), cycle_index=cycle_index,
+                     direction=state.params.direction.value, params=state.params.to_json(),
+                     config=msgspec.to_builtins(state.group), next_deadline=grace_deadline(), trigger_task=trigger_task)
 
     def load(self, cycle_id: str) -> CycleState | None:
         record = CycleRecord(self.client, cycle_id)
@@ -143,9 +184,12 @@ class RedisCycleStore:
         for order in orders:
             record_intent(pipe, after.group.account_for(order.role), int(order.client_id or 0),
                           cycle_id=after.cycle_id, leg=order.leg)
+        intents = new_client_ids(before, after)
+        for account, client_id, leg in intents:
+            record_intent(pipe, account, client_id, cycle_id=after.cycle_id, leg=leg.value)
         for alert in (c for c in commands if isinstance(c, Alert)):
             queue_alert(pipe, alert.kind, alert.text, cycle_id=after.cycle_id, group=after.group.name, **alert.fields)
-        if orders:
+        if orders or intents:
             # On a replica before any order is published: an order whose intent a failover lost
             # could be sent again under a fresh id.
             durable_execute(pipe, self.client, f"step of cycle {after.cycle_id}", required=True)
@@ -156,6 +200,7 @@ class RedisCycleStore:
     def changed_fields(self, before: CycleState, decision: Decision, now: float) -> dict[str, Any]:
         after = decision.state
         out: dict[str, Any] = loop_fields(before.loop, after.loop, after.baselines, now)
+        out.update(entry_fields(before, after))
         if after.stage is not before.stage:
             out.update({"stage": after.stage.value, "stage_started_at": now, f"t:{after.stage.value}": now})
             if decision.next_within is None:

@@ -14,9 +14,9 @@ from typing import Any
 import msgspec
 
 from core.config_schema import Role
-from core.cycle_fields import ExitReason
+from core.cycle_fields import ExitReason, Stage
 from monitoring.alert_texts import AlertKind
-from orchestrator.cycle.state import CycleState, Positions
+from orchestrator.cycle.state import CycleState, LegName, Positions
 from venues.base import Side
 
 
@@ -33,6 +33,8 @@ class StepName(str, Enum):
     MONITOR_DECIDE = "monitor_decide"
     #: Start (or retry) the emergency exit.
     EMERGENCY_EXIT = "emergency_exit"
+    #: One round of the entry's balance, after the Backpack entry and the Lighter1 hedge are final.
+    BALANCE_ENTRY = "balance_entry"
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -63,6 +65,8 @@ class SendOrder(msgspec.Struct, frozen=True, tag=True):
       max_slippage  the price cap as a fraction of the touch; None: the venue task's default
       fence_step    the loop token the order is issued under: a copy refuses once the loop moved on
       client_id     set by the store, which allocates it and records its intent before the send
+      fence_stages  the stages the cycle must still be in when the order runs (an entry order); None:
+                    the control loop's stages under ``fence_step``
     """
 
     role: Role
@@ -74,6 +78,7 @@ class SendOrder(msgspec.Struct, frozen=True, tag=True):
     max_slippage: float | None = None
     fence_step: int | None = None
     client_id: int | None = None
+    fence_stages: tuple[Stage, ...] | None = None
 
 
 class StartExit(msgspec.Struct, frozen=True, tag=True):
@@ -90,7 +95,65 @@ class Alert(msgspec.Struct, frozen=True, tag=True):
     fields: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
-Command = ReadPositions | RunLater | SendOrder | StartExit | Alert
+class EntryOrder(msgspec.Struct, frozen=True, kw_only=True):
+    """One order of the entry, with retries on the ids planning recorded for its leg.
+
+    Fields:
+      quantity           the order's size; None for an armed hedge, which takes it from ``quantity_from_leg``
+      quantity_from_leg  the leg whose announced fill the armed hedge mirrors
+      expected_quantity  the size the armed hedge prepares for before the fill is announced
+      announce_fill      the order announces its fill to the hedge armed on it
+      after_secs         the order runs this long after the step before it (the random wait)
+      fence              the stages the cycle must still be in when the order runs
+    """
+
+    role: Role
+    side: Side
+    leg: LegName
+    client_ids: list[int]
+    fence: tuple[Stage, ...]
+    quantity: Decimal | None = None
+    quantity_from_leg: LegName | None = None
+    expected_quantity: Decimal | None = None
+    announce_fill: bool = False
+    max_slippage: float | None = None
+    retry_delay_secs: float | None = None
+    after_secs: float = 0.0
+
+
+class ConfirmPosition(msgspec.Struct, frozen=True, kw_only=True):
+    """Poll ``role``'s position until it holds ``min_fraction`` of ``leg``'s fill on the expected side
+    (from ``baseline``), then move the cycle to ``next_stage``; past ``timeout_secs`` it fails the chain."""
+
+    role: Role
+    leg: LegName
+    baseline: Decimal
+    expected_sign: int
+    next_stage: Stage
+    fence: tuple[Stage, ...]
+    min_fraction: float
+    timeout_secs: float
+    poll_secs: float
+
+
+class EnterFirstLegs(msgspec.Struct, frozen=True, tag=True):
+    """The Backpack entry and the Lighter1 hedge armed on its fill, side by side, then ``then``."""
+
+    hedge: EntryOrder
+    entry: EntryOrder
+    then: Step
+
+
+class EnterRest(msgspec.Struct, frozen=True, tag=True):
+    """Confirm Lighter1, then (after the wait) Lighter2's entry, confirm it, then ``then``; one at a time."""
+
+    confirm_hedge: ConfirmPosition
+    entry: EntryOrder
+    confirm_entry: ConfirmPosition
+    then: Step
+
+
+Command = ReadPositions | RunLater | SendOrder | StartExit | Alert | EnterFirstLegs | EnterRest
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

@@ -5,8 +5,8 @@ same protocols can run a cycle in one process."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from monitoring.alert_texts import AlertKind
 from orchestrator.cycle.commands import Command, Decision
@@ -37,6 +37,9 @@ class CycleStore(Protocol):
 
     def append_event(self, cycle_id: str, text: str) -> None:
         """Note ``text`` in the cycle's event log."""
+
+    def create(self, state: CycleState, *, overrides: Mapping[str, Any], cycle_index: int, trigger_task: str) -> None:
+        """Write a new cycle's record from its state in stage ``planning``."""
 
 
 class AlertSink(Protocol):

@@ -67,6 +67,11 @@ class StepSpec:
 
     opening: Opening
     decide: Callable[[CycleState, float, Call], Decision]
+    claim: Callable[[Call], str] | None = None
+
+    def claim_of(self, call: Call) -> str | None:
+        """The once-only claim of this delivery, when the step takes one."""
+        return None if self.claim is None else self.claim(call)
 
     def bind(self, call: Call) -> Decide:
         """The decision of one delivery, as the runner calls it."""
@@ -91,8 +96,10 @@ class Ports:
     clock: Clock
 
 
-def run_step(ports: Ports, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0) -> dict[str, Any]:
-    """Run one step; raises :class:`StaleStep` when the cycle has moved on."""
+def run_step(ports: Ports, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0,
+             claim: str | None = None) -> dict[str, Any]:
+    """Run one step; raises :class:`StaleStep` when the cycle has moved on. ``claim`` names a
+    once-only claim of the cycle the step takes before it acts: a second delivery stops there."""
     state = ports.store.load(cycle_id)
     if state is None or state.stage in EXIT_OWNS:
         return {"skipped": True}
@@ -103,6 +110,8 @@ def run_step(ports: Ports, cycle_id: str, opening: Opening, decide: Decide, *, s
     if state.cancel_requested:
         ports.scheduler.publish(state, [StartExit(ExitReason.CANCELLED)])
         return {"cancelled": True}
+    if claim is not None and not ports.store.claim(cycle_id, claim):
+        return {"duplicate": True}
     if opening.advance and not ports.store.advance_step(cycle_id, step):
         raise StaleStep(opening.label, f"control step {step} was already decided")
     now = ports.clock.now()

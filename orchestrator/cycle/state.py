@@ -44,6 +44,13 @@ class LegName(str, Enum):
     #: Lighter2's entry after the random wait, mirroring Lighter1's fill.
     L2_ENTRY = "l2_entry"
 
+    @property
+    def role(self) -> Role:
+        """The role whose account sends the leg."""
+        if self in (LegName.BP_ENTRY, LegName.BP_BALANCE):
+            return Role.BP
+        return Role.L2 if self is LegName.L2_ENTRY else Role.L1
+
 
 def numbered_leg(stem: str, number: int) -> str:
     """The name of the ``number``-th order of a numbered family (``bp_rebalance_3``, ``exit_l1_2``)."""
@@ -137,6 +144,8 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
       exit_attempts  emergency-exit attempts launched so far
       exit_reason    why the exit runs, once it does
       events     the cycle's event log, oldest first
+      client_ids the client id blocks planning allocated to the entry's legs (each leg's retries
+                 use its block in order; their intents are recorded with the plan)
     """
 
     cycle_id: str
@@ -152,6 +161,7 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
     exit_attempts: int = 0
     exit_reason: ExitReason | None = None
     events: tuple[Event, ...] = ()
+    client_ids: dict[LegName, list[int]] = msgspec.field(default_factory=dict)
 
     @property
     def baselines(self) -> Positions:

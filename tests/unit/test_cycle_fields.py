@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -32,9 +30,9 @@ from core.cycle_fields import (
 )
 from core.errors import XtbError
 from core.legs import Leg
+from orchestrator.cycle.state import LegName
 from venues.base import Side
 
-ROOT = Path(__file__).resolve().parents[2]
 A_LEG = Leg.in_flight("lighter1", "ETH", Side.SELL, 9, Decimal("0.5")).to_json()
 
 
@@ -141,12 +139,8 @@ def test_a_stored_value_of_the_wrong_type_is_an_error_on_read() -> None:
         checked("plan", [], OBJECT, "xtb:cycle:c-1")
 
 
-def test_the_legs_the_canvas_names_are_declared() -> None:
-    # The canvas names each leg as a literal; a new leg must be declared before a cycle can record it.
-    source = (ROOT / "orchestrator" / "canvas.py").read_text()
-    legs = set(re.findall(r"""\bleg=["'](\w+)["']""", source)) | set(re.findall(r"""quantity_from_leg=["'](\w+)["']""",
-                                                                                  source))
-    assert legs, "no leg names found in orchestrator/canvas.py"
-    for leg in legs:
-        check(f"leg:{leg}", A_LEG)
-        check(f"confirm:{leg}", {})
+def test_the_entry_legs_are_declared() -> None:
+    # The entry's legs are the members of LegName; a new leg must be declared before a cycle can record it.
+    for leg in LegName:
+        check(f"leg:{leg.value}", A_LEG)
+        check(f"confirm:{leg.value}", {})

@@ -1,5 +1,5 @@
 """balance_entry: the Lighter1 hedge is topped up once, then Backpack is brought down to it, so the
-net during the random wait is within one Backpack step (issue 16 item 6)."""
+net during the random wait is within one Backpack step."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from decimal import ROUND_DOWN, Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from orchestrator.entry_balance import EntryBalance, balance_entry
+from orchestrator.cycle.entry import EntryBalance, balance_entry
 from venues.base import MarketRules
 
 L = MarketRules(symbol="ETH", tick_size=Decimal("0.01"), step_size=Decimal("0.0001"), min_quantity=Decimal("0.005"))

@@ -15,7 +15,7 @@ from core.client_ids import IntentStatus, record_intent
 from core.cycle_record import CycleRecord, grace_deadline
 from core.durability import durable_execute
 from core.legs import Leg, LegState
-from orchestrator.entry_balance import mirror_quantity
+from orchestrator.cycle.entry import mirror_quantity
 from venues.base import VenueConnector, VenueError
 from xtb_tasks.execution.handoff import EntryNotFilled, await_outcome
 from xtb_tasks.execution.venue_ops import (

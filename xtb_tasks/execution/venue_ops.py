@@ -24,7 +24,7 @@ from core.durability import ReplicaTimeout, durable_execute
 from core.errors import XtbError
 from core.fencing import FENCE_FIELDS
 from core.legs import Leg, LegState, parse_leg
-from orchestrator.entry_balance import mirror_quantity
+from orchestrator.cycle.entry import mirror_quantity
 from venues.base import (
     OrderReport,
     OrderState,

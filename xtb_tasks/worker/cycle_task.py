@@ -16,7 +16,17 @@ from celery.canvas import Signature
 from core.fencing import Fence
 from core.redis_conn import redis_client
 from orchestrator import canvas
-from orchestrator.cycle.commands import Command, ReadPositions, RunLater, SendOrder, StartExit, Step, StepName
+from orchestrator.cycle.commands import (
+    Command,
+    EnterFirstLegs,
+    EnterRest,
+    ReadPositions,
+    RunLater,
+    SendOrder,
+    StartExit,
+    Step,
+    StepName,
+)
 from orchestrator.cycle.runner import Call, Decide, Opening, Ports, StaleStep, run_step
 from orchestrator.cycle.state import LOOP_STAGES, CycleState
 from orchestrator.cycle.steps import STEPS
@@ -25,8 +35,12 @@ from xtb_tasks.worker.fences import refuse_stale
 
 log = logging.getLogger(__name__)
 
-def loop_fence(step: int | None) -> Fence:
-    return Fence(LOOP_STAGES, step=step)
+def order_fence(order: SendOrder) -> Fence:
+    """Where the cycle must still be when ``order`` runs: its own stages (an entry order), else the
+    control loop's under the token it was issued with."""
+    if order.fence_stages is not None:
+        return Fence(order.fence_stages)
+    return Fence(LOOP_STAGES, step=order.fence_step)
 
 
 class CeleryScheduler:
@@ -47,10 +61,14 @@ class CeleryScheduler:
             return canvas.order_then(group, command.role, cycle_id, side=command.side.value,
                                      quantity=command.quantity, client_id=int(command.client_id or 0),
                                      leg=command.leg, reduce_only=command.reduce_only,
-                                     max_slippage=command.max_slippage, fence=loop_fence(command.fence_step),
+                                     max_slippage=command.max_slippage, fence=order_fence(command),
                                      then=self.step(cycle_id, command.then))
         if isinstance(command, StartExit):
             return canvas.hedge("emergency_exit", cycle_id=cycle_id, reason=command.reason.value)
+        if isinstance(command, EnterFirstLegs):
+            return canvas.entry_chain(group, cycle_id, command, self.step(cycle_id, command.then))
+        if isinstance(command, EnterRest):
+            return canvas.entry_rest(group, cycle_id, command, self.step(cycle_id, command.then))
         raise TypeError(f"no Celery form for command {type(command).__name__}")
 
     @staticmethod
@@ -64,11 +82,14 @@ class CycleStepTask(Task):
     abstract = True
     ignore_result = True
 
-    def run_step(self, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0) -> dict[str, Any]:
+    def run_step(self, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0,
+                 claim: str | None = None) -> dict[str, Any]:
+        """Run one step; ``claim`` names a once-only claim of the cycle the step takes before it acts
+        (a second delivery of the same step stops there)."""
         client = redis_client()
         ports = Ports(RedisCycleStore(client), CeleryScheduler(), RedisClock(client))
         try:
-            result = run_step(ports, cycle_id, opening, decide, step=step)
+            result = run_step(ports, cycle_id, opening, decide, step=step, claim=claim)
         except StaleStep as stale:
             refuse_stale(stale.label, cycle_id, None, stale.why)
         log.debug("cycle=%s %s: %s", cycle_id, opening.label, result)
@@ -79,4 +100,4 @@ class CycleStepTask(Task):
         """Run step ``name`` of the table (``orchestrator.cycle.steps.STEPS``) for one delivery."""
         spec = STEPS[name]
         call = Call(kwargs, observed)
-        return self.run_step(cycle_id, spec.opening, spec.bind(call), step=call.token)
+        return self.run_step(cycle_id, spec.opening, spec.bind(call), step=call.token, claim=spec.claim_of(call))

@@ -1,7 +1,7 @@
 """Hedge-cycle tasks on the ``orchestrator`` queue: start, plan, watchdog (the loop: loop_tasks; exits: exit_tasks).
 
-Each task reads the cycle record, decides (``orchestrator.flow``), records the decision, then
-publishes the next canvas (``orchestrator.canvas``). None of them calls a venue or waits on a
+``plan`` loads the cycle's state, decides (``orchestrator.cycle.plan``), saves the decision, then
+publishes its commands (``CeleryScheduler``). None of them calls a venue or waits on a
 result; none holds venue keys.
 """
 
@@ -13,37 +13,26 @@ import threading
 import time
 from typing import Any
 
-import msgspec
-import redis
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from core.client_ids import allocate_id_blocks, record_intent
-from core.config import ConfigError, GroupConfig, HedgeParams, Settings, load_settings
-from core.cycle_record import (
-    CycleRecord,
-    Outcome,
-    Stage,
-    create_cycle,
-    grace_deadline,
-    positions_fields,
-)
-from core.durability import durable_execute
+from core.client_ids import allocate_id_blocks
+from core.config import ConfigError, HedgeParams, Settings, load_settings
+from core.cycle_record import CycleRecord, Outcome, Stage
 from core.errors import EXIT_USAGE, XtbError
 from core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from core.redis_conn import redis_client
-from monitoring.alert_texts import AlertKind, format_cycle_started
-from monitoring.alerts import queue_alert, raise_alert
+from monitoring.alert_texts import AlertKind
+from monitoring.alerts import raise_alert
 from orchestrator import canvas
-from orchestrator.flow import (
-    group_and_params,
-    release_group_lock,
-    take_group_lock,
-)
+from orchestrator.cycle import plan as plan_step
+from orchestrator.cycle.state import CycleState, LegName
+from orchestrator.flow import release_group_lock, take_group_lock
 from orchestrator.kill_switch import group_stop
-from orchestrator.planning import AccountSnapshot, PlanRefused, plan_cycle
 from orchestrator.recovery import sweep
+from orchestrator.store import RedisClock, RedisCycleStore
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
+from xtb_tasks.worker.cycle_task import CeleryScheduler
 
 log = logging.getLogger(__name__)
 
@@ -105,67 +94,48 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
         raise_alert(client, AlertKind.GROUP_STOPPED, text, group=group, refused=True, stopped_cycle=stop.cycle_id,
                     trigger_task=self.request.id or "")
         raise GroupStopped(text)
-    create_cycle(client, cycle_id, group, overrides=overrides, cycle_index=cycle_index,
-                 direction=params.direction.value, params=params.to_json(),
-                 config=msgspec.to_builtins(cfg.group(group)), next_deadline=grace_deadline(), trigger_task=self.request.id or "")
+    state = CycleState(cycle_id=cycle_id, group=cfg.group(group), params=params, stage=Stage.PLANNING)
+    RedisCycleStore(client).create(state, overrides=overrides, cycle_index=cycle_index,
+                                   trigger_task=self.request.id or "")
     log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
-    canvas.snapshots(cfg.group(group), params, cycle_id).apply_async()
+    canvas.snapshots(state.group, params, cycle_id).apply_async()
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
 
 
-def _allocate(pipe: redis.client.Pipeline, grp: GroupConfig, params: HedgeParams,
-              cycle_id: str) -> dict[str, list[int]]:
-    # The ids in one round trip; their intents are queued in the caller's pipeline.
-    plan = {"bp_entry": (grp.backpack, "backpack", params.backpack_entry_max_attempts),
-            "l1_hedge": (grp.lighter1, "lighter", params.lighter_hedge_max_attempts),
-            "l2_entry": (grp.lighter2, "lighter", params.lighter_hedge_max_attempts)}
-    blocks = allocate_id_blocks(redis_client(), list(plan.values()))
-    ids = dict(zip(plan, blocks, strict=True))
-    for leg, (account, _, _) in plan.items():
-        for client_id in ids[leg]:
-            record_intent(pipe, account, client_id, cycle_id=cycle_id, leg=leg)
-    return ids
+def _allocate(state: CycleState) -> dict[LegName, list[int]]:
+    # The ids in one round trip; the store records their intents with the plan.
+    blocks = plan_step.id_blocks(state)
+    allocated = allocate_id_blocks(redis_client(), [(state.group.account_for(leg.role), leg.role.venue.value, attempts)
+                                                    for leg, attempts in blocks.items()])
+    return dict(zip(blocks, allocated, strict=True))
 
 
 @app.task(name="xtb.hedge.plan", ignore_result=True)
 def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
-    """Size the cycle from fresh snapshots, allocate every client id, launch the entry chain."""
-    record = record_of(cycle_id)
+    """Size the cycle from fresh snapshots (``orchestrator.cycle.plan``), allocate every client id,
+    launch the entry chain."""
+    client = redis_client()
+    store = RedisCycleStore(client)
     # A duplicated delivery of this step must not allocate new ids and launch a second entry chain.
-    if not record.claim("plan_claimed_at"):
+    if not store.claim(cycle_id, "plan_claimed_at"):
         return {"cycle_id": cycle_id, "duplicate": True}
-    view = record.view("group", "overrides")
-    grp, params = group_and_params(settings(), view)
-    if view.cancel_requested:
-        return finish_not_started(record, grp.name, "cancelled before any order")
-    # Keyed by the account each snapshot names, not by its position in the chord's results.
-    by_account = {str(s.get("account")): s for s in snapshots}
-    wanted = {role: grp.account_for(role) for role in canvas.ROLES}
-    if len(snapshots) != len(wanted) or set(by_account) != set(wanted.values()):
-        return finish_not_started(record, grp.name, f"snapshots of {sorted(by_account)} do not match the group's "
-                                                    f"accounts {sorted(wanted.values())}")
-    snaps = {role: AccountSnapshot.from_json(by_account[account]) for role, account in wanted.items()}
-    try:
-        cycle_plan = plan_cycle(grp, params, snaps)
-    except PlanRefused as exc:
-        return finish_not_started(record, grp.name, str(exc))
-    # Intents, plan and alert in one transaction, before the entry chain is published.
-    pipe = redis_client().pipeline(transaction=True)
-    ids = _allocate(pipe, grp, params, cycle_id)
-    start = {**{k: str(v) for k, v in cycle_plan.baselines.items()}, "read_at": time.time()}
-    record.update(via=pipe, plan=cycle_plan.to_json(), client_ids=ids, bp_rules=snaps[canvas.Role.BP].rules.to_json(),
-                  l_step=str(snaps[canvas.Role.L1].rules.step_size), l_rules=snaps[canvas.Role.L1].rules.to_json(),
-                  **positions_fields("start", start))
-    queue_alert(pipe, AlertKind.CYCLE_STARTED,
-                format_cycle_started(grp.name, cycle_id, cycle_plan.direction.value, cycle_plan.bp_size),
-                cycle_id=cycle_id, group=grp.name)
-    # On a replica before the entry chain is published: a plan lost in a failover would leave
-    # orders whose intents nobody can find.
-    durable_execute(pipe, redis_client(), f"plan of cycle {cycle_id}", required=True)
+    state = store.load(cycle_id)
+    if state is None:
+        return {"cycle_id": cycle_id, "skipped": True}
+    record = record_of(cycle_id)
+    if state.cancel_requested:
+        return finish_not_started(record, state.group.name, "cancelled before any order")
+    sized = plan_step.size(state, snapshots)
+    if isinstance(sized, plan_step.NotStarted):
+        return finish_not_started(record, state.group.name, sized.why)
+    decision = plan_step.decide_plan(state, sized, _allocate(state))
+    now = RedisClock(client).now()
+    commands = store.save(state, decision, now)
+    cycle_plan = sized.plan
     log.info("cycle=%s plan bp=%s %s wait=%.2fs price=%s", cycle_id, cycle_plan.bp_side.value,
              cycle_plan.bp_size, cycle_plan.wait_secs, cycle_plan.reference_price)
-    canvas.entry_chain(grp, params, cycle_plan, cycle_id, ids).apply_async()
-    return {"cycle_id": cycle_id, "plan": cycle_plan.to_json()}
+    CeleryScheduler().publish(decision.state, commands)
+    return decision.result
 
 
 def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, Any]:
