@@ -25,8 +25,8 @@ from core.legs import parse_leg
 from monitoring.alert_texts import AlertKind
 from monitoring.alerts import queue_alert, raise_alert
 from orchestrator.cycle.commands import Alert, Command, Decision, SendOrder
+from orchestrator.cycle.planning import CyclePlan
 from orchestrator.cycle.state import ROLES, CycleState, Event, LegName, LoopState, Positions
-from orchestrator.planning import CyclePlan
 from venues.base import MarketRules
 
 #: How many events the record keeps (the oldest are dropped).

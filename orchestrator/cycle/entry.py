@@ -29,9 +29,9 @@ from orchestrator.cycle.commands import (
     Step,
     StepName,
 )
+from orchestrator.cycle.planning import CyclePlan
 from orchestrator.cycle.runner import Call, Opening, StepSpec
 from orchestrator.cycle.state import CycleState, LegName
-from orchestrator.planning import CyclePlan
 from venues.base import MarketRules, Side
 
 #: A hedge leg filled to this fraction of its target is done (no top-up for the last percent).

@@ -1,4 +1,4 @@
-"""Planning: size the cycle from the three accounts' fresh snapshots (``orchestrator.planning``), then
+"""Planning: size the cycle from the three accounts' fresh snapshots (``orchestrator.cycle.planning``), then
 record the plan, the market rules and the entry's client ids, and launch the entry.
 
 Invariants:
@@ -21,8 +21,8 @@ from core.config_schema import Role
 from monitoring.alert_texts import AlertKind, format_cycle_started
 from orchestrator.cycle.commands import Alert, Decision
 from orchestrator.cycle.entry import enter
+from orchestrator.cycle.planning import AccountSnapshot, CyclePlan, PlanRefused, plan_cycle
 from orchestrator.cycle.state import ROLES, CycleState, LegName, Positions
-from orchestrator.planning import AccountSnapshot, CyclePlan, PlanRefused, plan_cycle
 
 
 class NotStarted(msgspec.Struct, frozen=True):

@@ -17,7 +17,7 @@ from core.config_schema import GroupConfig, HedgeParams, Role
 from core.cycle_fields import ExitReason, Stage
 from core.exposure import NetExposure
 from core.legs import Leg
-from orchestrator.planning import CyclePlan
+from orchestrator.cycle.planning import CyclePlan
 from venues.base import MarketRules
 
 #: The size step a decision falls back to when the market's rules were never read (a cycle that

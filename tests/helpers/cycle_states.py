@@ -10,8 +10,8 @@ import msgspec
 from core.config import Direction, GroupConfig, HedgeParams, Role
 from core.cycle_fields import Stage
 from core.legs import Leg, LegState
+from orchestrator.cycle.planning import CyclePlan
 from orchestrator.cycle.state import CycleState, LegName, LoopState, Positions
-from orchestrator.planning import CyclePlan
 from venues.base import MarketRules, Side
 
 GROUP = GroupConfig(name="g", backpack="bp", lighter1="l1", lighter2="l2")

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from orchestrator.cycle.planning import AccountSnapshot
 from orchestrator.flow import bp_rules_from_record
-from orchestrator.planning import AccountSnapshot
 from tests.helpers.fixtures import fixture_path
 from venues.backpack.parsing import parse_market
 from venues.base import MarketRules

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.config import Direction, GroupConfig, HedgeParams, Role
-from orchestrator.planning import AccountSnapshot, PlanRefused, margin_needed, plan_cycle, sides_for
+from orchestrator.cycle.planning import AccountSnapshot, PlanRefused, margin_needed, plan_cycle, sides_for
 from venues.base import MarketRules, Side
 from venues.margin import InitialMargin
 
