@@ -128,17 +128,13 @@ class MarketRules:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> MarketRules:
-        """The inverse of :meth:`to_json`.
-
-        Records written before ``to_json`` existed carry no ``min_notional`` or ``market_id``; they
-        read as the defaults, so a cycle in flight across an upgrade still finishes.
-        """
-        market_id = data.get("market_id")
+        """The inverse of :meth:`to_json` (a missing field raises ``KeyError``)."""
+        market_id = data["market_id"]
         return cls(symbol=str(data["symbol"]), tick_size=Decimal(str(data["tick_size"])),
                    step_size=Decimal(str(data["step_size"])), min_quantity=Decimal(str(data["min_quantity"])),
-                   min_notional=Decimal(str(data.get("min_notional") or 0)),
+                   min_notional=Decimal(str(data["min_notional"])),
                    market_id=None if market_id is None else int(market_id),
-                   initial_margin=InitialMargin.from_json(data.get("initial_margin")))
+                   initial_margin=InitialMargin.from_json(data["initial_margin"]))
 
     @property
     def price_decimals(self) -> int:

@@ -16,7 +16,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from orchestrator.cycle.planning import AccountSnapshot
-from orchestrator.flow import bp_rules_from_record
 from tests.helpers.fixtures import fixture_path
 from venues.backpack.parsing import parse_market
 from venues.base import MarketRules
@@ -49,12 +48,14 @@ def test_both_venues_rules_round_trip_with_every_field(make: Any) -> None:
     assert (back.price_decimals, back.size_decimals) == (rules.price_decimals, rules.size_decimals)
 
 
-def test_the_initial_margin_rule_travels_and_old_records_read_it_as_unknown() -> None:
+def test_the_initial_margin_rule_travels_and_a_shape_missing_a_field_is_refused() -> None:
     for rules in (_backpack_rules(), _lighter_rules()):
         assert rules.initial_margin is not None
         assert _through_json(rules).initial_margin == rules.initial_margin
-    old = {k: v for k, v in _lighter_rules().to_json().items() if k != "initial_margin"}
-    assert MarketRules.from_json(old).initial_margin is None
+    for field in ("initial_margin", "market_id", "min_notional"):
+        partial = {k: v for k, v in _lighter_rules().to_json().items() if k != field}
+        with pytest.raises(KeyError):
+            MarketRules.from_json(partial)
 
 
 def test_lighter_market_id_zero_is_kept_not_dropped() -> None:
@@ -78,22 +79,8 @@ def test_any_rules_round_trip(symbol: str, tick: Decimal, step: Decimal, min_qty
     assert _through_json(rules).to_json() == rules.to_json()
 
 
-# What hedge_tasks.plan stored as bp_rules before to_json: no min_notional, no market_id.
-OLD_BP_RULES = {"symbol": "ETH_USDC_PERP", "tick_size": "0.01", "step_size": "0.0001", "min_quantity": "0.0001"}
-
-
-def test_a_cycle_record_written_by_the_old_shape_still_reads() -> None:
-    rules = bp_rules_from_record({"bp_rules": OLD_BP_RULES})  # type: ignore[arg-type]
-    assert rules == MarketRules(symbol="ETH_USDC_PERP", tick_size=Decimal("0.01"), step_size=Decimal("0.0001"),
-                                min_quantity=Decimal("0.0001"), min_notional=Decimal(0), market_id=None)
-
-
-def test_snapshots_read_old_and_new_rules() -> None:
+def test_snapshots_carry_the_rules_whole() -> None:
     snapshot = {"account": "lighter1", "bid": "100", "ask": "100.1", "equity": "50", "collateral": "50",
                 "available": "50", "position": "0", "position_error": None}
-    # An empty or null min_notional (older snapshots) is no minimum.
-    for old in (OLD_BP_RULES, {**OLD_BP_RULES, "min_notional": None, "market_id": None},
-                {**OLD_BP_RULES, "min_notional": ""}):
-        assert AccountSnapshot.from_json({**snapshot, "rules": old}).rules.min_notional == Decimal(0)
     rules = _lighter_rules()
     assert AccountSnapshot.from_json({**snapshot, "rules": rules.to_json()}).rules == rules

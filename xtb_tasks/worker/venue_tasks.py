@@ -48,11 +48,6 @@ log = logging.getLogger(__name__)
 SUBMIT_EXTRA_RETRIES = 3
 
 
-#: The fences of a cycle's task sent without one (by an older version): a flatten acts only while
-#: its cycle is in its exit, an order only while its cycle is not finished.
-IN_EXIT = Fence((Stage.EMERGENCY_EXIT,), missing_ok=True)
-UNFINISHED = Fence(tuple(stage for stage in Stage if stage is not Stage.DONE), missing_ok=True)
-
 #: A leverage update is an account setting made while planning, before any order of its cycle.
 PLANNING = Fence((Stage.PLANNING,), missing_ok=True)
 
@@ -110,7 +105,11 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
     client = redis_client()
     connector = get_connector(request.account)
     fetched = prefetch(client, request)
-    enforce_fence(fence or UNFINISHED, fetched.fence_fields, task=f"{request.leg or 'order'} submit",
+    if request.cycle_id and fence is None:
+        # Every order a cycle publishes names where its cycle must still be; one that does not was
+        # not sent by the cycle and must not act on it.
+        raise ValueError(f"{request.leg or 'order'} for cycle {request.cycle_id} carries no fence; refusing")
+    enforce_fence(fence, fetched.fence_fields, task=f"{request.leg or 'order'} submit",
                   cycle_id=request.cycle_id, account=request.account)
     if fetched.cancelled and not request.reduce_only:
         raise RuntimeError(f"cycle {request.cycle_id} was cancelled; {request.leg} not sent")
@@ -220,43 +219,34 @@ def _record_confirmation(record: CycleRecord, view: CycleView, leg: str | None, 
         record.update(**fields)
 
 
-def fresh_client_ids(client: Any, account: str, symbol: str, client_ids: list[int],
-                     cycle_id: str | None) -> Iterator[int]:
+def fresh_client_ids(client: Any, account: str, symbol: str, client_ids: list[int]) -> Iterator[int]:
     """Yield only ids never used before, marking each as sending when handed out (a re-run skips them)."""
     for client_id in client_ids:
         if intent_status(client, account, client_id) not in (None, IntentStatus.PLANNED):
             continue
         record_intent(client, account, client_id, status=IntentStatus.SENDING.value, symbol=symbol,
-                      reduce_only=True, cycle_id=cycle_id or "", leg="flatten")
+                      reduce_only=True, cycle_id="", leg="flatten")
         yield client_id
 
 
 @app.task(name="xtb.venue.flatten", base=AccountLeaseTask, bind=True)
-def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], cycle_id: str | None = None,
-            max_attempts: int = 3, fence: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Reduce-only market orders until a fresh read says flat.
-
-    A cycle's flatten acts only while its exit attempt is current (``fence``; without one, while the
-    cycle is in its exit): a copy redelivered later would close the next cycle's leg. An operator's
-    flatten (no ``cycle_id``) always acts.
-    """
+def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], max_attempts: int = 3) -> dict[str, Any]:
+    """An operator's flatten (``xtb flatten``): reduce-only market orders until a fresh read says
+    flat. A cycle never sends it: its exit goes in steps, in step across the three accounts."""
     _guard_queue(self, account)
     client = redis_client()
-    if cycle_id:
-        fields = CycleRecord(client, cycle_id).view(*FENCE_FIELDS[1:]).fields
-        enforce_fence(fence or IN_EXIT, fields, task="flatten", cycle_id=cycle_id, account=account)
     connector = get_connector(account)
-    report = connector.flatten(symbol, fresh_client_ids(client, account, symbol, client_ids, cycle_id),
+    report = connector.flatten(symbol, fresh_client_ids(client, account, symbol, client_ids),
                                max_attempts=max_attempts)
     final = report.final_position
     note_account_state(client, account, position="" if final.quantity is None else final.quantity,
-                       position_read_at=final.read_at if final.known else "", cycle_id=cycle_id or "")
-    log.info("account=%s cycle=%s flatten flat=%s orders=%s position=%s", account, cycle_id, report.flat,
-             len(report.orders), final.quantity)
+                       position_read_at=final.read_at if final.known else "", cycle_id="")
+    log.info("account=%s flatten flat=%s orders=%s position=%s", account, report.flat, len(report.orders),
+             final.quantity)
     try:
         equity = connector.get_balance().equity
     except VenueError as exc:
-        log.warning("account=%s cycle=%s balance after flatten unknown: %s", account, cycle_id, exc)
+        log.warning("account=%s balance after flatten unknown: %s", account, exc)
         equity = None
     return {**report.to_json(), "equity": None if equity is None else str(equity)}
 
