@@ -19,9 +19,24 @@ from typing import Any
 import msgspec
 
 from core.config_schema import Role
+from core.cycle_fields import Stage
 from core.legs import Leg, LegState
 from monitoring.alert_texts import AlertKind
-from orchestrator.cycle.commands import Alert, Command, Decision, ReadPositions, RunLater, SendOrder, StartExit, Step
+from orchestrator.cycle.commands import (
+    Alert,
+    Command,
+    ConfirmPosition,
+    Decision,
+    EnterFirstLegs,
+    EnterRest,
+    EntryOrder,
+    ReadPositions,
+    RunLater,
+    SendOrder,
+    StartExit,
+    Step,
+)
+from orchestrator.cycle.entry import mirror_quantity
 from orchestrator.cycle.runner import Call, Ports, StaleStep, run_step
 from orchestrator.cycle.state import CycleState, Event
 from orchestrator.cycle.steps import STEPS
@@ -127,6 +142,7 @@ class MemoryScheduler:
         self.seq = itertools.count()
         self.exits: list[StartExit] = []
         self.stale: list[str] = []
+        self.failed: list[str] = []
         self.trace: list[str] = []
 
     @property
@@ -151,6 +167,10 @@ class MemoryScheduler:
             self.at(0.0, lambda: self._order(state, command))
         elif isinstance(command, StartExit):
             self.exits.append(command)
+        elif isinstance(command, EnterFirstLegs):
+            self.at(0.0, lambda: self._enter_first(cycle_id, command))
+        elif isinstance(command, EnterRest):
+            self.at(0.0, lambda: self._enter_rest(cycle_id, command))
         else:
             raise TypeError(f"no in-memory form for {type(command).__name__}")
 
@@ -162,6 +182,48 @@ class MemoryScheduler:
         current = self.store.states[state.cycle_id]
         self.store.states[state.cycle_id] = msgspec.structs.replace(current, legs={**current.legs, order.leg: leg})
         self.run(state.cycle_id, order.then)
+
+    def _enter_first(self, cycle_id: str, command: EnterFirstLegs) -> None:
+        # The Celery group runs both at once; the armed hedge sends only once the entry's fill is
+        # announced, for the fill mirrored on Lighter's grid.
+        filled = self._entry_order(cycle_id, command.entry, Stage.BP_ENTRY)
+        rules = self.store.states[cycle_id].rules[command.hedge.role]
+        self._entry_order(cycle_id, command.hedge, Stage.L1_HEDGE, mirror_quantity(rules, filled))
+        self.run(cycle_id, command.then)
+
+    def _enter_rest(self, cycle_id: str, command: EnterRest) -> None:
+        if not self._confirm(cycle_id, command.confirm_hedge):
+            return
+
+        def second_leg() -> None:
+            self._entry_order(cycle_id, command.entry, Stage.L2_ENTRY)
+            if self._confirm(cycle_id, command.confirm_entry):
+                self.run(cycle_id, command.then)
+
+        self.at(command.entry.after_secs, second_leg)
+
+    def _entry_order(self, cycle_id: str, order: EntryOrder, stage: Stage, quantity: Decimal | None = None) -> Decimal:
+        # The venue task enters the leg's stage in the same write as its intent, then records the leg.
+        state = self.store.states[cycle_id]
+        account = state.group.account_for(order.role)
+        requested = quantity if quantity is not None else order.quantity or Decimal(0)
+        filled = self.venue.fill(account, order.side, requested)
+        leg = Leg(account, state.group.symbol_for(order.role), order.side, order.client_ids[0], requested, filled,
+                  LegState.FILLED)
+        self.store.states[cycle_id] = msgspec.structs.replace(state, stage=stage,
+                                                              legs={**state.legs, order.leg.value: leg})
+        return filled
+
+    def _confirm(self, cycle_id: str, confirm: ConfirmPosition) -> bool:
+        # The position holds enough of the leg's fill on its side: the cycle moves to the next stage.
+        state = self.store.states[cycle_id]
+        leg = state.legs[confirm.leg.value]
+        held = (self.venue.positions.get(leg.account, Decimal(0)) - confirm.baseline) * confirm.expected_sign
+        if held < leg.filled * Decimal(str(confirm.min_fraction)):
+            self.failed.append(f"{confirm.leg.value} not confirmed: holds {held} of {leg.filled}")
+            return False
+        self.store.states[cycle_id] = msgspec.structs.replace(state, stage=confirm.next_stage)
+        return True
 
     def run(self, cycle_id: str, step: Step, observed: Sequence[dict[str, Any]] = ()) -> None:
         spec = STEPS[step.name]

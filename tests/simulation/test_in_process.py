@@ -10,9 +10,10 @@ import msgspec
 from core.cycle_fields import ExitReason, Stage
 from core.legs import Leg, LegState
 from monitoring.alert_texts import AlertKind
+from orchestrator.cycle import entry
 from orchestrator.cycle.commands import StartExit, Step, StepName
 from orchestrator.cycle.state import CycleState
-from tests.helpers.cycle_states import cycle_state
+from tests.helpers.cycle_states import CLIENT_IDS, cycle_state, plan
 from tests.simulation.memory import MemoryScheduler, MemoryStore, MemoryVenue, VirtualClock
 from venues.base import Side
 
@@ -69,3 +70,18 @@ def test_the_timeout_ends_monitoring_in_virtual_time() -> None:
     assert scheduler.exits == [StartExit(ExitReason.TIMEOUT)]
     started = store.states[state.cycle_id].loop.monitoring_started_at
     assert started is not None and scheduler.clock.time - started >= state.params.timeout_secs
+
+
+def test_the_entry_runs_from_the_plan_to_monitoring_in_one_process() -> None:
+    planned = msgspec.structs.replace(cycle_state(stage=Stage.PLANNING), plan=plan(bp_size="2", wait_secs=3.0),
+                                      client_ids=dict(CLIENT_IDS))
+    venue = MemoryVenue()
+    store, scheduler = runner(planned, venue)
+    scheduler.publish(planned, [entry.enter(planned, planned.plan)])
+    scheduler.run_until(lambda: store.states[planned.cycle_id].stage is Stage.MONITORING, limit_secs=60)
+    assert not scheduler.failed and not scheduler.stale
+    # Backpack bought 2, Lighter1 sold 2, after the wait Lighter2 bought 2; Backpack rebalanced to
+    # -(l1 + l2) = 0 by one sell: the group's own net is zero.
+    assert venue.positions == {"bp": Decimal(0), "l1": Decimal(-2), "l2": Decimal(2)}
+    assert scheduler.clock.time >= 1_000_000.0 + 3.0
+    assert [kind for kind, _ in store.alerts] == [AlertKind.CYCLE_HEDGED]
