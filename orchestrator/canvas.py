@@ -120,7 +120,7 @@ def order_then(grp: GroupConfig, role: Role, cycle_id: str, *, side: str, quanti
     ).on_error(on_failure(cycle_id))
 
 
-# ---- the emergency exit, in steps (orchestrator.exit_steps; tasks in xtb_tasks.worker.exit_step_tasks) ----
+# ---- the emergency exit, in steps (orchestrator.cycle.exit; tasks in xtb_tasks.worker.exit_step_tasks) ----
 def exit_failed(cycle_id: str, reason: str, attempt: int) -> Signature:
     return hedge("exit_failed", immutable=False, cycle_id=cycle_id, reason=reason, attempt=attempt)
 

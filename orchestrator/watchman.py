@@ -29,9 +29,8 @@ from typing import Any
 
 from core.config import GroupConfig
 from core.watchman_config import WatchmanConfig
-from orchestrator.exit_steps import ROLES
 from orchestrator.watchman_io import ClusterProbe, Pager, group_bots
-from orchestrator.watchman_unwind import GroupVenues, UnwindResult, unwind
+from orchestrator.watchman_unwind import ROLES, GroupVenues, UnwindResult, unwind
 from venues.base import MarketRules, VenueError
 
 log = logging.getLogger(__name__)

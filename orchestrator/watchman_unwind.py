@@ -1,9 +1,9 @@
-"""The watchman's own unwind of a group: the exit in step of :mod:`orchestrator.exit_steps`, run in
+"""The watchman's own unwind of a group: the exit in step of :mod:`orchestrator.cycle.exit`, run in
 one process with the watchman's own keys, straight against the venues (no Redis, no worker).
 
 Each step starts from a fresh read of the three positions (baselines zero: the watchman cannot
 always read a cycle's record, so it unwinds the accounts to flat) and sends what
-:func:`exit_steps.next_step` decides: a catch-up when the net is a Backpack step or more off zero,
+:func:`~orchestrator.cycle.exit.next_step` decides: a catch-up when the net is a Backpack step or more off zero,
 else reduce-only capped closes of the open Lighter legs, whose fills Backpack then takes back off
 the net before the next read. An order whose outcome the venue did not tell is looked up by its
 client id before anything else is sent; while it stays unknown nothing is sent.
@@ -25,12 +25,14 @@ from decimal import Decimal
 
 from core.client_ids import BACKPACK_MAX_CLIENT_ID
 from core.config import GroupConfig, HedgeParams, Role
-from orchestrator.exit_steps import ROLES, ExitOrder, ExitState, SlippageLadder, catch_up, next_step
+from orchestrator.cycle.exit import ROLE_BY_SHORT, ExitOrder, ExitState, ExitStepKind, SlippageLadder, catch_up, next_step
 from venues.base import MarketRules, OrderReport, PositionReading, ReasonCode, Side, VenueConnector, VenueError
 
 log = logging.getLogger(__name__)
 
-ROLE_OF = {"BP": Role.BP, "L1": Role.L1, "L2": Role.L2}
+#: The watchman keys its connectors and reads by the roles' short names ("BP", "L1", "L2").
+ROLE_OF = ROLE_BY_SHORT
+ROLES = tuple(ROLE_OF)
 _LIGHTER_ID_BASE = 2**47
 
 
@@ -88,17 +90,18 @@ class GroupVenues:
 
     def send(self, order: ExitOrder) -> OrderReport:
         """One reduce-only capped order under a fresh client id of the watchman's."""
-        connector, symbol = self.connectors[order.role], self.symbol(order.role)
-        client_id = self.ids.backpack(connector, symbol) if order.role == "BP" else self.ids.lighter()
-        log.info("watchman group=%s %s %s %s reduce-only cap %.4f client_id=%d", self.group.name, order.role,
+        role = order.role.short
+        connector, symbol = self.connectors[role], self.symbol(role)
+        client_id = self.ids.backpack(connector, symbol) if order.role is Role.BP else self.ids.lighter()
+        log.info("watchman group=%s %s %s %s reduce-only cap %.4f client_id=%d", self.group.name, role,
                  order.side.value, order.quantity, order.max_slippage, client_id)
         try:
             return connector.submit_market_order(symbol, client_id, order.side, order.quantity, reduce_only=True,
                                                  max_slippage=order.max_slippage)
         except VenueError as exc:
             if exc.outcome_unknown:
-                self.unknown.append((order.role, client_id))
-                raise UnknownOutcome(f"{order.role} order {client_id}: {exc}") from None
+                self.unknown.append((role, client_id))
+                raise UnknownOutcome(f"{role} order {client_id}: {exc}") from None
             raise
 
     def resolve_unknown(self) -> None:
@@ -142,11 +145,11 @@ def _run_step(venues: GroupVenues, state: ExitState, number: int, lighter: Slipp
     step = next_step(state, number, lighter, backpack)
     if step.done:
         return False
-    fills: dict[str, Decimal] = {}
+    fills: dict[Role, Decimal] = {}
     for order in step.orders:
         report = venues.send(order)
         fills[order.role] = fills.get(order.role, Decimal(0)) + _signed(report)
-    if step.kind == "lighter_close":
+    if step.kind is ExitStepKind.LIGHTER_CLOSE:
         # What the Lighter closes filled comes off the net at once, before the next read.
         match = catch_up(state.with_fills(fills), backpack.cap(number), lighter.cap(number))
         if match is not None:
@@ -172,10 +175,11 @@ def unwind(venues: GroupVenues, params: HedgeParams, *, sleep: Callable[[float],
                             number)
                 sleep(retry_secs)
                 continue
-            state = ExitState(known, {}, rules)
+            state = ExitState({ROLE_OF[r]: q for r, q in known.items()}, {},
+                              {ROLE_OF[r]: x for r, x in rules.items()})
             if not _run_step(venues, state, number, lighter, backpack):
                 dust = {r: str(q) for r, q in known.items() if q != 0}
-                flat = all(state.tradable(r, abs(q)) == 0 for r, q in known.items())
+                flat = all(state.tradable(ROLE_OF[r], abs(q)) == 0 for r, q in known.items())
                 return UnwindResult(flat, number, positions, f", dust {dust}" if dust else "")
         except (UnknownOutcome, VenueError) as exc:
             log.warning("watchman group=%s step %d: %s", venues.group.name, number, exc)

@@ -1,4 +1,4 @@
-"""The exit in step (orchestrator.exit_steps): catch-up, capped Lighter closes, widening caps.
+"""The exit in step (orchestrator.cycle.exit): catch-up, capped Lighter closes, widening caps.
 
 The invariants: a Backpack exit order never takes |net| above one Backpack step (it is at most the
 net, on Backpack's grid); every order only takes back its own role's delta (reduce-only, never past
@@ -13,7 +13,8 @@ from decimal import Decimal
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from orchestrator.exit_steps import (
+from core.config import Role
+from orchestrator.cycle.exit import (
     ExitState,
     SlippageLadder,
     catch_up,
@@ -25,6 +26,7 @@ from orchestrator.exit_steps import (
 )
 from venues.base import MarketRules, Side
 
+BP, L1, L2 = Role.BP, Role.L1, Role.L2
 L_MIN = Decimal("0.005")
 LIGHTER = SlippageLadder(0.001, 0.001, 0.01)
 BACKPACK = SlippageLadder(0.005, 0.001, 0.01)
@@ -34,53 +36,53 @@ def rules(step: str, min_qty: str, symbol: str = "ETH") -> MarketRules:
     return MarketRules(symbol=symbol, tick_size=Decimal("0.01"), step_size=Decimal(step), min_quantity=Decimal(min_qty))
 
 
-def state(bp: str, l1: str, l2: str, *, bp_step: str = "0.0001", baselines: dict[str, str] | None = None) -> ExitState:
-    return ExitState({"BP": Decimal(bp), "L1": Decimal(l1), "L2": Decimal(l2)},
+def state(bp: str, l1: str, l2: str, *, bp_step: str = "0.0001", baselines: dict[Role, str] | None = None) -> ExitState:
+    return ExitState({BP: Decimal(bp), L1: Decimal(l1), L2: Decimal(l2)},
                      {k: Decimal(v) for k, v in (baselines or {}).items()},
-                     {"BP": rules(bp_step, bp_step, "ETH_USDC_PERP"), "L1": rules("0.0001", str(L_MIN)),
-                      "L2": rules("0.0001", str(L_MIN))})
+                     {BP: rules(bp_step, bp_step, "ETH_USDC_PERP"), L1: rules("0.0001", str(L_MIN)),
+                      L2: rules("0.0001", str(L_MIN))})
 
 
-def apply(st_: ExitState, role: str, side: Side, quantity: Decimal) -> ExitState:
+def apply(st_: ExitState, role: Role, side: Side, quantity: Decimal) -> ExitState:
     return st_.with_fills({role: side.sign * quantity})
 
 
 def test_hedged_legs_close_lighter_first_with_the_starting_cap() -> None:
     step = next_step(state("50", "-50", "0"), 0, LIGHTER, BACKPACK)
     assert step.kind == "lighter_close"
-    assert [(o.role, o.side, o.quantity, o.max_slippage) for o in step.orders] == [("L1", Side.BUY, Decimal(50), 0.001)]
+    assert [(o.role, o.side, o.quantity, o.max_slippage) for o in step.orders] == [(L1, Side.BUY, Decimal(50), 0.001)]
 
 
 def test_backpack_follows_what_the_lighter_close_filled() -> None:
-    after = state("50", "-50", "0").with_fills({"L1": Decimal("6")})
+    after = state("50", "-50", "0").with_fills({L1: Decimal("6")})
     order = catch_up(after, 0.005, 0.001)
-    assert order is not None and (order.role, order.side, order.quantity) == ("BP", Side.SELL, Decimal(6))
+    assert order is not None and (order.role, order.side, order.quantity) == (BP, Side.SELL, Decimal(6))
 
 
 def test_a_liquidated_leg_is_not_traded_and_backpack_unwinds_what_it_no_longer_hedges_first() -> None:
     # L1 -50, L2 +50 hedged by each other, Backpack +20 (a part rebalanced); L2 liquidated to zero.
     step = next_step(state("20", "-50", "0"), 0, LIGHTER, BACKPACK)
-    assert [(o.role, o.side, o.quantity) for o in step.orders] == [("L1", Side.BUY, Decimal(30))]
+    assert [(o.role, o.side, o.quantity) for o in step.orders] == [(L1, Side.BUY, Decimal(30))]
     step = next_step(state("50", "-30", "0"), 0, LIGHTER, BACKPACK)
-    assert [(o.role, o.side, o.quantity) for o in step.orders] == [("BP", Side.SELL, Decimal(20))]
-    assert lighter_closes(state("0", "-30", "0"), 0.001)[0].role == "L1"  # L2 reads zero: never traded
+    assert [(o.role, o.side, o.quantity) for o in step.orders] == [(BP, Side.SELL, Decimal(20))]
+    assert lighter_closes(state("0", "-30", "0"), 0.001)[0].role == L1  # L2 reads zero: never traded
 
 
 def test_backpack_alone_when_no_lighter_leg_is_open() -> None:
     step = next_step(state("10", "0", "0"), 0, LIGHTER, BACKPACK)
-    assert [(o.role, o.side, o.quantity, o.max_slippage) for o in step.orders] == [("BP", Side.SELL, Decimal(10), 0.005)]
+    assert [(o.role, o.side, o.quantity, o.max_slippage) for o in step.orders] == [(BP, Side.SELL, Decimal(10), 0.005)]
     assert next_step(state("0.00005", "0", "0"), 0, LIGHTER, BACKPACK).done
 
 
 def test_unwinds_to_the_baselines_not_to_zero() -> None:
-    held = {"BP": "2", "L1": "-1", "L2": "0"}
+    held = {BP: "2", L1: "-1", L2: "0"}
     step = next_step(state("12", "-11", "0", baselines=held), 0, LIGHTER, BACKPACK)
-    assert [(o.role, o.quantity) for o in step.orders] == [("L1", Decimal(10))]
+    assert [(o.role, o.quantity) for o in step.orders] == [(L1, Decimal(10))]
     assert next_step(state("2", "-1", "0", baselines=held), 0, LIGHTER, BACKPACK).done
     # A reduce-only order stops at zero: a leg whose baseline lies beyond zero is closed, not flipped.
-    assert [o.quantity for o in lighter_closes(state("0", "1", "0", baselines={"L1": "-1"}), 0.001)] == [1]
-    assert lighter_closes(state("0", "-2", "0", baselines={"L1": "-1", "BP": "-1"}), 0.001)[0].quantity == 1
-    assert lighter_closes(state("0", "1", "0", baselines={"L1": "2"}), 0.001) == []  # below baseline: no reduce
+    assert [o.quantity for o in lighter_closes(state("0", "1", "0", baselines={L1: "-1"}), 0.001)] == [1]
+    assert lighter_closes(state("0", "-2", "0", baselines={L1: "-1", BP: "-1"}), 0.001)[0].quantity == 1
+    assert lighter_closes(state("0", "1", "0", baselines={L1: "2"}), 0.001) == []  # below baseline: no reduce
 
 
 def test_caps_widen_per_step_up_to_the_maximum() -> None:
@@ -90,17 +92,17 @@ def test_caps_widen_per_step_up_to_the_maximum() -> None:
 
 
 def test_uneven_lighter_closes_are_caught_up_on_the_other_lighter_leg() -> None:
-    after = state("0", "-50", "50").with_fills({"L1": Decimal(30), "L2": Decimal(-10)})
+    after = state("0", "-50", "50").with_fills({L1: Decimal(30), L2: Decimal(-10)})
     order = catch_up(after, 0.005, 0.002)
     assert order is not None and (order.role, order.side, order.quantity, order.max_slippage) == \
-        ("L2", Side.SELL, Decimal(20), 0.002)
+        (L2, Side.SELL, Decimal(20), 0.002)
 
 
 def test_signed_fills_and_state_round_trip() -> None:
     results = [{"account": "lighter1", "side": "buy", "filled": "6"}, {"account": "backpack", "side": "sell",
                                                                       "filled": "2.5"}, {"account": "x", "filled": "9"}]
-    assert signed_fills(results, {"lighter1": "L1", "backpack": "BP"}) == {"L1": Decimal(6), "BP": Decimal("-2.5")}
-    st_ = state("1", "-1", "0", baselines={"BP": "0.5"})
+    assert signed_fills(results, {"lighter1": L1, "backpack": BP}) == {L1: Decimal(6), BP: Decimal("-2.5")}
+    st_ = state("1", "-1", "0", baselines={BP: "0.5"})
     assert state_from_json(state_to_json(st_)) == st_
 
 
@@ -119,25 +121,25 @@ def test_the_next_backpack_exit_order_never_takes_net_above_one_step(bp: Decimal
         # Only its own delta, toward the baseline, never through zero.
         assert abs(after.delta(order.role)) < abs(st_.delta(order.role))
         assert order.quantity <= st_.reducible(order.role)
-        if order.role == "BP":
+        if order.role == BP:
             assert abs(after.net) < abs(st_.net)
-            assert abs(after.net) < Decimal(bp_step) or st_.reducible("BP") < abs(st_.net)
+            assert abs(after.net) < Decimal(bp_step) or st_.reducible(BP) < abs(st_.net)
 
 
 @settings(max_examples=300, deadline=None)
 @given(size=st.decimals(min_value=Decimal("0.01"), max_value=Decimal("60"), places=2),
-       liquidated=st.sampled_from([None, "L1", "L2"]), rebalanced=st.booleans(), bp_step=bp_steps,
+       liquidated=st.sampled_from([None, L1, L2]), rebalanced=st.booleans(), bp_step=bp_steps,
        fractions=st.lists(st.decimals(min_value=Decimal("0.05"), max_value=Decimal(1), places=2), min_size=1))
 def test_an_unwind_with_partial_lighter_fills_stays_within_one_step_and_closes(
-        size: Decimal, liquidated: str | None, rebalanced: bool, bp_step: str, fractions: list[Decimal]) -> None:
+        size: Decimal, liquidated: Role | None, rebalanced: bool, bp_step: str, fractions: list[Decimal]) -> None:
     # Hedged as in monitoring: L1 short, L2 long, Backpack flat; a liquidation zeroes one Lighter leg
     # and (today's monitor) Backpack may have been rebalanced to hedge the survivor.
-    positions = {"BP": Decimal(0), "L1": -size, "L2": size}
+    positions = {BP: Decimal(0), L1: -size, L2: size}
     if liquidated:
         positions[liquidated] = Decimal(0)
         if rebalanced:
-            positions["BP"] = -(positions["L1"] + positions["L2"])
-    st_ = state(str(positions["BP"]), str(positions["L1"]), str(positions["L2"]), bp_step=bp_step)
+            positions[BP] = -(positions[L1] + positions[L2])
+    st_ = state(str(positions[BP]), str(positions[L1]), str(positions[L2]), bp_step=bp_step)
     bound = max(abs(st_.net), Decimal(bp_step), L_MIN)
     for n in range(400):
         step = next_step(st_, n, LIGHTER, BACKPACK)
@@ -156,7 +158,7 @@ def test_an_unwind_with_partial_lighter_fills_stays_within_one_step_and_closes(
                 st_ = apply(st_, match.role, match.side, match.quantity)
         assert abs(st_.net) <= bound, (n, st_.positions)
     assert next_step(st_, 0, LIGHTER, BACKPACK).done
-    assert all(abs(st_.delta(role)) < L_MIN for role in ("L1", "L2")), st_.positions
+    assert all(abs(st_.delta(role)) < L_MIN for role in (L1, L2)), st_.positions
     assert abs(st_.net) < max(Decimal(bp_step), L_MIN)
 
 
@@ -166,23 +168,23 @@ def test_lighter_legs_that_hedge_each_other_are_not_closed_while_one_of_them_is_
     # Backpack already caught up; L1 and L2 hedge each other. Closing L1 alone while L2 cannot move
     # would leave the group naked by L2's whole position.
     hedged = state("0", "-9.5", "9.5")
-    for held in ("L1", "L2"):
+    for held in (L1, L2):
         step = next_step(hedged, 1, LIGHTER, BACKPACK, frozenset({held}))
         assert (step.kind, step.orders, step.done) == ("wait", (), False)
-    assert next_step(hedged, 1, LIGHTER, BACKPACK, frozenset({"BP"})).kind == "lighter_close"
+    assert next_step(hedged, 1, LIGHTER, BACKPACK, frozenset({BP})).kind == "lighter_close"
 
 
 def test_the_catch_up_takes_another_role_on_the_nets_side_when_the_first_is_leased() -> None:
     # Net +5: Backpack (long 5) and L2 (long 10) are on its side; Backpack comes first unless leased.
     off = state("5", "-10", "10")
     assert [(o.role, o.side, o.quantity) for o in next_step(off, 0, LIGHTER, BACKPACK).orders] == \
-        [("BP", Side.SELL, Decimal(5))]
-    step = next_step(off, 0, LIGHTER, BACKPACK, frozenset({"BP"}))
-    assert [(o.role, o.side, o.quantity) for o in step.orders] == [("L2", Side.SELL, Decimal(5))]
+        [(BP, Side.SELL, Decimal(5))]
+    step = next_step(off, 0, LIGHTER, BACKPACK, frozenset({BP}))
+    assert [(o.role, o.side, o.quantity) for o in step.orders] == [(L2, Side.SELL, Decimal(5))]
 
 
 def test_a_catch_up_only_a_leased_role_can_take_waits() -> None:
     # Net +9.5 on L2 alone (Backpack at its baseline): nothing else may reduce it.
-    step = next_step(state("0", "0", "9.5"), 2, LIGHTER, BACKPACK, frozenset({"L2"}))
+    step = next_step(state("0", "0", "9.5"), 2, LIGHTER, BACKPACK, frozenset({L2}))
     assert (step.kind, step.orders) == ("wait", ())
-    assert next_step(state("0", "0", "0"), 2, LIGHTER, BACKPACK, frozenset({"L2"})).done
+    assert next_step(state("0", "0", "0"), 2, LIGHTER, BACKPACK, frozenset({L2})).done

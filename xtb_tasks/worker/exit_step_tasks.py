@@ -1,4 +1,4 @@
-"""The emergency exit in steps (decisions: ``orchestrator.exit_steps``; the attempt: ``exit_tasks``).
+"""The emergency exit in steps (decisions: ``orchestrator.cycle.exit``; the attempt: ``exit_tasks``).
 
 One step: three ``xtb.venue.exit_reading`` tasks → ``exit_decide`` claims step <k> (attempt × 1000
 + step), records the read and the worst net, picks the orders (a catch-up, or capped Lighter closes),
@@ -19,14 +19,16 @@ from celery.canvas import Signature
 
 from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
-from core.config import GroupConfig, HedgeParams
+from core.config import GroupConfig, HedgeParams, Role
 from core.cycle_record import CycleRecord, CycleView, Stage, grace_deadline, positions_fields, step_grace
 from core.redis_conn import redis_client
 from orchestrator import canvas
-from orchestrator.exit_steps import (
+from orchestrator.cycle.exit import (
+    ROLE_BY_SHORT,
     ExitOrder,
     ExitState,
     ExitStep,
+    ExitStepKind,
     SlippageLadder,
     catch_up,
     next_step,
@@ -76,9 +78,9 @@ def _state(by_role: dict[str, dict[str, Any]], view: CycleView) -> ExitState | N
     if set(by_role) != set(canvas.ROLE_SHORTS) or any(r.get("position") is None for r in by_role.values()):
         return None
     baselines = ((view.get("plan") or {}).get("baselines")) or {}
-    return ExitState({role: Decimal(str(r["position"])) for role, r in by_role.items()},
-                     {role: Decimal(str(baselines.get(role) or "0")) for role in by_role},
-                     {role: MarketRules.from_json(r["rules"]) for role, r in by_role.items()})
+    return ExitState({ROLE_BY_SHORT[role]: Decimal(str(r["position"])) for role, r in by_role.items()},
+                     {ROLE_BY_SHORT[role]: Decimal(str(baselines.get(role) or "0")) for role in by_role},
+                     {ROLE_BY_SHORT[role]: MarketRules.from_json(r["rules"]) for role, r in by_role.items()})
 
 
 @app.task(name="xtb.hedge.exit_decide", ignore_result=True)
@@ -106,13 +108,13 @@ def exit_decide(readings: list[dict[str, Any]], *, cycle_id: str, reason: str, a
         return {"unknown": True}
     lighter, backpack = ladders(params)
     held = held_leases(grp)
-    decided = next_step(state, step, lighter, backpack, frozenset(held))
+    decided = next_step(state, step, lighter, backpack, frozenset(ROLE_BY_SHORT[r] for r in held))
     if decided.done or last:
         if not record.claim(f"exit_step:{key}", {"read": state_to_json(state)["positions"], "kind": "report"}):
             return {"duplicate": True}
         _note_read(record, view, state, key)
         return report_exit(record, _results(grp, by_role, state), reason=reason, attempt=attempt)
-    if decided.kind == "wait":
+    if decided.kind is ExitStepKind.WAIT:
         return _wait_step(record, view, grp, state, held, reason=reason, attempt=attempt, step=step)
     return _send_step(record, view, grp, params, state, decided, reason=reason, attempt=attempt, step=step)
 
@@ -159,20 +161,20 @@ def _send_step(record: CycleRecord, view: CycleView, grp: GroupConfig, params: H
                decided: ExitStep, *, reason: str, attempt: int, step: int) -> dict[str, Any]:
     key = step_key(attempt, step)
     planned = _plan_orders(record, grp, decided.orders)
-    if not record.claim(f"exit_step:{key}", {"read": state_to_json(state)["positions"], "kind": decided.kind,
+    if not record.claim(f"exit_step:{key}", {"read": state_to_json(state)["positions"], "kind": decided.kind.value,
                                             "orders": [p["order"] for p in planned]}):
         return {"duplicate": True}
     _record_intents(record, grp, planned)
     _note_read(record, view, state, key)
-    log.info("cycle=%s exit %s.%s %s net=%s orders=%s", record.cycle_id, attempt, step, decided.kind, state.net,
+    log.info("cycle=%s exit %s.%s %s net=%s orders=%s", record.cycle_id, attempt, step, decided.kind.value, state.net,
              [p["order"] for p in planned])
     sigs = [_order_sig(grp, record.cycle_id, p, params, attempt) for p in planned]
     lighter, backpack = ladders(params)
     match = canvas.hedge("exit_match", immutable=False, cycle_id=record.cycle_id, reason=reason, attempt=attempt,
-                         step=step, kind=decided.kind, state=state_to_json(state),
+                         step=step, kind=decided.kind.value, state=state_to_json(state),
                          caps={"BP": backpack.cap(step), "L": lighter.cap(step)})
     canvas.exit_orders_then(sigs, match, record.cycle_id, reason, attempt).apply_async()
-    return {"step": step, "kind": decided.kind}
+    return {"step": step, "kind": decided.kind.value}
 
 
 def _plan_orders(record: CycleRecord, grp: GroupConfig, orders: tuple[ExitOrder, ...]) -> list[dict[str, Any]]:
@@ -181,10 +183,10 @@ def _plan_orders(record: CycleRecord, grp: GroupConfig, orders: tuple[ExitOrder,
     for _ in orders:
         record.increment("exit_orders", via=pipe)
     numbers = pipe.execute()
-    roles = {role.short: role for role in canvas.ROLES}
-    blocks = allocate_id_blocks(redis_client(), [(grp.account_for(roles[o.role]), roles[o.role].venue.value,
-                                                  IDS_PER_ORDER) for o in orders])
-    return [{"order": {**o.to_json(), "leg": f"exit_{o.role.lower()}_{n}", "client_ids": ids}, "exit_order": o}
+    blocks = allocate_id_blocks(redis_client(), [(grp.account_for(o.role), o.role.venue.value, IDS_PER_ORDER)
+                                                 for o in orders])
+    return [{"order": {**o.to_json(), "leg": f"exit_{o.role.short.lower()}_{n}", "client_ids": ids},
+             "exit_order": o}
             for o, n, ids in zip(orders, numbers, blocks, strict=True)]
 
 
@@ -201,10 +203,10 @@ def _record_intents(record: CycleRecord, grp: GroupConfig, planned: list[dict[st
 def _order_sig(grp: GroupConfig, cycle_id: str, planned: dict[str, Any], params: HedgeParams,
                attempt: int) -> Signature:
     order: ExitOrder = planned["exit_order"]
-    role = {r.short: r for r in canvas.ROLES}[order.role]
+    role = order.role
     # A zero Backpack cap means plain market orders (backpack_max_slippage = 0); Lighter's 0 is the best price.
-    slippage: float | None = order.max_slippage if (order.max_slippage or order.role != "BP") else None
-    delay = params.backpack_retry_delay_secs if order.role == "BP" else params.lighter_retry_delay_secs
+    slippage: float | None = order.max_slippage if (order.max_slippage or role is not Role.BP) else None
+    delay = params.backpack_retry_delay_secs if role is Role.BP else params.lighter_retry_delay_secs
     return canvas.exit_order(grp, role, cycle_id, order.side.value, order.quantity, planned["order"]["client_ids"],
                              planned["order"]["leg"], slippage, delay, attempt)
 
@@ -228,7 +230,7 @@ def _results(grp: GroupConfig, by_role: dict[str, dict[str, Any]], state: ExitSt
         reading = by_role.get(role.short)
         if reading is None:
             continue
-        flat = state is not None and state.at_target(role.short)
+        flat = state is not None and state.at_target(role)
         results.append({"account": grp.account_for(role), "flat": flat, "orders": [],
                         "final_position": {"quantity": reading.get("position"), "read_at": reading.get("read_at")},
                         "equity": reading.get("equity")})
@@ -263,19 +265,19 @@ def exit_match(results: list[dict[str, Any]], *, cycle_id: str, reason: str, att
     if _superseded(view, attempt) or not record.claim(f"exit_match:{step_key(attempt, step)}"):
         return {"skipped": True}
     grp, params = group_and_params(settings(), view)
-    fills = signed_fills(results, _roles_by_account(grp))
+    fills = signed_fills(results, {grp.account_for(role): role for role in canvas.ROLES})
     order = catch_up(state_from_json(state).with_fills(fills), caps["BP"], caps["L"]) \
-        if kind == "lighter_close" else None
+        if kind == ExitStepKind.LIGHTER_CLOSE.value else None
     if order is None:
         # Nothing filled: the next read comes a moment later, at a wider cap.
         _read_later(grp, cycle_id, reason, attempt, step + 1,
                     0.0 if any(fills.values()) else params.lighter_retry_delay_secs / 2)
-        return {"fills": {r: str(q) for r, q in fills.items()}}
+        return {"fills": {r.short: str(q) for r, q in fills.items()}}
     planned = _plan_orders(record, grp, (order,))
     _record_intents(record, grp, planned)
-    filled = {r: str(q) for r, q in fills.items()}
-    record.add_event(f"exit {attempt}.{step}: Lighter filled {filled}; {order.role} {order.side.value} {order.quantity}")
-    log.info("cycle=%s exit %s.%s Lighter filled %s; %s %s %s", cycle_id, attempt, step, filled, order.role,
+    filled = {r.short: str(q) for r, q in fills.items()}
+    record.add_event(f"exit {attempt}.{step}: Lighter filled {filled}; {order.role.short} {order.side.value} {order.quantity}")
+    log.info("cycle=%s exit %s.%s Lighter filled %s; %s %s %s", cycle_id, attempt, step, filled, order.role.short,
              order.side.value, order.quantity)
     canvas.exit_order_then_read(_order_sig(grp, cycle_id, planned[0], params, attempt), grp, cycle_id, reason, attempt,
                                 step + 1).apply_async()

@@ -1,9 +1,9 @@
 """The exit in step: which orders the next step of an emergency exit sends (pure functions).
 
-Today's failure (issue 16 item 1): the exit sold Backpack in one order while a thin Lighter book let
-the surviving Lighter leg close a few ETH per try, so the group was naked for seconds. Here every
-step starts from a fresh read of the three positions, taken relative to the cycle's recorded
-baselines (its own deltas), and sends one of two things:
+Selling Backpack in one order while a thin Lighter book lets the surviving Lighter leg close a few
+units per try leaves the group naked for as long as the Lighter closes take. So every step starts
+from a fresh read of the three positions, taken relative to the cycle's recorded baselines (its own
+deltas), and sends one of two things:
 
 * **catch-up**: when the group's net is a whole Backpack step or more off zero, reduce the legs on
   the net's side by the net (Backpack first: it holds the part no Lighter leg hedges any more, the
@@ -27,14 +27,18 @@ Otherwise the step is a **wait**: nothing is sent, and the next read decides aga
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from enum import Enum
 from typing import Any
 
+from core.config import Role
+from orchestrator.cycle.state import LIGHTER_ROLES, ROLES
 from venues.base import MarketRules, Side
 
-ROLES = ("BP", "L1", "L2")
-LIGHTER_ROLES = ("L1", "L2")
+#: The roles by the short names the exit's messages and record fields carry ("BP", "L1", "L2").
+ROLE_BY_SHORT = {role.short: role for role in ROLES}
 
 
 @dataclass(frozen=True)
@@ -53,13 +57,13 @@ class SlippageLadder:
 class ExitOrder:
     """One reduce-only order of an exit step."""
 
-    role: str
+    role: Role
     side: Side
     quantity: Decimal
     max_slippage: float
 
     def to_json(self) -> dict[str, Any]:
-        return {"role": self.role, "side": self.side.value, "quantity": str(self.quantity),
+        return {"role": self.role.short, "side": self.side.value, "quantity": str(self.quantity),
                 "max_slippage": self.max_slippage}
 
 
@@ -67,23 +71,23 @@ class ExitOrder:
 class ExitState:
     """The three roles' positions (venue truth) and the cycle's baselines, with each venue's rules."""
 
-    positions: dict[str, Decimal]
-    baselines: dict[str, Decimal]
-    rules: dict[str, MarketRules]
+    positions: Mapping[Role, Decimal]
+    baselines: Mapping[Role, Decimal]
+    rules: Mapping[Role, MarketRules]
 
-    def delta(self, role: str) -> Decimal:
+    def delta(self, role: Role) -> Decimal:
         return self.positions[role] - self.baselines.get(role, Decimal(0))
 
     @property
     def net(self) -> Decimal:
         return sum((self.delta(role) for role in ROLES), Decimal(0))
 
-    def with_fills(self, fills: dict[str, Decimal]) -> ExitState:
+    def with_fills(self, fills: Mapping[Role, Decimal]) -> ExitState:
         """The state after signed ``fills`` per role (what a step's orders reported, before a read)."""
         moved = {role: q + fills.get(role, Decimal(0)) for role, q in self.positions.items()}
         return ExitState(moved, self.baselines, self.rules)
 
-    def reducible(self, role: str) -> Decimal:
+    def reducible(self, role: Role) -> Decimal:
         """How much of ``role``'s own delta a reduce-only order can take back (0 when none can):
         the delta toward the baseline, never more than the position itself (no flip through zero)."""
         position, delta = self.positions[role], self.delta(role)
@@ -91,24 +95,24 @@ class ExitState:
             return Decimal(0)
         return min(abs(position), abs(delta))
 
-    def tradable(self, role: str, quantity: Decimal) -> Decimal:
+    def tradable(self, role: Role, quantity: Decimal) -> Decimal:
         """``quantity`` on ``role``'s grid (rounded down); 0 below its step or venue minimum."""
         rules = self.rules[role]
         size = rules.quantize_size(quantity)
         return size if size >= rules.step_size and size >= rules.min_quantity else Decimal(0)
 
-    def at_target(self, role: str) -> bool:
+    def at_target(self, role: Role) -> bool:
         """Whether ``role`` is back at its baseline within one of its steps."""
         return abs(self.delta(role)) < self.rules[role].step_size
 
 
 def off_step(state: ExitState) -> bool:
     """Whether the group's net is a whole Backpack step or more off zero."""
-    return abs(state.net) >= state.rules["BP"].step_size
+    return abs(state.net) >= state.rules[Role.BP].step_size
 
 
 def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float,
-             held: frozenset[str] = frozenset()) -> ExitOrder | None:
+             held: frozenset[Role] = frozenset()) -> ExitOrder | None:
     """The order that brings the net back within one Backpack step, or None when it is within (or
     when only roles in ``held`` could take it).
 
@@ -124,14 +128,14 @@ def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float,
             continue
         quantity = state.tradable(role, min(abs(net), state.reducible(role)))
         if quantity > 0:
-            slippage = bp_slippage if role == "BP" else lighter_slippage
+            slippage = bp_slippage if role is Role.BP else lighter_slippage
             return ExitOrder(role, Side.to_reduce(delta), quantity, slippage)
     return None
 
 
 def lighter_closes(state: ExitState, slippage: float) -> list[ExitOrder]:
     """A capped reduce-only close of every Lighter leg still open (a liquidated one reads zero: skipped)."""
-    orders = []
+    orders: list[ExitOrder] = []
     for role in LIGHTER_ROLES:
         quantity = state.tradable(role, state.reducible(role))
         if quantity > 0:
@@ -139,42 +143,54 @@ def lighter_closes(state: ExitState, slippage: float) -> list[ExitOrder]:
     return orders
 
 
+class ExitStepKind(str, Enum):
+    """What one step of the exit does (the value is what the step's record and messages carry)."""
+
+    #: One order that brings the net back within a Backpack step.
+    CATCH_UP = "catch_up"
+    #: A capped reduce-only close of every open Lighter leg; what they fill is matched before the next read.
+    LIGHTER_CLOSE = "lighter_close"
+    #: Nothing is sent: a role the step needs is leased; the next read decides again.
+    WAIT = "wait"
+    #: Nothing is left to send: the exit reports.
+    DONE = "done"
+
+
 @dataclass(frozen=True)
 class ExitStep:
-    """What one step sends: a catch-up order, Lighter closes, nothing while a lease is held
-    (``wait``), or nothing because the exit is over (``done``)."""
+    """What one step sends (see :class:`ExitStepKind`)."""
 
-    kind: str
+    kind: ExitStepKind
     orders: tuple[ExitOrder, ...]
 
     @property
     def done(self) -> bool:
-        return self.kind == "done"
+        return self.kind is ExitStepKind.DONE
 
 
 def next_step(state: ExitState, step_number: int, lighter: SlippageLadder, backpack: SlippageLadder,
-              held: frozenset[str] = frozenset()) -> ExitStep:
+              held: frozenset[Role] = frozenset()) -> ExitStep:
     """The next step of the exit from a fresh read (see the module docstring); ``held``: the roles
     whose account lease someone holds."""
     lighter_cap, bp_cap = lighter.cap(step_number), backpack.cap(step_number)
     order = catch_up(state, bp_cap, lighter_cap, held)
     if order is not None:
-        return ExitStep("catch_up", (order,))
+        return ExitStep(ExitStepKind.CATCH_UP, (order,))
     if off_step(state) and catch_up(state, bp_cap, lighter_cap) is not None:
-        return ExitStep("wait", ())
+        return ExitStep(ExitStepKind.WAIT, ())
     closes = lighter_closes(state, lighter_cap)
     if any(o.role in held for o in closes):
-        return ExitStep("wait", ())
+        return ExitStep(ExitStepKind.WAIT, ())
     if closes:
-        return ExitStep("lighter_close", tuple(closes))
+        return ExitStep(ExitStepKind.LIGHTER_CLOSE, tuple(closes))
     # With every Lighter leg closed the net is Backpack's own delta, which catch-up took above; what
     # is left is within one step, or dust no order can take (the report says so).
-    return ExitStep("done", ())
+    return ExitStep(ExitStepKind.DONE, ())
 
 
-def signed_fills(results: list[dict[str, Any]], roles_by_account: dict[str, str]) -> dict[str, Decimal]:
+def signed_fills(results: list[dict[str, Any]], roles_by_account: Mapping[str, Role]) -> dict[Role, Decimal]:
     """Signed fill per role from a step's order results (``submit_market_order`` answers)."""
-    fills: dict[str, Decimal] = {}
+    fills: dict[Role, Decimal] = {}
     for result in results:
         role = roles_by_account.get(str(result.get("account", "")))
         if role is None:
@@ -185,12 +201,13 @@ def signed_fills(results: list[dict[str, Any]], roles_by_account: dict[str, str]
 
 
 def state_to_json(state: ExitState) -> dict[str, Any]:
-    return {"positions": {r: str(q) for r, q in state.positions.items()},
-            "baselines": {r: str(q) for r, q in state.baselines.items()},
-            "rules": {r: rules.to_json() for r, rules in state.rules.items()}}
+    """The state as a message carries it, roles by their short names."""
+    return {"positions": {r.short: str(q) for r, q in state.positions.items()},
+            "baselines": {r.short: str(q) for r, q in state.baselines.items()},
+            "rules": {r.short: rules.to_json() for r, rules in state.rules.items()}}
 
 
-def state_from_json(data: dict[str, Any]) -> ExitState:
-    return ExitState({r: Decimal(q) for r, q in data["positions"].items()},
-                     {r: Decimal(q) for r, q in data["baselines"].items()},
-                     {r: MarketRules.from_json(v) for r, v in data["rules"].items()})
+def state_from_json(data: Mapping[str, Any]) -> ExitState:
+    return ExitState({ROLE_BY_SHORT[r]: Decimal(q) for r, q in data["positions"].items()},
+                     {ROLE_BY_SHORT[r]: Decimal(q) for r, q in data["baselines"].items()},
+                     {ROLE_BY_SHORT[r]: MarketRules.from_json(v) for r, v in data["rules"].items()})
