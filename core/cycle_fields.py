@@ -174,7 +174,7 @@ class Family:
 
 #: The cycle's legs (``orchestrator/canvas.py``): the entry chain's three and each rebalance order
 #: (``bp_rebalance_<n>``, numbered by the record's ``rebalances`` counter in ``loop_tasks``) and each
-#: exit order (``exit_<role>_<n>``, numbered by ``exit_orders`` in ``exit_step_tasks``).
+#: exit order (``exit_<role>_<n>``, numbered by ``exit_orders`` in ``orchestrator.store``).
 LEG_NAMES = frozenset({"bp_entry", "l1_hedge", "l1_topup", "bp_balance", "l2_entry"})
 LEG_NUMBERED = ("bp_rebalance_", "exit_bp_", "exit_l1_", "exit_l2_")
 

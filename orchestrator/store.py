@@ -18,15 +18,24 @@ from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
 from core.config import GroupConfig, HedgeParams, Role
 from core.cycle_fields import check
-from core.cycle_record import CycleRecord, Stage, create_cycle, grace_deadline, positions_fields, step_grace
+from core.cycle_record import CycleRecord, ExitReason, Stage, create_cycle, grace_deadline, positions_fields, step_grace
 from core.durability import durable_execute
 from core.exposure import NetExposure
 from core.legs import parse_leg
 from monitoring.alert_texts import AlertKind
 from monitoring.alerts import queue_alert, raise_alert
-from orchestrator.cycle.commands import Alert, Command, Decision, SendOrder
+from orchestrator.cycle.commands import Alert, Command, Decision, NoteStep, SendExitOrders, SendOrder
 from orchestrator.cycle.planning import CyclePlan
-from orchestrator.cycle.state import ROLES, CycleState, Event, LegName, LoopState, Positions
+from orchestrator.cycle.state import (
+    ROLES,
+    CycleState,
+    Event,
+    ExitProgress,
+    LegName,
+    LoopState,
+    Positions,
+    numbered_leg,
+)
 from venues.base import MarketRules
 
 #: How many events the record keeps (the oldest are dropped).
@@ -83,9 +92,9 @@ def state_from_fields(cycle_id: str, fields: Mapping[str, Any], cancel: bool) ->
         params=msgspec.convert(fields["params"], HedgeParams), stage=Stage(fields["stage"]),
         cancel_requested=cancel, created_at=float(fields.get("created_at") or 0.0),
         plan=None if not plan else msgspec.convert(plan, CyclePlan), rules=rules, legs=legs, loop=loop,
-        exit_attempts=int(fields.get("exit_attempts") or 0), exit_reason=reason or None,
+        exit_attempts=int(fields.get("exit_attempts") or 0), exit_reason=_exit_reason(reason),
         events=tuple(Event(float(e.get("t") or 0), str(e.get("text") or "")) for e in fields.get("events") or ()),
-        client_ids=client_ids_of(fields.get("client_ids")))
+        client_ids=client_ids_of(fields.get("client_ids")), exit=exit_progress(fields))
 
 
 # ---- the entry: the plan, the market rules and the entry legs' client id blocks ----
@@ -138,6 +147,45 @@ def loop_fields(before: LoopState, after: LoopState, baselines: Positions, now: 
     return out
 
 
+# ---- the emergency exit's fields ----
+
+#: Client ids per exit order: a rejected send moves on to the spare.
+IDS_PER_ORDER = 2
+
+
+def _exit_reason(value: Any) -> ExitReason | None:
+    # The record's ``reason`` also holds ``not_started``, which is no exit's reason.
+    return ExitReason(value) if value in {r.value for r in ExitReason} else None
+
+
+def exit_progress(fields: Mapping[str, Any]) -> ExitProgress:
+    """The exit's progress from the record's ``exit_*`` fields."""
+    worst = fields.get("exit_worst_net")
+    at = fields.get("exit_worst_net_at")
+    return ExitProgress(worst_net=None if worst in (None, "") else Decimal(str(worst)),
+                        worst_net_at=None if at in (None, "") else float(at),
+                        orders=int(fields.get("exit_orders") or 0))
+
+
+def exit_fields(before: CycleState, after: CycleState) -> dict[str, Any]:
+    """The record fields of the exit's state that changed: the attempt, the reason it entered with,
+    its latest read (kept under ``exit_<key>`` and as the latest) and the worst net so far."""
+    out: dict[str, Any] = {}
+    if after.exit_attempts != before.exit_attempts:
+        out["exit_attempts"] = after.exit_attempts
+    entered = after.stage is Stage.EMERGENCY_EXIT and before.stage is not Stage.EMERGENCY_EXIT
+    if after.exit_reason is not None and (entered or after.exit_reason != before.exit_reason):
+        out["reason"] = after.exit_reason.value
+    progress = after.exit
+    if progress.worst_net is not None and progress.worst_net != before.exit.worst_net:
+        out.update(exit_worst_net=str(progress.worst_net), exit_worst_net_at=progress.worst_net_at)
+    read = progress.last_read
+    if read is not None and read != before.exit.last_read:
+        shown = {role.short: str(read.positions.get(role)) for role in ROLES}
+        out.update(positions_fields(f"exit_{read.key}", {**shown, "net": str(read.net), "read_at": read.at}))
+    return out
+
+
 class RedisCycleStore:
     """:class:`~orchestrator.cycle.ports.CycleStore` on the cycle's Redis hash."""
 
@@ -166,8 +214,8 @@ class RedisCycleStore:
         check("step_seq", token + 1)
         return bool(self.client.eval(_ADVANCE_STEP, 1, keys.cycle(cycle_id), str(token), str(token + 1)))
 
-    def claim(self, cycle_id: str, name: str) -> bool:
-        return CycleRecord(self.client, cycle_id).claim(name)
+    def claim(self, cycle_id: str, name: str, value: Any = None) -> bool:
+        return CycleRecord(self.client, cycle_id).claim(name, value)
 
     def append_event(self, cycle_id: str, text: str) -> None:
         CycleRecord(self.client, cycle_id).add_event(text)
@@ -176,8 +224,12 @@ class RedisCycleStore:
         after = decision.state
         record = CycleRecord(self.client, after.cycle_id)
         fields = self.changed_fields(before, decision, now)
-        commands = self._with_client_ids(after, decision.commands)
+        commands = self._with_exit_orders(after, self._with_client_ids(after, decision.commands))
+        fields.update(self._notes(commands))
         pipe = self.client.pipeline(transaction=True)
+        if after.cancel_requested and not before.cancel_requested:
+            # Entry steps still queued read this key and send nothing.
+            record.request_cancel(via=pipe)
         if fields:
             record.update(fields, via=pipe)
         orders = [c for c in commands if isinstance(c, SendOrder)]
@@ -189,13 +241,18 @@ class RedisCycleStore:
             record_intent(pipe, account, client_id, cycle_id=after.cycle_id, leg=leg.value)
         for alert in (c for c in commands if isinstance(c, Alert)):
             queue_alert(pipe, alert.kind, alert.text, cycle_id=after.cycle_id, group=after.group.name, **alert.fields)
+        for send in (c for c in commands if isinstance(c, SendExitOrders)):
+            for exit_order, exit_leg, ids in zip(send.orders, send.legs, send.client_ids, strict=True):
+                for client_id in ids:
+                    record_intent(pipe, after.group.account_for(exit_order.role), client_id, cycle_id=after.cycle_id,
+                                  leg=exit_leg)
         if orders or intents:
             # On a replica before any order is published: an order whose intent a failover lost
             # could be sent again under a fresh id.
             durable_execute(pipe, self.client, f"step of cycle {after.cycle_id}", required=True)
         elif len(pipe):
             pipe.execute()
-        return [c for c in commands if not isinstance(c, Alert)]
+        return [c for c in commands if not isinstance(c, Alert | NoteStep)]
 
     def changed_fields(self, before: CycleState, decision: Decision, now: float) -> dict[str, Any]:
         after = decision.state
@@ -213,6 +270,7 @@ class RedisCycleStore:
             out.update(positions_fields(label, reading) if label else {"positions": reading})
             net = positions.own(after.baselines).net
             out["net_delta"] = "" if net is None else str(net)
+        out.update(exit_fields(before, after))
         if decision.events:
             kept = [*({"t": e.t, "text": e.text} for e in before.events),
                     *({"t": now, "text": text} for text in decision.events)]
@@ -228,6 +286,37 @@ class RedisCycleStore:
                                                        for o in orders]))
         return [msgspec.structs.replace(c, client_id=next(blocks)[0])
                 if isinstance(c, SendOrder) and c.client_id is None else c for c in commands]
+
+
+    def _with_exit_orders(self, state: CycleState, commands: Sequence[Command]) -> list[Command]:
+        # Each exit order's number (HINCRBY: two copies of a step never share a leg name) and its
+        # client ids; their intents go in the step's write.
+        sends = [c for c in commands if isinstance(c, SendExitOrders) and not c.legs]
+        if not sends:
+            return list(commands)
+        record = CycleRecord(self.client, state.cycle_id)
+        pipe = self.client.pipeline(transaction=False)
+        for send in sends:
+            for _ in send.orders:
+                record.increment("exit_orders", via=pipe)
+        numbers = iter(pipe.execute())
+        blocks = iter(allocate_id_blocks(self.client, [
+            (state.group.account_for(o.role), o.role.venue.value, IDS_PER_ORDER) for s in sends for o in s.orders]))
+        out: list[Command] = []
+        for command in commands:
+            if isinstance(command, SendExitOrders) and not command.legs:
+                legs = tuple(numbered_leg(f"exit_{o.role.short.lower()}_", next(numbers)) for o in command.orders)
+                ids = tuple(tuple(next(blocks)) for _ in command.orders)
+                command = msgspec.structs.replace(command, legs=legs, client_ids=ids)
+            out.append(command)
+        return out
+
+    @staticmethod
+    def _notes(commands: Sequence[Command]) -> dict[str, Any]:
+        # A step's note, with the orders of the same decision as they were numbered and given ids.
+        planned = [p for c in commands if isinstance(c, SendExitOrders) for p in c.planned()]
+        return {n.field: {**n.note, **({"orders": planned} if planned else {})}
+                for n in commands if isinstance(n, NoteStep)}
 
 
 class RedisAlertSink:

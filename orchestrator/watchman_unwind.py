@@ -25,7 +25,8 @@ from decimal import Decimal
 
 from core.client_ids import BACKPACK_MAX_CLIENT_ID
 from core.config import GroupConfig, HedgeParams, Role
-from orchestrator.cycle.exit import ROLE_BY_SHORT, ExitOrder, ExitState, ExitStepKind, SlippageLadder, catch_up, next_step
+from orchestrator.cycle.commands import ExitOrder
+from orchestrator.cycle.exit import ROLE_BY_SHORT, ExitState, ExitStepKind, SlippageLadder, catch_up, next_step
 from venues.base import MarketRules, OrderReport, PositionReading, ReasonCode, Side, VenueConnector, VenueError
 
 log = logging.getLogger(__name__)

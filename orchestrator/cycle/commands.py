@@ -35,6 +35,10 @@ class StepName(str, Enum):
     EMERGENCY_EXIT = "emergency_exit"
     #: One round of the entry's balance, after the Backpack entry and the Lighter1 hedge are final.
     BALANCE_ENTRY = "balance_entry"
+    #: Decide one exit step from a fresh read of the three positions.
+    EXIT_DECIDE = "exit_decide"
+    #: Take what an exit step's Lighter closes filled back off the net, then read again.
+    EXIT_MATCH = "exit_match"
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -153,7 +157,71 @@ class EnterRest(msgspec.Struct, frozen=True, tag=True):
     then: Step
 
 
-Command = ReadPositions | RunLater | SendOrder | StartExit | Alert | EnterFirstLegs | EnterRest
+class ExitOrder(msgspec.Struct, frozen=True):
+    """One reduce-only order of an exit step, capped at ``max_slippage`` from the top of book."""
+
+    role: Role
+    side: Side
+    quantity: Decimal
+    max_slippage: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"role": self.role.short, "side": self.side.value, "quantity": str(self.quantity),
+                "max_slippage": self.max_slippage}
+
+
+class ReadForExit(msgspec.Struct, frozen=True, tag=True):
+    """Read the three positions for step ``step`` of exit attempt ``attempt`` (after ``after_secs``),
+    then decide that step."""
+
+    reason: ExitReason
+    attempt: int
+    step: int
+    after_secs: float = 0.0
+
+
+class SendExitOrders(msgspec.Struct, frozen=True, tag=True):
+    """Send an exit step's orders side by side, then run ``then_step`` with their reports, or read
+    again for ``then_read``.
+
+    Fields:
+      legs, client_ids  set by the store: each order's leg name (``exit_<role>_<n>``) and its client
+                        ids (a spare for a rejected send), recorded as intents before the send
+    """
+
+    reason: ExitReason
+    attempt: int
+    orders: tuple[ExitOrder, ...]
+    then_step: Step | None = None
+    then_read: ReadForExit | None = None
+    legs: tuple[str, ...] = ()
+    client_ids: tuple[tuple[int, ...], ...] = ()
+
+    def planned(self) -> list[dict[str, Any]]:
+        """The orders as the step's record note lists them (with their legs and ids once allocated)."""
+        return [{**order.to_json(), "leg": leg, "client_ids": list(ids)}
+                for order, leg, ids in zip(self.orders, self.legs, self.client_ids, strict=True)]
+
+
+class ReportExit(msgspec.Struct, frozen=True, tag=True):
+    """Confirm the attempt's end from its last read (one result per role that answered): flat, or
+    start the next attempt, or end the cycle unresolved."""
+
+    reason: ExitReason
+    attempt: int
+    results: tuple[dict[str, Any], ...]
+
+
+class NoteStep(msgspec.Struct, frozen=True, tag=True):
+    """Keep ``note`` under the record field ``field`` (an exit step's read and kind; the orders of the
+    same decision's :class:`SendExitOrders` are added as the store allocated them)."""
+
+    field: str
+    note: dict[str, Any]
+
+
+Command = (ReadPositions | RunLater | SendOrder | StartExit | Alert | EnterFirstLegs | EnterRest | ReadForExit
+           | SendExitOrders | ReportExit | NoteStep)
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

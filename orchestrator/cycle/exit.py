@@ -27,14 +27,27 @@ Otherwise the step is a **wait**: nothing is sent, and the next read decides aga
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
-from core.config import Role
-from orchestrator.cycle.state import LIGHTER_ROLES, ROLES
+import msgspec
+
+from core.config_schema import HedgeParams, Role
+from core.cycle_fields import ExitReason, Stage
+from orchestrator.cycle.commands import (
+    Decision,
+    ExitOrder,
+    NoteStep,
+    ReadForExit,
+    ReportExit,
+    SendExitOrders,
+    Step,
+    StepName,
+)
+from orchestrator.cycle.state import LIGHTER_ROLES, ROLES, CycleState, ExitRead, Positions
 from venues.base import MarketRules, Side
 
 #: The roles by the short names the exit's messages and record fields carry ("BP", "L1", "L2").
@@ -51,20 +64,6 @@ class SlippageLadder:
 
     def cap(self, step_number: int) -> float:
         return min(self.start + self.step * max(step_number, 0), max(self.maximum, self.start))
-
-
-@dataclass(frozen=True)
-class ExitOrder:
-    """One reduce-only order of an exit step."""
-
-    role: Role
-    side: Side
-    quantity: Decimal
-    max_slippage: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"role": self.role.short, "side": self.side.value, "quantity": str(self.quantity),
-                "max_slippage": self.max_slippage}
 
 
 @dataclass(frozen=True)
@@ -188,7 +187,7 @@ def next_step(state: ExitState, step_number: int, lighter: SlippageLadder, backp
     return ExitStep(ExitStepKind.DONE, ())
 
 
-def signed_fills(results: list[dict[str, Any]], roles_by_account: Mapping[str, Role]) -> dict[Role, Decimal]:
+def signed_fills(results: Sequence[Mapping[str, Any]], roles_by_account: Mapping[str, Role]) -> dict[Role, Decimal]:
     """Signed fill per role from a step's order results (``submit_market_order`` answers)."""
     fills: dict[Role, Decimal] = {}
     for result in results:
@@ -211,3 +210,158 @@ def state_from_json(data: Mapping[str, Any]) -> ExitState:
     return ExitState({ROLE_BY_SHORT[r]: Decimal(q) for r, q in data["positions"].items()},
                      {ROLE_BY_SHORT[r]: Decimal(q) for r, q in data["baselines"].items()},
                      {ROLE_BY_SHORT[r]: MarketRules.from_json(v) for r, v in data["rules"].items()})
+
+
+# ---- the exit's steps as decisions (tasks: ``xtb_tasks.worker.exit_tasks`` / ``exit_step_tasks``) ----
+
+#: Steps of one attempt are numbered below this; the record's step key is attempt × this + step.
+STEP_KEY_BASE = 1000
+#: The shortest wait before an exit step that found a lease held reads again.
+LEASE_RECHECK_SECS = 0.5
+
+
+def step_key(attempt: int, step: int) -> int:
+    return attempt * STEP_KEY_BASE + step
+
+
+def step_field(attempt: int, step: int) -> str:
+    """The record field step ``step`` of attempt ``attempt`` claims (HSETNX) and notes its read in."""
+    return f"exit_step:{step_key(attempt, step)}"
+
+
+def match_field(attempt: int, step: int) -> str:
+    """The record field the match after step ``step`` of attempt ``attempt`` claims."""
+    return f"exit_match:{step_key(attempt, step)}"
+
+
+def ladders(params: HedgeParams) -> tuple[SlippageLadder, SlippageLadder]:
+    """(Lighter, Backpack) price caps of the exit; Backpack starts at its own entry cap."""
+    lighter = SlippageLadder(params.exit_start_slippage, params.exit_slippage_step, params.exit_max_slippage)
+    backpack = SlippageLadder(params.backpack_max_slippage, params.exit_slippage_step, params.exit_max_slippage)
+    return lighter, backpack
+
+
+def superseded(state: CycleState, attempt: int) -> bool:
+    """A step of an attempt that another replaced (the watchdog, a failure), or of a cycle that is no
+    longer exiting, does nothing: ``exit_attempts`` names the current attempt."""
+    return state.stage is not Stage.EMERGENCY_EXIT or state.exit_attempts != attempt + 1
+
+
+def readings_by_role(readings: Sequence[Mapping[str, Any]], state: CycleState) -> dict[Role, Mapping[str, Any]]:
+    """Each ``exit_reading`` answer under the role of the account it names (never by its place in
+    the chord's results); an answer naming no account of the group is left out."""
+    by_role: dict[Role, Mapping[str, Any]] = {}
+    for reading in readings:
+        role = state.role_of(str(reading.get("account")))
+        if role is not None:
+            by_role[role] = reading
+    return by_role
+
+
+def exit_state_of(by_role: Mapping[Role, Mapping[str, Any]], state: CycleState) -> ExitState | None:
+    """The read as an :class:`ExitState` (positions, the cycle's baselines, each venue's rules); None
+    when a role did not answer or its position is unknown: unknown is never zero."""
+    if set(by_role) != set(ROLES) or any(r.get("position") is None for r in by_role.values()):
+        return None
+    baselines = state.baselines
+    return ExitState({role: Decimal(str(r["position"])) for role, r in by_role.items()},
+                     {role: baselines.get(role) or Decimal(0) for role in by_role},
+                     {role: MarketRules.from_json(r["rules"]) for role, r in by_role.items()})
+
+
+def unknown_roles(by_role: Mapping[Role, Mapping[str, Any]]) -> list[str]:
+    """The roles that did not answer, else those whose position is unknown (short names)."""
+    missing = sorted(role.short for role in ROLES if role not in by_role)
+    return missing or [role.short for role, r in by_role.items() if r.get("position") is None]
+
+
+def report_results(state: CycleState, by_role: Mapping[Role, Mapping[str, Any]],
+                   exit_state: ExitState | None) -> tuple[dict[str, Any], ...]:
+    """The report's result per role that answered: flat when back at its baseline within a step. The
+    exit's orders are legs in the record (the fill ledger reads them there), so ``orders`` is empty."""
+    results: list[dict[str, Any]] = []
+    for role in ROLES:
+        reading = by_role.get(role)
+        if reading is None:
+            continue
+        flat = exit_state is not None and exit_state.at_target(role)
+        results.append({"account": state.group.account_for(role), "flat": flat, "orders": [],
+                        "final_position": {"quantity": reading.get("position"), "read_at": reading.get("read_at")},
+                        "equity": reading.get("equity")})
+    return tuple(results)
+
+
+def start_exit(state: CycleState, reason: ExitReason, attempt: int) -> Decision:
+    """Start exit attempt ``attempt``: the cycle enters ``emergency_exit`` (keeping the reason it
+    entered with), asks every entry step still queued to send nothing, names this attempt the
+    current one, and reads the three positions for its first step."""
+    entering = state.stage is not Stage.EMERGENCY_EXIT
+    after = msgspec.structs.replace(state, stage=Stage.EMERGENCY_EXIT, cancel_requested=True,
+                                    exit_attempts=attempt + 1,
+                                    exit_reason=reason if entering else state.exit_reason)
+    return Decision(state=after, commands=(ReadForExit(reason, attempt, 0),), next_within=0.0,
+                    result={"cycle_id": state.cycle_id, "reason": reason.value, "attempt": attempt})
+
+
+def decide_exit_step(state: CycleState, by_role: Mapping[Role, Mapping[str, Any]], held: Mapping[Role, float], *,
+                     reason: ExitReason, attempt: int, step: int, now: float, grace: float) -> Decision:
+    """Step ``step`` of attempt ``attempt`` from a fresh read: send a catch-up or the Lighter closes,
+    wait while a role it needs is leased (``held``: seconds each lease has left), read again while a
+    position is unknown, or report (nothing left to send, or the attempt's last step). ``grace``:
+    the watchdog's step grace; a wait reads again within half of it, so the exit shows progress."""
+    params = state.params
+    field = step_field(attempt, step)
+    last = step + 1 >= params.exit_max_steps
+    exit_state = exit_state_of(by_role, state)
+    if exit_state is None:
+        note = NoteStep(field, {"unknown": unknown_roles(by_role)})
+        if last:
+            return Decision(state=state, commands=(note, ReportExit(reason, attempt,
+                                                                     report_results(state, by_role, None))))
+        again = ReadForExit(reason, attempt, step + 1, params.lighter_retry_delay_secs)
+        return Decision(state=state, commands=(note, again), result={"unknown": True})
+    read = ExitRead(step_key(attempt, step), Positions.of(exit_state.positions), exit_state.net, now)
+    progressed = msgspec.structs.replace(state, exit=state.exit.observed(read))
+    shown = state_to_json(exit_state)["positions"]
+    lighter, backpack = ladders(params)
+    decided = next_step(exit_state, step, lighter, backpack, frozenset(held))
+    if decided.done or last:
+        return Decision(state=progressed, next_within=0.0, commands=(
+            NoteStep(field, {"read": shown, "kind": "report"}),
+            ReportExit(reason, attempt, report_results(state, by_role, exit_state))))
+    if decided.kind is ExitStepKind.WAIT:
+        leased = sorted(role.short for role in held)
+        roles = ", ".join(f"{role.short} ({state.group.account_for(role)}, {secs:.0f} s left)"
+                          for role, secs in sorted(held.items(), key=lambda item: item[0].short))
+        event = f"exit {attempt}.{step}: waits, the account lease of {roles} is held; nothing sent, net {exit_state.net}"
+        countdown = min(max([*held.values(), LEASE_RECHECK_SECS]), grace / 2)
+        return Decision(state=progressed, next_within=0.0, events=(event,), commands=(
+            NoteStep(field, {"read": shown, "kind": ExitStepKind.WAIT.value, "held": leased}),
+            ReadForExit(reason, attempt, step + 1, countdown)),
+            result={"step": step, "kind": ExitStepKind.WAIT.value, "held": leased})
+    kind = decided.kind.value
+    match = Step(StepName.EXIT_MATCH, {"reason": reason.value, "attempt": attempt, "step": step, "kind": kind,
+                                       "state": state_to_json(exit_state),
+                                       "caps": {"BP": backpack.cap(step), "L": lighter.cap(step)}})
+    return Decision(state=progressed, next_within=0.0, commands=(
+        NoteStep(field, {"read": shown, "kind": kind}),
+        SendExitOrders(reason, attempt, decided.orders, then_step=match)),
+        result={"step": step, "kind": kind})
+
+
+def decide_exit_match(state: CycleState, results: Sequence[Mapping[str, Any]], *, reason: ExitReason, attempt: int,
+                      step: int, kind: str, exit_state: ExitState, caps: Mapping[str, float]) -> Decision:
+    """After a step's orders: for Lighter closes, take what they filled back off the net (Backpack
+    first, else the other Lighter leg when the two closed unevenly), then read again; with nothing
+    to take back the next read comes at once after a fill, a moment later (at a wider cap) without."""
+    fills = signed_fills(results, {state.group.account_for(role): role for role in ROLES})
+    filled = {role.short: str(quantity) for role, quantity in fills.items()}
+    order = catch_up(exit_state.with_fills(fills), caps["BP"], caps["L"]) \
+        if kind == ExitStepKind.LIGHTER_CLOSE.value else None
+    if order is None:
+        after = 0.0 if any(fills.values()) else state.params.lighter_retry_delay_secs / 2
+        return Decision(state=state, commands=(ReadForExit(reason, attempt, step + 1, after),),
+                        result={"fills": filled})
+    event = f"exit {attempt}.{step}: Lighter filled {filled}; {order.role.short} {order.side.value} {order.quantity}"
+    send = SendExitOrders(reason, attempt, (order,), then_read=ReadForExit(reason, attempt, step + 1))
+    return Decision(state=state, commands=(send,), events=(event,), result={"fills": filled, "match": order.to_json()})

@@ -28,8 +28,9 @@ class CycleStore(Protocol):
     def advance_step(self, cycle_id: str, token: int) -> bool:
         """Move the control loop's token from ``token`` to ``token + 1``; True for the one caller that did."""
 
-    def claim(self, cycle_id: str, name: str) -> bool:
-        """Take the once-only claim ``name`` of the cycle; True for the one caller that took it."""
+    def claim(self, cycle_id: str, name: str, value: Any = None) -> bool:
+        """Take the once-only claim ``name`` of the cycle (holding ``value``; None: the time); True for
+        the one caller that took it."""
 
     def save(self, before: CycleState, decision: Decision, now: float) -> Sequence[Command]:
         """Write what ``decision`` changed since ``before``, its events and reading, the intents of its

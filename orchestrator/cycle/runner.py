@@ -14,6 +14,7 @@ from typing import Any
 from core.cycle_fields import ExitReason, Stage
 from core.fencing import Fence
 from orchestrator.cycle.commands import Decision, StartExit
+from orchestrator.cycle.exit import superseded
 from orchestrator.cycle.ports import Clock, CycleStore, Scheduler
 from orchestrator.cycle.state import CycleState
 
@@ -116,5 +117,25 @@ def run_step(ports: Ports, cycle_id: str, opening: Opening, decide: Decide, *, s
         raise StaleStep(opening.label, f"control step {step} was already decided")
     now = ports.clock.now()
     decision = decide(state, now)
+    ports.scheduler.publish(decision.state, ports.store.save(state, decision, now))
+    return decision.result
+
+
+# ---- the emergency exit's opening ----
+
+def run_exit_step(ports: Ports, cycle_id: str, decide: Decide, *, attempt: int | None,
+                  claim: Callable[[Decision], tuple[str, Any]]) -> dict[str, Any]:
+    """Run one step of the exit: only while the cycle is not done and, for a step of attempt
+    ``attempt``, only while that attempt is the current one (None: the step that starts an
+    attempt); then only once, for the one delivery that takes the decision's ``claim`` (a record
+    field and the value it holds)."""
+    state = ports.store.load(cycle_id)
+    if state is None or state.finished or (attempt is not None and superseded(state, attempt)):
+        return {"skipped": True}
+    now = ports.clock.now()
+    decision = decide(state, now)
+    name, value = claim(decision)
+    if not ports.store.claim(cycle_id, name, value):
+        return {"skipped": True} if attempt is None else {"duplicate": True}
     ports.scheduler.publish(decision.state, ports.store.save(state, decision, now))
     return decision.result

@@ -126,6 +126,44 @@ class LoopState(msgspec.Struct, frozen=True, kw_only=True):
     last_read: Positions | None = None
 
 
+class ExitRead(msgspec.Struct, frozen=True):
+    """One read of the exit: the three positions (all known), the group's net of its own deltas, when.
+
+    Fields:
+      key        the step it was taken for (attempt × 1000 + step); the record keeps it under ``exit_<key>``
+    """
+
+    key: int
+    positions: Positions
+    net: Decimal
+    at: float
+
+
+class ExitProgress(msgspec.Struct, frozen=True, kw_only=True):
+    """The emergency exit's progress; its attempts and reason are ``CycleState.exit_attempts`` /
+    ``exit_reason``.
+
+    Fields:
+      worst_net     the largest |own net| a read of the exit saw; None before the first read
+      worst_net_at  when that read was taken
+      orders        exit orders planned so far; the store numbers new ones (``exit_<role>_<n>``) with
+                    an atomic increment, so two copies of a step never share a leg name
+      last_read     the latest read of the exit, None before the first
+    """
+
+    worst_net: Decimal | None = None
+    worst_net_at: float | None = None
+    orders: int = 0
+    last_read: ExitRead | None = None
+
+    def observed(self, read: ExitRead) -> ExitProgress:
+        """The progress after ``read``: the latest read, and the worst |net| when it is worse."""
+        net = abs(read.net)
+        if self.worst_net is None or net > self.worst_net:
+            return msgspec.structs.replace(self, last_read=read, worst_net=net, worst_net_at=read.at)
+        return msgspec.structs.replace(self, last_read=read)
+
+
 class CycleState(msgspec.Struct, frozen=True, kw_only=True):
     """Everything a decision knows about one cycle.
 
@@ -146,6 +184,7 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
       events     the cycle's event log, oldest first
       client_ids the client id blocks planning allocated to the entry's legs (each leg's retries
                  use its block in order; their intents are recorded with the plan)
+      exit       the emergency exit's progress
     """
 
     cycle_id: str
@@ -162,6 +201,7 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
     exit_reason: ExitReason | None = None
     events: tuple[Event, ...] = ()
     client_ids: dict[LegName, list[int]] = msgspec.field(default_factory=dict)
+    exit: ExitProgress = msgspec.field(default_factory=ExitProgress)
 
     @property
     def baselines(self) -> Positions:

@@ -7,33 +7,42 @@ Task modules only register steps: a name, an ``Opening``, and the decision to ca
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Task
 from celery.canvas import Signature
 
+from core.config import Role
 from core.fencing import Fence
 from core.redis_conn import redis_client
 from orchestrator import canvas
 from orchestrator.cycle.commands import (
     Command,
+    Decision,
     EnterFirstLegs,
     EnterRest,
+    ReadForExit,
     ReadPositions,
+    ReportExit,
     RunLater,
+    SendExitOrders,
     SendOrder,
     StartExit,
     Step,
     StepName,
 )
-from orchestrator.cycle.runner import Call, Decide, Opening, Ports, StaleStep, run_step
+from orchestrator.cycle.runner import Call, Decide, Opening, Ports, StaleStep, run_exit_step, run_step
 from orchestrator.cycle.state import LOOP_STAGES, CycleState
 from orchestrator.cycle.steps import STEPS
 from orchestrator.store import RedisClock, RedisCycleStore
 from xtb_tasks.worker.fences import refuse_stale
 
 log = logging.getLogger(__name__)
+
+#: Runs an exit attempt's report (``exit_tasks.report_exit``) for a cycle.
+Report = Callable[[str, ReportExit], Any]
+
 
 def order_fence(order: SendOrder) -> Fence:
     """Where the cycle must still be when ``order`` runs: its own stages (an entry order), else the
@@ -45,10 +54,19 @@ def order_fence(order: SendOrder) -> Fence:
 
 class CeleryScheduler:
     """:class:`~orchestrator.cycle.ports.Scheduler` on Celery canvases: reads as a chord on the
-    accounts' queues, orders as a chain (the order, then the next step), steps on ``orchestrator``."""
+    accounts' queues, orders as a chain (the order, then the next step), steps on ``orchestrator``.
+    An exit's report runs in the step that ended the attempt (``report``, given by the exit's tasks)."""
+
+    def __init__(self, report: Report | None = None) -> None:
+        self.report = report
 
     def publish(self, state: CycleState, commands: Sequence[Command]) -> None:
         for command in commands:
+            if isinstance(command, ReportExit):
+                if self.report is None:
+                    raise TypeError("an exit report needs the exit's report adapter")
+                self.report(state.cycle_id, command)
+                continue
             self.signature(state, command).apply_async()
 
     def signature(self, state: CycleState, command: Command) -> Signature:
@@ -69,11 +87,41 @@ class CeleryScheduler:
             return canvas.entry_chain(group, cycle_id, command, self.step(cycle_id, command.then))
         if isinstance(command, EnterRest):
             return canvas.entry_rest(group, cycle_id, command, self.step(cycle_id, command.then))
+        if isinstance(command, ReadForExit):
+            return self.exit_read(state, command)
+        if isinstance(command, SendExitOrders):
+            return self.exit_orders(state, command)
         raise TypeError(f"no Celery form for command {type(command).__name__}")
 
     @staticmethod
     def step(cycle_id: str, step: Step, *, immutable: bool = True) -> Signature:
         return canvas.hedge(step.name.value, immutable=immutable, cycle_id=cycle_id, **step.kwargs)
+
+    @staticmethod
+    def exit_read(state: CycleState, read: ReadForExit) -> Signature:
+        reason = read.reason.value
+        if read.after_secs <= 0:
+            return canvas.exit_read(state.group, state.cycle_id, reason, read.attempt, read.step)
+        # A chord takes no countdown for its header: a short-lived task publishes it when due.
+        return canvas.hedge("exit_read", cycle_id=state.cycle_id, reason=reason, attempt=read.attempt,
+                            step=read.step).set(countdown=read.after_secs)
+
+    def exit_orders(self, state: CycleState, send: SendExitOrders) -> Signature:
+        cycle_id, reason, params = state.cycle_id, send.reason.value, state.params
+        sigs = []
+        for order, leg, ids in zip(send.orders, send.legs, send.client_ids, strict=True):
+            bp = order.role is Role.BP
+            # A zero Backpack cap means plain market orders (backpack_max_slippage = 0); Lighter's 0 is the best price.
+            slippage = order.max_slippage if (order.max_slippage or not bp) else None
+            delay = params.backpack_retry_delay_secs if bp else params.lighter_retry_delay_secs
+            sigs.append(canvas.exit_order(state.group, order.role, cycle_id, order.side.value, order.quantity,
+                                          list(ids), leg, slippage, delay, send.attempt))
+        if send.then_step is not None:
+            return canvas.exit_orders_then(sigs, self.step(cycle_id, send.then_step, immutable=False), cycle_id,
+                                           reason, send.attempt)
+        if send.then_read is None or len(sigs) != 1:
+            raise TypeError("an exit order without a step to follow runs alone, then the next read")
+        return canvas.exit_order_then_read(sigs[0], state.group, cycle_id, reason, send.attempt, send.then_read.step)
 
 
 class CycleStepTask(Task):
@@ -101,3 +149,19 @@ class CycleStepTask(Task):
         spec = STEPS[name]
         call = Call(kwargs, observed)
         return self.run_step(cycle_id, spec.opening, spec.bind(call), step=call.token, claim=spec.claim_of(call))
+
+
+class ExitStepTask(CycleStepTask):
+    """Base class of the exit's steps: each runs through ``orchestrator.cycle.runner.run_exit_step``
+    (once per claim, only for the current attempt) and hands an attempt's end to ``report``."""
+
+    abstract = True
+
+    def run_exit_step(self, cycle_id: str, decide: Decide, *, attempt: int | None,
+                      claim: Callable[[Decision], tuple[str, Any]], label: str,
+                      report: Report | None = None) -> dict[str, Any]:
+        client = redis_client()
+        ports = Ports(RedisCycleStore(client), CeleryScheduler(report), RedisClock(client))
+        result = run_exit_step(ports, cycle_id, decide, attempt=attempt, claim=claim)
+        log.info("cycle=%s %s: %s", cycle_id, label, result)
+        return result

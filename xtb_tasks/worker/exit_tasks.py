@@ -13,15 +13,17 @@ import time
 from decimal import Decimal
 from typing import Any
 
-from core.cycle_record import FINAL_REASON_BY_STAGE, CycleRecord, ExitReason, Stage, grace_deadline
+from core.cycle_record import FINAL_REASON_BY_STAGE, CycleRecord, ExitReason, Stage
 from core.fencing import FENCE_FIELDS, Fence
 from core.policies import EMERGENCY_EXIT
 from core.redis_conn import redis_client
 from orchestrator import canvas
+from orchestrator.cycle.exit import start_exit
 from orchestrator.exits import exit_is_flat, exit_minimums, fills_disagree, finish_exit, results_by_role
 from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import group_and_params
 from xtb_tasks.worker.celery_app import app
+from xtb_tasks.worker.cycle_task import ExitStepTask
 from xtb_tasks.worker.fences import enforce_fence
 from xtb_tasks.worker.hedge_tasks import finish_not_started, record_of, settings
 
@@ -84,27 +86,13 @@ def _claim_before_any_order(record: CycleRecord) -> bool:
     return before_any_order(record.all())
 
 
-@app.task(name="xtb.hedge.emergency_exit", ignore_result=True)
-def emergency_exit(*, cycle_id: str, reason: str, attempt: int = 0) -> dict[str, Any]:
+@app.task(name="xtb.hedge.emergency_exit", base=ExitStepTask, bind=True)
+def emergency_exit(self: ExitStepTask, *, cycle_id: str, reason: str, attempt: int = 0) -> dict[str, Any]:
     """Unwind all three accounts in steps (``exit_step_tasks``); once per attempt, however often it is triggered."""
-    record = record_of(cycle_id)
-    view = record.view("group", "overrides")
-    if view.stage is Stage.DONE or not record.claim(f"exit_attempt:{attempt}"):
-        return {"skipped": True}
-    grp, _ = group_and_params(settings(), view)
     log.warning("cycle=%s emergency exit reason=%s attempt=%s", cycle_id, reason, attempt)
-    pipe = redis_client().pipeline(transaction=False)
-    record.request_cancel(via=pipe)  # entry steps still queued must not send anything now
-    # exit_attempts names the current attempt: steps of an earlier one stop at their next hop.
-    fields: dict[str, Any] = {"exit_attempts": attempt + 1}
-    if view.stage is not Stage.EMERGENCY_EXIT:
-        record.set_stage(Stage.EMERGENCY_EXIT, deadline=grace_deadline(), via=pipe, reason=reason,
-                         **fields)
-    else:
-        record.update(via=pipe, next_deadline=grace_deadline(), **fields)
-    pipe.execute()
-    canvas.exit_read(grp, cycle_id, reason, attempt, 0).apply_async()
-    return {"cycle_id": cycle_id, "reason": reason, "attempt": attempt}
+    return self.run_exit_step(cycle_id, lambda state, now: start_exit(state, ExitReason(reason), attempt),
+                              attempt=None, claim=lambda _: (f"exit_attempt:{attempt}", None),
+                              label=f"emergency exit attempt {attempt}")
 
 
 def report_exit(record: CycleRecord, results: list[dict[str, Any]], *, reason: str, attempt: int) -> dict[str, Any]:
