@@ -15,8 +15,15 @@ from hypothesis import strategies as st
 from core.cycle_record import ExitReason
 from core.exposure import NetExposure, worst_net_report
 from monitoring.alert_texts import AlertKind, format_cycle_completed, format_emergency_exit
+from orchestrator.cycle.report import (
+    CONTINUE_AFTER,
+    completion_kind,
+    exit_dust,
+    exit_is_flat,
+    exit_minimums,
+    shown_positions,
+)
 from orchestrator.cycle.state import Positions
-from orchestrator.exits import CONTINUE_AFTER, completion_kind, exit_dust, exit_is_flat, exit_minimums, shown_positions
 from orchestrator.pnl_split import cycle_client_ids, cycle_split, venue_split
 from venues.base import Side
 from venues.ledger import AccountHistory, FillRecord, FundingRecord

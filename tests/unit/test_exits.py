@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from core.config import Direction, GroupConfig, HedgeParams, Settings
 from core.cycle_record import ExitReason
 from core.legs import Leg, LegState
-from orchestrator.exits import (
+from orchestrator.cycle.report import (
     CONTINUE_AFTER,
     exit_is_flat,
     expected_positions,
@@ -37,21 +37,21 @@ def record(index: int = 0, **overrides: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize("reason", sorted(CONTINUE_AFTER))
 def test_a_flat_exit_after_a_hedge_reason_starts_the_next_cycle(reason: str) -> None:
-    nxt = next_cycle(config(max_cycles=3, reverse_on_timeout=False), record(0), reason, True)
+    nxt = next_cycle(config(max_cycles=3, reverse_on_timeout=False).groups, record(0), reason, True)
     assert nxt == {"group": "g", "cycle_index": 1}
 
 
 @pytest.mark.parametrize("reason", [r.value for r in ExitReason if r.value not in CONTINUE_AFTER])
 def test_a_failure_exit_stops_the_run(reason: str) -> None:
-    assert next_cycle(config(max_cycles=3), record(0), reason, True) is None
+    assert next_cycle(config(max_cycles=3).groups, record(0), reason, True) is None
 
 
 def test_an_exit_that_is_not_flat_stops_the_run() -> None:
-    assert next_cycle(config(max_cycles=3), record(0), ExitReason.TIMEOUT.value, False) is None
+    assert next_cycle(config(max_cycles=3).groups, record(0), ExitReason.TIMEOUT.value, False) is None
 
 
 def test_an_unknown_group_stops_the_run() -> None:
-    assert next_cycle(config(max_cycles=3), {"group": "gone"}, ExitReason.TIMEOUT.value, True) is None
+    assert next_cycle(config(max_cycles=3).groups, {"group": "gone"}, ExitReason.TIMEOUT.value, True) is None
 
 
 @settings(max_examples=300, deadline=None)
@@ -64,7 +64,7 @@ def test_next_cycle_stops_at_max_cycles_and_flips_only_after_a_timeout(
         settings_, data = config(**base), record(index, direction=direction.value)
     else:
         settings_, data = config(direction=direction, **base), record(index)
-    nxt = next_cycle(settings_, data, reason, True)
+    nxt = next_cycle(settings_.groups, data, reason, True)
     if reason not in CONTINUE_AFTER or index + 1 >= max_cycles:
         assert nxt is None
         return

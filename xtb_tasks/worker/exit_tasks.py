@@ -19,7 +19,9 @@ from core.policies import EMERGENCY_EXIT
 from core.redis_conn import redis_client
 from orchestrator import canvas
 from orchestrator.cycle.exit import start_exit
-from orchestrator.exits import exit_is_flat, exit_minimums, fills_disagree, finish_exit, results_by_role
+from orchestrator.cycle.report import exit_is_flat, exit_minimums, fills_disagree, results_by_role
+from orchestrator.cycle.state import DEFAULT_STEP
+from orchestrator.exits import finish_exit
 from orchestrator.failures import before_any_order, chord_dependency, describe_step_failure
 from orchestrator.flow import group_and_params
 from xtb_tasks.worker.celery_app import app
@@ -43,7 +45,8 @@ def on_step_failed(failed_task_id: str | None = None, *, cycle_id: str) -> None:
         return
     error = _failure_text(failed_task_id)
     if stage is Stage.PLANNING and _claim_before_any_order(record):
-        # Nothing was sent: an exit would only flatten positions the cycle never opened (issue 16 item 5).
+        # Nothing was sent: an exit would only flatten positions the cycle never opened (the accounts'
+        # positions from before the cycle among them).
         log.error("cycle=%s stage=%s failed before any order (%s); not started", cycle_id, stage.value, error)
         finish_not_started(record, str(record.get("group") or ""), error)
         return
@@ -130,8 +133,8 @@ def _current_attempt_only(record: CycleRecord, attempt: int, task: str) -> None:
 def _ledger_inputs(record: CycleRecord) -> tuple[dict[str, str], dict[str, Decimal]]:
     grp, _ = group_and_params(settings(), record)
     accounts = {grp.account_for(role): role.short for role in canvas.ROLES}
-    step_bp = Decimal((record.get("bp_rules") or {}).get("step_size") or "0.0001")
-    step_l = Decimal(str(record.get("l_step") or "0.0001"))
+    step_bp = Decimal(str((record.get("bp_rules") or {}).get("step_size") or DEFAULT_STEP))
+    step_l = Decimal(str(record.get("l_step") or DEFAULT_STEP))
     return accounts, {"BP": step_bp, "L1": step_l, "L2": step_l}
 
 

@@ -16,7 +16,7 @@ from core.redis_conn import redis_client
 from monitoring.alert_texts import AlertKind, format_cycle_completed
 from monitoring.alerts import raise_alert
 from orchestrator import canvas
-from orchestrator.exits import shown_positions
+from orchestrator.cycle.report import shown_positions
 from orchestrator.pnl_split import cycle_split
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.hedge_tasks import record_of, settings
