@@ -77,6 +77,18 @@ class ExitReason(str, Enum):
     RECOVERED_UNWIND = "recovered_unwind"
 
 
+#: The exit reason of a step that failed in each stage (an exit after a failure names where it failed).
+FINAL_REASON_BY_STAGE = {
+    Stage.PLANNING: ExitReason.BP_ENTRY_FAILED,
+    Stage.BP_ENTRY: ExitReason.BP_ENTRY_FAILED,
+    Stage.L1_HEDGE: ExitReason.LIGHTER1_HEDGE_FAILED,
+    Stage.WAIT: ExitReason.LIGHTER2_ENTRY_FAILED,
+    Stage.L2_ENTRY: ExitReason.LIGHTER2_ENTRY_FAILED,
+    Stage.REBALANCE: ExitReason.REBALANCE_FAILED,
+    Stage.MONITORING: ExitReason.REBALANCE_FAILED,
+}
+
+
 #: ``reason`` of a cycle that finished before any order (``hedge_tasks.finish_not_started``).
 NOT_STARTED = "not_started"
 

@@ -19,6 +19,7 @@ import redis
 
 from core import keys
 from core.cycle_fields import (
+    FINAL_REASON_BY_STAGE,
     INT,
     CycleFieldTypeError,
     ExitReason,
@@ -58,15 +59,6 @@ __all__ = [
 HISTORY_LENGTH = 200
 
 
-FINAL_REASON_BY_STAGE = {
-    Stage.PLANNING: ExitReason.BP_ENTRY_FAILED,
-    Stage.BP_ENTRY: ExitReason.BP_ENTRY_FAILED,
-    Stage.L1_HEDGE: ExitReason.LIGHTER1_HEDGE_FAILED,
-    Stage.WAIT: ExitReason.LIGHTER2_ENTRY_FAILED,
-    Stage.L2_ENTRY: ExitReason.LIGHTER2_ENTRY_FAILED,
-    Stage.REBALANCE: ExitReason.REBALANCE_FAILED,
-    Stage.MONITORING: ExitReason.REBALANCE_FAILED,
-}
 
 
 def _dump(value: Any) -> str:

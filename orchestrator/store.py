@@ -17,14 +17,26 @@ import redis
 from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
 from core.config import GroupConfig, HedgeParams, Role
-from core.cycle_fields import check
+from core.cycle_fields import Outcome, check
 from core.cycle_record import CycleRecord, ExitReason, Stage, create_cycle, grace_deadline, positions_fields, step_grace
 from core.durability import durable_execute
 from core.exposure import NetExposure
 from core.legs import parse_leg
 from monitoring.alert_texts import AlertKind
 from monitoring.alerts import queue_alert, raise_alert
-from orchestrator.cycle.commands import Alert, Command, Decision, NoteStep, SendExitOrders, SendOrder
+from orchestrator.cycle.commands import (
+    Alert,
+    Command,
+    Decision,
+    EnterFirstLegs,
+    Finish,
+    KeepResults,
+    NoteStep,
+    SendExitOrders,
+    SendOrder,
+)
+from orchestrator.cycle.entry import enter
+from orchestrator.cycle.plan import id_blocks
 from orchestrator.cycle.planning import CyclePlan
 from orchestrator.cycle.state import (
     ROLES,
@@ -36,6 +48,7 @@ from orchestrator.cycle.state import (
     Positions,
     numbered_leg,
 )
+from orchestrator.kill_switch import stop_group
 from venues.base import MarketRules
 
 #: How many events the record keeps (the oldest are dropped).
@@ -94,7 +107,9 @@ def state_from_fields(cycle_id: str, fields: Mapping[str, Any], cancel: bool) ->
         plan=None if not plan else msgspec.convert(plan, CyclePlan), rules=rules, legs=legs, loop=loop,
         exit_attempts=int(fields.get("exit_attempts") or 0), exit_reason=_exit_reason(reason),
         events=tuple(Event(float(e.get("t") or 0), str(e.get("text") or "")) for e in fields.get("events") or ()),
-        client_ids=client_ids_of(fields.get("client_ids")), exit=exit_progress(fields))
+        client_ids=client_ids_of(fields.get("client_ids")), exit=exit_progress(fields),
+        overrides=dict(fields.get("overrides") or {}), cycle_index=int(fields.get("cycle_index") or 0),
+        error=fields.get("error") or None)
 
 
 # ---- the entry: the plan, the market rules and the entry legs' client id blocks ----
@@ -186,6 +201,36 @@ def exit_fields(before: CycleState, after: CycleState) -> dict[str, Any]:
     return out
 
 
+def finish_fields(finish: Finish, now: float) -> dict[str, Any]:
+    """The record fields of a cycle's end."""
+    out: dict[str, Any] = {"outcome": finish.outcome.value, "reason": finish.reason, "finished_at": now}
+    if finish.claim is not None:  # an exit's end: what it read and what it made
+        out.update(positions_fields("exit", dict(finish.finals)))
+        out.update(pnl=dict(finish.pnl), dust=dict(finish.dust),
+                   net_delta="0" if finish.outcome is Outcome.FLAT else "")
+    return out
+
+
+def take_group_lock(client: redis.Redis, group: str, cycle_id: str) -> str | None:
+    """Hold the group lease for ``cycle_id``; returns the active cycle holding it instead, if any."""
+    key = keys.group_lock(group)
+    if client.set(key, cycle_id, nx=True):
+        return None
+    holder = cast(str | None, client.get(key))
+    if holder and client.sismember(keys.CYCLES_ACTIVE, holder):
+        return holder
+    # A stale lease (its cycle finished or was lost without releasing): take it over atomically.
+    if client.set(key, cycle_id, xx=True, get=True) == holder:
+        return None
+    return cast(str | None, client.get(key))
+
+
+def release_group_lock(client: redis.Redis, group: str, cycle_id: str) -> None:
+    key = keys.group_lock(group)
+    if client.get(key) == cycle_id:
+        client.delete(key)
+
+
 class RedisCycleStore:
     """:class:`~orchestrator.cycle.ports.CycleStore` on the cycle's Redis hash."""
 
@@ -221,9 +266,21 @@ class RedisCycleStore:
         CycleRecord(self.client, cycle_id).add_event(text)
 
     def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
+        decision = self._with_entry_ids(decision)
         after = decision.state
         record = CycleRecord(self.client, after.cycle_id)
+        finish = next((c for c in decision.commands if isinstance(c, Finish)), None)
+        if finish is not None and finish.claim is not None and not record.claim(finish.claim):
+            return []  # another step ended the cycle first: this one writes and sends nothing
+        if finish is not None and finish.stop_group:
+            # The kill switch goes first, before the cycle leaves the active set and its lock is
+            # released: a start that takes the lock from then on finds the group stopped.
+            stop = self.client.pipeline(transaction=False)
+            stop_group(stop, after.group.name, after.cycle_id, finish.reason)
+            durable_execute(stop, self.client, f"kill switch of group {after.group.name}", required=False)
         fields = self.changed_fields(before, decision, now)
+        if finish is not None:
+            fields.update(finish_fields(finish, now))
         commands = self._with_exit_orders(after, self._with_client_ids(after, decision.commands))
         fields.update(self._notes(commands))
         pipe = self.client.pipeline(transaction=True)
@@ -239,6 +296,8 @@ class RedisCycleStore:
         intents = new_client_ids(before, after)
         for account, client_id, leg in intents:
             record_intent(pipe, account, client_id, cycle_id=after.cycle_id, leg=leg.value)
+        if finish is not None:
+            pipe.srem(keys.CYCLES_ACTIVE, after.cycle_id)
         for alert in (c for c in commands if isinstance(c, Alert)):
             queue_alert(pipe, alert.kind, alert.text, cycle_id=after.cycle_id, group=after.group.name, **alert.fields)
         for send in (c for c in commands if isinstance(c, SendExitOrders)):
@@ -252,7 +311,9 @@ class RedisCycleStore:
             durable_execute(pipe, self.client, f"step of cycle {after.cycle_id}", required=True)
         elif len(pipe):
             pipe.execute()
-        return [c for c in commands if not isinstance(c, Alert | NoteStep)]
+        if finish is not None:
+            release_group_lock(self.client, after.group.name, after.cycle_id)
+        return [c for c in commands if not isinstance(c, Alert | NoteStep | KeepResults)]
 
     def changed_fields(self, before: CycleState, decision: Decision, now: float) -> dict[str, Any]:
         after = decision.state
@@ -271,6 +332,10 @@ class RedisCycleStore:
             net = positions.own(after.baselines).net
             out["net_delta"] = "" if net is None else str(net)
         out.update(exit_fields(before, after))
+        out.update({f"exit_results:{k.attempt}": list(k.results) for k in decision.commands
+                    if isinstance(k, KeepResults)})
+        if after.error and after.error != before.error:
+            out["error"] = after.error
         if decision.events:
             kept = [*({"t": e.t, "text": e.text} for e in before.events),
                     *({"t": now, "text": text} for text in decision.events)]
@@ -287,6 +352,22 @@ class RedisCycleStore:
         return [msgspec.structs.replace(c, client_id=next(blocks)[0])
                 if isinstance(c, SendOrder) and c.client_id is None else c for c in commands]
 
+
+    def _with_entry_ids(self, decision: Decision) -> Decision:
+        # The entry legs' id blocks, given when the plan launches the first two legs (one round
+        # trip); the state keeps them (the rest of the entry reads Lighter2's), their intents go in
+        # the step's write.
+        if not any(isinstance(c, EnterFirstLegs) and not c.entry.client_ids for c in decision.commands):
+            return decision
+        state = decision.state
+        blocks = id_blocks(state)
+        allocated = allocate_id_blocks(self.client, [(state.group.account_for(leg.role), leg.role.venue.value, n)
+                                                     for leg, n in blocks.items()])
+        ids = dict(zip(blocks, allocated, strict=True))
+        with_ids = msgspec.structs.replace(state, client_ids=ids)
+        commands = tuple(enter(with_ids, with_ids.plan) if isinstance(c, EnterFirstLegs) and with_ids.plan else c
+                         for c in decision.commands)
+        return msgspec.structs.replace(decision, state=with_ids, commands=commands)
 
     def _with_exit_orders(self, state: CycleState, commands: Sequence[Command]) -> list[Command]:
         # Each exit order's number (HINCRBY: two copies of a step never share a leg name) and its

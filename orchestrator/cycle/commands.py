@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from core.config_schema import Role
-from core.cycle_fields import ExitReason, Stage
+from core.cycle_fields import ExitReason, Outcome, Stage
 from monitoring.alert_texts import AlertKind
 from orchestrator.cycle.state import CycleState, LegName, Positions
 from venues.base import Side
@@ -39,6 +39,12 @@ class StepName(str, Enum):
     EXIT_DECIDE = "exit_decide"
     #: Take what an exit step's Lighter closes filled back off the net, then read again.
     EXIT_MATCH = "exit_match"
+    #: Size the cycle from the accounts' snapshots and launch the entry, or end it not started.
+    PLAN = "plan"
+    #: Conclude an exit attempt from its last read: flat, another attempt, or the end unresolved.
+    EXIT_REPORT = "exit_report"
+    #: An exit step failed (chord or chain errback): another attempt, or the end unresolved.
+    EXIT_FAILED = "exit_failed"
 
 
 class Step(msgspec.Struct, frozen=True):
@@ -220,7 +226,47 @@ class NoteStep(msgspec.Struct, frozen=True, tag=True):
     note: dict[str, Any]
 
 
+class KeepResults(msgspec.Struct, frozen=True, tag=True):
+    """Keep exit attempt ``attempt``'s per-role results (the report reads them; so do operators)."""
+
+    attempt: int
+    results: tuple[dict[str, Any], ...]
+
+
+class Finish(msgspec.Struct, frozen=True, tag=True, kw_only=True):
+    """End the cycle: record its outcome, stop the group first when it ends not flat, leave the
+    active set, release the group, then read the venues' history and start the next cycle.
+
+    Fields:
+      outcome     how it ended
+      reason      why: an ``ExitReason`` value, or ``not_started``
+      claim       a once-only claim the end takes first (an exit's report: of several attempts that
+                  report, the first one ends the cycle); None: no other step can end it
+      finals      each role's final position (short role names, decimal text or None when unknown)
+      pnl         each role's equity change over the cycle (decimal text, None when unknown)
+      dust        roles left with a position below the venue minimum (decimal text)
+      stop_group  the kill switch: no cycle of the group starts until an operator resumes it
+      history     read the venues' fills and funding over ``since_ms``..``until_ms`` for the PnL split
+      completed   the normal end (a liquidation or the timeout, then flat): the split's alert follows
+      next_cycle  the start arguments of the next cycle of a multi-cycle run, or None
+    """
+
+    outcome: Outcome
+    reason: str
+    claim: str | None = None
+    finals: dict[str, str | None] = msgspec.field(default_factory=dict)
+    pnl: dict[str, str | None] = msgspec.field(default_factory=dict)
+    dust: dict[str, str] = msgspec.field(default_factory=dict)
+    stop_group: bool = False
+    history: bool = False
+    since_ms: int = 0
+    until_ms: int = 0
+    completed: bool = False
+    next_cycle: dict[str, Any] | None = None
+
+
 Command = (ReadPositions | RunLater | SendOrder | StartExit | Alert | EnterFirstLegs | EnterRest | ReadForExit
+           | KeepResults | Finish
            | SendExitOrders | ReportExit | NoteStep)
 
 

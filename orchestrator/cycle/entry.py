@@ -91,11 +91,11 @@ def _balance_step(balance_round: int) -> Step:
 def enter(state: CycleState, plan: CyclePlan) -> EnterFirstLegs:
     """The first two legs: Lighter1's hedge armed on the Backpack fill, and the Backpack entry."""
     params, ids = state.params, state.client_ids
-    hedge = EntryOrder(role=Role.L1, side=plan.l1_side, leg=LegName.L1_HEDGE, client_ids=ids[LegName.L1_HEDGE],
+    hedge = EntryOrder(role=Role.L1, side=plan.l1_side, leg=LegName.L1_HEDGE, client_ids=ids.get(LegName.L1_HEDGE, []),
                        fence=FIRST_LEGS, quantity_from_leg=LegName.BP_ENTRY, expected_quantity=plan.bp_size,
                        max_slippage=params.lighter_max_slippage or None,
                        retry_delay_secs=params.lighter_retry_delay_secs)
-    entry = EntryOrder(role=Role.BP, side=plan.bp_side, leg=LegName.BP_ENTRY, client_ids=ids[LegName.BP_ENTRY],
+    entry = EntryOrder(role=Role.BP, side=plan.bp_side, leg=LegName.BP_ENTRY, client_ids=ids.get(LegName.BP_ENTRY, []),
                        fence=FIRST_LEGS, quantity=plan.bp_size, announce_fill=True,
                        max_slippage=params.backpack_max_slippage or None,
                        retry_delay_secs=params.backpack_retry_delay_secs)

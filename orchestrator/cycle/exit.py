@@ -47,6 +47,7 @@ from orchestrator.cycle.commands import (
     Step,
     StepName,
 )
+from orchestrator.cycle.runner import Call, ExitOpening, StepSpec
 from orchestrator.cycle.state import LIGHTER_ROLES, ROLES, CycleState, ExitRead, Positions
 from venues.base import MarketRules, Side
 
@@ -241,12 +242,6 @@ def ladders(params: HedgeParams) -> tuple[SlippageLadder, SlippageLadder]:
     return lighter, backpack
 
 
-def superseded(state: CycleState, attempt: int) -> bool:
-    """A step of an attempt that another replaced (the watchdog, a failure), or of a cycle that is no
-    longer exiting, does nothing: ``exit_attempts`` names the current attempt."""
-    return state.stage is not Stage.EMERGENCY_EXIT or state.exit_attempts != attempt + 1
-
-
 def readings_by_role(readings: Sequence[Mapping[str, Any]], state: CycleState) -> dict[Role, Mapping[str, Any]]:
     """Each ``exit_reading`` answer under the role of the account it names (never by its place in
     the chord's results); an answer naming no account of the group is left out."""
@@ -365,3 +360,37 @@ def decide_exit_match(state: CycleState, results: Sequence[Mapping[str, Any]], *
     event = f"exit {attempt}.{step}: Lighter filled {filled}; {order.role.short} {order.side.value} {order.quantity}"
     send = SendExitOrders(reason, attempt, (order,), then_read=ReadForExit(reason, attempt, step + 1))
     return Decision(state=state, commands=(send,), events=(event,), result={"fills": filled, "match": order.to_json()})
+
+
+# ---- the exit's steps ---------------------------------------------------------------------------------
+
+def _note_claim(decision: Decision, call: Call) -> tuple[str, Any]:
+    # The step's claim keeps its note (the store adds the orders as it numbered them and gave them ids).
+    note = next(c for c in decision.commands if isinstance(c, NoteStep))
+    return note.field, note.note
+
+
+def _start(state: CycleState, now: float, call: Call) -> Decision:
+    return start_exit(state, call.reason, call.attempt)
+
+
+def _decide(state: CycleState, now: float, call: Call) -> Decision:
+    return decide_exit_step(state, readings_by_role(call.observed, state), call.held, reason=call.reason,
+                            attempt=call.attempt, step=call.number("step"), now=now, grace=call.grace)
+
+
+def _match(state: CycleState, now: float, call: Call) -> Decision:
+    return decide_exit_match(state, call.observed, reason=call.reason, attempt=call.attempt,
+                             step=call.number("step"), kind=call.text("kind", ""),
+                             exit_state=state_from_json(call.kwargs["state"]), caps=call.kwargs["caps"])
+
+
+#: The exit's steps: an attempt starts once (its claim), each step is decided once (its note is its
+#: claim) and only while its attempt is current.
+STEPS: dict[StepName, StepSpec] = {
+    StepName.EMERGENCY_EXIT: StepSpec(ExitOpening("emergency exit", lambda _, call: (
+        f"exit_attempt:{call.attempt}", None), starts=True), _start),
+    StepName.EXIT_DECIDE: StepSpec(ExitOpening("exit step", _note_claim), _decide),
+    StepName.EXIT_MATCH: StepSpec(ExitOpening("exit match", lambda _, call: (
+        match_field(call.attempt, call.number("step")), None)), _match),
+}

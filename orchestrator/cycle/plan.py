@@ -18,10 +18,13 @@ from typing import Any
 import msgspec
 
 from core.config_schema import Role
+from core.cycle_fields import Stage
 from monitoring.alert_texts import AlertKind, format_cycle_started
-from orchestrator.cycle.commands import Alert, Decision
+from orchestrator.cycle.commands import Alert, Decision, StepName
 from orchestrator.cycle.entry import enter
 from orchestrator.cycle.planning import AccountSnapshot, CyclePlan, PlanRefused, plan_cycle
+from orchestrator.cycle.report import not_started
+from orchestrator.cycle.runner import Call, Opening, StepSpec
 from orchestrator.cycle.state import ROLES, CycleState, LegName, Positions
 
 
@@ -67,15 +70,39 @@ def id_blocks(state: CycleState) -> dict[LegName, int]:
             LegName.L2_ENTRY: params.lighter_hedge_max_attempts}
 
 
-def decide_plan(state: CycleState, sized: Sized, client_ids: Mapping[LegName, list[int]]) -> Decision:
-    """Record the plan, the rules and the client ids (``client_ids``: the blocks of :func:`id_blocks`),
-    alert the start and launch the entry's first two legs."""
+def decide_plan(state: CycleState, sized: Sized) -> Decision:
+    """Record the plan and the rules, alert the start and launch the entry's first two legs. The
+    store gives the entry legs their client id blocks (:func:`id_blocks`) and records their intents
+    in the same write, before the legs are published."""
     plan, snaps = sized.plan, sized.snapshots
     l_rules = snaps[Role.L1].rules  # both Lighter roles trade one market
-    planned = msgspec.structs.replace(state, plan=plan, client_ids=dict(client_ids),
+    planned = msgspec.structs.replace(state, plan=plan,
                                       rules={Role.BP: snaps[Role.BP].rules, Role.L1: l_rules, Role.L2: l_rules})
     start = Positions.of({role: plan.baselines.get(role.short, Decimal(0)) for role in ROLES})
     started = Alert(AlertKind.CYCLE_STARTED,
                     format_cycle_started(state.group.name, state.cycle_id, plan.direction.value, plan.bp_size))
     return Decision(state=planned, reading=("start", start), commands=(started, enter(planned, plan)),
                     result={"cycle_id": state.cycle_id, "plan": plan.to_json()})
+
+
+def decide_start(state: CycleState, snapshots: Sequence[Mapping[str, Any]]) -> Decision:
+    """The plan step: a cycle cancelled before any order, or one its snapshots refuse, ends not
+    started (nothing sent); otherwise the plan and the first two legs."""
+    if state.cancel_requested:
+        return not_started(state, "cancelled before any order")
+    sized = size(state, snapshots)
+    if isinstance(sized, NotStarted):
+        return not_started(state, sized.why)
+    return decide_plan(state, sized)
+
+
+def _plan(state: CycleState, now: float, call: Call) -> Decision:
+    return decide_start(state, call.observed)
+
+
+#: The plan acts while its cycle is planning, once (its claim): a duplicated delivery must not
+#: allocate new ids and launch a second entry. A cancel before it ends the cycle not started.
+STEPS: dict[StepName, StepSpec] = {
+    StepName.PLAN: StepSpec(Opening((Stage.PLANNING,), label="plan", cancel_exits=False), _plan,
+                            claim=lambda _: "plan_claimed_at"),
+}

@@ -13,15 +13,26 @@ the order), so it is flat for the outcome and reported as such.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+import msgspec
+
 from core.config_schema import Direction, GroupConfig, HedgeParams
-from core.cycle_fields import ExitReason
+from core.cycle_fields import FINAL_REASON_BY_STAGE, NOT_STARTED, ExitReason, Outcome, Stage
 from core.legs import parse_leg
-from monitoring.alert_texts import AlertKind, fmt_amount
-from orchestrator.cycle.state import DEFAULT_STEP, ROLES
+from core.policies import EMERGENCY_EXIT
+from monitoring.alert_texts import (
+    AlertKind,
+    fmt_amount,
+    format_cycle_finished,
+    format_emergency_exit,
+    format_group_stopped,
+)
+from orchestrator.cycle.commands import Alert, Command, Decision, Finish, KeepResults, RunLater, StartExit, Step, StepName
+from orchestrator.cycle.runner import Call, ExitOpening, StepSpec
+from orchestrator.cycle.state import DEFAULT_STEP, ROLES, CycleState
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +157,174 @@ def next_cycle(groups: Mapping[str, GroupConfig], data: Mapping[str, Any], reaso
         flipped = Direction.SHORT_BACKPACK if params.direction is Direction.LONG_BACKPACK else Direction.LONG_BACKPACK
         overrides["direction"] = flipped.value
     return {"group": group.name, "cycle_index": index, **overrides}
+
+
+# ---- the report's decisions on the typed state ------------------------------------------------------
+
+def minimums_of(state: CycleState) -> dict[str, Decimal]:
+    """Each role's smallest closable size (dust is below it): the larger of its step and minimum."""
+    return {role.short: max(state.step_of(role), state.minimum_of(role)) for role in ROLES}
+
+
+def own_fills(state: CycleState) -> dict[str, Decimal]:
+    """Each role's position as the cycle's recorded legs put it (baseline plus every final leg's
+    signed fill); a role with a leg still in flight is left out: the venue read is all there is."""
+    baselines = state.baselines
+    expected = {role.short: baselines.get(role) or Decimal(0) for role in ROLES}
+    for leg in state.legs.values():
+        role = state.role_of(leg.account)
+        if role is None or role.short not in expected:
+            continue
+        if not leg.state.final:
+            expected.pop(role.short)
+            continue
+        expected[role.short] += leg.signed_fill
+    return expected
+
+
+def disagreements(state: CycleState, tolerance: Mapping[str, Decimal], reason: ExitReason) -> list[str]:
+    """Roles that read flat while the cycle's own fills say they are not, by ``tolerance`` or more:
+    a read can be stale, and a stale flat read must not end the cycle flat. A liquidated leg is not
+    checked (the venue closed it; no fill the cycle recorded says so)."""
+    liquidated = {ExitReason.LIGHTER1_ZERO: "L1", ExitReason.LIGHTER2_ZERO: "L2"}.get(reason)
+    return [f"{role} fills imply {quantity}" for role, quantity in own_fills(state).items()
+            if role != liquidated and abs(quantity) >= tolerance.get(role, DEFAULT_STEP)]
+
+
+def equity_change(state: CycleState, by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
+    """Each role's equity after the exit less its equity at planning; None where either is unknown."""
+    start = state.plan.start_equity if state.plan is not None else {}
+    out: dict[str, str | None] = {}
+    for role in ROLE_ORDER:
+        before, after = start.get(role), by_role.get(role, {}).get("equity")
+        out[role] = None if before is None or after in (None, "") else str(Decimal(str(after)) - before)
+    return out
+
+
+def following_cycle(state: CycleState, reason: ExitReason, flat: bool) -> dict[str, Any] | None:
+    """The start arguments of the next cycle of a ``max_cycles`` run, or None: a run goes on after a
+    flat exit for a hedge reason, with the run's overrides, and flips the direction after a timeout
+    when ``reverse_on_timeout`` asks it to. The run's length is the one this cycle started with."""
+    if not flat or reason.value not in CONTINUE_AFTER:
+        return None
+    index = state.cycle_index + 1
+    if index >= state.params.max_cycles:
+        return None
+    overrides = dict(state.overrides)
+    if reason is ExitReason.TIMEOUT and state.params.reverse_on_timeout:
+        flipped = Direction.SHORT_BACKPACK if state.params.direction is Direction.LONG_BACKPACK \
+            else Direction.LONG_BACKPACK
+        overrides["direction"] = flipped.value
+    return {"group": state.group.name, "cycle_index": index, **overrides}
+
+
+def decide_report(state: CycleState, results: Sequence[Mapping[str, Any]], *, reason: ExitReason, attempt: int,
+                  now: float) -> Decision:
+    """Exit attempt ``attempt`` ended with ``results`` (one per role that answered): end the cycle flat
+    when every role reads flat (or dust) and the cycle's own fills agree; otherwise try again while
+    attempts remain, then end it unresolved (the group stays stopped)."""
+    keep = KeepResults(attempt, tuple(dict(r) for r in results))
+    by_role = results_by_role([dict(r) for r in results], {state.group.account_for(role): role.short for role in ROLES})
+    minimums = minimums_of(state)
+    flat = exit_is_flat(by_role, minimums)
+    doubts = disagreements(state, minimums, reason) if flat else []
+    if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):
+        again = Step(StepName.EMERGENCY_EXIT, {"reason": reason.value, "attempt": attempt + 1})
+        note = f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again"
+        return Decision(state=state, commands=(keep, RunLater(again, EMERGENCY_EXIT.delay(attempt))), events=(note,),
+                        result={"retrying": True})
+    return ended(state, by_role, reason, now, unresolved=bool(doubts), doubts=doubts, first=(keep,))
+
+
+def decide_exit_failed(state: CycleState, *, reason: ExitReason, attempt: int, failed: str, now: float) -> Decision:
+    """A step of attempt ``attempt`` failed: the next attempt while attempts remain, else the end,
+    unresolved (nothing is known of the positions)."""
+    note = f"exit attempt {attempt} failed in an exit step ({failed})"
+    if not EMERGENCY_EXIT.exhausted(attempt):
+        again = Step(StepName.EMERGENCY_EXIT, {"reason": reason.value, "attempt": attempt + 1})
+        return Decision(state=state, commands=(RunLater(again, EMERGENCY_EXIT.delay(attempt)),), events=(note,),
+                        result={"retrying": True})
+    decided = ended(state, {}, reason, now, unresolved=True, doubts=[])
+    return msgspec.structs.replace(decided, events=(note, *decided.events))
+
+
+def ended(state: CycleState, by_role: Mapping[str, Mapping[str, Any]], reason: ExitReason, now: float, *,
+          unresolved: bool, doubts: list[str], first: tuple[Command, ...] = ()) -> Decision:
+    """The end of an exit: flat (dust counts as flat) unless ``unresolved``; the alerts, the kill
+    switch when not flat, the history reads and the next cycle of a run."""
+    group, cycle_id = state.group.name, state.cycle_id
+    minimums = minimums_of(state)
+    finals = {role: (r.get("final_position") or {}).get("quantity") for role, r in by_role.items()}
+    dust = exit_dust(by_role, minimums)
+    per_venue = equity_change(state, by_role)
+    flat = exit_is_flat(by_role, minimums) and not unresolved
+    outcome = Outcome.FLAT if flat else Outcome.UNRESOLVED
+    kind = completion_kind(reason.value, flat)
+    alerts: list[Alert] = []
+    if kind is AlertKind.EMERGENCY_EXIT:
+        text = format_emergency_exit(group, cycle_id, reason.value, per_venue, shown_positions(finals, dust))
+        if doubts:
+            text += f" Venue reads and recorded fills disagree ({'; '.join(doubts)})."
+        if not flat:
+            text += (f" NOT FLAT: check the accounts now (xtb status, xtb flatten --group {group}); the group is "
+                     f"stopped until `xtb group resume {group}`.")
+        alerts.append(Alert(AlertKind.EMERGENCY_EXIT, text, {"reason": reason.value, "outcome": outcome.value}))
+    alerts.append(Alert(AlertKind.CYCLE_FINISHED,
+                        format_cycle_finished(group, cycle_id, outcome.value, per_venue, now - state.created_at),
+                        {"outcome": outcome.value}))
+    if not flat:
+        alerts.append(Alert(AlertKind.GROUP_STOPPED, format_group_stopped(group, cycle_id, reason.value),
+                            {"reason": reason.value}))
+    finish = Finish(outcome=outcome, reason=reason.value, claim=REPORTED, stop_group=not flat,
+                    finals={role: None if q in (None, "") else str(q) for role, q in finals.items()}, pnl=per_venue,
+                    dust={role: str(q) for role, q in dust.items()}, history=True,
+                    since_ms=int(state.created_at * 1000), until_ms=int(now * 1000),
+                    completed=kind is AlertKind.CYCLE_COMPLETED, next_cycle=following_cycle(state, reason, flat))
+    done = msgspec.structs.replace(state, stage=Stage.DONE)
+    return Decision(state=done, commands=(*first, *alerts, finish),
+                    result={"cycle_id": cycle_id, "outcome": outcome.value, "reason": reason.value, "pnl": per_venue,
+                            "positions": finals, "dust": finish.dust,
+                            **({"next_cycle": finish.next_cycle} if finish.next_cycle else {})})
+
+
+def not_started(state: CycleState, why: str) -> Decision:
+    """The cycle ends before any order: flat, nothing to read back, the group released."""
+    text = f"Cycle {state.cycle_id} ({state.group.name}) not started: {why}."
+    done = msgspec.structs.replace(state, stage=Stage.DONE, error=why)
+    return Decision(state=done, commands=(Alert(AlertKind.CYCLE_FINISHED, text),
+                                          Finish(outcome=Outcome.FLAT, reason=NOT_STARTED)),
+                    result={"cycle_id": state.cycle_id, "stage": Stage.DONE.value, "error": why})
+
+
+def decide_step_failed(state: CycleState, error: str, *, nothing_sent: bool) -> Decision:
+    """A step failed: before any order the cycle ends ``not_started`` touching no venue (an exit would
+    only flatten positions the cycle never opened); otherwise it unwinds, for the stage's reason."""
+    if nothing_sent:
+        return not_started(state, error)
+    reason = ExitReason.CANCELLED if state.cancel_requested else FINAL_REASON_BY_STAGE.get(
+        state.stage, ExitReason.RECOVERED_UNWIND)
+    failed = msgspec.structs.replace(state, error=error[:500])
+    return Decision(state=failed, commands=(StartExit(reason),), result={"exit": reason.value, "error": error[:500]})
+
+
+#: The claim an exit's end takes: several attempts (watchdog retries) may report; the first one ends it.
+REPORTED = "exit_reported_at"
+
+
+# ---- the report's steps -------------------------------------------------------------------------------
+
+def _report(state: CycleState, now: float, call: Call) -> Decision:
+    return decide_report(state, call.observed, reason=call.reason, attempt=call.attempt, now=now)
+
+
+def _failed(state: CycleState, now: float, call: Call) -> Decision:
+    return decide_exit_failed(state, reason=call.reason, attempt=call.attempt, failed=call.text("failed", "?"),
+                              now=now)
+
+
+#: An attempt's report runs in the step that ended the attempt; an exit step's failure runs as the
+#: errback of its chord or chain. Both act only while their attempt is current.
+STEPS: dict[StepName, StepSpec] = {
+    StepName.EXIT_REPORT: StepSpec(ExitOpening("exit report"), _report),
+    StepName.EXIT_FAILED: StepSpec(ExitOpening("exit failure"), _failed),
+}

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from decimal import Decimal
 from enum import Enum
+from typing import Any
 
 import msgspec
 
@@ -182,6 +183,11 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
       exit_attempts  emergency-exit attempts launched so far
       exit_reason    why the exit runs, once it does
       events     the cycle's event log, oldest first
+      client_ids the entry legs' client id blocks, recorded at planning
+      exit       the emergency exit's progress
+      overrides  the parameter overrides the cycle was started with (a multi-cycle run passes them on)
+      cycle_index  the cycle's place in a multi-cycle run (0: the first)
+      error      why the cycle failed or did not start, once it did
       client_ids the client id blocks planning allocated to the entry's legs (each leg's retries
                  use its block in order; their intents are recorded with the plan)
       exit       the emergency exit's progress
@@ -202,6 +208,9 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
     events: tuple[Event, ...] = ()
     client_ids: dict[LegName, list[int]] = msgspec.field(default_factory=dict)
     exit: ExitProgress = msgspec.field(default_factory=ExitProgress)
+    overrides: dict[str, Any] = msgspec.field(default_factory=dict)
+    cycle_index: int = 0
+    error: str | None = None
 
     @property
     def baselines(self) -> Positions:
@@ -225,6 +234,12 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def finished(self) -> bool:
         return self.stage is Stage.DONE
+
+    def current_attempt(self, attempt: int) -> bool:
+        """Exit attempt ``attempt`` is the current one (``exit_attempts`` names it); a step of an
+        attempt that another replaced (the watchdog, a failure), or of a cycle no longer exiting,
+        does nothing."""
+        return self.stage is Stage.EMERGENCY_EXIT and self.exit_attempts == attempt + 1
 
     @property
     def exiting(self) -> bool:

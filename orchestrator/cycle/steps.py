@@ -5,8 +5,8 @@ run the same steps the same way.
 
 from __future__ import annotations
 
-from orchestrator.cycle import entry, loop
+from orchestrator.cycle import entry, exit, loop, plan, report
 from orchestrator.cycle.commands import StepName
 from orchestrator.cycle.runner import StepSpec
 
-STEPS: dict[StepName, StepSpec] = {**entry.STEPS, **loop.STEPS}
+STEPS: dict[StepName, StepSpec] = {**plan.STEPS, **entry.STEPS, **loop.STEPS, **exit.STEPS, **report.STEPS}

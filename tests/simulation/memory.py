@@ -30,14 +30,21 @@ from orchestrator.cycle.commands import (
     EnterFirstLegs,
     EnterRest,
     EntryOrder,
+    Finish,
+    KeepResults,
+    NoteStep,
+    ReadForExit,
     ReadPositions,
     RunLater,
+    SendExitOrders,
     SendOrder,
     StartExit,
     Step,
+    StepName,
 )
-from orchestrator.cycle.entry import mirror_quantity
-from orchestrator.cycle.runner import Call, Ports, StaleStep, run_step
+from orchestrator.cycle.entry import enter, mirror_quantity
+from orchestrator.cycle.plan import id_blocks
+from orchestrator.cycle.runner import Call, Ports, StaleStep, run_spec
 from orchestrator.cycle.state import CycleState, Event
 from orchestrator.cycle.steps import STEPS
 from venues.base import Side
@@ -65,6 +72,9 @@ class MemoryStore:
     intents: dict[tuple[str, int], str] = field(default_factory=dict)
     alerts: list[tuple[AlertKind, str]] = field(default_factory=list)
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    finished: dict[str, Finish] = field(default_factory=dict)
+    results: dict[tuple[str, int], tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    exit_orders: int = 0
 
     def load(self, cycle_id: str) -> CycleState | None:
         state = self.states.get(cycle_id)
@@ -78,7 +88,7 @@ class MemoryStore:
             state, loop=msgspec.structs.replace(state.loop, step_seq=token + 1))
         return True
 
-    def claim(self, cycle_id: str, name: str) -> bool:
+    def claim(self, cycle_id: str, name: str, value: Any = None) -> bool:
         if (cycle_id, name) in self.claims:
             return False
         self.claims.add((cycle_id, name))
@@ -89,6 +99,12 @@ class MemoryStore:
         self.states[cycle_id] = msgspec.structs.replace(state, events=(*state.events, Event(0.0, text))[-EVENTS_KEPT:])
 
     def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
+        decision = self._with_entry_ids(decision)
+        finish = next((c for c in decision.commands if isinstance(c, Finish)), None)
+        if finish is not None and finish.claim is not None and not self.claim(before.cycle_id, finish.claim):
+            return []  # another step ended the cycle first
+        if finish is not None:
+            self.finished[before.cycle_id] = finish
         current = self.states[before.cycle_id]
         events = (*current.events, *(Event(now, text) for text in decision.events))[-EVENTS_KEPT:]
         # The legs are the venue side's: a decision's save never overwrites one written meanwhile.
@@ -99,12 +115,37 @@ class MemoryStore:
             if isinstance(command, Alert):
                 self.alerts.append((command.kind, command.text))
                 continue
+            if isinstance(command, KeepResults):
+                self.results[(before.cycle_id, command.attempt)] = command.results
+                continue
+            if isinstance(command, NoteStep):
+                continue
+            if isinstance(command, SendExitOrders) and not command.legs:
+                # Numbered and given ids (a spare each) as the Redis store does, intents recorded first.
+                legs, ids = [], []
+                for order in command.orders:
+                    self.exit_orders += 1
+                    legs.append(f"exit_{order.role.short.lower()}_{self.exit_orders}")
+                    ids.append((next(self.ids), next(self.ids)))
+                command = msgspec.structs.replace(command, legs=tuple(legs), client_ids=tuple(ids))
             if isinstance(command, SendOrder) and command.client_id is None:
                 command = msgspec.structs.replace(command, client_id=next(self.ids))
                 self.intents[(decision.state.group.account_for(command.role), int(command.client_id or 0))] = \
                     command.leg
             out.append(command)
         return out
+
+
+    def _with_entry_ids(self, decision: Decision) -> Decision:
+        # The entry legs' id blocks, given with the plan's write as the Redis store gives them.
+        if not any(isinstance(c, EnterFirstLegs) and not c.entry.client_ids for c in decision.commands):
+            return decision
+        state = decision.state
+        ids = {leg: [next(self.ids) for _ in range(n)] for leg, n in id_blocks(state).items()}
+        with_ids = msgspec.structs.replace(state, client_ids=ids)
+        commands = tuple(enter(with_ids, with_ids.plan) if isinstance(c, EnterFirstLegs) and with_ids.plan else c
+                         for c in decision.commands)
+        return msgspec.structs.replace(decision, state=with_ids, commands=commands)
 
 
 @dataclass
@@ -114,11 +155,18 @@ class MemoryVenue:
     positions: dict[str, Decimal] = field(default_factory=dict)
     unreadable: set[str] = field(default_factory=set)
     orders: list[tuple[str, Side, Decimal]] = field(default_factory=list)
+    mark: Decimal = Decimal(2000)
 
     def read(self, account: str) -> dict[str, Any]:
         if account in self.unreadable:
             return {"account": account, "quantity": None, "error": "venue unreachable"}
         return {"account": account, "quantity": str(self.positions.get(account, Decimal(0)))}
+
+    def snapshot(self, account: str, rules: dict[str, Any]) -> dict[str, Any]:
+        """The account as planning reads it: rules, the touch, margin, the position."""
+        return {"account": account, "rules": rules, "bid": str(self.mark - 1), "ask": str(self.mark),
+                "equity": "10000", "collateral": "10000", "available": "1000000",
+                "position": self.read(account)["quantity"]}
 
     def fill(self, account: str, side: Side, quantity: Decimal) -> Decimal:
         self.orders.append((account, side, quantity))
@@ -143,6 +191,9 @@ class MemoryScheduler:
         self.exits: list[StartExit] = []
         self.stale: list[str] = []
         self.failed: list[str] = []
+        self.next_cycles: list[dict[str, Any]] = []
+        #: Run the exit a StartExit asks for (off: a test stops at the decision to exit).
+        self.run_exits = True
         self.trace: list[str] = []
 
     @property
@@ -167,6 +218,14 @@ class MemoryScheduler:
             self.at(0.0, lambda: self._order(state, command))
         elif isinstance(command, StartExit):
             self.exits.append(command)
+            if self.run_exits:
+                self.at(0.0, lambda: self.run(cycle_id, Step(StepName.EMERGENCY_EXIT, {"reason": command.reason.value})))
+        elif isinstance(command, ReadForExit):
+            self.at(command.after_secs, lambda: self._exit_read(cycle_id, command))
+        elif isinstance(command, SendExitOrders):
+            self.at(0.0, lambda: self._exit_orders(cycle_id, command))
+        elif isinstance(command, Finish):
+            self.next_cycles.extend([command.next_cycle] if command.next_cycle else [])
         elif isinstance(command, EnterFirstLegs):
             self.at(0.0, lambda: self._enter_first(cycle_id, command))
         elif isinstance(command, EnterRest):
@@ -225,12 +284,41 @@ class MemoryScheduler:
         self.store.states[cycle_id] = msgspec.structs.replace(state, stage=confirm.next_stage)
         return True
 
+    def _exit_read(self, cycle_id: str, read: ReadForExit) -> None:
+        state = self.store.states[cycle_id]
+        readings = []
+        for role in (Role.BP, Role.L1, Role.L2):
+            account = state.group.account_for(role)
+            position = self.venue.read(account)["quantity"]
+            readings.append({"account": account, "rules": state.rules[role].to_json(), "position": position,
+                             "position_error": None if position is not None else "venue unreachable",
+                             "equity": "1000", "read_at": self.clock.time})
+        self.run(cycle_id, Step(StepName.EXIT_DECIDE, {"reason": read.reason.value, "attempt": read.attempt,
+                                                       "step": read.step}), readings)
+
+    def _exit_orders(self, cycle_id: str, send: SendExitOrders) -> None:
+        # Reduce-only: an order never takes a position past zero.
+        state = self.store.states[cycle_id]
+        reports = []
+        for order, leg_name, ids in zip(send.orders, send.legs, send.client_ids, strict=True):
+            account = state.group.account_for(order.role)
+            held = self.venue.positions.get(account, Decimal(0))
+            quantity = min(order.quantity, abs(held)) if held * order.side.sign < 0 else Decimal(0)
+            filled = self.venue.fill(account, order.side, quantity) if quantity else Decimal(0)
+            leg = Leg(account, state.group.symbol_for(order.role), order.side, ids[0], order.quantity, filled,
+                      LegState.FILLED if filled == order.quantity else LegState.CANCELLED, reduce_only=True)
+            current = self.store.states[cycle_id]
+            self.store.states[cycle_id] = msgspec.structs.replace(current, legs={**current.legs, leg_name: leg})
+            reports.append({"account": account, "side": order.side.value, "filled": str(filled)})
+        if send.then_step is not None:
+            self.run(cycle_id, send.then_step, reports)
+        elif send.then_read is not None:
+            self._exit_read(cycle_id, send.then_read)
+
     def run(self, cycle_id: str, step: Step, observed: Sequence[dict[str, Any]] = ()) -> None:
-        spec = STEPS[step.name]
-        call = Call(step.kwargs, observed)
         self.trace.append(f"{self.clock.time:.2f} {step.name.value} {dict(step.kwargs)}")
         try:
-            run_step(self.ports, cycle_id, spec.opening, spec.bind(call), step=call.token)
+            run_spec(self.ports, STEPS, step.name, cycle_id, Call(step.kwargs, observed))
         except StaleStep as stale:
             self.stale.append(str(stale))
 

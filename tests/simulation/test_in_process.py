@@ -3,11 +3,12 @@ Celery tasks run, in virtual time."""
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 
 import msgspec
 
-from core.cycle_fields import ExitReason, Stage
+from core.cycle_fields import ExitReason, Outcome, Stage
 from core.legs import Leg, LegState
 from monitoring.alert_texts import AlertKind
 from orchestrator.cycle import entry
@@ -16,6 +17,7 @@ from orchestrator.cycle.state import CycleState
 from tests.helpers.cycle_states import CLIENT_IDS, cycle_state, plan
 from tests.simulation.memory import MemoryScheduler, MemoryStore, MemoryVenue, VirtualClock
 from venues.base import Side
+from venues.margin import InitialMargin
 
 
 def entered(size: str = "1") -> tuple[CycleState, MemoryVenue]:
@@ -85,3 +87,28 @@ def test_the_entry_runs_from_the_plan_to_monitoring_in_one_process() -> None:
     assert venue.positions == {"bp": Decimal(0), "l1": Decimal(-2), "l2": Decimal(2)}
     assert scheduler.clock.time >= 1_000_000.0 + 3.0
     assert [kind for kind, _ in store.alerts] == [AlertKind.CYCLE_HEDGED]
+
+
+def test_a_whole_cycle_runs_in_one_process_from_the_plan_to_its_flat_end() -> None:
+    """Plan → entry → wait → rebalance → monitoring → Lighter2 liquidated → the exit in steps →
+    the report ends the cycle flat: every step of the table, its opening and its decision, on
+    in-memory ports in virtual time."""
+    created = cycle_state(stage=Stage.PLANNING, size="2", wait_min_secs=1.0, wait_max_secs=2.0)
+    created = msgspec.structs.replace(created, plan=None, rules={}, created_at=1_000_000.0)
+    venue = MemoryVenue()
+    store, scheduler = runner(created, venue)
+    margin = InitialMargin(Decimal("0.02"))
+    rules = {role: dataclasses.replace(r, initial_margin=margin) for role, r in cycle_state().rules.items()}
+    snapshots = [venue.snapshot(created.group.account_for(role), rules[role].to_json()) for role in rules]
+    scheduler.run(created.cycle_id, Step(StepName.PLAN), snapshots)
+    scheduler.run_until(lambda: store.states[created.cycle_id].stage is Stage.MONITORING, limit_secs=60)
+    assert venue.positions == {"bp": Decimal(0), "l1": Decimal(-2), "l2": Decimal(2)}
+    venue.positions["l2"] = Decimal(0)  # the venue liquidates Lighter2
+    scheduler.run_until(lambda: created.cycle_id in store.finished, limit_secs=120)
+    finish = store.finished[created.cycle_id]
+    assert (finish.outcome, finish.reason) == (Outcome.FLAT, "lighter2_zero"), scheduler.trace[-5:]
+    assert venue.positions == {"bp": Decimal(0), "l1": Decimal(0), "l2": Decimal(0)}
+    assert store.states[created.cycle_id].stage is Stage.DONE
+    assert not scheduler.failed and not scheduler.stale
+    kinds = [kind for kind, _ in store.alerts]
+    assert kinds[0] is AlertKind.CYCLE_STARTED and kinds[-1] is AlertKind.CYCLE_FINISHED

@@ -54,9 +54,9 @@ def test_a_later_attempt_keeps_the_reason_the_exit_entered_with() -> None:
 
 
 def test_only_the_current_attempt_of_an_exiting_cycle_acts() -> None:
-    assert not exits.superseded(exiting(1), 1)
-    assert exits.superseded(exiting(1), 0)
-    assert exits.superseded(msgspec.structs.replace(exiting(0), stage=Stage.DONE), 0)
+    assert exiting(1).current_attempt(1)
+    assert not exiting(1).current_attempt(0)
+    assert not msgspec.structs.replace(exiting(0), stage=Stage.DONE).current_attempt(0)
 
 
 def test_an_unknown_position_is_read_again_and_never_traded() -> None:

@@ -11,7 +11,7 @@ from monitoring.alert_texts import AlertKind
 from orchestrator.cycle.commands import Alert, EnterFirstLegs
 from orchestrator.cycle.plan import NotStarted, Sized, decide_plan, id_blocks, size
 from orchestrator.cycle.state import LegName
-from tests.helpers.cycle_states import BP_RULES, CLIENT_IDS, L_RULES, state
+from tests.helpers.cycle_states import BP_RULES, L_RULES, state
 from venues.base import MarketRules, Side
 from venues.margin import InitialMargin
 
@@ -60,9 +60,9 @@ def test_a_plan_records_itself_and_launches_the_first_two_legs() -> None:
     before = state(params={"size": Decimal("1.5")})
     sized = size(before, snapshots())
     assert isinstance(sized, Sized)
-    decision = decide_plan(before, sized, CLIENT_IDS)
+    decision = decide_plan(before, sized)
     after = decision.state
-    assert after.plan == sized.plan and after.client_ids == CLIENT_IDS
+    assert after.plan == sized.plan and after.client_ids == {}  # the store gives them with its write
     assert after.rules[Role.BP].step_size == BP_RULES.step_size
     assert after.rules[Role.L1] == after.rules[Role.L2] == sized.snapshots[Role.L1].rules
     assert after.stage is before.stage  # each first leg moves the stage as it sends
@@ -72,5 +72,5 @@ def test_a_plan_records_itself_and_launches_the_first_two_legs() -> None:
     assert isinstance(started, Alert) and started.kind is AlertKind.CYCLE_STARTED
     assert isinstance(first, EnterFirstLegs)
     assert (first.entry.side, first.entry.quantity, first.hedge.side) == (Side.BUY, Decimal("1.50"), Side.SELL)
-    assert first.hedge.client_ids == CLIENT_IDS[LegName.L1_HEDGE]
+    assert first.hedge.client_ids == [] and first.entry.client_ids == []
     assert decision.result["plan"]["bp_size"] == "1.50"

@@ -1,30 +1,31 @@
-"""The one Celery adapter of the cycle's decisions: :class:`CycleStepTask` runs a step through
-``orchestrator.cycle.runner.run_step`` on the Redis store, Redis ``TIME`` and :class:`CeleryScheduler`.
+"""The one Celery adapter of the cycle's decisions: :class:`CycleStepTask` runs a step of the table
+(``orchestrator.cycle.steps.STEPS``) through ``orchestrator.cycle.runner`` on the Redis store, Redis
+``TIME`` and :class:`CeleryScheduler`, which turns the decision's commands into canvases.
 
-Task modules only register steps: a name, an ``Opening``, and the decision to call.
+Task modules only register steps: a task name, its documented arguments, the step it runs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Task
 from celery.canvas import Signature
 
 from core.config import Role
+from core.cycle_record import step_grace
 from core.fencing import Fence
 from core.redis_conn import redis_client
 from orchestrator import canvas
 from orchestrator.cycle.commands import (
     Command,
-    Decision,
     EnterFirstLegs,
     EnterRest,
+    Finish,
     ReadForExit,
     ReadPositions,
-    ReportExit,
     RunLater,
     SendExitOrders,
     SendOrder,
@@ -32,17 +33,13 @@ from orchestrator.cycle.commands import (
     Step,
     StepName,
 )
-from orchestrator.cycle.runner import Call, Decide, Opening, Ports, StaleStep, run_exit_step, run_step
+from orchestrator.cycle.runner import Call, Decide, Opening, Ports, StaleStep, StepSpec, run, run_spec
 from orchestrator.cycle.state import LOOP_STAGES, CycleState
 from orchestrator.cycle.steps import STEPS
 from orchestrator.store import RedisClock, RedisCycleStore
 from xtb_tasks.worker.fences import refuse_stale
 
 log = logging.getLogger(__name__)
-
-#: Runs an exit attempt's report (``exit_tasks.report_exit``) for a cycle.
-Report = Callable[[str, ReportExit], Any]
-
 
 def order_fence(order: SendOrder) -> Fence:
     """Where the cycle must still be when ``order`` runs: its own stages (an entry order), else the
@@ -54,20 +51,23 @@ def order_fence(order: SendOrder) -> Fence:
 
 class CeleryScheduler:
     """:class:`~orchestrator.cycle.ports.Scheduler` on Celery canvases: reads as a chord on the
-    accounts' queues, orders as a chain (the order, then the next step), steps on ``orchestrator``.
-    An exit's report runs in the step that ended the attempt (``report``, given by the exit's tasks)."""
-
-    def __init__(self, report: Report | None = None) -> None:
-        self.report = report
+    accounts' queues, orders as a chain (the order, then the next step), steps on ``orchestrator``;
+    a cycle's end reads the venues' history and starts the next cycle of a run."""
 
     def publish(self, state: CycleState, commands: Sequence[Command]) -> None:
         for command in commands:
-            if isinstance(command, ReportExit):
-                if self.report is None:
-                    raise TypeError("an exit report needs the exit's report adapter")
-                self.report(state.cycle_id, command)
+            if isinstance(command, Finish):
+                self.finished(state, command)
                 continue
             self.signature(state, command).apply_async()
+
+    @staticmethod
+    def finished(state: CycleState, finish: Finish) -> None:
+        if finish.history:
+            canvas.history_reads(state.group, state.cycle_id, finish.since_ms, finish.until_ms,
+                                 completed=finish.completed).apply_async()
+        if finish.next_cycle:
+            canvas.hedge("start_cycle", **finish.next_cycle).apply_async()
 
     def signature(self, state: CycleState, command: Command) -> Signature:
         cycle_id, group = state.cycle_id, state.group
@@ -130,38 +130,27 @@ class CycleStepTask(Task):
     abstract = True
     ignore_result = True
 
-    def run_step(self, cycle_id: str, opening: Opening, decide: Decide, *, step: int = 0,
-                 claim: str | None = None) -> dict[str, Any]:
-        """Run one step; ``claim`` names a once-only claim of the cycle the step takes before it acts
-        (a second delivery of the same step stops there)."""
+    @staticmethod
+    def ports() -> Ports:
         client = redis_client()
-        ports = Ports(RedisCycleStore(client), CeleryScheduler(), RedisClock(client))
-        try:
-            result = run_step(ports, cycle_id, opening, decide, step=step, claim=claim)
-        except StaleStep as stale:
-            refuse_stale(stale.label, cycle_id, None, stale.why)
-        log.debug("cycle=%s %s: %s", cycle_id, opening.label, result)
-        return result
+        return Ports(RedisCycleStore(client), CeleryScheduler(), RedisClock(client))
 
     def run_named(self, name: StepName, cycle_id: str, kwargs: dict[str, Any],
-                  observed: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
-        """Run step ``name`` of the table (``orchestrator.cycle.steps.STEPS``) for one delivery."""
-        spec = STEPS[name]
-        call = Call(kwargs, observed)
-        return self.run_step(cycle_id, spec.opening, spec.bind(call), step=call.token, claim=spec.claim_of(call))
-
-
-class ExitStepTask(CycleStepTask):
-    """Base class of the exit's steps: each runs through ``orchestrator.cycle.runner.run_exit_step``
-    (once per claim, only for the current attempt) and hands an attempt's end to ``report``."""
-
-    abstract = True
-
-    def run_exit_step(self, cycle_id: str, decide: Decide, *, attempt: int | None,
-                      claim: Callable[[Decision], tuple[str, Any]], label: str,
-                      report: Report | None = None) -> dict[str, Any]:
-        client = redis_client()
-        ports = Ports(RedisCycleStore(client), CeleryScheduler(report), RedisClock(client))
-        result = run_exit_step(ports, cycle_id, decide, attempt=attempt, claim=claim)
-        log.info("cycle=%s %s: %s", cycle_id, label, result)
+                  observed: Sequence[dict[str, Any]] = (), *, held: dict[Role, float] | None = None) -> dict[str, Any]:
+        """Run one delivery of step ``name`` of the table; a stale one is refused (``fences``)."""
+        call = Call(kwargs, observed, held or {}, step_grace())
+        try:
+            result = run_spec(self.ports(), STEPS, name, cycle_id, call)
+        except StaleStep as stale:
+            refuse_stale(stale.label, cycle_id, None, stale.why)
+        log.debug("cycle=%s %s: %s", cycle_id, name.value, result)
         return result
+
+    def run_decision(self, cycle_id: str, opening: Opening, decide: Decide, *,
+                     claim: str | None = None) -> dict[str, Any]:
+        """Run a decision that is no step of the table (an errback, the plan) through the same opening."""
+        spec = StepSpec(opening, lambda state, now, _: decide(state, now), None if claim is None else lambda _: claim)
+        try:
+            return run(self.ports(), STEPS, spec, cycle_id, Call({}))
+        except StaleStep as stale:
+            refuse_stale(stale.label, cycle_id, None, stale.why)

@@ -1,12 +1,8 @@
-"""The emergency exit's steps on the ``orchestrator`` queue (decisions: ``orchestrator.cycle.exit``;
-the attempt and its report: ``exit_tasks``).
+"""The emergency exit's steps on the ``orchestrator`` queue: registrations of the steps in
+``orchestrator.cycle.exit`` (one step: three ``xtb.venue.exit_reading`` tasks → ``exit_decide`` →
+the step's orders → ``exit_match`` → the next read; a read with nothing left to send reports).
 
-One step: three ``xtb.venue.exit_reading`` tasks → ``exit_decide`` claims step <k> (attempt × 1000
-+ step), records the read and the worst net, picks the orders (a catch-up, or capped Lighter closes),
-records their intents and sends them → ``exit_match`` mirrors what the Lighter closes filled on
-Backpack → the next read. A read with nothing left to send (or the attempt's last step) goes to
-``report_exit``, which confirms flat or starts the next attempt. Each task stops when its attempt
-is no longer the current one (a watchdog retry superseded it) or its step was already claimed.
+Each step acts once (its claim) and only while its attempt is the current one.
 """
 
 from __future__ import annotations
@@ -15,18 +11,13 @@ from typing import Any
 
 from core import keys
 from core.config import GroupConfig, Role
-from core.cycle_fields import ExitReason
-from core.cycle_record import step_grace
 from core.redis_conn import redis_client
 from orchestrator import canvas
-from orchestrator.cycle import exit as exits
-from orchestrator.cycle.commands import Decision, NoteStep, ReportExit
-from orchestrator.cycle.state import ROLES, CycleState
+from orchestrator.cycle.commands import StepName
+from orchestrator.cycle.state import ROLES
 from orchestrator.store import RedisCycleStore
 from xtb_tasks.worker.celery_app import app
-from xtb_tasks.worker.cycle_task import ExitStepTask
-from xtb_tasks.worker.exit_tasks import report_exit
-from xtb_tasks.worker.hedge_tasks import record_of
+from xtb_tasks.worker.cycle_task import CycleStepTask
 from xtb_tasks.worker.lease import holder_is_dead
 
 
@@ -48,45 +39,29 @@ def held_leases(grp: GroupConfig) -> dict[Role, float]:
     return held
 
 
-def _report(cycle_id: str, command: ReportExit) -> dict[str, Any]:
-    return report_exit(record_of(cycle_id), list(command.results), reason=command.reason.value,
-                       attempt=command.attempt)
-
-
-def _note_claim(decision: Decision) -> tuple[str, Any]:
-    # The step's claim holds its note (the save adds the orders as they were numbered and given ids).
-    note = next(c for c in decision.commands if isinstance(c, NoteStep))
-    return note.field, note.note
-
-
-@app.task(name="xtb.hedge.exit_decide", base=ExitStepTask, bind=True)
-def exit_decide(self: ExitStepTask, readings: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int,
+@app.task(name="xtb.hedge.exit_decide", base=CycleStepTask, bind=True)
+def exit_decide(self: CycleStepTask, readings: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int,
                 step: int) -> dict[str, Any]:
     """Step ``step`` of exit attempt ``attempt``: from the fresh ``readings``, send the next orders or report."""
-    def decide(state: CycleState, now: float) -> Decision:
-        return exits.decide_exit_step(state, exits.readings_by_role(readings, state), held_leases(state.group),
-                                      reason=ExitReason(reason), attempt=attempt, step=step, now=now,
-                                      grace=step_grace())
-
-    return self.run_exit_step(cycle_id, decide, attempt=attempt, claim=_note_claim,
-                              label=f"exit {attempt}.{step}", report=_report)
+    state = RedisCycleStore(redis_client()).load(cycle_id)
+    held = held_leases(state.group) if state is not None else {}
+    return self.run_named(StepName.EXIT_DECIDE, cycle_id, {"reason": reason, "attempt": attempt, "step": step},
+                          readings, held=held)
 
 
-@app.task(name="xtb.hedge.exit_match", base=ExitStepTask, bind=True)
-def exit_match(self: ExitStepTask, results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int,
+@app.task(name="xtb.hedge.exit_match", base=CycleStepTask, bind=True)
+def exit_match(self: CycleStepTask, results: list[dict[str, Any]], *, cycle_id: str, reason: str, attempt: int,
                step: int, kind: str, state: dict[str, Any], caps: dict[str, float]) -> dict[str, Any]:
     """After a step's orders: for Lighter closes, take back what they filled off the net (Backpack
     first, else the other Lighter leg when the two closed unevenly); then read again."""
-    exit_state = exits.state_from_json(state)
-    return self.run_exit_step(cycle_id, lambda cycle, now: exits.decide_exit_match(
-        cycle, results, reason=ExitReason(reason), attempt=attempt, step=step, kind=kind, exit_state=exit_state,
-        caps=caps), attempt=attempt, claim=lambda _: (exits.match_field(attempt, step), None),
-        label=f"exit {attempt}.{step} match")
+    return self.run_named(StepName.EXIT_MATCH, cycle_id, {"reason": reason, "attempt": attempt, "step": step,
+                                                          "kind": kind, "state": state, "caps": caps}, results)
 
 
 @app.task(name="xtb.hedge.exit_read", ignore_result=True)
 def exit_read(*, cycle_id: str, reason: str, attempt: int, step: int) -> None:
-    """Publish step ``step``'s read (used when the read is due a moment later)."""
+    """Publish step ``step``'s read (used when the read is due a moment later: a chord's header takes
+    no countdown)."""
     state = RedisCycleStore(redis_client()).load(cycle_id)
-    if state is not None and not exits.superseded(state, attempt):
+    if state is not None and state.current_attempt(attempt):
         canvas.exit_read(state.group, cycle_id, reason, attempt, step).apply_async()

@@ -16,23 +16,21 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
-from core.client_ids import allocate_id_blocks
 from core.config import ConfigError, HedgeParams, Settings, load_settings
-from core.cycle_record import CycleRecord, Outcome, Stage
+from core.cycle_record import CycleRecord, Stage
 from core.errors import EXIT_USAGE, XtbError
 from core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from core.redis_conn import redis_client
 from monitoring.alert_texts import AlertKind
 from monitoring.alerts import raise_alert
 from orchestrator import canvas
-from orchestrator.cycle import plan as plan_step
-from orchestrator.cycle.state import CycleState, LegName
-from orchestrator.flow import release_group_lock, take_group_lock
+from orchestrator.cycle.commands import StepName
+from orchestrator.cycle.state import CycleState
 from orchestrator.kill_switch import group_stop
 from orchestrator.recovery import sweep
-from orchestrator.store import RedisClock, RedisCycleStore
+from orchestrator.store import RedisCycleStore, release_group_lock, take_group_lock
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
-from xtb_tasks.worker.cycle_task import CeleryScheduler
+from xtb_tasks.worker.cycle_task import CycleStepTask
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +83,7 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
         text = f"Cycle start refused for group {group}: cycle {holder} is still active."
         raise_alert(client, AlertKind.CYCLE_FINISHED, text, group=group, refused=True, active_cycle=holder)
         raise CycleAlreadyActive(text)
-    # Checked with the lock held: finish_exit stops a group before it releases the lock (kill switch).
+    # Checked with the lock held: a cycle's end stops its group before it releases the lock (kill switch).
     stop = group_stop(client, group)
     if stop is not None:
         release_group_lock(client, group, cycle_id)
@@ -102,50 +100,11 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
 
 
-def _allocate(state: CycleState) -> dict[LegName, list[int]]:
-    # The ids in one round trip; the store records their intents with the plan.
-    blocks = plan_step.id_blocks(state)
-    allocated = allocate_id_blocks(redis_client(), [(state.group.account_for(leg.role), leg.role.venue.value, attempts)
-                                                    for leg, attempts in blocks.items()])
-    return dict(zip(blocks, allocated, strict=True))
-
-
-@app.task(name="xtb.hedge.plan", ignore_result=True)
-def plan(snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
-    """Size the cycle from fresh snapshots (``orchestrator.cycle.plan``), allocate every client id,
-    launch the entry chain."""
-    client = redis_client()
-    store = RedisCycleStore(client)
-    # A duplicated delivery of this step must not allocate new ids and launch a second entry chain.
-    if not store.claim(cycle_id, "plan_claimed_at"):
-        return {"cycle_id": cycle_id, "duplicate": True}
-    state = store.load(cycle_id)
-    if state is None:
-        return {"cycle_id": cycle_id, "skipped": True}
-    record = record_of(cycle_id)
-    if state.cancel_requested:
-        return finish_not_started(record, state.group.name, "cancelled before any order")
-    sized = plan_step.size(state, snapshots)
-    if isinstance(sized, plan_step.NotStarted):
-        return finish_not_started(record, state.group.name, sized.why)
-    decision = plan_step.decide_plan(state, sized, _allocate(state))
-    now = RedisClock(client).now()
-    commands = store.save(state, decision, now)
-    cycle_plan = sized.plan
-    log.info("cycle=%s plan bp=%s %s wait=%.2fs price=%s", cycle_id, cycle_plan.bp_side.value,
-             cycle_plan.bp_size, cycle_plan.wait_secs, cycle_plan.reference_price)
-    CeleryScheduler().publish(decision.state, commands)
-    return decision.result
-
-
-def finish_not_started(record: CycleRecord, group: str, why: str) -> dict[str, Any]:
-    log.warning("cycle=%s group=%s not started: %s", record.cycle_id, group, why)
-    record.update(error=why)
-    record.finish(Outcome.FLAT, "not_started")
-    release_group_lock(redis_client(), group, record.cycle_id)
-    raise_alert(redis_client(), AlertKind.CYCLE_FINISHED,
-                f"Cycle {record.cycle_id} ({group}) not started: {why}.", cycle_id=record.cycle_id, group=group)
-    return {"cycle_id": record.cycle_id, "stage": Stage.DONE.value, "error": why}
+@app.task(name="xtb.hedge.plan", base=CycleStepTask, bind=True)
+def plan(self: CycleStepTask, snapshots: list[dict[str, Any]], *, cycle_id: str) -> dict[str, Any]:
+    """Size the cycle from fresh snapshots (``orchestrator.cycle.plan``), give every entry leg its
+    client ids, launch the entry chain; or end the cycle not started, naming why."""
+    return self.run_named(StepName.PLAN, cycle_id, {}, snapshots)
 
 
 @app.task(name="xtb.hedge.watchdog", ignore_result=True)
