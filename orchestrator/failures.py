@@ -2,7 +2,7 @@
 
 A chord whose header task fails hands its errback the id of the chord's body, whose stored result
 is a ``ChordError("Dependency <id> raised ...")``: its name is the body's (often not stored) and its
-text names no account. The alert must say which read failed on which account (issue 16 item 5),
+text names no account. The alert must say which read failed on which account,
 so the failure is traced back to the dependency that raised, and told by its task name, its
 ``account`` argument and the venue's own message.
 

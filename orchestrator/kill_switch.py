@@ -1,8 +1,8 @@
 """The kill switch: a group whose exit ended ``unresolved`` stays stopped until an operator resumes it.
 
 An unresolved exit means the cycle could not confirm its three accounts flat; starting the next
-cycle on top of that (beat does it a second later) would stack a new position on an open one
-(issue 16 item 4). ``finish_exit`` stops the group (``xtb:group:<group>:stopped``, no TTL) before it
+cycle on top of that (beat does it a second later) would stack a new position on an open one.
+``finish_exit`` stops the group (``xtb:group:<group>:stopped``, no TTL) before it
 releases the group lock; ``xtb.hedge.start_cycle`` refuses while the stop is there, whoever
 triggers it (CLI, beat, Flower); ``xtb group resume G`` clears it only once fresh reads of the
 group's three accounts all say flat.

@@ -1,4 +1,4 @@
-"""A finished cycle's realised PnL per venue, split into trading, fees and funding (issue 16 item 13).
+"""A finished cycle's realised PnL per venue, split into trading, fees and funding.
 
 Pure: from the cycle record and each account's fill and funding records (``venues.ledger``).
 

@@ -12,8 +12,8 @@ What is on by default and why:
   cycle costs 6-8 requests per account. Tests of REST faults read REST only, every 0.2-0.5 s, and
   take :meth:`LighterRules.easy`.
 * **Order history limits** (on): ``accountOrders``/``accountInactiveOrders`` list only the last 10K
-  active and 1K inactive orders of the last 24 h (the issue's reading of the venue's accountOrders
-  reference; the page text was not found in the references: UNCONFIRMED). The connector looks an id
+  active and 1K inactive orders of the last 24 h (a second-hand reading of the venue's accountOrders
+  reference; the page text itself could not be checked: UNCONFIRMED). The connector looks an id
   up right after sending it, far inside both bounds.
 * **Out-of-order nonces** (on, window 16): accepted up to 16 ahead of the next unused nonce. Source:
   nautilus_trader ``crates/adapters/lighter/src/signing/nonce.rs`` ("The venue accepts up to 16

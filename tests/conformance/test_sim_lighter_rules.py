@@ -152,7 +152,7 @@ def test_rate_limit_is_on_by_default_and_the_easy_lighter_has_none() -> None:
 
 # ---- order history limits ----------------------------------------------------------------------
 def test_an_order_older_than_the_history_window_looks_absent() -> None:
-    # accountOrders lists only the last 10K active and 1K inactive orders of the last 24 h (the issue's
+    # accountOrders lists only the last 10K active and 1K inactive orders of the last 24 h (a second-hand
     # reading of the venue's accountOrders reference; UNCONFIRMED, see lighter_rules.py).
     account = next(_accounts)
     with serve(LighterRules()) as url:
@@ -191,7 +191,7 @@ def test_next_nonce_lags_an_accepted_tx() -> None:
 
 
 def test_16_out_of_order_nonces_are_accepted_and_the_17th_refused() -> None:
-    # Up to 16 out-of-order nonces per (account, api key) (the issue; nautilus_trader
+    # Up to 16 out-of-order nonces per (account, api key) (nautilus_trader
     # crates/adapters/lighter/src/signing/nonce.rs DEFAULT_SKIP_WINDOW: "The venue accepts up to 16
     # out-of-order nonces per (account, api_key)"; UNCONFIRMED by the venue's own docs).
     account = next(_accounts)

@@ -1,4 +1,4 @@
-"""The end-of-cycle report (issue 16 items 8 and 13): the completion alert, the realised PnL split into
+"""The end-of-cycle report: the completion alert, the realised PnL split into
 trading, fees and funding from the venues' own records, dust, and the worst net exposure.
 
 Real Redis, real workers, the simulators with fees on (Backpack Tier 1, Lighter premium) and funding
@@ -111,7 +111,7 @@ def test_a_dust_leftover_counts_as_liquidated_and_is_reported_as_dust_with_the_o
     done = finished_with_split(dep, cycle_id)
     assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), done.get("events")
     # The exit in step keeps the group's net at zero: Lighter1 closes down to the dust Lighter2 holds,
-    # which leaves it a leftover below the minimum too (issue 16 item 1).
+    # which leaves it a leftover below the minimum too.
     assert done["dust"] == {"L1": "-0.0030", "L2": "0.0030"}
     assert done["pnl"]["BP"] is not None and done["pnl"]["L1"] is not None, done["pnl"]
     positions = dep.positions()

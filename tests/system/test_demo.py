@@ -60,7 +60,7 @@ def test_demo_runs_the_main_job_and_leaves_nothing_behind(tmp_path: Path) -> Non
     assert (summary["outcome"], summary["reason"]) == ("flat", "lighter2_zero")
     assert {"bp_entry", "l1_hedge", "l2_entry"} <= set(summary["fills"])
     assert any(text.startswith("Cycle completed") for text in summary["telegram_messages"])
-    # The market, not the admin API, liquidated Lighter2 (issue 15), and the PnL shows fees and funding.
+    # The market, not the admin API, liquidated Lighter2, and the PnL shows fees and funding.
     assert summary["checks"]["lighter2_liquidated_by_the_market"], summary["liquidations"]
     assert [e["cause"] for e in summary["liquidations"]] == ["engine"], summary["liquidations"]
     assert summary["checks"]["fees_and_funding_in_pnl"], summary["pnl_split"]

@@ -1,4 +1,4 @@
-"""The exit in step and price-capped Backpack orders (issue 16 items 1 and 10), end to end.
+"""The exit in step and price-capped Backpack orders, end to end.
 
 Real Redis, real workers, the simulators; the books are shaped through the admin API
 (``/_sim/depth``). A sampler thread reads the simulator's ledger every few milliseconds, so the
@@ -82,7 +82,7 @@ def test_exit_after_a_liquidation_on_a_thin_lighter_book_stays_in_step(clean: De
     dep.admin("lighter", "depth", {"venue": "lighter", "levels": 4, "level_size": "2"})
     dep.liquidate_lighter(102)
     dep.wait_stage(cycle_id, ("emergency_exit", "done"), timeout=30)
-    with NetSampler(dep) as sampler:  # from the exit's start: the monitor's own reaction is item 2's
+    with NetSampler(dep) as sampler:  # from the exit's start: what the monitor did before it is not the exit's
         done = dep.wait_done(cycle_id, timeout=120)
     print(f"exit: outcome={done.get('outcome')} sampled worst net={sampler.worst} "
           f"sampled time off by more than a step={sampler.off_secs:.3f}s worst read net={done.get('exit_worst_net')}")
@@ -92,10 +92,10 @@ def test_exit_after_a_liquidation_on_a_thin_lighter_book_stays_in_step(clean: De
     assert len(reads) > 6, reads  # 50 ETH at 8 per Lighter order: the exit went in steps
     start = abs(Decimal(reads[0]["net"]))
     worst = Decimal(done["exit_worst_net"])
-    # Within one step of what the exit started from (the liquidation's own gap, if any: issue 16 item 2).
+    # Within one step of what the exit started from (the liquidation's own gap, if any).
     assert worst <= max(STEP, start), (worst, start, [r["net"] for r in reads])
     assert isinstance(done["exit_worst_net_at"], float)
-    # The monitor no longer rebalances Backpack onto the liquidation (issue 16 item 2), so the exit
+    # The monitor does not rebalance Backpack onto a zero read (it confirms the read first), so the exit
     # starts with Lighter1's 50 ETH unhedged and closes it step by step: the net only ever shrinks.
     nets = [abs(Decimal(r["net"])) for r in reads]
     assert all(later <= earlier + STEP for earlier, later in itertools.pairwise(nets)), nets
@@ -103,7 +103,7 @@ def test_exit_after_a_liquidation_on_a_thin_lighter_book_stays_in_step(clean: De
 
 def test_exit_during_the_wait_on_a_thin_lighter_book_reduces_backpack_in_step(clean: Deployment) -> None:
     # During the random wait Backpack holds the entry against Lighter1: the net is zero, and the exit
-    # must keep it so while Lighter1 closes 8 ETH at a time (issue 16 item 1).
+    # must keep it so while Lighter1 closes 8 ETH at a time.
     dep = clean
     cycle_id = dep.start_cycle(**BIG, wait_min_secs=5.0, wait_max_secs=5.0)
     dep.wait_stage(cycle_id, "wait", timeout=60)

@@ -103,8 +103,8 @@ def test_stale_and_failing_position_reads_never_fake_a_liquidation(clean: Deploy
 
 
 def test_a_partial_lighter1_hedge_is_topped_up_and_backpack_and_lighter2_follow_its_fill(clean: Deployment) -> None:
-    # Issue 16 item 6: a 30 % Lighter1 fill was accepted as the hedge, the group stayed naked by the
-    # rest through the random wait, and Lighter2 was sized from the Backpack fill.
+    # A 30 % Lighter1 fill taken as the whole hedge would leave the group naked by the rest through
+    # the random wait, and Lighter2 sized from the Backpack fill would not match Lighter1.
     dep = clean
     dep.admin("lighter", "fault", {"venue": "lighter", "kind": "partial_fill", "count": 2, "op": "order",
                                    "account": "101", "params": {"fraction": 0.3}})
@@ -123,8 +123,8 @@ def test_a_partial_lighter1_hedge_is_topped_up_and_backpack_and_lighter2_follow_
 
 
 def test_a_backpack_read_lagging_its_rebalance_fill_is_read_again_not_traded_on(clean: Deployment) -> None:
-    # Issue 16 item 11 (original bug §8.6): the entry's rebalance sells the Backpack entry, and the
-    # next read still shows it. Trading on that read sold it a second time.
+    # The entry's rebalance sells the Backpack entry, and the next read can still show it (a read can
+    # lag the last fill). Trading on that read would sell it a second time.
     dep = clean
     cycle_id = dep.start_cycle(wait_min_secs=2.0, wait_max_secs=2.0)
     dep.wait_stage(cycle_id, "wait", timeout=60)
@@ -366,7 +366,7 @@ def _xtb(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_failed_balance_read_while_planning_ends_not_started_and_touches_nothing(clean: Deployment) -> None:
-    """Issue 16 item 5: one HTTP 500 on Backpack's balance read during planning ends the cycle
+    """One HTTP 500 on Backpack's balance read during planning ends the cycle
     ``not_started``; the Backpack position held before the cycle is not the cycle's to close."""
     dep = clean
     opened = _xtb(dep, "order", "--account", "backpack", "--side", "buy", "--size", "0.5")

@@ -1,4 +1,4 @@
-"""Stale tasks refuse to act (issue 16 item 3): an earlier cycle's exit order delivered again while
+"""Stale tasks refuse to act: an earlier cycle's exit order delivered again while
 a later cycle is open, and a monitor tick left behind by a SIGKILLed orchestrator.
 
 The deployment runs with a 6 s broker visibility timeout (``[redis] visibility_timeout_secs``),

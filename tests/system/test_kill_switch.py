@@ -1,4 +1,4 @@
-"""The kill switch (issue 16 item 4): an exit that ends ``unresolved`` keeps its group stopped.
+"""The kill switch: an exit that ends ``unresolved`` keeps its group stopped.
 
 No trigger (task, CLI, beat) starts a cycle on top of the open position until an operator runs
 ``xtb group resume``, which itself refuses while any account of the group reads a position or

@@ -64,8 +64,8 @@ def test_full_cycle_hedges_then_lighter2_liquidation_exits_flat(dep: Deployment)
 
 
 def test_a_liquidated_leg_is_confirmed_by_fast_re_reads_and_backpack_is_not_traded_meanwhile(dep: Deployment) -> None:
-    # Issue 16 item 2: the first zero read of Lighter2 used to rebalance Backpack by the whole size,
-    # which the exit sold back a second later (two taker fees and the spread on the whole size).
+    # Rebalancing Backpack by the whole size on the first zero read of Lighter2 would have the exit
+    # sell it back a second later (two taker fees and the spread on the whole size).
     poll = 4.0
     cycle_id = dep.start_cycle(poll_interval_secs=poll, zero_confirmations=3)
     hedged = dep.wait_stage(cycle_id, "monitoring", timeout=60)

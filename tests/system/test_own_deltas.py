@@ -1,4 +1,4 @@
-"""Issue 16 items 5 and 7 against real workers and the simulators: a cycle starts only on flat
+"""The pre-cycle checks against real workers and the simulators: a cycle starts only on flat
 accounts (or, with ``allow_existing_positions``, hedges only its own deltas from the baselines) and
 only when every account's available margin carries the planned size by its own venue's rule.
 """
@@ -68,7 +68,7 @@ def _cancel(dep: Deployment, cycle_id: str) -> dict[str, Any]:
 
 
 def test_a_position_held_before_the_cycle_refuses_it_and_nothing_is_sent(clean: Deployment) -> None:
-    """Item 5: the rebalance and the exit would trade Lighter2's 0.05 as the cycle's own."""
+    """Started on it, the rebalance and the exit would trade Lighter2's 0.05 as the cycle's own."""
     dep = clean
     _open(dep, "lighter2", "buy", Decimal("0.05"))
     held = _held(dep)
@@ -80,7 +80,7 @@ def test_a_position_held_before_the_cycle_refuses_it_and_nothing_is_sent(clean: 
 
 
 def test_allow_existing_positions_hedges_only_the_cycles_own_delta(clean: Deployment) -> None:
-    """Item 5: Backpack held 0.5 before the cycle; the rebalance drives Backpack to 0.5 plus the
+    """Backpack held 0.5 before the cycle; the rebalance drives Backpack to 0.5 plus the
     cycle's own hedge (it sells the 0.3 its entry bought once Lighter2 holds the other side), so the
     0.5 is never sold, and the monitor sees no drift in it."""
     dep = clean
@@ -127,8 +127,8 @@ def _initial_margin_enforced(dep: Deployment) -> Iterator[None]:
 
 
 def test_lighter2_without_the_margin_for_its_leg_refuses_before_any_order(clean: Deployment) -> None:
-    """Item 7: with $50 on Lighter2, Backpack and Lighter1 traded and Lighter2 was refused by the
-    venue. Now planning checks each account's own venue margin and nothing is sent."""
+    """With $50 on Lighter2, unchecked, Backpack and Lighter1 would trade and the venue would refuse
+    Lighter2's leg. Planning checks each account's own venue margin, so nothing is sent."""
     dep = clean
     collateral = dep.sim.exchange.account("lighter", "102").collateral
     dep.admin("lighter", "collateral", {"venue": "lighter", "account": "102", "amount": "50"})
@@ -155,10 +155,9 @@ def _lighter_default_leverage(dep: Deployment) -> Iterator[None]:
 
 
 def test_the_lighter_leverage_is_raised_before_a_50x_cycle_and_it_enters(clean: Deployment) -> None:
-    """Item 7: with $100 on Lighter2 a 1 ETH leg needs ~$150 at the default 5 % (20x) and ~$60 at
-    2 % (50x). Before, the bot never set the leverage: planning refused (or, unchecked, the venue
-    refused Lighter2's orders). Now the snapshot raises both Lighter accounts to the sizing leverage
-    and the cycle enters."""
+    """With $100 on Lighter2 a 1 ETH leg needs ~$150 at the default 5 % (20x) and ~$60 at 2 % (50x).
+    At the default leverage planning would refuse (or, unchecked, the venue would refuse Lighter2's
+    orders), so the snapshot raises both Lighter accounts to the sizing leverage and the cycle enters."""
     dep = clean
     collateral = dep.sim.exchange.account("lighter", "102").collateral
     dep.admin("lighter", "collateral", {"venue": "lighter", "account": "102", "amount": "100"})

@@ -21,7 +21,7 @@ from tests.helpers.support import wait_until
 
 pytestmark = pytest.mark.slow
 
-#: The issue's target: a whole cycle, exit included, within a third of a Standard account's minute.
+#: A whole cycle, exit included, within a third of a Standard account's minute (60 requests).
 REQUESTS_PER_CYCLE = 20
 LIGHTER = {"lighter1": 101, "lighter2": 102}
 

@@ -1,4 +1,4 @@
-"""Pure parts of the Backpack connector: signing (backpack-api.md §1.4 vectors), credentials,
+"""Pure parts of the Backpack connector: signing (a worked example, byte for byte), credentials,
 and the parsers against every captured body in tests/fixtures/backpack.json."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def ws_data(name: str) -> Any:
     return raw
 
 
-# ---- signing (§1.3, §1.4) --------------------------------------------------------------------
+# ---- signing --------------------------------------------------------------------------------
 def test_worked_example_signing_string_and_signature_byte_for_byte() -> None:
     params = {"symbol": "ETH_USDC_PERP", "side": "Bid", "orderType": "Market", "quantity": "0.01",
               "clientId": 12345, "reduceOnly": False}

@@ -178,7 +178,7 @@ lighter2 = "{lighter2}"
 [telegram]"""
 
 
-# One account, one group (issue 16 item 12): two groups sharing an account would run two cycles
+# One account, one group: two groups sharing an account would run two cycles
 # on one position, each hedging and unwinding the other's legs. The second group to name it is
 # the one reported, with the first group, so the operator sees both ends of the conflict.
 SHARED = [

@@ -1,4 +1,4 @@
-"""The leg confirmation rule (original §1.5): the position moved the expected way by more than
+"""The leg confirmation rule: the position moved the expected way by more than
 ``confirmation_min_fraction`` of the request; an unknown read never confirms."""
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_long_position_and_equity_is_total_asset_value(fx: dict[str, Any]) -> No
     assert p.parse_position(acct, 0) == (Decimal("18.0193"), Decimal("2669.84"))
     assert p.parse_position(acct, 1) == (Decimal(0), None)  # no entry for the market in a good read
     bal = p.parse_balance(acct, "lighter1", 5.0)
-    assert bal.equity == Decimal("15298.072264000002")  # not collateral (bug §8.10)
+    assert bal.equity == Decimal("15298.072264000002")  # not collateral: it adds the unrealised PnL
     assert (bal.collateral, bal.available) == (Decimal("9100.242706"), Decimal("12582.743947"))
 
 

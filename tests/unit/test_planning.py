@@ -98,7 +98,8 @@ def test_backpack_margin_that_cannot_carry_the_size_refuses() -> None:
 
 
 def test_lighter2_margin_is_checked_by_its_own_venue_rule() -> None:
-    """Issue 16 item 7: Lighter2 was never checked. 1 ETH at 5 % (the market's default, 20x) = 100.05, plus 2 × 0.028 % taker."""
+    """Unchecked, Lighter2's leg would be refused by the venue after the others traded.
+    1 ETH at 5 % (the market's default, 20x) = 100.05, plus 2 × 0.028 % taker."""
     with pytest.raises(PlanRefused, match=r"lighter2 \(l2\) available margin 50 cannot carry 1.000 at 2001: "
                                           r"needs 101.17 .*5.00%, 20x.* allows 2.00% with a higher leverage setting"):
         plan_cycle(GROUP, HedgeParams(size=Decimal("1")), snaps(l2=snap("l2", available=Decimal("50"), imf=LIGHTER_ETH)))
@@ -151,7 +152,7 @@ def test_backpack_imf_function_grows_with_the_square_root_of_the_size() -> None:
 
 @pytest.mark.parametrize("role", ["bp", "l1", "l2"])
 def test_an_account_holding_a_position_refuses_the_cycle(role: str) -> None:
-    """Issue 16 item 5: the cycle would rebalance or flatten a position it never opened."""
+    """Started, the cycle would rebalance or flatten a position it never opened."""
     name = Role[role.upper()].value
     with pytest.raises(PlanRefused, match=rf"^{name} \({role}\) already holds a position of -0.005; flatten it or "
                                           r"set allow_existing_positions = true$"):

@@ -1,4 +1,4 @@
-"""The Celery app: queues and routes from the account config, settings from celery-redis.md §7.
+"""The Celery app: queues and routes from the account config, and the Redis broker and result settings.
 
 ``celery -A xtb_tasks worker -Q lighter1`` runs one account's worker; ``-Q orchestrator`` runs
 the control steps. Venue tasks are routed to the queue named by their ``account`` argument.
@@ -56,7 +56,7 @@ def route_task(name: str, args: Any, kwargs: dict[str, Any], options: Any, task:
 
 def transport_options(visibility_timeout: int) -> dict[str, Any]:
     """The broker's visibility settings; a short timeout (tests) gets a sweep to match, or the
-    redelivery would still wait for kombu's ~100 s sweep (celery-redis.md §1.1)."""
+    redelivery would still wait for kombu's ~100 s sweep."""
     options: dict[str, Any] = {"visibility_timeout": visibility_timeout}
     if visibility_timeout < 4 * DEFAULT_RESTORE_SWEEP_SECS:
         options.update(unacked_restore_interval=max(1, visibility_timeout // 5), unacked_restore_throttle=1)

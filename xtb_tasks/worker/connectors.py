@@ -2,7 +2,8 @@
 
 Credentials are read here, in the worker that owns the account, and never leave it: tasks carry
 only the account name. The Lighter signer keeps process-global state keyed by API key index
-(original bug §8.12), so one process serves one Lighter account; asking for a second is an error.
+(two accounts in one process would share, and overwrite, one client), so one process serves one
+Lighter account; asking for a second is an error.
 """
 
 from __future__ import annotations

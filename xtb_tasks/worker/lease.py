@@ -1,7 +1,7 @@
 """One writer at a time per account: a Redis lease held for the whole of every venue task that acts.
 
 A dedicated queue with ``-c 1`` serialises an account only while exactly one worker consumes
-it (celery-redis.md §1.3). A blue/green deploy or a duplicate unit adds a second consumer, so
+it (``-c 1`` bounds each worker, not the queue). A blue/green deploy or a duplicate unit adds a second consumer, so
 every venue task that can change the account (orders, flatten, cancel) also holds
 ``xtb:lock:account:<name>`` (a snapshot that raises the Lighter leverage holds it around that tx,
 :func:`account_lease`). Tasks that only read (``exclusive=False``) do not: a read changes
