@@ -49,7 +49,7 @@ def test_every_kind_is_documented() -> None:
         "cycle_started", "cycle_hedged", "cycle_finished", "cycle_completed", "emergency_exit",
         "heartbeat_missing", "heartbeat_back", "worker_crash", "group_stopped", "group_resumed",
         "positions_unknown", "stream_disagreement"}
-    lines = Path(__file__).resolve().parents[2].joinpath("monitoring", "alerts.py").read_text().splitlines()
+    lines = Path(__file__).resolve().parents[2].joinpath("monitoring", "alert_texts.py").read_text().splitlines()
     for kind in AlertKind:
         at = lines.index(f'    {kind.name} = "{kind.value}"')
         assert lines[at - 1].startswith("    #: "), f"{kind.name} needs a #: doc comment"

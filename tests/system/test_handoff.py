@@ -11,12 +11,16 @@ import pytest
 
 from core import keys
 from core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
-from core.cycle_record import CycleRecord
+from core.cycle_record import CycleRecord, Stage
+from core.fencing import Fence
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import RedisServer, start_worker
 from tests.helpers.support import wait_until
 from xtb_tasks.execution.handoff import WAIT_SLICE_SECS
 from xtb_tasks.worker.results import TaskFailed, wait_result
+
+#: The first legs' fence as the cycle sends it; these probes name cycle ids that have no record.
+FIRST_LEGS = Fence((Stage.PLANNING, Stage.BP_ENTRY, Stage.L1_HEDGE), missing_ok=True).to_json()
 
 
 @pytest.fixture(scope="module")
@@ -32,14 +36,14 @@ def entry(dep: Deployment, cycle_id: str, quantity: str = "0.02", **extra: objec
     return dep.app.send_task("xtb.venue.submit_market_order", queue="backpack", kwargs={
         "account": "backpack", "symbol": "ETH_USDC_PERP", "side": "buy", "quantity": quantity,
         "client_ids": allocate_client_ids(dep.client, "backpack", "backpack", 2), "cycle_id": cycle_id,
-        "leg": "bp_entry", "announce_fill": True, **extra}).id
+        "leg": "bp_entry", "announce_fill": True, "fence": FIRST_LEGS, **extra}).id
 
 
 def armed_hedge(dep: Deployment, cycle_id: str, expected: str | None = None) -> tuple[str, list[int]]:
     ids = allocate_client_ids(dep.client, "lighter1", "lighter", 2)
     task = dep.app.send_task("xtb.venue.submit_market_order", queue="lighter1", kwargs={
         "account": "lighter1", "symbol": "ETH", "side": "sell", "client_ids": ids, "quantity_from_leg": "bp_entry",
-        "armed": True, "expected_quantity": expected, "cycle_id": cycle_id, "leg": "l1_hedge"})
+        "armed": True, "expected_quantity": expected, "cycle_id": cycle_id, "leg": "l1_hedge", "fence": FIRST_LEGS})
     return task.id, ids
 
 
