@@ -184,7 +184,7 @@ class Family:
         return ", ".join([*sorted(self.names), *(f"{stem}<n>" for stem in self.numbered)])
 
 
-#: The cycle's legs (``orchestrator/canvas.py``): the entry chain's three and each rebalance order
+#: The cycle's legs (``xtb_tasks/worker/canvas.py``): the entry chain's three and each rebalance order
 #: (``bp_rebalance_<n>``, numbered by the record's ``rebalances`` counter in ``loop_tasks``) and each
 #: exit order (``exit_<role>_<n>``, numbered by ``exit_orders`` in ``orchestrator.store``).
 LEG_NAMES = frozenset({"bp_entry", "l1_hedge", "l1_topup", "bp_balance", "l2_entry"})
