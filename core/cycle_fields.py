@@ -121,8 +121,8 @@ class Kind:
     choices: frozenset[str] | None = None
     #: An int is a JSON number too; it is accepted and read back as a float.
     number: bool = False
-    #: A check of the content, on writes only: a reader of such a field copes with what an older
-    #: version wrote (a leg that does not parse is unknown to the exit's ledger, never zero).
+    #: A check of the content, on writes only: a reader of such a field treats content that does not
+    #: parse as unknown (a leg that does not parse is unknown to the fill ledger, never zero).
     content: Callable[[Any], bool] | None = None
 
     def accepts(self, value: Any) -> bool:
