@@ -59,7 +59,7 @@ def record_of(cycle_id: str) -> CycleRecord:
     return CycleRecord(redis_client(), cycle_id)
 
 
-def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, HedgeParams]:
+def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, str, HedgeParams]:
     if not isinstance(group, str) or not group:
         raise InvalidCycleRequest("start_cycle needs 'group': the name of a configured hedge group")
     cfg = settings()
@@ -68,14 +68,13 @@ def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, H
         params = HedgeParams.from_mapping(overrides, base=grp.params)
     except ConfigError as exc:
         raise InvalidCycleRequest(exc.render()) from None
-    return cfg, params
+    return cfg, group, params
 
 
 @app.task(name="xtb.hedge.start_cycle", bind=True)
 def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **overrides: Any) -> dict[str, Any]:
     """Validate, take the group lease, refuse a stopped group, write the cycle record and launch planning."""
-    cfg, params = validate_request(group, overrides)
-    assert group is not None
+    cfg, group, params = validate_request(group, overrides)
     cycle_id = f"{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
     client = redis_client()
     holder = take_group_lock(client, group, cycle_id)
