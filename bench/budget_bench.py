@@ -40,7 +40,7 @@ from tests.helpers.services import start_redis_server, start_worker, stop_redis_
 from tests.helpers.support import wait_until
 
 LIGHTER = {"lighter1": "account:101", "lighter2": "account:102"}
-#: Confirmations and the stage each one's task sets when done (orchestrator/canvas.py).
+#: Confirmations and the stage each one's task sets when done (xtb_tasks/worker/canvas.py).
 CONFIRMS = {"l1_hedge": "t:wait", "l2_entry": "t:rebalance"}
 
 

@@ -121,8 +121,8 @@ class Kind:
     choices: frozenset[str] | None = None
     #: An int is a JSON number too; it is accepted and read back as a float.
     number: bool = False
-    #: A check of the content, on writes only: a reader of such a field copes with what an older
-    #: version wrote (a leg that does not parse is unknown to the exit's ledger, never zero).
+    #: A check of the content, on writes only: a reader of such a field treats content that does not
+    #: parse as unknown (a leg that does not parse is unknown to the fill ledger, never zero).
     content: Callable[[Any], bool] | None = None
 
     def accepts(self, value: Any) -> bool:
@@ -184,7 +184,7 @@ class Family:
         return ", ".join([*sorted(self.names), *(f"{stem}<n>" for stem in self.numbered)])
 
 
-#: The cycle's legs (``orchestrator/canvas.py``): the entry chain's three and each rebalance order
+#: The cycle's legs (``xtb_tasks/worker/canvas.py``): the entry chain's three and each rebalance order
 #: (``bp_rebalance_<n>``, numbered by the record's ``rebalances`` counter in ``loop_tasks``) and each
 #: exit order (``exit_<role>_<n>``, numbered by ``exit_orders`` in ``orchestrator.store``).
 LEG_NAMES = frozenset({"bp_entry", "l1_hedge", "l1_topup", "bp_balance", "l2_entry"})

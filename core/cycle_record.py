@@ -35,8 +35,8 @@ from core.durability import durable_execute
 from core.legs import Leg, parse_leg
 from core.policies import DEFAULT_STEP_GRACE_SECS
 
-# Stage, Outcome and ExitReason are defined with the schema (cycle_fields.py) and imported from
-# here by every caller, as before.
+# Stage, Outcome, ExitReason and FINAL_REASON_BY_STAGE are defined with the schema (cycle_fields.py,
+# which is Redis-free so the cycle's decisions can use them); the record's readers import them here.
 __all__ = [
     "FINAL_REASON_BY_STAGE",
     "HISTORY_LENGTH",

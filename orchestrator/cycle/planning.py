@@ -151,11 +151,8 @@ def check_starting_positions(params: HedgeParams, snaps: dict[Role, AccountSnaps
     for role, snap in snaps.items():
         if snap.position is None:
             raise PlanRefused(f"{role.short} ({snap.account}) position is unknown; refusing to start")
-    if params.allow_existing_positions:
-        return
     for role, snap in snaps.items():
-        assert snap.position is not None
-        if abs(snap.position) >= snap.rules.step_size:
+        if not params.allow_existing_positions and abs(snap.position or Decimal(0)) >= snap.rules.step_size:
             raise PlanRefused(f"{role.value} ({snap.account}) already holds a position of {snap.position}; "
                               f"flatten it or set allow_existing_positions = true")
 
@@ -179,20 +176,19 @@ def margin_needed(role: Role, snap: AccountSnapshot, size: Decimal, price: Decim
 
 
 def check_margin(role: Role, snap: AccountSnapshot, size: Decimal, price: Decimal, params: HedgeParams) -> None:
+    rule = snap.margin_rule()
     needed = margin_needed(role, snap, size, price, params)
     # Equity stands in for an unreported available margin only on a flat account: a held
     # position's margin is part of the equity but not available.
     flat = snap.position is not None and abs(snap.position) < snap.rules.step_size
     available = snap.available if snap.available is not None or not flat else snap.equity
     name = f"{role.value} ({snap.account})"
-    if needed is None:
+    if needed is None or rule is None:
         raise PlanRefused(f"{name}: the venue published no initial-margin rule for {snap.rules.symbol}; "
                           f"refusing to start")
     if available is None:
         raise PlanRefused(f"{name} available margin is unknown; refusing to start")
     if available < needed:
-        rule = snap.margin_rule()
-        assert rule is not None
         fraction = rule.fraction(size)
         # The snapshot already raised a Lighter account's leverage as far as the sizing leverage asks
         # (leveraged_snapshot); a lower fraction the venue offers needs a higher `leverage`.

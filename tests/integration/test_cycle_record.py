@@ -6,19 +6,17 @@ from __future__ import annotations
 import json
 import threading
 from decimal import Decimal
-from pathlib import Path
 
 import pytest
 import redis
 
 from core import keys
-from core.config import load_settings
 from core.cycle_fields import CycleFieldTypeError, UndeclaredCycleField
 from core.cycle_record import CycleRecord, ExitReason, Outcome, Stage, create_cycle
 from core.legs import Leg, LegState
 from orchestrator.recovery import sweep
-from tests.helpers.support import write_config
 from venues.base import Side
+from xtb_tasks.worker.cycle_task import CeleryScheduler
 
 
 @pytest.fixture
@@ -120,18 +118,14 @@ def test_reading_an_undeclared_name_is_refused_before_any_round_trip(client: red
         record.view("group", "grop")
 
 
-def test_the_watchdog_reports_an_unreadable_record_and_goes_on_with_the_others(client: redis.Redis,
-                                                                              tmp_path: Path) -> None:
-    urls = {k: "http://127.0.0.1:9" for k in ("backpack", "lighter")} | {k: "ws://127.0.0.1:9" for k in
-                                                                         ("backpack_ws", "lighter_ws")}
-    settings = load_settings(write_config(tmp_path / "xtb.toml", urls))
+def test_the_watchdog_reports_an_unreadable_record_and_goes_on_with_the_others(client: redis.Redis) -> None:
     client.delete(keys.CYCLES_ACTIVE)
     broken = create_cycle(client, "c-broken", "main")
     client.hset(broken.key, "exit_attempts", json.dumps("1"))  # written around the schema
     fine = create_cycle(client, "c-fine", "main")
     fine.set_stage(Stage.DONE)
     client.hset(fine.key, "next_deadline", json.dumps(1.0))  # overdue; resolving a finished cycle forgets it
-    actions = sweep(client, settings, force=True)
+    actions = sweep(client, CeleryScheduler(), force=True)
     assert [a["action"] for a in actions] == ["unreadable", "forgotten"], actions
     assert "'exit_attempts' holds str" in actions[0]["error"]
     assert client.smembers(keys.CYCLES_ACTIVE) == {"c-broken"}  # left for an operator, not dropped

@@ -15,10 +15,10 @@ from decimal import Decimal
 import pytest
 
 from core.config import Role, load_settings
-from orchestrator import canvas
 from tests.helpers.harness import Deployment, each_test_clean, net_is_hedged, run_xtb, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
+from xtb_tasks.worker import canvas
 
 VISIBILITY_SECS = 6
 

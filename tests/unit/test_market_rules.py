@@ -1,8 +1,7 @@
 """MarketRules.to_json / from_json: the one shape rules take in snapshots and the cycle record.
 
 The rules leave the venue worker as JSON (the account snapshot) and come back from Redis (the
-cycle record's ``bp_rules``); every field must survive both, and records written before the shape
-carried ``min_notional`` and ``market_id`` must still read.
+cycle record's ``bp_rules``); every field must survive both, and a shape missing one is refused.
 """
 
 from __future__ import annotations

@@ -245,19 +245,20 @@ def recover(ctx: click.Context, force: bool, unwind: bool) -> None:
     Example:
       xtb --config examples/demo.toml recover
     """
-    settings, client = _context(ctx)
+    _, client = _context(ctx)
     from orchestrator.recovery import sweep, unwind_all
     from xtb_tasks.worker.celery_app import app
+    from xtb_tasks.worker.cycle_task import CeleryScheduler
 
     # The sweep's canvases publish through the current app. Without this it was Celery's default
     # (amqp://localhost): the resumed step went to whatever listened there, or nowhere, silently.
     app.set_current()
 
     if unwind:
-        ids = unwind_all(client)
+        ids = unwind_all(client, CeleryScheduler())
         click.echo(f"unwinding {len(ids)} cycle(s): {', '.join(ids)}" if ids else "no active cycle")
         return
-    actions = sweep(client, settings, force=force)
+    actions = sweep(client, CeleryScheduler(), force=force)
     click.echo(json.dumps(actions) if actions else "nothing to recover")
 
 

@@ -140,11 +140,12 @@ def clear_previous_cycles(client: Any, settings: Settings, demo: Demo) -> None:
     """A demo killed mid-cycle left an active cycle in the embedded Redis: unwind it first."""
     from core.cycle_record import active_cycle_ids
     from orchestrator.recovery import unwind_all
+    from xtb_tasks.worker.cycle_task import CeleryScheduler
 
     if not active_cycle_ids(client):
         return
     demo.say("unwinding cycles left active by an earlier run")
-    unwind_all(client)
+    unwind_all(client, CeleryScheduler())
     deadline = time.monotonic() + 30
     while active_cycle_ids(client) and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -18,7 +18,6 @@ from core.config import Role
 from core.cycle_record import step_grace
 from core.fencing import Fence
 from core.redis_conn import redis_client
-from orchestrator import canvas
 from orchestrator.cycle.commands import (
     Command,
     EnterFirstLegs,
@@ -37,6 +36,7 @@ from orchestrator.cycle.runner import Call, Decide, Opening, Ports, StaleStep, S
 from orchestrator.cycle.state import LOOP_STAGES, CycleState
 from orchestrator.cycle.steps import STEPS
 from orchestrator.store import RedisClock, RedisCycleStore
+from xtb_tasks.worker import canvas
 from xtb_tasks.worker.fences import refuse_stale
 
 log = logging.getLogger(__name__)

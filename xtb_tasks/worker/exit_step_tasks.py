@@ -12,10 +12,10 @@ from typing import Any
 from core import keys
 from core.config import GroupConfig, Role
 from core.redis_conn import redis_client
-from orchestrator import canvas
 from orchestrator.cycle.commands import StepName
 from orchestrator.cycle.state import ROLES
 from orchestrator.store import RedisCycleStore
+from xtb_tasks.worker import canvas
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.cycle_task import CycleStepTask
 from xtb_tasks.worker.lease import holder_is_dead

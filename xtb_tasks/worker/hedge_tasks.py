@@ -23,14 +23,14 @@ from core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from core.redis_conn import redis_client
 from monitoring.alert_texts import AlertKind
 from monitoring.alerts import raise_alert
-from orchestrator import canvas
 from orchestrator.cycle.commands import StepName
 from orchestrator.cycle.state import CycleState
 from orchestrator.kill_switch import group_stop
 from orchestrator.recovery import sweep
 from orchestrator.store import RedisCycleStore, release_group_lock, take_group_lock
+from xtb_tasks.worker import canvas
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
-from xtb_tasks.worker.cycle_task import CycleStepTask
+from xtb_tasks.worker.cycle_task import CeleryScheduler, CycleStepTask
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def record_of(cycle_id: str) -> CycleRecord:
     return CycleRecord(redis_client(), cycle_id)
 
 
-def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, HedgeParams]:
+def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, str, HedgeParams]:
     if not isinstance(group, str) or not group:
         raise InvalidCycleRequest("start_cycle needs 'group': the name of a configured hedge group")
     cfg = settings()
@@ -68,14 +68,13 @@ def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, H
         params = HedgeParams.from_mapping(overrides, base=grp.params)
     except ConfigError as exc:
         raise InvalidCycleRequest(exc.render()) from None
-    return cfg, params
+    return cfg, group, params
 
 
 @app.task(name="xtb.hedge.start_cycle", bind=True)
 def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **overrides: Any) -> dict[str, Any]:
     """Validate, take the group lease, refuse a stopped group, write the cycle record and launch planning."""
-    cfg, params = validate_request(group, overrides)
-    assert group is not None
+    cfg, group, params = validate_request(group, overrides)
     cycle_id = f"{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
     client = redis_client()
     holder = take_group_lock(client, group, cycle_id)
@@ -110,14 +109,14 @@ def plan(self: CycleStepTask, snapshots: list[dict[str, Any]], *, cycle_id: str)
 @app.task(name="xtb.hedge.watchdog", ignore_result=True)
 def watchdog() -> list[dict[str, Any]]:
     """Resolve cycles whose next step is overdue (lost message, hung chord, dead worker)."""
-    return sweep(redis_client(), settings())
+    return sweep(redis_client(), CeleryScheduler())
 
 
 def _watchdog_loop(stop: threading.Event) -> None:
     # The orchestrator worker sweeps by itself, so recovery does not depend on a beat process being up.
     while not stop.wait(WATCHDOG_INTERVAL_SECS):
         try:
-            sweep(redis_client(), settings())
+            sweep(redis_client(), CeleryScheduler())
         except Exception:
             log.exception("watchdog sweep failed; retrying in %.0fs", WATCHDOG_INTERVAL_SECS)
 

@@ -15,9 +15,9 @@ from core.exposure import worst_net_report
 from core.redis_conn import redis_client
 from monitoring.alert_texts import AlertKind, format_cycle_completed
 from monitoring.alerts import raise_alert
-from orchestrator import canvas
 from orchestrator.cycle.report import shown_positions
 from orchestrator.pnl_split import cycle_split
+from xtb_tasks.worker import canvas
 from xtb_tasks.worker.celery_app import app
 from xtb_tasks.worker.hedge_tasks import record_of, settings
 

@@ -1,0 +1,121 @@
+"""An exit's end decided on typed states (orchestrator.cycle.report): flat only when the reads and the
+cycle's own fills agree, another attempt otherwise, then unresolved with the kill switch."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import msgspec
+
+from core.cycle_fields import ExitReason, Outcome, Stage
+from core.legs import Leg, LegState
+from core.policies import EMERGENCY_EXIT
+from monitoring.alert_texts import AlertKind
+from orchestrator.cycle import report
+from orchestrator.cycle.commands import Alert, Finish, KeepResults, RunLater, StartExit, StepName
+from orchestrator.cycle.state import CycleState
+from tests.helpers.cycle_states import cycle_state
+from venues.base import Side
+
+NOW = 1_000_100.0
+#: The last attempt the exit's retry policy allows.
+LAST = EMERGENCY_EXIT.attempts or 0
+
+
+def exiting(*legs: Leg, attempts: int = 1, **params: Any) -> CycleState:
+    state = msgspec.structs.replace(cycle_state(stage=Stage.EMERGENCY_EXIT, **params), exit_attempts=attempts,
+                                    exit_reason=ExitReason.LIGHTER2_ZERO, created_at=1_000_000.0)
+    return msgspec.structs.replace(state, legs={f"leg{n}": leg for n, leg in enumerate(legs)})
+
+
+def filled(account: str, side: Side, quantity: str, final: bool = True) -> Leg:
+    q = Decimal(quantity)
+    return Leg(account, "ETH", side, 1, q, q, LegState.FILLED if final else LegState.SUBMITTING)
+
+
+def results(bp: str | None = "0", l1: str | None = "0", l2: str | None = "0") -> list[dict[str, Any]]:
+    return [{"account": account, "flat": q is not None and Decimal(q) == 0, "orders": [],
+             "final_position": {"quantity": q}, "equity": "1000"}
+            for account, q in (("bp", bp), ("l1", l1), ("l2", l2))]
+
+
+def test_a_flat_read_the_fills_agree_with_ends_the_cycle_flat_and_completed() -> None:
+    state = exiting(filled("bp", Side.BUY, "1"), filled("bp", Side.SELL, "1"), filled("l1", Side.SELL, "1"),
+                    filled("l1", Side.BUY, "1"))
+    decision = report.decide_report(state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=0, now=NOW)
+    keep, *alerts, finish = decision.commands
+    assert isinstance(keep, KeepResults) and keep.attempt == 0
+    assert isinstance(finish, Finish)
+    assert (finish.outcome, finish.reason, finish.claim, finish.stop_group) == (Outcome.FLAT, "lighter2_zero",
+                                                                               report.REPORTED, False)
+    assert finish.completed and finish.history and finish.since_ms == 1_000_000_000
+    assert [a.kind for a in alerts if isinstance(a, Alert)] == [AlertKind.CYCLE_FINISHED]
+    assert decision.state.stage is Stage.DONE
+
+
+def test_a_flat_read_the_fills_contradict_is_read_again_then_unresolved_with_the_kill_switch() -> None:
+    # The fills say Backpack still holds 1: a stale flat read must not end the cycle flat.
+    state = exiting(filled("bp", Side.BUY, "1"))
+    again = report.decide_report(state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=0, now=NOW)
+    (_, retry) = again.commands
+    assert isinstance(retry, RunLater) and retry.step.name is StepName.EMERGENCY_EXIT
+    assert retry.step.kwargs == {"reason": "lighter2_zero", "attempt": 1}
+    assert "BP fills imply 1" in again.events[0]
+    last = report.decide_report(state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST, now=NOW)
+    finish = last.commands[-1]
+    assert isinstance(finish, Finish) and finish.outcome is Outcome.UNRESOLVED and finish.stop_group
+    kinds = [c.kind for c in last.commands if isinstance(c, Alert)]
+    assert kinds == [AlertKind.EMERGENCY_EXIT, AlertKind.CYCLE_FINISHED, AlertKind.GROUP_STOPPED]
+
+
+def test_a_leg_in_flight_leaves_only_the_read_and_a_liquidated_leg_is_not_checked() -> None:
+    in_flight = exiting(filled("bp", Side.BUY, "1", final=False))
+    assert report.disagreements(in_flight, report.minimums_of(in_flight), ExitReason.LIGHTER2_ZERO) == []
+    liquidated = exiting(filled("l2", Side.BUY, "1"))
+    assert report.disagreements(liquidated, report.minimums_of(liquidated), ExitReason.LIGHTER2_ZERO) == []
+    assert report.disagreements(liquidated, report.minimums_of(liquidated), ExitReason.TIMEOUT) == ["L2 fills imply 1"]
+
+
+def test_dust_below_the_minimum_is_flat_and_an_unknown_read_is_not() -> None:
+    state = exiting(l_min="0.005")
+    dusty = report.decide_report(state, results(l2="0.003"), reason=ExitReason.TIMEOUT, attempt=LAST, now=NOW)
+    finish = dusty.commands[-1]
+    assert isinstance(finish, Finish) and finish.outcome is Outcome.FLAT and finish.dust == {"L2": "0.003"}
+    unknown = report.decide_report(state, results(l1=None), reason=ExitReason.TIMEOUT, attempt=LAST, now=NOW)
+    assert isinstance(unknown.commands[-1], Finish) and unknown.commands[-1].outcome is Outcome.UNRESOLVED
+
+
+def test_a_run_goes_on_after_a_flat_hedge_end_and_flips_after_a_timeout() -> None:
+    state = msgspec.structs.replace(exiting(max_cycles=3, reverse_on_timeout=True), overrides={"size": "1"})
+    assert report.following_cycle(state, ExitReason.LIGHTER1_ZERO, flat=True) == {
+        "group": "g", "cycle_index": 1, "size": "1"}
+    flipped = report.following_cycle(state, ExitReason.TIMEOUT, flat=True)
+    assert flipped is not None and flipped["direction"] == "short_backpack"
+    assert report.following_cycle(state, ExitReason.CANCELLED, flat=True) is None
+    assert report.following_cycle(state, ExitReason.TIMEOUT, flat=False) is None
+    last = msgspec.structs.replace(state, cycle_index=2)
+    assert report.following_cycle(last, ExitReason.TIMEOUT, flat=True) is None
+
+
+def test_a_failed_step_before_any_order_ends_not_started_and_after_one_unwinds_for_its_stage() -> None:
+    planning = cycle_state(stage=Stage.PLANNING)
+    ended = report.decide_step_failed(planning, "account_snapshot on bp: HTTP 500", nothing_sent=True)
+    finish = ended.commands[-1]
+    assert isinstance(finish, Finish) and (finish.outcome, finish.reason, finish.claim) == (
+        Outcome.FLAT, "not_started", None)
+    assert ended.state.error == "account_snapshot on bp: HTTP 500" and not finish.history
+    unwound = report.decide_step_failed(cycle_state(stage=Stage.L2_ENTRY), "boom", nothing_sent=False)
+    assert unwound.commands == (StartExit(ExitReason.LIGHTER2_ENTRY_FAILED),) and unwound.state.error == "boom"
+    cancelled = msgspec.structs.replace(cycle_state(stage=Stage.BP_ENTRY), cancel_requested=True)
+    assert report.decide_step_failed(cancelled, "x", nothing_sent=False).commands == (StartExit(ExitReason.CANCELLED),)
+
+
+def test_an_exit_step_failure_retries_then_ends_unresolved() -> None:
+    state = exiting()
+    retry = report.decide_exit_failed(state, reason=ExitReason.TIMEOUT, attempt=0, failed="t-1", now=NOW)
+    assert isinstance(retry.commands[0], RunLater)
+    final = report.decide_exit_failed(state, reason=ExitReason.TIMEOUT, attempt=LAST, failed="t-2", now=NOW)
+    finish = final.commands[-1]
+    assert isinstance(finish, Finish) and finish.outcome is Outcome.UNRESOLVED and finish.stop_group
+    assert final.events[0] == f"exit attempt {LAST} failed in an exit step (t-2)"
