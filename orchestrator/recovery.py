@@ -18,6 +18,7 @@ from core.cycle_fields import CycleFieldError
 from core.cycle_record import CycleRecord, Stage, active_cycle_ids, grace_deadline, step_grace
 from orchestrator.cycle import recovery
 from orchestrator.cycle.ports import Scheduler
+from orchestrator.record_fields import state_from_fields
 from orchestrator.store import RedisCycleStore
 
 log = logging.getLogger(__name__)
@@ -29,22 +30,25 @@ def overdue(data: dict[str, Any], now: float, grace: float) -> bool:
     return bool(deadline) and now > deadline and now - updated > grace
 
 
-def resolve(client: redis.Redis, scheduler: Scheduler, cycle_id: str) -> dict[str, Any] | None:
+def resolve(client: redis.Redis, scheduler: Scheduler, cycle_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
     # Several sweepers (the orchestrator's thread, beat, `xtb recover`) may see the same overdue
     # cycle; only the one that claims it acts, so monitoring is never resumed twice.
     if not client.set(keys.cycle_resolving(cycle_id), "1", nx=True, ex=int(step_grace())):
         return None
     record = CycleRecord(client, cycle_id)
     record.touch_deadline(grace_deadline())
-    state = RedisCycleStore(client).load(cycle_id)
-    if state is None:
-        return None
-    action, commands = recovery.resume(state)
-    if state.stage is Stage.DONE:
+    if data.get("stage") == Stage.DONE.value:
+        # Finished but left in the active set (its end was cut short): nothing to run.
         client.srem(keys.CYCLES_ACTIVE, cycle_id)
-    else:
-        scheduler.publish(state, commands)
-        record.add_event(f"watchdog: {state.stage.value} overdue; {action}")
+        return {"cycle_id": cycle_id, "stage": Stage.DONE.value, "action": "forgotten"}
+    try:
+        state = state_from_fields(cycle_id, data, record.cancel_requested())
+    except (KeyError, ValueError) as exc:  # a field the cycle's state needs is missing or malformed
+        log.error("cycle=%s record does not make a cycle state, not resolved: %r", cycle_id, exc)
+        return {"cycle_id": cycle_id, "action": "unreadable", "error": repr(exc)}
+    action, commands = recovery.resume(state)
+    scheduler.publish(state, commands)
+    record.add_event(f"watchdog: {state.stage.value} overdue; {action}")
     log.warning("cycle=%s stage=%s overdue; %s", cycle_id, state.stage.value, action)
     return {"cycle_id": cycle_id, "stage": state.stage.value, "action": action}
 
@@ -67,7 +71,7 @@ def sweep(client: redis.Redis, scheduler: Scheduler, *, force: bool = False) -> 
             client.srem(keys.CYCLES_ACTIVE, cycle_id)
             continue
         if force or overdue(data, now, grace):
-            action = resolve(client, scheduler, cycle_id)
+            action = resolve(client, scheduler, cycle_id, data)
             if action:
                 actions.append(action)
     return actions
