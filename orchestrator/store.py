@@ -18,8 +18,7 @@ from core.client_ids import allocate_id_blocks, record_intent
 from core.cycle_fields import check
 from core.cycle_record import CycleRecord, create_cycle, grace_deadline, positions_fields, step_grace
 from core.durability import durable_execute
-from monitoring.alert_texts import AlertKind
-from monitoring.alerts import queue_alert, raise_alert
+from monitoring.alerts import queue_alert
 from orchestrator.cycle.commands import (
     Alert,
     Command,
@@ -249,16 +248,6 @@ class RedisCycleStore:
         planned = [p for c in commands if isinstance(c, SendExitOrders) for p in c.planned()]
         return {n.field: {**n.note, **({"orders": planned} if planned else {})}
                 for n in commands if isinstance(n, NoteStep)}
-
-
-class RedisAlertSink:
-    """:class:`~orchestrator.cycle.ports.AlertSink` on the alert outbox."""
-
-    def __init__(self, client: redis.Redis) -> None:
-        self.client = client
-
-    def alert(self, kind: AlertKind, text: str, **fields: Any) -> None:
-        raise_alert(self.client, kind, text, **fields)
 
 
 class RedisClock:

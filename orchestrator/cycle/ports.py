@@ -1,14 +1,17 @@
-"""The ports the cycle talks to the world through. Production adapters: ``orchestrator.store``
-(Redis), ``xtb_tasks.worker.cycle_task`` and ``xtb_tasks.worker.canvas`` (Celery), the venue
-connectors (``venues.base.VenueConnector``) and Redis ``TIME``; an in-memory implementation of the
-same protocols can run a cycle in one process."""
+"""The ports the cycle talks to the world through: the cycle store, the scheduler and the clock.
+Production adapters: ``orchestrator.store`` (Redis, and Redis ``TIME``), ``xtb_tasks.worker.cycle_task``
+(Celery canvases); the venue tasks run the order execution on the venue connectors
+(``venues.base.VenueConnector``). ``tests/simulation/memory.py`` implements the same protocols in
+memory with a virtual clock and runs a whole cycle in one process.
+
+Alerts are commands the store writes to the alert outbox in the step's own transaction (the relay
+delivers them), so an alert goes out exactly when the state it reports is written."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from monitoring.alert_texts import AlertKind
 from orchestrator.cycle.commands import Command, Decision
 from orchestrator.cycle.state import CycleState
 
@@ -41,12 +44,6 @@ class CycleStore(Protocol):
 
     def create(self, state: CycleState, *, overrides: Mapping[str, Any], cycle_index: int, trigger_task: str) -> None:
         """Write a new cycle's record from its state in stage ``planning``."""
-
-
-class AlertSink(Protocol):
-    """Where alerts go (the durable outbox the relay sends to Telegram)."""
-
-    def alert(self, kind: AlertKind, text: str, **fields: object) -> None: ...
 
 
 class Scheduler(Protocol):

@@ -41,6 +41,7 @@ from xtb_tasks.worker.fences import refuse_stale
 
 log = logging.getLogger(__name__)
 
+
 def order_fence(order: SendOrder) -> Fence:
     """Where the cycle must still be when ``order`` runs: its own stages (an entry order), else the
     control loop's under the token it was issued with."""
