@@ -20,7 +20,6 @@ from orchestrator.cycle.report import (
     completion_kind,
     exit_dust,
     exit_is_flat,
-    exit_minimums,
     shown_positions,
 )
 from orchestrator.cycle.state import Positions
@@ -54,13 +53,6 @@ def test_unknown_or_closable_leftovers_are_never_dust(l2: str | None) -> None:
 
 def test_a_missing_role_is_not_flat_even_with_dust_elsewhere() -> None:
     assert not exit_is_flat({"BP": result("bp", "0", True), "L2": result("l2", "0.001")}, MIN)
-
-
-def test_the_minimums_come_from_the_recorded_rules() -> None:
-    data = {"bp_rules": {"step_size": "0.0001", "min_quantity": "0.0001"}, "l_step": "0.0001",
-            "l_rules": {"min_quantity": "0.0050", "step_size": "0.0001"}}
-    assert exit_minimums(data) == {"BP": Decimal("0.0001"), "L1": Decimal("0.005"), "L2": Decimal("0.005")}
-    assert exit_minimums({"l_step": "0.0001"})["L2"] == Decimal("0.0001")  # older record: the step only
 
 
 # ---- the alert kind -------------------------------------------------------------------------------

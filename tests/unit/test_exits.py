@@ -1,115 +1,46 @@
-"""next_cycle, expected_positions and fills_disagree: what an exit concludes from the record."""
+"""What an exit concludes from the cycle's own legs (orchestrator.cycle.report on typed states): the
+fills ledger, its disagreements with the reads, and the results keyed by the account they name."""
 
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Any
 
-import pytest
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.config import Direction, GroupConfig, HedgeParams, Settings
 from core.cycle_record import ExitReason
 from core.legs import Leg, LegState
-from orchestrator.cycle.report import (
-    CONTINUE_AFTER,
-    exit_is_flat,
-    expected_positions,
-    fills_disagree,
-    next_cycle,
-    results_by_role,
-)
+from orchestrator.cycle.report import disagreements, exit_is_flat, own_fills, results_by_role
+from orchestrator.cycle.state import CycleState, Positions
+from tests.helpers.cycle_states import cycle_state
 from venues.base import Side
 
 ACCOUNTS = {"bp": "BP", "l1": "L1", "l2": "L2"}
 STEPS = {"BP": Decimal("0.001"), "L1": Decimal("0.0001"), "L2": Decimal("0.0001")}
 
 
-def config(**params: Any) -> Settings:
-    group = GroupConfig(name="g", backpack="bp", lighter1="l1", lighter2="l2", params=HedgeParams(**params))
-    return Settings(path=None, redis_url=None, accounts={}, groups={"g": group})
+def leg(account: str, side: str, filled: str, state: str = "filled") -> Leg:
+    q = Decimal(filled)
+    return Leg(account, "ETH", Side(side), 1, q, q, LegState(state))
 
 
-def record(index: int = 0, **overrides: Any) -> dict[str, Any]:
-    return {"group": "g", "cycle_index": index, "overrides": overrides}
+def cycle(*legs: Leg, baseline: str = "0") -> CycleState:
+    base = Decimal(baseline)
+    state = cycle_state(baselines=Positions(base, base, base))
+    return msgspec.structs.replace(state, legs={f"leg{n}": one for n, one in enumerate(legs)})
 
 
-@pytest.mark.parametrize("reason", sorted(CONTINUE_AFTER))
-def test_a_flat_exit_after_a_hedge_reason_starts_the_next_cycle(reason: str) -> None:
-    nxt = next_cycle(config(max_cycles=3, reverse_on_timeout=False).groups, record(0), reason, True)
-    assert nxt == {"group": "g", "cycle_index": 1}
-
-
-@pytest.mark.parametrize("reason", [r.value for r in ExitReason if r.value not in CONTINUE_AFTER])
-def test_a_failure_exit_stops_the_run(reason: str) -> None:
-    assert next_cycle(config(max_cycles=3).groups, record(0), reason, True) is None
-
-
-def test_an_exit_that_is_not_flat_stops_the_run() -> None:
-    assert next_cycle(config(max_cycles=3).groups, record(0), ExitReason.TIMEOUT.value, False) is None
-
-
-def test_an_unknown_group_stops_the_run() -> None:
-    assert next_cycle(config(max_cycles=3).groups, {"group": "gone"}, ExitReason.TIMEOUT.value, True) is None
-
-
-@settings(max_examples=300, deadline=None)
-@given(max_cycles=st.integers(1, 20), index=st.integers(0, 25), reason=st.sampled_from([r.value for r in ExitReason]),
-       reverse=st.booleans(), direction=st.sampled_from(list(Direction)), via_override=st.booleans())
-def test_next_cycle_stops_at_max_cycles_and_flips_only_after_a_timeout(
-        max_cycles: int, index: int, reason: str, reverse: bool, direction: Direction, via_override: bool) -> None:
-    base = {"max_cycles": max_cycles, "reverse_on_timeout": reverse}
-    if via_override:
-        settings_, data = config(**base), record(index, direction=direction.value)
-    else:
-        settings_, data = config(direction=direction, **base), record(index)
-    nxt = next_cycle(settings_.groups, data, reason, True)
-    if reason not in CONTINUE_AFTER or index + 1 >= max_cycles:
-        assert nxt is None
-        return
-    assert nxt is not None and nxt["cycle_index"] == index + 1 < max_cycles
-    now = Direction(nxt.get("direction", direction.value))
-    flips = reason == ExitReason.TIMEOUT.value and reverse
-    assert (now is not direction) is flips
-
-
-def leg(account: str, side: str, filled: str, state: str = "filled") -> dict[str, Any]:
-    return Leg(account, "ETH", Side(side), 1, Decimal(filled), Decimal(filled), LegState(state)).to_json()
-
-
-def cycle(baselines: dict[str, str] | None = None, **fields: Any) -> dict[str, Any]:
-    return {"plan": {"baselines": baselines or {"BP": "0", "L1": "0", "L2": "0"}}, **fields}
-
-
-def test_expected_positions_add_the_signed_legs_and_flatten_orders_to_the_baselines() -> None:
-    data = cycle({"BP": "0.5", "L1": "0", "L2": "0"},
-                 **{"leg:bp_entry": leg("bp", "buy", "1"), "leg:l1_hedge": leg("l1", "sell", "1"),
-                    "leg:l2_entry": leg("l2", "buy", "1"), "leg:rebalance:1": leg("bp", "sell", "1"),
-                    "exit_attempts": 1,
-                    # In any order: each result is its account's, whatever its position in the chord.
-                    "exit_results:1": [{"account": "l2", "orders": [{"side": "sell", "filled": "0.4"}]},
-                                       {"account": "bp", "orders": [{"side": "sell", "filled": "0.5"}]},
-                                       {"account": "l1", "orders": [{"side": "buy", "filled": "1"}]}]})
-    assert expected_positions(data, ACCOUNTS) == {"BP": Decimal(0), "L1": Decimal(0), "L2": Decimal("0.6")}
+def test_the_ledger_adds_the_signed_legs_exit_orders_included_to_the_baselines() -> None:
+    state = cycle(leg("bp", "buy", "1"), leg("l1", "sell", "1"), leg("l2", "buy", "1"), leg("bp", "sell", "1"),
+                  leg("l2", "sell", "0.4"), leg("l1", "buy", "1"))
+    assert own_fills(state) == {"BP": Decimal(0), "L1": Decimal(0), "L2": Decimal("0.6")}
 
 
 def test_a_leg_in_flight_leaves_its_role_out() -> None:
-    for state in ("armed", "submitting", "open", "partially_filled"):
-        data = cycle(**{"leg:bp_entry": leg("bp", "buy", "1"), "leg:l1_hedge": leg("l1", "sell", "0", state)})
-        assert expected_positions(data, ACCOUNTS) == {"BP": Decimal(1), "L2": Decimal(0)}, state
-
-
-def test_a_leg_record_that_does_not_parse_leaves_its_role_out() -> None:
-    unknown = {**leg("l1", "sell", "1"), "state": "sending"}  # no such state: unknown, never zero
-    data = cycle(**{"leg:bp_entry": leg("bp", "buy", "1"), "leg:l1_hedge": unknown})
-    assert expected_positions(data, ACCOUNTS) == {"BP": Decimal(1), "L2": Decimal(0)}
-
-
-def test_an_exit_attempt_that_never_reported_leaves_no_ledger() -> None:
-    data = cycle(**{"leg:bp_entry": leg("bp", "buy", "1"), "exit_attempts": 2, "exit_results:1": []})
-    assert expected_positions(data, ACCOUNTS) == {}
-    assert fills_disagree(data, ACCOUNTS, STEPS, reason="timeout") == []
+    for in_flight in ("armed", "submitting", "open", "partially_filled"):
+        state = cycle(leg("bp", "buy", "1"), leg("l1", "sell", "0", in_flight))
+        assert own_fills(state) == {"BP": Decimal(1), "L2": Decimal(0)}, in_flight
 
 
 signed_fill = st.tuples(st.sampled_from(["bp", "l1", "l2"]), st.sampled_from(["buy", "sell"]),
@@ -118,45 +49,40 @@ signed_fill = st.tuples(st.sampled_from(["bp", "l1", "l2"]), st.sampled_from(["b
 
 @settings(max_examples=300, deadline=None)
 @given(fills=st.lists(signed_fill, max_size=12), baseline=st.integers(-5, 5))
-def test_expected_positions_are_the_baselines_plus_the_signed_fills(
-        fills: list[tuple[str, str, Decimal]], baseline: int) -> None:
-    data = cycle({r: str(baseline) for r in ("BP", "L1", "L2")},
-                 **{f"leg:{i}": leg(a, side, str(q)) for i, (a, side, q) in enumerate(fills)})
+def test_the_ledger_is_the_baselines_plus_the_signed_fills(fills: list[tuple[str, str, Decimal]],
+                                                           baseline: int) -> None:
+    state = cycle(*(leg(a, side, str(q)) for a, side, q in fills), baseline=str(baseline))
     want = {r: Decimal(baseline) for r in ("BP", "L1", "L2")}
     for account, side, q in fills:
         want[ACCOUNTS[account]] += q if side == "buy" else -q
-    assert expected_positions(data, ACCOUNTS) == want
+    assert own_fills(state) == want
 
 
 @settings(max_examples=300, deadline=None)
-@given(fills=st.lists(signed_fill, max_size=12),
-       reason=st.sampled_from([r.value for r in ExitReason]))
-def test_fills_disagree_is_sign_symmetric_and_respects_each_step(
-        fills: list[tuple[str, str, Decimal]], reason: str) -> None:
-    def data(flip: bool) -> dict[str, Any]:
-        swap = {"buy": "sell", "sell": "buy"}
-        return cycle(**{f"leg:{i}": leg(a, swap[s] if flip else s, str(q)) for i, (a, s, q) in enumerate(fills)})
-
-    doubts = fills_disagree(data(False), ACCOUNTS, STEPS, reason=reason)
-    mirrored = fills_disagree(data(True), ACCOUNTS, STEPS, reason=reason)
-    assert [d.split()[0] for d in doubts] == [d.split()[0] for d in mirrored]
-    expected = expected_positions(data(False), ACCOUNTS)
-    liquidated = {"lighter1_zero": "L1", "lighter2_zero": "L2"}.get(reason)
+@given(fills=st.lists(signed_fill, max_size=12), reason=st.sampled_from(list(ExitReason)))
+def test_disagreements_are_sign_symmetric_and_respect_each_step(fills: list[tuple[str, str, Decimal]],
+                                                                reason: ExitReason) -> None:
+    swap = {"buy": "sell", "sell": "buy"}
+    state = cycle(*(leg(a, s, str(q)) for a, s, q in fills))
+    mirrored = cycle(*(leg(a, swap[s], str(q)) for a, s, q in fills))
+    doubts = disagreements(state, STEPS, reason)
+    assert [d.split()[0] for d in doubts] == [d.split()[0] for d in disagreements(mirrored, STEPS, reason)]
+    liquidated = {ExitReason.LIGHTER1_ZERO: "L1", ExitReason.LIGHTER2_ZERO: "L2"}.get(reason)
     flagged = {d.split()[0] for d in doubts}
-    for role, q in expected.items():
+    for role, q in own_fills(state).items():
         assert (role in flagged) is (role != liquidated and abs(q) >= STEPS[role])
 
 
 def test_less_than_one_step_left_is_not_a_disagreement() -> None:
-    data = cycle(**{"leg:l1": leg("l1", "sell", "0.00005"), "leg:bp": leg("bp", "buy", "0.001")})
-    assert fills_disagree(data, ACCOUNTS, STEPS, reason="timeout") == ["BP fills imply 0.001"]
-    assert fills_disagree(data, ACCOUNTS, {}, reason="timeout") == ["BP fills imply 0.001"]  # default step 0.0001
+    state = cycle(leg("l1", "sell", "0.00005"), leg("bp", "buy", "0.001"))
+    assert disagreements(state, STEPS, ExitReason.TIMEOUT) == ["BP fills imply 0.001"]
+    assert disagreements(state, {}, ExitReason.TIMEOUT) == ["BP fills imply 0.001"]  # the default step
 
 
 def test_the_liquidated_leg_is_allowed_to_be_off() -> None:
-    data = cycle(**{"leg:l1": leg("l1", "sell", "1")})
-    assert fills_disagree(data, ACCOUNTS, STEPS, reason="lighter1_zero") == []
-    assert fills_disagree(data, ACCOUNTS, STEPS, reason="lighter2_zero") == ["L1 fills imply -1"]
+    state = cycle(leg("l1", "sell", "1"))
+    assert disagreements(state, STEPS, ExitReason.LIGHTER1_ZERO) == []
+    assert disagreements(state, STEPS, ExitReason.LIGHTER2_ZERO) == ["L1 fills imply -1"]
 
 
 def test_exit_results_are_keyed_by_the_account_they_name_not_their_position() -> None:
@@ -167,7 +93,6 @@ def test_exit_results_are_keyed_by_the_account_they_name_not_their_position() ->
 
 
 def test_a_missing_repeated_or_unknown_result_is_never_flat() -> None:
-    # zip(strict=False) used to drop the missing role, and two flat reports read as a flat exit.
     two = [{"account": "bp", "flat": True}, {"account": "l1", "flat": True}]
     assert not exit_is_flat(results_by_role(two, ACCOUNTS))
     repeated = [*two, {"account": "l1", "flat": True}]

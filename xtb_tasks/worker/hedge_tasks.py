@@ -17,7 +17,7 @@ from celery import Task
 from celery.signals import worker_ready, worker_shutdown
 
 from core.config import ConfigError, HedgeParams, Settings, load_settings
-from core.cycle_record import CycleRecord, Stage
+from core.cycle_record import Stage
 from core.errors import EXIT_USAGE, XtbError
 from core.policies import WATCHDOG_FIRST_SECS, WATCHDOG_INTERVAL_SECS
 from core.redis_conn import redis_client
@@ -53,10 +53,6 @@ class GroupStopped(XtbError, RuntimeError):
 
 def settings() -> Settings:
     return getattr(app, "xtb_settings", None) or load_settings()
-
-
-def record_of(cycle_id: str) -> CycleRecord:
-    return CycleRecord(redis_client(), cycle_id)
 
 
 def validate_request(group: Any, overrides: dict[str, Any]) -> tuple[Settings, str, HedgeParams]:

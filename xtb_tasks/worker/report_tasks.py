@@ -1,7 +1,7 @@
 """The end-of-cycle report on the ``orchestrator`` queue: the realised PnL split and the completion alert.
 
-``orchestrator.exits.finish_exit`` publishes ``canvas.history_reads`` once a cycle is finished; these
-tasks are its body and errback. They touch no venue and change nothing but the record and alerts.
+A cycle's end (the ``Finish`` command) publishes ``canvas.history_reads``; these tasks are its body
+and errback. They touch no venue and change nothing but the record and alerts.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from core.redis_conn import redis_client
 from monitoring.alert_texts import AlertKind, format_cycle_completed
 from monitoring.alerts import raise_alert
 from orchestrator.cycle.report import shown_positions
+from orchestrator.cycle.state import ROLES
 from orchestrator.pnl_split import cycle_split
-from xtb_tasks.worker import canvas
+from orchestrator.record_fields import state_from_fields
 from xtb_tasks.worker.celery_app import app
-from xtb_tasks.worker.hedge_tasks import record_of, settings
 
 log = logging.getLogger(__name__)
 
@@ -27,15 +27,15 @@ log = logging.getLogger(__name__)
 @app.task(name="xtb.hedge.pnl_report", ignore_result=True)
 def pnl_report(histories: list[dict[str, Any]], *, cycle_id: str, completed: bool) -> dict[str, Any]:
     """Record each venue's trading / fees / funding split; alert ``cycle_completed`` for a normal end."""
-    record = record_of(cycle_id)
+    record = CycleRecord(redis_client(), cycle_id)
     if not record.claim("pnl_split_claimed_at"):
         return {"cycle_id": cycle_id, "duplicate": True}
     data = record.all()
-    grp = settings().group(str(data.get("group")))
-    accounts = {grp.account_for(role): role.short for role in canvas.ROLES}
-    step_bp = Decimal(str((data.get("bp_rules") or {}).get("step_size") or "0.0001"))
-    step_l = Decimal(str(data.get("l_step") or "0.0001"))
-    split = cycle_split(data, accounts, histories, {"BP": step_bp, "L1": step_l, "L2": step_l})
+    # The cycle's own group and rules, as it started: the split reads the accounts it traded.
+    state = state_from_fields(cycle_id, data, cancel=False)
+    grp = state.group
+    accounts = {grp.account_for(role): role.short for role in ROLES}
+    split = cycle_split(data, accounts, histories, {role.short: state.step_of(role) for role in ROLES})
     record.update(pnl_split=split)
     log.info("cycle=%s group=%s pnl split %s", cycle_id, grp.name, split)
     if completed:
@@ -46,11 +46,11 @@ def pnl_report(histories: list[dict[str, Any]], *, cycle_id: str, completed: boo
 @app.task(name="xtb.hedge.pnl_report_failed", ignore_result=True)
 def pnl_report_failed(failed_task_id: str | None = None, *, cycle_id: str, completed: bool) -> None:
     # The history chord failed outright (a worker died under it): the split is unknown, the alert still goes.
-    record = record_of(cycle_id)
+    record = CycleRecord(redis_client(), cycle_id)
     if not record.claim("pnl_split_claimed_at"):
         return
     why = f"history reads failed ({failed_task_id})"
-    split = {role.short: {"error": why} for role in canvas.ROLES}
+    split = {role.short: {"error": why} for role in ROLES}
     record.update(pnl_split=split)
     log.error("cycle=%s pnl split unknown: %s", cycle_id, why)
     if completed:
