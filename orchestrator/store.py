@@ -23,17 +23,16 @@ from orchestrator.cycle.commands import (
     Alert,
     Command,
     Decision,
-    EnterFirstLegs,
     Finish,
     KeepResults,
     NoteStep,
     SendExitOrders,
     SendOrder,
 )
-from orchestrator.cycle.entry import enter
-from orchestrator.cycle.plan import id_blocks
+from orchestrator.cycle.plan import with_entry_ids
 from orchestrator.cycle.state import (
     CycleState,
+    LegName,
     numbered_leg,
 )
 from orchestrator.kill_switch import stop_group
@@ -116,7 +115,7 @@ class RedisCycleStore:
         CycleRecord(self.client, cycle_id).add_event(text)
 
     def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
-        decision = self._with_entry_ids(decision)
+        decision = with_entry_ids(decision, self._entry_ids)
         after = decision.state
         record = CycleRecord(self.client, after.cycle_id)
         finish = next((c for c in decision.commands if isinstance(c, Finish)), None)
@@ -203,21 +202,11 @@ class RedisCycleStore:
                 if isinstance(c, SendOrder) and c.client_id is None else c for c in commands]
 
 
-    def _with_entry_ids(self, decision: Decision) -> Decision:
-        # The entry legs' id blocks, given when the plan launches the first two legs (one round
-        # trip); the state keeps them (the rest of the entry reads Lighter2's), their intents go in
-        # the step's write.
-        if not any(isinstance(c, EnterFirstLegs) and not c.entry.client_ids for c in decision.commands):
-            return decision
-        state = decision.state
-        blocks = id_blocks(state)
+    def _entry_ids(self, state: CycleState, blocks: Mapping[LegName, int]) -> dict[LegName, list[int]]:
+        # The entry legs' id blocks in one round trip; their intents go in the plan's write.
         allocated = allocate_id_blocks(self.client, [(state.group.account_for(leg.role), leg.role.venue.value, n)
                                                      for leg, n in blocks.items()])
-        ids = dict(zip(blocks, allocated, strict=True))
-        with_ids = msgspec.structs.replace(state, client_ids=ids)
-        commands = tuple(enter(with_ids, with_ids.plan) if isinstance(c, EnterFirstLegs) and with_ids.plan else c
-                         for c in decision.commands)
-        return msgspec.structs.replace(decision, state=with_ids, commands=commands)
+        return dict(zip(blocks, allocated, strict=True))
 
     def _with_exit_orders(self, state: CycleState, commands: Sequence[Command]) -> list[Command]:
         # Each exit order's number (HINCRBY: two copies of a step never share a leg name) and its

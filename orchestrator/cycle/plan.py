@@ -11,7 +11,7 @@ Invariants:
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -20,7 +20,7 @@ import msgspec
 from core.config_schema import Role
 from core.cycle_fields import Stage
 from monitoring.alert_texts import AlertKind, format_cycle_started
-from orchestrator.cycle.commands import Alert, Decision, StepName
+from orchestrator.cycle.commands import Alert, Decision, EnterFirstLegs, StepName
 from orchestrator.cycle.entry import enter
 from orchestrator.cycle.planning import AccountSnapshot, CyclePlan, PlanRefused, plan_cycle
 from orchestrator.cycle.report import not_started
@@ -83,6 +83,21 @@ def decide_plan(state: CycleState, sized: Sized) -> Decision:
                     format_cycle_started(state.group.name, state.cycle_id, plan.direction.value, plan.bp_size))
     return Decision(state=planned, reading=("start", start), commands=(started, enter(planned, plan)),
                     result={"cycle_id": state.cycle_id, "plan": plan.to_json()})
+
+
+def with_entry_ids(decision: Decision,
+                   allocate: Callable[[CycleState, Mapping[LegName, int]], dict[LegName, list[int]]]) -> Decision:
+    """``decision`` with the entry legs' client id blocks a store gave them (``allocate``: the blocks
+    of :func:`id_blocks`, fresh), in the state and in the first two legs' orders; unchanged when it
+    launches no first legs, or their ids are given already."""
+    if not any(isinstance(c, EnterFirstLegs) and not c.entry.client_ids for c in decision.commands):
+        return decision
+    state = decision.state
+    given = msgspec.structs.replace(state, client_ids=allocate(state, id_blocks(state)))
+    plan = given.plan
+    commands = tuple(enter(given, plan) if isinstance(c, EnterFirstLegs) and plan is not None else c
+                     for c in decision.commands)
+    return msgspec.structs.replace(decision, state=given, commands=commands)
 
 
 def decide_start(state: CycleState, snapshots: Sequence[Mapping[str, Any]]) -> Decision:

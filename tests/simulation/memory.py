@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -42,10 +42,10 @@ from orchestrator.cycle.commands import (
     Step,
     StepName,
 )
-from orchestrator.cycle.entry import enter, mirror_quantity
-from orchestrator.cycle.plan import id_blocks
+from orchestrator.cycle.entry import mirror_quantity
+from orchestrator.cycle.plan import with_entry_ids
 from orchestrator.cycle.runner import Call, Ports, StaleStep, run_spec
-from orchestrator.cycle.state import CycleState, Event
+from orchestrator.cycle.state import CycleState, Event, LegName
 from orchestrator.cycle.steps import STEPS
 from venues.base import Side
 
@@ -99,7 +99,7 @@ class MemoryStore:
         self.states[cycle_id] = msgspec.structs.replace(state, events=(*state.events, Event(0.0, text))[-EVENTS_KEPT:])
 
     def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
-        decision = self._with_entry_ids(decision)
+        decision = with_entry_ids(decision, self._entry_ids)
         finish = next((c for c in decision.commands if isinstance(c, Finish)), None)
         if finish is not None and finish.claim is not None and not self.claim(before.cycle_id, finish.claim):
             return []  # another step ended the cycle first
@@ -136,16 +136,8 @@ class MemoryStore:
         return out
 
 
-    def _with_entry_ids(self, decision: Decision) -> Decision:
-        # The entry legs' id blocks, given with the plan's write as the Redis store gives them.
-        if not any(isinstance(c, EnterFirstLegs) and not c.entry.client_ids for c in decision.commands):
-            return decision
-        state = decision.state
-        ids = {leg: [next(self.ids) for _ in range(n)] for leg, n in id_blocks(state).items()}
-        with_ids = msgspec.structs.replace(state, client_ids=ids)
-        commands = tuple(enter(with_ids, with_ids.plan) if isinstance(c, EnterFirstLegs) and with_ids.plan else c
-                         for c in decision.commands)
-        return msgspec.structs.replace(decision, state=with_ids, commands=commands)
+    def _entry_ids(self, state: CycleState, blocks: Mapping[LegName, int]) -> dict[LegName, list[int]]:
+        return {leg: [next(self.ids) for _ in range(n)] for leg, n in blocks.items()}
 
 
 @dataclass

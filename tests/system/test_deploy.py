@@ -172,6 +172,7 @@ def test_redis_start_script_runs_sentinel_acl_and_aof(tmp_path: Path) -> None:
     import redis
 
     from core.redis_target import RedisAccess, SentinelTarget, make_client
+    from tests.helpers.services import terminate
     from tests.helpers.support import free_port, wait_until
 
     password, sentinel_password = secrets.token_hex(12), secrets.token_hex(12)
@@ -208,8 +209,7 @@ def test_redis_start_script_runs_sentinel_acl_and_aof(tmp_path: Path) -> None:
         assert client.connection_pool.get_master_address() == ("127.0.0.1", primary)
     finally:
         for proc in procs:
-            proc.terminate()
-            proc.wait(10)
+            terminate(proc)  # SIGKILL when a loaded machine keeps one from exiting in 10 s
 
 
 def _answers(client: Any) -> bool:
