@@ -111,9 +111,6 @@ class RedisCycleStore:
     def claim(self, cycle_id: str, name: str, value: Any = None) -> bool:
         return CycleRecord(self.client, cycle_id).claim(name, value)
 
-    def append_event(self, cycle_id: str, text: str) -> None:
-        CycleRecord(self.client, cycle_id).add_event(text)
-
     def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
         decision = with_entry_ids(decision, self._entry_ids)
         after = decision.state

@@ -39,9 +39,6 @@ class CycleStore(Protocol):
         """Write what ``decision`` changed since ``before``, its events and reading, the intents of its
         orders and its queued alerts, in one write; the commands to publish (with their client ids)."""
 
-    def append_event(self, cycle_id: str, text: str) -> None:
-        """Note ``text`` in the cycle's event log."""
-
     def create(self, state: CycleState, *, overrides: Mapping[str, Any], cycle_index: int, trigger_task: str) -> None:
         """Write a new cycle's record from its state in stage ``planning``."""
 

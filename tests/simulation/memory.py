@@ -94,10 +94,6 @@ class MemoryStore:
         self.claims.add((cycle_id, name))
         return True
 
-    def append_event(self, cycle_id: str, text: str) -> None:
-        state = self.states[cycle_id]
-        self.states[cycle_id] = msgspec.structs.replace(state, events=(*state.events, Event(0.0, text))[-EVENTS_KEPT:])
-
     def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
         decision = with_entry_ids(decision, self._entry_ids)
         finish = next((c for c in decision.commands if isinstance(c, Finish)), None)
