@@ -86,11 +86,12 @@ class RedisCycleStore:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def create(self, state: CycleState, *, overrides: Mapping[str, Any], cycle_index: int, trigger_task: str) -> None:
+    def create(self, state: CycleState, *, trigger_task: str) -> None:
         """Write a new cycle's record (in stage ``planning``) with the group and parameters it runs
-        on; its first step is due within the step grace. ``overrides`` and ``cycle_index`` are kept
-        for reports; the trigger task names who started it."""
-        create_cycle(self.client, state.cycle_id, state.group.name, overrides=dict(overrides), cycle_index=cycle_index,
+        on, its overrides and place in a run; its first step is due within the step grace. The
+        trigger task names who started it."""
+        create_cycle(self.client, state.cycle_id, state.group.name, overrides=dict(state.overrides),
+                     cycle_index=state.cycle_index,
                      direction=state.params.direction.value, params=state.params.to_json(),
                      config=msgspec.to_builtins(state.group), next_deadline=grace_deadline(), trigger_task=trigger_task)
 

@@ -9,7 +9,7 @@ delivers them), so an alert goes out exactly when the state it reports is writte
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from orchestrator.cycle.commands import Command, Decision
@@ -39,7 +39,7 @@ class CycleStore(Protocol):
         """Write what ``decision`` changed since ``before``, its events and reading, the intents of its
         orders and its queued alerts, in one write; the commands to publish (with their client ids)."""
 
-    def create(self, state: CycleState, *, overrides: Mapping[str, Any], cycle_index: int, trigger_task: str) -> None:
+    def create(self, state: CycleState, *, trigger_task: str) -> None:
         """Write a new cycle's record from its state in stage ``planning``."""
 
 

@@ -87,9 +87,9 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
         raise_alert(client, AlertKind.GROUP_STOPPED, text, group=group, refused=True, stopped_cycle=stop.cycle_id,
                     trigger_task=self.request.id or "")
         raise GroupStopped(text)
-    state = CycleState(cycle_id=cycle_id, group=cfg.group(group), params=params, stage=Stage.PLANNING)
-    RedisCycleStore(client).create(state, overrides=overrides, cycle_index=cycle_index,
-                                   trigger_task=self.request.id or "")
+    state = CycleState(cycle_id=cycle_id, group=cfg.group(group), params=params, stage=Stage.PLANNING,
+                       overrides=dict(overrides), cycle_index=cycle_index)
+    RedisCycleStore(client).create(state, trigger_task=self.request.id or "")
     log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
     canvas.snapshots(state.group, params, cycle_id).apply_async()
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
