@@ -255,8 +255,9 @@ def readings_by_role(readings: Sequence[Mapping[str, Any]], state: CycleState) -
 
 def exit_state_of(by_role: Mapping[Role, Mapping[str, Any]], state: CycleState) -> ExitState | None:
     """The read as an :class:`ExitState` (positions, the cycle's baselines, each venue's rules); None
-    when a role did not answer or its position is unknown: unknown is never zero."""
-    if set(by_role) != set(ROLES) or any(r.get("position") is None for r in by_role.values()):
+    when a role did not answer or its position is unknown: unknown is never zero. A position with
+    one of the cycle's orders still unsettled on it is unknown too: that order can still fill."""
+    if set(by_role) != set(ROLES) or any(not known(r) for r in by_role.values()):
         return None
     baselines = state.baselines
     return ExitState({role: Decimal(str(r["position"])) for role, r in by_role.items()},
@@ -264,10 +265,16 @@ def exit_state_of(by_role: Mapping[Role, Mapping[str, Any]], state: CycleState) 
                      {role: MarketRules.from_json(r["rules"]) for role, r in by_role.items()})
 
 
+def known(reading: Mapping[str, Any]) -> bool:
+    """Whether an ``exit_reading`` answer gives the position: read, and no order of the cycle on the
+    account with an outcome still unknown (``unsettled``)."""
+    return reading.get("position") is not None and not reading.get("unsettled")
+
+
 def unknown_roles(by_role: Mapping[Role, Mapping[str, Any]]) -> list[str]:
     """The roles that did not answer, else those whose position is unknown (short names)."""
     missing = sorted(role.short for role in ROLES if role not in by_role)
-    return missing or [role.short for role, r in by_role.items() if r.get("position") is None]
+    return missing or [role.short for role, r in by_role.items() if not known(r)]
 
 
 def report_results(state: CycleState, by_role: Mapping[Role, Mapping[str, Any]],

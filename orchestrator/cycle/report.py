@@ -117,10 +117,12 @@ def own_fills(state: CycleState) -> dict[str, Decimal]:
 def disagreements(state: CycleState, tolerance: Mapping[str, Decimal], reason: ExitReason) -> list[str]:
     """Roles that read flat while the cycle's own fills say they are not, by ``tolerance`` or more:
     a read can be stale, and a stale flat read must not end the cycle flat. A liquidated leg is not
-    checked (the venue closed it; no fill the cycle recorded says so)."""
+    checked (the venue closed it; no fill the cycle recorded says so). A leg whose order is still in
+    flight is a doubt of its own: that order can still fill after the read."""
     liquidated = {ExitReason.LIGHTER1_ZERO: "L1", ExitReason.LIGHTER2_ZERO: "L2"}.get(reason)
-    return [f"{role} fills imply {quantity}" for role, quantity in own_fills(state).items()
-            if role != liquidated and abs(quantity) >= tolerance.get(role, DEFAULT_STEP)]
+    in_flight = [f"{name} in flight" for name, leg in sorted(state.legs.items()) if not leg.state.final]
+    return in_flight + [f"{role} fills imply {quantity}" for role, quantity in own_fills(state).items()
+                        if role != liquidated and abs(quantity) >= tolerance.get(role, DEFAULT_STEP)]
 
 
 def equity_change(state: CycleState, by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:

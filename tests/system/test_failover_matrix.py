@@ -189,8 +189,16 @@ def _filled(dep: Deployment, cycle_id: str, leg: str) -> bool:
     return data.get("state") not in (None, "submitting") and Decimal(str(data.get("filled") or 0)) > 0
 
 
-def reach(what: str, predicate: Callable[[], object], timeout: float = 40) -> None:
-    assert poll(predicate, timeout=timeout, interval=0.02), f"never reached the kill point: {what}"
+def reach(dep: Deployment, cycle_id: str, what: str, predicate: Callable[[], object], timeout: float = 40) -> None:
+    if poll(predicate, timeout=timeout, interval=0.02):
+        return
+    data = dep.record(cycle_id)
+    events = [e.get("text") for e in (data.get("events") or [])[-6:] if isinstance(e, dict)]
+    problems = {name: [line for line in worker.log().splitlines() if " ERROR/" in line or " CRITICAL/" in line][-3:]
+                for name, worker in dep.workers.items()}
+    pytest.fail(f"never reached the kill point: {what}; cycle {cycle_id} at stage {data.get('stage')!r}, "
+                f"error {data.get('error')!r}, last events {events}; workers alive "
+                f"{ {n: w.alive() for n, w in dep.workers.items()} }; worker errors {problems}")
 
 
 def start(dep: SentinelDeployment, **overrides: Any) -> str:
@@ -205,28 +213,28 @@ def stage_planning(dep: SentinelDeployment) -> None:
     # The Backpack submit hangs before the venue takes it: planned, nothing sent yet.
     dep.arm_fault("backpack", "hang", count=1, op="order", seconds=6)
     cycle_id = start(dep)
-    reach("plan recorded", lambda: "plan" in dep.record(cycle_id))
+    reach(dep, cycle_id, "plan recorded", lambda: "plan" in dep.record(cycle_id))
     finish(dep, kill_primary_at(dep, cycle_id, "planning"))
 
 
 def stage_entry(dep: SentinelDeployment) -> None:
     dep.arm_fault("lighter", "hang", count=1, op="order", account="101", seconds=6)
     cycle_id = start(dep)
-    reach("Backpack entry filled, Lighter1 hedge in flight", lambda: _filled(dep, cycle_id, "bp_entry"))
+    reach(dep, cycle_id, "Backpack entry filled, Lighter1 hedge in flight", lambda: _filled(dep, cycle_id, "bp_entry"))
     finish(dep, kill_primary_at(dep, cycle_id, "entry"))
 
 
 def stage_wait(dep: SentinelDeployment) -> None:
     cycle_id = start(dep, wait_min_secs=8.0, wait_max_secs=8.0)
-    reach("the random wait", lambda: dep.record(cycle_id).get("stage") == "wait")
+    reach(dep, cycle_id, "the random wait", lambda: dep.record(cycle_id).get("stage") == "wait")
     finish(dep, kill_primary_at(dep, cycle_id, "wait"))
 
 
 def stage_rebalance(dep: SentinelDeployment) -> None:
     cycle_id = start(dep)
-    reach("Lighter2 filled", lambda: _filled(dep, cycle_id, "l2_entry"))
+    reach(dep, cycle_id, "Lighter2 filled", lambda: _filled(dep, cycle_id, "l2_entry"))
     dep.arm_fault("backpack", "hang", count=1, op="position", seconds=6)
-    reach("rebalance reading positions", lambda: dep.record(cycle_id).get("stage") == "rebalance")
+    reach(dep, cycle_id, "rebalance reading positions", lambda: dep.record(cycle_id).get("stage") == "rebalance")
     cell = kill_primary_at(dep, cycle_id, "rebalance")
     if cell.safe and cell.outcome == "hedged":
         SHARED["cycle"] = cycle_id
@@ -236,7 +244,7 @@ def stage_rebalance(dep: SentinelDeployment) -> None:
 def stage_monitoring(dep: SentinelDeployment) -> None:
     cycle_id = SHARED.get("cycle") or start(dep)
     SHARED["cycle"] = cycle_id
-    reach("monitoring", lambda: dep.record(cycle_id).get("stage") == "monitoring", timeout=60)
+    reach(dep, cycle_id, "monitoring", lambda: dep.record(cycle_id).get("stage") == "monitoring", timeout=60)
     REJOIN.wait()
     cell = kill_primary_at(dep, cycle_id, "monitoring")
     if not (cell.safe and cell.outcome == "hedged"):
@@ -246,12 +254,12 @@ def stage_monitoring(dep: SentinelDeployment) -> None:
 
 def stage_exit(dep: SentinelDeployment) -> None:
     cycle_id = SHARED.get("cycle") or start(dep)
-    reach("monitoring", lambda: dep.record(cycle_id).get("stage") == "monitoring", timeout=60)
+    reach(dep, cycle_id, "monitoring", lambda: dep.record(cycle_id).get("stage") == "monitoring", timeout=60)
     REJOIN.wait()
     # Lighter1 is liquidated; the exit's Lighter2 close hangs at the venue while the primary dies.
     dep.arm_fault("lighter", "hang", count=1, op="order", account="102", seconds=6)
     dep.liquidate_lighter(101)
-    reach("emergency exit flattening", lambda: dep.record(cycle_id).get("stage") == "emergency_exit")
+    reach(dep, cycle_id, "emergency exit flattening", lambda: dep.record(cycle_id).get("stage") == "emergency_exit")
     finish(dep, kill_primary_at(dep, cycle_id, "exit", expect=("flat",)))
 
 

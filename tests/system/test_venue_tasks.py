@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
 
 from core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
+from core.legs import Leg
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_worker, worker_env
 from tests.helpers.support import wait_until
+from venues.base import Side
+from xtb_tasks.execution.settling import ORDER_SETTLE_SECS
 from xtb_tasks.worker.results import TaskFailed, wait_result
 
 
@@ -73,6 +77,45 @@ def test_a_crash_after_sending_is_resolved_by_lookup_not_resend(dep: Deployment)
     rerun = submit(dep, "backpack", [client_id])
     assert rerun["state"] == "filled"
     assert len(orders_for(dep, client_id)) == 1
+
+
+def exit_reading(dep: Deployment, account: str, cycle_id: str) -> dict:
+    return wait_result(dep.app, dep.app.send_task("xtb.venue.exit_reading", queue=account, kwargs={
+        "account": account, "symbol": SYMBOL[account], "cycle_id": cycle_id}).id, 60)
+
+
+def leg_in_flight(dep: Deployment, cycle_id: str, name: str, account: str, client_id: int) -> None:
+    # What a venue task leaves when it dies between its intent and the venue's answer.
+    leg = Leg.in_flight(account, SYMBOL[account], Side.BUY, client_id, Decimal("0.01"))
+    dep.client.hset(f"xtb:cycle:{cycle_id}", f"leg:{name}", json.dumps(leg.to_json()))
+
+
+def recorded_leg(dep: Deployment, cycle_id: str, name: str) -> dict:
+    return json.loads(str(dep.client.hget(f"xtb:cycle:{cycle_id}", f"leg:{name}")))
+
+
+def test_an_exit_read_settles_the_orders_a_dead_task_left_in_flight(dep: Deployment) -> None:
+    # Three orders whose task died mid-send: one the venue filled, one never placed whose intent is
+    # older than the settle bound, one never placed but recent (it may still arrive: unknown).
+    cycle_id = "settle-test"
+    filled, old, fresh = allocate_client_ids(dep.client, "backpack", "backpack", 3)
+    submit(dep, "backpack", [filled])
+    record_intent(dep.client, "backpack", filled, status=IntentStatus.SENDING.value, quantity="0.01")
+    record_intent(dep.client, "backpack", old, status=IntentStatus.SENDING.value, quantity="0.01")
+    dep.client.hset(f"xtb:intent:backpack:{old}", "updated_at", str(time.time() - ORDER_SETTLE_SECS - 1))
+    record_intent(dep.client, "backpack", fresh, status=IntentStatus.SENDING.value, quantity="0.01")
+    for name, client_id in (("bp_entry", filled), ("exit_bp_1", old), ("exit_bp_2", fresh)):
+        leg_in_flight(dep, cycle_id, name, "backpack", client_id)
+
+    reading = exit_reading(dep, "backpack", cycle_id)
+
+    assert reading["unsettled"] == [fresh] and reading["position"] is not None
+    assert recorded_leg(dep, cycle_id, "bp_entry")["state"] == "filled"
+    assert Decimal(recorded_leg(dep, cycle_id, "bp_entry")["filled"]) == Decimal("0.01")
+    assert recorded_leg(dep, cycle_id, "exit_bp_1")["state"] == "failed"
+    assert intent_status(dep.client, "backpack", old) is IntentStatus.REJECTED
+    assert recorded_leg(dep, cycle_id, "exit_bp_2")["state"] == "submitting"
+    assert orders_for(dep, old) == [] and orders_for(dep, fresh) == [] and len(orders_for(dep, filled)) == 1
 
 
 def test_a_task_for_another_account_is_refused_by_the_worker(dep: Deployment) -> None:

@@ -70,6 +70,17 @@ def test_an_unknown_position_is_read_again_and_never_traded() -> None:
     assert missing.commands[0] == NoteStep("exit_step:0", {"unknown": ["L2"]})
 
 
+def test_a_position_with_an_order_of_the_cycle_still_unsettled_is_unknown() -> None:
+    # Backpack reads flat, but an order of the cycle on it has no recorded outcome: it can still fill.
+    state = exiting()
+    answers = exit_readings("0", "0", "0")
+    answers[0]["unsettled"] = [41]
+    decision = exits.decide_exit_step(state, exits.readings_by_role(answers, state), {}, reason=REASON, attempt=0,
+                                      step=0, now=1.0, grace=30.0)
+    assert decision.commands == (NoteStep("exit_step:0", {"unknown": ["BP"]}),
+                                 ReadForExit(REASON, 0, 1, state.params.lighter_retry_delay_secs))
+
+
 def test_an_unknown_position_on_the_last_step_reports_not_flat() -> None:
     state = exiting(exit_max_steps=3)
     decision = step(state, "1", None, "0", step_number=2)

@@ -170,7 +170,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
                                                      and client_id != fetched.armed_id):
             found = connector.find_order(req.symbol, client_id)
             if found is not None:
-                return _finish(client, record, req, client_id, found)
+                return record_outcome(client, record, req, client_id, found)
         report = _send(client, connector, record, req, client_id, intent, fetched, stage)
         if not settles_leg(report):
             mark_intent(client, req.account, client_id, IntentStatus.REJECTED, report=report.to_json())
@@ -203,7 +203,7 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
         except ReplicaTimeout as exc:
             # Not sent: the rerun finds the intent SENDING, looks the order up, and records again.
             raise RetryLater(str(exc), 0.5) from exc
-    # No log line before the send: _finish and _not_sent_or_found log each outcome with its order.
+    # No log line before the send: record_outcome and _not_sent_or_found log each outcome with its order.
     started = time.perf_counter()
     pending = connector.begin_market_order(req.symbol, client_id, req.side, quantity,
                                            reduce_only=req.reduce_only, max_slippage=req.max_slippage)
@@ -213,7 +213,7 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
         report = pending.result()
     except VenueError as exc:
         return _not_sent_or_found(client, connector, record, req, client_id, quantity, exc)
-    return _finish(client, record, req, client_id, report,
+    return record_outcome(client, record, req, client_id, report,
                    latency_ms=round((time.perf_counter() - started) * 1000, 2))
 
 
@@ -237,7 +237,7 @@ def _not_sent_or_found(client: redis.Redis, connector: VenueConnector, record: C
     if exc.reason is ReasonCode.DUPLICATE_CLIENT_ID:
         found = connector.find_order(req.symbol, client_id)
         if found is not None:
-            return _finish(client, record, req, client_id, found)
+            return record_outcome(client, record, req, client_id, found)
     log.warning("account=%s cycle=%s leg=%s client_id=%s outcome unknown: %s", req.account, req.cycle_id,
                 req.leg, client_id, exc)
     raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
@@ -269,7 +269,7 @@ def leg_in_flight(req: OrderRequest, client_id: int, quantity: Decimal,
     return Leg.in_flight(req.account, req.symbol, req.side, client_id, quantity, state, reason)
 
 
-def _finish(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
+def record_outcome(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
             report: OrderReport, latency_ms: float | None = None) -> OrderReport:
     # Outcome, leg record and latency in one round trip: the next leg waits for this task to return.
     pipe = client.pipeline(transaction=False)

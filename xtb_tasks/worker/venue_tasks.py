@@ -26,6 +26,7 @@ from venues.base import AccountReading, MarketRules, OrderReport, PositionReadin
 from venues.margin import LIGHTER_FRACTION_UNITS, leverage_update
 from xtb_tasks.execution.armed import arm_hedge, await_entry
 from xtb_tasks.execution.handoff import announce_failure
+from xtb_tasks.execution.settling import settle_unknown_orders
 from xtb_tasks.execution.venue_ops import (
     LegFailed,
     OrderRequest,
@@ -254,11 +255,15 @@ def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], max
 @app.task(name="xtb.venue.exit_reading", base=AccountLeaseTask, bind=True, exclusive=False)
 def exit_reading(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
     """A fresh position, the market rules and the equity for the next exit step; the equity is None
-    when the balance cannot be read (the exit goes on: PnL is then unknown, never zero)."""
+    when the balance cannot be read (the exit goes on: PnL is then unknown, never zero). The cycle's
+    orders on the account whose outcome nobody recorded are looked up first; ``unsettled`` lists
+    those still unknown, and while it is not empty the position can still move."""
     _guard_queue(self, account)
     connector = get_connector(account)
     rules = connector.market_rules(symbol)
-    reading = read_position(redis_client(), connector, symbol, cycle_id)
+    client = redis_client()
+    unsettled = settle_unknown_orders(client, connector, account, symbol, cycle_id) if cycle_id else []
+    reading = read_position(client, connector, symbol, cycle_id)
     try:
         equity: Decimal | None = connector.get_balance().equity
     except VenueError as exc:
@@ -266,7 +271,8 @@ def exit_reading(self: Task, *, account: str, symbol: str, cycle_id: str | None 
         equity = None
     return {"account": account, "rules": rules.to_json(), "read_at": reading.read_at,
             "position": None if reading.quantity is None else str(reading.quantity),
-            "position_error": reading.error, "equity": None if equity is None else str(equity)}
+            "position_error": reading.error, "equity": None if equity is None else str(equity),
+            "unsettled": unsettled}
 
 
 @app.task(name="xtb.venue.account_snapshot", base=AccountLeaseTask, bind=True, exclusive=False)
