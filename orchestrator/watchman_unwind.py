@@ -1,9 +1,9 @@
-"""The watchman's own unwind of a group: the exit in step of :mod:`orchestrator.cycle.exit`, run in
+"""The watchman's own unwind of a group: the exit in step of :mod:`orchestrator.cycle.in_step`, run in
 one process with the watchman's own keys, straight against the venues (no Redis, no worker).
 
 Each step starts from a fresh read of the three positions (baselines zero: the watchman cannot
 always read a cycle's record, so it unwinds the accounts to flat) and sends what
-:func:`~orchestrator.cycle.exit.next_step` decides: a catch-up when the net is a Backpack step or more off zero,
+:func:`~orchestrator.cycle.in_step.next_step` decides: a catch-up when the net is a Backpack step or more off zero,
 else reduce-only capped closes of the open Lighter legs, whose fills Backpack then takes back off
 the net before the next read. An order whose outcome the venue did not tell is looked up by its
 client id before anything else is sent; while it stays unknown nothing is sent.
@@ -26,7 +26,7 @@ from decimal import Decimal
 from core.client_ids import BACKPACK_MAX_CLIENT_ID
 from core.config import GroupConfig, HedgeParams, Role
 from orchestrator.cycle.commands import ExitOrder
-from orchestrator.cycle.exit import ROLE_BY_SHORT, ExitState, ExitStepKind, SlippageLadder, catch_up, next_step
+from orchestrator.cycle.in_step import ROLE_BY_SHORT, ExitState, ExitStepKind, SlippageLadder, catch_up, next_step
 from venues.base import MarketRules, OrderReport, PositionReading, ReasonCode, Side, VenueConnector, VenueError
 
 log = logging.getLogger(__name__)

@@ -99,19 +99,8 @@ def minimums_of(state: CycleState) -> dict[str, Decimal]:
 
 
 def own_fills(state: CycleState) -> dict[str, Decimal]:
-    """Each role's position as the cycle's recorded legs put it (baseline plus every final leg's
-    signed fill); a role with a leg still in flight is left out: the venue read is all there is."""
-    baselines = state.baselines
-    expected = {role.short: baselines.get(role) or Decimal(0) for role in ROLES}
-    for leg in state.legs.values():
-        role = state.role_of(leg.account)
-        if role is None or role.short not in expected:
-            continue
-        if not leg.state.final:
-            expected.pop(role.short)
-            continue
-        expected[role.short] += leg.signed_fill
-    return expected
+    """:meth:`CycleState.ledger` under the roles' short names, as the report's doubts name them."""
+    return {role.short: quantity for role, quantity in state.ledger().items()}
 
 
 def disagreements(state: CycleState, tolerance: Mapping[str, Decimal], reason: ExitReason) -> list[str]:

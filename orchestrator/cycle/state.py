@@ -231,6 +231,23 @@ class CycleState(msgspec.Struct, frozen=True, kw_only=True):
     def role_of(self, account: str) -> Role | None:
         return next((role for role in ROLES if self.group.account_for(role) == account), None)
 
+    def ledger(self) -> dict[Role, Decimal]:
+        """Each role's position as the cycle's own recorded orders put it: its baseline plus every
+        final leg's signed fill. A role with a leg still in flight is left out: that order can still
+        fill, so only the venue's read can say where the role is. The venue's own trades on the
+        account (a liquidation, ADL) are not legs: the ledger is what the cycle did, not the venue."""
+        baselines = self.baselines
+        expected = {role: baselines.get(role) or Decimal(0) for role in ROLES}
+        for leg in self.legs.values():
+            role = self.role_of(leg.account)
+            if role is None or role not in expected:
+                continue
+            if not leg.state.final:
+                expected.pop(role)
+                continue
+            expected[role] += leg.signed_fill
+        return expected
+
     @property
     def finished(self) -> bool:
         return self.stage is Stage.DONE

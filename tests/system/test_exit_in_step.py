@@ -145,3 +145,39 @@ def test_backpack_entry_beyond_the_slippage_cap_fills_only_to_the_cap(clean: Dep
                       queue="orchestrator")
     done = dep.wait_done(cycle_id, timeout=60)
     assert (done["outcome"], done["reason"]) == ("flat", "cancelled"), done.get("events")
+
+
+def test_an_exit_keeps_closing_in_step_on_the_venues_it_can_read(clean: Deployment) -> None:
+    # Backpack's position reads fail (HTTP 500, stream down) when Lighter2 is liquidated. Lighter1's
+    # close needs no Backpack read for the part Lighter2 hedged: the exit takes the net back within
+    # a step on Lighter1 alone, never trades Backpack blind, and finishes once the reads heal.
+    dep = clean
+    cycle_id = dep.start_cycle()
+    record = dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)
+    assert record["stage"] == "monitoring", (record.get("reason"), record.get("error"))
+    backpack_before = dep.positions()["backpack"]
+    dep.arm_fault("backpack", "drop_ws", count=100_000, op="ws")
+    dep.arm_fault("backpack", "http_500", count=100_000, op="position")
+    dep.liquidate_lighter(102)
+    try:
+        dep.wait_stage(cycle_id, "emergency_exit", timeout=30)
+        in_step = wait_for_net(dep, timeout=20)
+        record = dep.record(cycle_id)
+        unknown_steps = [v for k, v in record.items() if k.startswith("exit_step:") and "BP" in v.get("unknown", [])]
+        assert in_step, f"net {sum(dep.positions().values())} while Backpack was unreadable: {dep.positions()}"
+        assert record["stage"] == "emergency_exit" and unknown_steps, record.get("events")
+        assert dep.positions()["backpack"] == backpack_before, "Backpack was traded while its reads failed"
+    finally:
+        dep.sim.exchange.clear_faults()
+    done = dep.wait_done(cycle_id, timeout=90)
+    assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), (done.get("error"), done.get("events"))
+    assert venue_flat(dep), dep.positions()
+
+
+def wait_for_net(dep: Deployment, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if abs(sum(dep.positions().values(), Decimal(0))) <= STEP:
+            return True
+        time.sleep(0.05)
+    return False

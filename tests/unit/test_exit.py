@@ -10,13 +10,16 @@ import msgspec
 
 from core.config import Role
 from core.cycle_fields import ExitReason, Stage
+from core.legs import LegState
 from orchestrator.cycle import exit as exits
 from orchestrator.cycle.commands import NoteStep, ReadForExit, ReportExit, SendExitOrders, StepName
 from orchestrator.cycle.state import CycleState, ExitProgress, Positions
-from tests.helpers.cycle_states import ACCOUNTS, cycle_state, rules
+from tests.helpers.cycle_states import ACCOUNTS, cycle_state, leg, rules
 from venues.base import Side
 
 REASON = ExitReason.LIGHTER2_ZERO
+RULES_BY_ROLE = {Role.BP: rules("0.0001"), Role.L1: rules("0.0001", "0.005", "ETH"),
+                 Role.L2: rules("0.0001", "0.005", "ETH")}
 
 
 def exiting(attempt: int = 0, **params: Any) -> CycleState:
@@ -79,6 +82,52 @@ def test_a_position_with_an_order_of_the_cycle_still_unsettled_is_unknown() -> N
                                       step=0, now=1.0, grace=30.0)
     assert decision.commands == (NoteStep("exit_step:0", {"unknown": ["BP"]}),
                                  ReadForExit(REASON, 0, 1, state.params.lighter_retry_delay_secs))
+
+
+def with_legs(state: CycleState, *legs: tuple[str, Side, str]) -> CycleState:
+    return msgspec.structs.replace(state, legs={f"leg{n}": leg(account, side, q, q, client_id=n)
+                                                for n, (account, side, q) in enumerate(legs)})
+
+
+def test_an_unreadable_backpack_does_not_stop_the_lighter1_close_that_needs_none_of_it() -> None:
+    # Backpack's reads fail; Lighter2 was liquidated. By the cycle's own fills Backpack is back at its
+    # baseline (entry bought 1, rebalance sold 1), so closing Lighter1 takes the net to zero.
+    state = with_legs(exiting(), ("bp", Side.BUY, "1"), ("bp", Side.SELL, "1"), ("l1", Side.SELL, "1"),
+                      ("l2", Side.BUY, "1"))
+    decision = step(state, None, "-1", "0")
+    note, send = decision.commands
+    assert isinstance(send, SendExitOrders) and [(o.role, o.side, o.quantity) for o in send.orders] == \
+        [(Role.L1, Side.BUY, Decimal("1.0000"))]
+    assert isinstance(note, NoteStep) and note.note["unknown"] == ["BP"]
+    assert send.then_step is not None and send.then_step.kwargs["unknown"] == ["BP"]
+    assert "BP unreadable" in decision.events[0]
+
+
+def test_an_unreadable_role_is_never_traded_and_a_close_it_would_have_to_offset_waits() -> None:
+    # By its fills Backpack still holds the entry (+1): closing Lighter1 alone would leave the net +1
+    # with only Backpack to take it back. Nothing is sent; the next read decides again.
+    state = with_legs(exiting(), ("bp", Side.BUY, "1"), ("l1", Side.SELL, "1"))
+    decision = step(state, None, "-1", "0")
+    assert decision.commands == (NoteStep("exit_step:0", {"unknown": ["BP"]}),
+                                 ReadForExit(REASON, 0, 1, state.params.lighter_retry_delay_secs))
+    # An order of the cycle on the unreadable role still in flight: its ledger is no stand-in either.
+    in_flight = msgspec.structs.replace(state, legs={**state.legs, "bp_x": leg("bp", Side.SELL, "1", "0",
+                                                                                LegState.SUBMITTING)})
+    assert isinstance(step(in_flight, None, "0", "0").commands[-1], ReadForExit)
+
+
+def test_the_match_after_a_close_never_takes_the_fill_back_on_an_unreadable_role() -> None:
+    state = exiting()
+    exit_state = exits.ExitState({Role.BP: Decimal(1), Role.L1: Decimal(-1), Role.L2: Decimal(0)},
+                                 {role: Decimal(0) for role in Role}, dict(RULES_BY_ROLE))
+    results = [{"account": "l1", "side": "buy", "filled": "1"}]
+    caps = {"BP": 0.01, "L": 0.01}
+    matched = exits.decide_exit_match(state, results, reason=REASON, attempt=0, step=0, kind="lighter_close",
+                                      exit_state=exit_state, caps=caps)
+    assert isinstance(matched.commands[0], SendExitOrders) and matched.commands[0].orders[0].role is Role.BP
+    around = exits.decide_exit_match(state, results, reason=REASON, attempt=0, step=0, kind="lighter_close",
+                                     exit_state=exit_state, caps=caps, unknown=frozenset({Role.BP}))
+    assert around.commands == (ReadForExit(REASON, 0, 1, 0.0),)
 
 
 def test_an_unknown_position_on_the_last_step_reports_not_flat() -> None:

@@ -1,4 +1,4 @@
-"""The exit in step (orchestrator.cycle.exit): catch-up, capped Lighter closes, widening caps.
+"""The exit in step (orchestrator.cycle.in_step): catch-up, capped Lighter closes, widening caps.
 
 The invariants: a Backpack exit order never takes |net| above one Backpack step (it is at most the
 net, on Backpack's grid); every order only takes back its own role's delta (reduce-only, never past
@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from core.config import Role
-from orchestrator.cycle.exit import (
+from orchestrator.cycle.in_step import (
     ExitState,
     SlippageLadder,
     catch_up,
