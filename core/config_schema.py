@@ -19,6 +19,7 @@ from msgspec import Meta
 
 from core.config_decode import ConfigError, check_amounts, check_url, decode_table, doc, normalise
 from venues.lighter.credentials import USER_API_KEY_MIN
+from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
 
 
 class Venue(str, Enum):
@@ -192,8 +193,9 @@ class AccountConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_
     stream: Annotated[bool, doc(
         "read positions, fills and the top of book from the venue's WebSocket while it is up (REST otherwise)")] = True
     reconcile_secs: Annotated[float, Meta(ge=1, le=3600), doc(
-        "seconds between REST reads that check the streamed position (REST wins a disagreement)",
-        venue="lighter")] = 60.0
+        "seconds between REST reads that check the streamed position (REST wins a disagreement): the "
+        "longest a liquidation whose push was lost stays unseen",
+        venue="lighter")] = DEFAULT_RECONCILE_SECS
     tier: Annotated[LighterTier, doc(
         "the Lighter account type of the account's L1 address, 'standard' or 'premium': its rate limit",
         venue="lighter")] = LighterTier.STANDARD

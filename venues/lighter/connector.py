@@ -46,7 +46,7 @@ from venues.lighter.budget import LighterBudget
 from venues.lighter.credentials import LighterCredentials
 from venues.lighter.history import read_history
 from venues.lighter.leverage import update_fraction
-from venues.lighter.live_state import Disagreement, LiveState
+from venues.lighter.live_state import DEFAULT_RECONCILE_SECS, Disagreement, LiveState
 from venues.lighter.loop import LoopThread
 from venues.lighter.parsing import (
     find_account,
@@ -97,7 +97,7 @@ class LighterConnector(VenueConnector):
 
     def __init__(self, account: str, base_url: str, ws_url: str | None, account_index: int,
                  credentials: LighterCredentials, *, timeout: float = 10.0, fill_wait: float = 5.0,
-                 poll_interval: float = 0.1, stream: bool = True, reconcile_secs: float = 60.0,
+                 poll_interval: float = 0.1, stream: bool = True, reconcile_secs: float = DEFAULT_RECONCILE_SECS,
                  on_disagreement: Disagreement | None = None, on_stream_state: StateSink | None = None,
                  budget: LighterBudget | None = None) -> None:
         self.account = account

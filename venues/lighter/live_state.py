@@ -22,13 +22,17 @@ log = logging.getLogger(__name__)
 
 #: How long a REST/stream difference may take to close by itself before it counts.
 CONVERGE_SECS = 0.5
+#: The longest a pushed position answers without a REST read to check it. A lost push (the socket
+#: up, the update never sent) is seen by that read: a liquidation shows within this many seconds
+#: even when its push is lost. One account read per 10 s is 6 of a Standard account's 60 a minute.
+DEFAULT_RECONCILE_SECS = 10.0
 Disagreement = Callable[[str], None]
 
 
 class LiveState:
     """The read policy over one account's :class:`LighterStream`; runs on the connector loop."""
 
-    def __init__(self, stream: LighterStream, *, reconcile_secs: float = 60.0,
+    def __init__(self, stream: LighterStream, *, reconcile_secs: float = DEFAULT_RECONCILE_SECS,
                  on_disagreement: Disagreement | None = None) -> None:
         self.stream = stream
         self.reconcile_secs = reconcile_secs
