@@ -87,6 +87,13 @@ def mark_intent(client: redis.Redis, account: str, client_id: int, status: Inten
     record_intent(client, account, client_id, status=status.value, **fields)
 
 
+def intent_age(intent: dict[str, str], now: float | None = None) -> float:
+    """Seconds since ``intent`` (an intent hash as read) was last written; infinite when it carries no
+    time (an intent that old, or never written, has no send that could still be in flight)."""
+    written = intent.get("updated_at")
+    return (time.time() if now is None else now) - float(written) if written else float("inf")
+
+
 def intent_status(client: redis.Redis, account: str, client_id: int) -> IntentStatus | None:
     raw = client.hget(keys.intent(account, client_id), "status")
     return IntentStatus(raw) if raw else None

@@ -60,6 +60,15 @@ LEASE_BUSY = RetryPolicy(attempts=1001, delay_secs=0.25, jitter=1.0)
 #: ends ``unresolved`` with an alert.
 EMERGENCY_EXIT = RetryPolicy(attempts=2, delay_secs=2.0)
 
+#: An order the venue has no record of this long after its intent was last written is taken as never
+#: placed: twice the venues' request timeout (10 s), and past Backpack's default signature window
+#: (5 s), after which the venue refuses the request. Until then its outcome is unknown and nothing is
+#: sent in its place. Short enough that an exit still in its first attempt (``exit_max_steps`` reads
+#: at least ``lighter_retry_delay_secs`` apart) gets past it.
+ORDER_SETTLE_SECS = 20.0
+#: How soon a submit whose earlier send has an unknown outcome looks the order up again.
+UNKNOWN_OUTCOME_RECHECK_SECS = 2.0
+
 #: The alert relay retries a Telegram send that failed transiently: 0.5 s, doubling, at most 30 s.
 ALERT_DELIVERY = RetryPolicy(attempts=None, delay_secs=0.5, backoff=2.0, max_delay_secs=30.0, jitter=0.1)
 

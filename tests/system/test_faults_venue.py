@@ -80,6 +80,23 @@ def test_order_fault_on_each_leg_still_ends_hedged(clean: Deployment, leg: str, 
     assert not dep.sim.exchange.faults, "the armed fault never fired"
 
 
+def test_an_entry_the_venue_holds_past_the_timeout_fills_once(clean: Deployment) -> None:
+    # Backpack holds the entry's POST for 13 s (our timeout is 10 s), then fills it. The lookup right
+    # after the timeout finds nothing; sending the same client id again would fill a second order when
+    # the held one lands. Nothing is sent until the held order shows up.
+    dep = clean
+    dep.arm_fault("backpack", "hang", count=1, op="order", seconds=13)
+    held_until = time.monotonic() + 13 + 2
+    cycle_id = dep.start_cycle()
+    record = end_hedged_then_cancel(dep, cycle_id, timeout=75)
+    time.sleep(max(0.0, held_until - time.monotonic()))  # whatever the venue held has landed by now
+    assert venue_hedged(dep), dep.positions()
+    assert dep.duplicate_client_ids() == [], dep.duplicate_client_ids()
+    entry = record["leg:bp_entry"]
+    sent = [e for e in dep.audit() if e["venue"] == "backpack" and int(e["client_id"] or 0) == entry["client_id"]]
+    assert len(sent) == 1 and entry["state"] == "filled", (sent, entry)
+
+
 def test_stale_and_failing_position_reads_never_fake_a_liquidation(clean: Deployment) -> None:
     dep = clean
     cycle_id = dep.start_cycle()

@@ -13,11 +13,11 @@ import pytest
 
 from core.client_ids import IntentStatus, allocate_client_ids, intent_status, record_intent
 from core.legs import Leg
+from core.policies import ORDER_SETTLE_SECS
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import ROOT, RedisServer, start_worker, worker_env
 from tests.helpers.support import wait_until
 from venues.base import Side
-from xtb_tasks.execution.settling import ORDER_SETTLE_SECS
 from xtb_tasks.worker.results import TaskFailed, wait_result
 
 

@@ -12,9 +12,9 @@ queue, so no task of the account runs beside it):
 
 * an order the venue knows is recorded with the venue's outcome (intent and leg), as the task that
   sent it would have recorded it;
-* an order the venue does not know is unknown, never "not sent", until ``ORDER_SETTLE_SECS`` after
-  its intent was last written; only then is it recorded as never placed (leg ``failed``, intent
-  ``rejected``, so no run ever sends that client id);
+* an order the venue does not know is unknown, never "not sent", until ``ORDER_SETTLE_SECS``
+  (``core.policies``) after its intent was last written; only then is it recorded as never placed
+  (leg ``failed``, intent ``rejected``, so no run ever sends that client id);
 * the client ids still unknown are returned: the caller treats the account's position as unknown.
 """
 
@@ -28,19 +28,14 @@ from typing import cast
 import redis
 
 from core import keys
-from core.client_ids import IntentStatus, mark_intent
+from core.client_ids import intent_age
 from core.cycle_record import CycleRecord
-from core.legs import Leg, LegState, parse_leg
+from core.legs import Leg, parse_leg
+from core.policies import ORDER_SETTLE_SECS
 from venues.base import VenueConnector
-from xtb_tasks.execution.venue_ops import OrderRequest, record_outcome
+from xtb_tasks.execution.venue_ops import OrderRequest, record_never_placed, record_outcome
 
 log = logging.getLogger(__name__)
-
-#: An order the venue has no record of this long after its intent was last written is taken as never
-#: placed: twice the venues' request timeout (10 s), and past Backpack's default signature window
-#: (5 s), after which the venue refuses the request. Short enough that an exit still in its first
-#: attempt (``exit_max_steps`` reads at least ``lighter_retry_delay_secs`` apart) gets past it.
-ORDER_SETTLE_SECS = 20.0
 
 
 def unsettled_legs(client: redis.Redis, cycle_id: str, account: str) -> dict[str, Leg]:
@@ -70,15 +65,9 @@ def settle_unknown_orders(client: redis.Redis, connector: VenueConnector, accoun
         if found is not None and found.final:
             record_outcome(client, record, request, leg.client_id, found)
             continue
-        written = client.hget(keys.intent(account, leg.client_id), "updated_at")
-        age = now - float(cast(str, written)) if written else ORDER_SETTLE_SECS
+        age = intent_age(cast(dict[str, str], client.hgetall(keys.intent(account, leg.client_id))), now)
         if found is None and age >= ORDER_SETTLE_SECS:
-            never = Leg.in_flight(account, symbol, leg.side, leg.client_id, leg.requested, LegState.FAILED,
-                                  reason=f"not at the venue {age:.0f} s after its intent: never placed")
-            mark_intent(client, account, leg.client_id, IntentStatus.REJECTED, reason=never.reason or "")
-            record.record_leg(name, never)
-            log.warning("account=%s cycle=%s leg=%s client_id=%s %s", account, cycle_id, name, leg.client_id,
-                        never.reason)
+            record_never_placed(client, record, request, leg.client_id, leg.requested, age)
             continue
         log.warning("account=%s cycle=%s leg=%s client_id=%s outcome still unknown (%s, intent %.0f s old)",
                     account, cycle_id, name, leg.client_id, "open at the venue" if found else "not found", age)

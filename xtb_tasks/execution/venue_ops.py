@@ -1,7 +1,11 @@
 """What a venue task does, as plain functions, so ``xtb order --direct`` runs the same code in process.
 
 The idempotency rule lives here: a client id whose intent may have reached the venue
-(``sending``) is looked up before anything is sent, and a client id is never sent twice.
+(``sending``) is looked up before anything is sent, and a client id is never sent twice. A lookup
+that finds nothing is not "never sent": the venue may hold the request past our timeout and fill it
+later. Nothing else is sent for the leg until the order shows up (its outcome is recorded) or
+``ORDER_SETTLE_SECS`` have passed since its intent (it is recorded as never placed and the next
+planned client id, never the same one, is sent).
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from typing import Any
 import redis
 
 from core import keys, lease_clock
-from core.client_ids import IntentStatus, mark_intent, record_intent
+from core.client_ids import IntentStatus, intent_age, mark_intent, record_intent
 from core.cycle_record import CycleRecord, grace_deadline
 from core.durability import ReplicaTimeout, durable_execute
 from core.errors import XtbError
 from core.fencing import FENCE_FIELDS
 from core.legs import Leg, LegState, parse_leg
+from core.policies import ORDER_SETTLE_SECS, UNKNOWN_OUTCOME_RECHECK_SECS
 from orchestrator.cycle.entry import mirror_quantity
 from venues.base import (
     OrderReport,
@@ -171,6 +176,13 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
             found = connector.find_order(req.symbol, client_id)
             if found is not None:
                 return record_outcome(client, record, req, client_id, found)
+            age = intent_age(intent)
+            if age < ORDER_SETTLE_SECS:
+                raise RetryLater(f"{req.leg or 'order'} client id {client_id}: outcome unknown, not at the venue "
+                                 f"{age:.0f} s after its intent; nothing sent until it shows or "
+                                 f"{ORDER_SETTLE_SECS:.0f} s pass", UNKNOWN_OUTCOME_RECHECK_SECS)
+            record_never_placed(client, record, req, client_id, Decimal(intent.get("quantity") or 0), age)
+            continue
         report = _send(client, connector, record, req, client_id, intent, fetched, stage)
         if not settles_leg(report):
             mark_intent(client, req.account, client_id, IntentStatus.REJECTED, report=report.to_json())
@@ -286,6 +298,17 @@ def record_outcome(client: redis.Redis, record: CycleRecord | None, req: OrderRe
              req.account, req.cycle_id, req.leg, client_id, req.side.value, report.requested, req.reduce_only,
              report.state.value, report.filled, report.avg_price)
     return report
+
+
+def record_never_placed(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,
+                        quantity: Decimal, age: float) -> None:
+    """``client_id`` is not at the venue ``age`` (at least ``ORDER_SETTLE_SECS``) seconds after its
+    intent: recorded as never placed (intent ``rejected``: no run sends it again; leg ``failed``)."""
+    reason = f"not at the venue {age:.0f} s after its intent: never placed"
+    mark_intent(client, req.account, client_id, IntentStatus.REJECTED, reason=reason)
+    if req.leg and record:
+        record.record_leg(req.leg, leg_in_flight(req, client_id, quantity, LegState.FAILED, reason))
+    log.warning("account=%s cycle=%s leg=%s client_id=%s %s", req.account, req.cycle_id, req.leg, client_id, reason)
 
 
 def confirmation(reading: PositionReading, baseline: Decimal, expected_sign: int, requested: Decimal,
