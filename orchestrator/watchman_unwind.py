@@ -90,14 +90,16 @@ class GroupVenues:
         return {role: self.connectors[role].market_rules(self.symbol(role)) for role in ROLES}
 
     def send(self, order: ExitOrder) -> OrderReport:
-        """One reduce-only capped order under a fresh client id of the watchman's."""
+        """One capped order under a fresh client id of the watchman's (reduce-only unless it is
+        Backpack's offset of the net)."""
         role = order.role.short
         connector, symbol = self.connectors[role], self.symbol(role)
         client_id = self.ids.backpack(connector, symbol) if order.role is Role.BP else self.ids.lighter()
-        log.info("watchman group=%s %s %s %s reduce-only cap %.4f client_id=%d", self.group.name, role,
-                 order.side.value, order.quantity, order.max_slippage, client_id)
+        log.info("watchman group=%s %s %s %s reduce_only=%s cap %.4f client_id=%d", self.group.name, role,
+                 order.side.value, order.quantity, order.reduce_only, order.max_slippage, client_id)
         try:
-            return connector.submit_market_order(symbol, client_id, order.side, order.quantity, reduce_only=True,
+            return connector.submit_market_order(symbol, client_id, order.side, order.quantity,
+                                                 reduce_only=order.reduce_only,
                                                  max_slippage=order.max_slippage)
         except VenueError as exc:
             if exc.outcome_unknown:

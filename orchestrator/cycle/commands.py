@@ -164,16 +164,18 @@ class EnterRest(msgspec.Struct, frozen=True, tag=True):
 
 
 class ExitOrder(msgspec.Struct, frozen=True):
-    """One reduce-only order of an exit step, capped at ``max_slippage`` from the top of book."""
+    """One order of an exit step, capped at ``max_slippage`` from the top of book."""
 
     role: Role
     side: Side
     quantity: Decimal
     max_slippage: float
+    #: Only takes back the role's own delta (every Lighter order; Backpack unless it offsets the net).
+    reduce_only: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {"role": self.role.short, "side": self.side.value, "quantity": str(self.quantity),
-                "max_slippage": self.max_slippage}
+                "max_slippage": self.max_slippage, "reduce_only": self.reduce_only}
 
 
 class ReadForExit(msgspec.Struct, frozen=True, tag=True):

@@ -5,23 +5,25 @@ units per try leaves the group naked for as long as the Lighter closes take. So 
 from a fresh read of the three positions, taken relative to the cycle's recorded baselines (its own
 deltas), and sends one of two things:
 
-* **catch-up**: when the group's net is a whole Backpack step or more off zero, reduce the legs on
-  the net's side by the net (Backpack first: it holds the part no Lighter leg hedges any more, the
-  exposure a liquidation left; a Lighter leg when Backpack has nothing to give);
+* **catch-up**: when the group's net is a whole Backpack step or more off zero, one Backpack order
+  takes it back (:func:`catch_up`): reduce-only while it only gives back Backpack's own delta, an
+  offset that opens on Backpack otherwise (the exposure a liquidation left, or two Lighter legs that
+  closed unevenly);
 * **Lighter close**: otherwise close every open Lighter leg with a reduce-only IOC capped at
-  ``cap(step)`` from the top of book; the step after it takes what they filled back off the net
-  (:func:`catch_up` on the deltas plus those fills, before any read): on Backpack, or on the other
-  Lighter leg when the two legs hedge each other and closed unevenly.
+  ``cap(step)`` from the top of book; the step after it takes what they filled back off the net on
+  Backpack (:func:`catch_up` on the deltas plus those fills, before any read).
 
-So Backpack is only ever reduced in step with Lighter fills, and a Backpack order never takes the
-net beyond one step (it is at most the net, rounded down to Backpack's grid). A Lighter leg that
-reads zero (liquidated) is not traded. Nothing to send means the step is the last one.
+So the Lighter legs only ever close, Backpack follows their fills, and a Backpack order never takes
+the net beyond one step (it is at most the net, rounded down to Backpack's grid): the net stays in
+step however thin one Lighter book is. A Lighter leg that reads zero (liquidated) is not traded.
+Nothing to send means the step is the last one.
 
 A role whose account lease is **held** (``held``: a worker may still be acting on the account, one
 cut from Redis until its lease expires, say) gets no order: an order there would only queue behind
 the lease while the step's other orders fill, and closing one of two Lighter legs that hedge each
-other while the other cannot move leaves the group naked by a whole leg. The catch-up uses another
-role on the net's side if one can take it; Lighter closes go out only when no open leg is held.
+other while the other cannot move leaves the group naked by a whole leg. With Backpack held, the
+catch-up reduces a Lighter leg on the net's side if one can take it; Lighter closes go out only
+when no open leg is held.
 Otherwise the step is a **wait**: nothing is sent, and the next read decides again.
 """
 
@@ -88,6 +90,11 @@ class ExitState:
         size = rules.quantize_size(quantity)
         return size if size >= rules.step_size and size >= rules.min_quantity else Decimal(0)
 
+    def dust(self, role: Role) -> bool:
+        """Whether ``role``'s own delta is a leftover below its venue's smallest order (not zero)."""
+        delta = abs(self.delta(role))
+        return 0 < delta < max(self.rules[role].step_size, self.rules[role].min_quantity)
+
     def at_target(self, role: Role) -> bool:
         """Whether ``role`` is back at its baseline within one of its steps."""
         return abs(self.delta(role)) < self.rules[role].step_size
@@ -103,20 +110,33 @@ def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float,
     """The order that brings the net back within one Backpack step, or None when it is within (or
     when only roles in ``held`` could take it).
 
-    The leg reduced is one whose own delta lies on the net's side, so reducing it by at most the
-    net (rounded down to its grid) moves the net toward zero and never past it.
+    Backpack takes it, by at most the net rounded down to its grid, so the net moves toward zero and
+    never past it: reduce-only while that only takes back Backpack's own delta, an offset (opening
+    on Backpack) otherwise. The Lighter books are the thin ones; Backpack's is deep, so one order
+    puts the group back in step however unevenly the Lighter legs closed, and later steps take the
+    offset back in step with the Lighter closes. Only while Backpack is held does a Lighter leg
+    whose own delta lies on the net's side take it, reduce-only.
     """
     net = state.net
     if not off_step(state):
         return None
-    for role in ROLES:
+    side = Side.SELL if net > 0 else Side.BUY
+    # A Lighter delta below its venue's minimum order is dust no order can close: Backpack does not
+    # take it over (the report names it), it takes back the rest of the net.
+    target = net - sum((state.delta(role) for role in LIGHTER_ROLES if state.dust(role)), Decimal(0))
+    if Role.BP not in held and abs(target) >= state.rules[Role.BP].step_size and (target > 0) == (net > 0):
+        quantity = state.tradable(Role.BP, abs(target))
+        if quantity > 0:
+            delta = state.delta(Role.BP)
+            reduces = delta != 0 and Side.to_reduce(delta) is side and quantity <= state.reducible(Role.BP)
+            return ExitOrder(Role.BP, side, quantity, bp_slippage, reduce_only=reduces)
+    for role in LIGHTER_ROLES:
         delta = state.delta(role)
         if delta == 0 or (delta > 0) != (net > 0) or role in held:
             continue
         quantity = state.tradable(role, min(abs(net), state.reducible(role)))
         if quantity > 0:
-            slippage = bp_slippage if role is Role.BP else lighter_slippage
-            return ExitOrder(role, Side.to_reduce(delta), quantity, slippage)
+            return ExitOrder(role, Side.to_reduce(delta), quantity, lighter_slippage)
     return None
 
 

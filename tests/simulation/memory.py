@@ -285,16 +285,18 @@ class MemoryScheduler:
                                                        "step": read.step}), readings)
 
     def _exit_orders(self, cycle_id: str, send: SendExitOrders) -> None:
-        # Reduce-only: an order never takes a position past zero.
+        # A reduce-only order never takes a position past zero; Backpack's offset opens.
         state = self.store.states[cycle_id]
         reports = []
         for order, leg_name, ids in zip(send.orders, send.legs, send.client_ids, strict=True):
             account = state.group.account_for(order.role)
             held = self.venue.positions.get(account, Decimal(0))
-            quantity = min(order.quantity, abs(held)) if held * order.side.sign < 0 else Decimal(0)
+            quantity = order.quantity if not order.reduce_only else \
+                min(order.quantity, abs(held)) if held * order.side.sign < 0 else Decimal(0)
             filled = self.venue.fill(account, order.side, quantity) if quantity else Decimal(0)
             leg = Leg(account, state.group.symbol_for(order.role), order.side, ids[0], order.quantity, filled,
-                      LegState.FILLED if filled == order.quantity else LegState.CANCELLED, reduce_only=True)
+                      LegState.FILLED if filled == order.quantity else LegState.CANCELLED,
+                      reduce_only=order.reduce_only)
             current = self.store.states[cycle_id]
             self.store.states[cycle_id] = msgspec.structs.replace(current, legs={**current.legs, leg_name: leg})
             reports.append({"account": account, "side": order.side.value, "filled": str(filled)})

@@ -181,3 +181,28 @@ def wait_for_net(dep: Deployment, timeout: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_a_timeout_exit_with_one_thin_lighter_leg_stays_in_step_on_backpack(clean: Deployment) -> None:
+    # Both Lighter legs close on the timeout; Lighter2 fills only 5 % of each of its next 8 orders
+    # while Lighter1 closes whole. What Lighter1 closed beyond Lighter2 is offset on Backpack at once,
+    # not left to more tries on Lighter2's book.
+    dep = clean
+    cycle_id = dep.start_cycle(timeout_secs=3.0)
+    record = dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)
+    assert record["stage"] == "monitoring", (record.get("reason"), record.get("error"))
+    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "partial_fill", "count": 8, "op": "order",
+                                   "account": "102", "params": {"fraction": 0.05}})
+    try:
+        dep.wait_stage(cycle_id, ("emergency_exit", "done"), timeout=30)
+        with NetSampler(dep) as sampler:
+            dep.wait_stage(cycle_id, "done", timeout=150)
+    finally:
+        dep.sim.exchange.clear_faults()
+    done = dep.record(cycle_id)
+    print(f"timeout exit, thin Lighter2: sampled worst net={sampler.worst} off by more than a step "
+          f"{sampler.off_secs:.3f}s, worst read net={done.get('exit_worst_net')}, reads={len(exit_reads(done))}")
+    assert (done["outcome"], done["reason"]) == ("flat", "timeout"), (done.get("error"), done.get("events"))
+    assert venue_flat(dep), dep.positions()
+    assert Decimal(done["exit_worst_net"]) <= STEP, [r["net"] for r in exit_reads(done)]
+    assert sampler.off_secs < 2.0, sampler.off_secs  # only between a Lighter fill and its Backpack offset

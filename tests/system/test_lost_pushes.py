@@ -44,7 +44,8 @@ def test_a_liquidation_whose_pushes_are_lost_is_acted_on_within_the_reconcile_in
     assert record["stage"] == "monitoring", (record.get("reason"), record.get("error"))
     wait_until(lambda: dep.client.hget("xtb:acct:lighter2", "stream_state") == "live", timeout=10,
                what="lighter2's stream")
-    dep.arm_fault("lighter", "miss_push", count=100_000, op="ws", account="102")
+    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "miss_push", "count": 100_000, "op": "ws",
+                                   "account": "102", "params": {}})
     dep.liquidate_lighter(102)
     liquidated = time.monotonic()
     try:

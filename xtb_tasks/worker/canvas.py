@@ -134,14 +134,17 @@ def exit_read(grp: GroupConfig, cycle_id: str, reason: str, attempt: int, step: 
 
 
 def exit_order(grp: GroupConfig, role: Role, cycle_id: str, side: str, quantity: Decimal, client_ids: list[int],
-               leg: str, max_slippage: float | None, retry_delay_secs: float, attempt: int) -> Signature:
-    """One reduce-only, price-capped order of an exit step (a Limit IOC on Backpack, an IOC on Lighter).
+               leg: str, max_slippage: float | None, retry_delay_secs: float, attempt: int, *,
+               reduce_only: bool = True) -> Signature:
+    """One price-capped order of an exit step (a Limit IOC on Backpack, an IOC on Lighter);
+    reduce-only but for Backpack's offset of the net (``orchestrator.cycle.in_step.catch_up``).
 
-    A copy of it refuses once another exit attempt is current or the cycle has ended: reduce-only
-    passes the cancel flag, and a spare client id would close the next cycle's leg.
+    A copy of it refuses once another exit attempt is current or the cycle has ended (its fence): an
+    exit order passes the cancel flag the exit itself sets, and a spare client id would close the
+    next cycle's leg.
     """
     return venue("submit_market_order", grp.account_for(role), symbol=grp.symbol_for(role), side=side,
-                 client_ids=client_ids, quantity=str(quantity), reduce_only=True, max_slippage=max_slippage,
+                 client_ids=client_ids, quantity=str(quantity), reduce_only=reduce_only, max_slippage=max_slippage,
                  cycle_id=cycle_id, leg=leg, retry_delay_secs=retry_delay_secs,
                  fence=Fence((Stage.EMERGENCY_EXIT,), exit_attempt=attempt).to_json())
 

@@ -116,7 +116,8 @@ class CeleryScheduler:
             slippage = order.max_slippage if (order.max_slippage or not bp) else None
             delay = params.backpack_retry_delay_secs if bp else params.lighter_retry_delay_secs
             sigs.append(canvas.exit_order(state.group, order.role, cycle_id, order.side.value, order.quantity,
-                                          list(ids), leg, slippage, delay, send.attempt))
+                                          list(ids), leg, slippage, delay, send.attempt,
+                                          reduce_only=order.reduce_only))
         if send.then_step is not None:
             return canvas.exit_orders_then(sigs, self.step(cycle_id, send.then_step, immutable=False), cycle_id,
                                            reason, send.attempt)

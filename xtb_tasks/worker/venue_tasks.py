@@ -112,7 +112,10 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
         raise ValueError(f"{request.leg or 'order'} for cycle {request.cycle_id} carries no fence; refusing")
     enforce_fence(fence, fetched.fence_fields, task=f"{request.leg or 'order'} submit",
                   cycle_id=request.cycle_id, account=request.account)
-    if fetched.cancelled and not request.reduce_only:
+    # The cancel flag stops the entry. The exit sets it itself, so an exit's orders (fenced to their
+    # attempt) go on, Backpack's offset too, and so does anything reduce-only.
+    exit_order = fence is not None and Fence.from_json(fence).exit_attempt is not None
+    if fetched.cancelled and not request.reduce_only and not exit_order:
         raise RuntimeError(f"cycle {request.cycle_id} was cancelled; {request.leg} not sent")
     entry_settled = fetched.prior_leg is not None and fetched.prior_leg.settled
     if armed and request.cycle_id and request.quantity_from_leg and not entry_settled:
