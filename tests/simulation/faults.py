@@ -118,7 +118,7 @@ class Rates:
     crash_after: float = 0.0
     in_flight: float = 0.0
     late_max_secs: float = 3.0
-    in_flight_max_secs: float = 8.0
+    in_flight_max_secs: float = 15.0
     outages: int = 0
     outage_max_secs: float = 10.0
     exit_partial: float = 0.0
@@ -168,7 +168,7 @@ def draw_rates(rng: random.Random) -> Rates:
     """Each fault's probability for one seed: off for some seeds, rare or frequent for others."""
     return Rates(late=_pick(rng, 0.0, 0.05, 0.15), twice=_pick(rng, 0.0, 0.05, 0.1),
                  crash_before=_pick(rng, 0.0, 0.0, 0.02, 0.05), crash_after=_pick(rng, 0.0, 0.0, 0.02, 0.05),
-                 in_flight=_pick(rng, 0.0, 0.0, 0.03), outages=int(_pick(rng, 0, 0, 1, 2)),
+                 in_flight=_pick(rng, 0.0, 0.0, 0.05), outages=int(_pick(rng, 0, 0, 1, 2)),
                  exit_partial=_pick(rng, 0.0, 0.2, 0.5), exit_none=_pick(rng, 0.0, 0.1, 0.3),
                  cancel_at=rng.uniform(0.0, 80.0) if rng.random() < 0.1 else None)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 import time
 import traceback
@@ -153,7 +154,7 @@ class _Market:
         self.armed = False
         roles = LIQUIDATED[self.scenario.liquidation]
         for n, role in enumerate(roles):
-            self.scheduler.at(self.scenario.liquidate_after + 0.7 * n, lambda r=role: self.liquidate(r),
+            self.scheduler.at(self.scenario.liquidate_after + 0.7 * n, functools.partial(self.liquidate, role),
                               f"liquidation {role.short}")
 
     def liquidate(self, role: Role) -> None:
@@ -184,6 +185,39 @@ class _Market:
                 self.watch.venue_moved()
 
 
+@dataclass
+class Summary:
+    """Seeds run, how long they took, and each rule's worst measurement with the seed that made it."""
+
+    seeds: range
+    secs: float
+    events: int
+    outcomes: dict[str, int]
+    worst: dict[Rule, tuple[float, int]]
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.seeds)} seeds ({self.seeds.start}..{self.seeds.stop - 1}) in {self.secs:.1f} s, "
+                 f"{self.events} events, {self.events / max(self.secs, 1e-9):.0f} events/s; "
+                 f"outcomes {dict(sorted(self.outcomes.items()))}"]
+        lines += [f"  {rule.value:<11} worst {value:8.2f}  (seed {seed})" for rule, (value, seed) in self.worst.items()]
+        return "\n".join(lines)
+
+
+def run_seeds(seeds: range, known_open: KnownOpen | None = None) -> Summary:
+    """Run every seed of ``seeds``; raises :class:`Broken` on the first invariant broken."""
+    began, events = time.perf_counter(), 0
+    worst: dict[Rule, tuple[float, int]] = {rule: (0.0, -1) for rule in Rule}
+    outcomes: dict[str, int] = {}
+    for seed in seeds:
+        result = simulate(seed, known_open=known_open)
+        events += result.events
+        outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
+        for rule, value in result.worst.items():
+            if value > worst[rule][0]:
+                worst[rule] = (value, seed)
+    return Summary(seeds, time.perf_counter() - began, events, outcomes, worst)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=1000, help="how many seeds to run")
@@ -204,26 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(result.trace))
         print(f"seed {args.seed}: {result.outcome}, {result.events} events, faults {result.faults}")
         return 0
-    began, events = time.perf_counter(), 0
-    worst: dict[Rule, tuple[float, int]] = {rule: (0.0, -1) for rule in Rule}
-    outcomes: dict[str, int] = {}
-    for seed in range(args.start, args.start + args.seeds):
-        try:
-            result = simulate(seed, known_open=known_open)
-        except Broken as broken:
-            print(broken)
-            print(f"FAILED after {seed - args.start} seeds; replay: make simulate SEED={seed}")
-            return 1
-        events += result.events
-        outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
-        for rule, value in result.worst.items():
-            if value > worst[rule][0]:
-                worst[rule] = (value, seed)
-    secs = time.perf_counter() - began
-    print(f"{args.seeds} seeds ({args.start}..{args.start + args.seeds - 1}) in {secs:.1f} s, "
-          f"{events} events, {events / max(secs, 1e-9):.0f} events/s; outcomes {dict(sorted(outcomes.items()))}")
-    for rule, (value, seed) in worst.items():
-        print(f"  {rule.value:<11} worst {value:8.2f}  (seed {seed})")
+    try:
+        summary = run_seeds(range(args.start, args.start + args.seeds), known_open)
+    except Broken as broken:
+        print(broken)
+        print(f"FAILED; replay: make simulate SEED={broken.seed}")
+        return 1
+    print(summary)
     return 0
 
 

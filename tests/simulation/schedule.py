@@ -188,8 +188,10 @@ class FaultScheduler(MemoryScheduler):
             return None
         if fate is Delivery.IN_FLIGHT:
             hang = self.rng.uniform(0.5, self.rates.in_flight_max_secs)
-            self.at(hang, lambda: self._arrive(cycle_id, account, client_id, leg_name, side, quantity, reduce_only),
-                    f"hung send {leg_name} reaches the venue")
+            def arrive() -> None:
+                self._arrive(cycle_id, account, client_id, leg_name, side, quantity, reduce_only)
+
+            self.at(hang, arrive, f"hung send {leg_name} reaches the venue")
             return None
         sent = self._arrive(cycle_id, account, client_id, leg_name, side, quantity, reduce_only, fraction)
         if fate is Delivery.CRASH_AFTER:
