@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test test-fast bench lint sim clean
+.PHONY: install demo test test-fast bench lint sim simulate clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "xtb needs Python >= 3.11; found " + sys.version.split()[0] + " (set PYTHON=python3.11)")'
@@ -42,6 +42,12 @@ lint: $(STAMP)
 
 sim: $(STAMP)
 	$(BIN)/xtb sim
+
+# The cycle's fault simulator (tests/simulation/run.py): `make simulate SEEDS=N` runs seeds 0..N-1,
+# `make simulate SEED=S` replays one seed with its trace. Exits non-zero on a broken invariant.
+SEEDS ?= 1000
+simulate: $(STAMP)
+	PYTHONPATH=. $(BIN)/python -m tests.simulation.run $(if $(SEED),--seed $(SEED),--seeds $(SEEDS))
 
 clean:
 	rm -rf $(VENV) .xtb .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,124 @@
+"""Fault schedules over the real step table: thousands of seeds keep every invariant, a seed replays
+the same trace, and the simulator does catch each bug a small switch puts back into the product.
+
+The seeds are split over two files (``test_fault_schedules_more.py`` runs the second half) so that
+pytest-xdist's ``--dist loadfile`` runs them on two workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from core.config_schema import Role
+from orchestrator.cycle import exit as exit_step
+from orchestrator.cycle import loop, report
+from orchestrator.cycle.state import CycleState
+from tests.simulation.faults import KNOWN_OPEN
+from tests.simulation.invariants import Broken, Rule
+from tests.simulation.run import run_seeds, simulate
+
+#: This file's seeds; the other half is ``test_fault_schedules_more.py``'s.
+SEEDS = range(0, 3000)
+
+
+def test_every_seed_keeps_every_invariant() -> None:
+    summary = run_seeds(SEEDS)
+    assert summary.outcomes and sum(summary.outcomes.values()) == len(SEEDS)
+
+
+def test_a_seed_replays_the_same_trace() -> None:
+    first, again = simulate(4242, keep_trace=True), simulate(4242, keep_trace=True)
+    assert first.trace == again.trace and first.digest == again.digest and first.events == again.events
+    assert simulate(4243).digest != first.digest
+
+
+# ---- the simulator can fail: each switch puts a real bug back and a pinned seed catches it ----------
+
+def unknown_as_zero(mp: pytest.MonkeyPatch) -> None:
+    """The exit reads a position it could not read (or one with an order unsettled) as zero, and the
+    report trusts the reads alone (without the fill ledger, which by itself catches the zero read:
+    no seed of thousands breaks with this switch alone)."""
+    real = exit_step.exit_state_of
+
+    def buggy(by_role: Mapping[Role, Mapping[str, Any]], state: CycleState) -> exit_step.ExitState | None:
+        zeroed = {role: {**r, "position": "0" if r.get("position") is None else r["position"], "unsettled": []}
+                  for role, r in by_role.items()}
+        return real(zeroed, state)
+
+    mp.setattr(exit_step, "exit_state_of", buggy)
+    mp.setattr(report, "disagreements", lambda state, tolerance, reason: [])
+
+
+def closes_past_the_baseline(mp: pytest.MonkeyPatch) -> None:
+    """The exit sizes a reduce-only order by more than the role's own delta (three steps past it)."""
+    def reducible(self: exit_step.ExitState, role: Role) -> Decimal:
+        delta = self.delta(role)
+        return abs(delta) + 3 * self.rules[role].step_size if delta else Decimal(0)
+
+    mp.setattr(exit_step.ExitState, "reducible", reducible)
+
+
+def no_backpack_catch_up(mp: pytest.MonkeyPatch) -> None:
+    """The exit closes Lighter1 and Lighter2 without the Backpack catch-up."""
+    mp.setattr(exit_step, "catch_up", lambda *args, **kwargs: None)
+
+
+def no_lighter_closes(mp: pytest.MonkeyPatch) -> None:
+    """The exit never closes the Lighter legs (the net is in step, so it thinks it is done)."""
+    mp.setattr(exit_step, "lighter_closes", lambda *args, **kwargs: [])
+
+
+def never_rebalances(mp: pytest.MonkeyPatch) -> None:
+    """The loop never finds a Backpack order to send (Lighter2's entry is left unhedged)."""
+    mp.setattr(loop, "rebalance_order", lambda *args, **kwargs: None)
+
+
+def zero_never_confirmed(mp: pytest.MonkeyPatch) -> None:
+    """The monitor never counts a Lighter leg at zero as liquidated."""
+    mp.setattr(loop, "liquidated_below", lambda state: Decimal(0))
+
+
+BUGS: list[tuple[Callable[[pytest.MonkeyPatch], None], int, Rule]] = [
+    (unknown_as_zero, 50, Rule.TRUTHFUL),
+    (closes_past_the_baseline, 1, Rule.OWN),
+    (never_rebalances, 6, Rule.IN_STEP),
+    (no_backpack_catch_up, 9, Rule.PERSISTENT),
+    (no_lighter_closes, 1, Rule.PERSISTENT),
+    (zero_never_confirmed, 0, Rule.SEEN),
+]
+
+
+@pytest.mark.parametrize(("bug", "seed", "rule"), BUGS, ids=[bug.__name__ for bug, _, _ in BUGS])
+def test_a_pinned_seed_catches_the_bug(monkeypatch: pytest.MonkeyPatch, bug: Callable[[pytest.MonkeyPatch], None],
+                                       seed: int, rule: Rule) -> None:
+    simulate(seed)  # the product as it is keeps every invariant on this seed
+    bug(monkeypatch)
+    with pytest.raises(Broken) as broken:
+        simulate(seed)
+    assert broken.value.rule is rule, broken.value
+    assert broken.value.seed == seed and broken.value.tail
+
+
+# ---- the restrictions of the default schedule are still needed --------------------------------------
+
+#: Each KNOWN_OPEN restriction, a seed that breaks an invariant without it, and which one. When a
+#: product fix makes one of these pass, remove the restriction (``faults.KnownOpen``) and its row.
+OPEN: list[tuple[str, int, Rule]] = [
+    ("one_named_leg", 2, Rule.TRUTHFUL),
+    ("one_named_leg", 5, Rule.TRUTHFUL),
+    ("sparse_losses", 61, Rule.SEEN),
+    ("no_lighter_dust", 167, Rule.PERSISTENT),
+]
+
+
+@pytest.mark.parametrize(("restriction", "seed", "rule"), OPEN, ids=[f"{r}-{s}" for r, s, _ in OPEN])
+def test_a_known_open_restriction_is_still_needed(restriction: str, seed: int, rule: Rule) -> None:
+    simulate(seed)
+    with pytest.raises(Broken) as broken:
+        simulate(seed, known_open=dataclasses.replace(KNOWN_OPEN, **{restriction: False}))
+    assert broken.value.rule is rule, broken.value
