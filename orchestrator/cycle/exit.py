@@ -4,9 +4,9 @@ step's orders takes the Lighter closes' fills back off the net, and the attempt'
 its report (:mod:`orchestrator.cycle.report`).
 
 Unknown is never zero: a role whose read failed, or whose account has one of the cycle's orders with
-an outcome nobody recorded, has no position. The step then acts only where that keeps the net in
-step without the role (its position taken from the cycle's own fills, never traded), and otherwise
-reads again.
+an outcome nobody recorded, has no position. With only Backpack unknown the step acts on the Lighter
+legs where that keeps the net in step (Backpack taken from the cycle's own fills, never traded);
+otherwise it reads again.
 """
 
 from __future__ import annotations
@@ -98,12 +98,17 @@ def exit_state_of(by_role: Mapping[Role, Mapping[str, Any]], state: CycleState) 
 
 
 def estimated_state(by_role: Mapping[Role, Mapping[str, Any]], state: CycleState) -> tuple[ExitState, frozenset[Role]] | None:
-    """The read with each role whose position is unknown taken from the cycle's ledger (its own final
-    fills, :meth:`CycleState.ledger`), and those roles; None when one of them has an order in flight
-    or no known rules (then nothing can stand in for the read)."""
-    ledger = state.ledger()
+    """The read with Backpack's position, when it is unknown, taken from the cycle's ledger (its own
+    final fills, :meth:`CycleState.ledger`), and the roles so taken; None when anything else is
+    unknown, Backpack has an order of the cycle in flight, or its rules are unknown.
+
+    Only Backpack may stand in: its position moves by the cycle's own orders. A Lighter leg's moves
+    by the venue's too (a liquidation, ADL), which its ledger does not hold, so an unknown Lighter
+    read has no stand-in: sizing an order from its ledger could trade a whole leg the venue already
+    closed."""
     unknown = frozenset(role for role in ROLES if role not in by_role or not known(by_role[role]))
-    if any(role not in ledger or role not in state.rules for role in unknown):
+    ledger = state.ledger()
+    if unknown != {Role.BP} or Role.BP not in ledger or Role.BP not in state.rules:
         return None
     baselines = state.baselines
     positions = {role: ledger[role] if role in unknown else Decimal(str(by_role[role]["position"])) for role in ROLES}

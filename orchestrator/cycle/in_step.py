@@ -90,6 +90,11 @@ class ExitState:
         size = rules.quantize_size(quantity)
         return size if size >= rules.step_size and size >= rules.min_quantity else Decimal(0)
 
+    @property
+    def net_beyond_dust(self) -> Decimal:
+        """The net less every Lighter delta that is dust (:meth:`dust`): what orders can take back."""
+        return self.net - sum((self.delta(role) for role in LIGHTER_ROLES if self.dust(role)), Decimal(0))
+
     def dust(self, role: Role) -> bool:
         """Whether ``role``'s own delta is a leftover below its venue's smallest order (not zero)."""
         delta = abs(self.delta(role))
@@ -101,8 +106,9 @@ class ExitState:
 
 
 def off_step(state: ExitState) -> bool:
-    """Whether the group's net is a whole Backpack step or more off zero."""
-    return abs(state.net) >= state.rules[Role.BP].step_size
+    """Whether the group's net, less the Lighter dust no order can close, is a whole Backpack step or
+    more off zero."""
+    return abs(state.net_beyond_dust) >= state.rules[Role.BP].step_size
 
 
 def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float,
@@ -117,22 +123,21 @@ def catch_up(state: ExitState, bp_slippage: float, lighter_slippage: float,
     offset back in step with the Lighter closes. Only while Backpack is held does a Lighter leg
     whose own delta lies on the net's side take it, reduce-only.
     """
-    net = state.net
     if not off_step(state):
         return None
-    side = Side.SELL if net > 0 else Side.BUY
     # A Lighter delta below its venue's minimum order is dust no order can close: Backpack does not
     # take it over (the report names it), it takes back the rest of the net.
-    target = net - sum((state.delta(role) for role in LIGHTER_ROLES if state.dust(role)), Decimal(0))
-    if Role.BP not in held and abs(target) >= state.rules[Role.BP].step_size and (target > 0) == (net > 0):
-        quantity = state.tradable(Role.BP, abs(target))
+    net = state.net_beyond_dust
+    side = Side.SELL if net > 0 else Side.BUY
+    if Role.BP not in held:
+        quantity = state.tradable(Role.BP, abs(net))
         if quantity > 0:
             delta = state.delta(Role.BP)
             reduces = delta != 0 and Side.to_reduce(delta) is side and quantity <= state.reducible(Role.BP)
             return ExitOrder(Role.BP, side, quantity, bp_slippage, reduce_only=reduces)
     for role in LIGHTER_ROLES:
         delta = state.delta(role)
-        if delta == 0 or (delta > 0) != (net > 0) or role in held:
+        if delta == 0 or (delta > 0) != (net > 0) or role in held or state.dust(role):
             continue
         quantity = state.tradable(role, min(abs(net), state.reducible(role)))
         if quantity > 0:
@@ -183,15 +188,16 @@ def next_step(state: ExitState, step_number: int, lighter: SlippageLadder, backp
     order = catch_up(state, bp_cap, lighter_cap, held)
     if order is not None:
         return ExitStep(ExitStepKind.CATCH_UP, (order,))
-    if off_step(state) and catch_up(state, bp_cap, lighter_cap) is not None:
+    if catch_up(state, bp_cap, lighter_cap) is not None:
         return ExitStep(ExitStepKind.WAIT, ())
     closes = lighter_closes(state, lighter_cap)
     if any(o.role in held for o in closes):
         return ExitStep(ExitStepKind.WAIT, ())
     if closes:
         return ExitStep(ExitStepKind.LIGHTER_CLOSE, tuple(closes))
-    # With every Lighter leg closed the net is Backpack's own delta, which catch-up took above; what
-    # is left is within one step, or dust no order can take (the report says so).
+    # With every Lighter leg closed or dust, the net beyond the dust is Backpack's own delta, which
+    # catch-up took above; what is left is within one step, or dust no order can take (the report
+    # says so).
     return ExitStep(ExitStepKind.DONE, ())
 
 

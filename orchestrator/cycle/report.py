@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 
-from core.config_schema import Direction
+from core.config_schema import Direction, Role
 from core.cycle_fields import FINAL_REASON_BY_STAGE, NOT_STARTED, ExitReason, Outcome, Stage
 from core.policies import EMERGENCY_EXIT
 from monitoring.alert_texts import (
@@ -103,15 +103,18 @@ def own_fills(state: CycleState) -> dict[str, Decimal]:
     return {role.short: quantity for role, quantity in state.ledger().items()}
 
 
-def disagreements(state: CycleState, tolerance: Mapping[str, Decimal], reason: ExitReason) -> list[str]:
-    """Roles that read flat while the cycle's own fills say they are not, by ``tolerance`` or more:
-    a read can be stale, and a stale flat read must not end the cycle flat. A liquidated leg is not
-    checked (the venue closed it; no fill the cycle recorded says so). A leg whose order is still in
-    flight is a doubt of its own: that order can still fill after the read."""
-    liquidated = {ExitReason.LIGHTER1_ZERO: "L1", ExitReason.LIGHTER2_ZERO: "L2"}.get(reason)
+def disagreements(state: CycleState, tolerance: Mapping[str, Decimal]) -> list[str]:
+    """Doubts about a flat read: a leg whose order is still in flight (that order can still fill after
+    the read), and Backpack reading flat while the cycle's own fills say it is not, by ``tolerance``
+    or more (a read can be stale, and a stale flat read must not end the cycle flat).
+
+    Only Backpack is held to the fills: nothing but the cycle's own orders moves it. The venue moves
+    a Lighter leg too (a liquidation, part of one, ADL of the survivor), none of which is a leg of
+    the cycle, so there the fresh read is the truth and the fills prove nothing."""
     in_flight = [f"{name} in flight" for name, leg in sorted(state.legs.items()) if not leg.state.final]
-    return in_flight + [f"{role} fills imply {quantity}" for role, quantity in own_fills(state).items()
-                        if role != liquidated and abs(quantity) >= tolerance.get(role, DEFAULT_STEP)]
+    backpack = own_fills(state).get(Role.BP.short)
+    stale = backpack is not None and abs(backpack) >= tolerance.get(Role.BP.short, DEFAULT_STEP)
+    return in_flight + ([f"BP fills imply {backpack}"] if stale else [])
 
 
 def equity_change(state: CycleState, by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
@@ -150,7 +153,7 @@ def decide_report(state: CycleState, results: Sequence[Mapping[str, Any]], *, re
     by_role = results_by_role([dict(r) for r in results], {state.group.account_for(role): role.short for role in ROLES})
     minimums = minimums_of(state)
     flat = exit_is_flat(by_role, minimums)
-    doubts = disagreements(state, minimums, reason) if flat else []
+    doubts = disagreements(state, minimums) if flat else []
     if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):
         again = Step(StepName.EMERGENCY_EXIT, {"reason": reason.value, "attempt": attempt + 1})
         note = f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again"

@@ -8,7 +8,7 @@ So a seed is a complete description of a run: the same seed gives the same trace
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import Enum
 
@@ -49,10 +49,6 @@ class Liquidation(str, Enum):
     L2_PARTIAL = "l2_partial"
 
 
-#: How long after a liquidation the timeout comes at the earliest under ``KnownOpen.one_named_leg``:
-#: longer than the *seen* bound (61 s) plus a lost monitor step's recovery, so the exit is the
-#: liquidation's.
-NAMED_EXIT_MARGIN_SECS = 130.0
 #: The shortest time between two lost tasks under ``KnownOpen.sparse_losses``.
 LOSS_SPACING_SECS = 62.0
 
@@ -64,36 +60,11 @@ class KnownOpen:
     change lists a seed that breaks each (run it with the restriction off: ``--open NAME``).
     The product's fix removes the restriction."""
 
-    #: The venue moves at most one Lighter leg, only by closing it whole, and the exit that follows
-    #: is the one for that liquidation: no partial liquidation, no ADL of the survivor, no second leg
-    #: liquidated, no operator cancel in a run with a liquidation, and the timeout at least
-    #: :data:`NAMED_EXIT_MARGIN_SECS` after it. The report's fill ledger (``report.disagreements``)
-    #: exempts only the leg the exit's *reason* names, so any part the venue took that the reason
-    #: does not name reads as a doubt: a cycle flat at the venue, every exit read answered, ends
-    #: ``unresolved`` and stops its group (seeds 2, 5 and 11 with this off).
-    one_named_leg: bool = True
     #: At most one task is lost (a crash, a hung send) per :data:`LOSS_SPACING_SECS`. Only the
     #: watchdog moves a cycle whose message was lost, a step grace (30 s) plus a sweep (5 s) later,
-    #: so two losses while a liquidation waits to be confirmed (the zero re-reads) take longer than
-    #: ``reconcile_secs + 1`` (seed 61 with this off: 65 s).
+    #: and the bounds allow one such recovery: two losses close together (an exit order lost, then
+    #: the retried attempt's) leave the net off for two recoveries (seed 7 with this off: 80 s).
     sparse_losses: bool = True
-    #: An exit order's partial fill never leaves a Lighter leg with dust (a leftover below the
-    #: venue minimum, above zero): it fills whole instead. With Lighter dust the net is within one
-    #: Backpack step while Backpack still holds a whole step, and ``exit.next_step`` ends the attempt
-    #: (its DONE assumes every Lighter leg at zero: "the net is Backpack's own delta"): the cycle
-    #: ends ``unresolved`` with one Backpack step open (seed 167 with this off).
-    no_lighter_dust: bool = True
-
-    def apply(self, scenario: Scenario) -> Scenario:
-        """``scenario`` within the restrictions (drawn first, so a seed means the same run either way)."""
-        if self.one_named_leg and scenario.liquidation is not Liquidation.NONE:
-            whole = {Liquidation.L1_PARTIAL: Liquidation.L1_FULL, Liquidation.L2_PARTIAL: Liquidation.L2_FULL,
-                     Liquidation.BOTH_FULL: Liquidation.L2_FULL}
-            scenario = replace(scenario, liquidation=whole.get(scenario.liquidation, scenario.liquidation),
-                               adl=Decimal(0), rates=replace(scenario.rates, cancel_at=None),
-                               timeout_secs=max(scenario.timeout_secs,
-                                                scenario.liquidate_after + NAMED_EXIT_MARGIN_SECS))
-        return scenario
 
 
 
@@ -173,9 +144,8 @@ def draw_rates(rng: random.Random) -> Rates:
                  cancel_at=rng.uniform(0.0, 80.0) if rng.random() < 0.1 else None)
 
 
-def draw(seed: int, known_open: KnownOpen | None = None) -> tuple[Scenario, random.Random]:
+def draw(seed: int) -> tuple[Scenario, random.Random]:
     """The scenario of ``seed`` and the generator that goes on to draw its deliveries' fates."""
-    known_open = KNOWN_OPEN if known_open is None else known_open
     rng = random.Random(seed)
     rates = draw_rates(rng)
     direction = Direction.LONG_BACKPACK if rng.random() < 0.5 else Direction.SHORT_BACKPACK
@@ -193,13 +163,13 @@ def draw(seed: int, known_open: KnownOpen | None = None) -> tuple[Scenario, rand
                         timeout_secs=timeout, liquidation=liquidation,
                         liquidate_after=round(rng.uniform(0.5, timeout * 0.9), 2),
                         fraction=fraction, adl=adl, rates=rates, outages=outages)
-    return known_open.apply(scenario), rng
+    return scenario, rng
 
 
 #: The default schedule's restrictions: the product faults found and not fixed yet.
 KNOWN_OPEN = KnownOpen()
 #: Every fault family on.
-ALL_OPEN = KnownOpen(one_named_leg=False, sparse_losses=False, no_lighter_dust=False)
+ALL_OPEN = KnownOpen(sparse_losses=False)
 
 
 def delivery(rng: random.Random, rates: Rates, *, order: bool) -> Delivery:

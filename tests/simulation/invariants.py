@@ -12,8 +12,10 @@ Bounds (virtual seconds):
   never traded), and when tasks can be lost the
   watchdog's grace and sweep interval (only the sweep moves a cycle whose message was lost), plus
   one second of slack. See :func:`legging_bound`.
-* *seen*: ``reconcile_secs + 1`` (the Lighter connector's REST reconciliation, 60 s by default):
-  a liquidation the push stream lost is read by REST within it.
+* *seen*: ``reconcile_secs + 1`` (the Lighter connector's REST reconciliation, 10 s by default:
+  a liquidation the push stream lost is read by REST within it), stretched as the in-step bound is
+  by what no decision can shorten: the longest stretch the leg's reads fail (unknown is never zero),
+  the longest late delivery, and when tasks can be lost the watchdog's grace and sweep.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from core.policies import WATCHDOG_INTERVAL_SECS
 from orchestrator.cycle.state import LIGHTER_ROLES, ROLES, CycleState
 from tests.simulation.faults import Rates
 from tests.simulation.world import SimStore, SimVenue, closable, own_deltas
+from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
 
 #: The Lighter connector's REST reconciliation period (``reconcile_secs``' default).
-RECONCILE_SECS = 60.0
+RECONCILE_SECS = DEFAULT_RECONCILE_SECS
 
 
 class Rule(str, Enum):
@@ -102,6 +105,10 @@ class Watch:
     store: SimStore
     venue: SimVenue
     bound: float
+    #: What each order that filled nothing (a price beyond its cap, a thin book) adds to the legging
+    #: window's bound: the time to the next try. No decision makes a venue fill; the rule is that the
+    #: cycle keeps trying, one step after another, without leaving the net off for longer than that.
+    per_try_secs: float = 0.0
     seen_bound: float = RECONCILE_SECS + 1.0
     off_since: float | None = None
     venue_moved_at: float | None = None
@@ -159,8 +166,17 @@ class Watch:
             role = state.role_of(order.account)
             if role is None or order.stage is not Stage.EMERGENCY_EXIT or not order.leg.startswith("exit_"):
                 continue
-            delta = order.before - (state.baselines.get(role) or Decimal(0))
             signed = order.side.sign * order.requested
+            if not order.reduce_only:
+                # Backpack's offset: it opens, but only against the group's net beyond the Lighter dust,
+                # never past zero.
+                after = order.group_before + signed
+                if role is not Role.BP or signed * order.group_before >= 0 or abs(after) >= abs(order.group_before):
+                    self.measure(Rule.OWN, float(abs(after) - abs(order.group_before)))
+                    return (f"exit order {order.leg} {order.side.value} {order.requested} on {role.short} with the "
+                            f"group's net at {order.group_before}: an offset must take the net toward zero")
+                continue
+            delta = order.before - (state.baselines.get(role) or Decimal(0))
             if delta == 0 or signed * delta > 0 or order.requested > abs(delta):
                 self.measure(Rule.OWN, float(order.requested - abs(delta)))
                 return (f"exit order {order.leg} {order.side.value} {order.requested} on {role.short} whose own delta "
@@ -224,10 +240,11 @@ class Watch:
         if self.off_since is None:
             self.off_since = self.now
         window = self.now - self.off_since
-        self.measure(Rule.IN_STEP, window)
-        if window > self.bound:
+        unfilled = sum(1 for order in self.venue.sent if order.at >= self.off_since and order.filled == 0)
+        self.measure(Rule.IN_STEP, window - unfilled * self.per_try_secs)
+        if window > self.bound + unfilled * self.per_try_secs:
             return (f"own net {self.net()} beyond one Backpack step ({state.step_of(Role.BP)}) for {window:.2f} s "
-                    f"(bound {self.bound:.1f} s), stage {state.stage.value}")
+                    f"(bound {self.bound:.1f} s + {unfilled} unfilled orders), stage {state.stage.value}")
         return None
 
     def rules(self) -> list[tuple[Rule, Callable[[], str | None]]]:

@@ -24,7 +24,7 @@ from core.cycle_fields import Stage
 from orchestrator.cycle.commands import Step, StepName
 from orchestrator.cycle.state import CycleState
 from tests.helpers.cycle_states import cycle_state, rules
-from tests.simulation.faults import KNOWN_OPEN, LIQUIDATED, KnownOpen, Liquidation, Scenario, draw
+from tests.simulation.faults import KNOWN_OPEN, LIQUIDATED, KnownOpen, Liquidation, Rates, Scenario, draw
 from tests.simulation.invariants import Broken, Rule, Watch, legging_bound, longest_outage
 from tests.simulation.schedule import FaultScheduler
 from tests.simulation.world import SimStore, SimVenue
@@ -67,7 +67,6 @@ def build(scenario: Scenario, known_open: KnownOpen) -> tuple[CycleState, SimSto
                    "l1": dataclasses.replace(rules("0.0001", str(scenario.l_min), "ETH"), initial_margin=margin),
                    "l2": dataclasses.replace(rules("0.0001", str(scenario.l_min), "ETH"), initial_margin=margin)}
     venue.outages = {a: [(START + s, START + s + n) for s, n in spans] for a, spans in sorted(scenario.outages.items())}
-    venue.no_dust = {"l1", "l2"} if known_open.no_lighter_dust else set()
     store = SimStore({state.cycle_id: state}, clock=venue.clock, grace=STEP_GRACE_SECS)
     store.touch(state.cycle_id, START + STEP_GRACE_SECS)
     return state, store, venue
@@ -77,7 +76,7 @@ def simulate(seed: int, *, known_open: KnownOpen | None = None, keep_trace: bool
              trace: list[str] | None = None) -> Result:
     """Run ``seed``'s schedule; raises :class:`Broken` on the first invariant it breaks."""
     known_open = KNOWN_OPEN if known_open is None else known_open
-    scenario, rng = draw(seed, known_open)
+    scenario, rng = draw(seed)
     state, store, venue = build(scenario, known_open)
     cid = state.cycle_id
     scheduler = FaultScheduler(store, venue, rng, scenario.rates, keep_trace=keep_trace, known_open=known_open)
@@ -89,6 +88,14 @@ def simulate(seed: int, *, known_open: KnownOpen | None = None, keep_trace: bool
                                                    longest_outage(s for spans in scenario.outages.values()
                                                                   for s in spans)))
     watch.unknown_exit_read = lambda: scheduler.unknown_exit_read_at
+    # What faults add to the legging bound stretches the seen bound too; after an outage the next
+    # read comes at the next poll.
+    watch.seen_bound += watch.bound - legging_bound(params.poll_interval_secs, params.zero_reread_secs,
+                                                    params.zero_confirmations, Rates(), STEP_GRACE_SECS, 0.0)
+    if scenario.outages:
+        watch.seen_bound += params.poll_interval_secs
+    watch.per_try_secs = params.lighter_retry_delay_secs + (scenario.rates.late_max_secs
+                                                          if scenario.rates.late or scenario.rates.twice else 0.0)
     snapshots = [venue.snapshot(a, venue.rules[a].to_json()) for a in ("bp", "l1", "l2")]
     scheduler.at(0.0, lambda: scheduler.run(cid, Step(StepName.PLAN), snapshots), "plan")
     scheduler.at(1.0, lambda: scheduler.watchdog(cid), "watchdog")

@@ -254,8 +254,8 @@ class FaultScheduler(MemoryScheduler):
             for order, leg, ids, fate, fraction in zip(send.orders, send.legs, send.client_ids, fates, fills,
                                                        strict=True):
                 fate = Delivery.ON_TIME if fate in (Delivery.LATE, Delivery.TWICE) else fate
-                sent = self._place(cycle_id, order.role, order.side, order.quantity, ids[0], leg, reduce_only=True,
-                                   fate=fate, fraction=fraction)
+                sent = self._place(cycle_id, order.role, order.side, order.quantity, ids[0], leg,
+                                   reduce_only=order.reduce_only, fate=fate, fraction=fraction)
                 lost = lost or sent is None
                 if sent is not None:
                     reports.append({"account": sent.account, "side": order.side.value, "filled": str(sent.filled)})

@@ -41,6 +41,9 @@ class VenueOrder:
     stage: Stage
     before: Decimal
     rejected: bool = False
+    #: The group's net (every account's position; the baselines are zero) when the order arrived,
+    #: less the Lighter positions below their market's minimum order (dust no order can close).
+    group_before: Decimal = Decimal(0)
 
 
 @dataclass
@@ -54,8 +57,6 @@ class SimVenue(MemoryVenue):
     sent: list[VenueOrder] = field(default_factory=list)
     #: Client ids received twice under a different leg (the *once* invariant reads it).
     duplicates: list[VenueOrder] = field(default_factory=list)
-    #: A partial fill that would leave a reduce-only position below the minimum fills whole.
-    no_dust: set[str] = field(default_factory=set)
     failed_reads: int = 0
     last_failed_read: float = float("-inf")
 
@@ -69,6 +70,13 @@ class SimVenue(MemoryVenue):
             self.last_failed_read = self.clock.time
             return {"account": account, "quantity": None, "error": "venue unreachable"}
         return super().read(account)
+
+    def net_beyond_dust(self) -> Decimal:
+        def dust(account: str, position: Decimal) -> bool:
+            rules = self.rules[account]
+            return account != "bp" and 0 < abs(position) < max(rules.step_size, rules.min_quantity)
+
+        return sum((q for a, q in self.positions.items() if not dust(a, q)), Decimal(0))
 
     def find(self, account: str, client_id: int) -> VenueOrder | None:
         """The order the venue holds under ``client_id`` (what a connector's ``find_order`` answers)."""
@@ -88,13 +96,11 @@ class SimVenue(MemoryVenue):
         if reduce_only:
             want = min(want, abs(held)) if held * side.sign < 0 else Decimal(0)
         filled = rules.quantize_size(want * fraction)
-        if account in self.no_dust and reduce_only and 0 < abs(held) - filled < rules.min_quantity:
-            filled = want
         rejected = quantity < rules.min_quantity
         if rejected:
             filled = Decimal(0)
         order = VenueOrder(self.clock.time, account, client_id, leg, side, quantity, filled, reduce_only, stage, held,
-                           rejected)
+                           rejected, self.net_beyond_dust())
         if known is not None:
             self.duplicates.append(order)
         self.sent.append(order)

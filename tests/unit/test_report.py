@@ -69,16 +69,17 @@ def test_a_flat_read_the_fills_contradict_is_read_again_then_unresolved_with_the
     assert kinds == [AlertKind.EMERGENCY_EXIT, AlertKind.CYCLE_FINISHED, AlertKind.GROUP_STOPPED]
 
 
-def test_a_leg_in_flight_is_a_doubt_and_a_liquidated_leg_is_not_checked() -> None:
+def test_a_leg_in_flight_is_a_doubt_and_a_lighter_legs_fills_are_not_checked() -> None:
     # An order whose outcome nobody recorded can still fill after the read: the read is not the end.
     in_flight = exiting(filled("bp", Side.BUY, "1", final=False))
-    assert report.disagreements(in_flight, report.minimums_of(in_flight), ExitReason.LIGHTER2_ZERO) == \
-        ["leg0 in flight"]
+    assert report.disagreements(in_flight, report.minimums_of(in_flight)) == ["leg0 in flight"]
     again = report.decide_report(in_flight, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=0, now=NOW)
     assert isinstance(again.commands[-1], RunLater) and "leg0 in flight" in again.events[0]
-    liquidated = exiting(filled("l2", Side.BUY, "1"))
-    assert report.disagreements(liquidated, report.minimums_of(liquidated), ExitReason.LIGHTER2_ZERO) == []
-    assert report.disagreements(liquidated, report.minimums_of(liquidated), ExitReason.TIMEOUT) == ["L2 fills imply 1"]
+    # The venue moves a Lighter leg too (liquidation, ADL): its read is the truth, whatever the exit's reason.
+    lighter = exiting(filled("l2", Side.BUY, "1"), filled("l1", Side.SELL, "1"))
+    assert report.disagreements(lighter, report.minimums_of(lighter)) == []
+    flat = report.decide_report(lighter, results(), reason=ExitReason.TIMEOUT, attempt=0, now=NOW)
+    assert isinstance(flat.commands[-1], Finish) and flat.commands[-1].outcome is Outcome.FLAT
 
 
 def test_dust_below_the_minimum_is_flat_and_an_unknown_read_is_not() -> None:
