@@ -91,6 +91,9 @@ class AccountReading:
     account: str
     quantity: Decimal | None
     error: str = ""
+    #: The venue's smallest order on the account's market (its step or minimum size, the larger);
+    #: a position below it is dust no order can close. None when the rules could not be read.
+    smallest_order: Decimal | None = None
 
     def describe(self) -> str:
         if self.quantity is None:
@@ -100,5 +103,8 @@ class AccountReading:
 
 def resume_blockers(readings: list[AccountReading]) -> list[AccountReading]:
     """The accounts that keep a stopped group stopped: any position that is not zero, or unknown
-    (unknown is not zero). An empty list, from at least one reading, means the group may resume."""
-    return [r for r in readings if r.quantity is None or r.quantity != 0]
+    (unknown is not zero). Dust below the venue's smallest order is no blocker: no order, the
+    bot's or an operator's, can close it, and the next cycle carries it as its baseline. An empty
+    list, from at least one reading, means the group may resume."""
+    return [r for r in readings if r.quantity is None or (
+        r.quantity != 0 and (r.smallest_order is None or abs(r.quantity) >= r.smallest_order))]

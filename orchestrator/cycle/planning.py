@@ -146,13 +146,17 @@ def plan_cycle(group: GroupConfig, params: HedgeParams, snaps: dict[Role, Accoun
 
 
 def check_starting_positions(params: HedgeParams, snaps: dict[Role, AccountSnapshot]) -> None:
-    """Refuse an unknown position always, and a held one (one step or more) unless
-    ``allow_existing_positions``: the exit and the rebalance would otherwise trade it as the cycle's."""
+    """Refuse an unknown position always, and a held one unless ``allow_existing_positions``: the exit
+    and the rebalance would otherwise trade it as the cycle's. A leftover below the venue's smallest
+    order (its step or minimum size, whichever is larger) is dust no order can close, neither the
+    bot's nor an operator's flatten: it is not refused but carried as the cycle's baseline, like
+    every starting position, so the cycle trades only its own deltas around it."""
     for role, snap in snaps.items():
         if snap.position is None:
             raise PlanRefused(f"{role.short} ({snap.account}) position is unknown; refusing to start")
     for role, snap in snaps.items():
-        if not params.allow_existing_positions and abs(snap.position or Decimal(0)) >= snap.rules.step_size:
+        smallest_order = max(snap.rules.step_size, snap.rules.min_quantity)
+        if not params.allow_existing_positions and abs(snap.position or Decimal(0)) >= smallest_order:
             raise PlanRefused(f"{role.value} ({snap.account}) already holds a position of {snap.position}; "
                               f"flatten it or set allow_existing_positions = true")
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -191,3 +192,28 @@ def test_a_failed_leverage_update_ends_the_cycle_not_started(clean: Deployment) 
         finally:
             dep.sim.exchange.clear_faults()
     assert "leveraged_snapshot on lighter" in error and "500" in error, error
+
+
+def test_lighter_dust_below_the_venue_minimum_blocks_neither_a_resume_nor_a_cycle(clean: Deployment) -> None:
+    """A partial liquidation left Lighter2 0.001, below the venue's minimum: no order can close it.
+    Refusing it would stop the group for good; it is carried as the cycle's baseline instead."""
+    dep = clean
+    _open(dep, "lighter2", "buy", Decimal("0.05"))
+    dep.admin("lighter", "liquidate", {"venue": "lighter", "account": "102", "base": "ETH", "leave": "0.001"})
+    try:
+        assert _held(dep)["lighter2"] == Decimal("0.001"), _held(dep)
+        dep.client.set("xtb:group:main:stopped",
+                       json.dumps({"cycle_id": "main-before", "reason": "cancelled", "stopped_at": time.time()}))
+        resumed = run_xtb(dep, "group", "resume", "main")
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+        cycle_id = dep.start_cycle()
+        record = dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)
+        assert record["stage"] == "monitoring", (record.get("reason"), record.get("error"))
+        done = _cancel(dep, cycle_id)
+        assert (done["outcome"], done["reason"]) == ("flat", "cancelled"), (done.get("error"), done.get("events"))
+        held = _held(dep)
+        assert held["lighter2"] == Decimal("0.001") and abs(held["backpack"]) < STEP and \
+            abs(held["lighter1"]) < STEP, held
+    finally:
+        dep.client.delete("xtb:group:main:stopped")
+        dep.admin("lighter", "liquidate", {"venue": "lighter", "account": "102", "base": "ETH"})

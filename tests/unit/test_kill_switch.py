@@ -28,6 +28,14 @@ def test_an_open_or_unknown_account_keeps_it_stopped() -> None:
     assert reading("BP", "0.0000").describe() == "BP bp 0"
 
 
+def test_dust_below_the_smallest_order_does_not_keep_it_stopped() -> None:
+    # Lighter1 holds 0.003 with a 0.005 minimum: no order can close it, the next cycle carries it.
+    dust = AccountReading("L1", "l1", Decimal("0.003"), smallest_order=Decimal("0.005"))
+    held = AccountReading("L2", "l2", Decimal("0.005"), smallest_order=Decimal("0.005"))
+    unknown_rules = AccountReading("BP", "bp", Decimal("0.003"))
+    assert resume_blockers([dust, held, unknown_rules]) == [held, unknown_rules]
+
+
 @given(st.lists(st.one_of(st.none(), st.decimals(allow_nan=False, allow_infinity=False, places=4)), max_size=3))
 def test_blockers_are_exactly_the_non_zero_and_unknown_reads(quantities: list[Decimal | None]) -> None:
     readings = [AccountReading(f"R{i}", f"a{i}", q) for i, q in enumerate(quantities)]

@@ -159,6 +159,16 @@ def test_an_account_holding_a_position_refuses_the_cycle(role: str) -> None:
         plan_cycle(GROUP, HedgeParams(), snaps(**{role: snap(role, position=Decimal("-0.005"))}))
 
 
+def test_dust_below_the_venue_minimum_is_carried_as_the_baseline_not_refused() -> None:
+    # Lighter2 holds 0.003 with a 0.005 minimum: no order can close it, so refusing would stop the
+    # group for good. At the minimum it is a position like any other.
+    dusty = snaps(l2=snap("l2", Decimal("0.0001"), min_qty=Decimal("0.005"), position=Decimal("0.003")))
+    assert plan_cycle(GROUP, HedgeParams(), dusty).baselines["L2"] == Decimal("0.003")
+    held = snaps(l2=snap("l2", Decimal("0.0001"), min_qty=Decimal("0.005"), position=Decimal("0.005")))
+    with pytest.raises(PlanRefused, match=r"already holds a position of 0\.005"):
+        plan_cycle(GROUP, HedgeParams(), held)
+
+
 def test_less_than_one_step_is_flat_and_allow_existing_positions_records_the_baselines() -> None:
     plan = plan_cycle(GROUP, HedgeParams(), snaps(bp=snap("bp", position=Decimal("0.0009"))))
     assert plan.baselines["BP"] == Decimal("0.0009")

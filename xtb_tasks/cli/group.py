@@ -2,7 +2,8 @@
 
 An unresolved exit stops its group (``orchestrator.kill_switch``); no cycle starts until an
 operator has looked. Resuming reads the three accounts again, fresh from the venues, and refuses
-while any of them holds a position or cannot be read: unknown is not zero.
+while any of them holds a position or cannot be read: unknown is not zero. Dust below the venue's
+smallest order does not refuse: nothing can close it, and the next cycle carries it as its baseline.
 """
 
 from __future__ import annotations
@@ -31,23 +32,29 @@ def _readings(settings: Settings, grp: GroupConfig, direct_mode: bool) -> list[A
     from orchestrator.kill_switch import AccountReading
 
     def reading(role: Role, result: dict[str, Any] | None, error: str) -> AccountReading:
-        quantity = (result or {}).get("quantity")
+        # A ``get_position`` answer: the position, its error, the market's rules.
+        quantity, rules = (result or {}).get("quantity"), (result or {}).get("rules") or {}
         try:
             value = None if quantity is None else Decimal(str(quantity))
-        except InvalidOperation:
-            value, error = None, f"unreadable quantity {quantity!r}"
+            smallest = max(Decimal(str(rules["step_size"])), Decimal(str(rules["min_quantity"]))) if rules else None
+        except (InvalidOperation, KeyError):
+            value, smallest, error = None, None, f"unreadable quantity {quantity!r}"
         return AccountReading(role.short, grp.account_for(role), value,
-                              error or str((result or {}).get("error") or ""))
+                              error or str((result or {}).get("error") or ""), smallest)
 
     if direct_mode:
         from xtb_tasks.cli.venue import direct
         from xtb_tasks.execution.venue_ops import read_position
 
+        def position(connector: Any, client: Any, symbol: str) -> dict[str, Any]:
+            return {**read_position(client, connector, symbol).to_json(),
+                    "rules": connector.market_rules(symbol).to_json()}
+
         out = []
         for role in Role:
             symbol = grp.symbol_for(role)
             try:
-                result = direct(grp.account_for(role), settings, lambda c, r, s=symbol: read_position(r, c, s).to_json())
+                result = direct(grp.account_for(role), settings, lambda c, r, s=symbol: position(c, r, s))
             except Exception as exc:  # any failure to read (a busy lease, the venue) leaves it unknown
                 out.append(reading(role, None, str(exc)))
                 continue
@@ -57,7 +64,7 @@ def _readings(settings: Settings, grp: GroupConfig, direct_mode: bool) -> list[A
     from xtb_tasks.worker.celery_app import app
     from xtb_tasks.worker.results import wait_result
 
-    # All three reads in flight at once, each on its account's own queue (as `xtb position` reads).
+    # All three reads in flight at once, each on its account's own queue: the position with its market's rules.
     pending = {role: app.send_task("xtb.venue.get_position", queue=grp.account_for(role),
                                    kwargs={"account": grp.account_for(role), "symbol": grp.symbol_for(role)}).id
                for role in Role}
@@ -81,7 +88,8 @@ def _readings(settings: Settings, grp: GroupConfig, direct_mode: bool) -> list[A
 def resume(ctx: click.Context, name: str, direct_mode: bool) -> None:
     """Let cycles start again in group NAME after an unresolved exit stopped it.
 
-    Refuses (exit 1) while any of the group's three accounts reads a position, or cannot be read.
+    Refuses (exit 1) while any of the group's three accounts reads a position, or cannot be read; a
+    leftover below the venue's smallest order is dust, which no order can close, and does not refuse.
     Check with `xtb status`, close what is open (`xtb flatten --group NAME`), then resume.
 
     \b

@@ -133,8 +133,11 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
 
 @app.task(name="xtb.venue.get_position", base=AccountLeaseTask, bind=True, exclusive=False)
 def get_position(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
+    """The position, with the market's rules (a position below its smallest order is dust)."""
     _guard_queue(self, account)
-    return read_position(redis_client(), get_connector(account), symbol, cycle_id).to_json()
+    connector = get_connector(account)
+    return {**read_position(redis_client(), connector, symbol, cycle_id).to_json(),
+            "rules": connector.market_rules(symbol).to_json()}
 
 
 class ConfirmationFailed(XtbError, RuntimeError):
