@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -38,6 +39,7 @@ from simulators.lighter_rules import LighterRules
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import wait_until
+from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
 
 LIGHTER = {"lighter1": "account:101", "lighter2": "account:102"}
 #: Confirmations and the stage each one's task sets when done (xtb_tasks/worker/canvas.py).
@@ -64,6 +66,91 @@ def _one_cycle(dep: Deployment, monitor_secs: float) -> tuple[dict[str, Any], di
     if done.get("outcome") == "flat":
         wait_until(lambda: dep.record(cycle_id).get("pnl_split") is not None, timeout=60, what="the PnL split")
     return dep.record(cycle_id), {"before": before, "after": dep.lighter_requests()}, monitored
+
+
+class NakedSampler:
+    """The group's net at the simulator every ``interval`` seconds, integrated as notional: the
+    seconds × USD the group carried unhedged (|BP + L1 + L2| × ``price``)."""
+
+    def __init__(self, dep: Deployment, price: Decimal, interval: float = 0.005) -> None:
+        self.dep, self.price, self.interval = dep, price, interval
+        self.notional_secs = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.is_set():
+            net = abs(sum(self.dep.positions().values(), Decimal(0)))
+            now = time.monotonic()
+            self.notional_secs += float(net * self.price) * (now - last)
+            last = now
+            time.sleep(self.interval)
+
+    def __enter__(self) -> NakedSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _liquidation_to_exit(dep: Deployment, *, push_lost: bool) -> tuple[float, float] | None:
+    """One cycle to monitoring, then Lighter2 liquidated (its pushes lost when ``push_lost``): the
+    seconds from the liquidation to the cycle's exit start (its ``t:emergency_exit``), and the naked
+    notional × seconds from the liquidation to the exit's end. None when the cycle did not hedge."""
+    cycle_id = dep.start_cycle()
+    record = dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)
+    if record.get("stage") != "monitoring":
+        print(f"liquidation cycle {cycle_id} did not hedge: {record.get('reason')} {record.get('error')}",
+              file=sys.stderr)
+        return None
+    wait_until(lambda: dep.client.hget("xtb:acct:lighter2", "stream_state") == "live", timeout=10,
+               what="lighter2's stream")
+    if push_lost:
+        dep.admin("lighter", "fault", {"venue": "lighter", "kind": "miss_push", "count": 100_000, "op": "ws",
+                                       "account": "102", "params": {}})
+    price = Decimal(str((record.get("plan") or {}).get("reference_price") or 0))
+    try:
+        with NakedSampler(dep, price) as sampler:
+            liquidated = time.time()
+            dep.liquidate_lighter(102)
+            dep.wait_stage(cycle_id, ("emergency_exit", "done"), timeout=60)
+            dep.sim.exchange.clear_faults()
+            done = dep.wait_done(cycle_id, timeout=90)
+    finally:
+        dep.sim.exchange.clear_faults()
+    started = done.get("t:emergency_exit")
+    return (float(started) - liquidated if started else float("inf")), sampler.notional_secs
+
+
+#: A cycle spends about 11 Lighter REST requests per account; a Standard account gets 60 a minute.
+#: Cycles back to back at this spacing stay within it (the cycles measured here must not be the
+#: ones the budget refuses).
+CYCLE_SPACING_SECS = 12.0
+
+
+def measure_liquidations(dep: Deployment, out: dict[str, Any], *, with_push: int, push_lost: int) -> None:
+    """Liquidation → exit start (ms) with the push and with every Lighter2 push lost, and each
+    cycle's naked notional × seconds, against ``reconcile_secs`` in force."""
+    started = time.monotonic()
+
+    def spaced(lost: bool) -> tuple[float, float] | None:
+        nonlocal started
+        time.sleep(max(0.0, started + CYCLE_SPACING_SECS - time.monotonic()))
+        started = time.monotonic()
+        return _liquidation_to_exit(dep, push_lost=lost)
+
+    for key, n, lost in (("liquidation_to_exit_ms", with_push, False),
+                         ("liquidation_to_exit_push_lost_ms", push_lost, True)):
+        runs = [r for r in (spaced(lost) for _ in range(n)) if r is not None]
+        out[key.replace("_ms", "_not_hedged")] = n - len(runs)
+        out[key] = measure.p50_p99([secs * 1000 for secs, _ in runs])
+        out[key.replace("_ms", "_naked_usd_secs")] = {
+            "worst": round(max((naked for _, naked in runs), default=0.0), 1),
+            "p50": round(measure.percentile([naked for _, naked in runs], 50), 1) if runs else None}
+    out["reconcile_secs"] = DEFAULT_RECONCILE_SECS
 
 
 def _push_confirm_latency(dep: Deployment, n: int, warmup: int = 3) -> list[float]:
@@ -100,18 +187,19 @@ def _streamed(dep: Deployment, account: str) -> Decimal | None:
     return Decimal(reading["quantity"]) if reading.get("source") == "ws" and reading.get("quantity") else None
 
 
-def measure_budget(out: dict[str, Any], *, cycles: int, monitor_secs: float, confirms: int) -> None:
+def measure_budget(out: dict[str, Any], *, cycles: int, monitor_secs: float, confirms: int,
+                   liquidations: int) -> None:
     """Run :func:`measure_in_process` in a fresh interpreter (the process-wide Celery app is bound to
     the broker it was built with, the latency bench's) and merge its figures into ``out``."""
-    proc = subprocess.run([sys.executable, "-m", "bench.budget_bench", str(cycles), str(monitor_secs), str(confirms)],
-                          capture_output=True, text=True, timeout=900, check=False)
+    proc = subprocess.run([sys.executable, "-m", "bench.budget_bench", str(cycles), str(monitor_secs), str(confirms),
+                           str(liquidations)], capture_output=True, text=True, timeout=1200, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"budget bench failed:\n{proc.stderr[-3000:]}")
     out.update(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float, confirms: int,
-                       rest_only: bool = False) -> None:
+                       liquidations: int = 0, rest_only: bool = False) -> None:
     """``rest_only``: the workers as they were before the streams (REST only, no budget), against the
     same rate-limited venue; no push confirmations (there is no stream)."""
     tmp = Path(tempfile.mkdtemp(prefix="xtb-bench-budget-"))
@@ -144,6 +232,7 @@ def measure_in_process(out: dict[str, Any], *, cycles: int, monitor_secs: float,
         out["confirm_latency_in_cycle_ms"] = measure.p50_p99(latencies)
         if not rest_only:
             out["confirm_latency_stream_ms"] = measure.p50_p99(_push_confirm_latency(dep, confirms))
+            measure_liquidations(dep, out, with_push=liquidations, push_lost=max(liquidations * 2 // 5, 2))
     finally:
         teardown(dep)
         stop_redis_server(redis_server)
@@ -155,10 +244,11 @@ if __name__ == "__main__":
     parser.add_argument("cycles", type=int, nargs="?", default=5)
     parser.add_argument("monitor_secs", type=float, nargs="?", default=60.0)
     parser.add_argument("confirms", type=int, nargs="?", default=60)
+    parser.add_argument("liquidations", type=int, nargs="?", default=10)
     parser.add_argument("--rest-only", action="store_true",
                         help="the workers as before the streams (REST only, no budget): the 'before' figures")
     args = parser.parse_args()
     figures: dict[str, Any] = {}
     measure_in_process(figures, cycles=args.cycles, monitor_secs=args.monitor_secs, confirms=args.confirms,
-                       rest_only=args.rest_only)
+                       liquidations=args.liquidations, rest_only=args.rest_only)
     print(json.dumps(figures))

@@ -44,9 +44,9 @@ class Clock:
 def sizes(quick: bool) -> dict[str, int]:
     if quick:
         return {"baseline": 50, "chain": 10, "cycles": 10, "pairs": 10, "confirm": 10, "probe": 5, "scale2": 4,
-                "scale4": 3, "budget_cycles": 2, "monitor_secs": 15, "push_confirms": 10}
+                "scale4": 3, "budget_cycles": 2, "monitor_secs": 15, "push_confirms": 10, "liquidations": 3}
     return {"baseline": 300, "chain": 60, "cycles": 100, "pairs": 60, "confirm": 60, "probe": 30, "scale2": 25,
-            "scale4": 20, "budget_cycles": 5, "monitor_secs": 60, "push_confirms": 60}
+            "scale4": 20, "budget_cycles": 5, "monitor_secs": 60, "push_confirms": 60, "liquidations": 10}
 
 
 def measure_one_group(bench: Bench, n: dict[str, int], clock: Clock, out: dict[str, Any]) -> None:
@@ -178,6 +178,19 @@ def budget_targets(out: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
         ("Lighter REST per monitor minute <= 2 per account", None if per_minute is None else per_minute <= 2,
          f'{out["lighter_rest_requests_per_monitor_minute"]} over {out["lighter_monitor_secs_measured"]} s'),
         ("confirmation p99 <= 10 ms after the push", stream_p99 <= 10, f"{stream_p99} ms"),
+        *liquidation_targets(out),
+    ]
+
+
+def liquidation_targets(out: dict[str, Any]) -> list[tuple[str, bool | None, str]]:
+    pushed, lost = out["liquidation_to_exit_ms"]["p99"], out["liquidation_to_exit_push_lost_ms"]["p99"]
+    bound_ms = (out["reconcile_secs"] + 1) * 1000
+    naked = (f'worst naked {out["liquidation_to_exit_naked_usd_secs"]["worst"]} / '
+             f'{out["liquidation_to_exit_push_lost_naked_usd_secs"]["worst"]} USD·s per cycle')
+    return [
+        ("liquidation -> exit start p99 <= 1 s with the push", pushed <= 1000, f"{pushed} ms; {naked}"),
+        ("liquidation -> exit start p99 <= reconcile_secs + 1 s, push lost", lost <= bound_ms,
+         f"{lost} vs {bound_ms:.0f} ms"),
     ]
 
 
@@ -233,7 +246,8 @@ def run(quick: bool) -> dict[str, Any]:
         clock.phase("stop", bench.close)
     clock.phase("rate-limited Lighter cycles", lambda: measure_budget(out, cycles=n["budget_cycles"],
                                                                        monitor_secs=n["monitor_secs"],
-                                                                       confirms=n["push_confirms"]))
+                                                                       confirms=n["push_confirms"],
+                                                                       liquidations=n["liquidations"]))
     out.pop("_handoff_samples_1", None)
     out["targets"] = [[name, ok, detail] for name, ok, detail in targets(out)]
     out["phase_secs"] = clock.phases

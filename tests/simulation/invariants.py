@@ -67,12 +67,14 @@ class Broken(AssertionError):
         super().__init__(f"seed {seed}: invariant {rule.value} broken: {text}\n  trace tail:\n  {trace}")
 
 
-def longest_outage(outages: Iterable[tuple[float, float]]) -> float:
-    """The longest stretch in which some account's reads fail ((start, length) spans; overlapping
-    or touching spans of different accounts chain: a decision needs all three reads)."""
+def longest_outage(outages: Iterable[tuple[float, float]], chain_within: float = 0.0) -> float:
+    """The longest stretch in which some account's reads fail ((start, length) spans). Spans of
+    different accounts chain when they overlap or the gap between them is shorter than
+    ``chain_within`` (a poll interval: the one read in the gap can still miss it), because a
+    decision needs all three reads."""
     longest, start, end = 0.0, None, None
     for begin, length in sorted(outages):
-        if end is None or start is None or begin > end:
+        if end is None or start is None or begin > end + chain_within:
             start, end = begin, begin + length
         else:
             end = max(end, begin + length)

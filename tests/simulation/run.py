@@ -85,8 +85,8 @@ def simulate(seed: int, *, known_open: KnownOpen | None = None, keep_trace: bool
     params = state.params
     watch = Watch(cid, store, venue, legging_bound(params.poll_interval_secs, params.zero_reread_secs,
                                                    params.zero_confirmations, scenario.rates, STEP_GRACE_SECS,
-                                                   longest_outage(s for spans in scenario.outages.values()
-                                                                  for s in spans)))
+                                                   longest_outage((s for spans in scenario.outages.values()
+                                                                   for s in spans), params.poll_interval_secs)))
     watch.unknown_exit_read = lambda: scheduler.unknown_exit_read_at
     # What faults add to the legging bound stretches the seen bound too; after an outage the next
     # read comes at the next poll.
