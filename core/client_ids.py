@@ -41,7 +41,8 @@ return top
 class IntentStatus(str, Enum):
     """Where a client order id is in its life."""
 
-    #: Allocated and recorded; no task has contacted the venue with it yet.
+    #: Allocated and recorded; no task has contacted the venue with it yet, or the venue refused it
+    #: before executing it (a rate limit, a nonce out of order): it may be sent as it is.
     PLANNED = "planned"
     #: A task is about to send it or sent it without a recorded answer: look it up before resending.
     SENDING = "sending"

@@ -110,20 +110,20 @@ def test_a_dust_leftover_counts_as_liquidated_and_is_reported_as_dust_with_the_o
     dep.admin("lighter", "liquidate", {"venue": "lighter", "account": "102", "base": "ETH", "leave": "0.003"})
     done = finished_with_split(dep, cycle_id)
     assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), done.get("events")
-    # The exit in step keeps the group's net at zero: Lighter1 closes down to the dust Lighter2 holds,
-    # which leaves it a leftover below the minimum too.
-    assert done["dust"] == {"L1": "-0.0030", "L2": "0.0030"}
+    # Lighter2's dust is nobody's to close: the exit closes Lighter1 whole and leaves the net at the
+    # dust alone, within a Backpack step (not a second leftover on Lighter1 to match it).
+    assert done["dust"] == {"L2": "0.0030"}
     assert done["pnl"]["BP"] is not None and done["pnl"]["L1"] is not None, done["pnl"]
     positions = dep.positions()
     assert abs(positions["backpack"]) < STEP, positions
-    assert (positions["lighter1"], positions["lighter2"]) == (Decimal("-0.003"), Decimal("0.003")), positions
+    assert (positions["lighter1"], positions["lighter2"]) == (Decimal(0), Decimal("0.003")), positions
 
     text = raised_alerts(dep, cycle_id, "cycle_completed")[0]["text"]
-    assert "L1 flat, dust -0.003" in text and "L2 flat, dust +0.003" in text and "PnL unknown" not in text, text
+    assert "L2 flat, dust +0.003" in text and "L1 flat, dust" not in text and "PnL unknown" not in text, text
     assert "BP unknown" not in text, text
     # A leg still holding dust has no realised trading PnL yet; its fees and funding are known.
-    for role, left in (("L1", "-0.003"), ("L2", "0.003")):
-        part = done["pnl_split"][role]
-        assert part["trading"] is None and part["open"] == left and part["fees"] is not None, part
+    part = done["pnl_split"]["L2"]
+    assert part["trading"] is None and part["open"] == "0.003" and part["fees"] is not None, part
+    assert done["pnl_split"]["L1"]["trading"] is not None, done["pnl_split"]["L1"]
     assert done["pnl_split"]["BP"]["net"] is not None
     assert not dep.client.exists("xtb:group:main:stopped")

@@ -50,11 +50,14 @@ class LegFailed(XtbError):
 
 
 class RetryLater(XtbError):
-    """Transient: run the task again after ``countdown`` seconds (the intent says where to resume)."""
+    """Transient: run the task again after ``countdown`` seconds (the intent says where to resume).
+    ``counted``: the re-run counts toward the task's limit; a wait for an unknown outcome to show
+    does not (``ORDER_SETTLE_SECS`` bounds it)."""
 
-    def __init__(self, reason: str, countdown: float) -> None:
+    def __init__(self, reason: str, countdown: float, *, counted: bool = True) -> None:
         super().__init__(reason)
         self.countdown = countdown
+        self.counted = counted
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
             if age < ORDER_SETTLE_SECS:
                 raise RetryLater(f"{req.leg or 'order'} client id {client_id}: outcome unknown, not at the venue "
                                  f"{age:.0f} s after its intent; nothing sent until it shows or "
-                                 f"{ORDER_SETTLE_SECS:.0f} s pass", UNKNOWN_OUTCOME_RECHECK_SECS)
+                                 f"{ORDER_SETTLE_SECS:.0f} s pass", UNKNOWN_OUTCOME_RECHECK_SECS, counted=False)
             record_never_placed(client, record, req, client_id, Decimal(intent.get("quantity") or 0), age)
             continue
         report = _send(client, connector, record, req, client_id, intent, fetched, stage)
@@ -213,7 +216,11 @@ def _send(client: redis.Redis, connector: VenueConnector, record: CycleRecord | 
         try:
             _record_sending(client, record, req, client_id, quantity, enter, durable=True)
         except ReplicaTimeout as exc:
-            # Not sent: the rerun finds the intent SENDING, looks the order up, and records again.
+            # Not sent, and known not to be: the intent goes back to planned (no lookup to wait for)
+            # and the rerun records it again before it may send.
+            mark_intent(client, req.account, client_id, IntentStatus.PLANNED)
+            log.warning("account=%s cycle=%s leg=%s client_id=%s not sent: %s", req.account, req.cycle_id, req.leg,
+                        client_id, exc)
             raise RetryLater(str(exc), 0.5) from exc
     # No log line before the send: record_outcome and _not_sent_or_found log each outcome with its order.
     started = time.perf_counter()
@@ -250,9 +257,16 @@ def _not_sent_or_found(client: redis.Redis, connector: VenueConnector, record: C
         found = connector.find_order(req.symbol, client_id)
         if found is not None:
             return record_outcome(client, record, req, client_id, found)
+    if exc.reason in (ReasonCode.RATE_LIMITED, ReasonCode.INVALID_NONCE):
+        # Refused before it was executed (the rate limit, a nonce out of order): the venue never took
+        # it, so the same client id goes again as it is, with no lookup to wait for.
+        mark_intent(client, req.account, client_id, IntentStatus.PLANNED, refused=str(exc)[:200])
+        log.warning("account=%s cycle=%s leg=%s client_id=%s refused unexecuted, sent again: %s", req.account,
+                    req.cycle_id, req.leg, client_id, exc)
+        raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
     log.warning("account=%s cycle=%s leg=%s client_id=%s outcome unknown: %s", req.account, req.cycle_id,
                 req.leg, client_id, exc)
-    raise RetryLater(str(exc), 1.0 if exc.reason is ReasonCode.RATE_LIMITED else 0.3) from exc
+    raise RetryLater(str(exc), 0.3) from exc
 
 
 def _record_sending(client: redis.Redis, record: CycleRecord | None, req: OrderRequest, client_id: int,

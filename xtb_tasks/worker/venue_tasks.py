@@ -66,7 +66,7 @@ def _guard_queue(task: Task, account: str) -> None:
         raise WrongQueue(f"task for account {account!r} arrived on queue {routing_key!r}; refusing")
 
 
-@app.task(name="xtb.venue.submit_market_order", base=AccountLeaseTask, bind=True)
+@app.task(name="xtb.venue.submit_market_order", base=AccountLeaseTask, bind=True, max_retries=None)
 def submit_market_order(self: Task, *, account: str, symbol: str, side: str, client_ids: list[int],
                         quantity: str | None = None, reduce_only: bool = False,
                         max_slippage: float | None = None, cycle_id: str | None = None,
@@ -124,11 +124,12 @@ def _submit(task: Task, request: OrderRequest, reruns: int, armed: bool,
     try:
         return submit_order(client, connector, request, fetched, LEG_STAGES.get(request.leg or ""))
     except RetryLater as exc:
-        if reruns >= len(request.client_ids) + SUBMIT_EXTRA_RETRIES:
+        if exc.counted and reruns >= len(request.client_ids) + SUBMIT_EXTRA_RETRIES:
             raise LegFailed(f"{request.leg or 'order'} on {request.account} gave up after {reruns} re-runs: "
                             f"{exc}") from None
-        raise task.retry(countdown=exc.countdown, max_retries=None,
-                         kwargs={**task.request.kwargs, "reruns": reruns + 1}) from None
+        # The task's own count (``reruns``) is the limit; Celery's max_retries is off for this task.
+        raise task.retry(countdown=exc.countdown,
+                         kwargs={**task.request.kwargs, "reruns": reruns + (1 if exc.counted else 0)}) from None
 
 
 @app.task(name="xtb.venue.get_position", base=AccountLeaseTask, bind=True, exclusive=False)
