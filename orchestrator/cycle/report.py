@@ -233,7 +233,8 @@ def ended(state: CycleState, by_role: Mapping[str, Mapping[str, Any]], reason: E
     finals = finals_of(by_role)
     dust = exit_dust(by_role, minimums)
     per_venue = equity_change(state, by_role)
-    kind = completion_kind(reason.value, True)
+    # An exit that paged NOT FLAT ends with a page saying it is flat now, whatever its reason.
+    kind = completion_kind(reason.value, state.exit.unresolved_since is None)
     alerts: list[Alert] = []
     if kind is AlertKind.EMERGENCY_EXIT:
         text = format_emergency_exit(group, cycle_id, reason.value, per_venue, shown_positions(finals, dust))

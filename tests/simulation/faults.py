@@ -64,8 +64,9 @@ class KnownOpen:
 
     #: At most one task is lost (a crash, a hung send) per :data:`LOSS_SPACING_SECS`. Only the
     #: watchdog moves a cycle whose message was lost, a step grace (30 s) plus a sweep (5 s) later,
-    #: and the *seen* bound allows one such recovery: two losses close together while a liquidation
-    #: waits to be seen delay it by two (seed 43 with this off: 75 s).
+    #: so each loss costs 35 s; the bounds count each one, but a storm of them (a loss in most of an
+    #: exit's attempts) keeps an exit going past the run's end (seed 1066 with this off: still in
+    #: its exit 475 s in). The fix is a faster recovery of a lost exit step, not a decision.
     sparse_losses: bool = True
 
 

@@ -10,7 +10,8 @@ Bounds (virtual seconds):
   a poll interval and the zero re-reads (an order waits at most that long for the read that sends
   its match), the longest late delivery, the time some account's reads fail (unknown is never
   traded), and when tasks can be lost the watchdog's grace and sweep interval (only the sweep
-  moves a cycle whose message was lost) for each one lost, plus one try per order the venue filled
+  moves a cycle whose message was lost) for each one lost, the pace of an unresolved exit's
+  attempts when reads can fail past its quick attempts, plus one try per order the venue filled
   nothing of, plus one second of slack. See :func:`legging_bound` and :meth:`Watch.in_step`.
 * *seen*: ``reconcile_secs + 1`` (the Lighter connector's REST reconciliation, 10 s by default:
   a liquidation the push stream lost is read by REST within it), stretched as the in-step bound is
@@ -27,9 +28,9 @@ from enum import Enum
 
 from core.config_schema import Role
 from core.cycle_fields import Outcome, Stage
-from core.policies import WATCHDOG_INTERVAL_SECS
+from core.policies import UNRESOLVED_RETRY_SECS, WATCHDOG_INTERVAL_SECS
 from orchestrator.cycle.state import LIGHTER_ROLES, ROLES, CycleState
-from tests.simulation.faults import Rates
+from tests.simulation.faults import SHORT_OUTAGE_SECS, Rates
 from tests.simulation.world import SimStore, SimVenue, closable, own_deltas
 from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
 
@@ -88,6 +89,10 @@ def legging_bound(poll_secs: float, reread_secs: float, confirmations: int, rate
     """The longest legging window the seed's faults allow (see the module docstring);
     ``outage_secs``: the time some account's reads fail (:func:`total_outage`)."""
     bound = poll_secs + confirmations * reread_secs + 1.0
+    if rates.outage_max_secs > SHORT_OUTAGE_SECS or rates.crashes:
+        # Reads failing past the exit's quick attempts, or its tasks lost: the exit may be unresolved,
+        # and an unresolved exit tries again every UNRESOLVED_RETRY_SECS.
+        bound += UNRESOLVED_RETRY_SECS
     if rates.late or rates.twice:
         bound += rates.late_max_secs
     bound += outage_secs
@@ -244,10 +249,16 @@ class Watch:
             self.measure(Rule.SEEN, waited)
             self.venue_moved_at, self.leg_zeroed = None, False
             return None
-        if waited > self.seen_bound:
+        extra = self.more_lost_since(self.venue_moved_at) * self.recovery_secs
+        if waited > self.seen_bound + extra:
             what = "a Lighter leg read zero" if self.leg_zeroed else f"the net {self.net()} off-step"
-            return f"{what} for {waited:.2f} s (bound {self.seen_bound:.0f} s) and the cycle did not act"
+            return f"{what} for {waited:.2f} s (bound {self.seen_bound + extra:.0f} s) and the cycle did not act"
         return None
+
+    def more_lost_since(self, since: float) -> int:
+        """Lost tasks beyond the first since ``since`` (one recovery is in the bounds already), counting
+        a loss up to a recovery before it: the cycle may still be waiting for its sweep."""
+        return max(sum(1 for at in self.losses() if at >= since - self.recovery_secs) - 1, 0)
 
     def in_step(self) -> str | None:
         state = self.state
@@ -258,7 +269,7 @@ class Watch:
             self.off_since = self.now
         window = self.now - self.off_since
         unfilled = sum(1 for order in self.venue.sent if order.at >= self.off_since and order.filled == 0)
-        lost = max(sum(1 for at in self.losses() if at >= self.off_since - self.recovery_secs) - 1, 0)
+        lost = self.more_lost_since(self.off_since)
         extra = unfilled * self.per_try_secs + lost * self.recovery_secs
         self.measure(Rule.IN_STEP, window - extra)
         if window > self.bound + extra:
