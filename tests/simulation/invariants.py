@@ -32,7 +32,7 @@ from core.policies import UNRESOLVED_RETRY_SECS, WATCHDOG_INTERVAL_SECS
 from orchestrator.cycle.state import LIGHTER_ROLES, ROLES, CycleState
 from tests.simulation.faults import SHORT_OUTAGE_SECS, Rates
 from tests.simulation.world import SimStore, SimVenue, closable, own_deltas
-from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
+from venues.lighter.reconcile import DEFAULT_RECONCILE_SECS
 
 #: The Lighter connector's REST reconciliation period (``reconcile_secs``' default).
 RECONCILE_SECS = DEFAULT_RECONCILE_SECS
