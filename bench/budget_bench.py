@@ -39,7 +39,7 @@ from simulators.lighter_rules import LighterRules
 from tests.helpers.harness import Deployment, make_deployment, teardown
 from tests.helpers.services import start_redis_server, start_worker, stop_redis_server
 from tests.helpers.support import wait_until
-from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
+from venues.lighter.reconcile import DEFAULT_RECONCILE_SECS
 
 LIGHTER = {"lighter1": "account:101", "lighter2": "account:102"}
 #: Confirmations and the stage each one's task sets when done (xtb_tasks/worker/canvas.py).

@@ -19,7 +19,7 @@ from msgspec import Meta
 
 from core.config_decode import ConfigError, check_amounts, check_url, decode_table, doc, normalise
 from venues.lighter.credentials import USER_API_KEY_MIN
-from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
+from venues.lighter.reconcile import DEFAULT_RECONCILE_SECS
 
 
 class Venue(str, Enum):

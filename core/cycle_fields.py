@@ -237,6 +237,10 @@ FIELDS: dict[str, Field] = {
     "exit_worst_net": Field(STR, "the largest |net| (bp + l1 + l2 less the baselines) a read of the exit saw"),
     "exit_worst_net_at": Field(FLOAT, "when the exit read exit_worst_net (epoch seconds)"),
     "exit_reported_at": Field(FLOAT, "when an exit report finished the cycle (HSETNX: later reports stop)"),
+    "exit_unresolved_since": Field(FLOAT, "when the exit's quick attempts ran out without confirming flat: from "
+                                          "then on it is unresolved (outcome 'unresolved', the group stopped) and "
+                                          "goes on, slower, paging, until a read confirms flat"),
+    "exit_paged_at": Field(FLOAT, "when the unresolved exit last paged that it is still not flat"),
     "pnl": Field(OBJECT, "per-venue PnL after the exit (role -> decimal text or null)"),
     "dust": Field(OBJECT, "roles left after the exit with a position below the venue minimum (role -> decimal "
                           "text): flat as far as anything can be traded, and reported as dust"),

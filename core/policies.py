@@ -56,9 +56,14 @@ class RetryPolicy:
 #: 0.25-0.5 s between tries, up to 1000 of them (well beyond any lease's 75 s TTL).
 LEASE_BUSY = RetryPolicy(attempts=1001, delay_secs=0.25, jitter=1.0)
 
-#: An emergency exit that could not confirm every account flat runs once more, 2 s later, and then
-#: ends ``unresolved`` with an alert.
+#: An emergency exit that could not confirm every account flat runs once more, 2 s later; after that
+#: it is ``unresolved`` (the group stopped, an operator paged) and goes on, never ending while the
+#: cycle's own exposure remains: an attempt every ``UNRESOLVED_RETRY_SECS``, a page every
+#: ``UNRESOLVED_PAGE_SECS``, until a read confirms flat. The slower pace leaves the venues' rate
+#: budgets to the operator's reads and flatten (an attempt spends about ten Lighter requests).
 EMERGENCY_EXIT = RetryPolicy(attempts=2, delay_secs=2.0)
+UNRESOLVED_RETRY_SECS = 30.0
+UNRESOLVED_PAGE_SECS = 300.0
 
 #: An order the venue has no record of this long after its intent was last written is taken as never
 #: placed: twice the venues' request timeout (10 s), and past Backpack's default signature window

@@ -119,8 +119,9 @@ def format_cycle_completed(group: str, cycle_id: str, reason: str, duration_secs
 
 
 def format_group_stopped(group: str, cycle_id: str, reason: str) -> str:
-    return (f"Group {group} STOPPED: cycle {cycle_id} ended unresolved ({reason}); no cycle starts until an "
-            f"operator checks `xtb status`, flattens the accounts and runs `xtb group resume {group}`.")
+    return (f"Group {group} STOPPED: cycle {cycle_id} could not confirm flat ({reason}) and is unresolved; its exit "
+            f"goes on. No cycle starts until an operator checks `xtb status`, flattens the accounts and runs "
+            f"`xtb group resume {group}`.")
 
 
 def format_group_resumed(group: str, cycle_id: str, positions: Mapping[str, Amount]) -> str:

@@ -37,7 +37,7 @@ return -1
 
 @dataclass(frozen=True)
 class GroupStop:
-    """Why a group is stopped: the cycle whose exit ended unresolved, its reason, and when."""
+    """Why a group is stopped: the cycle whose exit turned unresolved, its reason, and when."""
 
     group: str
     cycle_id: str
@@ -62,12 +62,12 @@ class GroupStop:
     def refusal(self) -> str:
         """The one line a refused start says: the group, the stopped cycle, and how to resume."""
         return (f"Cycle start refused for group {self.group}: the group is stopped since cycle {self.cycle_id} "
-                f"ended unresolved ({self.reason}); check the accounts with `xtb status`, flatten them "
+                f"turned unresolved ({self.reason}); check the accounts with `xtb status`, flatten them "
                 f"(`xtb flatten --group {self.group}`), then run `xtb group resume {self.group}`.")
 
 
 def stop_group(client: redis.Redis | redis.client.Pipeline, group: str, cycle_id: str, reason: str) -> GroupStop:
-    """Stop ``group`` because ``cycle_id`` ended unresolved (no TTL: only an operator clears it)."""
+    """Stop ``group`` because ``cycle_id`` turned unresolved (no TTL: only an operator clears it)."""
     stop = GroupStop(group, cycle_id, reason, time.time())
     client.set(keys.group_stopped(group), json.dumps(stop.to_json()))
     return stop

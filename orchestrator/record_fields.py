@@ -144,9 +144,12 @@ def exit_progress(fields: Mapping[str, Any]) -> ExitProgress:
     """The exit's progress from the record's ``exit_*`` fields."""
     worst = fields.get("exit_worst_net")
     at = fields.get("exit_worst_net_at")
+    since, paged = fields.get("exit_unresolved_since"), fields.get("exit_paged_at")
     return ExitProgress(worst_net=None if worst in (None, "") else Decimal(str(worst)),
                         worst_net_at=None if at in (None, "") else float(at),
-                        orders=int(fields.get("exit_orders") or 0))
+                        orders=int(fields.get("exit_orders") or 0),
+                        unresolved_since=None if since in (None, "") else float(since),
+                        paged_at=None if paged in (None, "") else float(paged))
 
 
 def exit_fields(before: CycleState, after: CycleState) -> dict[str, Any]:
@@ -161,6 +164,10 @@ def exit_fields(before: CycleState, after: CycleState) -> dict[str, Any]:
     progress = after.exit
     if progress.worst_net is not None and progress.worst_net != before.exit.worst_net:
         out.update(exit_worst_net=str(progress.worst_net), exit_worst_net_at=progress.worst_net_at)
+    if progress.unresolved_since != before.exit.unresolved_since:
+        out["exit_unresolved_since"] = progress.unresolved_since
+    if progress.paged_at != before.exit.paged_at:
+        out["exit_paged_at"] = progress.paged_at
     read = progress.last_read
     if read is not None and read != before.exit.last_read:
         shown = {role.short: str(read.positions.get(role)) for role in ROLES}

@@ -15,11 +15,12 @@ import redis
 
 from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
-from core.cycle_fields import check
+from core.cycle_fields import Outcome, check
 from core.cycle_record import CycleRecord, create_cycle, grace_deadline, positions_fields, step_grace
 from core.durability import durable_execute
 from monitoring.alerts import queue_alert
 from orchestrator.cycle.commands import (
+    RECORDED,
     Alert,
     Command,
     Decision,
@@ -28,6 +29,7 @@ from orchestrator.cycle.commands import (
     NoteStep,
     SendExitOrders,
     SendOrder,
+    StopGroup,
 )
 from orchestrator.cycle.plan import with_entry_ids
 from orchestrator.cycle.state import (
@@ -119,13 +121,16 @@ class RedisCycleStore:
         finish = next((c for c in decision.commands if isinstance(c, Finish)), None)
         if finish is not None and finish.claim is not None and not record.claim(finish.claim):
             return []  # another step ended the cycle first: this one writes and sends nothing
-        if finish is not None and finish.stop_group:
-            # The kill switch goes first, before the cycle leaves the active set and its lock is
-            # released: a start that takes the lock from then on finds the group stopped.
+        stops = [c for c in decision.commands if isinstance(c, StopGroup)]
+        for stopped in stops:
+            # The kill switch goes first and stays after the cycle ends and its lock is released:
+            # a start that takes the lock from then on finds the group stopped.
             stop = self.client.pipeline(transaction=False)
-            stop_group(stop, after.group.name, after.cycle_id, finish.reason)
+            stop_group(stop, after.group.name, after.cycle_id, stopped.reason)
             durable_execute(stop, self.client, f"kill switch of group {after.group.name}", required=False)
         fields = self.changed_fields(before, decision, now)
+        if stops:
+            fields["outcome"] = Outcome.UNRESOLVED.value  # a state the exit is in while it goes on
         if finish is not None:
             fields.update(finish_fields(finish, now))
         commands = self._with_exit_orders(after, self._with_client_ids(after, decision.commands))
@@ -160,7 +165,7 @@ class RedisCycleStore:
             pipe.execute()
         if finish is not None:
             release_group_lock(self.client, after.group.name, after.cycle_id)
-        return [c for c in commands if not isinstance(c, Alert | NoteStep | KeepResults)]
+        return [c for c in commands if not isinstance(c, RECORDED)]
 
     def changed_fields(self, before: CycleState, decision: Decision, now: float) -> dict[str, Any]:
         after = decision.state

@@ -235,9 +235,18 @@ class KeepResults(msgspec.Struct, frozen=True, tag=True):
     results: tuple[dict[str, Any], ...]
 
 
+class StopGroup(msgspec.Struct, frozen=True, tag=True):
+    """The exit could not confirm flat and goes on working: the kill switch (no cycle of the group
+    starts until an operator resumes it) and the record's outcome ``unresolved`` while it works.
+    The store carries it out in the step's own write; nothing is published."""
+
+    reason: str
+
+
 class Finish(msgspec.Struct, frozen=True, tag=True, kw_only=True):
-    """End the cycle: record its outcome, stop the group first when it ends not flat, leave the
-    active set, release the group, then read the venues' history and start the next cycle.
+    """End the cycle: record its outcome, leave the active set, release the group, then read the
+    venues' history and start the next cycle. An exit ends only flat (:class:`StopGroup` is the
+    kill switch of one that could not confirm it and goes on).
 
     Fields:
       outcome     how it ended
@@ -247,7 +256,6 @@ class Finish(msgspec.Struct, frozen=True, tag=True, kw_only=True):
       finals      each role's final position (short role names, decimal text or None when unknown)
       pnl         each role's equity change over the cycle (decimal text, None when unknown)
       dust        roles left with a position below the venue minimum (decimal text)
-      stop_group  the kill switch: no cycle of the group starts until an operator resumes it
       history     read the venues' fills and funding over ``since_ms``..``until_ms`` for the PnL split
       completed   the normal end (a liquidation or the timeout, then flat): the split's alert follows
       next_cycle  the start arguments of the next cycle of a multi-cycle run, or None
@@ -259,7 +267,6 @@ class Finish(msgspec.Struct, frozen=True, tag=True, kw_only=True):
     finals: dict[str, str | None] = msgspec.field(default_factory=dict)
     pnl: dict[str, str | None] = msgspec.field(default_factory=dict)
     dust: dict[str, str] = msgspec.field(default_factory=dict)
-    stop_group: bool = False
     history: bool = False
     since_ms: int = 0
     until_ms: int = 0
@@ -268,8 +275,10 @@ class Finish(msgspec.Struct, frozen=True, tag=True, kw_only=True):
 
 
 Command = (ReadPositions | RunLater | SendOrder | StartExit | Alert | EnterFirstLegs | EnterRest | ReadForExit
-           | KeepResults | Finish
+           | KeepResults | Finish | StopGroup
            | SendExitOrders | ReportExit | NoteStep)
+#: Commands the store carries out in the step's write; the scheduler never sees them.
+RECORDED = (Alert, NoteStep, KeepResults, StopGroup)
 
 
 class Decision(msgspec.Struct, frozen=True, kw_only=True):

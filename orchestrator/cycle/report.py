@@ -21,7 +21,7 @@ import msgspec
 
 from core.config_schema import Direction, Role
 from core.cycle_fields import FINAL_REASON_BY_STAGE, NOT_STARTED, ExitReason, Outcome, Stage
-from core.policies import EMERGENCY_EXIT
+from core.policies import EMERGENCY_EXIT, UNRESOLVED_PAGE_SECS, UNRESOLVED_RETRY_SECS
 from monitoring.alert_texts import (
     AlertKind,
     fmt_amount,
@@ -29,7 +29,18 @@ from monitoring.alert_texts import (
     format_emergency_exit,
     format_group_stopped,
 )
-from orchestrator.cycle.commands import Alert, Command, Decision, Finish, KeepResults, RunLater, StartExit, Step, StepName
+from orchestrator.cycle.commands import (
+    Alert,
+    Command,
+    Decision,
+    Finish,
+    KeepResults,
+    RunLater,
+    StartExit,
+    Step,
+    StepName,
+    StopGroup,
+)
 from orchestrator.cycle.runner import Call, ExitOpening, StepSpec
 from orchestrator.cycle.state import DEFAULT_STEP, ROLES, CycleState
 
@@ -147,69 +158,102 @@ def following_cycle(state: CycleState, reason: ExitReason, flat: bool) -> dict[s
 def decide_report(state: CycleState, results: Sequence[Mapping[str, Any]], *, reason: ExitReason, attempt: int,
                   now: float) -> Decision:
     """Exit attempt ``attempt`` ended with ``results`` (one per role that answered): end the cycle flat
-    when every role reads flat (or dust) and the cycle's own fills agree; otherwise try again while
-    attempts remain, then end it unresolved (the group stays stopped)."""
+    when every role reads flat (or dust) and nothing doubts it; otherwise try again (:func:`again`)."""
     keep = KeepResults(attempt, tuple(dict(r) for r in results))
     by_role = results_by_role([dict(r) for r in results], {state.group.account_for(role): role.short for role in ROLES})
     minimums = minimums_of(state)
     flat = exit_is_flat(by_role, minimums)
     doubts = disagreements(state, minimums) if flat else []
-    if (not flat or doubts) and not EMERGENCY_EXIT.exhausted(attempt):
-        again = Step(StepName.EMERGENCY_EXIT, {"reason": reason.value, "attempt": attempt + 1})
-        note = f"exit attempt {attempt} not confirmed flat ({'; '.join(doubts) or 'venue reads'}); again"
-        return Decision(state=state, commands=(keep, RunLater(again, EMERGENCY_EXIT.delay(attempt))), events=(note,),
-                        result={"retrying": True})
-    return ended(state, by_role, reason, now, unresolved=bool(doubts), doubts=doubts, first=(keep,))
+    if flat and not doubts:
+        return ended(state, by_role, reason, now, first=(keep,))
+    why = f"not confirmed flat ({'; '.join(doubts) or 'venue reads'})"
+    return again(state, reason=reason, attempt=attempt, why=why, now=now, finals=finals_of(by_role), first=(keep,))
 
 
 def decide_exit_failed(state: CycleState, *, reason: ExitReason, attempt: int, failed: str, now: float) -> Decision:
-    """A step of attempt ``attempt`` failed: the next attempt while attempts remain, else the end,
-    unresolved (nothing is known of the positions)."""
-    note = f"exit attempt {attempt} failed in an exit step ({failed})"
+    """A step of attempt ``attempt`` failed: the next attempt (:func:`again`)."""
+    return again(state, reason=reason, attempt=attempt, why=f"failed in an exit step ({failed})", now=now, finals={})
+
+
+def again(state: CycleState, *, reason: ExitReason, attempt: int, why: str, now: float,
+          finals: Mapping[str, Any], first: tuple[Command, ...] = ()) -> Decision:
+    """The next exit attempt. An exit never ends while the cycle's exposure may remain: once its
+    quick attempts (``EMERGENCY_EXIT``) are spent it is ``unresolved``, which is a state, not an
+    end: the group is stopped and an operator paged at once, and the exit goes on with an attempt
+    every ``UNRESOLVED_RETRY_SECS`` and a page every ``UNRESOLVED_PAGE_SECS`` until a read confirms
+    flat (reads that heal, a venue that fills again, an operator's flatten)."""
+    note = f"exit attempt {attempt} {why}; again"
+    step = Step(StepName.EMERGENCY_EXIT, {"reason": reason.value, "attempt": attempt + 1})
     if not EMERGENCY_EXIT.exhausted(attempt):
-        again = Step(StepName.EMERGENCY_EXIT, {"reason": reason.value, "attempt": attempt + 1})
-        return Decision(state=state, commands=(RunLater(again, EMERGENCY_EXIT.delay(attempt)),), events=(note,),
+        delay = EMERGENCY_EXIT.delay(attempt)
+        return Decision(state=state, commands=(*first, RunLater(step, delay)), events=(note,), next_within=delay,
                         result={"retrying": True})
-    decided = ended(state, {}, reason, now, unresolved=True, doubts=[])
-    return msgspec.structs.replace(decided, events=(note, *decided.events))
+    progress = state.exit
+    since = progress.unresolved_since if progress.unresolved_since is not None else now
+    page = progress.unresolved_since is None or progress.paged_at is None or \
+        now - progress.paged_at >= UNRESOLVED_PAGE_SECS
+    after = msgspec.structs.replace(state, exit=msgspec.structs.replace(
+        progress, unresolved_since=since, paged_at=now if page else progress.paged_at))
+    commands: tuple[Command, ...] = first
+    if progress.unresolved_since is None:
+        commands += (StopGroup(reason.value),
+                     Alert(AlertKind.GROUP_STOPPED, format_group_stopped(state.group.name, state.cycle_id, reason.value),
+                           {"reason": reason.value}))
+    if page:
+        commands += (unresolved_page(state, reason, why, now - since, finals),)
+    return Decision(state=after, commands=(*commands, RunLater(step, UNRESOLVED_RETRY_SECS)), events=(note,),
+                    next_within=UNRESOLVED_RETRY_SECS, result={"retrying": True, "unresolved": True})
+
+
+def unresolved_page(state: CycleState, reason: ExitReason, why: str, for_secs: float,
+                    finals: Mapping[str, Any]) -> Alert:
+    """The page of an exit that is not flat and goes on: what it read, for how long, what to do."""
+    group = state.group.name
+    shown = {role: finals.get(role) for role in ROLE_ORDER if role in finals}
+    text = (format_emergency_exit(group, state.cycle_id, reason.value, {}, shown)
+            + f" NOT FLAT for {for_secs:.0f} s ({why}): the exit keeps working and pages every "
+              f"{UNRESOLVED_PAGE_SECS / 60:.0f} min until a read confirms flat; check the accounts (xtb status, "
+              f"xtb flatten --group {group}). The group is stopped until `xtb group resume {group}`.")
+    return Alert(AlertKind.EMERGENCY_EXIT, text, {"reason": reason.value, "outcome": Outcome.UNRESOLVED.value,
+                                                   "unresolved_secs": round(for_secs)})
+
+
+def finals_of(by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Each role's final read quantity from an attempt's results."""
+    return {role: (r.get("final_position") or {}).get("quantity") for role, r in by_role.items()}
 
 
 def ended(state: CycleState, by_role: Mapping[str, Mapping[str, Any]], reason: ExitReason, now: float, *,
-          unresolved: bool, doubts: list[str], first: tuple[Command, ...] = ()) -> Decision:
-    """The end of an exit: flat (dust counts as flat) unless ``unresolved``; the alerts, the kill
-    switch when not flat, the history reads and the next cycle of a run."""
+          first: tuple[Command, ...] = ()) -> Decision:
+    """The end of an exit, flat (dust counts as flat): the alerts, the history reads and the next
+    cycle of a run. An exit that was unresolved for a while says so; its group stays stopped until
+    an operator resumes it."""
     group, cycle_id = state.group.name, state.cycle_id
     minimums = minimums_of(state)
-    finals = {role: (r.get("final_position") or {}).get("quantity") for role, r in by_role.items()}
+    finals = finals_of(by_role)
     dust = exit_dust(by_role, minimums)
     per_venue = equity_change(state, by_role)
-    flat = exit_is_flat(by_role, minimums) and not unresolved
-    outcome = Outcome.FLAT if flat else Outcome.UNRESOLVED
-    kind = completion_kind(reason.value, flat)
+    # An exit that paged NOT FLAT ends with a page saying it is flat now, whatever its reason.
+    kind = completion_kind(reason.value, state.exit.unresolved_since is None)
     alerts: list[Alert] = []
     if kind is AlertKind.EMERGENCY_EXIT:
         text = format_emergency_exit(group, cycle_id, reason.value, per_venue, shown_positions(finals, dust))
-        if doubts:
-            text += f" Venue reads and recorded fills disagree ({'; '.join(doubts)})."
-        if not flat:
-            text += (f" NOT FLAT: check the accounts now (xtb status, xtb flatten --group {group}); the group is "
-                     f"stopped until `xtb group resume {group}`.")
-        alerts.append(Alert(AlertKind.EMERGENCY_EXIT, text, {"reason": reason.value, "outcome": outcome.value}))
+        if state.exit.unresolved_since is not None:
+            text += f" Flat after {now - state.exit.unresolved_since:.0f} s unresolved; the group stays stopped."
+        alerts.append(Alert(AlertKind.EMERGENCY_EXIT, text, {"reason": reason.value, "outcome": Outcome.FLAT.value}))
     alerts.append(Alert(AlertKind.CYCLE_FINISHED,
-                        format_cycle_finished(group, cycle_id, outcome.value, per_venue, now - state.created_at),
-                        {"outcome": outcome.value}))
-    if not flat:
-        alerts.append(Alert(AlertKind.GROUP_STOPPED, format_group_stopped(group, cycle_id, reason.value),
-                            {"reason": reason.value}))
-    finish = Finish(outcome=outcome, reason=reason.value, claim=REPORTED, stop_group=not flat,
+                        format_cycle_finished(group, cycle_id, Outcome.FLAT.value, per_venue, now - state.created_at),
+                        {"outcome": Outcome.FLAT.value}))
+    finish = Finish(outcome=Outcome.FLAT, reason=reason.value, claim=REPORTED,
                     finals={role: None if q in (None, "") else str(q) for role, q in finals.items()}, pnl=per_venue,
                     dust={role: str(q) for role, q in dust.items()}, history=True,
                     since_ms=int(state.created_at * 1000), until_ms=int(now * 1000),
-                    completed=kind is AlertKind.CYCLE_COMPLETED, next_cycle=following_cycle(state, reason, flat))
+                    completed=kind is AlertKind.CYCLE_COMPLETED,
+                    next_cycle=following_cycle(state, reason, True) if state.exit.unresolved_since is None else None)
     done = msgspec.structs.replace(state, stage=Stage.DONE)
     return Decision(state=done, commands=(*first, *alerts, finish),
-                    result={"cycle_id": cycle_id, "outcome": outcome.value, "reason": reason.value, "pnl": per_venue,
-                            "positions": finals, "dust": finish.dust,
+                    result={"cycle_id": cycle_id, "outcome": Outcome.FLAT.value, "reason": reason.value,
+                            "pnl": per_venue, "positions": finals, "dust": finish.dust,
                             **({"next_cycle": finish.next_cycle} if finish.next_cycle else {})})
 
 

@@ -150,12 +150,17 @@ class ExitProgress(msgspec.Struct, frozen=True, kw_only=True):
       orders        exit orders planned so far; the store numbers new ones (``exit_<role>_<n>``) with
                     an atomic increment, so two copies of a step never share a leg name
       last_read     the latest read of the exit, None before the first
+      unresolved_since  when the exit's attempts first ran out without confirming flat; it goes on
+                    (slower) and pages from then on; None while it has not
+      paged_at      when the exit last paged that it is still not flat
     """
 
     worst_net: Decimal | None = None
     worst_net_at: float | None = None
     orders: int = 0
     last_read: ExitRead | None = None
+    unresolved_since: float | None = None
+    paged_at: float | None = None
 
     def observed(self, read: ExitRead) -> ExitProgress:
         """The progress after ``read``: the latest read, and the worst |net| when it is worse."""

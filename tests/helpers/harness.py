@@ -127,7 +127,7 @@ class Deployment:
             self.app.send_task("xtb.hedge.emergency_exit", kwargs={"cycle_id": cycle_id, "reason": "cancelled",
                                                                    "attempt": 90}, queue="orchestrator")
         wait_until(lambda: not self.client.scard("xtb:cycles:active"), timeout=timeout, what="leftover cycles to end")
-        # A test whose cycle ended unresolved leaves its group stopped (the kill switch); the next
+        # A test whose cycle turned unresolved leaves its group stopped (the kill switch); the next
         # test would be refused. The fixtures check the venues flat themselves.
         for key in list(self.client.scan_iter("xtb:group:*:stopped")):
             self.client.delete(key)

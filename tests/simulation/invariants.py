@@ -8,14 +8,15 @@ Bounds (virtual seconds):
 
 * *in step*: the legging window is one order's round trip as the seed's faults can stretch it:
   a poll interval and the zero re-reads (an order waits at most that long for the read that sends
-  its match), the longest late delivery, the longest stretch some account's reads fail (unknown is
-  never traded), and when tasks can be lost the
-  watchdog's grace and sweep interval (only the sweep moves a cycle whose message was lost), plus
-  one second of slack. See :func:`legging_bound`.
+  its match), the longest late delivery, the time some account's reads fail (unknown is never
+  traded), and when tasks can be lost the watchdog's grace and sweep interval (only the sweep
+  moves a cycle whose message was lost) for each one lost, the pace of an unresolved exit's
+  attempts when reads can fail past its quick attempts, plus one try per order the venue filled
+  nothing of, plus one second of slack. See :func:`legging_bound` and :meth:`Watch.in_step`.
 * *seen*: ``reconcile_secs + 1`` (the Lighter connector's REST reconciliation, 10 s by default:
   a liquidation the push stream lost is read by REST within it), stretched as the in-step bound is
-  by what no decision can shorten: the longest stretch the leg's reads fail (unknown is never zero),
-  the longest late delivery, and when tasks can be lost the watchdog's grace and sweep.
+  by what no decision can shorten: the time reads fail (unknown is never zero), the longest late
+  delivery, and when tasks can be lost the watchdog's grace and sweep.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ from enum import Enum
 
 from core.config_schema import Role
 from core.cycle_fields import Outcome, Stage
-from core.policies import WATCHDOG_INTERVAL_SECS
+from core.policies import UNRESOLVED_RETRY_SECS, WATCHDOG_INTERVAL_SECS
 from orchestrator.cycle.state import LIGHTER_ROLES, ROLES, CycleState
-from tests.simulation.faults import Rates
+from tests.simulation.faults import SHORT_OUTAGE_SECS, Rates
 from tests.simulation.world import SimStore, SimVenue, closable, own_deltas
-from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
+from venues.lighter.reconcile import DEFAULT_RECONCILE_SECS
 
 #: The Lighter connector's REST reconciliation period (``reconcile_secs``' default).
 RECONCILE_SECS = DEFAULT_RECONCILE_SECS
@@ -48,7 +49,8 @@ class Rule(str, Enum):
     ALONE = "alone"
     #: A flat end is flat at the venue; a cycle flat at the venue whose exit reads all answered is not unresolved.
     TRUTHFUL = "truthful"
-    #: The cycle never ends while its own exposure is open at the venue and the exit's reads all answered.
+    #: The cycle never ends while its own exposure is open at the venue: unresolved is a state the
+    #: exit goes on in, never an end.
     PERSISTENT = "persistent"
     #: A liquidation (or a partial one that leaves the net off-step) is acted on within reconcile_secs + 1.
     SEEN = "seen"
@@ -67,26 +69,30 @@ class Broken(AssertionError):
         super().__init__(f"seed {seed}: invariant {rule.value} broken: {text}\n  trace tail:\n  {trace}")
 
 
-def longest_outage(outages: Iterable[tuple[float, float]], chain_within: float = 0.0) -> float:
-    """The longest stretch in which some account's reads fail ((start, length) spans). Spans of
-    different accounts chain when they overlap or the gap between them is shorter than
-    ``chain_within`` (a poll interval: the one read in the gap can still miss it), because a
-    decision needs all three reads."""
-    longest, start, end = 0.0, None, None
+def total_outage(outages: Iterable[tuple[float, float]], chain_within: float = 0.0) -> float:
+    """The time some account's reads fail, in all ((start, length) spans). Spans of different
+    accounts chain when they overlap or the gap between them is shorter than ``chain_within`` (a
+    poll interval: the one read in the gap can still miss it), because a decision needs all three
+    reads; the stretches add up, since each holds the cycle back in turn."""
+    total, start, end = 0.0, None, None
     for begin, length in sorted(outages):
         if end is None or start is None or begin > end + chain_within:
+            total += 0.0 if end is None or start is None else end - start
             start, end = begin, begin + length
         else:
             end = max(end, begin + length)
-        longest = max(longest, end - start)
-    return longest
+    return total + (0.0 if end is None or start is None else end - start)
 
 
 def legging_bound(poll_secs: float, reread_secs: float, confirmations: int, rates: Rates, grace: float,
                   outage_secs: float) -> float:
     """The longest legging window the seed's faults allow (see the module docstring);
-    ``outage_secs``: the longest stretch some account's reads fail (:func:`longest_outage`)."""
+    ``outage_secs``: the time some account's reads fail (:func:`total_outage`)."""
     bound = poll_secs + confirmations * reread_secs + 1.0
+    if rates.outage_max_secs > SHORT_OUTAGE_SECS or rates.crashes:
+        # Reads failing past the exit's quick attempts, or its tasks lost: the exit may be unresolved,
+        # and an unresolved exit tries again every UNRESOLVED_RETRY_SECS.
+        bound += UNRESOLVED_RETRY_SECS
     if rates.late or rates.twice:
         bound += rates.late_max_secs
     bound += outage_secs
@@ -111,6 +117,10 @@ class Watch:
     #: window's bound: the time to the next try. No decision makes a venue fill; the rule is that the
     #: cycle keeps trying, one step after another, without leaving the net off for longer than that.
     per_try_secs: float = 0.0
+    #: What each lost task adds beyond the one recovery ``bound`` holds: the watchdog's grace and
+    #: sweep and an order's settle time; ``losses`` answers when each lost task was drawn.
+    recovery_secs: float = 0.0
+    losses: Callable[[], list[float]] = lambda: []
     seen_bound: float = RECONCILE_SECS + 1.0
     off_since: float | None = None
     venue_moved_at: float | None = None
@@ -120,6 +130,7 @@ class Watch:
     unknown_exit_read: Callable[[], float | None] = lambda: None
     checked_orders: int = 0
     ended: bool = False
+    stop_checked: bool = False
     worst: dict[Rule, float] = field(default_factory=lambda: {rule: 0.0 for rule in Rule})
 
     @property
@@ -198,6 +209,13 @@ class Watch:
         return self.unknown_exit_read() is None
 
     def truthful(self) -> str | None:
+        if self.cycle_id in self.store.stopped and not self.stop_checked:
+            # The exit declared itself unresolved (the group stopped, a NOT FLAT page) from its last
+            # read; every exit read answered and the venue is flat: that page is false.
+            self.stop_checked = True
+            if not self._exposed() and self._reads_answered():
+                deltas = own_deltas(self.venue, self.state)
+                return f"declared unresolved while flat at the venue ({_shown(deltas)}), every exit read answered"
         finish = self.store.finished.get(self.cycle_id)
         if finish is None or self.ended:
             return None
@@ -216,8 +234,10 @@ class Watch:
         self.ended = True
         exposed = self._exposed()
         self.measure(Rule.PERSISTENT, float(sum(abs(d) for d in exposed.values())))
-        if exposed and self._reads_answered():
-            return f"ended {finish.outcome.value} ({finish.reason}) leaving {_shown(exposed)}, every exit read answered"
+        if exposed:
+            # Unresolved is a state the exit goes on in (paging), never an end: the venues answer
+            # again sooner or later, and the exit must be there when they do.
+            return f"ended {finish.outcome.value} ({finish.reason}) leaving {_shown(exposed)}"
         return None
 
     def seen(self) -> str | None:
@@ -229,10 +249,16 @@ class Watch:
             self.measure(Rule.SEEN, waited)
             self.venue_moved_at, self.leg_zeroed = None, False
             return None
-        if waited > self.seen_bound:
+        extra = self.more_lost_since(self.venue_moved_at) * self.recovery_secs
+        if waited > self.seen_bound + extra:
             what = "a Lighter leg read zero" if self.leg_zeroed else f"the net {self.net()} off-step"
-            return f"{what} for {waited:.2f} s (bound {self.seen_bound:.0f} s) and the cycle did not act"
+            return f"{what} for {waited:.2f} s (bound {self.seen_bound + extra:.0f} s) and the cycle did not act"
         return None
+
+    def more_lost_since(self, since: float) -> int:
+        """Lost tasks beyond the first since ``since`` (one recovery is in the bounds already), counting
+        a loss up to a recovery before it: the cycle may still be waiting for its sweep."""
+        return max(sum(1 for at in self.losses() if at >= since - self.recovery_secs) - 1, 0)
 
     def in_step(self) -> str | None:
         state = self.state
@@ -243,10 +269,13 @@ class Watch:
             self.off_since = self.now
         window = self.now - self.off_since
         unfilled = sum(1 for order in self.venue.sent if order.at >= self.off_since and order.filled == 0)
-        self.measure(Rule.IN_STEP, window - unfilled * self.per_try_secs)
-        if window > self.bound + unfilled * self.per_try_secs:
+        lost = self.more_lost_since(self.off_since)
+        extra = unfilled * self.per_try_secs + lost * self.recovery_secs
+        self.measure(Rule.IN_STEP, window - extra)
+        if window > self.bound + extra:
             return (f"own net {self.net()} beyond one Backpack step ({state.step_of(Role.BP)}) for {window:.2f} s "
-                    f"(bound {self.bound:.1f} s + {unfilled} unfilled orders), stage {state.stage.value}")
+                    f"(bound {self.bound:.1f} s + {unfilled} unfilled orders + {lost} more lost tasks), "
+                    f"stage {state.stage.value}")
         return None
 
     def rules(self) -> list[tuple[Rule, Callable[[], str | None]]]:

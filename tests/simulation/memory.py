@@ -41,6 +41,7 @@ from orchestrator.cycle.commands import (
     StartExit,
     Step,
     StepName,
+    StopGroup,
 )
 from orchestrator.cycle.entry import mirror_quantity
 from orchestrator.cycle.plan import with_entry_ids
@@ -74,6 +75,8 @@ class MemoryStore:
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     finished: dict[str, Finish] = field(default_factory=dict)
     results: dict[tuple[str, int], tuple[dict[str, Any], ...]] = field(default_factory=dict)
+    #: Cycles whose exit stopped their group (the kill switch) while it went on.
+    stopped: list[str] = field(default_factory=list)
     exit_orders: int = 0
 
     def load(self, cycle_id: str) -> CycleState | None:
@@ -113,6 +116,9 @@ class MemoryStore:
                 continue
             if isinstance(command, KeepResults):
                 self.results[(before.cycle_id, command.attempt)] = command.results
+                continue
+            if isinstance(command, StopGroup):
+                self.stopped.append(before.cycle_id)
                 continue
             if isinstance(command, NoteStep):
                 continue

@@ -21,11 +21,12 @@ import msgspec
 
 from core.config_schema import Role
 from core.cycle_fields import Stage
+from core.policies import WATCHDOG_INTERVAL_SECS
 from orchestrator.cycle.commands import Step, StepName
 from orchestrator.cycle.state import CycleState
 from tests.helpers.cycle_states import cycle_state, rules
 from tests.simulation.faults import KNOWN_OPEN, LIQUIDATED, KnownOpen, Liquidation, Rates, Scenario, draw
-from tests.simulation.invariants import Broken, Rule, Watch, legging_bound, longest_outage
+from tests.simulation.invariants import ORDER_SETTLE_MARGIN, Broken, Rule, Watch, legging_bound, total_outage
 from tests.simulation.schedule import FaultScheduler
 from tests.simulation.world import SimStore, SimVenue
 from venues.margin import InitialMargin
@@ -85,9 +86,11 @@ def simulate(seed: int, *, known_open: KnownOpen | None = None, keep_trace: bool
     params = state.params
     watch = Watch(cid, store, venue, legging_bound(params.poll_interval_secs, params.zero_reread_secs,
                                                    params.zero_confirmations, scenario.rates, STEP_GRACE_SECS,
-                                                   longest_outage((s for spans in scenario.outages.values()
-                                                                   for s in spans), params.poll_interval_secs)))
+                                                   total_outage((s for spans in scenario.outages.values()
+                                                                 for s in spans), params.poll_interval_secs)))
     watch.unknown_exit_read = lambda: scheduler.unknown_exit_read_at
+    watch.losses = lambda: scheduler.losses
+    watch.recovery_secs = STEP_GRACE_SECS + WATCHDOG_INTERVAL_SECS + ORDER_SETTLE_MARGIN
     # What faults add to the legging bound stretches the seen bound too; after an outage the next
     # read comes at the next poll.
     watch.seen_bound += watch.bound - legging_bound(params.poll_interval_secs, params.zero_reread_secs,

@@ -66,6 +66,8 @@ class FaultScheduler(MemoryScheduler):
         self.sim_store, self.sim_venue = store, venue
         self.rng, self.rates, self.known_open = rng, rates, known_open
         self.last_loss = float("-inf")
+        #: When each lost task was drawn (the watchdog's recovery of each is a legging window's due).
+        self.losses: list[float] = []
         #: When an exit read last found a position unknown (unreadable, or an order unsettled).
         self.unknown_exit_read_at: float | None = None
         self.heap: list[tuple[float, int, str, Callable[[], None]]] = []
@@ -103,6 +105,8 @@ class FaultScheduler(MemoryScheduler):
                 fate = Delivery.ON_TIME
             else:
                 self.last_loss = self.clock.time
+        if fate in LOST:
+            self.losses.append(self.clock.time)
         if fate is not Delivery.ON_TIME:
             self.faults[fate.value] = self.faults.get(fate.value, 0) + 1
             self.note(f"fault {fate.value}: {label}")

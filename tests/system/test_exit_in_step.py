@@ -19,6 +19,7 @@ import pytest
 from tests.helpers.faults import STEP, venue_flat, venue_hedged
 from tests.helpers.harness import Deployment, each_test_clean, running_deployment
 from tests.helpers.services import RedisServer
+from tests.helpers.support import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -206,3 +207,31 @@ def test_a_timeout_exit_with_one_thin_lighter_leg_stays_in_step_on_backpack(clea
     assert venue_flat(dep), dep.positions()
     assert Decimal(done["exit_worst_net"]) <= STEP, [r["net"] for r in exit_reads(done)]
     assert sampler.off_secs < 2.0, sampler.off_secs  # only between a Lighter fill and its Backpack offset
+
+
+def test_an_exit_outlasting_its_quick_attempts_goes_on_unresolved_and_ends_flat_when_reads_heal(
+        clean: Deployment) -> None:
+    # Lighter1's reads fail (HTTP 500, no stream) when Lighter2 is liquidated: Lighter1 has no stand-in,
+    # so the exit can do nothing until its reads come back, longer than its two quick attempts. It
+    # turns unresolved (the group stopped, a page) and goes on; when the reads heal it closes by itself.
+    dep = clean
+    cycle_id = dep.start_cycle()
+    record = dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)
+    assert record["stage"] == "monitoring", (record.get("reason"), record.get("error"))
+    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "drop_ws", "count": 100_000, "op": "ws",
+                                   "account": "101", "params": {}})
+    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "http_500", "count": 100_000, "op": "position",
+                                   "account": "101", "params": {}})
+    dep.liquidate_lighter(102)
+    try:
+        dep.wait_stage(cycle_id, "emergency_exit", timeout=40)
+        wait_until(lambda: dep.client.exists("xtb:group:main:stopped"), timeout=120,
+                   what="the exit to turn unresolved")
+        record = dep.record(cycle_id)
+        assert (record["stage"], record["outcome"]) == ("emergency_exit", "unresolved"), record.get("events")
+    finally:
+        dep.sim.exchange.clear_faults()
+    done = dep.wait_done(cycle_id, timeout=120)
+    assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), (done.get("error"), done.get("events"))
+    assert venue_flat(dep), dep.positions()
+    assert dep.client.exists("xtb:group:main:stopped"), "an exit that was unresolved leaves its group stopped"

@@ -1,8 +1,10 @@
-"""The kill switch: an exit that ends ``unresolved`` keeps its group stopped.
+"""The kill switch: an exit that cannot confirm flat is ``unresolved`` and stops its group.
 
-No trigger (task, CLI, beat) starts a cycle on top of the open position until an operator runs
-``xtb group resume``, which itself refuses while any account of the group reads a position or
-cannot be read. Real workers, the simulators over HTTP, the CLI as a subprocess.
+Unresolved is a state the exit goes on in (paging), not an end: the cycle stays in
+``emergency_exit`` and ends flat once a read confirms it, and its group stays stopped. No trigger
+(task, CLI, beat) starts a cycle on top of the open position until an operator runs ``xtb group
+resume``, which itself refuses while any account of the group reads a position or cannot be read.
+Real workers, the simulators over HTTP, the CLI as a subprocess.
 """
 
 from __future__ import annotations
@@ -47,15 +49,19 @@ def latest_cycle(dep: Deployment) -> str | None:
 
 
 def end_unresolved(dep: Deployment) -> str:
-    """A hedged cycle whose exit cannot close Lighter1 (every order there fails): ``unresolved``."""
+    """A hedged cycle whose exit cannot close Lighter1 (the venue refuses every order there):
+    ``unresolved``, the group stopped, the exit still working."""
     cycle_id = dep.start_cycle()
     dep.wait_stage(cycle_id, "monitoring", timeout=60)
-    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "http_500", "count": 100_000, "op": "order",
+    # Refused unexecuted (not a 5xx, whose outcome is unknown and waits ORDER_SETTLE_SECS per order).
+    dep.admin("lighter", "fault", {"venue": "lighter", "kind": "invalid_nonce", "count": 100_000, "op": "order",
                                    "account": "101", "params": {}})
     cancelled = run_xtb(dep, "cycle", "cancel", cycle_id)
     assert cancelled.returncode == 0, cancelled.stderr[-2000:]
-    done = dep.wait_done(cycle_id, timeout=90)
-    assert done["outcome"] == "unresolved", (done.get("outcome"), done.get("reason"), done.get("events"))
+    wait_until(lambda: dep.client.exists(STOP_KEY), timeout=120, what="the exit to stop the group")
+    record = dep.record(cycle_id)
+    assert (record["stage"], record["outcome"]) == ("emergency_exit", "unresolved"), \
+        (record.get("stage"), record.get("outcome"), record.get("events"))
     assert abs(dep.positions()["lighter1"]) >= STEP, dep.positions()
     return cycle_id
 
@@ -124,6 +130,11 @@ def test_unresolved_exit_stops_the_group_until_an_operator_resumes_it(dep: Deplo
         flattened = run_xtb(dep, "flatten", "--group", "main")
         assert flattened.returncode == 0, flattened.stderr[-2000:]
         assert venue_flat(dep), dep.positions()
+        # The exit was still working: it reads flat now and ends so; the group stays stopped.
+        done = dep.wait_done(stopped, timeout=120)
+        assert done["outcome"] == "flat", (done.get("outcome"), done.get("events"))
+        assert any(a.get("cycle_id") == stopped and "NOT FLAT" in str(a["text"]) for a in kinds(dep, "emergency_exit"))
+        assert dep.client.exists(STOP_KEY)
 
         # Flat, but a read that fails is unknown, not zero: still refused.
         dep.arm_fault("backpack", "http_500", count=1, op="position")

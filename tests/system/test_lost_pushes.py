@@ -17,7 +17,7 @@ from tests.helpers.faults import venue_flat
 from tests.helpers.harness import Deployment, each_test_clean, running_deployment
 from tests.helpers.services import RedisServer
 from tests.helpers.support import wait_until
-from venues.lighter.live_state import DEFAULT_RECONCILE_SECS
+from venues.lighter.reconcile import DEFAULT_RECONCILE_SECS
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,10 @@ import msgspec
 
 from core.cycle_fields import ExitReason, Outcome, Stage
 from core.legs import Leg, LegState
-from core.policies import EMERGENCY_EXIT
+from core.policies import EMERGENCY_EXIT, UNRESOLVED_PAGE_SECS, UNRESOLVED_RETRY_SECS
 from monitoring.alert_texts import AlertKind
 from orchestrator.cycle import report
-from orchestrator.cycle.commands import Alert, Finish, KeepResults, RunLater, StartExit, StepName
+from orchestrator.cycle.commands import Alert, Finish, KeepResults, RunLater, StartExit, StepName, StopGroup
 from orchestrator.cycle.state import CycleState
 from tests.helpers.cycle_states import cycle_state
 from venues.base import Side
@@ -47,14 +47,13 @@ def test_a_flat_read_the_fills_agree_with_ends_the_cycle_flat_and_completed() ->
     keep, *alerts, finish = decision.commands
     assert isinstance(keep, KeepResults) and keep.attempt == 0
     assert isinstance(finish, Finish)
-    assert (finish.outcome, finish.reason, finish.claim, finish.stop_group) == (Outcome.FLAT, "lighter2_zero",
-                                                                               report.REPORTED, False)
+    assert (finish.outcome, finish.reason, finish.claim) == (Outcome.FLAT, "lighter2_zero", report.REPORTED)
     assert finish.completed and finish.history and finish.since_ms == 1_000_000_000
     assert [a.kind for a in alerts if isinstance(a, Alert)] == [AlertKind.CYCLE_FINISHED]
     assert decision.state.stage is Stage.DONE
 
 
-def test_a_flat_read_the_fills_contradict_is_read_again_then_unresolved_with_the_kill_switch() -> None:
+def test_a_flat_read_the_fills_contradict_is_read_again_then_unresolved_and_the_exit_goes_on() -> None:
     # The fills say Backpack still holds 1: a stale flat read must not end the cycle flat.
     state = exiting(filled("bp", Side.BUY, "1"))
     again = report.decide_report(state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=0, now=NOW)
@@ -62,11 +61,31 @@ def test_a_flat_read_the_fills_contradict_is_read_again_then_unresolved_with_the
     assert isinstance(retry, RunLater) and retry.step.name is StepName.EMERGENCY_EXIT
     assert retry.step.kwargs == {"reason": "lighter2_zero", "attempt": 1}
     assert "BP fills imply 1" in again.events[0]
+    # The quick attempts spent: unresolved is a state, not an end. The group is stopped and an
+    # operator paged at once; the exit goes on, slower.
     last = report.decide_report(state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST, now=NOW)
-    finish = last.commands[-1]
-    assert isinstance(finish, Finish) and finish.outcome is Outcome.UNRESOLVED and finish.stop_group
+    assert not any(isinstance(c, Finish) for c in last.commands) and last.state.stage is Stage.EMERGENCY_EXIT
+    assert StopGroup("lighter2_zero") in last.commands
     kinds = [c.kind for c in last.commands if isinstance(c, Alert)]
-    assert kinds == [AlertKind.EMERGENCY_EXIT, AlertKind.CYCLE_FINISHED, AlertKind.GROUP_STOPPED]
+    assert kinds == [AlertKind.GROUP_STOPPED, AlertKind.EMERGENCY_EXIT]
+    retry = last.commands[-1]
+    assert isinstance(retry, RunLater) and retry.after_secs == UNRESOLVED_RETRY_SECS
+    assert retry.step.kwargs == {"reason": "lighter2_zero", "attempt": LAST + 1}
+    assert (last.state.exit.unresolved_since, last.state.exit.paged_at) == (NOW, NOW)
+    # Later attempts page again only every UNRESOLVED_PAGE_SECS and never stop the group twice.
+    soon = report.decide_report(last.state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST + 1,
+                                now=NOW + 10)
+    assert not any(isinstance(c, Alert | StopGroup) for c in soon.commands)
+    later = report.decide_report(soon.state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST + 20,
+                                 now=NOW + UNRESOLVED_PAGE_SECS)
+    pages = [c for c in later.commands if isinstance(c, Alert)]
+    assert [p.kind for p in pages] == [AlertKind.EMERGENCY_EXIT] and "NOT FLAT for 300 s" in pages[0].text
+    # Flat at last: the cycle ends flat, the group stays stopped, no next cycle of a run.
+    healed = msgspec.structs.replace(later.state, legs={})
+    done = report.decide_report(healed, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST + 21, now=NOW + 400)
+    finish = done.commands[-1]
+    assert isinstance(finish, Finish) and finish.outcome is Outcome.FLAT and finish.next_cycle is None
+    assert "Flat after 400 s unresolved" in next(c.text for c in done.commands if isinstance(c, Alert))
 
 
 def test_a_leg_in_flight_is_a_doubt_and_a_lighter_legs_fills_are_not_checked() -> None:
@@ -88,7 +107,7 @@ def test_dust_below_the_minimum_is_flat_and_an_unknown_read_is_not() -> None:
     finish = dusty.commands[-1]
     assert isinstance(finish, Finish) and finish.outcome is Outcome.FLAT and finish.dust == {"L2": "0.003"}
     unknown = report.decide_report(state, results(l1=None), reason=ExitReason.TIMEOUT, attempt=LAST, now=NOW)
-    assert isinstance(unknown.commands[-1], Finish) and unknown.commands[-1].outcome is Outcome.UNRESOLVED
+    assert not any(isinstance(c, Finish) for c in unknown.commands) and StopGroup("timeout") in unknown.commands
 
 
 def test_a_run_goes_on_after_a_flat_hedge_end_and_flips_after_a_timeout() -> None:
@@ -116,11 +135,10 @@ def test_a_failed_step_before_any_order_ends_not_started_and_after_one_unwinds_f
     assert report.decide_step_failed(cancelled, "x", nothing_sent=False).commands == (StartExit(ExitReason.CANCELLED),)
 
 
-def test_an_exit_step_failure_retries_then_ends_unresolved() -> None:
+def test_an_exit_step_failure_retries_then_goes_on_unresolved() -> None:
     state = exiting()
     retry = report.decide_exit_failed(state, reason=ExitReason.TIMEOUT, attempt=0, failed="t-1", now=NOW)
     assert isinstance(retry.commands[0], RunLater)
     final = report.decide_exit_failed(state, reason=ExitReason.TIMEOUT, attempt=LAST, failed="t-2", now=NOW)
-    finish = final.commands[-1]
-    assert isinstance(finish, Finish) and finish.outcome is Outcome.UNRESOLVED and finish.stop_group
-    assert final.events[0] == f"exit attempt {LAST} failed in an exit step (t-2)"
+    assert StopGroup("timeout") in final.commands and isinstance(final.commands[-1], RunLater)
+    assert final.events[0] == f"exit attempt {LAST} failed in an exit step (t-2); again"

@@ -46,7 +46,7 @@ from venues.lighter.budget import LighterBudget
 from venues.lighter.credentials import LighterCredentials
 from venues.lighter.history import read_history
 from venues.lighter.leverage import update_fraction
-from venues.lighter.live_state import DEFAULT_RECONCILE_SECS, Disagreement, LiveState
+from venues.lighter.live_state import Disagreement, LiveState
 from venues.lighter.loop import LoopThread
 from venues.lighter.parsing import (
     find_account,
@@ -61,6 +61,7 @@ from venues.lighter.parsing import (
     parse_top_of_book,
 )
 from venues.lighter.priming import Primed, PrimedOrder
+from venues.lighter.reconcile import DEFAULT_RECONCILE_SECS
 from venues.lighter.rest import REQUEST_PRIORITY, LighterRest
 from venues.lighter.signer import LighterSigner
 from venues.lighter.stream import LighterStream, StateSink

@@ -16,16 +16,13 @@ from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
+from venues.lighter.reconcile import DEFAULT_RECONCILE_SECS
 from venues.lighter.stream import LighterStream, StreamPosition, order_final
 
 log = logging.getLogger(__name__)
 
 #: How long a REST/stream difference may take to close by itself before it counts.
 CONVERGE_SECS = 0.5
-#: The longest a pushed position answers without a REST read to check it. A lost push (the socket
-#: up, the update never sent) is seen by that read: a liquidation shows within this many seconds
-#: even when its push is lost. One account read per 10 s is 6 of a Standard account's 60 a minute.
-DEFAULT_RECONCILE_SECS = 10.0
 Disagreement = Callable[[str], None]
 
 

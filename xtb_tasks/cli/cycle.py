@@ -124,7 +124,8 @@ def cycle_start(ctx: click.Context, group: str, size: str | None, pairs: tuple[s
         record = follow_cycle(client, cycle_id, lambda line: click.echo(line), until=Stage(until))
         data = record.all()
         if data.get("outcome") == "unresolved":
-            raise UserError(f"cycle {cycle_id} ended unresolved: {data.get('reason')}")
+            raise UserError(f"cycle {cycle_id} is unresolved ({data.get('reason')}): its exit goes on and pages "
+                            f"until flat; the group is stopped (xtb status)")
 
 
 def follow_cycle(client: redis.Redis, cycle_id: str, emit: Callable[[str], None], *, until: Stage = Stage.DONE,
@@ -144,8 +145,8 @@ def follow_cycle(client: redis.Redis, cycle_id: str, emit: Callable[[str], None]
             emit(f"[{event_time - origin:7.2f}s] {line}")
             shown.add(key)
         stage = data.get("stage")
-        if stage == Stage.DONE.value or (f"t:{until.value}" in data):
-            return record
+        if stage == Stage.DONE.value or (f"t:{until.value}" in data) or data.get("outcome") == "unresolved":
+            return record  # an unresolved exit goes on for as long as it takes: following stops here
         time.sleep(interval)
     raise UserError(f"cycle {cycle_id} still at stage {record.get('stage')} after {timeout:.0f}s")
 
@@ -325,7 +326,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"group {g['group']}: net delta {g['net_delta']}  cycle {g['active_cycle'] or '-'} ({g['stage'] or '-'})")
         if g["stopped"]:
             stopped = g["stopped"]
-            click.echo(f"  STOPPED since cycle {stopped['cycle_id']} ended unresolved ({stopped['reason']}): no cycle "
+            click.echo(f"  STOPPED since cycle {stopped['cycle_id']} turned unresolved ({stopped['reason']}): no cycle "
                        f"starts; once the accounts below are flat: xtb group resume {g['group']}")
         for role, a in g["accounts"].items():
             online = "online" if a["online"] else "OFFLINE"

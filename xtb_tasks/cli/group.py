@@ -114,7 +114,7 @@ def resume(ctx: click.Context, name: str, direct_mode: bool) -> None:
     if blockers:
         # The error line below is the message; the log only keeps it for -v runs.
         log.debug("group=%s resume refused (stopped by cycle=%s): %s", name, stop.cycle_id, found)
-        raise UserError(f"group {name} stays stopped (cycle {stop.cycle_id} ended unresolved, {stop.reason}): "
+        raise UserError(f"group {name} stays stopped (cycle {stop.cycle_id} turned unresolved, {stop.reason}): "
                         f"read {found}; not flat or unknown: {', '.join(b.account for b in blockers)}; close "
                         f"them (xtb flatten --group {name}) and run xtb group resume {name} again")
     if not clear_stop(client, stop):

@@ -32,7 +32,7 @@ from core.client_ids import intent_age
 from core.cycle_record import CycleRecord
 from core.legs import Leg, parse_leg
 from core.policies import ORDER_SETTLE_SECS
-from venues.base import VenueConnector
+from venues.base import VenueConnector, VenueError
 from xtb_tasks.execution.venue_ops import OrderRequest, record_never_placed, record_outcome
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,13 @@ def settle_unknown_orders(client: redis.Redis, connector: VenueConnector, accoun
     for name, leg in unsettled_legs(client, cycle_id, account).items():
         request = OrderRequest(account, symbol, leg.side, (leg.client_id,), leg.requested,
                                reduce_only=leg.reduce_only, cycle_id=cycle_id, leg=name)
-        found = connector.find_order(symbol, leg.client_id)
+        try:
+            found = connector.find_order(symbol, leg.client_id)
+        except VenueError as exc:  # the lookup itself failed (the venue, the rate budget): still unknown
+            log.warning("account=%s cycle=%s leg=%s client_id=%s lookup failed: %s", account, cycle_id, name,
+                        leg.client_id, exc)
+            unknown.append(leg.client_id)
+            continue
         if found is not None and found.final:
             record_outcome(client, record, request, leg.client_id, found)
             continue

@@ -73,15 +73,19 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
     cfg, group, params = validate_request(group, overrides)
     cycle_id = f"{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
     client = redis_client()
-    holder = take_group_lock(client, group, cycle_id)
-    if holder is not None:
-        text = f"Cycle start refused for group {group}: cycle {holder} is still active."
-        raise_alert(client, AlertKind.CYCLE_FINISHED, text, group=group, refused=True, active_cycle=holder)
-        raise CycleAlreadyActive(text)
-    # Checked with the lock held: a cycle's end stops its group before it releases the lock (kill switch).
+    # A stopped group's unresolved exit may still hold the lock: the stop is what to tell the operator.
     stop = group_stop(client, group)
+    if stop is None:
+        holder = take_group_lock(client, group, cycle_id)
+        if holder is not None:
+            text = f"Cycle start refused for group {group}: cycle {holder} is still active."
+            raise_alert(client, AlertKind.CYCLE_FINISHED, text, group=group, refused=True, active_cycle=holder)
+            raise CycleAlreadyActive(text)
+        # Again with the lock held: an exit stops its group before its cycle releases the lock.
+        stop = group_stop(client, group)
+        if stop is not None:
+            release_group_lock(client, group, cycle_id)
     if stop is not None:
-        release_group_lock(client, group, cycle_id)
         text = stop.refusal()
         log.error("group=%s start refused: stopped since cycle=%s (%s)", group, stop.cycle_id, stop.reason)
         raise_alert(client, AlertKind.GROUP_STOPPED, text, group=group, refused=True, stopped_cycle=stop.cycle_id,
