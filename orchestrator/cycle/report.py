@@ -109,23 +109,20 @@ def minimums_of(state: CycleState) -> dict[str, Decimal]:
     return {role.short: max(state.step_of(role), state.minimum_of(role)) for role in ROLES}
 
 
-def own_fills(state: CycleState) -> dict[str, Decimal]:
-    """:meth:`CycleState.ledger` under the roles' short names, as the report's doubts name them."""
-    return {role.short: quantity for role, quantity in state.ledger().items()}
-
-
 def disagreements(state: CycleState, tolerance: Mapping[str, Decimal]) -> list[str]:
     """Doubts about a flat read: a leg whose order is still in flight (that order can still fill after
     the read), and Backpack reading flat while the cycle's own fills say it is not, by ``tolerance``
-    or more (a read can be stale, and a stale flat read must not end the cycle flat).
+    or more (a read can be stale, and a stale flat read must not end the cycle flat); both as its own
+    delta, the position less its baseline.
 
     Only Backpack is held to the fills: nothing but the cycle's own orders moves it. The venue moves
     a Lighter leg too (a liquidation, part of one, ADL of the survivor), none of which is a leg of
     the cycle, so there the fresh read is the truth and the fills prove nothing."""
     in_flight = [f"{name} in flight" for name, leg in sorted(state.legs.items()) if not leg.state.final]
-    backpack = own_fills(state).get(Role.BP.short)
-    stale = backpack is not None and abs(backpack) >= tolerance.get(Role.BP.short, DEFAULT_STEP)
-    return in_flight + ([f"BP fills imply {backpack}"] if stale else [])
+    ledger = state.ledger().get(Role.BP)
+    own = None if ledger is None else ledger - (state.baselines.bp or Decimal(0))  # flat is its baseline
+    stale = own is not None and abs(own) >= tolerance.get(Role.BP.short, DEFAULT_STEP)
+    return in_flight + ([f"BP fills imply {own}"] if stale else [])
 
 
 def equity_change(state: CycleState, by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:

@@ -86,8 +86,8 @@ def lighter_held_to_fills(mp: pytest.MonkeyPatch) -> None:
     def buggy(state: CycleState, tolerance: Mapping[str, Decimal]) -> list[str]:
         named = {ExitReason.LIGHTER1_ZERO: "L1", ExitReason.LIGHTER2_ZERO: "L2"}.get(state.exit_reason or
                                                                                       ExitReason.TIMEOUT)
-        lighter = [f"{role} fills imply {q}" for role, q in report.own_fills(state).items()
-                   if role not in ("BP", named) and abs(q) >= tolerance.get(role, Decimal("0.0001"))]
+        lighter = [f"{role.short} fills imply {q}" for role, q in state.ledger().items()
+                   if role.short not in ("BP", named) and abs(q) >= tolerance.get(role.short, Decimal("0.0001"))]
         return real(state, tolerance) + lighter
 
     mp.setattr(report, "disagreements", buggy)

@@ -142,7 +142,7 @@ def test_the_next_backpack_exit_order_never_takes_net_above_one_step(bp: Decimal
         if order.role == BP:
             # Toward zero: within a step of it but for Lighter dust (which it leaves where it is).
             dust = sum((st_.delta(r) for r in (L1, L2) if st_.dust(r)), Decimal(0))
-            assert abs(after.net) < abs(st_.net)
+            assert abs(after.net_beyond_dust) < abs(st_.net_beyond_dust)
             assert abs(after.net - dust) < Decimal(bp_step)
 
 

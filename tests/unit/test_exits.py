@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.legs import Leg, LegState
-from orchestrator.cycle.report import disagreements, exit_is_flat, own_fills, results_by_role
+from orchestrator.cycle.report import disagreements, exit_is_flat, results_by_role
 from orchestrator.cycle.state import CycleState, Positions
 from tests.helpers.cycle_states import cycle_state
 from venues.base import Side
@@ -28,6 +28,11 @@ def cycle(*legs: Leg, baseline: str = "0") -> CycleState:
     base = Decimal(baseline)
     state = cycle_state(baselines=Positions(base, base, base))
     return msgspec.structs.replace(state, legs={f"leg{n}": one for n, one in enumerate(legs)})
+
+
+def own_fills(state: CycleState) -> dict[str, Decimal]:
+    """The cycle's ledger under the roles' short names."""
+    return {role.short: quantity for role, quantity in state.ledger().items()}
 
 
 def test_the_ledger_adds_the_signed_legs_exit_orders_included_to_the_baselines() -> None:
@@ -97,3 +102,10 @@ def test_a_missing_repeated_or_unknown_result_is_never_flat() -> None:
     unknown = [*two, {"account": "other", "flat": True}]
     assert not exit_is_flat(results_by_role(unknown, ACCOUNTS))
     assert exit_is_flat(results_by_role([*two, {"account": "l2", "flat": True}], ACCOUNTS))
+
+
+def test_backpack_at_its_baseline_is_no_doubt() -> None:
+    # Backpack held 0.5 before the cycle, bought 1 and sold 1 in it: flat as far as the cycle goes.
+    state = cycle(leg("bp", "buy", "1"), leg("bp", "sell", "1"), baseline="0.5")
+    assert disagreements(state, STEPS) == []
+    assert disagreements(cycle(leg("bp", "buy", "1"), baseline="0.5"), STEPS) == ["BP fills imply 1.0"]
