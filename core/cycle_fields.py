@@ -241,6 +241,9 @@ FIELDS: dict[str, Field] = {
                                           "then on it is unresolved (outcome 'unresolved', the group stopped) and "
                                           "goes on, slower, paging, until a read confirms flat"),
     "exit_paged_at": Field(FLOAT, "when the unresolved exit last paged that it is still not flat"),
+    "exit_flat_doubted_since": Field(FLOAT, "when a flat read first disagreed with the cycle's own Backpack fills "
+                                            "(0 once a read no longer does); held FLAT_READ_TRUSTED_SECS, the "
+                                            "read is trusted"),
     "pnl": Field(OBJECT, "per-venue PnL after the exit (role -> decimal text or null)"),
     "dust": Field(OBJECT, "roles left after the exit with a position below the venue minimum (role -> decimal "
                           "text): flat as far as anything can be traded, and reported as dust"),

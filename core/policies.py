@@ -71,6 +71,11 @@ UNRESOLVED_PAGE_SECS = 300.0
 #: sent in its place. Short enough that an exit still in its first attempt (``exit_max_steps`` reads
 #: at least ``lighter_retry_delay_secs`` apart) gets past it.
 ORDER_SETTLE_SECS = 20.0
+#: A flat Backpack read the cycle's own fills contradict is read again until the disagreement has
+#: held this long, then trusted: a stale read heals within a read or two, while one that holds is a
+#: fill the cycle did not send (an operator's ``xtb flatten``, a liquidation), which only the read
+#: shows. Less than ``UNRESOLVED_RETRY_SECS``, so an unresolved exit trusts it on its next attempt.
+FLAT_READ_TRUSTED_SECS = 20.0
 #: How soon a submit whose earlier send has an unknown outcome looks the order up again.
 UNKNOWN_OUTCOME_RECHECK_SECS = 2.0
 

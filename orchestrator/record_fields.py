@@ -145,11 +145,13 @@ def exit_progress(fields: Mapping[str, Any]) -> ExitProgress:
     worst = fields.get("exit_worst_net")
     at = fields.get("exit_worst_net_at")
     since, paged = fields.get("exit_unresolved_since"), fields.get("exit_paged_at")
+    doubted = fields.get("exit_flat_doubted_since")
     return ExitProgress(worst_net=None if worst in (None, "") else Decimal(str(worst)),
                         worst_net_at=None if at in (None, "") else float(at),
                         orders=int(fields.get("exit_orders") or 0),
                         unresolved_since=None if since in (None, "") else float(since),
-                        paged_at=None if paged in (None, "") else float(paged))
+                        paged_at=None if paged in (None, "") else float(paged),
+                        flat_doubted_since=float(doubted) if doubted else None)
 
 
 def exit_fields(before: CycleState, after: CycleState) -> dict[str, Any]:
@@ -168,6 +170,8 @@ def exit_fields(before: CycleState, after: CycleState) -> dict[str, Any]:
         out["exit_unresolved_since"] = progress.unresolved_since
     if progress.paged_at != before.exit.paged_at:
         out["exit_paged_at"] = progress.paged_at
+    if progress.flat_doubted_since != before.exit.flat_doubted_since:
+        out["exit_flat_doubted_since"] = progress.flat_doubted_since or 0  # 0: no doubt (any more)
     read = progress.last_read
     if read is not None and read != before.exit.last_read:
         shown = {role.short: str(read.positions.get(role)) for role in ROLES}

@@ -21,7 +21,7 @@ import msgspec
 
 from core.config_schema import Direction, Role
 from core.cycle_fields import FINAL_REASON_BY_STAGE, NOT_STARTED, ExitReason, Outcome, Stage
-from core.policies import EMERGENCY_EXIT, UNRESOLVED_PAGE_SECS, UNRESOLVED_RETRY_SECS
+from core.policies import EMERGENCY_EXIT, FLAT_READ_TRUSTED_SECS, UNRESOLVED_PAGE_SECS, UNRESOLVED_RETRY_SECS
 from monitoring.alert_texts import (
     AlertKind,
     fmt_amount,
@@ -109,20 +109,29 @@ def minimums_of(state: CycleState) -> dict[str, Decimal]:
     return {role.short: max(state.step_of(role), state.minimum_of(role)) for role in ROLES}
 
 
-def disagreements(state: CycleState, tolerance: Mapping[str, Decimal]) -> list[str]:
-    """Doubts about a flat read: a leg whose order is still in flight (that order can still fill after
-    the read), and Backpack reading flat while the cycle's own fills say it is not, by ``tolerance``
-    or more (a read can be stale, and a stale flat read must not end the cycle flat); both as its own
-    delta, the position less its baseline.
+def legs_in_flight(state: CycleState) -> list[str]:
+    """The cycle's legs whose order is still in flight: that order can still fill after any read."""
+    return [f"{name} in flight" for name, leg in sorted(state.legs.items()) if not leg.state.final]
 
-    Only Backpack is held to the fills: nothing but the cycle's own orders moves it. The venue moves
+
+def backpack_fills_imply(state: CycleState, tolerance: Mapping[str, Decimal]) -> Decimal | None:
+    """Backpack's own delta (its position less its baseline) by the cycle's own fills, when that is
+    ``tolerance`` or more away from flat; None when the fills agree with a flat read.
+
+    Only Backpack is held to the fills: the cycle's own orders are what normally moves it, so a flat
+    read they contradict may be stale and is read again (``FLAT_READ_TRUSTED_SECS``). The venue moves
     a Lighter leg too (a liquidation, part of one, ADL of the survivor), none of which is a leg of
     the cycle, so there the fresh read is the truth and the fills prove nothing."""
-    in_flight = [f"{name} in flight" for name, leg in sorted(state.legs.items()) if not leg.state.final]
     ledger = state.ledger().get(Role.BP)
     own = None if ledger is None else ledger - (state.baselines.bp or Decimal(0))  # flat is its baseline
-    stale = own is not None and abs(own) >= tolerance.get(Role.BP.short, DEFAULT_STEP)
-    return in_flight + ([f"BP fills imply {own}"] if stale else [])
+    return own if own is not None and abs(own) >= tolerance.get(Role.BP.short, DEFAULT_STEP) else None
+
+
+def disagreements(state: CycleState, tolerance: Mapping[str, Decimal]) -> list[str]:
+    """Doubts about a flat read: legs in flight (:func:`legs_in_flight`) and Backpack's fills
+    contradicting it (:func:`backpack_fills_imply`)."""
+    implied = backpack_fills_imply(state, tolerance)
+    return legs_in_flight(state) + ([f"BP fills imply {implied}"] if implied is not None else [])
 
 
 def equity_change(state: CycleState, by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
@@ -160,9 +169,20 @@ def decide_report(state: CycleState, results: Sequence[Mapping[str, Any]], *, re
     by_role = results_by_role([dict(r) for r in results], {state.group.account_for(role): role.short for role in ROLES})
     minimums = minimums_of(state)
     flat = exit_is_flat(by_role, minimums)
-    doubts = disagreements(state, minimums) if flat else []
-    if flat and not doubts:
-        return ended(state, by_role, reason, now, first=(keep,))
+    in_flight = legs_in_flight(state) if flat else []
+    implied = backpack_fills_imply(state, minimums) if flat else None
+    doubted_since = None
+    if flat and not in_flight:
+        if implied is None:
+            return ended(state, by_role, reason, now, first=(keep,))
+        doubted_since = state.exit.flat_doubted_since if state.exit.flat_doubted_since is not None else now
+        if now - doubted_since >= FLAT_READ_TRUSTED_SECS:
+            moved = (f"Backpack read flat for {now - doubted_since:.0f} s though the cycle's own fills imply "
+                     f"{implied}: a fill the cycle did not send (an operator's flatten, a liquidation) moved it")
+            return ended(state, by_role, reason, now, first=(keep,), moved_outside=moved)
+    doubts = in_flight + ([f"BP fills imply {implied}"] if implied is not None else [])
+    if doubted_since != state.exit.flat_doubted_since:
+        state = msgspec.structs.replace(state, exit=msgspec.structs.replace(state.exit, flat_doubted_since=doubted_since))
     why = f"not confirmed flat ({'; '.join(doubts) or 'venue reads'})"
     return again(state, reason=reason, attempt=attempt, why=why, now=now, finals=finals_of(by_role), first=(keep,))
 
@@ -221,20 +241,24 @@ def finals_of(by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def ended(state: CycleState, by_role: Mapping[str, Mapping[str, Any]], reason: ExitReason, now: float, *,
-          first: tuple[Command, ...] = ()) -> Decision:
+          first: tuple[Command, ...] = (), moved_outside: str = "") -> Decision:
     """The end of an exit, flat (dust counts as flat): the alerts, the history reads and the next
     cycle of a run. An exit that was unresolved for a while says so; its group stays stopped until
-    an operator resumes it."""
+    an operator resumes it. ``moved_outside`` says what moved a position besides the cycle's orders:
+    such an end is an ``emergency_exit`` whatever its reason, and no run continues after it."""
     group, cycle_id = state.group.name, state.cycle_id
     minimums = minimums_of(state)
     finals = finals_of(by_role)
     dust = exit_dust(by_role, minimums)
     per_venue = equity_change(state, by_role)
     # An exit that paged NOT FLAT ends with a page saying it is flat now, whatever its reason.
-    kind = completion_kind(reason.value, state.exit.unresolved_since is None)
+    as_expected = state.exit.unresolved_since is None and not moved_outside
+    kind = completion_kind(reason.value, as_expected)
     alerts: list[Alert] = []
     if kind is AlertKind.EMERGENCY_EXIT:
         text = format_emergency_exit(group, cycle_id, reason.value, per_venue, shown_positions(finals, dust))
+        if moved_outside:
+            text += f" {moved_outside}."
         if state.exit.unresolved_since is not None:
             text += f" Flat after {now - state.exit.unresolved_since:.0f} s unresolved; the group stays stopped."
         alerts.append(Alert(AlertKind.EMERGENCY_EXIT, text, {"reason": reason.value, "outcome": Outcome.FLAT.value}))
@@ -246,9 +270,9 @@ def ended(state: CycleState, by_role: Mapping[str, Mapping[str, Any]], reason: E
                     dust={role: str(q) for role, q in dust.items()}, history=True,
                     since_ms=int(state.created_at * 1000), until_ms=int(now * 1000),
                     completed=kind is AlertKind.CYCLE_COMPLETED,
-                    next_cycle=following_cycle(state, reason, True) if state.exit.unresolved_since is None else None)
+                    next_cycle=following_cycle(state, reason, True) if as_expected else None)
     done = msgspec.structs.replace(state, stage=Stage.DONE)
-    return Decision(state=done, commands=(*first, *alerts, finish),
+    return Decision(state=done, commands=(*first, *alerts, finish), events=(moved_outside,) if moved_outside else (),
                     result={"cycle_id": cycle_id, "outcome": Outcome.FLAT.value, "reason": reason.value,
                             "pnl": per_venue, "positions": finals, "dust": finish.dust,
                             **({"next_cycle": finish.next_cycle} if finish.next_cycle else {})})

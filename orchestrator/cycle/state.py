@@ -153,6 +153,8 @@ class ExitProgress(msgspec.Struct, frozen=True, kw_only=True):
       unresolved_since  when the exit's attempts first ran out without confirming flat; it goes on
                     (slower) and pages from then on; None while it has not
       paged_at      when the exit last paged that it is still not flat
+      flat_doubted_since  when a flat read first disagreed with the cycle's own Backpack fills; None
+                    while none has (see ``FLAT_READ_TRUSTED_SECS``)
     """
 
     worst_net: Decimal | None = None
@@ -161,6 +163,7 @@ class ExitProgress(msgspec.Struct, frozen=True, kw_only=True):
     last_read: ExitRead | None = None
     unresolved_since: float | None = None
     paged_at: float | None = None
+    flat_doubted_since: float | None = None
 
     def observed(self, read: ExitRead) -> ExitProgress:
         """The progress after ``read``: the latest read, and the worst |net| when it is worse."""

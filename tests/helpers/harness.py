@@ -114,7 +114,9 @@ class Deployment:
                        what=f"cycle {cycle_id} to reach {wanted}")
         except TimeoutError as exc:
             data = self.record(cycle_id)
-            raise TimeoutError(f"{exc}; stage is {data.get('stage')}, error {data.get('error')}") from None
+            last = [e.get("text") for e in (data.get("events") or [])[-5:]]
+            raise TimeoutError(f"{exc}; stage is {data.get('stage')}, error {data.get('error')}, "
+                               f"last events {last}") from None
         return self.record(cycle_id)
 
     def wait_done(self, cycle_id: str, timeout: float = 90) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import msgspec
 
 from core.cycle_fields import ExitReason, Outcome, Stage
 from core.legs import Leg, LegState
-from core.policies import EMERGENCY_EXIT, UNRESOLVED_PAGE_SECS, UNRESOLVED_RETRY_SECS
+from core.policies import EMERGENCY_EXIT, FLAT_READ_TRUSTED_SECS, UNRESOLVED_PAGE_SECS, UNRESOLVED_RETRY_SECS
 from monitoring.alert_texts import AlertKind
 from orchestrator.cycle import report
 from orchestrator.cycle.commands import Alert, Finish, KeepResults, RunLater, StartExit, StepName, StopGroup
@@ -72,11 +72,12 @@ def test_a_flat_read_the_fills_contradict_is_read_again_then_unresolved_and_the_
     assert isinstance(retry, RunLater) and retry.after_secs == UNRESOLVED_RETRY_SECS
     assert retry.step.kwargs == {"reason": "lighter2_zero", "attempt": LAST + 1}
     assert (last.state.exit.unresolved_since, last.state.exit.paged_at) == (NOW, NOW)
-    # Later attempts page again only every UNRESOLVED_PAGE_SECS and never stop the group twice.
-    soon = report.decide_report(last.state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST + 1,
+    # Later attempts page again only every UNRESOLVED_PAGE_SECS and never stop the group twice
+    # (here Backpack reads open: the fills are right).
+    soon = report.decide_report(last.state, results(bp="1"), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST + 1,
                                 now=NOW + 10)
     assert not any(isinstance(c, Alert | StopGroup) for c in soon.commands)
-    later = report.decide_report(soon.state, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST + 20,
+    later = report.decide_report(soon.state, results(bp="1"), reason=ExitReason.LIGHTER2_ZERO, attempt=LAST + 20,
                                  now=NOW + UNRESOLVED_PAGE_SECS)
     pages = [c for c in later.commands if isinstance(c, Alert)]
     assert [p.kind for p in pages] == [AlertKind.EMERGENCY_EXIT] and "NOT FLAT for 300 s" in pages[0].text
@@ -86,6 +87,32 @@ def test_a_flat_read_the_fills_contradict_is_read_again_then_unresolved_and_the_
     finish = done.commands[-1]
     assert isinstance(finish, Finish) and finish.outcome is Outcome.FLAT and finish.next_cycle is None
     assert "Flat after 400 s unresolved" in next(c.text for c in done.commands if isinstance(c, Alert))
+
+
+def test_a_flat_read_the_fills_keep_contradicting_is_trusted_and_says_what_moved_backpack() -> None:
+    # An operator flattened Backpack (or the venue closed it): no fill of the cycle's shows it, and a
+    # read that stays flat is the truth. Until it has held FLAT_READ_TRUSTED_SECS it is read again.
+    state = exiting(filled("bp", Side.BUY, "1"))
+    first = report.decide_report(state, results(), reason=ExitReason.CANCELLED, attempt=LAST, now=NOW)
+    assert first.state.exit.flat_doubted_since == NOW and first.state.stage is Stage.EMERGENCY_EXIT
+    held = report.decide_report(first.state, results(), reason=ExitReason.CANCELLED, attempt=LAST + 1,
+                                now=NOW + FLAT_READ_TRUSTED_SECS - 1)
+    assert held.state.stage is Stage.EMERGENCY_EXIT and held.state.exit.flat_doubted_since == NOW
+    # A read that is not flat ends the doubt: the next flat one starts it again.
+    opened = report.decide_report(held.state, results(bp="1"), reason=ExitReason.CANCELLED, attempt=LAST + 2,
+                                  now=NOW + FLAT_READ_TRUSTED_SECS)
+    assert opened.state.exit.flat_doubted_since is None
+    again = report.decide_report(opened.state, results(), reason=ExitReason.CANCELLED, attempt=LAST + 3,
+                                 now=NOW + FLAT_READ_TRUSTED_SECS + 1)
+    assert again.state.stage is Stage.EMERGENCY_EXIT
+    trusted = report.decide_report(again.state, results(), reason=ExitReason.CANCELLED, attempt=LAST + 4,
+                                   now=NOW + 2 * FLAT_READ_TRUSTED_SECS + 1)
+    finish = trusted.commands[-1]
+    assert isinstance(finish, Finish) and finish.outcome is Outcome.FLAT and finish.next_cycle is None
+    assert trusted.state.stage is Stage.DONE
+    assert "fills imply 1" in trusted.events[0] and "did not send" in trusted.events[0]
+    page = next(c for c in trusted.commands if isinstance(c, Alert) and c.kind is AlertKind.EMERGENCY_EXIT)
+    assert "did not send" in page.text and "group stays stopped" in page.text
 
 
 def test_a_leg_in_flight_is_a_doubt_and_a_lighter_legs_fills_are_not_checked() -> None:

@@ -178,7 +178,16 @@ def flatten(ctx: click.Context, account: str | None, group: str | None) -> None:
                                                                   "client_ids": ids}, queue=name).id)
     results = [wait_result(app, task_id, RESULT_TIMEOUT_SECS) for task_id in pending]
     click.echo(json.dumps(results))
-    not_flat = [r["account"] for r in results if not r.get("flat")]
+    not_flat = [_left_open(r) for r in results if not r.get("flat")]
     if not_flat:
-        raise UserError(f"not flat after flatten: {', '.join(not_flat)}; check positions with xtb position")
+        raise UserError(f"not flat after flatten: {'; '.join(not_flat)}; check positions with xtb position")
+
+
+def _left_open(result: dict[str, Any]) -> str:
+    # A position that could not be read is unknown, never "not flat" with no number: the operator
+    # learns why (a spent rate budget clears by itself; a refused key does not).
+    final = result.get("final_position") or {}
+    if final.get("quantity") is None:
+        return f"{result['account']} unknown ({final.get('error') or 'no read'})"
+    return f"{result['account']} at {final['quantity']}"
 
