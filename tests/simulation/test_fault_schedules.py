@@ -81,16 +81,16 @@ def no_lighter_closes(mp: pytest.MonkeyPatch) -> None:
 def lighter_held_to_fills(mp: pytest.MonkeyPatch) -> None:
     """The report holds every Lighter leg but the one the exit's reason names to the cycle's fills:
     a leg the venue closed (a second liquidation, part of one, ADL) reads as a stale flat read."""
-    real = report.disagreements
+    real = report.legs_in_flight
 
-    def buggy(state: CycleState, tolerance: Mapping[str, Decimal]) -> list[str]:
+    def buggy(state: CycleState) -> list[str]:
         named = {ExitReason.LIGHTER1_ZERO: "L1", ExitReason.LIGHTER2_ZERO: "L2"}.get(state.exit_reason or
                                                                                       ExitReason.TIMEOUT)
         lighter = [f"{role.short} fills imply {q}" for role, q in state.ledger().items()
-                   if role.short not in ("BP", named) and abs(q) >= tolerance.get(role.short, Decimal("0.0001"))]
-        return real(state, tolerance) + lighter
+                   if role.short not in ("BP", named) and abs(q) >= Decimal("0.0001")]
+        return real(state) + lighter
 
-    mp.setattr(report, "disagreements", buggy)
+    mp.setattr(report, "legs_in_flight", buggy)
 
 
 def gives_up(mp: pytest.MonkeyPatch) -> None:
