@@ -55,7 +55,8 @@ def unknown_as_zero(mp: pytest.MonkeyPatch) -> None:
         return real(zeroed, state)
 
     mp.setattr(exit_step, "exit_state_of", buggy)
-    mp.setattr(report, "disagreements", lambda state, tolerance: [])
+    mp.setattr(report, "legs_in_flight", lambda state: [])
+    mp.setattr(report, "backpack_fills_imply", lambda state, tolerance: None)
 
 
 def closes_past_the_baseline(mp: pytest.MonkeyPatch) -> None:
