@@ -127,13 +127,6 @@ def backpack_fills_imply(state: CycleState, tolerance: Mapping[str, Decimal]) ->
     return own if own is not None and abs(own) >= tolerance.get(Role.BP.short, DEFAULT_STEP) else None
 
 
-def disagreements(state: CycleState, tolerance: Mapping[str, Decimal]) -> list[str]:
-    """Doubts about a flat read: legs in flight (:func:`legs_in_flight`) and Backpack's fills
-    contradicting it (:func:`backpack_fills_imply`)."""
-    implied = backpack_fills_imply(state, tolerance)
-    return legs_in_flight(state) + ([f"BP fills imply {implied}"] if implied is not None else [])
-
-
 def equity_change(state: CycleState, by_role: Mapping[str, Mapping[str, Any]]) -> dict[str, str | None]:
     """Each role's equity after the exit less its equity at planning; None where either is unknown."""
     start = state.plan.start_equity if state.plan is not None else {}

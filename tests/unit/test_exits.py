@@ -1,5 +1,5 @@
 """What an exit concludes from the cycle's own legs (orchestrator.cycle.report on typed states): the
-fills ledger, its disagreements with the reads, and the results keyed by the account they name."""
+fills ledger, where it contradicts a flat read, and the results keyed by the account they name."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core.legs import Leg, LegState
-from orchestrator.cycle.report import disagreements, exit_is_flat, results_by_role
+from orchestrator.cycle.report import backpack_fills_imply, exit_is_flat, results_by_role
 from orchestrator.cycle.state import CycleState, Positions
 from tests.helpers.cycle_states import cycle_state
 from venues.base import Side
@@ -64,27 +64,26 @@ def test_the_ledger_is_the_baselines_plus_the_signed_fills(fills: list[tuple[str
 
 @settings(max_examples=300, deadline=None)
 @given(fills=st.lists(signed_fill, max_size=12))
-def test_disagreements_are_sign_symmetric_and_hold_only_backpack_to_its_fills(
-        fills: list[tuple[str, str, Decimal]]) -> None:
+def test_only_backpack_is_held_to_its_fills_and_sign_symmetrically(fills: list[tuple[str, str, Decimal]]) -> None:
     swap = {"buy": "sell", "sell": "buy"}
     state = cycle(*(leg(a, s, str(q)) for a, s, q in fills))
     mirrored = cycle(*(leg(a, swap[s], str(q)) for a, s, q in fills))
-    doubts = disagreements(state, STEPS)
-    assert [d.split()[0] for d in doubts] == [d.split()[0] for d in disagreements(mirrored, STEPS)]
-    flagged = {d.split()[0] for d in doubts}
-    for role, q in own_fills(state).items():
-        assert (role in flagged) is (role == "BP" and abs(q) >= STEPS[role])
+    bp = own_fills(state)["BP"]
+    implied, mirrored_implied = backpack_fills_imply(state, STEPS), backpack_fills_imply(mirrored, STEPS)
+    assert (implied is not None) is (abs(bp) >= STEPS["BP"]), (implied, bp)
+    assert implied == (None if implied is None else bp)
+    assert mirrored_implied == (None if implied is None else -bp)
 
 
 def test_less_than_one_step_left_is_not_a_disagreement() -> None:
     state = cycle(leg("l1", "sell", "0.00005"), leg("bp", "buy", "0.001"))
-    assert disagreements(state, STEPS) == ["BP fills imply 0.001"]
-    assert disagreements(state, {}) == ["BP fills imply 0.001"]  # the default step
+    assert backpack_fills_imply(state, STEPS) == Decimal("0.001")
+    assert backpack_fills_imply(state, {}) == Decimal("0.001")  # the default step
 
 
 def test_a_lighter_leg_the_venue_moved_is_never_a_doubt() -> None:
     # Liquidated, partly liquidated or deleveraged: no leg of the cycle says so; the read does.
-    assert disagreements(cycle(leg("l1", "sell", "1"), leg("l2", "buy", "0.5")), STEPS) == []
+    assert backpack_fills_imply(cycle(leg("l1", "sell", "1"), leg("l2", "buy", "0.5")), STEPS) is None
 
 
 def test_exit_results_are_keyed_by_the_account_they_name_not_their_position() -> None:
@@ -107,5 +106,5 @@ def test_a_missing_repeated_or_unknown_result_is_never_flat() -> None:
 def test_backpack_at_its_baseline_is_no_doubt() -> None:
     # Backpack held 0.5 before the cycle, bought 1 and sold 1 in it: flat as far as the cycle goes.
     state = cycle(leg("bp", "buy", "1"), leg("bp", "sell", "1"), baseline="0.5")
-    assert disagreements(state, STEPS) == []
-    assert disagreements(cycle(leg("bp", "buy", "1"), baseline="0.5"), STEPS) == ["BP fills imply 1.0"]
+    assert backpack_fills_imply(state, STEPS) is None
+    assert backpack_fills_imply(cycle(leg("bp", "buy", "1"), baseline="0.5"), STEPS) == Decimal("1.0")

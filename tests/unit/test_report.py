@@ -118,12 +118,12 @@ def test_a_flat_read_the_fills_keep_contradicting_is_trusted_and_says_what_moved
 def test_a_leg_in_flight_is_a_doubt_and_a_lighter_legs_fills_are_not_checked() -> None:
     # An order whose outcome nobody recorded can still fill after the read: the read is not the end.
     in_flight = exiting(filled("bp", Side.BUY, "1", final=False))
-    assert report.disagreements(in_flight, report.minimums_of(in_flight)) == ["leg0 in flight"]
+    assert report.legs_in_flight(in_flight) == ["leg0 in flight"]
     again = report.decide_report(in_flight, results(), reason=ExitReason.LIGHTER2_ZERO, attempt=0, now=NOW)
     assert isinstance(again.commands[-1], RunLater) and "leg0 in flight" in again.events[0]
     # The venue moves a Lighter leg too (liquidation, ADL): its read is the truth, whatever the exit's reason.
     lighter = exiting(filled("l2", Side.BUY, "1"), filled("l1", Side.SELL, "1"))
-    assert report.disagreements(lighter, report.minimums_of(lighter)) == []
+    assert report.legs_in_flight(lighter) == [] and report.backpack_fills_imply(lighter, report.minimums_of(lighter)) is None
     flat = report.decide_report(lighter, results(), reason=ExitReason.TIMEOUT, attempt=0, now=NOW)
     assert isinstance(flat.commands[-1], Finish) and flat.commands[-1].outcome is Outcome.FLAT
 
