@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -53,10 +53,25 @@ __all__ = [
     "set_step_grace",
     "stage_deadline",
     "step_grace",
-    "with_event",
 ]
 
 HISTORY_LENGTH = 200
+#: How many events a cycle record keeps (the oldest are dropped).
+EVENTS_KEPT = 100
+
+# Events appended to the record's list inside Redis, never a list read earlier written back: the
+# steps and the venue tasks of one cycle write events in parallel, and a read-then-write append
+# loses whatever another wrote in between. KEYS: the record. ARGV: the new events (JSON list), how
+# many to keep, the ``updated_at`` text.
+_APPEND_EVENTS = """
+local raw = redis.call('HGET', KEYS[1], 'events')
+local events = {}
+if raw then events = cjson.decode(raw) end
+for _, event in ipairs(cjson.decode(ARGV[1])) do table.insert(events, event) end
+local kept = {}
+for i = math.max(#events - tonumber(ARGV[2]), 0) + 1, #events do table.insert(kept, events[i]) end
+redis.call('HSET', KEYS[1], 'events', cjson.encode(kept), 'updated_at', ARGV[3])
+"""
 
 
 
@@ -79,11 +94,6 @@ def _decode(key: str, name: str, kind: Kind, raw: str) -> Any:
 def positions_fields(label: str, positions: dict[str, Any]) -> dict[str, Any]:
     """Record fields for a reading of the three positions: kept under ``label`` and as the latest."""
     return {f"positions:{label}": positions, "positions": positions}
-
-
-def with_event(events: list[dict[str, Any]] | None, text: str) -> list[dict[str, Any]]:
-    """The record's ``events`` list with ``text`` appended (the last 100 kept)."""
-    return [*(events or []), {"t": time.time(), "text": text}][-100:]
 
 
 @dataclass(frozen=True)
@@ -206,20 +216,16 @@ class CycleRecord:
         self.update(**positions_fields(label, positions))
 
     def add_event(self, text: str) -> None:
-        """Append ``text`` to ``events`` atomically (WATCH/MULTI, retried on a concurrent write): the
-        venue tasks of one cycle run in parallel on their own workers, and a read-then-write append
-        from two of them at once kept only one of the two notes."""
-        key, kind = self.key, kind_of("events")
+        """Append ``text`` to ``events`` (see :meth:`add_events`)."""
+        self.add_events((text,), at=time.time())
 
-        def append(pipe: redis.client.Pipeline) -> None:
-            raw = cast(str | None, pipe.hget(key, "events"))
-            fields = {"events": with_event(None if raw is None else _decode(key, "events", kind, raw), text),
-                      "updated_at": time.time()}
-            check_fields(fields)
-            pipe.multi()
-            pipe.hset(key, mapping={k: _dump(v) for k, v in fields.items()})
-
-        self.client.transaction(append, key)
+    def add_events(self, texts: Sequence[str], *, at: float, via: redis.client.Pipeline | None = None) -> None:
+        """Append ``texts``, each stamped ``at``, to ``events`` in one atomic script (the last
+        ``EVENTS_KEPT`` kept); ``via`` queues it in the caller's transaction instead."""
+        if texts:
+            (via if via is not None else self.client).eval(
+                _APPEND_EVENTS, 1, self.key, json.dumps([{"t": at, "text": text} for text in texts]), EVENTS_KEPT,
+                _dump(time.time()))
 
     def cancel_requested(self) -> bool:
         return bool(self.client.exists(keys.cycle_cancel(self.cycle_id)))

@@ -7,7 +7,6 @@ in the readers that show a cycle (``xtb cycle``, the dashboard); decisions see o
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -49,22 +48,6 @@ from orchestrator.record_fields import (
     positions_json,
     state_from_fields,
 )
-
-#: How many events the record keeps (the oldest are dropped).
-EVENTS_KEPT = 100
-
-# A step's events appended to the record's list in the step's own transaction, never a list it read
-# earlier written back: a venue task's or the watchdog's event added meanwhile would be lost.
-_APPEND_EVENTS = """
-local raw = redis.call('HGET', KEYS[1], 'events')
-local events = {}
-if raw then events = cjson.decode(raw) end
-for _, event in ipairs(cjson.decode(ARGV[1])) do table.insert(events, event) end
-local drop = #events - tonumber(ARGV[2])
-local kept = {}
-for i = math.max(drop, 0) + 1, #events do table.insert(kept, events[i]) end
-redis.call('HSET', KEYS[1], 'events', cjson.encode(kept))
-"""
 
 # HGET + compare + HSET in one step: two copies of a step that both read the old token cannot both
 # move it. Values are the record's JSON integers, whose text is their decimal digits.
@@ -155,9 +138,9 @@ class RedisCycleStore:
             record.request_cancel(via=pipe)
         if fields:
             record.update(fields, via=pipe)
-        if decision.events:
-            pipe.eval(_APPEND_EVENTS, 1, record.key,
-                      json.dumps([{"t": now, "text": text} for text in decision.events]), EVENTS_KEPT)
+        # Appended in this transaction, never the list this step read written back (a venue task's
+        # or the watchdog's event added meanwhile would be lost).
+        record.add_events(decision.events, at=now, via=pipe)
         orders = [c for c in commands if isinstance(c, SendOrder)]
         for order in orders:
             record_intent(pipe, after.group.account_for(order.role), int(order.client_id or 0),

@@ -12,7 +12,7 @@ import redis
 
 from core import keys
 from core.cycle_fields import CycleFieldTypeError, UndeclaredCycleField
-from core.cycle_record import CycleRecord, ExitReason, Outcome, Stage, create_cycle
+from core.cycle_record import EVENTS_KEPT, CycleRecord, ExitReason, Outcome, Stage, create_cycle
 from core.legs import Leg, LegState
 from orchestrator.recovery import sweep
 from venues.base import Side
@@ -171,3 +171,19 @@ def test_events_noted_at_once_by_parallel_workers_are_all_kept(redis_url: str) -
     texts = {e["text"] for e in CycleRecord(redis.Redis.from_url(redis_url, decode_responses=True),
                                             "c-events").get("events")}
     assert texts == {f"writer {n} note {i}" for n in range(8) for i in range(5)}
+
+
+def test_events_keep_the_newest_in_order_and_a_step_appends_in_its_own_transaction(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    create_cycle(client, "c-kept", "main")
+    record = CycleRecord(client, "c-kept")
+    for i in range(EVENTS_KEPT + 5):
+        record.add_event(f"note {i}")
+    pipe = client.pipeline(transaction=True)
+    record.add_events(("step a", "step b"), at=1_000_000.5, via=pipe)
+    assert [e["text"] for e in record.get("events")][-1] == f"note {EVENTS_KEPT + 4}"  # queued, not sent
+    pipe.execute()
+    events = record.get("events")
+    assert len(events) == EVENTS_KEPT
+    assert [e["text"] for e in events] == [f"note {i}" for i in range(7, EVENTS_KEPT + 5)] + ["step a", "step b"]
+    assert events[-1]["t"] == 1_000_000.5 and isinstance(record.get("updated_at"), float)

@@ -20,6 +20,7 @@ import msgspec
 
 from core.config_schema import Role
 from core.cycle_fields import Stage
+from core.cycle_record import EVENTS_KEPT
 from core.legs import Leg, LegState
 from monitoring.alert_texts import AlertKind
 from orchestrator.cycle.commands import (
@@ -49,8 +50,6 @@ from orchestrator.cycle.runner import Call, Ports, StaleStep, run_spec
 from orchestrator.cycle.state import CycleState, Event, LegName
 from orchestrator.cycle.steps import STEPS
 from venues.base import Side
-
-EVENTS_KEPT = 100
 
 
 class VirtualClock:
