@@ -197,7 +197,10 @@ def test_a_cut_orchestrator_is_replaced_by_one_on_another_host_and_the_cycle_kee
         hosts.cut("orch-a")
         cut_at = time.monotonic()
         net.start_standby("orchestrator-b")
-        # The replacement's watchdog finds the loop overdue and resumes it from venue truth.
+        # The loop goes on under the replacement by whichever recovery comes first: the broker hands
+        # it the cut worker's unacknowledged tick once the visibility timeout (6 s) has passed, or its
+        # watchdog finds the loop overdue (step grace 10 s, then a sweep) and resumes it from venue
+        # truth. The watchdog's own resume is tested in test_fencing and the crash matrix.
         wait_until(lambda: int(dep.record(cycle_id).get("step_seq") or 0) > step + 2, timeout=60,
                    what="monitoring to go on under the second orchestrator")
         resumed_at = time.monotonic()
@@ -206,7 +209,10 @@ def test_a_cut_orchestrator_is_replaced_by_one_on_another_host_and_the_cycle_kee
         time.sleep(VISIBILITY_SECS + 6)
         assert dep.record(cycle_id)["stage"] == "monitoring"
     stale = refusals(dep, cycle_id, "monitor")
-    print(f"\npartition orch-a: monitoring resumed {resumed_at - cut_at:.1f} s after the cut; worst net "
+    events = [e["text"] for e in dep.record(cycle_id).get("events") or []]
+    by = "the watchdog" if any("watchdog: monitoring overdue; resume_monitoring" in t for t in events) \
+        else "the redelivered tick"
+    print(f"\npartition orch-a: monitoring resumed by {by} {resumed_at - cut_at:.1f} s after the cut; worst net "
           f"{sampler.worst} while cut and after; {len(stale)} stale loop step(s) refused")
     # In step throughout the partition: the loop only reads while nothing moves.
     assert sampler.worst < STEP, sampler.worst
@@ -215,5 +221,3 @@ def test_a_cut_orchestrator_is_replaced_by_one_on_another_host_and_the_cycle_kee
     assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), done
     assert dep.duplicate_client_ids() == []
     assert len(raised_alerts(dep, cycle_id, "cycle_completed")) == 1
-    events = [e["text"] for e in dep.record(cycle_id).get("events") or []]
-    assert any("watchdog: monitoring overdue; resume_monitoring" in t for t in events), events
