@@ -101,9 +101,17 @@ class Rejoin:
 
     def __init__(self) -> None:
         self.thread: threading.Thread | None = None
+        self.failed: BaseException | None = None
 
     def start(self, cluster: SentinelCluster, port: int) -> None:
-        self.thread = threading.Thread(target=cluster.rejoin, args=(port, 60), daemon=True)
+        def rejoin() -> None:
+            try:
+                cluster.rejoin(port, 60)
+            except BaseException as exc:  # kept for wait(): the next kill needs the replica
+                self.failed = exc
+
+        self.failed = None
+        self.thread = threading.Thread(target=rejoin, daemon=True)
         self.thread.start()
 
     def wait(self) -> None:
@@ -111,6 +119,8 @@ class Rejoin:
             self.thread.join(70)
             assert not self.thread.is_alive(), "the killed primary did not rejoin as a replica"
             self.thread = None
+            # A kill with no replica to promote leaves the cluster without a primary: say why here.
+            assert self.failed is None, f"the killed primary did not rejoin as a replica: {self.failed}"
 
 
 REJOIN = Rejoin()
