@@ -145,8 +145,11 @@ def test_unresolved_exit_stops_the_group_until_an_operator_resumes_it(dep: Deplo
         assert dep.client.exists(STOP_KEY)
 
         # Flat, but a read that fails is unknown, not zero: still refused.
-        dep.arm_fault("backpack", "http_500", count=1, op="position")
+        # (Every Backpack position read fails until cleared: a one-shot fault can be spent by another
+        # reader first, the finished cycle's report or a heartbeat.)
+        dep.arm_fault("backpack", "http_500", count=100_000, op="position")
         unknown = run_xtb(dep, "group", "resume", "main")
+        dep.sim.exchange.clear_faults()
         assert unknown.returncode == 1 and "backpack unknown" in unknown.stderr, unknown.stderr
         assert dep.client.exists(STOP_KEY)
 
