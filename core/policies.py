@@ -71,6 +71,15 @@ UNRESOLVED_PAGE_SECS = 300.0
 #: sent in its place. Short enough that an exit still in its first attempt (``exit_max_steps`` reads
 #: at least ``lighter_retry_delay_secs`` apart) gets past it.
 ORDER_SETTLE_SECS = 20.0
+
+
+def never_placed(intent_age_secs: float) -> bool:
+    """Whether an order the venue has no record of ``intent_age_secs`` after its intent was last
+    written is taken as never placed (and another may be sent in its place). Before
+    ``ORDER_SETTLE_SECS`` a request the venue holds can still fill: its outcome is unknown, not "not sent"."""
+    return intent_age_secs >= ORDER_SETTLE_SECS
+
+
 #: A flat Backpack read the cycle's own fills contradict is read again until the disagreement has
 #: held this long, then trusted: a stale read heals within a read or two, while one that holds is a
 #: fill the cycle did not send (an operator's ``xtb flatten``, a liquidation), which only the read

@@ -41,7 +41,8 @@ RECONCILE_SECS = DEFAULT_RECONCILE_SECS
 class Rule(str, Enum):
     """The invariants, in the order they are checked after an event."""
 
-    #: No client order id reaches the venue twice for two legs; no leg is sent under two ids.
+    #: No client order id reaches the venue twice for two legs; no leg is sent under two ids; no
+    #: order reaches the venue after the cycle took it as never placed (its outcome was unknown).
     ONCE = "once"
     #: No exit order takes a role past its baseline; no order reaches the venue after the cycle is done.
     OWN = "own"
@@ -164,6 +165,11 @@ class Watch:
         if self.venue.duplicates:
             o = self.venue.duplicates[0]
             return f"client id {o.client_id} on {o.account} sent again for leg {o.leg}"
+        if self.venue.revived:
+            o = self.venue.revived[0]
+            since = self.venue.written_off[(o.account, o.client_id)]
+            return (f"{o.leg} (client id {o.client_id} on {o.account}, {o.side.value} {o.requested}) reached the "
+                    f"venue {o.at - since:.2f} s after the cycle took it as never placed (filled {o.filled})")
         legs: dict[str, int] = {}
         for order in self.venue.sent:
             if legs.setdefault(order.leg, order.client_id) != order.client_id:

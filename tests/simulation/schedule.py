@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from core import policies
 from core.config_schema import Role
 from core.cycle_fields import Stage
 from core.fencing import Fence
@@ -51,8 +52,6 @@ from tests.simulation.memory import MemoryScheduler
 from tests.simulation.world import SimStore, SimVenue, VenueOrder
 from venues.base import Side
 
-#: An in-flight order's intent older than this is settled as never placed (``ORDER_SETTLE_SECS``).
-ORDER_SETTLE_SECS = 20.0
 #: Trace lines kept for a broken invariant's report.
 TRACE_TAIL = 40
 
@@ -352,7 +351,8 @@ class FaultScheduler(MemoryScheduler):
 
     def _settle(self, cycle_id: str, account: str) -> list[int]:
         """``settle_unknown_orders``: record what the venue holds for each in-flight leg on the account;
-        a leg the venue never got is failed once its intent is :data:`ORDER_SETTLE_SECS` old."""
+        a leg the venue does not know is failed once the product's rule (``policies.never_placed``,
+        looked up at the call so a test can put a bug back in it) takes it as never placed."""
         state = self.store.states[cycle_id]
         unknown = []
         for name, leg in sorted(state.legs.items()):
@@ -363,8 +363,9 @@ class FaultScheduler(MemoryScheduler):
                 final = LegState.FILLED if found.filled == leg.requested else LegState.CANCELLED
                 self._record_leg(cycle_id, name, dataclasses.replace(leg, filled=found.filled, state=final,
                                                                           filled_at=self.clock.time))
-            elif self.clock.time - self.intent_at.get((cycle_id, name), self.clock.time) >= ORDER_SETTLE_SECS:
+            elif policies.never_placed(self.clock.time - self.intent_at.get((cycle_id, name), self.clock.time)):
                 self._record_leg(cycle_id, name, dataclasses.replace(leg, state=LegState.FAILED))
+                self.sim_venue.written_off[(account, leg.client_id)] = self.clock.time
             else:
                 unknown.append(leg.client_id)
         return unknown

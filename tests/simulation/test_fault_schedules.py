@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import pytest
 
+from core import policies
 from core.config_schema import Role
 from core.cycle_fields import ExitReason, Outcome, Stage
 from core.policies import EMERGENCY_EXIT
@@ -142,6 +143,13 @@ def zero_never_confirmed(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(loop, "liquidated_below", lambda state: Decimal(0))
 
 
+def unknown_taken_as_never_placed(mp: pytest.MonkeyPatch) -> None:
+    """An order the venue does not know yet is taken as never placed at once, so another goes in its
+    place while a request the venue holds can still fill (one order filled twice: a Backpack order
+    the venue held past the request timeout filled after another had been sent in its place)."""
+    mp.setattr(policies, "never_placed", lambda intent_age_secs: True)
+
+
 BUGS: list[tuple[Callable[[pytest.MonkeyPatch], None], int, Rule]] = [
     (unknown_as_zero, 51, Rule.TRUTHFUL),
     (closes_past_the_baseline, 0, Rule.OWN),
@@ -153,6 +161,7 @@ BUGS: list[tuple[Callable[[pytest.MonkeyPatch], None], int, Rule]] = [
     (lighter_held_to_fills, 1, Rule.TRUTHFUL),
     (lighter_stand_in, 37, Rule.OWN),
     (dust_hides_backpack, 25, Rule.LIVE),
+    (unknown_taken_as_never_placed, 37, Rule.ONCE),
 ]
 
 

@@ -57,6 +57,11 @@ class SimVenue(MemoryVenue):
     sent: list[VenueOrder] = field(default_factory=list)
     #: Client ids received twice under a different leg (the *once* invariant reads it).
     duplicates: list[VenueOrder] = field(default_factory=list)
+    #: (account, client id) the cycle recorded as never placed, and when: another order may go in
+    #: its place from then on, so this one reaching the venue later is an order sent twice.
+    written_off: dict[tuple[str, int], float] = field(default_factory=dict)
+    #: Orders that reached the venue after the cycle wrote them off (the *once* invariant reads it).
+    revived: list[VenueOrder] = field(default_factory=list)
     failed_reads: int = 0
     last_failed_read: float = float("-inf")
 
@@ -103,6 +108,8 @@ class SimVenue(MemoryVenue):
                            rejected, self.net_beyond_dust())
         if known is not None:
             self.duplicates.append(order)
+        if (account, client_id) in self.written_off:
+            self.revived.append(order)
         self.sent.append(order)
         if filled:
             self.orders.append((account, side, filled))

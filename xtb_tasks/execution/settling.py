@@ -31,7 +31,7 @@ from core import keys
 from core.client_ids import intent_age
 from core.cycle_record import CycleRecord
 from core.legs import Leg, parse_leg
-from core.policies import ORDER_SETTLE_SECS
+from core.policies import never_placed
 from venues.base import VenueConnector, VenueError
 from xtb_tasks.execution.venue_ops import OrderRequest, record_never_placed, record_outcome
 
@@ -72,7 +72,7 @@ def settle_unknown_orders(client: redis.Redis, connector: VenueConnector, accoun
             record_outcome(client, record, request, leg.client_id, found)
             continue
         age = intent_age(cast(dict[str, str], client.hgetall(keys.intent(account, leg.client_id))), now)
-        if found is None and age >= ORDER_SETTLE_SECS:
+        if found is None and never_placed(age):
             record_never_placed(client, record, request, leg.client_id, leg.requested, age)
             continue
         log.warning("account=%s cycle=%s leg=%s client_id=%s outcome still unknown (%s, intent %.0f s old)",

@@ -28,7 +28,7 @@ from core.durability import ReplicaTimeout, durable_execute
 from core.errors import XtbError
 from core.fencing import FENCE_FIELDS
 from core.legs import Leg, LegState, parse_leg
-from core.policies import ORDER_SETTLE_SECS, UNKNOWN_OUTCOME_RECHECK_SECS
+from core.policies import ORDER_SETTLE_SECS, UNKNOWN_OUTCOME_RECHECK_SECS, never_placed
 from orchestrator.cycle.entry import mirror_quantity
 from venues.base import (
     OrderReport,
@@ -180,7 +180,7 @@ def submit_order(client: redis.Redis, connector: VenueConnector, req: OrderReque
             if found is not None:
                 return record_outcome(client, record, req, client_id, found)
             age = intent_age(intent)
-            if age < ORDER_SETTLE_SECS:
+            if not never_placed(age):
                 raise RetryLater(f"{req.leg or 'order'} client id {client_id}: outcome unknown, not at the venue "
                                  f"{age:.0f} s after its intent; nothing sent until it shows or "
                                  f"{ORDER_SETTLE_SECS:.0f} s pass", UNKNOWN_OUTCOME_RECHECK_SECS, counted=False)
