@@ -49,6 +49,7 @@ __all__ = [
     "create_cycle",
     "grace_deadline",
     "positions_fields",
+    "queue_create_cycle",
     "recent_cycle_ids",
     "set_step_grace",
     "stage_deadline",
@@ -263,18 +264,22 @@ def stage_deadline(stage: Stage, plan: dict[str, Any] | None) -> float:
 
 def create_cycle(client: redis.Redis, cycle_id: str, group: str, **fields: Any) -> CycleRecord:
     """Write a new record (in stage ``planning``) with ``fields``, and list it active and in its group's history."""
-    record = CycleRecord(client, cycle_id)
     pipe = client.pipeline()
+    queue_create_cycle(pipe, cycle_id, group, **fields)
+    pipe.execute()
+    return CycleRecord(client, cycle_id)
+
+
+def queue_create_cycle(pipe: redis.client.Pipeline, cycle_id: str, group: str, **fields: Any) -> None:
+    """:func:`create_cycle`'s writes, queued on ``pipe`` for the caller to execute (in its transaction)."""
     now = time.time()
     values = {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value, "created_at": now,
               "updated_at": now, "t:planning": now, **fields}
-    check_fields(values)  # before the pipeline: a refused field creates no record at all
-    pipe.hset(record.key, mapping={k: _dump(v) for k, v in values.items()})
+    check_fields(values)  # before anything is queued: a refused field creates no record at all
+    pipe.hset(keys.cycle(cycle_id), mapping={k: _dump(v) for k, v in values.items()})
     pipe.sadd(keys.CYCLES_ACTIVE, cycle_id)
     pipe.lpush(keys.cycle_history(group), cycle_id)
     pipe.ltrim(keys.cycle_history(group), 0, HISTORY_LENGTH - 1)
-    pipe.execute()
-    return record
 
 
 def active_cycle_ids(client: redis.Redis) -> list[str]:

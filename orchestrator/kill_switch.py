@@ -17,11 +17,12 @@ import json
 import time
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, cast
+from typing import cast
 
 import redis
 
 from core import keys
+from orchestrator.cycle.start import GroupStop
 
 #: Deletes the stop only if it still names the cycle the operator resumed (not a newer stop).
 _CLEAR_IF_CYCLE = """
@@ -33,37 +34,6 @@ if ok and type(stop) == 'table' and stop['cycle_id'] == ARGV[1] then
 end
 return -1
 """
-
-
-@dataclass(frozen=True)
-class GroupStop:
-    """Why a group is stopped: the cycle whose exit turned unresolved, its reason, and when."""
-
-    group: str
-    cycle_id: str
-    reason: str
-    stopped_at: float
-
-    def to_json(self) -> dict[str, Any]:
-        return {"group": self.group, "cycle_id": self.cycle_id, "reason": self.reason, "stopped_at": self.stopped_at}
-
-    @classmethod
-    def from_json(cls, group: str, raw: str) -> GroupStop:
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
-            # Someone set the key by hand: still a stop (the key is what counts), with what it holds.
-            return cls(group, str(raw), "set by hand", 0.0)
-        return cls(group, str(data.get("cycle_id") or "?"), str(data.get("reason") or "?"),
-                   float(data.get("stopped_at") or 0.0))
-
-    def refusal(self) -> str:
-        """The one line a refused start says: the group, the stopped cycle, and how to resume."""
-        return (f"Cycle start refused for group {self.group}: the group is stopped since cycle {self.cycle_id} "
-                f"turned unresolved ({self.reason}); check the accounts with `xtb status`, flatten them "
-                f"(`xtb flatten --group {self.group}`), then run `xtb group resume {self.group}`.")
 
 
 def stop_group(client: redis.Redis | redis.client.Pipeline, group: str, cycle_id: str, reason: str) -> GroupStop:

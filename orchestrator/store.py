@@ -16,9 +16,10 @@ import redis
 from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
 from core.cycle_fields import Outcome, check
-from core.cycle_record import CycleRecord, create_cycle, grace_deadline, positions_fields, step_grace
+from core.cycle_record import CycleRecord, grace_deadline, positions_fields, queue_create_cycle, step_grace
 from core.durability import durable_execute
 from monitoring.alerts import queue_alert
+from orchestrator.cycle import start
 from orchestrator.cycle.commands import (
     RECORDED,
     Alert,
@@ -32,6 +33,7 @@ from orchestrator.cycle.commands import (
     StopGroup,
 )
 from orchestrator.cycle.plan import with_entry_ids
+from orchestrator.cycle.start import GroupStop, StartRefused
 from orchestrator.cycle.state import (
     CycleState,
     LegName,
@@ -59,40 +61,45 @@ return 1
 """
 
 
-def take_group_lock(client: redis.Redis, group: str, cycle_id: str) -> str | None:
-    """Hold the group lease for ``cycle_id``; returns the active cycle holding it instead, if any."""
-    key = keys.group_lock(group)
-    if client.set(key, cycle_id, nx=True):
-        return None
-    holder = cast(str | None, client.get(key))
-    if holder and client.sismember(keys.CYCLES_ACTIVE, holder):
-        return holder
-    # A stale lease (its cycle finished or was lost without releasing): take it over atomically.
-    if client.set(key, cycle_id, xx=True, get=True) == holder:
-        return None
-    return cast(str | None, client.get(key))
-
-
-def release_group_lock(client: redis.Redis, group: str, cycle_id: str) -> None:
-    key = keys.group_lock(group)
-    if client.get(key) == cycle_id:
-        client.delete(key)
-
-
 class RedisCycleStore:
     """:class:`~orchestrator.cycle.ports.CycleStore` on the cycle's Redis hash."""
 
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
 
-    def create(self, state: CycleState, *, trigger_task: str) -> None:
+    def create(self, state: CycleState, *, trigger_task: str) -> StartRefused | None:
         """Write a new cycle's record (in stage ``planning``) with the group and parameters it runs
-        on, its overrides and place in a run; its first step is due within the step grace. The
-        trigger task names who started it."""
-        create_cycle(self.client, state.cycle_id, state.group.name, overrides=dict(state.overrides),
-                     cycle_index=state.cycle_index,
-                     direction=state.params.direction.value, params=state.params.to_json(),
-                     config=msgspec.to_builtins(state.group), next_deadline=grace_deadline(), trigger_task=trigger_task)
+        on, its overrides and place in a run, active and holding its group's lease, in one
+        transaction; or nothing, and why not (``orchestrator.cycle.start``). Its first step is due
+        within the step grace. The trigger task names who started it."""
+        group = state.group.name
+        lease, stopped = keys.group_lock(group), keys.group_stopped(group)
+        with self.client.pipeline() as pipe:
+            while True:
+                try:
+                    # Any write to the lease, the stop or the active set before EXEC: read and decide again.
+                    pipe.watch(lease, stopped, keys.CYCLES_ACTIVE)
+                    holder, stop = cast(str | None, pipe.get(lease)), cast(str | None, pipe.get(stopped))
+                    active = holder is not None and bool(pipe.sismember(keys.CYCLES_ACTIVE, holder))
+                    refused = start.refusal(group, None if stop is None else GroupStop.from_json(group, stop),
+                                            holder, active)
+                    if refused is not None:
+                        return refused
+                    pipe.multi()
+                    pipe.set(lease, state.cycle_id)
+                    queue_create_cycle(pipe, state.cycle_id, group, overrides=dict(state.overrides),
+                                       cycle_index=state.cycle_index, direction=state.params.direction.value,
+                                       params=state.params.to_json(), config=msgspec.to_builtins(state.group),
+                                       next_deadline=grace_deadline(), trigger_task=trigger_task)
+                    pipe.execute()
+                    return None
+                except redis.WatchError:
+                    continue
+
+    def release_lease(self, group: str, cycle_id: str) -> None:
+        key = keys.group_lock(group)
+        if self.client.get(key) == cycle_id:
+            self.client.delete(key)
 
     def load(self, cycle_id: str) -> CycleState | None:
         record = CycleRecord(self.client, cycle_id)
@@ -164,7 +171,7 @@ class RedisCycleStore:
         elif len(pipe):
             pipe.execute()
         if finish is not None:
-            release_group_lock(self.client, after.group.name, after.cycle_id)
+            self.release_lease(after.group.name, after.cycle_id)
         return [c for c in commands if not isinstance(c, RECORDED)]
 
     def changed_fields(self, before: CycleState, decision: Decision, now: float) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 
 from orchestrator.cycle.commands import Command, Decision
+from orchestrator.cycle.start import StartRefused
 from orchestrator.cycle.state import CycleState
 
 
@@ -39,8 +40,10 @@ class CycleStore(Protocol):
         """Write what ``decision`` changed since ``before``, its events and reading, the intents of its
         orders and its queued alerts, in one write; the commands to publish (with their client ids)."""
 
-    def create(self, state: CycleState, *, trigger_task: str) -> None:
-        """Write a new cycle's record from its state in stage ``planning``."""
+    def create(self, state: CycleState, *, trigger_task: str) -> StartRefused | None:
+        """Write a new cycle's record from its state in stage ``planning``, active and holding its
+        group's lease, in one atomic step; or write nothing and say why not
+        (``orchestrator.cycle.start``)."""
 
 
 class Scheduler(Protocol):

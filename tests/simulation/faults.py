@@ -118,6 +118,8 @@ class Scenario:
       fraction      the part a partial liquidation closes
       adl           the fraction an auto-deleverage takes off the surviving leg after a liquidation (0: none)
       outages       per account: (start, length) of each stretch its reads fail, from the start
+      starts        (when, who) of each other trigger starting a cycle of the group: beat, the CLI,
+                    a second orchestrator; two at the same instant race
     """
 
     seed: int
@@ -132,6 +134,25 @@ class Scenario:
     adl: Decimal
     rates: Rates
     outages: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    starts: tuple[tuple[float, str], ...] = ()
+
+
+#: Who else starts cycles of the group.
+TRIGGERS = ("beat", "the CLI", "a second orchestrator")
+
+
+def draw_starts(seed: int, timeout_secs: float) -> tuple[tuple[float, str], ...]:
+    """Other triggers' starts, from a generator of their own (the rest of the seed's draws, and so
+    every seed's trace before the first start, stay as they were): none to three, any time while
+    the cycle runs or after it, sometimes two at one instant."""
+    rng = random.Random(f"starts-{seed}")
+    starts = []
+    for _ in range(rng.randrange(4)):
+        at = round(rng.uniform(0.0, timeout_secs + 120.0), 3)
+        starts.append((at, TRIGGERS[rng.randrange(len(TRIGGERS))]))
+        if rng.random() < 0.3:
+            starts.append((at, TRIGGERS[rng.randrange(len(TRIGGERS))]))
+    return tuple(sorted(starts))
 
 
 def _pick(rng: random.Random, *values: float) -> float:
@@ -168,7 +189,8 @@ def draw(seed: int) -> tuple[Scenario, random.Random]:
     scenario = Scenario(seed=seed, direction=direction, size=size, l_min=l_min, wait_secs=round(rng.uniform(0.5, 3), 2),
                         timeout_secs=timeout, liquidation=liquidation,
                         liquidate_after=round(rng.uniform(0.5, timeout * 0.9), 2),
-                        fraction=fraction, adl=adl, rates=rates, outages=outages)
+                        fraction=fraction, adl=adl, rates=rates, outages=outages,
+                        starts=draw_starts(seed, timeout))
     return scenario, rng
 
 

@@ -23,6 +23,7 @@ from core.cycle_fields import Stage
 from core.cycle_record import EVENTS_KEPT
 from core.legs import Leg, LegState
 from monitoring.alert_texts import AlertKind
+from orchestrator.cycle import start
 from orchestrator.cycle.commands import (
     Alert,
     Command,
@@ -47,6 +48,7 @@ from orchestrator.cycle.commands import (
 from orchestrator.cycle.entry import mirror_quantity
 from orchestrator.cycle.plan import with_entry_ids
 from orchestrator.cycle.runner import Call, Ports, StaleStep, run_spec
+from orchestrator.cycle.start import GroupStop, StartRefused
 from orchestrator.cycle.state import CycleState, Event, LegName
 from orchestrator.cycle.steps import STEPS
 from venues.base import Side
@@ -76,7 +78,26 @@ class MemoryStore:
     results: dict[tuple[str, int], tuple[dict[str, Any], ...]] = field(default_factory=dict)
     #: Cycles whose exit stopped their group (the kill switch) while it went on.
     stopped: list[str] = field(default_factory=list)
+    #: Each group's start lease: the cycle holding it.
+    leases: dict[str, str] = field(default_factory=dict)
     exit_orders: int = 0
+
+    def create(self, state: CycleState, *, trigger_task: str = "") -> StartRefused | None:
+        """The Redis store's start in one step: decide with ``start.refusal`` on the lease's holder
+        (active: not done), the group's stop; then the record and the lease."""
+        group = state.group.name
+        holder = self.leases.get(group)
+        held = self.states.get(holder) if holder is not None else None
+        refused = start.refusal(group, self.group_stop(group), holder, held is not None and held.stage is not Stage.DONE)
+        if refused is None:
+            self.leases[group] = state.cycle_id
+            self.states[state.cycle_id] = state
+        return refused
+
+    def group_stop(self, group: str) -> GroupStop | None:
+        """The stop of the last cycle of ``group`` whose exit stopped it (no operator resumes here)."""
+        cycle_id = next((c for c in reversed(self.stopped) if self.states[c].group.name == group), None)
+        return None if cycle_id is None else GroupStop(group, cycle_id, "unresolved", 0.0)
 
     def load(self, cycle_id: str) -> CycleState | None:
         state = self.states.get(cycle_id)
@@ -103,6 +124,8 @@ class MemoryStore:
             return []  # another step ended the cycle first
         if finish is not None:
             self.finished[before.cycle_id] = finish
+            if self.leases.get(before.group.name) == before.cycle_id:
+                del self.leases[before.group.name]
         current = self.states[before.cycle_id]
         events = (*current.events, *(Event(now, text) for text in decision.events))[-EVENTS_KEPT:]
         # The legs are the venue side's: a decision's save never overwrites one written meanwhile.

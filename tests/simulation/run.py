@@ -68,7 +68,9 @@ def build(scenario: Scenario, known_open: KnownOpen) -> tuple[CycleState, SimSto
                    "l1": dataclasses.replace(rules("0.0001", str(scenario.l_min), "ETH"), initial_margin=margin),
                    "l2": dataclasses.replace(rules("0.0001", str(scenario.l_min), "ETH"), initial_margin=margin)}
     venue.outages = {a: [(START + s, START + s + n) for s, n in spans] for a, spans in sorted(scenario.outages.items())}
-    store = SimStore({state.cycle_id: state}, clock=venue.clock, grace=STEP_GRACE_SECS)
+    store = SimStore(clock=venue.clock, grace=STEP_GRACE_SECS)
+    if store.create(state) is not None:
+        raise AssertionError(f"the first cycle of the group was refused: {store.create(state)}")
     store.touch(state.cycle_id, START + STEP_GRACE_SECS)
     return state, store, venue
 
@@ -104,6 +106,8 @@ def simulate(seed: int, *, known_open: KnownOpen | None = None, keep_trace: bool
     scheduler.at(1.0, lambda: scheduler.watchdog(cid), "watchdog")
     if scenario.rates.cancel_at is not None:
         scheduler.at(scenario.rates.cancel_at, lambda: _cancel(scheduler, cid), "operator cancel")
+    for n, (at, who) in enumerate(scenario.starts):
+        scheduler.at(at, functools.partial(_start_another, scheduler, state, n, who), f"{who} starts a cycle")
     market = _Market(scenario, scheduler, watch)
     end = START + scenario.timeout_secs + HORIZON_SECS
     done_at: float | None = None
@@ -148,6 +152,16 @@ def _cancel(scheduler: FaultScheduler, cycle_id: str) -> None:
         return
     scheduler.note("operator cancels the cycle")
     scheduler.publish(state, recovery.cancel(state))
+
+
+def _start_another(scheduler: FaultScheduler, first: CycleState, n: int, who: str) -> None:
+    """Another trigger starts a cycle of the group (``xtb.hedge.start_cycle`` through the store).
+    The run follows the first cycle only: one started after it ends stays in planning."""
+    state = msgspec.structs.replace(first, cycle_id=f"{first.cycle_id}-start{n}", stage=Stage.PLANNING,
+                                    created_at=scheduler.clock.time)
+    refused = scheduler.store.create(state)
+    scheduler.note(f"{who} starts {state.cycle_id}: " + ("started" if refused is None else
+                                                          f"refused ({refused.reason.value})"))
 
 
 class _Market:

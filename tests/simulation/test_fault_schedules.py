@@ -20,7 +20,7 @@ from core.config_schema import Role
 from core.cycle_fields import ExitReason, Outcome, Stage
 from core.policies import EMERGENCY_EXIT
 from orchestrator.cycle import exit as exit_step
-from orchestrator.cycle import in_step, loop, report
+from orchestrator.cycle import in_step, loop, report, start
 from orchestrator.cycle.commands import Command, Decision, Finish
 from orchestrator.cycle.state import CycleState
 from tests.simulation.faults import KNOWN_OPEN
@@ -150,6 +150,15 @@ def unknown_taken_as_never_placed(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(policies, "never_placed", lambda intent_age_secs: True)
 
 
+def active_holder_taken_for_stale(mp: pytest.MonkeyPatch) -> None:
+    """A start takes the group's lease from a cycle that is still active, as if the lease were stale
+    (found: while the lease was taken before the cycle's record and active mark were written, a
+    start racing another read the holder as not active and took the lease over; six starts racing
+    on a real Redis left two cycles in 109 rounds of 200)."""
+    real = start.refusal
+    mp.setattr(start, "refusal", lambda group, stop, holder, holder_active: real(group, stop, holder, False))
+
+
 BUGS: list[tuple[Callable[[pytest.MonkeyPatch], None], int, Rule]] = [
     (unknown_as_zero, 51, Rule.TRUTHFUL),
     (closes_past_the_baseline, 0, Rule.OWN),
@@ -162,6 +171,7 @@ BUGS: list[tuple[Callable[[pytest.MonkeyPatch], None], int, Rule]] = [
     (lighter_stand_in, 37, Rule.OWN),
     (dust_hides_backpack, 25, Rule.LIVE),
     (unknown_taken_as_never_placed, 37, Rule.ONCE),
+    (active_holder_taken_for_stale, 1, Rule.ALONE),
 ]
 
 

@@ -25,9 +25,8 @@ from monitoring.alert_texts import AlertKind
 from monitoring.alerts import raise_alert
 from orchestrator.cycle.commands import StepName
 from orchestrator.cycle.state import CycleState
-from orchestrator.kill_switch import group_stop
 from orchestrator.recovery import sweep
-from orchestrator.store import RedisCycleStore, release_group_lock, take_group_lock
+from orchestrator.store import RedisCycleStore
 from xtb_tasks.worker import canvas
 from xtb_tasks.worker.celery_app import ORCHESTRATOR_QUEUE, app
 from xtb_tasks.worker.cycle_task import CeleryScheduler, CycleStepTask
@@ -73,27 +72,19 @@ def start_cycle(self: Task, group: str | None = None, cycle_index: int = 0, **ov
     cfg, group, params = validate_request(group, overrides)
     cycle_id = f"{group}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
     client = redis_client()
-    # A stopped group's unresolved exit may still hold the lock: the stop is what to tell the operator.
-    stop = group_stop(client, group)
-    if stop is None:
-        holder = take_group_lock(client, group, cycle_id)
-        if holder is not None:
-            text = f"Cycle start refused for group {group}: cycle {holder} is still active."
-            raise_alert(client, AlertKind.CYCLE_FINISHED, text, group=group, refused=True, active_cycle=holder)
-            raise CycleAlreadyActive(text)
-        # Again with the lock held: an exit stops its group before its cycle releases the lock.
-        stop = group_stop(client, group)
-        if stop is not None:
-            release_group_lock(client, group, cycle_id)
-    if stop is not None:
-        text = stop.refusal()
-        log.error("group=%s start refused: stopped since cycle=%s (%s)", group, stop.cycle_id, stop.reason)
-        raise_alert(client, AlertKind.GROUP_STOPPED, text, group=group, refused=True, stopped_cycle=stop.cycle_id,
-                    trigger_task=self.request.id or "")
-        raise GroupStopped(text)
     state = CycleState(cycle_id=cycle_id, group=cfg.group(group), params=params, stage=Stage.PLANNING,
                        overrides=dict(overrides), cycle_index=cycle_index)
-    RedisCycleStore(client).create(state, trigger_task=self.request.id or "")
+    refused = RedisCycleStore(client).create(state, trigger_task=self.request.id or "")
+    if refused is not None and refused.stop is not None:
+        stop = refused.stop
+        log.error("group=%s start refused: stopped since cycle=%s (%s)", group, stop.cycle_id, stop.reason)
+        raise_alert(client, AlertKind.GROUP_STOPPED, refused.text(), group=group, refused=True,
+                    stopped_cycle=stop.cycle_id, trigger_task=self.request.id or "")
+        raise GroupStopped(refused.text())
+    if refused is not None:
+        raise_alert(client, AlertKind.CYCLE_FINISHED, refused.text(), group=group, refused=True,
+                    active_cycle=refused.holder)
+        raise CycleAlreadyActive(refused.text())
     log.info("cycle=%s group=%s start (index %s, %s)", cycle_id, group, cycle_index, params.direction.value)
     canvas.snapshots(state.group, params, cycle_id).apply_async()
     return {"cycle_id": cycle_id, "group": group, "stage": Stage.PLANNING.value}
