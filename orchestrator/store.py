@@ -51,6 +51,13 @@ from orchestrator.record_fields import (
     state_from_fields,
 )
 
+# The group's lease deleted only while it still names the cycle that ends (a GET then a DEL could
+# delete the lease of a start that took it over in between).
+_RELEASE_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
 # HGET + compare + HSET in one step: two copies of a step that both read the old token cannot both
 # move it. Values are the record's JSON integers, whose text is their decimal digits.
 _ADVANCE_STEP = """
@@ -96,11 +103,6 @@ class RedisCycleStore:
                 except redis.WatchError:
                     continue
 
-    def release_lease(self, group: str, cycle_id: str) -> None:
-        key = keys.group_lock(group)
-        if self.client.get(key) == cycle_id:
-            self.client.delete(key)
-
     def load(self, cycle_id: str) -> CycleState | None:
         record = CycleRecord(self.client, cycle_id)
         pipe = self.client.pipeline(transaction=False)
@@ -127,8 +129,8 @@ class RedisCycleStore:
             return []  # another step ended the cycle first: this one writes and sends nothing
         stops = [c for c in decision.commands if isinstance(c, StopGroup)]
         for stopped in stops:
-            # The kill switch goes first and stays after the cycle ends and its lock is released:
-            # a start that takes the lock from then on finds the group stopped.
+            # The kill switch goes first and stays after the cycle ends and its lease is released:
+            # a start that takes the lease from then on finds the group stopped.
             stop = self.client.pipeline(transaction=False)
             stop_group(stop, after.group.name, after.cycle_id, stopped.reason)
             durable_execute(stop, self.client, f"kill switch of group {after.group.name}", required=False)
@@ -156,7 +158,10 @@ class RedisCycleStore:
         for account, client_id, leg in intents:
             record_intent(pipe, account, client_id, cycle_id=after.cycle_id, leg=leg.value)
         if finish is not None:
+            # Out of the active set and the lease freed in the write of the end: a start's
+            # transaction (``create``) sees both or neither.
             pipe.srem(keys.CYCLES_ACTIVE, after.cycle_id)
+            pipe.eval(_RELEASE_LEASE, 1, keys.group_lock(after.group.name), after.cycle_id)
         for alert in (c for c in commands if isinstance(c, Alert)):
             queue_alert(pipe, alert.kind, alert.text, cycle_id=after.cycle_id, group=after.group.name, **alert.fields)
         for send in (c for c in commands if isinstance(c, SendExitOrders)):
@@ -170,8 +175,6 @@ class RedisCycleStore:
             durable_execute(pipe, self.client, f"step of cycle {after.cycle_id}", required=True)
         elif len(pipe):
             pipe.execute()
-        if finish is not None:
-            self.release_lease(after.group.name, after.cycle_id)
         return [c for c in commands if not isinstance(c, RECORDED)]
 
     def changed_fields(self, before: CycleState, decision: Decision, now: float) -> dict[str, Any]:
