@@ -33,7 +33,7 @@ from core.cycle_fields import (
 )
 from core.durability import durable_execute
 from core.legs import Leg, parse_leg
-from core.policies import DEFAULT_STEP_GRACE_SECS
+from core.policies import DEFAULT_STEP_GRACE_SECS, watchdog_grace
 
 # Stage, Outcome, ExitReason and FINAL_REASON_BY_STAGE are defined with the schema (cycle_fields.py,
 # which is Redis-free so the cycle's decisions can use them); the record's readers import them here.
@@ -53,6 +53,7 @@ __all__ = [
     "recent_cycle_ids",
     "set_step_grace",
     "stage_deadline",
+    "stage_grace",
     "step_grace",
 ]
 
@@ -250,6 +251,11 @@ def set_step_grace(secs: float) -> None:
 
 def step_grace() -> float:
     return _step_grace
+
+
+def stage_grace(stage: str | None) -> float:
+    """This process's watchdog grace for a cycle in ``stage`` (``core.policies.watchdog_grace``)."""
+    return watchdog_grace(stage, _step_grace)
 
 
 def grace_deadline(extra: float = 0.0, *, now: float | None = None) -> float:

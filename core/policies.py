@@ -10,12 +10,33 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from core.cycle_fields import Stage
+
 #: The orchestrator worker's queue; account queues are the account names, so a config may not use it.
 ORCHESTRATOR_QUEUE = "orchestrator"
 
 #: How long a cycle step may make no progress before the watchdog resolves the cycle from venue
 #: truth, unless the config's ``[watchdog] step_grace_secs`` says otherwise.
 DEFAULT_STEP_GRACE_SECS = 30.0
+#: The step grace of a cycle in its emergency exit (the deployment's when that is shorter). An exit
+#: step is short: a read chord, or a few reduce-only orders, each writing its intent before its send
+#: and its outcome after; while the venues answer, its writes are seconds apart. 10 s is a venue
+#: request's timeout (Backpack's order timeout, Lighter's requests): an exit quiet for longer lost a
+#: task, or waits on a request the venue did not answer. Only the watchdog moves a lost exit step,
+#: this grace and a sweep later, while the cycle's exposure is open. Retrying an exit that was only
+#: slow is safe: the old attempt's orders not yet sent are refused by their fence (``exit_attempt``),
+#: an order already sent is looked up, never sent again (its intent), and the new attempt's reads
+#: take an account with an order of unknown outcome as unknown until it settles
+#: (``ORDER_SETTLE_SECS``), so no order is doubled.
+EXIT_STEP_GRACE_SECS = 10.0
+
+
+def watchdog_grace(stage: str | None, step_grace: float) -> float:
+    """How long a cycle in ``stage`` may go without a write to its record past its deadline before
+    the watchdog resolves it: ``step_grace`` (the deployment's, ``[watchdog] step_grace_secs``),
+    and in the emergency exit :data:`EXIT_STEP_GRACE_SECS` when that is shorter. The store adds it to
+    the deadline it writes and the watchdog's overdue test reads it, for the same stage."""
+    return min(EXIT_STEP_GRACE_SECS, step_grace) if stage == Stage.EMERGENCY_EXIT else step_grace
 
 
 @dataclass(frozen=True)

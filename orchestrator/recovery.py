@@ -15,7 +15,8 @@ import redis
 
 from core import keys
 from core.cycle_fields import CycleFieldError
-from core.cycle_record import CycleRecord, Stage, active_cycle_ids, grace_deadline, step_grace
+from core.cycle_record import CycleRecord, Stage, active_cycle_ids, stage_grace, step_grace
+from core.policies import watchdog_grace
 from orchestrator.cycle import recovery
 from orchestrator.cycle.ports import Scheduler
 from orchestrator.record_fields import state_from_fields
@@ -24,19 +25,24 @@ from orchestrator.store import RedisCycleStore
 log = logging.getLogger(__name__)
 
 
-def overdue(data: dict[str, Any], now: float, grace: float) -> bool:
+def overdue(data: dict[str, Any], now: float, deployment_grace: float) -> bool:
+    """Past its deadline, and nothing wrote the record for the grace of its stage
+    (``core.policies.watchdog_grace`` of the deployment's step grace)."""
     deadline = float(data.get("next_deadline") or 0)
     updated = float(data.get("updated_at") or 0)
+    grace = watchdog_grace(data.get("stage"), deployment_grace)
     return bool(deadline) and now > deadline and now - updated > grace
 
 
 def resolve(client: redis.Redis, scheduler: Scheduler, cycle_id: str, data: dict[str, Any]) -> dict[str, Any] | None:
     # Several sweepers (the orchestrator's thread, beat, `xtb recover`) may see the same overdue
-    # cycle; only the one that claims it acts, so monitoring is never resumed twice.
-    if not client.set(keys.cycle_resolving(cycle_id), "1", nx=True, ex=int(step_grace())):
+    # cycle; only the one that claims it acts, so monitoring is never resumed twice. The claim and
+    # the next deadline last the grace of the cycle's stage, as a step's write would set it.
+    grace = stage_grace(data.get("stage"))
+    if not client.set(keys.cycle_resolving(cycle_id), "1", nx=True, ex=int(grace)):
         return None
     record = CycleRecord(client, cycle_id)
-    record.touch_deadline(grace_deadline())
+    record.touch_deadline(time.time() + grace)
     if data.get("stage") == Stage.DONE.value:
         # Finished but left in the active set (its end was cut short): nothing to run.
         client.srem(keys.CYCLES_ACTIVE, cycle_id)

@@ -16,7 +16,7 @@ import redis
 from core import keys
 from core.client_ids import allocate_id_blocks, record_intent
 from core.cycle_fields import Outcome, check
-from core.cycle_record import CycleRecord, grace_deadline, positions_fields, queue_create_cycle, step_grace
+from core.cycle_record import CycleRecord, grace_deadline, positions_fields, queue_create_cycle, stage_grace
 from core.durability import durable_execute
 from monitoring.alerts import queue_alert
 from orchestrator.cycle import start
@@ -186,7 +186,8 @@ class RedisCycleStore:
             if decision.next_within is None:
                 out["next_deadline"] = 0.0
         if decision.next_within is not None:
-            out["next_deadline"] = now + decision.next_within + step_grace()
+            # The grace of the stage the step leaves the cycle in: the one the watchdog's test reads.
+            out["next_deadline"] = now + decision.next_within + stage_grace(after.stage)
         if decision.reading is not None:
             label, positions = decision.reading
             reading = positions_json(positions, after.baselines, now)

@@ -163,7 +163,9 @@ def decide_exit_step(state: CycleState, by_role: Mapping[Role, Mapping[str, Any]
     wait while a role it needs is leased (``held``: seconds each lease has left), act around a role
     whose position is unknown where that keeps the net in step (:func:`around_unknown`) and read
     again otherwise, or report (nothing left to send, or the attempt's last step). ``grace``: the
-    watchdog's step grace; a wait reads again within half of it, so the exit shows progress."""
+    deployment's step grace; a wait reads again within half of it, so a lease released early is
+    seen soon. A read due later states its delay as the step's ``next_within``: the watchdog's grace
+    (``core.policies.watchdog_grace``) counts from when that read is due, whatever the delay."""
     params = state.params
     field = step_field(attempt, step)
     last = step + 1 >= params.exit_max_steps
@@ -179,7 +181,7 @@ def decide_exit_step(state: CycleState, by_role: Mapping[Role, Mapping[str, Any]
             return Decision(state=state, commands=(note, ReportExit(reason, attempt,
                                                                      report_results(state, by_role, None))))
         again = ReadForExit(reason, attempt, step + 1, params.lighter_retry_delay_secs)
-        return Decision(state=state, commands=(note, again), result={"unknown": True})
+        return Decision(state=state, commands=(note, again), next_within=again.after_secs, result={"unknown": True})
     read = ExitRead(step_key(attempt, step), Positions.of(exit_state.positions), exit_state.net, now)
     progressed = msgspec.structs.replace(state, exit=state.exit.observed(read))
     shown = state_to_json(exit_state)["positions"]
@@ -194,7 +196,7 @@ def decide_exit_step(state: CycleState, by_role: Mapping[Role, Mapping[str, Any]
                           for role, secs in sorted(held.items(), key=lambda item: item[0].short))
         event = f"exit {attempt}.{step}: waits, the account lease of {roles} is held; nothing sent, net {exit_state.net}"
         countdown = min(max([*held.values(), LEASE_RECHECK_SECS]), grace / 2)
-        return Decision(state=progressed, next_within=0.0, events=(event,), commands=(
+        return Decision(state=progressed, next_within=countdown, events=(event,), commands=(
             NoteStep(field, {"read": shown, "kind": ExitStepKind.WAIT.value, "held": leased}),
             ReadForExit(reason, attempt, step + 1, countdown)),
             result={"step": step, "kind": ExitStepKind.WAIT.value, "held": leased})
@@ -238,11 +240,12 @@ def decide_exit_match(state: CycleState, results: Sequence[Mapping[str, Any]], *
         if kind == ExitStepKind.LIGHTER_CLOSE.value else None
     if order is None:
         after = 0.0 if any(fills.values()) else state.params.lighter_retry_delay_secs / 2
-        return Decision(state=state, commands=(ReadForExit(reason, attempt, step + 1, after),),
+        return Decision(state=state, commands=(ReadForExit(reason, attempt, step + 1, after),), next_within=after,
                         result={"fills": filled})
     event = f"exit {attempt}.{step}: Lighter filled {filled}; {order.role.short} {order.side.value} {order.quantity}"
     send = SendExitOrders(reason, attempt, (order,), then_read=ReadForExit(reason, attempt, step + 1))
-    return Decision(state=state, commands=(send,), events=(event,), result={"fills": filled, "match": order.to_json()})
+    return Decision(state=state, commands=(send,), events=(event,), next_within=0.0,
+                    result={"fills": filled, "match": order.to_json()})
 
 
 # ---- the exit's steps ---------------------------------------------------------------------------------

@@ -51,25 +51,6 @@ class Liquidation(str, Enum):
 
 #: The longest read outage of the accounts other than the one a seed's long outage hits.
 SHORT_OUTAGE_SECS = 10.0
-#: The shortest time between two lost tasks under ``KnownOpen.sparse_losses``.
-LOSS_SPACING_SECS = 62.0
-
-
-@dataclass(frozen=True)
-class KnownOpen:
-    """Restrictions of the default schedule for product faults found and not fixed yet. Each one
-    names the fault family it keeps out of the default run; the final report of the simulator's
-    change lists a seed that breaks each (run it with the restriction off: ``--open NAME``).
-    The product's fix removes the restriction."""
-
-    #: At most one task is lost (a crash, a hung send) per :data:`LOSS_SPACING_SECS`. Only the
-    #: watchdog moves a cycle whose message was lost, a step grace (30 s) plus a sweep (5 s) later,
-    #: so each loss costs 35 s; the bounds count each one, but a storm of them (a loss in most of an
-    #: exit's attempts) keeps an exit going past the run's end (seed 1066 with this off: still in
-    #: its exit 475 s in). The fix is a faster recovery of a lost exit step, not a decision.
-    sparse_losses: bool = True
-
-
 
 
 @dataclass(frozen=True)
@@ -192,12 +173,6 @@ def draw(seed: int) -> tuple[Scenario, random.Random]:
                         fraction=fraction, adl=adl, rates=rates, outages=outages,
                         starts=draw_starts(seed, timeout))
     return scenario, rng
-
-
-#: The default schedule's restrictions: the product faults found and not fixed yet.
-KNOWN_OPEN = KnownOpen()
-#: Every fault family on.
-ALL_OPEN = KnownOpen(sparse_losses=False)
 
 
 def delivery(rng: random.Random, rates: Rates, *, order: bool) -> Delivery:

@@ -9,14 +9,21 @@ Bounds (virtual seconds):
 * *in step*: the legging window is one order's round trip as the seed's faults can stretch it:
   a poll interval and the zero re-reads (an order waits at most that long for the read that sends
   its match), the longest late delivery, the time some account's reads fail (unknown is never
-  traded), and when tasks can be lost the watchdog's grace and sweep interval (only the sweep
-  moves a cycle whose message was lost) for each one lost, the pace of an unresolved exit's
-  attempts when reads can fail past its quick attempts, plus one try per order the venue filled
-  nothing of, plus one second of slack. See :func:`legging_bound` and :meth:`Watch.in_step`.
+  traded), and when tasks can be lost a recovery for each one lost (:func:`recovery_secs`: the
+  watchdog's grace of the cycle's stage when the task was lost, ``core.policies.watchdog_grace``,
+  the step grace outside the exit and the shorter exit grace in it; the sweep interval, since only
+  the sweep moves a cycle whose message was lost; and an order's settle time), the pace of an
+  unresolved exit's attempts when reads can fail past its quick attempts, plus one try per order
+  the venue filled nothing of, plus one second of slack. The first recovery is counted at the step
+  grace, the longest; each further loss at its own. See :func:`legging_bound` and
+  :meth:`Watch.in_step`.
 * *seen*: ``reconcile_secs + 1`` (the Lighter connector's REST reconciliation, 10 s by default:
   a liquidation the push stream lost is read by REST within it), stretched as the in-step bound is
   by what no decision can shorten: the time reads fail (unknown is never zero), the longest late
-  delivery, and when tasks can be lost the watchdog's grace and sweep.
+  delivery, and when tasks can be lost their recoveries.
+* *live*: the cycle is done within ``run.HORIZON_SECS`` (400 s) past its timeout, and no decision
+  raises. Lost tasks are not spaced: an exit that loses a step in most attempts ends in time only
+  because each lost exit step costs the exit's grace and a sweep, not the step grace.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from enum import Enum
 
 from core.config_schema import Role
 from core.cycle_fields import Outcome, Stage
-from core.policies import UNRESOLVED_RETRY_SECS, WATCHDOG_INTERVAL_SECS
+from core.policies import ORDER_SETTLE_SECS, UNRESOLVED_RETRY_SECS, WATCHDOG_INTERVAL_SECS
 from orchestrator.cycle.state import LIGHTER_ROLES, ROLES, CycleState
 from tests.simulation.faults import SHORT_OUTAGE_SECS, Rates
 from tests.simulation.world import SimStore, SimVenue, closable, own_deltas
@@ -87,8 +94,9 @@ def total_outage(outages: Iterable[tuple[float, float]], chain_within: float = 0
 
 def legging_bound(poll_secs: float, reread_secs: float, confirmations: int, rates: Rates, grace: float,
                   outage_secs: float) -> float:
-    """The longest legging window the seed's faults allow (see the module docstring);
-    ``outage_secs``: the time some account's reads fail (:func:`total_outage`)."""
+    """The longest legging window the seed's faults allow (see the module docstring); ``grace``:
+    the deployment's step grace (one loss's recovery at it is in the bound); ``outage_secs``: the
+    time some account's reads fail (:func:`total_outage`)."""
     bound = poll_secs + confirmations * reread_secs + 1.0
     if rates.outage_max_secs > SHORT_OUTAGE_SECS or rates.crashes:
         # Reads failing past the exit's quick attempts, or its tasks lost: the exit may be unresolved,
@@ -98,12 +106,15 @@ def legging_bound(poll_secs: float, reread_secs: float, confirmations: int, rate
         bound += rates.late_max_secs
     bound += outage_secs
     if rates.crashes:
-        bound += grace + WATCHDOG_INTERVAL_SECS + ORDER_SETTLE_MARGIN
+        bound += recovery_secs(grace)
     return bound
 
 
-#: An exit whose order was lost waits for its intent to settle (20 s) on the retried attempt's reads.
-ORDER_SETTLE_MARGIN = 20.0
+def recovery_secs(grace: float) -> float:
+    """What one lost task costs a cycle whose watchdog grace is ``grace`` (``watchdog_grace`` of its
+    stage then): the grace and a sweep before the watchdog moves it, and the settle time of an order
+    the lost task left in flight (``ORDER_SETTLE_SECS``), which the retried attempt's reads wait out."""
+    return grace + WATCHDOG_INTERVAL_SECS + ORDER_SETTLE_SECS
 
 
 @dataclass
@@ -118,10 +129,9 @@ class Watch:
     #: window's bound: the time to the next try. No decision makes a venue fill; the rule is that the
     #: cycle keeps trying, one step after another, without leaving the net off for longer than that.
     per_try_secs: float = 0.0
-    #: What each lost task adds beyond the one recovery ``bound`` holds: the watchdog's grace and
-    #: sweep and an order's settle time; ``losses`` answers when each lost task was drawn.
-    recovery_secs: float = 0.0
-    losses: Callable[[], list[float]] = lambda: []
+    #: When each lost task was drawn, with the watchdog's grace of the cycle's stage then: each one
+    #: beyond the one recovery ``bound`` holds adds its own (:func:`recovery_secs`).
+    losses: Callable[[], list[tuple[float, float]]] = lambda: []
     seen_bound: float = RECONCILE_SECS + 1.0
     off_since: float | None = None
     venue_moved_at: float | None = None
@@ -255,16 +265,19 @@ class Watch:
             self.measure(Rule.SEEN, waited)
             self.venue_moved_at, self.leg_zeroed = None, False
             return None
-        extra = self.more_lost_since(self.venue_moved_at) * self.recovery_secs
+        _, extra = self.more_lost_since(self.venue_moved_at)
         if waited > self.seen_bound + extra:
             what = "a Lighter leg read zero" if self.leg_zeroed else f"the net {self.net()} off-step"
             return f"{what} for {waited:.2f} s (bound {self.seen_bound + extra:.0f} s) and the cycle did not act"
         return None
 
-    def more_lost_since(self, since: float) -> int:
-        """Lost tasks beyond the first since ``since`` (one recovery is in the bounds already), counting
-        a loss up to a recovery before it: the cycle may still be waiting for its sweep."""
-        return max(sum(1 for at in self.losses() if at >= since - self.recovery_secs) - 1, 0)
+    def more_lost_since(self, since: float) -> tuple[int, float]:
+        """Lost tasks beyond one since ``since``, and the seconds their recoveries add: the bounds hold
+        one recovery already, of the longest kind (a loss outside the exit), so the longest of these
+        is left out. A loss up to its recovery before ``since`` counts: the cycle may still be
+        waiting for its sweep."""
+        recoveries = sorted(recovery_secs(grace) for at, grace in self.losses() if at >= since - recovery_secs(grace))
+        return max(len(recoveries) - 1, 0), sum(recoveries[:-1])
 
     def in_step(self) -> str | None:
         state = self.state
@@ -275,8 +288,8 @@ class Watch:
             self.off_since = self.now
         window = self.now - self.off_since
         unfilled = sum(1 for order in self.venue.sent if order.at >= self.off_since and order.filled == 0)
-        lost = self.more_lost_since(self.off_since)
-        extra = unfilled * self.per_try_secs + lost * self.recovery_secs
+        lost, recovering = self.more_lost_since(self.off_since)
+        extra = unfilled * self.per_try_secs + recovering
         self.measure(Rule.IN_STEP, window - extra)
         if window > self.bound + extra:
             return (f"own net {self.net()} beyond one Backpack step ({state.step_of(Role.BP)}) for {window:.2f} s "

@@ -21,12 +21,12 @@ import msgspec
 
 from core.config_schema import Role
 from core.cycle_fields import Stage
-from core.policies import WATCHDOG_INTERVAL_SECS
+from core.policies import DEFAULT_STEP_GRACE_SECS
 from orchestrator.cycle.commands import Step, StepName
 from orchestrator.cycle.state import CycleState
 from tests.helpers.cycle_states import cycle_state, rules
-from tests.simulation.faults import KNOWN_OPEN, LIQUIDATED, KnownOpen, Liquidation, Rates, Scenario, draw
-from tests.simulation.invariants import ORDER_SETTLE_MARGIN, Broken, Rule, Watch, legging_bound, total_outage
+from tests.simulation.faults import LIQUIDATED, Liquidation, Rates, Scenario, draw
+from tests.simulation.invariants import Broken, Rule, Watch, legging_bound, total_outage
 from tests.simulation.schedule import FaultScheduler
 from tests.simulation.world import SimStore, SimVenue
 from venues.margin import InitialMargin
@@ -36,7 +36,8 @@ START = 1_000_000.0
 HORIZON_SECS = 400.0
 #: Virtual seconds the run goes on after the cycle is done (a hung send may still land).
 AFTER_DONE_SECS = 15.0
-STEP_GRACE_SECS = 30.0
+#: The deployment's step grace (``[watchdog] step_grace_secs``): the default.
+STEP_GRACE_SECS = DEFAULT_STEP_GRACE_SECS
 
 
 @dataclass
@@ -59,7 +60,7 @@ def created(scenario: Scenario) -> CycleState:
     return msgspec.structs.replace(state, plan=None, rules={}, created_at=START)
 
 
-def build(scenario: Scenario, known_open: KnownOpen) -> tuple[CycleState, SimStore, SimVenue]:
+def build(scenario: Scenario) -> tuple[CycleState, SimStore, SimVenue]:
     state = created(scenario)
     venue = SimVenue()
     venue.clock.time = START
@@ -75,14 +76,12 @@ def build(scenario: Scenario, known_open: KnownOpen) -> tuple[CycleState, SimSto
     return state, store, venue
 
 
-def simulate(seed: int, *, known_open: KnownOpen | None = None, keep_trace: bool = False,
-             trace: list[str] | None = None) -> Result:
+def simulate(seed: int, *, keep_trace: bool = False, trace: list[str] | None = None) -> Result:
     """Run ``seed``'s schedule; raises :class:`Broken` on the first invariant it breaks."""
-    known_open = KNOWN_OPEN if known_open is None else known_open
     scenario, rng = draw(seed)
-    state, store, venue = build(scenario, known_open)
+    state, store, venue = build(scenario)
     cid = state.cycle_id
-    scheduler = FaultScheduler(store, venue, rng, scenario.rates, keep_trace=keep_trace, known_open=known_open)
+    scheduler = FaultScheduler(store, venue, rng, scenario.rates, keep_trace=keep_trace)
     if trace is not None:
         scheduler.trace = trace  # the caller keeps the whole trace even when an invariant breaks
     params = state.params
@@ -92,7 +91,6 @@ def simulate(seed: int, *, known_open: KnownOpen | None = None, keep_trace: bool
                                                                  for s in spans), params.poll_interval_secs)))
     watch.unknown_exit_read = lambda: scheduler.unknown_exit_read_at
     watch.losses = lambda: scheduler.losses
-    watch.recovery_secs = STEP_GRACE_SECS + WATCHDOG_INTERVAL_SECS + ORDER_SETTLE_MARGIN
     # What faults add to the legging bound stretches the seen bound too; after an outage the next
     # read comes at the next poll.
     watch.seen_bound += watch.bound - legging_bound(params.poll_interval_secs, params.zero_reread_secs,
@@ -227,13 +225,13 @@ class Summary:
         return "\n".join(lines)
 
 
-def run_seeds(seeds: range, known_open: KnownOpen | None = None) -> Summary:
+def run_seeds(seeds: range) -> Summary:
     """Run every seed of ``seeds``; raises :class:`Broken` on the first invariant broken."""
     began, events = time.perf_counter(), 0
     worst: dict[Rule, tuple[float, int]] = {rule: (0.0, -1) for rule in Rule}
     outcomes: dict[str, int] = {}
     for seed in seeds:
-        result = simulate(seed, known_open=known_open)
+        result = simulate(seed)
         events += result.events
         outcomes[result.outcome] = outcomes.get(result.outcome, 0) + 1
         for rule, value in result.worst.items():
@@ -247,14 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=1000, help="how many seeds to run")
     parser.add_argument("--start", type=int, default=0, help="the first seed")
     parser.add_argument("--seed", type=int, default=None, help="replay one seed, printing its trace")
-    parser.add_argument("--open", action="append", default=[], metavar="NAME",
-                        help="lift a KNOWN_OPEN restriction (a field of faults.KnownOpen)")
     args = parser.parse_args(argv)
-    known_open = dataclasses.replace(KNOWN_OPEN, **{name: False for name in args.open})
     if args.seed is not None:
         trace: list[str] = []
         try:
-            result = simulate(args.seed, known_open=known_open, keep_trace=True, trace=trace)
+            result = simulate(args.seed, keep_trace=True, trace=trace)
         except Broken as broken:
             print("\n".join(trace))
             print(broken)
@@ -263,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"seed {args.seed}: {result.outcome}, {result.events} events, faults {result.faults}")
         return 0
     try:
-        summary = run_seeds(range(args.start, args.start + args.seeds), known_open)
+        summary = run_seeds(range(args.start, args.start + args.seeds))
     except Broken as broken:
         print(broken)
         print(f"FAILED; replay: make simulate SEED={broken.seed}")

@@ -47,7 +47,7 @@ from orchestrator.cycle.entry import mirror_quantity
 from orchestrator.cycle.runner import Call, StaleStep, run_spec
 from orchestrator.cycle.state import LOOP_STAGES, ROLES, CycleState
 from orchestrator.cycle.steps import STEPS
-from tests.simulation.faults import KNOWN_OPEN, LOSS_SPACING_SECS, LOST, Delivery, KnownOpen, Rates, delivery
+from tests.simulation.faults import LOST, Delivery, Rates, delivery
 from tests.simulation.memory import MemoryScheduler
 from tests.simulation.world import SimStore, SimVenue, VenueOrder
 from venues.base import Side
@@ -60,13 +60,13 @@ class FaultScheduler(MemoryScheduler):
     """Runs the cycle's commands with the faults ``rng`` draws at ``rates``."""
 
     def __init__(self, store: SimStore, venue: SimVenue, rng: random.Random, rates: Rates, *,
-                 keep_trace: bool = False, known_open: KnownOpen = KNOWN_OPEN) -> None:
+                 keep_trace: bool = False) -> None:
         super().__init__(store, venue.clock, venue)
         self.sim_store, self.sim_venue = store, venue
-        self.rng, self.rates, self.known_open = rng, rates, known_open
-        self.last_loss = float("-inf")
-        #: When each lost task was drawn (the watchdog's recovery of each is a legging window's due).
-        self.losses: list[float] = []
+        self.rng, self.rates = rng, rates
+        #: When each lost task was drawn, with the watchdog's grace of the cycle's stage then (the
+        #: watchdog's recovery of each is a legging window's due).
+        self.losses: list[tuple[float, float]] = []
         #: When an exit read last found a position unknown (unreadable, or an order unsettled).
         self.unknown_exit_read_at: float | None = None
         self.heap: list[tuple[float, int, str, Callable[[], None]]] = []
@@ -97,23 +97,18 @@ class FaultScheduler(MemoryScheduler):
         at, _, label, action = heapq.heappop(self.heap)
         return at, label, action
 
-    def _fate(self, label: str, *, order: bool = False) -> Delivery:
+    def _fate(self, cycle_id: str, label: str, *, order: bool = False) -> Delivery:
         fate = delivery(self.rng, self.rates, order=order)
-        if fate in LOST and self.known_open.sparse_losses:
-            if self.clock.time - self.last_loss < LOSS_SPACING_SECS:
-                fate = Delivery.ON_TIME
-            else:
-                self.last_loss = self.clock.time
         if fate in LOST:
-            self.losses.append(self.clock.time)
+            self.losses.append((self.clock.time, self.sim_store.stage_grace(cycle_id)))
         if fate is not Delivery.ON_TIME:
             self.faults[fate.value] = self.faults.get(fate.value, 0) + 1
             self.note(f"fault {fate.value}: {label}")
         return fate
 
-    def _deliver(self, delay: float, label: str, action: Callable[[], None]) -> None:
+    def _deliver(self, cycle_id: str, delay: float, label: str, action: Callable[[], None]) -> None:
         """A step or read task, delivered as its fate says (a crash, before or after, loses it)."""
-        fate = self._fate(label)
+        fate = self._fate(cycle_id, label)
         if fate in (Delivery.CRASH_BEFORE, Delivery.CRASH_AFTER, Delivery.IN_FLIGHT):
             return
         extra = self.rng.uniform(0.0, self.rates.late_max_secs) if fate is Delivery.LATE else 0.0
@@ -126,24 +121,24 @@ class FaultScheduler(MemoryScheduler):
     def _enqueue(self, state: CycleState, command: Command) -> None:
         cid = state.cycle_id
         if isinstance(command, ReadPositions):
-            self._deliver(0.0, f"read -> {command.then.name.value}", lambda: self._read(cid, command.then))
+            self._deliver(cid, 0.0, f"read -> {command.then.name.value}", lambda: self._read(cid, command.then))
         elif isinstance(command, RunLater):
-            self._deliver(command.after_secs, command.step.name.value, lambda: self.run(cid, command.step))
+            self._deliver(cid, command.after_secs, command.step.name.value, lambda: self.run(cid, command.step))
         elif isinstance(command, StartExit):
             self.exits.append(command)
             step = Step(StepName.EMERGENCY_EXIT, {"reason": command.reason.value})
-            self._deliver(0.0, f"emergency_exit {command.reason.value}", lambda: self.run(cid, step))
+            self._deliver(cid, 0.0, f"emergency_exit {command.reason.value}", lambda: self.run(cid, step))
         elif isinstance(command, ReadForExit):
-            self._deliver(command.after_secs, f"exit read {command.attempt}.{command.step}",
+            self._deliver(cid, command.after_secs, f"exit read {command.attempt}.{command.step}",
                           lambda: self._exit_read(cid, command))
         elif isinstance(command, SendOrder):
             self._send_order(state, command)
         elif isinstance(command, SendExitOrders):
             self._send_exit(cid, command)
         elif isinstance(command, EnterFirstLegs):
-            self._deliver(0.0, "enter first legs", lambda: self._enter_first(cid, command))
+            self._deliver(cid, 0.0, "enter first legs", lambda: self._enter_first(cid, command))
         elif isinstance(command, EnterRest):
-            self._deliver(0.0, "enter rest", lambda: self._enter_rest(cid, command))
+            self._deliver(cid, 0.0, "enter rest", lambda: self._enter_rest(cid, command))
         elif isinstance(command, Finish):
             self.note(f"finish {command.outcome.value} {command.reason}")
             self.next_cycles.extend([command.next_cycle] if command.next_cycle else [])
@@ -217,7 +212,7 @@ class FaultScheduler(MemoryScheduler):
 
     def _send_order(self, state: CycleState, order: SendOrder) -> None:
         cid, label = state.cycle_id, f"order {order.leg}"
-        fate = self._fate(label, order=True)
+        fate = self._fate(cid, label, order=True)
         fence = Fence(order.fence_stages) if order.fence_stages is not None else Fence(LOOP_STAGES, step=order.fence_step)
 
         def send() -> None:
@@ -242,7 +237,7 @@ class FaultScheduler(MemoryScheduler):
             self.at(self.rng.uniform(0.05, self.rates.late_max_secs), action, f"{label} (again)")
 
     def _send_exit(self, cycle_id: str, send: SendExitOrders) -> None:
-        fates = [self._fate(f"exit order {leg}", order=True) for leg in send.legs]
+        fates = [self._fate(cycle_id, f"exit order {leg}", order=True) for leg in send.legs]
         fills = [self._exit_fraction(order.role) for order in send.orders]
 
         def run() -> None:
@@ -312,7 +307,7 @@ class FaultScheduler(MemoryScheduler):
         if why is not None or state.cancel_requested:
             self.note(f"refused {order.leg.value}: {why or 'cancelled'}")
             return None
-        fate = self._fate(f"entry order {order.leg.value}", order=True)
+        fate = self._fate(cycle_id, f"entry order {order.leg.value}", order=True)
         fate = Delivery.ON_TIME if fate in (Delivery.LATE, Delivery.TWICE) else fate
         requested = quantity if quantity is not None else order.quantity or Decimal(0)
         return self._place(cycle_id, order.role, order.side, requested, order.client_ids[0], order.leg.value,
@@ -379,7 +374,7 @@ class FaultScheduler(MemoryScheduler):
         self.at(WATCHDOG_INTERVAL_SECS, lambda: self.watchdog(cycle_id), "watchdog")
         if not self.sim_store.overdue(cycle_id):
             return
-        self.sim_store.touch(cycle_id, self.clock.time + self.sim_store.grace)
+        self.sim_store.touch(cycle_id, self.clock.time + self.sim_store.stage_grace(cycle_id))
         state = self.store.load(cycle_id)
         assert state is not None
         action, commands = recovery.resume(state)

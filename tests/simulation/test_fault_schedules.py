@@ -7,7 +7,6 @@ pytest-xdist's ``--dist loadfile`` runs them on two workers.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from typing import Any
@@ -23,7 +22,6 @@ from orchestrator.cycle import exit as exit_step
 from orchestrator.cycle import in_step, loop, report, start
 from orchestrator.cycle.commands import Command, Decision, Finish
 from orchestrator.cycle.state import CycleState
-from tests.simulation.faults import KNOWN_OPEN
 from tests.simulation.invariants import Broken, Rule
 from tests.simulation.run import run_seeds, simulate
 
@@ -184,20 +182,3 @@ def test_a_pinned_seed_catches_the_bug(monkeypatch: pytest.MonkeyPatch, bug: Cal
         simulate(seed)
     assert broken.value.rule is rule, broken.value
     assert broken.value.seed == seed and broken.value.tail
-
-
-# ---- the restrictions of the default schedule are still needed --------------------------------------
-
-#: Each KNOWN_OPEN restriction, a seed that breaks an invariant without it, and which one. When a
-#: product fix makes one of these pass, remove the restriction (``faults.KnownOpen``) and its row.
-OPEN: list[tuple[str, int, Rule]] = [
-    ("sparse_losses", 1066, Rule.LIVE),
-]
-
-
-@pytest.mark.parametrize(("restriction", "seed", "rule"), OPEN, ids=[f"{r}-{s}" for r, s, _ in OPEN])
-def test_a_known_open_restriction_is_still_needed(restriction: str, seed: int, rule: Rule) -> None:
-    simulate(seed)
-    with pytest.raises(Broken) as broken:
-        simulate(seed, known_open=dataclasses.replace(KNOWN_OPEN, **{restriction: False}))
-    assert broken.value.rule is rule, broken.value

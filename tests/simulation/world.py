@@ -12,6 +12,7 @@ from typing import Any
 
 from core.config_schema import Role
 from core.cycle_fields import Stage
+from core.policies import DEFAULT_STEP_GRACE_SECS, watchdog_grace
 from orchestrator.cycle.commands import Command, Decision
 from orchestrator.cycle.state import CycleState
 from tests.simulation.memory import MemoryStore, MemoryVenue, VirtualClock
@@ -120,19 +121,26 @@ class SimVenue(MemoryVenue):
 @dataclass
 class SimStore(MemoryStore):
     """:class:`MemoryStore` that keeps the watchdog's deadline and last write as the Redis store does
-    (``next_deadline``: now + ``next_within`` + the grace; a stage change without one clears it)."""
+    (``next_deadline``: now + ``next_within`` + the grace of the stage the step leaves the cycle in;
+    a stage change without one clears it). ``grace`` is the deployment's step grace; a stage's is
+    the product's :func:`~core.policies.watchdog_grace` of it."""
 
     clock: VirtualClock = field(default_factory=VirtualClock)
-    grace: float = 30.0
+    grace: float = DEFAULT_STEP_GRACE_SECS
     deadline: dict[str, float] = field(default_factory=dict)
     updated: dict[str, float] = field(default_factory=dict)
+
+    def stage_grace(self, cycle_id: str) -> float:
+        """The watchdog's grace for the cycle in its current stage (``core.cycle_record.stage_grace``)."""
+        return watchdog_grace(self.states[cycle_id].stage, self.grace)
 
     def save(self, before: CycleState, decision: Decision, now: float) -> list[Command]:
         stage = self.states[before.cycle_id].stage
         out = super().save(before, decision, now)
         self.touch(before.cycle_id)
         if decision.next_within is not None:
-            self.deadline[before.cycle_id] = now + decision.next_within + self.grace
+            self.deadline[before.cycle_id] = now + decision.next_within + watchdog_grace(decision.state.stage,
+                                                                                         self.grace)
         elif decision.state.stage is not stage:
             self.deadline[before.cycle_id] = 0.0
         return out
@@ -146,7 +154,7 @@ class SimStore(MemoryStore):
     def overdue(self, cycle_id: str) -> bool:
         """The watchdog's test (``orchestrator.recovery.overdue``)."""
         now, deadline = self.clock.time, self.deadline.get(cycle_id, 0.0)
-        return bool(deadline) and now > deadline and now - self.updated.get(cycle_id, 0.0) > self.grace
+        return bool(deadline) and now > deadline and now - self.updated.get(cycle_id, 0.0) > self.stage_grace(cycle_id)
 
 
 def roles_positions(venue: MemoryVenue, state: CycleState) -> dict[Role, Decimal]:

@@ -235,3 +235,29 @@ def test_an_exit_outlasting_its_quick_attempts_goes_on_unresolved_and_ends_flat_
     assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), (done.get("error"), done.get("events"))
     assert venue_flat(dep), dep.positions()
     assert dep.client.exists("xtb:group:main:stopped"), "an exit that was unresolved leaves its group stopped"
+
+
+def test_an_exit_order_the_venue_holds_past_the_exit_grace_is_retried_and_sent_once(clean: Deployment) -> None:
+    # Backpack holds the exit's first order for 18 s (our request timeout is 10 s), then fills it:
+    # the exit writes nothing while the order's outcome is unknown, longer than the exit's watchdog
+    # grace (10 s here, the step grace being 30 s), so the watchdog retries the exit as its next
+    # attempt. The held order is found, never sent again (under its client id or another), and the
+    # new attempt closes the exit flat.
+    dep = clean
+    cycle_id = dep.start_cycle()
+    record = dep.wait_stage(cycle_id, ("monitoring", "done"), timeout=60)
+    assert record["stage"] == "monitoring", (record.get("reason"), record.get("error"))
+    before = len(dep.audit())
+    dep.arm_fault("backpack", "hang", count=1, op="order", seconds=18)
+    dep.liquidate_lighter(102)
+    done = dep.wait_done(cycle_id, timeout=120)
+    assert not dep.sim.exchange.faults, "the exit sent no Backpack order"
+    assert (done["outcome"], done["reason"]) == ("flat", "lighter2_zero"), (done.get("error"), done.get("events"))
+    events = [e["text"] for e in done.get("events") or []]
+    assert any("watchdog: emergency_exit overdue; retry_exit" in t for t in events), events
+    assert done["exit_attempts"] >= 2, events
+    # Nothing else reached Backpack while the held order's outcome was unknown: it lands first.
+    held = next(e for e in dep.audit()[before:] if e["venue"] == "backpack")
+    assert sum(1 for e in dep.audit() if (e["venue"], e["client_id"]) == ("backpack", held["client_id"])) == 1
+    assert dep.duplicate_client_ids() == [], dep.duplicate_client_ids()
+    assert venue_flat(dep), dep.positions()

@@ -68,6 +68,8 @@ def test_an_unknown_position_is_read_again_and_never_traded() -> None:
     assert decision.state == state
     assert decision.commands == (NoteStep("exit_step:0", {"unknown": ["L2"]}),
                                  ReadForExit(REASON, 0, 1, state.params.lighter_retry_delay_secs))
+    # The read is due after the configured delay: the watchdog's grace counts from then.
+    assert decision.next_within == state.params.lighter_retry_delay_secs
     missing = exits.decide_exit_step(state, exits.readings_by_role(exit_readings("1", "-1", "0")[:2], state), {},
                                      reason=REASON, attempt=0, step=0, now=1.0, grace=30.0)
     assert missing.commands[0] == NoteStep("exit_step:0", {"unknown": ["L2"]})
@@ -177,7 +179,7 @@ def test_a_leased_role_makes_the_step_wait_and_read_again_within_half_the_grace(
     decision = step(exiting(), "0", "-9.5", "9.5", step_number=2, held={Role.L2: 40.0})
     note, again = decision.commands
     assert isinstance(note, NoteStep) and (note.note["kind"], note.note["held"]) == ("wait", ["L2"])
-    assert again == ReadForExit(REASON, 0, 3, 15.0)
+    assert again == ReadForExit(REASON, 0, 3, 15.0) and decision.next_within == 15.0  # the deadline covers the wait
     assert decision.events == ("exit 0.2: waits, the account lease of L2 (l2, 40 s left) is held; nothing sent, "
                                "net 0.0",)
     short = step(exiting(), "0", "-9.5", "9.5", held={Role.L1: 0.1}).commands[1]
@@ -211,6 +213,7 @@ def test_the_match_takes_what_the_lighter_closes_filled_back_on_backpack() -> No
         [(Role.BP, Side.SELL, Decimal(4), 0.005)]
     assert decision.result["fills"] == {"L1": "4"}
     assert decision.events == ("exit 0.3: Lighter filled {'L1': '4'}; BP sell 4.0000",)
+    assert decision.next_within == 0.0  # the catch-up goes out at once
 
 
 def test_after_a_catch_up_or_no_fill_the_match_reads_again() -> None:
@@ -221,6 +224,7 @@ def test_after_a_catch_up_or_no_fill_the_match_reads_again() -> None:
                                       attempt=0, step=3, kind="lighter_close", exit_state=exit_state,
                                       caps={"BP": 0.005, "L": 0.002})
     assert nothing.commands == (ReadForExit(REASON, 0, 4, state.params.lighter_retry_delay_secs / 2),)
+    assert nothing.next_within == state.params.lighter_retry_delay_secs / 2
     caught = exits.decide_exit_match(state, [{"account": "bp", "side": "sell", "filled": "0.5"}], reason=REASON,
                                      attempt=0, step=3, kind="catch_up", exit_state=exit_state,
                                      caps={"BP": 0.005, "L": 0.002})
