@@ -64,7 +64,8 @@ class Rule(str, Enum):
     SEEN = "seen"
     #: The group's own net stays within one Backpack step but for a legging window of bounded length.
     IN_STEP = "in_step"
-    #: The cycle ends before the run's horizon; no decision raises.
+    #: The cycle ends before the run's horizon (its timeout, 400 s, and each lost task's recovery);
+    #: no decision raises.
     LIVE = "live"
 
 

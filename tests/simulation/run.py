@@ -26,13 +26,14 @@ from orchestrator.cycle.commands import Step, StepName
 from orchestrator.cycle.state import CycleState
 from tests.helpers.cycle_states import cycle_state, rules
 from tests.simulation.faults import LIQUIDATED, Liquidation, Rates, Scenario, draw
-from tests.simulation.invariants import Broken, Rule, Watch, legging_bound, total_outage
+from tests.simulation.invariants import Broken, Rule, Watch, legging_bound, recovery_secs, total_outage
 from tests.simulation.schedule import FaultScheduler
 from tests.simulation.world import SimStore, SimVenue
 from venues.margin import InitialMargin
 
 START = 1_000_000.0
-#: Virtual seconds a run may take past the cycle's timeout before it counts as stuck.
+#: Virtual seconds a run may take past the cycle's timeout, beyond each lost task's recovery
+#: (``invariants.recovery_secs``), before it counts as stuck.
 HORIZON_SECS = 400.0
 #: Virtual seconds the run goes on after the cycle is done (a hung send may still land).
 AFTER_DONE_SECS = 15.0
@@ -107,7 +108,10 @@ def simulate(seed: int, *, keep_trace: bool = False, trace: list[str] | None = N
     for n, (at, who) in enumerate(scenario.starts):
         scheduler.at(at, functools.partial(_start_another, scheduler, state, n, who), f"{who} starts a cycle")
     market = _Market(scenario, scheduler, watch)
-    end = START + scenario.timeout_secs + HORIZON_SECS
+    def end() -> float:
+        # Each lost task costs its recovery, which no decision can shorten (as in the other bounds).
+        return START + scenario.timeout_secs + HORIZON_SECS + sum(recovery_secs(g) for _, g in scheduler.losses)
+
     done_at: float | None = None
 
     def broken(rule: Rule, text: str) -> Broken:
@@ -115,7 +119,7 @@ def simulate(seed: int, *, keep_trace: bool = False, trace: list[str] | None = N
 
     while True:
         due = scheduler.pop()
-        if due is None or due[0] > end or (done_at is not None and due[0] > done_at + AFTER_DONE_SECS):
+        if due is None or due[0] > end() or (done_at is not None and due[0] > done_at + AFTER_DONE_SECS):
             break
         venue.clock.time = max(venue.clock.time, due[0])
         for rule, check in watch.timed():
@@ -134,7 +138,8 @@ def simulate(seed: int, *, keep_trace: bool = False, trace: list[str] | None = N
         if done_at is None and store.states[cid].stage is Stage.DONE:
             done_at = venue.clock.time
     if store.states[cid].stage is not Stage.DONE:
-        raise broken(Rule.LIVE, f"not done {end - START:.0f} s in: stage {store.states[cid].stage.value}")
+        raise broken(Rule.LIVE, f"not done {end() - START:.0f} s in ({len(scheduler.losses)} tasks lost): "
+                                f"stage {store.states[cid].stage.value}")
     finish = store.finished.get(cid)
     return Result(seed, scheduler.digest, scheduler.events, finish.outcome.value if finish else "?", watch.worst,
                   dict(sorted(scheduler.faults.items())), scheduler.trace)

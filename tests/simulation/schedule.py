@@ -241,10 +241,7 @@ class FaultScheduler(MemoryScheduler):
         fills = [self._exit_fraction(order.role) for order in send.orders]
 
         def run() -> None:
-            current = self.store.states[cycle_id]
-            why = Fence((Stage.EMERGENCY_EXIT,), exit_attempt=send.attempt).refusal(
-                {"stage": current.stage.value, "exit_attempts": current.exit_attempts,
-                 "exit_reported_at": cycle_id in self.store.finished})
+            why = self._exit_refusal(cycle_id, send.attempt)
             if why is not None:
                 self.note(f"refused exit orders {send.legs}: {why}")
                 return
@@ -328,7 +325,17 @@ class FaultScheduler(MemoryScheduler):
 
     # ---- the exit's reads ------------------------------------------------------------------------
 
+    def _exit_refusal(self, cycle_id: str, attempt: int) -> str | None:
+        """The exit's venue tasks' fence: their attempt is current and the exit not reported."""
+        current = self.store.states[cycle_id]
+        return Fence((Stage.EMERGENCY_EXIT,), exit_attempt=attempt).refusal(
+            {"stage": current.stage.value, "exit_attempts": current.exit_attempts,
+             "exit_reported_at": cycle_id in self.store.finished})
+
     def _exit_read(self, cycle_id: str, read: ReadForExit) -> None:
+        if (why := self._exit_refusal(cycle_id, read.attempt)) is not None:
+            self.note(f"refused exit read {read.attempt}.{read.step}: {why}")
+            return
         state = self.store.states[cycle_id]
         readings = []
         for role in ROLES:

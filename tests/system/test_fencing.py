@@ -66,6 +66,12 @@ def test_an_earlier_cycles_exit_order_delivered_again_leaves_the_next_cycle_alon
                what="the redelivered copy to refuse")
     with pytest.raises(Exception, match="carries no fence"):
         unfenced.get(timeout=30)
+    # A read of that exit delivered again refuses too, before it spends a venue request.
+    read = next(t for t in canvas.exit_read(grp, first, done["reason"], attempt, 0).tasks
+                if t.kwargs["account"] == grp.lighter1)
+    dep.app.send_task(read.task, kwargs=dict(read.kwargs), queue=grp.lighter1)
+    wait_until(lambda: len(refusals(dep, first, f"exit read on {grp.lighter1}")) == 1, timeout=30,
+               what="the exit read of an ended cycle to refuse")
     assert dep.positions() == held
     assert dep.record(second)["stage"] == "monitoring"
     dep.liquidate_lighter(101)

@@ -127,8 +127,9 @@ def exit_failed(cycle_id: str, reason: str, attempt: int) -> Signature:
 
 def exit_read(grp: GroupConfig, cycle_id: str, reason: str, attempt: int, step: int) -> chord:
     """A fresh read of the three accounts, then ``exit_decide`` picks step ``step``'s orders."""
-    header = group(venue("exit_reading", grp.account_for(r), symbol=grp.symbol_for(r), cycle_id=cycle_id)
-                   for r in ROLES)
+    fence = Fence((Stage.EMERGENCY_EXIT,), exit_attempt=attempt).to_json()
+    header = group(venue("exit_reading", grp.account_for(r), symbol=grp.symbol_for(r), cycle_id=cycle_id,
+                         fence=fence) for r in ROLES)
     body = hedge("exit_decide", immutable=False, cycle_id=cycle_id, reason=reason, attempt=attempt, step=step)
     return chord(header, body.on_error(exit_failed(cycle_id, reason, attempt)))
 

@@ -260,15 +260,23 @@ def flatten(self: Task, *, account: str, symbol: str, client_ids: list[int], max
 
 
 @app.task(name="xtb.venue.exit_reading", base=AccountLeaseTask, bind=True, exclusive=False)
-def exit_reading(self: Task, *, account: str, symbol: str, cycle_id: str | None = None) -> dict[str, Any]:
+def exit_reading(self: Task, *, account: str, symbol: str, cycle_id: str | None = None,
+                 fence: dict[str, Any] | None = None) -> dict[str, Any]:
     """A fresh position, the market rules and the equity for the next exit step; the equity is None
     when the balance cannot be read (the exit goes on: PnL is then unknown, never zero). The cycle's
     orders on the account whose outcome nobody recorded are looked up first; ``unsettled`` lists
-    those still unknown, and while it is not empty the position can still move."""
+    those still unknown, and while it is not empty the position can still move.
+
+    A read of an exit attempt that is no longer current (its ``fence``: the watchdog started another,
+    or the cycle ended) refuses before any venue request: reads of superseded attempts would queue on
+    the account behind a slow venue and spend its rate budget, and their step refuses anyway."""
     _guard_queue(self, account)
+    client = redis_client()
+    if cycle_id and fence is not None:
+        enforce_fence(fence, CycleRecord(client, cycle_id).view(*FENCE_FIELDS[1:]).fields, task="exit read",
+                      cycle_id=cycle_id, account=account)
     connector = get_connector(account)
     rules = connector.market_rules(symbol)
-    client = redis_client()
     unsettled = settle_unknown_orders(client, connector, account, symbol, cycle_id) if cycle_id else []
     reading = read_position(client, connector, symbol, cycle_id)
     try:
