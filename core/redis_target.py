@@ -156,6 +156,19 @@ class PrimaryConnection(SentinelManagedConnection):
             self.host, self.port = self.connection_pool.get_master_address()
         super().connect_check_health(check_health=check_health, retry_socket_connect=retry_socket_connect)
 
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            # A primary demoted while a client blocks on it (the broker's BRPOP; a Sentinel failover
+            # or an operator's REPLICAOF) answers the blocked command "UNBLOCKED ... (master ->
+            # replica?)": the READONLY case redis-py turns into a reconnect, for a blocking read.
+            # As a ResponseError it would stop a Celery worker ("Unrecoverable error").
+            if not (self.connection_pool.is_master and str(exc).startswith("UNBLOCKED")):
+                raise
+            self.disconnect()
+            raise redis.ConnectionError(f"the primary was demoted while a command blocked on it: {exc}") from exc
+
 
 class PrimarySSLConnection(PrimaryConnection, SentinelManagedSSLConnection):
     """The same over TLS."""

@@ -1,6 +1,7 @@
 """The bot's Sentinel client retries a command that the failover cut on the promoted primary,
 never on the old primary's address, even when the old one is back up and still believes it is
-primary (an empty node whose resync will discard what it takes)."""
+primary (an empty node whose resync will discard what it takes); a blocking read unblocked by a
+demotion of its primary is a connection error."""
 
 from __future__ import annotations
 
@@ -11,6 +12,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from core.redis_target import make_client
 from tests.helpers.sentinel import SentinelCluster, export_credentials
@@ -51,3 +55,29 @@ def test_a_command_cut_by_the_failover_is_retried_on_the_promoted_primary(cluste
     assert not thread.is_alive() and not errors, errors
     assert cluster.node_client(new).get("xtb:test:after") == "2"
     assert cluster.node_client(old).get("xtb:test:after") is None
+
+
+def test_a_read_blocked_on_a_primary_demoted_by_hand_is_a_connection_error(cluster: SentinelCluster) -> None:
+    # The broker's consumers block on the primary (BRPOP). An operator's REPLICAOF (the Sentinels'
+    # own demotion kills the clients instead) answers them "UNBLOCKED", a ResponseError, which a
+    # Celery worker takes for unrecoverable and exits on; the client turns it into a connection
+    # error, which kombu reconnects from (through the Sentinels).
+    client = make_client(cluster.url, cluster.access, retry=Retry(NoBackoff(), 0))
+    got: list[object] = []
+
+    def blocked() -> None:
+        try:
+            got.append(client.blpop(["xtb:test:queue"], 20))
+        except BaseException as exc:  # reported below
+            got.append(exc)
+
+    thread = threading.Thread(target=blocked)
+    thread.start()
+    time.sleep(0.3)
+    old = cluster.primary_port()
+    replica = next(port for port in cluster.data if port != old)
+    cluster.node_client(replica).replicaof("NO", "ONE")
+    cluster.node_client(old).replicaof("127.0.0.1", replica)
+    thread.join(10)
+    assert not thread.is_alive() and len(got) == 1, got
+    assert isinstance(got[0], redis.ConnectionError) and "demoted" in str(got[0]), repr(got[0])
