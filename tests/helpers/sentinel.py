@@ -203,10 +203,16 @@ class SentinelCluster:
         try:
             wait_until(lambda: self.replicas_of(primary) == 1, timeout=timeout / 2, what="Sentinel's conversion")
         except TimeoutError:
-            with contextlib.suppress(redis.RedisError):
-                self.node_client(port).replicaof("127.0.0.1", primary)
-            wait_until(lambda: self.replicas_of(primary) == 1, timeout=timeout / 2,
-                       what=f"port {port} to rejoin as a replica")
+            # Whom to follow now: another failover may have happened meanwhile (on a loaded machine
+            # the Sentinels can promote this very node), and a REPLICAOF naming the primary read
+            # before would demote the current one.
+            primary = self.primary_port()
+            assert primary is not None
+            if primary != port:
+                with contextlib.suppress(redis.RedisError):
+                    self.node_client(port).replicaof("127.0.0.1", primary)
+            wait_until(lambda: (now := self.primary_port()) is not None and self.replicas_of(now) == 1,
+                       timeout=timeout / 2, what=f"port {port} to rejoin, the primary with its replica")
 
 
 @dataclass
